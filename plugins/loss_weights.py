@@ -1,0 +1,42 @@
+"""Loss-weight policies: constant (the paper's) and an identity weight that decays linearly to 0."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from unpaired import hookimpl
+from unpaired.components import LossWeights, LossWeightSchedule
+
+
+class ConstantParams(BaseModel):
+    adversarial: float = Field(1.0, ge=0, description="weight of each generator's adversarial loss")
+    cycle: float = Field(10.0, ge=0, description="weight of the L1 cycle loss, per direction (paper: lambda = 10)")
+    identity: float = Field(5.0, ge=0, description="weight of the L1 identity loss, per direction (paper: 0.5 x lambda); 0 turns it off")
+
+
+class Constant(LossWeightSchedule):
+    """The same weights throughout training."""
+
+    def __init__(self, params: ConstantParams):
+        self.weights = LossWeights(params.adversarial, params.cycle, params.identity)
+
+    def at(self, epoch: int, total_epochs: int) -> LossWeights:
+        return self.weights
+
+
+class IdentityDecay(LossWeightSchedule):
+    """Constant adversarial and cycle weights; identity weight falling linearly from its start value
+    at epoch 0 to 0 at the last epoch (reached only as the run ends)."""
+
+    def __init__(self, params: ConstantParams):
+        self.start = LossWeights(params.adversarial, params.cycle, params.identity)
+
+    def at(self, epoch: int, total_epochs: int) -> LossWeights:
+        remaining = 1.0 - epoch / max(total_epochs, 1)
+        return LossWeights(self.start.adversarial, self.start.cycle, self.start.identity * remaining)
+
+
+@hookimpl
+def unpaired_register_loss_weights(register):
+    register("constant", Constant, ConstantParams, "fixed weights: adversarial 1, cycle 10, identity 5 (paper)")
+    register("identity_decay", IdentityDecay, ConstantParams, "identity weight decays linearly to 0 over training")

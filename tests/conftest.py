@@ -1,0 +1,55 @@
+"""Shared fixtures: distributions made on the fly, so plugin discovery runs through real entry-point metadata."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+UNPAIRED = str(Path(sys.executable).with_name("unpaired"))
+
+
+def write_distribution(site: Path, name: str, version: str, entry_points: dict[str, str], files: dict[str, str]) -> None:
+    """Write source files and a ``NAME-VERSION.dist-info`` declaring ``unpaired`` entry points into ``site``."""
+    for relative, text in files.items():
+        path = site / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text))
+    info = site / f"{name.replace('-', '_')}-{version}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    lines = "".join(f"{key} = {value}\n" for key, value in entry_points.items())
+    (info / "entry_points.txt").write_text(f"[unpaired]\n{lines}")
+
+
+@pytest.fixture
+def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty folder on sys.path (and on PYTHONPATH for subprocesses) to install test distributions into."""
+    folder = tmp_path / "site"
+    folder.mkdir()
+    monkeypatch.syspath_prepend(str(folder))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(folder), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.delenv("UNPAIRED_PLUGINS", raising=False)
+    return folder
+
+
+@pytest.fixture
+def make_distribution(site: Path) -> Callable[..., Path]:
+    """``make_distribution(name, version, entry_points, files)`` installs a tiny distribution into ``site``."""
+
+    def make(name: str, version: str, entry_points: dict[str, str], files: dict[str, str]) -> Path:
+        write_distribution(site, name, version, entry_points, files)
+        return site
+
+    return make
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the installed ``unpaired`` console script as a user would."""
+    return subprocess.run([UNPAIRED, *args], capture_output=True, text=True, cwd=cwd, timeout=300)

@@ -1,0 +1,162 @@
+"""The registry: discovery through entry points, lookups, and errors that say what to do."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import run_cli
+from unpaired.registry import (
+    ComponentConflictError,
+    InvalidParamsError,
+    Registry,
+    UnknownComponentError,
+)
+
+BUILTINS = {
+    "generator": {"resnet"},
+    "discriminator": {"patchgan", "pooled"},
+    "norm": {"instance", "batch", "none"},
+    "gan_loss": {"lsgan", "vanilla", "hinge", "wgangp"},
+    "image_pool": {"history", "none"},
+    "loss_weights": {"constant", "identity_decay"},
+}
+
+PLUGIN_WITH_RESNET = """
+    from pydantic import BaseModel
+    from torch import nn
+    from unpaired import hookimpl
+
+    class P(BaseModel):
+        width: int = 4
+
+    @hookimpl
+    def unpaired_register_generators(register):
+        register("resnet", lambda params, norm: nn.Identity(), P, "a second resnet")
+        register("tiny", lambda params, norm: nn.Identity(), P, "identity generator")
+"""
+
+
+def test_builtins_are_discovered_through_entry_points_of_the_unpaired_distribution(site):
+    registry = Registry.from_entry_points()
+    assert registry.problems == []
+    for kind, names in BUILTINS.items():
+        assert set(registry.names(kind)) >= names
+        for name in names:
+            component = registry.get(kind, name)
+            assert (component.distribution, component.version) == ("unpaired", "0.1.0")
+            assert component.description
+
+
+def test_unknown_component_lists_what_exists_and_suggests_the_closest():
+    registry = Registry.from_entry_points()
+    with pytest.raises(UnknownComponentError) as error:
+        registry.get("discriminator", "patchgn")
+    message = str(error.value)
+    assert "unknown discriminator 'patchgn'" in message
+    assert "Did you mean 'patchgan'?" in message
+    assert "Available: patchgan, pooled" in message
+
+
+def test_invalid_params_name_the_dotted_path_and_the_bad_value():
+    registry = Registry.from_entry_points()
+    with pytest.raises(InvalidParamsError) as error:
+        registry.resolve("generator", {"name": "resnet", "n_blocks": "nine", "ngf": 0}, where="base.generator")
+    assert dict(error.value.errors).keys() == {"base.generator.n_blocks", "base.generator.ngf"}
+    assert "got 'nine'" in str(error.value)
+    assert "greater than or equal to 1" in str(error.value)
+
+
+def test_unknown_params_are_rejected_even_if_the_plugin_model_allows_extras(make_distribution):
+    make_distribution("lenient-plugin", "1.0", {"lenient": "lenient_plugin"}, {"lenient_plugin.py": PLUGIN_WITH_RESNET.replace('"resnet"', '"loose"')})
+    registry = Registry.from_entry_points()
+    with pytest.raises(InvalidParamsError) as error:
+        registry.resolve("generator", {"name": "loose", "widht": 3})
+    assert error.value.errors[0][0] == "generator.widht"
+    assert "Extra inputs are not permitted" in error.value.errors[0][1]
+
+
+def test_missing_name_is_reported_with_the_choices():
+    with pytest.raises(InvalidParamsError, match=r"norm\.name: a norm needs a 'name'; one of: batch, instance, none"):
+        Registry.from_entry_points().resolve("norm", {"affine": True})
+
+
+def test_two_plugins_claiming_one_name_are_both_named(make_distribution):
+    make_distribution("rival-gens", "2.3", {"rival": "rival_gens"}, {"rival_gens.py": PLUGIN_WITH_RESNET})
+    registry = Registry.from_entry_points()
+    with pytest.raises(ComponentConflictError) as error:
+        registry.get("generator", "resnet")
+    assert "registered by more than one plugin: rival-gens 2.3 and unpaired 0.1.0." in str(error.value)
+    assert "UNPAIRED_PLUGINS" in str(error.value)
+    assert registry.get("generator", "tiny").distribution == "rival-gens"  # the plugin's other names still work
+
+
+def test_a_plugin_that_fails_to_import_is_named_and_the_others_still_load(make_distribution):
+    make_distribution("broken-plugin", "0.9", {"broken": "broken_plugin"}, {"broken_plugin.py": "raise RuntimeError('boom at import')\n"})
+    registry = Registry.from_entry_points()
+    assert len(registry.problems) == 1
+    assert "'broken' of broken-plugin 0.9 failed to import (broken_plugin): RuntimeError: boom at import" in registry.problems[0]
+    assert registry.get("generator", "resnet").distribution == "unpaired"
+
+
+def test_the_cli_still_works_beside_a_broken_plugin_and_warns(make_distribution):
+    make_distribution("broken-plugin", "0.9", {"broken": "broken_plugin"}, {"broken_plugin.py": "import no_such_module\n"})
+    result = run_cli("plugins", "--json")
+    assert result.returncode == 0, result.stderr
+    listing = json.loads(result.stdout)
+    assert {(c["kind"], c["name"]) for c in listing["components"]} >= {("generator", "resnet"), ("gan_loss", "wgangp")}
+    assert "broken-plugin" in result.stderr and "No module named 'no_such_module'" in result.stderr
+
+
+def test_a_misspelt_hook_is_reported_not_silently_ignored(make_distribution):
+    source = "from unpaired import hookimpl\n\n@hookimpl\ndef unpaired_register_generator(register):\n    pass\n"
+    make_distribution("typo-plugin", "1.0", {"typo": "typo_plugin"}, {"typo_plugin.py": source})
+    registry = Registry.from_entry_points()
+    assert any("typo-plugin" in p and "unpaired_register_generator" in p for p in registry.problems)
+
+
+def test_a_bad_registration_is_reported(make_distribution):
+    source = "from unpaired import hookimpl\n\n@hookimpl\ndef unpaired_register_norms(register):\n    register('odd', print, dict, 'params_model is not pydantic')\n"
+    make_distribution("bad-reg", "1.0", {"bad": "bad_reg"}, {"bad_reg.py": source})
+    registry = Registry.from_entry_points()
+    assert any("registering norm 'odd'" in p and "pydantic BaseModel" in p for p in registry.problems)
+    assert "odd" not in registry.names("norm")
+
+
+def test_env_var_restricts_which_distributions_load(make_distribution, monkeypatch):
+    make_distribution("rival-gens", "2.3", {"rival": "rival_gens"}, {"rival_gens.py": PLUGIN_WITH_RESNET})
+    monkeypatch.setenv("UNPAIRED_PLUGINS", "unpaired")
+    registry = Registry.from_entry_points()
+    assert registry.get("generator", "resnet").distribution == "unpaired"
+    assert "tiny" not in registry.names("generator")
+
+    monkeypatch.setenv("UNPAIRED_PLUGINS", "Rival_Gens")  # names are matched PEP 503-normalised
+    registry = Registry.from_entry_points()
+    assert registry.names("generator") == ["resnet", "tiny"]
+    assert registry.get("generator", "resnet").distribution == "rival-gens"
+    assert registry.names("norm") == []
+
+
+def test_env_var_naming_a_missing_distribution_is_reported(site, monkeypatch):
+    monkeypatch.setenv("UNPAIRED_PLUGINS", "unpaired,not-installed")
+    registry = Registry.from_entry_points()
+    assert registry.problems == [
+        "UNPAIRED_PLUGINS names 'not-installed', but no installed distribution of that name provides 'unpaired' plugins"
+    ]
+
+
+def test_plugins_command_lists_every_builtin_with_origin_parameters_and_description(site):
+    result = run_cli("plugins")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "resnet  (unpaired 0.1.0)" in out
+    assert "n_blocks=9  ngf=64  dropout=0.0  padding='reflect'" in out
+    assert "size=50  swap_probability=0.5" in out
+
+    listing = json.loads(run_cli("plugins", "--json").stdout)
+    found = {(c["kind"], c["name"]) for c in listing["components"]}
+    assert found == {(kind, name) for kind, names in BUILTINS.items() for name in names}
+    resnet = next(c for c in listing["components"] if c["name"] == "resnet")
+    assert resnet["parameters"]["n_blocks"] == {"default": 9, "type": "int", "description": resnet["parameters"]["n_blocks"]["description"]}
+    assert listing["problems"] == []

@@ -1,0 +1,17 @@
+"""unpaired: ablation studies for unpaired image-to-image translation (CycleGAN).
+
+Plugin authors need only what is exported here: ``hookimpl`` to mark hook
+implementations, and the component interfaces in :mod:`unpaired.components`.
+"""
+
+import pluggy
+
+__version__ = "0.1.0"
+
+PROJECT_NAME = "unpaired"
+ENTRY_POINT_GROUP = "unpaired"
+
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+"""Marker for hook implementations in plugins: ``@hookimpl def unpaired_register_generators(register): ...``."""
+
+__all__ = ["ENTRY_POINT_GROUP", "PROJECT_NAME", "__version__", "hookimpl"]

@@ -1,0 +1,124 @@
+"""What a component is, and the interfaces that some component kinds return.
+
+A component is a named factory plus the pydantic model of its parameters. The
+registry validates a spec's parameters with that model and calls the factory
+with the validated instance (and, for some kinds, objects the engine supplies).
+
+Factories of the kinds below return plain ``torch.nn.Module`` objects
+(generators, discriminators, feature extractors) or an instance of one of the
+abstract classes here (norms, GAN losses, image pools, loss weights).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Callable, Literal
+
+from pydantic import BaseModel
+from torch import Tensor, nn
+
+ComponentKind = Literal[
+    "generator",
+    "discriminator",
+    "norm",
+    "gan_loss",
+    "image_pool",
+    "loss_weights",
+    "dataset",
+    "feature_extractor",
+]
+KINDS: tuple[ComponentKind, ...] = ComponentKind.__args__
+
+
+@dataclass(frozen=True)
+class Component:
+    """One registered component: its kind, name, factory, parameter model and one-line description.
+
+    ``distribution`` and ``version`` name the installed package that registered it.
+    """
+
+    kind: ComponentKind
+    name: str
+    factory: Callable[..., Any]
+    params_model: type[BaseModel]
+    description: str
+    distribution: str
+    version: str
+
+    def parameters(self) -> dict[str, Any]:
+        """Parameter names mapped to their defaults (``"<required>"`` where there is none)."""
+        return {
+            field: "<required>" if info.is_required() else info.get_default(call_default_factory=True)
+            for field, info in self.params_model.model_fields.items()
+        }
+
+
+class Norm(ABC):
+    """A normalization layer maker, returned by ``norm`` factories."""
+
+    has_affine_shift: bool
+    """True when the layer learns a per-channel shift, so the preceding conv needs no bias."""
+
+    @abstractmethod
+    def __call__(self, channels: int) -> nn.Module:
+        """A new normalization layer for ``channels`` feature maps."""
+
+
+class GanLoss(ABC):
+    """An adversarial objective, returned by ``gan_loss`` factories.
+
+    The engine calls ``generator_loss`` on D(fake) in the generator step and
+    ``discriminator_loss`` on D(real), D(pooled fake) in the discriminator step,
+    multiplies the latter by 0.5 (as the paper does) and adds ``regularizer``.
+    """
+
+    @abstractmethod
+    def generator_loss(self, fake_pred: Tensor) -> Tensor:
+        """Scalar loss the generator minimises, given the discriminator's output on fakes."""
+
+    @abstractmethod
+    def discriminator_loss(self, real_pred: Tensor, fake_pred: Tensor) -> Tensor:
+        """Scalar loss the discriminator minimises, given its outputs on real and fake images."""
+
+    def regularizer(self, discriminator: nn.Module, real: Tensor, fake: Tensor) -> Tensor | None:
+        """An extra discriminator term such as a gradient penalty; None when there is none."""
+        return None
+
+
+class ImagePool(ABC):
+    """A buffer of past generated images that the discriminator is trained on, returned by ``image_pool`` factories.
+
+    Each pool owns its random state (seeded by the engine) so that results never
+    depend on global RNGs, and its whole state round-trips through
+    ``state_dict``/``load_state_dict`` for exact resume.
+    """
+
+    @abstractmethod
+    def query(self, images: Tensor) -> Tensor:
+        """Take a batch of new fakes (already detached); return the batch the discriminator sees."""
+
+    @abstractmethod
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly: stored images, fill level, RNG state."""
+
+    @abstractmethod
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` returned."""
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """Weights of the generator's loss terms at one point of training (cycle and identity per direction)."""
+
+    adversarial: float
+    cycle: float
+    identity: float
+
+
+class LossWeightSchedule(ABC):
+    """How loss weights evolve over training, returned by ``loss_weights`` factories."""
+
+    @abstractmethod
+    def at(self, epoch: int, total_epochs: int) -> LossWeights:
+        """The weights in force during ``epoch`` (0-based) of a run of ``total_epochs`` epochs."""

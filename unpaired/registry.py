@@ -1,0 +1,216 @@
+"""The plugin manager: finds plugins, collects their components, looks them up and builds them.
+
+Plugins are modules named by entry points in the group ``unpaired`` (the
+built-ins included). ``UNPAIRED_PLUGINS=dist-a,dist-b`` restricts loading to
+those distributions. A plugin that fails to import or to register is reported
+in ``Registry.problems`` and skipped; the others still load.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import os
+import re
+from collections.abc import Iterable, Mapping
+from importlib import metadata
+from typing import Any
+
+import pluggy
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from unpaired import ENTRY_POINT_GROUP, PROJECT_NAME, hookspecs
+from unpaired.components import KINDS, Component, ComponentKind
+
+PLUGINS_ENV = "UNPAIRED_PLUGINS"
+
+_HOOK_OF_KIND: dict[ComponentKind, str] = {
+    "generator": "unpaired_register_generators",
+    "discriminator": "unpaired_register_discriminators",
+    "norm": "unpaired_register_norms",
+    "gan_loss": "unpaired_register_gan_losses",
+    "image_pool": "unpaired_register_image_pools",
+    "loss_weights": "unpaired_register_loss_weights",
+    "dataset": "unpaired_register_datasets",
+    "feature_extractor": "unpaired_register_feature_extractors",
+}
+_VALID_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class ComponentError(Exception):
+    """Base of the errors a spec's component choice can raise; the message says what to do."""
+
+
+class UnknownComponentError(ComponentError, LookupError):
+    """No plugin registered a component of this kind and name."""
+
+
+class ComponentConflictError(ComponentError, LookupError):
+    """Two or more plugins registered the same kind and name."""
+
+
+class InvalidParamsError(ComponentError, ValueError):
+    """A component's parameters failed its own pydantic model.
+
+    ``errors`` holds ``(dotted_path, message)`` pairs, e.g. ``("generator.n_blocks", "...")``.
+    """
+
+    def __init__(self, errors: list[tuple[str, str]]):
+        self.errors = errors
+        super().__init__("\n".join(f"{path}: {message}" for path, message in errors))
+
+
+def normalize_distribution(name: str) -> str:
+    """PEP 503 normalised distribution name: ``My_Plugin.x`` -> ``my-plugin-x``."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _strict(model: type[BaseModel]) -> type[BaseModel]:
+    """The model itself if it forbids unknown keys, else a subclass that does."""
+    if model.model_config.get("extra") == "forbid":
+        return model
+    return type(model.__name__, (model,), {"model_config": ConfigDict(extra="forbid"), "__module__": model.__module__})
+
+
+def _pydantic_errors(error: ValidationError, prefix: str) -> list[tuple[str, str]]:
+    found = []
+    for item in error.errors():
+        path = ".".join([prefix, *(str(part) for part in item["loc"])])
+        message = item["msg"]
+        if item["type"] != "missing":
+            message += f" (got {item['input']!r})"
+        found.append((path, message))
+    return found
+
+
+class Registry:
+    """All components registered by the loaded plugins, by kind and name."""
+
+    def __init__(self) -> None:
+        self.plugin_manager = pluggy.PluginManager(PROJECT_NAME)
+        self.plugin_manager.add_hookspecs(hookspecs)
+        self.problems: list[str] = []
+        """Human-readable reports of plugins that could not be loaded or registered."""
+        self._components: dict[tuple[ComponentKind, str], list[Component]] = {}
+
+    @classmethod
+    def from_entry_points(cls, only: Iterable[str] | None = None) -> Registry:
+        """Load every plugin of the entry-point group ``unpaired``.
+
+        ``only`` restricts loading to these distribution names; by default it is
+        read from ``$UNPAIRED_PLUGINS`` (comma-separated), and all load when unset.
+        """
+        registry = cls()
+        if only is None and os.environ.get(PLUGINS_ENV) is not None:
+            only = [name for name in os.environ[PLUGINS_ENV].split(",") if name.strip()]
+        wanted = None if only is None else {normalize_distribution(name.strip()) for name in only}
+        seen: set[str] = set()
+        for entry_point in metadata.entry_points(group=ENTRY_POINT_GROUP):
+            dist = entry_point.dist
+            dist_name = dist.metadata["Name"] if dist is not None else "<unknown distribution>"
+            version = dist.version if dist is not None else "?"
+            seen.add(normalize_distribution(dist_name))
+            if wanted is not None and normalize_distribution(dist_name) not in wanted:
+                continue
+            try:
+                plugin = entry_point.load()
+            except Exception as error:  # a broken plugin must not take the others down
+                registry.problems.append(
+                    f"plugin {entry_point.name!r} of {dist_name} {version} failed to import "
+                    f"({entry_point.value}): {type(error).__name__}: {error}"
+                )
+                continue
+            registry.add_plugin(plugin, f"{dist_name}:{entry_point.name}", dist_name, version)
+        for missing in sorted((wanted or set()) - seen):
+            registry.problems.append(
+                f"{PLUGINS_ENV} names {missing!r}, but no installed distribution of that name "
+                f"provides '{ENTRY_POINT_GROUP}' plugins"
+            )
+        return registry
+
+    def add_plugin(self, plugin: object, plugin_name: str, distribution: str, version: str) -> None:
+        """Register one plugin object (usually a module) and collect the components it registers."""
+        manager = self.plugin_manager
+        try:
+            manager.register(plugin, name=plugin_name)
+            manager.check_pending()
+        except (ValueError, pluggy.PluginValidationError) as error:
+            if manager.is_registered(plugin):
+                manager.unregister(plugin)
+            self.problems.append(f"plugin {plugin_name} ({distribution} {version}) is invalid: {error}")
+            return
+        for kind, hook_name in _HOOK_OF_KIND.items():
+            for impl in getattr(manager.hook, hook_name).get_hookimpls():
+                if impl.plugin is plugin:
+                    self._call_register_hook(impl, kind, plugin_name, distribution, version)
+
+    def _call_register_hook(self, impl: Any, kind: ComponentKind, plugin_name: str, distribution: str, version: str) -> None:
+        def register(name: str, factory: Any, params_model: type[BaseModel], description: str = "") -> None:
+            where = f"plugin {plugin_name} ({distribution} {version}) registering {kind} {name!r}"
+            if not isinstance(name, str) or not _VALID_NAME.match(name):
+                raise ValueError(f"{where}: the name must be letters, digits, '_', '.' or '-'")
+            if not callable(factory):
+                raise ValueError(f"{where}: the factory is not callable")
+            if not (isinstance(params_model, type) and issubclass(params_model, BaseModel)):
+                raise ValueError(f"{where}: params_model must be a pydantic BaseModel subclass")
+            component = Component(kind, name, factory, _strict(params_model), str(description), distribution, version)
+            self._components.setdefault((kind, name), []).append(component)
+
+        try:
+            impl.function(register=register)
+        except Exception as error:
+            self.problems.append(f"{impl.function.__name__} of plugin {plugin_name} failed: {type(error).__name__}: {error}")
+
+    def components(self, kind: ComponentKind | None = None) -> list[Component]:
+        """Every registered component (of one kind if given), sorted by kind and name; conflicts appear once per claimant."""
+        found = [c for (k, _), claims in self._components.items() if kind in (None, k) for c in claims]
+        return sorted(found, key=lambda c: (KINDS.index(c.kind), c.name, c.distribution))
+
+    def names(self, kind: ComponentKind) -> list[str]:
+        """Names of the registered components of one kind, sorted."""
+        return sorted(name for (k, name) in self._components if k == kind)
+
+    def get(self, kind: ComponentKind, name: str) -> Component:
+        """The component ``name`` of ``kind``; raises with the available names and the closest match."""
+        claims = self._components.get((kind, name), [])
+        if len(claims) == 1:
+            return claims[0]
+        if claims:
+            owners = " and ".join(sorted(f"{c.distribution} {c.version}" for c in claims))
+            raise ComponentConflictError(
+                f"{kind} {name!r} is registered by more than one plugin: {owners}. "
+                f"Uninstall one of them, or choose which load with {PLUGINS_ENV}=dist1,dist2."
+            )
+        available = self.names(kind)
+        message = f"unknown {kind} {name!r}."
+        close = difflib.get_close_matches(str(name), available, n=1, cutoff=0.5)
+        if close:
+            message += f" Did you mean {close[0]!r}?"
+        message += f" Available: {', '.join(available) if available else '(none: is a plugin missing?)'}."
+        raise UnknownComponentError(message)
+
+    def resolve(self, kind: ComponentKind, config: Mapping[str, Any], where: str | None = None) -> tuple[Component, BaseModel]:
+        """Look up ``config['name']`` and validate the other keys with the component's parameter model.
+
+        ``where`` is the dotted path of ``config`` in its spec (default: the kind), used in errors.
+        """
+        where = where or kind
+        if not isinstance(config, Mapping) or "name" not in config:
+            raise InvalidParamsError([(f"{where}.name", f"a {kind} needs a 'name'; one of: {', '.join(self.names(kind))}")])
+        component = self.get(kind, config["name"])
+        try:
+            params = component.params_model.model_validate({k: v for k, v in config.items() if k != "name"})
+        except ValidationError as error:
+            raise InvalidParamsError(_pydantic_errors(error, where)) from None
+        return component, params
+
+    def build(self, kind: ComponentKind, config: Mapping[str, Any], *args: Any, where: str | None = None, **kwargs: Any) -> Any:
+        """Resolve ``config`` and call the component's factory with its parameters and the extra arguments."""
+        component, params = self.resolve(kind, config, where)
+        return component.factory(params, *args, **kwargs)
+
+
+@functools.lru_cache(maxsize=1)
+def default_registry() -> Registry:
+    """The registry of the installed plugins, loaded once per process."""
+    return Registry.from_entry_points()
