@@ -7,9 +7,14 @@ import json
 import sys
 from collections.abc import Sequence
 
+from pathlib import Path
+
 from unpaired import __version__
 from unpaired.components import Component
-from unpaired.registry import default_registry
+from unpaired.data import DataError, export_folder_layout
+from unpaired.download import DATASETS, DownloadError, download_dataset
+from unpaired.registry import ComponentError, default_registry
+from unpaired.spec import SpecError, load_variant
 
 
 def _parameters_json(component: Component) -> dict[str, dict[str, object]]:
@@ -59,6 +64,45 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train one variant spec into an output folder (resuming if it holds a checkpoint of it)."""
+    from unpaired.engine import train_variant
+
+    registry = default_registry()
+    variant = load_variant(args.spec, registry)
+    out = Path(args.out)
+    print(f"training variant {variant.variant_id} into {out}", file=sys.stderr)
+    result = train_variant(variant, out, registry, show_progress=not args.quiet)
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+def cmd_translate(args: argparse.Namespace) -> int:
+    """Translate an image or a folder of images with a trained generator."""
+    from unpaired.engine import pick_device
+    from unpaired.translate import collect_inputs, load_generator, translate
+
+    generator, size = load_generator(Path(args.checkpoint), args.direction, default_registry())
+    written = translate(generator, collect_inputs(Path(args.input)), Path(args.out), args.size or size, pick_device(args.device))
+    print(f"wrote {len(written)} image(s) to {args.out}")
+    return 0
+
+
+def cmd_data_synth(args: argparse.Namespace) -> int:
+    """Write the synthetic dataset in the CycleGAN folder layout."""
+    config = {"name": "synthetic", "size": args.size, "n_train": args.n, "n_test": args.n_test, "seed": args.seed}
+    counts = export_folder_layout(default_registry().build("dataset", config, where="synth"), Path(args.out))
+    print(f"wrote {args.out}: " + ", ".join(f"{folder} {n}" for folder, n in counts.items()))
+    return 0
+
+
+def cmd_data_download(args: argparse.Namespace) -> int:
+    """Download a public CycleGAN dataset into the folder layout."""
+    folder = download_dataset(args.name, Path(args.to))
+    print(f"{args.name} is ready in {folder} (use data: {{name: folder, root: {folder}}})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``unpaired`` command and its subcommands."""
     parser = argparse.ArgumentParser(prog="unpaired", description="Ablation studies for unpaired image-to-image translation.")
@@ -68,13 +112,58 @@ def build_parser() -> argparse.ArgumentParser:
     plugins = commands.add_parser("plugins", help="list the components that installed plugins provide")
     plugins.add_argument("--json", action="store_true", help="machine-readable output")
     plugins.set_defaults(handler=cmd_plugins)
+
+    train = commands.add_parser("train", help="train one variant spec (YAML/JSON); reruns resume")
+    train.add_argument("spec", help="variant spec file")
+    train.add_argument("--out", required=True, help="output folder: checkpoints, history, samples, generators")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(handler=cmd_train)
+
+    translate = commands.add_parser("translate", help="apply a trained generator to an image or a folder")
+    translate.add_argument("input", help="an image file or a folder of images")
+    translate.add_argument("--checkpoint", required=True, help="generators/AtoB.pt, generators/BtoA.pt or a training checkpoint")
+    translate.add_argument("--direction", choices=["AtoB", "BtoA"], default="AtoB")
+    translate.add_argument("--out", required=True, help="folder for the translated PNGs")
+    translate.add_argument("--size", type=int, default=0, help="resize inputs to SIZE x SIZE (default: the training crop size)")
+    translate.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    translate.set_defaults(handler=cmd_translate)
+
+    data = commands.add_parser("data", help="make or fetch datasets").add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    synth = data.add_parser("synth", help="write the synthetic blobs-vs-stripes dataset in the folder layout")
+    synth.add_argument("out", help="folder to create (trainA, trainB, testA, testB)")
+    synth.add_argument("--size", type=int, default=64)
+    synth.add_argument("--n", type=int, default=200, help="training images per domain")
+    synth.add_argument("--n-test", type=int, default=50, help="test images per domain")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.set_defaults(handler=cmd_data_synth)
+    download = data.add_parser("download", help="download a public CycleGAN dataset (resumable)")
+    download.add_argument("name", choices=DATASETS, metavar="NAME", help=", ".join(DATASETS))
+    download.add_argument("--to", default="datasets", help="parent folder (default: ./datasets)")
+    download.set_defaults(handler=cmd_data_download)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``unpaired`` console script; returns the exit code."""
     args = build_parser().parse_args(argv)
-    return args.handler(args)
+    try:
+        return args.handler(args)
+    except (SpecError, ComponentError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except (DataError, DownloadError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except Exception as error:
+        from unpaired.engine import TrainingError, TrainingInterrupted
+
+        if isinstance(error, TrainingInterrupted):
+            print(f"interrupted: {error}", file=sys.stderr)
+            return 130
+        if isinstance(error, TrainingError):
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        raise
 
 
 if __name__ == "__main__":

@@ -101,3 +101,25 @@ def unpaired_register_feature_extractors(register: Register) -> None:
     to features ``(N, D)``. It may resize internally; it must not download anything
     at call time that the user has not been told about.
     """
+
+
+# Lifecycle hooks: called by the engine while a variant trains. ``run`` is an
+# ``unpaired.engine.RunInfo`` (variant id, output folder, resolved spec).
+
+
+@hookspec
+def unpaired_on_step(run: Any, epoch: int, step: int, losses: dict[str, float], lr: float) -> None:
+    """Called every ``train.log_every`` steps with that step's loss terms (already on the host)
+    and the learning rate. ``epoch`` is 0-based, ``step`` counts steps since the run began."""
+
+
+@hookspec
+def unpaired_on_epoch_end(run: Any, epoch: int, metrics: dict[str, float]) -> None:
+    """Called after each epoch with its mean loss terms, ``lr``, ``seconds`` and ``it_per_s``.
+    ``epoch`` is 1-based here: the number of epochs completed."""
+
+
+@hookspec
+def unpaired_on_variant_end(run: Any, result: dict[str, Any]) -> None:
+    """Called once when a variant stops: ``result["status"]`` is ``finished``, ``failed`` or
+    ``interrupted``; a failure carries ``error``."""

@@ -1,0 +1,59 @@
+"""The official CycleGAN folder layout: ROOT/trainA, trainB, testA, testB."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+from PIL import Image
+from pydantic import Field
+
+from unpaired import hookimpl
+from unpaired.data import DataError, Domain, Split, Transform, TransformParams, UnpairedData, list_images, load_image
+
+
+class FolderParams(TransformParams):
+    root: Path = Field(description="folder holding trainA, trainB, testA and testB")
+
+
+class ImageFolders(UnpairedData):
+    """Images found in the four folders. Every file is decoded once up front: unreadable ones are
+    reported in one warning naming them and skipped; a missing or empty folder is an error."""
+
+    def __init__(self, params: FolderParams):
+        super().__init__(Transform.from_params(params), params.serial)
+        self.root = params.root
+        self.files: dict[tuple[str, str], list[Path]] = {}
+        unreadable: list[str] = []
+        for split in ("train", "test"):
+            for domain in ("A", "B"):
+                folder = self.root / f"{split}{domain}"
+                if not folder.is_dir():
+                    raise DataError(f"{folder} does not exist: a folder dataset needs trainA, trainB, testA and testB in {self.root}")
+                readable = []
+                for path in list_images(folder):
+                    try:
+                        load_image(path)
+                        readable.append(path)
+                    except (OSError, ValueError, Image.DecompressionBombError) as error:
+                        unreadable.append(f"{path} ({error})")
+                if not readable:
+                    raise DataError(f"{folder} holds no readable images ({', '.join(e.lstrip('.') for e in ('.jpg', '.jpeg', '.png', '.bmp', '.webp'))})")
+                self.files[split, domain] = readable
+        if unreadable:
+            warnings.warn(f"skipping {len(unreadable)} unreadable image(s): " + "; ".join(unreadable), stacklevel=2)
+
+    def size(self, split: Split, domain: Domain) -> int:
+        return len(self.files[split, domain])
+
+    def image(self, split: Split, domain: Domain, index: int) -> Image.Image:
+        return load_image(self.files[split, domain][index])
+
+    def describe(self, split: Split, domain: Domain) -> str:
+        stats = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in self.files[split, domain]]
+        return f"folder:{split}{domain}:{stats}"
+
+
+@hookimpl
+def unpaired_register_datasets(register):
+    register("folder", ImageFolders, FolderParams, "CycleGAN layout: ROOT/trainA, trainB, testA, testB")

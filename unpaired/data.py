@@ -1,0 +1,214 @@
+"""Unpaired image data: the interface dataset plugins implement, image decoding, augmentation, loaders.
+
+A dataset plugin returns an :class:`UnpairedData`; it only has to say how many
+images each split/domain holds and return each as a PIL image. Pairing (unaligned
+random B, or serial), resizing, random crop and flip are done here, with every
+random draw taken from a generator seeded per (seed, epoch, item), so that the
+data a run sees is the same for any number of loader workers and after a resume.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from PIL import Image
+from pydantic import BaseModel, Field, model_validator
+from torch import Tensor
+from torch.utils.data import Dataset, Sampler
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import functional as TF
+
+Split = Literal["train", "test"]
+Domain = Literal["A", "B"]
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+class DataError(ValueError):
+    """The data cannot be used (missing or empty folders, no readable images, ...); the message says where."""
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any PIL image to 8-bit RGB: grayscale, palette and RGBA (alpha dropped) as PIL does,
+    16- and 32-bit grayscale by scaling its full range to 0..255 instead of clipping."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        values = np.asarray(image, dtype=np.float64)
+        scale = 65535.0 if image.mode.startswith("I;16") or values.max() <= 65535 else float(values.max())
+        image = Image.fromarray(np.clip(values / scale * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+    elif image.mode == "F":
+        image = Image.fromarray(np.clip(np.asarray(image) * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Decode an image file fully and return it as 8-bit RGB; raises OSError/ValueError when unreadable."""
+    with Image.open(path) as image:
+        image.load()
+        return to_rgb(image)
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files (by extension, any case) directly in ``folder``, sorted by name."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def to_tensor(image: Image.Image) -> Tensor:
+    """RGB PIL image -> float tensor (3, H, W) in [-1, 1]."""
+    return TF.to_tensor(image).mul_(2).sub_(1)
+
+
+class TransformParams(BaseModel):
+    """Pre-processing shared by image datasets (the official CycleGAN defaults)."""
+
+    load_size: int | None = Field(286, ge=1, description="training images are first resized to this square size (None: keep)")
+    crop_size: int = Field(256, ge=1, description="training crop and test resolution")
+    crop: bool = Field(True, description="random crop of crop_size for training (false: resize to crop_size)")
+    flip: bool = Field(True, description="random horizontal flip for training")
+    serial: bool = Field(False, description="pair A[i] with B[i] instead of a random B")
+
+    @model_validator(mode="after")
+    def _crop_fits(self) -> TransformParams:
+        if self.crop and self.load_size is not None and self.crop_size > self.load_size:
+            raise ValueError(f"crop_size {self.crop_size} is larger than load_size {self.load_size}")
+        return self
+
+
+@dataclass(frozen=True)
+class Transform:
+    """Training augmentation and test pre-processing."""
+
+    load_size: int | None
+    crop_size: int
+    crop: bool
+    flip: bool
+
+    @classmethod
+    def from_params(cls, params: TransformParams) -> Transform:
+        return cls(params.load_size, params.crop_size, params.crop, params.flip)
+
+    def train(self, image: Image.Image, rng: torch.Generator) -> Tensor:
+        """Resize to load_size, random crop (or resize) to crop_size, random flip; then to [-1, 1]."""
+        size = self.crop_size
+        if self.load_size is not None:
+            image = image.resize((self.load_size, self.load_size), Image.BICUBIC)
+        if self.crop:
+            width, height = image.size
+            if width < size or height < size:
+                raise DataError(f"an image of {width}x{height} px is smaller than crop_size {size}")
+            left = int(torch.randint(0, width - size + 1, (1,), generator=rng))
+            top = int(torch.randint(0, height - size + 1, (1,), generator=rng))
+            image = image.crop((left, top, left + size, top + size))
+        else:
+            image = image.resize((size, size), Image.BICUBIC)
+        if self.flip and float(torch.rand((), generator=rng)) < 0.5:
+            image = image.transpose(Image.FLIP_LEFT_RIGHT)
+        return to_tensor(image)
+
+    def test(self, image: Image.Image) -> Tensor:
+        """Resize to crop_size x crop_size; then to [-1, 1]."""
+        return to_tensor(TF.resize(image, [self.crop_size, self.crop_size], InterpolationMode.BICUBIC))
+
+
+class UnpairedData(ABC):
+    """Two unpaired image domains A and B with train and test splits: what dataset factories return.
+
+    Implement ``size`` and ``image``; pairing and augmentation follow ``transform`` and ``serial``.
+    """
+
+    def __init__(self, transform: Transform, serial: bool = False):
+        self.transform = transform
+        self.serial = serial
+
+    @abstractmethod
+    def size(self, split: Split, domain: Domain) -> int:
+        """Number of images of one split and domain."""
+
+    @abstractmethod
+    def image(self, split: Split, domain: Domain, index: int) -> Image.Image:
+        """The ``index``-th image of a split and domain, as RGB, before any resizing or augmentation."""
+
+    def describe(self, split: Split, domain: Domain) -> str:
+        """A string that changes whenever the images of this split and domain change (for caches)."""
+        return f"{type(self).__qualname__}:{split}{domain}:{self.size(split, domain)}"
+
+    @property
+    def train_length(self) -> int:
+        """Pairs per epoch: the larger training domain's size, as in the official code."""
+        return max(self.size("train", "A"), self.size("train", "B"))
+
+    def train_pair(self, index: int, rng: torch.Generator) -> tuple[Tensor, Tensor]:
+        """The augmented ``index``-th A image and a B image (random, or ``index``-th when serial)."""
+        size_a, size_b = self.size("train", "A"), self.size("train", "B")
+        b = index % size_b if self.serial else int(torch.randint(0, size_b, (1,), generator=rng))
+        image_a = self.transform.train(self.image("train", "A", index % size_a), rng)
+        return image_a, self.transform.train(self.image("train", "B", b), rng)
+
+    def test_image(self, domain: Domain, index: int) -> Tensor:
+        """The ``index``-th test image of ``domain`` at the test resolution, in [-1, 1]."""
+        return self.transform.test(self.image("test", domain, index))
+
+
+class TrainPairs(Dataset):
+    """Dataset of (A, B) training pairs addressed by ``(index, seed)`` items from :class:`EpochOrder`."""
+
+    def __init__(self, data: UnpairedData):
+        self.data = data
+
+    def __len__(self) -> int:
+        return self.data.train_length
+
+    def __getitem__(self, item: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        index, seed = item
+        return self.data.train_pair(index, torch.Generator().manual_seed(seed))
+
+
+class TestImages(Dataset):
+    """The test images of one domain, at the test resolution."""
+
+    def __init__(self, data: UnpairedData, domain: Domain, limit: int | None = None):
+        self.data, self.domain = data, domain
+        self.length = data.size("test", domain) if limit is None else min(limit, data.size("test", domain))
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> Tensor:
+        if not 0 <= index < self.length:
+            raise IndexError(f"test image {index} of domain {self.domain} (there are {self.length})")
+        return self.data.test_image(self.domain, index)
+
+
+class EpochOrder(Sampler):
+    """Shuffled order of one epoch, with a seed per item for its augmentation; a pure function of
+    (seed, epoch), optionally starting at item ``start`` (to resume inside an epoch)."""
+
+    def __init__(self, length: int, seed: int, epoch: int, start: int = 0):
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        self.order = torch.randperm(length, generator=generator).tolist()
+        self.seeds = torch.randint(0, 2**62, (length,), generator=generator).tolist()
+        self.start = start
+
+    def __len__(self) -> int:
+        return len(self.order) - self.start
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return iter(list(zip(self.order, self.seeds))[self.start :])
+
+
+def export_folder_layout(data: UnpairedData, out: Path) -> dict[str, int]:
+    """Write every image of ``data`` as PNG into out/trainA, trainB, testA, testB; return the counts."""
+    counts = {}
+    for split in ("train", "test"):
+        for domain in ("A", "B"):
+            folder = out / f"{split}{domain}"
+            folder.mkdir(parents=True, exist_ok=True)
+            n = data.size(split, domain)
+            for index in range(n):
+                data.image(split, domain, index).save(folder / f"{index:05d}.png")
+            counts[f"{split}{domain}"] = n
+    return counts
