@@ -21,6 +21,7 @@ BUILTINS = {
     "gan_loss": {"lsgan", "vanilla", "hinge", "wgangp"},
     "image_pool": {"history", "none"},
     "loss_weights": {"constant", "identity_decay"},
+    "dataset": {"folder", "synthetic"},
 }
 
 PLUGIN_WITH_RESNET = """

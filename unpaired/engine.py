@@ -427,11 +427,11 @@ def _train(variant: ResolvedVariant, run: RunInfo, registry: Registry, show_prog
                 epoch_sums.zero_()
                 step_in_epoch = 0
                 _write_history(out_dir, history)
-                hook.unpaired_on_epoch_end(run=run, epoch=epoch, metrics={k: v for k, v in metrics.items() if k != "epoch"})
                 if epoch % train.sample_every == 0 or epoch == train.total_epochs:
                     model.save_samples(data, variant.spec.samples, out_dir / "samples" / f"epoch-{epoch:04d}.png")
                 if epoch % train.checkpoint_every == 0 or epoch == train.total_epochs:
                     save_checkpoint()
+                hook.unpaired_on_epoch_end(run=run, epoch=epoch, metrics={k: v for k, v in metrics.items() if k != "epoch"})
     except torch.OutOfMemoryError as error:
         raise TrainingError(
             f"out of memory on {device} at epoch {epoch + 1}: lower data.crop_size or train.batch_size, or set "

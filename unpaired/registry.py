@@ -72,10 +72,11 @@ def _strict(model: type[BaseModel]) -> type[BaseModel]:
     return type(model.__name__, (model,), {"model_config": ConfigDict(extra="forbid"), "__module__": model.__module__})
 
 
-def _pydantic_errors(error: ValidationError, prefix: str) -> list[tuple[str, str]]:
+def pydantic_problems(error: ValidationError, prefix: str = "") -> list[tuple[str, str]]:
+    """Turn a pydantic error into ``(dotted_path, message)`` pairs; messages quote the bad value."""
     found = []
     for item in error.errors():
-        path = ".".join([prefix, *(str(part) for part in item["loc"])])
+        path = ".".join([part for part in [prefix] if part] + [str(part) for part in item["loc"]])
         message = item["msg"]
         if item["type"] != "missing":
             message += f" (got {item['input']!r})"
@@ -201,7 +202,7 @@ class Registry:
         try:
             params = component.params_model.model_validate({k: v for k, v in config.items() if k != "name"})
         except ValidationError as error:
-            raise InvalidParamsError(_pydantic_errors(error, where)) from None
+            raise InvalidParamsError(pydantic_problems(error, where)) from None
         return component, params
 
     def build(self, kind: ComponentKind, config: Mapping[str, Any], *args: Any, where: str | None = None, **kwargs: Any) -> Any:

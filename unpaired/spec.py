@@ -17,7 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from unpaired.registry import ComponentError, InvalidParamsError, Registry
+from unpaired.registry import ComponentError, InvalidParamsError, Registry, pydantic_problems
 from unpaired.weight_init import InitScheme
 
 Device = str
@@ -102,18 +102,6 @@ class SpecError(ValueError):
         lines = [f"  {path}: {message}" if path else f"  {message}" for path, message in problems]
         count = f"{len(problems)} problem" + ("s" if len(problems) != 1 else "")
         super().__init__(f"{source}: {count}:\n" + "\n".join(lines))
-
-
-def pydantic_problems(error: ValidationError, prefix: str = "") -> list[tuple[str, str]]:
-    """Turn a pydantic error into ``(dotted_path, message)`` pairs."""
-    problems = []
-    for item in error.errors():
-        path = ".".join([prefix, *(str(part) for part in item["loc"])] if prefix else [str(p) for p in item["loc"]])
-        message = item["msg"]
-        if item["type"] not in ("missing",):
-            message += f" (got {item['input']!r})"
-        problems.append((path, message))
-    return problems
 
 
 def read_document(path: str | Path) -> Any:

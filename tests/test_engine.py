@@ -1,0 +1,321 @@
+"""The training loop: the paper's update, schedule, checkpoints, exact resume and failure handling."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import run_cli
+from unpaired import hookimpl
+from unpaired.checkpoint import atomic_save, latest_checkpoint, load_checkpoint
+from unpaired.components import LossWeights
+from unpaired.engine import LOSS_TERMS, CycleGAN, TrainingError, TrainingInterrupted, learning_rate, train_variant
+from unpaired.registry import Registry
+from unpaired.spec import TrainConfig, resolve_variant
+
+TINY = {
+    "data": {"name": "synthetic", "size": 32, "n_train": 8, "n_test": 2},
+    "generator": {"name": "resnet", "n_blocks": 1, "ngf": 4, "dropout": 0.5},
+    "discriminator": {"name": "patchgan", "ndf": 4, "n_layers": 2},
+    "image_pool": {"name": "history", "size": 5},
+    "train": {"epochs": 2, "decay_epochs": 2, "num_workers": 0, "log_every": 1},
+    "samples": 2,
+}
+
+
+def merged(base: dict, changes: dict) -> dict:
+    """Deep merge; a component given another name is replaced, not merged."""
+    out = copy.deepcopy(base)
+    for key, value in changes.items():
+        nested = isinstance(value, dict) and isinstance(out.get(key), dict) and value.get("name", out[key].get("name")) == out[key].get("name")
+        out[key] = merged(out[key], value) if nested else value
+    return out
+
+
+@pytest.fixture
+def registry():
+    return Registry.from_entry_points()
+
+
+def tiny(registry, **changes):
+    return resolve_variant(merged(TINY, changes), registry)
+
+
+def test_learning_rate_is_constant_then_decays_linearly():
+    train = TrainConfig(epochs=100, decay_epochs=100, lr=2e-4)
+    assert learning_rate(0, train) == learning_rate(99, train) == 2e-4
+    assert learning_rate(100, train) == pytest.approx(2e-4 * 100 / 101)
+    assert learning_rate(150, train) == pytest.approx(2e-4 * 50 / 101)
+    assert learning_rate(199, train) == pytest.approx(2e-4 / 101)
+    assert learning_rate(7, TrainConfig(epochs=10, decay_epochs=0)) == 2e-4
+
+
+def batch(seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand(2, 3, 32, 32, generator=generator) * 2 - 1, torch.rand(2, 3, 32, 32, generator=generator) * 2 - 1
+
+
+def test_generator_step_gives_discriminators_no_gradient_and_vice_versa(registry):
+    model = CycleGAN(tiny(registry), registry, torch.device("cpu"))
+    real_A, real_B = batch()
+    fake_A, fake_B, _ = model.generator_step(real_A, real_B, LossWeights(1.0, 10.0, 5.0))
+    assert all(p.grad is None for d in model.discriminators() for p in d.parameters())
+    g_grads = [p.grad.clone() for name in ("G_AB", "G_BA") for p in model.networks[name].parameters()]
+    assert all(g.abs().sum() > 0 for g in g_grads)
+    assert all(p.requires_grad for d in model.discriminators() for p in d.parameters())
+    model.discriminator_step(real_A, real_B, fake_A, fake_B)
+    assert all(p.grad is not None for d in model.discriminators() for p in d.parameters())
+    after = [p.grad for name in ("G_AB", "G_BA") for p in model.networks[name].parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(g_grads, after))
+
+
+def test_loss_terms_follow_the_paper(registry):
+    variant = tiny(registry, generator={"dropout": 0.0}, image_pool={"name": "none"})
+    model = CycleGAN(variant, registry, torch.device("cpu"))
+    G_AB, G_BA, D_A, D_B = (copy.deepcopy(model.networks[n]) for n in ("G_AB", "G_BA", "D_A", "D_B"))
+    real_A, real_B = batch(1)
+    terms = dict(zip(LOSS_TERMS, model.train_step(real_A, real_B, LossWeights(1.0, 10.0, 5.0)).tolist()))
+    with torch.no_grad():
+        fake_B, fake_A = G_AB(real_A), G_BA(real_B)
+        mse_to = lambda pred, label: F.mse_loss(pred, torch.full_like(pred, label)).item()  # noqa: E731
+        expected = {
+            "G_adv_A": mse_to(D_A(fake_A), 1.0),
+            "G_adv_B": mse_to(D_B(fake_B), 1.0),
+            "cycle_A": 10 * F.l1_loss(G_BA(fake_B), real_A).item(),
+            "cycle_B": 10 * F.l1_loss(G_AB(fake_A), real_B).item(),
+            "idt_A": 5 * F.l1_loss(G_BA(real_A), real_A).item(),
+            "idt_B": 5 * F.l1_loss(G_AB(real_B), real_B).item(),
+            "D_A": 0.5 * (mse_to(D_A(real_A), 1.0) + mse_to(D_A(fake_A), 0.0)),
+            "D_B": 0.5 * (mse_to(D_B(real_B), 1.0) + mse_to(D_B(fake_B), 0.0)),
+        }
+    assert terms == pytest.approx(expected, rel=1e-5)
+
+
+def test_identity_loss_is_skipped_when_its_weight_is_zero(registry):
+    model = CycleGAN(tiny(registry), registry, torch.device("cpu"))
+    calls = []
+    for name in ("G_AB", "G_BA"):
+        model.networks[name].register_forward_hook(lambda *args, name=name: calls.append(name))
+    real_A, real_B = batch()
+    terms = dict(zip(LOSS_TERMS, model.train_step(real_A, real_B, LossWeights(1.0, 10.0, 0.0)).tolist()))
+    assert terms["idt_A"] == terms["idt_B"] == 0.0
+    assert sorted(calls) == ["G_AB", "G_AB", "G_BA", "G_BA"]
+    calls.clear()
+    model.train_step(real_A, real_B, LossWeights(1.0, 10.0, 5.0))
+    assert len(calls) == 6
+
+
+def final_state(out: Path) -> dict:
+    return load_checkpoint(latest_checkpoint(out / "checkpoints"))
+
+
+def losses(out: Path) -> list[dict]:
+    history = json.loads((out / "history.json").read_text())
+    return [{k: row[k] for k in ("epoch", "lr", *LOSS_TERMS)} for row in history]
+
+
+def assert_same_training(a: Path, b: Path) -> None:
+    first, second = final_state(a), final_state(b)
+    for name, weights in first["model"]["networks"].items():
+        for key, tensor in weights.items():
+            assert torch.equal(tensor, second["model"]["networks"][name][key]), f"{name}.{key} differs"
+    assert losses(a) == losses(b)
+    assert first["global_step"] == second["global_step"] == 32
+
+
+class CrashAfterEpoch:
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    @hookimpl
+    def unpaired_on_epoch_end(self, run, epoch, metrics):
+        if epoch == self.epoch:
+            raise RuntimeError("simulated crash")
+
+
+class SigintAtStep:
+    def __init__(self, step):
+        self.step = step
+
+    @hookimpl
+    def unpaired_on_step(self, run, epoch, step, losses, lr):
+        if step == self.step:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_resume_after_a_crash_at_an_epoch_boundary_is_exact(registry, tmp_path):
+    variant = tiny(registry)
+    train_variant(variant, tmp_path / "straight", registry, show_progress=False)
+
+    crashing = Registry.from_entry_points()
+    crashing.add_plugin(CrashAfterEpoch(2), "crash", "tests", "0")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train_variant(variant, tmp_path / "resumed", crashing, show_progress=False)
+    assert json.loads((tmp_path / "resumed" / "result.json").read_text())["status"] == "failed"
+    assert final_state(tmp_path / "resumed")["epoch"] == 2
+    result = train_variant(variant, tmp_path / "resumed", registry, show_progress=False)
+    assert result["status"] == "finished" and result["epochs"] == 4
+    assert_same_training(tmp_path / "straight", tmp_path / "resumed")
+
+
+def test_sigint_mid_epoch_checkpoints_and_resume_is_exact(registry, tmp_path):
+    variant = tiny(registry)
+    train_variant(variant, tmp_path / "straight", registry, show_progress=False)
+    interrupting = Registry.from_entry_points()
+    interrupting.add_plugin(SigintAtStep(11), "sigint", "tests", "0")
+    with pytest.raises(TrainingInterrupted, match="rerun to resume"):
+        train_variant(variant, tmp_path / "resumed", interrupting, show_progress=False)
+    state = final_state(tmp_path / "resumed")
+    assert (state["epoch"], state["step_in_epoch"], state["global_step"]) == (1, 3, 11)
+    train_variant(variant, tmp_path / "resumed", registry, show_progress=False)
+    assert_same_training(tmp_path / "straight", tmp_path / "resumed")
+
+
+def test_a_finished_variant_is_not_trained_again(registry, tmp_path):
+    variant = tiny(registry, train={"epochs": 1, "decay_epochs": 0})
+    first = train_variant(variant, tmp_path, registry, show_progress=False)
+    steps = []
+
+    class Count:
+        @hookimpl
+        def unpaired_on_step(self, run, epoch, step, losses, lr):
+            steps.append(step)
+
+    counting = Registry.from_entry_points()
+    counting.add_plugin(Count(), "count", "tests", "0")
+    assert train_variant(variant, tmp_path, counting, show_progress=False) == first
+    assert steps == []
+
+
+def test_another_variant_in_the_same_folder_is_refused(registry, tmp_path):
+    train_variant(tiny(registry, train={"epochs": 1, "decay_epochs": 0}), tmp_path, registry, show_progress=False)
+    (tmp_path / "result.json").unlink()
+    with pytest.raises(TrainingError, match="holds checkpoints of another variant"):
+        train_variant(tiny(registry, train={"epochs": 1, "decay_epochs": 0, "seed": 1}), tmp_path, registry, show_progress=False)
+
+
+def test_a_crash_while_writing_a_checkpoint_keeps_the_previous_one(registry, tmp_path, monkeypatch):
+    train_variant(tiny(registry, train={"epochs": 1, "decay_epochs": 0}), tmp_path, registry, show_progress=False)
+    previous = latest_checkpoint(tmp_path / "checkpoints")
+    before = previous.read_bytes()
+
+    def dying_save(state, file):
+        file.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", dying_save)
+    with pytest.raises(OSError, match="disk full"):
+        atomic_save({"x": 1}, previous)
+    assert previous.read_bytes() == before
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == [previous.name]
+    assert load_checkpoint(previous)["epoch"] == 1
+
+
+class NanAfter:
+    """An LSGAN whose generator loss turns NaN after ``n`` calls."""
+
+    def __init__(self, n):
+        self.n, self.calls = n, 0
+
+    @hookimpl
+    def unpaired_register_gan_losses(self, register):
+        from pydantic import BaseModel
+
+        from unpaired_plugins.gan_losses import LabelParams, LeastSquares
+
+        outer = self
+
+        class Flaky(LeastSquares):
+            def generator_loss(self, fake_pred):
+                outer.calls += 1
+                loss = super().generator_loss(fake_pred)
+                return loss * float("nan") if outer.calls > outer.n else loss
+
+        register("flaky", Flaky, LabelParams, "turns NaN")
+        assert issubclass(LabelParams, BaseModel)
+
+
+def test_a_non_finite_loss_stops_the_variant_naming_term_step_and_epoch(tmp_path):
+    registry = Registry.from_entry_points()
+    registry.add_plugin(NanAfter(2 * 11), "nan", "tests", "0")  # two generator_loss calls per step: NaN from step 12
+    variant = tiny(registry, gan_loss={"name": "flaky"}, train={"log_every": 4})
+    with pytest.raises(TrainingError) as error:
+        train_variant(variant, tmp_path, registry, show_progress=False)
+    message = str(error.value)
+    assert "loss G_adv_A became non-finite at step 12 (epoch 2, step 4 of that epoch)" in message
+    assert "the last good checkpoint is" in message and "epoch-0001-step-000000008.pt" in message
+    assert latest_checkpoint(tmp_path / "checkpoints").name == "epoch-0001-step-000000008.pt"
+    assert json.loads((tmp_path / "result.json").read_text())["status"] == "failed"
+
+
+def test_out_of_memory_suggests_what_to_change(registry, tmp_path, monkeypatch):
+    def no_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(CycleGAN, "train_step", no_memory)
+    with pytest.raises(TrainingError, match=r"out of memory on cpu at epoch 1: lower data.crop_size or train.batch_size, or set train.precision: bf16"):
+        train_variant(tiny(registry), tmp_path, registry, show_progress=False)
+
+
+def test_a_64px_run_visibly_learns(registry, tmp_path):
+    variant = tiny(
+        registry,
+        data={"size": 64, "n_train": 30},
+        generator={"n_blocks": 3, "ngf": 16, "dropout": 0.0},
+        discriminator={"ndf": 16, "n_layers": 3},
+        train={"epochs": 3, "decay_epochs": 1, "lr": 5e-4, "log_every": 1},
+    )
+    first_steps = []
+
+    class Record:
+        @hookimpl
+        def unpaired_on_step(self, run, epoch, step, losses, lr):
+            if step <= 3:
+                first_steps.append(losses["cycle_A"] + losses["cycle_B"])
+
+    recording = Registry.from_entry_points()
+    recording.add_plugin(Record(), "record", "tests", "0")
+    train_variant(variant, tmp_path, recording, show_progress=False)
+    last = losses(tmp_path)[-1]
+    assert (last["cycle_A"] + last["cycle_B"]) < 0.6 * (sum(first_steps) / 3)  # measured: 0.48
+
+
+def test_train_and_translate_from_the_command_line(tmp_path):
+    spec = tmp_path / "variant.yaml"
+    spec.write_text(
+        "data: {name: synthetic, size: 32, n_train: 4, n_test: 2}\n"
+        "generator: {name: resnet, n_blocks: 1, ngf: 4}\n"
+        "discriminator: {name: pooled, ndf: 4, n_layers: 2}\n"
+        "train: {epochs: 1, decay_epochs: 1, num_workers: 0}\n"
+    )
+    result = run_cli("train", str(spec), "--out", str(tmp_path / "run"), "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["status"] == "finished"
+    run = tmp_path / "run"
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "generators", "history.csv", "history.json", "result.json", "samples", "spec.json"]
+    assert sorted(p.name for p in (run / "samples").iterdir()) == ["epoch-0001.png", "epoch-0002.png"]
+    assert (run / "history.csv").read_text().splitlines()[0] == "epoch,lr," + ",".join(LOSS_TERMS) + ",seconds,it_per_s"
+
+    run_cli("data", "synth", str(tmp_path / "syn"), "--size", "32", "--n", "1", "--n-test", "3")
+    out = tmp_path / "translated"
+    result = run_cli("translate", "--checkpoint", str(run / "generators" / "AtoB.pt"), "--direction", "AtoB", str(tmp_path / "syn" / "testA"), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["00000.png", "00001.png", "00002.png"]
+    from PIL import Image
+
+    assert Image.open(out / "00000.png").size == (32, 32)
+
+
+def test_cli_reports_spec_errors_with_exit_code_2(tmp_path):
+    spec = tmp_path / "variant.yaml"
+    spec.write_text("data: {name: synthetic}\ngenerator: {name: resnet, n_blocks: 0}\n")
+    result = run_cli("train", str(spec), "--out", str(tmp_path / "run"))
+    assert result.returncode == 2
+    assert f"error: {spec}: 1 problem:\n  generator.n_blocks: Input should be greater than or equal to 1 (got 0)" in result.stderr

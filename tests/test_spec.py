@@ -1,0 +1,97 @@
+"""Variant specs: the paper's defaults, YAML and JSON alike, and errors that name file, path and value."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from unpaired.registry import Registry
+from unpaired.spec import SpecError, load_variant, resolve_variant
+
+DATA = {"name": "synthetic", "size": 32}
+
+
+@pytest.fixture(scope="module")
+def registry():
+    return Registry.from_entry_points()
+
+
+def test_every_default_is_the_papers(registry):
+    resolved = resolve_variant({"data": DATA}, registry).as_dict()
+    assert resolved["generator"] == {"name": "resnet", "n_blocks": 9, "ngf": 64, "dropout": 0.0, "padding": "reflect"}
+    assert resolved["discriminator"] == {"name": "patchgan", "ndf": 64, "n_layers": 3}
+    assert resolved["generator_norm"] == resolved["discriminator_norm"] == {"name": "instance", "affine": False}
+    assert resolved["gan_loss"]["name"] == "lsgan"
+    assert resolved["loss_weights"] == {"name": "constant", "adversarial": 1.0, "cycle": 10.0, "identity": 5.0}
+    assert resolved["image_pool"] == {"name": "history", "size": 50, "swap_probability": 0.5}
+    train = resolved["train"]
+    assert (train["epochs"], train["decay_epochs"], train["batch_size"], train["lr"]) == (100, 100, 1, 2e-4)
+    assert (train["betas"], train["init"], train["init_gain"], train["precision"]) == ([0.5, 0.999], "normal", 0.02, "fp32")
+
+
+def test_norms_can_differ_between_generator_and_discriminator(registry):
+    resolved = resolve_variant({"data": DATA, "norm": {"name": "batch"}, "discriminator_norm": {"name": "none"}}, registry)
+    assert resolved.components["generator_norm"]["name"] == "batch"
+    assert resolved.components["discriminator_norm"] == {"name": "none"}
+
+
+def test_all_problems_are_reported_with_file_dotted_path_and_value(registry, tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        "data: {name: synthetic, size: 32}\n"
+        "generater: {name: resnet}\n"
+        "generator: {name: resnet, n_blocks: nine}\n"
+        "discriminator: {name: patchgn}\n"
+        "train: {lr: fast, device: gpu}\n"
+    )
+    with pytest.raises(SpecError) as error:
+        load_variant(path, registry)
+    message = str(error.value)
+    assert message.startswith(f"{path}: ")
+    assert "generater: Extra inputs are not permitted" in message
+    assert "train.lr: Input should be a valid number" in message and "(got 'fast')" in message
+    assert "train.device: String should match pattern" in message and "(got 'gpu')" in message
+    # component parameters are checked once the spec's own fields are valid
+    path.write_text("data: {name: synthetic, size: 32}\ngenerator: {name: resnet, n_blocks: nine}\ndiscriminator: {name: patchgn}\n")
+    with pytest.raises(SpecError) as error:
+        load_variant(path, registry)
+    problems = dict(error.value.problems)
+    assert "got 'nine'" in problems["generator.n_blocks"]
+    assert "Did you mean 'patchgan'?" in problems["discriminator.name"]
+
+
+def test_yaml_syntax_errors_give_line_and_column(registry, tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("data:\n  name: synthetic\n  size: [32\n")
+    with pytest.raises(SpecError, match=rf"^{path}:4:1: 1 problem:\n  invalid YAML"):
+        load_variant(path, registry)
+
+
+def test_json_syntax_errors_give_line_and_column(registry, tmp_path):
+    path = tmp_path / "broken.json"
+    path.write_text('{"data": {"name": "synthetic",}}')
+    with pytest.raises(SpecError, match=rf"^{path}:1:31: 1 problem:\n  invalid JSON"):
+        load_variant(path, registry)
+
+
+def test_yaml_and_json_give_the_same_variant_and_id(registry, tmp_path):
+    spec = {"data": DATA, "generator": {"name": "resnet", "n_blocks": 6}, "train": {"seed": 3}}
+    (tmp_path / "v.json").write_text(json.dumps(spec))
+    (tmp_path / "v.yaml").write_text("data: {name: synthetic, size: 32}\ngenerator: {name: resnet, n_blocks: 6}\ntrain: {seed: 3}\n")
+    from_json, from_yaml = load_variant(tmp_path / "v.json", registry), load_variant(tmp_path / "v.yaml", registry)
+    assert from_json.as_dict() == from_yaml.as_dict()
+    assert from_json.variant_id == from_yaml.variant_id
+
+
+def test_variant_id_ignores_runtime_settings_but_not_results(registry):
+    def variant_id(**changes):
+        return resolve_variant({"data": DATA, **changes}, registry).variant_id
+
+    base = variant_id()
+    assert len(base) == 12
+    assert variant_id(train={"device": "cpu", "num_workers": 7, "log_every": 3, "compile": True}) == base
+    assert variant_id(generator={"name": "resnet", "n_blocks": 9}) == base  # explicit default == implicit default
+    assert variant_id(generator={"name": "resnet", "n_blocks": 6}) != base
+    assert variant_id(train={"seed": 1}) != base
+    assert variant_id(train={"precision": "bf16"}) != base
