@@ -36,6 +36,19 @@ def atomic_save(state: dict[str, Any], path: Path) -> None:
         raise
 
 
+def atomic_write_text(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` atomically (temporary file in the same folder, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w") as file:
+            file.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
 def latest_checkpoint(folder: Path) -> Path | None:
     """The checkpoint with the most steps in ``folder`` (temporary files of interrupted writes are ignored)."""
     if not folder.is_dir():

@@ -15,6 +15,7 @@ from unpaired.data import DataError, export_folder_layout
 from unpaired.download import DATASETS, DownloadError, download_dataset
 from unpaired.registry import ComponentError, default_registry
 from unpaired.spec import SpecError, load_variant
+from unpaired.study import Study, load_study, study_json_schema
 
 
 def _parameters_json(component: Component) -> dict[str, dict[str, object]]:
@@ -103,6 +104,67 @@ def cmd_data_download(args: argparse.Namespace) -> int:
     return 0
 
 
+def _describe(study: Study) -> str:
+    variants, seeds = len(study.variant_names), len(study.spec.seeds)
+    return f"{variants} variant(s) x {seeds} seed(s) = {len(study.runs)} run(s), baseline {study.baseline!r}"
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Check a study file completely without training anything."""
+    study = load_study(args.study, default_registry())
+    print(f"{args.study}: valid: {_describe(study)}")
+    return 0
+
+
+def _out_dir(args: argparse.Namespace, study: Study) -> Path:
+    return Path(args.out) if args.out else Path("runs") / study.spec.name
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    """Show every run of a study with its overrides, id, steps and state on disk."""
+    from unpaired.runner import run_status, steps_per_run
+
+    registry = default_registry()
+    study = load_study(args.study, registry)
+    out = _out_dir(args, study)
+    steps = steps_per_run(study, registry)
+    rows = [("variant", "seed", "run id", "steps", "status", "overrides")]
+    for run in study.runs:
+        overrides = ", ".join(f"{k}={v}" for k, v in run.overrides.items()) or "(base)"
+        count = steps[run.run_id]
+        rows.append((run.variant, str(run.seed), run.run_id, str(count) if isinstance(count, int) else "?", run_status(run, out), overrides))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
+    for reason in dict.fromkeys(v for v in steps.values() if isinstance(v, str)):
+        print(f"steps unknown: {reason}")
+    print(f"\n{study.spec.name}: {_describe(study)}; output folder {out}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Train every pending run of a study; finished runs are skipped, interrupted ones resume."""
+    from unpaired.runner import run_study, select_runs
+
+    registry = default_registry()
+    study = load_study(args.study, registry)
+    out = _out_dir(args, study)
+    runs = select_runs(study, args.only, args.seeds)
+    print(f"{study.spec.name}: {_describe(study)}; {len(runs)} selected; output folder {out}", file=sys.stderr)
+    summary = run_study(study, out, registry, runs, jobs=args.jobs, show_progress=not args.quiet,
+                        announce=lambda line: print(line, file=sys.stderr))
+    print(summary)
+    if summary.interrupted:
+        return 130
+    return 1 if summary.failed else 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    """Print the JSON Schema of study files."""
+    print(json.dumps(study_json_schema(default_registry()), indent=1))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``unpaired`` command and its subcommands."""
     parser = argparse.ArgumentParser(prog="unpaired", description="Ablation studies for unpaired image-to-image translation.")
@@ -112,6 +174,27 @@ def build_parser() -> argparse.ArgumentParser:
     plugins = commands.add_parser("plugins", help="list the components that installed plugins provide")
     plugins.add_argument("--json", action="store_true", help="machine-readable output")
     plugins.set_defaults(handler=cmd_plugins)
+
+    validate = commands.add_parser("validate", help="check a study file without training")
+    validate.add_argument("study", help="study file (YAML or JSON)")
+    validate.set_defaults(handler=cmd_validate)
+
+    plan = commands.add_parser("plan", help="list a study's runs and which are done / partial / pending")
+    plan.add_argument("study", help="study file (YAML or JSON)")
+    plan.add_argument("--out", help="output folder (default: runs/<study name>)")
+    plan.set_defaults(handler=cmd_plan)
+
+    run = commands.add_parser("run", help="train every pending run of a study (rerun to resume)")
+    run.add_argument("study", help="study file (YAML or JSON)")
+    run.add_argument("--out", help="output folder (default: runs/<study name>)")
+    run.add_argument("--only", nargs="+", metavar="NAME", help="only these variants")
+    run.add_argument("--seeds", nargs="+", type=int, metavar="SEED", help="only these seeds")
+    run.add_argument("--jobs", type=int, default=1, help="runs trained at once, as separate processes")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.set_defaults(handler=cmd_run)
+
+    schema = commands.add_parser("schema", help="print the JSON Schema of study files (for editor completion)")
+    schema.set_defaults(handler=cmd_schema)
 
     train = commands.add_parser("train", help="train one variant spec (YAML/JSON); reruns resume")
     train.add_argument("spec", help="variant spec file")

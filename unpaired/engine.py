@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import itertools
 import json
 import math
@@ -33,6 +34,7 @@ from tqdm import tqdm
 
 from unpaired.checkpoint import (
     atomic_save,
+    atomic_write_text,
     capture_rng,
     checkpoint_name,
     latest_checkpoint,
@@ -264,12 +266,13 @@ def seed_everything(seed: int) -> None:
 
 
 def _write_history(out_dir: Path, history: list[dict[str, float]]) -> None:
-    (out_dir / "history.json").write_text(json.dumps(history, indent=1))
+    atomic_write_text(out_dir / "history.json", json.dumps(history, indent=1))
     if history:
-        with open(out_dir / "history.csv", "w", newline="") as file:
-            writer = csv.DictWriter(file, fieldnames=list(history[0]))
-            writer.writeheader()
-            writer.writerows(history)
+        table = io.StringIO()
+        writer = csv.DictWriter(table, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)
+        atomic_write_text(out_dir / "history.csv", table.getvalue())
 
 
 def _export_generators(model: CycleGAN, variant: ResolvedVariant, data: UnpairedData, out_dir: Path) -> None:
@@ -313,10 +316,10 @@ def train_variant(variant: ResolvedVariant, out_dir: Path, registry: Registry, s
         raise
     except Exception as error:
         result = {"status": "failed", "variant_id": variant.variant_id, "error": f"{type(error).__name__}: {error}"}
-        (out_dir / "result.json").write_text(json.dumps(result, indent=1))
+        atomic_write_text(out_dir / "result.json", json.dumps(result, indent=1))
         hook.unpaired_on_variant_end(run=run, result=result)
         raise
-    (out_dir / "result.json").write_text(json.dumps(result, indent=1))
+    atomic_write_text(out_dir / "result.json", json.dumps(result, indent=1))
     hook.unpaired_on_variant_end(run=run, result=result)
     return result
 
@@ -346,7 +349,7 @@ def _train(variant: ResolvedVariant, run: RunInfo, registry: Registry, show_prog
         history, elapsed = state["history"], state["elapsed"]
         epoch_sums = state["epoch_sums"].to(device)
         model.step_counter.fill_(global_step)
-    (out_dir / "spec.json").write_text(json.dumps(variant.as_dict(), indent=1))
+    atomic_write_text(out_dir / "spec.json", json.dumps(variant.as_dict(), indent=1))
     # The loader's own generator keeps it from drawing on the global RNG, so resuming mid-epoch stays exact.
     loader_rng = torch.Generator()
     steps_per_epoch = math.ceil(data.train_length / train.batch_size)

@@ -104,8 +104,33 @@ class SpecError(ValueError):
         super().__init__(f"{source}: {count}:\n" + "\n".join(lines))
 
 
+class _DuplicateKeyError(ValueError):
+    pass
+
+
+class _StrictYamlLoader(yaml.SafeLoader):
+    """A YAML loader that refuses duplicate mapping keys instead of keeping the last one."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [key for key, _ in pairs]
+    duplicates = sorted({key for key in keys if keys.count(key) > 1})
+    if duplicates:
+        raise _DuplicateKeyError(f"duplicate key {duplicates[0]!r}")
+    return dict(pairs)
+
+
 def read_document(path: str | Path) -> Any:
-    """Parse a YAML (.yaml/.yml) or JSON (.json) file; syntax errors name the line and column."""
+    """Parse a YAML (.yaml/.yml) or JSON (.json) file; syntax errors and duplicate keys name the line and column."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -113,11 +138,13 @@ def read_document(path: str | Path) -> Any:
         raise SpecError(str(path), [("", f"cannot read the file: {error.strerror or error}")]) from None
     if path.suffix.lower() == ".json":
         try:
-            return json.loads(text)
+            return json.loads(text, object_pairs_hook=_refuse_duplicates)
         except json.JSONDecodeError as error:
             raise SpecError(f"{path}:{error.lineno}:{error.colno}", [("", f"invalid JSON: {error.msg}")]) from None
+        except _DuplicateKeyError as error:
+            raise SpecError(str(path), [("", f"invalid JSON: {error}")]) from None
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_StrictYamlLoader)
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)

@@ -1,0 +1,260 @@
+"""Study specs: a base variant, grid axes and/or named variants, and seeds, expanded into concrete runs.
+
+Named variants are deep-merged into the base; a component given another ``name``
+is replaced rather than merged, so no parameter of the old one leaks into the new.
+Grid axes then set dotted paths (cartesian product), on the base or on each named
+variant. Each seed of each variant is one run.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
+
+from unpaired.registry import ComponentError, Registry, pydantic_problems
+from unpaired.spec import COMPONENT_FIELDS, ResolvedVariant, SpecError, TrainConfig, VariantSpec, read_document, resolve_variant
+
+STUDY_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+
+class StudySpec(BaseModel):
+    """An ablation: which variants of a base to train, and with which seeds."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=STUDY_NAME, description="names the study (MLflow experiment, default output folder)")
+    description: str = Field("", description="the question the study answers")
+    base: dict[str, Any] = Field(description="a complete variant spec; every field not given has the paper's default")
+    grid: dict[str, Annotated[list[Any], Field(min_length=1)]] = Field(
+        default_factory=dict, description="dotted path -> values; every combination is a variant"
+    )
+    variants: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="named overrides of the base, merged deeply (combinable with grid)"
+    )
+    seeds: Annotated[list[Annotated[StrictInt, Field(ge=0)]], Field(min_length=1)] = Field(
+        default_factory=lambda: [0], description="each variant is trained once per seed (train.seed)"
+    )
+    baseline: str | None = Field(None, description="the variant differences are measured against (default: the base)")
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One variant trained with one seed."""
+
+    variant: str
+    variant_key: str
+    """Id of the variant's configuration without the seed: the same for all its seeds."""
+    seed: int
+    overrides: dict[str, Any]
+    resolved: ResolvedVariant
+
+    @property
+    def run_id(self) -> str:
+        return self.resolved.variant_id
+
+    def folder(self, out: Path) -> Path:
+        """Where this run writes: OUT/<variant>/seed<k>-<run id>."""
+        return Path(out) / re.sub(r"[^A-Za-z0-9_.=+-]", "_", self.variant) / f"seed{self.seed}-{self.run_id}"
+
+
+@dataclass(frozen=True)
+class Study:
+    """A validated study and its runs, in order: variants as listed, then seeds."""
+
+    spec: StudySpec
+    source: str
+    runs: list[PlannedRun]
+    baseline: str
+
+    @property
+    def variant_names(self) -> list[str]:
+        return list(dict.fromkeys(run.variant for run in self.runs))
+
+
+def merge(base: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep merge of ``changes`` into a copy of ``base``; a mapping whose ``name`` differs replaces the old one."""
+    out = copy.deepcopy(dict(base))
+    for key, value in changes.items():
+        old = out.get(key)
+        same_component = isinstance(value, Mapping) and isinstance(old, Mapping) and value.get("name", old.get("name")) == old.get("name")
+        out[key] = merge(old, value) if same_component else copy.deepcopy(value)
+    return out
+
+
+def set_path(spec: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    """A copy of ``spec`` with the dotted ``path`` set to ``value`` (merged like a named override)."""
+    *parents, last = path.split(".")
+    change: dict[str, Any] = {last: value}
+    for part in reversed(parents):
+        change = {part: change}
+    return merge(spec, change)
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, f"{path}."))
+        else:
+            flat[path] = value
+    return flat
+
+
+def _label_value(value: Any) -> str:
+    if isinstance(value, Mapping):
+        return str(value.get("name", json.dumps(value, sort_keys=True)))
+    return json.dumps(value) if not isinstance(value, str) else value
+
+
+def _grid_labels(paths: list[str]) -> dict[str, str]:
+    """Short axis names for variant names: the last path segment (the component for ``x.name``)
+    unless two axes share it."""
+    last = [p.removesuffix(".name").rsplit(".", 1)[-1] for p in paths]
+    return {p: (short if last.count(short) == 1 else p) for p, short in zip(paths, last)}
+
+
+def with_component_defaults(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """``spec`` with every absent component field set to its default, so overrides and grid axes
+    of a component the spec leaves out (``generator.n_blocks`` ...) merge into the paper's choice."""
+    filled = dict(spec)
+    for field, info in VariantSpec.model_fields.items():
+        default = info.get_default(call_default_factory=True) if not info.is_required() else None
+        if isinstance(default, BaseModel) and field not in filled and field != "train":
+            filled[field] = default.model_dump()
+    return filled
+
+
+def _check_grid_path(path: str, base: Mapping[str, Any], registry: Registry) -> str | None:
+    """Why ``path`` cannot be a grid axis, or None when it can."""
+    head, *rest = path.split(".")
+    if head not in VariantSpec.model_fields:
+        return f"no field {head!r} in a variant; the fields are {', '.join(VariantSpec.model_fields)}"
+    if not rest:
+        return None
+    if head == "train":
+        if rest[0] not in TrainConfig.model_fields:
+            return f"no field {rest[0]!r} in train; the fields are {', '.join(TrainConfig.model_fields)}"
+        return None
+    kind = COMPONENT_FIELDS.get(head, "norm" if head == "norm" else None)
+    if kind is None or rest[0] == "name":
+        return None
+    config = with_component_defaults(base).get(head) or {"name": None}
+    try:
+        component = registry.get(kind, config.get("name"))  # type: ignore[arg-type]
+    except ComponentError:
+        return None  # the unknown component itself is reported when the variants resolve
+    params = list(component.params_model.model_fields)
+    if rest[0] not in params:
+        return f"{kind} {component.name!r} has no parameter {rest[0]!r}; it has {', '.join(params) or 'none'}"
+    return None
+
+
+def plan_study(data: Any, registry: Registry, source: str = "<study>") -> Study:
+    """Validate a study and expand it into runs; raise :class:`SpecError` listing every problem at once."""
+    if not isinstance(data, Mapping):
+        raise SpecError(source, [("", f"expected a mapping with name, base, grid/variants and seeds, got {type(data).__name__}")])
+    try:
+        spec = StudySpec.model_validate(data)
+    except ValidationError as error:
+        raise SpecError(source, pydantic_problems(error)) from None
+    problems: list[tuple[str, str]] = []
+    try:
+        resolve_variant(spec.base, registry, source, prefix="base")
+    except SpecError as error:
+        raise SpecError(source, error.problems) from None
+    for path in spec.grid:
+        reason = _check_grid_path(path, spec.base, registry)
+        if reason:
+            problems.append((f"grid.{path}", reason))
+    if len(set(spec.seeds)) != len(spec.seeds):
+        problems.append(("seeds", f"each seed may appear once (got {spec.seeds})"))
+    if problems:
+        raise SpecError(source, problems)
+
+    named = list(spec.variants.items()) or [("", {})]
+    labels = _grid_labels(list(spec.grid))
+    combinations = [dict(zip(spec.grid, values)) for values in itertools.product(*spec.grid.values())]
+    runs: list[PlannedRun] = []
+    names_by_key: dict[str, str] = {}
+    for (variant_name, changes), combination in itertools.product(named, combinations):
+        label = ",".join(f"{labels[p]}={_label_value(v)}" for p, v in combination.items())
+        name = ",".join(part for part in (variant_name, label) if part) or "base"
+        merged = merge(with_component_defaults(spec.base), changes)
+        for path, value in combination.items():
+            merged = set_path(merged, path, value)
+        where = f"variants.{variant_name}" if variant_name and not combination else f"variant[{name}]"
+        try:
+            resolved = resolve_variant(merged, registry, source, prefix=where)
+        except SpecError as error:
+            problems.extend(error.problems)
+            continue
+        key = resolve_variant(set_path(merged, "train.seed", 0), registry, source).variant_id
+        if key in names_by_key:
+            problems.append((where, f"resolves to the same configuration as variant {names_by_key[key]!r} (id {key}); remove one"))
+            continue
+        names_by_key[key] = name
+        overrides = {**flatten(changes), **combination}
+        for seed in spec.seeds:
+            seeded = resolve_variant(set_path(merged, "train.seed", seed), registry, source, prefix=where)
+            runs.append(PlannedRun(name, key, seed, overrides, seeded))
+    if problems:
+        raise SpecError(source, list(dict.fromkeys(problems)))
+
+    base_key = resolve_variant(set_path(spec.base, "train.seed", 0), registry, source).variant_id
+    names = list(names_by_key.values())
+    baseline = spec.baseline or names_by_key.get(base_key, names[0])
+    if baseline not in names:
+        raise SpecError(source, [("baseline", f"no variant named {baseline!r}; the variants are {', '.join(names)}")])
+    return Study(spec, source, runs, baseline)
+
+
+def load_study(path: str | Path, registry: Registry) -> Study:
+    """Read, validate and expand a study file (YAML or JSON)."""
+    return plan_study(read_document(path), registry, source=str(path))
+
+
+def _component_options(registry: Registry, kind: str, definitions: dict[str, Any], require: bool) -> list[dict[str, Any]]:
+    options = []
+    for component in registry.components(kind):  # type: ignore[arg-type]
+        params = component.params_model.model_json_schema()
+        definitions.update(params.pop("$defs", {}))
+        options.append({
+            "type": "object",
+            "description": component.description,
+            "properties": {"name": {"const": component.name}, **params.get("properties", {})},
+            "required": ["name", *params.get("required", [])] if require else [],
+            "additionalProperties": False,
+        })
+    return options
+
+
+def study_json_schema(registry: Registry) -> dict[str, Any]:
+    """JSON Schema of a study file, with every registered component and its parameters, for editors."""
+    schema = StudySpec.model_json_schema()
+    definitions: dict[str, Any] = {}
+    for title, require in (("Variant", True), ("VariantOverride", False)):
+        variant = VariantSpec.model_json_schema()
+        definitions.update(variant.pop("$defs", {}))
+        for field, kind in {**COMPONENT_FIELDS, "norm": "norm"}.items():
+            options = _component_options(registry, kind, definitions, require)
+            if field.endswith("_norm"):
+                options.append({"type": "null"})
+            variant["properties"][field] = {"description": variant["properties"][field].get("description", ""), "anyOf": options}
+        if not require:
+            variant.pop("required", None)
+        variant["title"] = title
+        definitions[title] = variant
+    definitions.pop("ComponentConfig", None)
+    schema["$defs"] = definitions
+    schema["properties"]["base"] = {"$ref": "#/$defs/Variant", "description": schema["properties"]["base"]["description"]}
+    schema["properties"]["variants"]["additionalProperties"] = {"$ref": "#/$defs/VariantOverride"}
+    return schema
