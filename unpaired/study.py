@@ -1,7 +1,7 @@
 """Study specs: a base variant, grid axes and/or named variants, and seeds, expanded into concrete runs.
 
 Named variants are deep-merged into the base; a component given another ``name``
-is replaced rather than merged, so no parameter of the old one leaks into the new.
+keeps only the old parameters that the new component also has (see :func:`merge`).
 Grid axes then set dotted paths (cartesian product), on the base or on each named
 variant. Each seed of each variant is one run.
 """
@@ -78,23 +78,44 @@ class Study:
         return list(dict.fromkeys(run.variant for run in self.runs))
 
 
-def merge(base: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
-    """Deep merge of ``changes`` into a copy of ``base``; a mapping whose ``name`` differs replaces the old one."""
+def merge(base: Mapping[str, Any], changes: Mapping[str, Any], registry: Registry | None = None) -> dict[str, Any]:
+    """Deep merge of ``changes`` into a copy of ``base``.
+
+    A component (a mapping with a ``name``) given another name starts afresh, keeping only the
+    parameters of the old one that the new component also has (looked up in ``registry``;
+    none without one): ``discriminator: {name: pooled}`` keeps a PatchGAN's ``ndf``, while
+    ``image_pool: {name: none}`` drops the history pool's ``size``.
+    """
     out = copy.deepcopy(dict(base))
     for key, value in changes.items():
         old = out.get(key)
-        same_component = isinstance(value, Mapping) and isinstance(old, Mapping) and value.get("name", old.get("name")) == old.get("name")
-        out[key] = merge(old, value) if same_component else copy.deepcopy(value)
+        if isinstance(value, Mapping) and isinstance(old, Mapping):
+            if value.get("name", old.get("name")) != old.get("name"):
+                old = {"name": value["name"], **_shared_params(key, old, value["name"], registry)}
+            out[key] = merge(old, value, registry)
+        else:
+            out[key] = copy.deepcopy(value)
     return out
 
 
-def set_path(spec: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+def _shared_params(field: str, old: Mapping[str, Any], new_name: str, registry: Registry | None) -> dict[str, Any]:
+    kind = COMPONENT_FIELDS.get(field, "norm" if field == "norm" else None)
+    if registry is None or kind is None:
+        return {}
+    try:
+        accepted = registry.get(kind, new_name).params_model.model_fields  # type: ignore[arg-type]
+    except ComponentError:
+        return {}
+    return {k: copy.deepcopy(v) for k, v in old.items() if k != "name" and k in accepted}
+
+
+def set_path(spec: dict[str, Any], path: str, value: Any, registry: Registry | None = None) -> dict[str, Any]:
     """A copy of ``spec`` with the dotted ``path`` set to ``value`` (merged like a named override)."""
     *parents, last = path.split(".")
     change: dict[str, Any] = {last: value}
     for part in reversed(parents):
         change = {part: change}
-    return merge(spec, change)
+    return merge(spec, change, registry)
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -188,9 +209,9 @@ def plan_study(data: Any, registry: Registry, source: str = "<study>") -> Study:
     for (variant_name, changes), combination in itertools.product(named, combinations):
         label = ",".join(f"{labels[p]}={_label_value(v)}" for p, v in combination.items())
         name = ",".join(part for part in (variant_name, label) if part) or "base"
-        merged = merge(with_component_defaults(spec.base), changes)
+        merged = merge(with_component_defaults(spec.base), changes, registry)
         for path, value in combination.items():
-            merged = set_path(merged, path, value)
+            merged = set_path(merged, path, value, registry)
         where = f"variants.{variant_name}" if variant_name and not combination else f"variant[{name}]"
         try:
             resolved = resolve_variant(merged, registry, source, prefix=where)

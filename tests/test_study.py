@@ -1,0 +1,235 @@
+"""Studies: expansion into runs, validation of every problem at once, plan, run, resume after kill -9."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from conftest import REPO, UNPAIRED, run_cli
+from unpaired.checkpoint import latest_checkpoint, load_checkpoint
+from unpaired.cli import main
+from unpaired.registry import Registry
+from unpaired.spec import SpecError
+from unpaired.study import load_study, merge, plan_study
+
+TINY_BASE = {
+    "data": {"name": "synthetic", "size": 32, "n_train": 6, "n_test": 2},
+    "generator": {"name": "resnet", "n_blocks": 1, "ngf": 4},
+    "discriminator": {"name": "patchgan", "ndf": 4, "n_layers": 2},
+    "train": {"epochs": 1, "decay_epochs": 1, "num_workers": 0},
+    "samples": 1,
+}
+
+
+@pytest.fixture(scope="module")
+def registry():
+    return Registry.from_entry_points()
+
+
+def study(registry, **fields):
+    return plan_study({"name": "s", "base": TINY_BASE, **fields}, registry, source="s.yaml")
+
+
+def problems(registry, **fields) -> dict[str, str]:
+    with pytest.raises(SpecError) as error:
+        study(registry, **fields)
+    return dict(error.value.problems)
+
+
+def test_grid_and_named_variants_expand_into_readable_runs(registry):
+    planned = study(
+        registry,
+        grid={"generator.n_blocks": [1, 2], "discriminator.name": ["patchgan", "pooled"]},
+        variants={"plain": {}, "no-idt": {"loss_weights": {"identity": 0.0}}},
+        seeds=[0, 3],
+    )
+    assert planned.variant_names == [
+        "plain,n_blocks=1,discriminator=patchgan", "plain,n_blocks=1,discriminator=pooled",
+        "plain,n_blocks=2,discriminator=patchgan", "plain,n_blocks=2,discriminator=pooled",
+        "no-idt,n_blocks=1,discriminator=patchgan", "no-idt,n_blocks=1,discriminator=pooled",
+        "no-idt,n_blocks=2,discriminator=patchgan", "no-idt,n_blocks=2,discriminator=pooled",
+    ]
+    assert len(planned.runs) == 16 and [r.seed for r in planned.runs[:2]] == [0, 3]
+    last = planned.runs[-1]
+    assert last.overrides == {"loss_weights.identity": 0.0, "generator.n_blocks": 2, "discriminator.name": "pooled"}
+    components = last.resolved.components
+    assert components["loss_weights"] == {"name": "constant", "adversarial": 1.0, "cycle": 10.0, "identity": 0.0}
+    assert components["discriminator"] == {"name": "pooled", "ndf": 4, "n_layers": 2}
+    assert last.resolved.spec.train.seed == 3
+    assert len({r.run_id for r in planned.runs}) == 16
+    assert len({r.variant_key for r in planned.runs}) == 8
+    assert planned.baseline == "plain,n_blocks=1,discriminator=patchgan"  # the base's own configuration
+
+
+def test_ids_are_stable_for_the_same_file(registry, tmp_path):
+    text = yaml.safe_dump({"name": "s", "base": TINY_BASE, "grid": {"train.lr": [1e-4, 2e-4]}})
+    (tmp_path / "a.yaml").write_text(text)
+    (tmp_path / "b.json").write_text(json.dumps(yaml.safe_load(text)))
+    first, second = load_study(tmp_path / "a.yaml", registry), load_study(tmp_path / "b.json", registry)
+    assert [r.run_id for r in first.runs] == [r.run_id for r in second.runs]
+    assert first.runs[0].run_id == "%s" % first.runs[0].resolved.variant_id
+
+
+def test_renaming_a_component_keeps_only_the_parameters_the_new_one_has(registry):
+    base = {"image_pool": {"name": "history", "size": 50}, "generator": {"name": "resnet", "ngf": 8},
+            "discriminator": {"name": "patchgan", "ndf": 8}}
+    changes = {"image_pool": {"name": "none"}, "generator": {"n_blocks": 6}, "discriminator": {"name": "pooled", "n_layers": 2}}
+    assert merge(base, changes, registry) == {
+        "image_pool": {"name": "none"},
+        "generator": {"name": "resnet", "ngf": 8, "n_blocks": 6},
+        "discriminator": {"name": "pooled", "ndf": 8, "n_layers": 2},
+    }
+
+
+def test_baseline_defaults_to_the_base_and_must_name_a_variant(registry):
+    assert study(registry, grid={"generator.n_blocks": [2, 1]}).baseline == "n_blocks=1"
+    assert study(registry, grid={"generator.n_blocks": [2, 1]}, baseline="n_blocks=2").baseline == "n_blocks=2"
+    assert "no variant named 'n_blocks=3'" in problems(registry, grid={"generator.n_blocks": [2, 1]}, baseline="n_blocks=3")["baseline"]
+
+
+def test_spec_level_problems_are_reported_together(registry):
+    found = problems(registry, seed=[1], grid={"generator.n_blocks": []}, seeds=[-1, 1.5, "2"])
+    assert found["seed"].startswith("Extra inputs are not permitted")
+    assert found["grid.generator.n_blocks"].startswith("List should have at least 1 item")
+    assert "greater than or equal to 0 (got -1)" in found["seeds.0"]
+    assert "valid integer" in found["seeds.1"] and "valid integer" in found["seeds.2"]
+
+
+def test_grid_paths_must_exist_in_the_variant_schema(registry):
+    found = problems(registry, grid={"generater.n_blocks": [1], "generator.n_blcks": [1], "train.learning_rate": [1e-4]})
+    assert found["grid.generater.n_blocks"].startswith("no field 'generater' in a variant")
+    assert found["grid.generator.n_blcks"] == "generator 'resnet' has no parameter 'n_blcks'; it has n_blocks, ngf, dropout, padding"
+    assert found["grid.train.learning_rate"].startswith("no field 'learning_rate' in train")
+
+
+def test_variant_problems_name_the_variant_and_the_path(registry):
+    found = problems(registry, variants={"odd": {"discriminator": {"name": "patchgn"}}, "neg": {"train": {"lr": -1}}})
+    assert "Did you mean 'patchgan'?" in found["variants.odd.discriminator.name"]
+    assert "greater than 0 (got -1)" in found["variants.neg.train.lr"]
+    assert "got 'many'" in problems(registry, grid={"generator.n_blocks": ["many"]})["variant[n_blocks=many].generator.n_blocks"]
+
+
+def test_two_variants_with_one_configuration_are_refused(registry):
+    found = problems(registry, variants={"a": {}, "b": {"generator": {"n_blocks": 1}}}, seeds=[0, 0])
+    assert found == {"seeds": "each seed may appear once (got [0, 0])"}
+    found = problems(registry, variants={"a": {}, "b": {"generator": {"n_blocks": 1}}})
+    assert found["variants.b"].startswith("resolves to the same configuration as variant 'a'")
+
+
+def test_duplicate_variant_names_and_syntax_errors_are_caught_in_the_file(registry, tmp_path):
+    path = tmp_path / "dup.yaml"
+    path.write_text("name: s\nbase: {data: {name: synthetic}}\nvariants:\n  a: {}\n  a: {train: {seed: 1}}\n")
+    with pytest.raises(SpecError, match=r"duplicate key 'a'"):
+        load_study(path, registry)
+    path.write_text("name: s\nbase: {data: {name: synthetic}\n")
+    result = run_cli("validate", str(path))
+    assert result.returncode == 2 and f"error: {path}:3:1: 1 problem:\n  invalid YAML" in result.stderr
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "studies").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_study_validates_and_plans(path, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["validate", str(path)]) == 0
+    assert "valid:" in capsys.readouterr().out
+    assert main(["plan", str(path)]) == 0
+    plan = capsys.readouterr().out
+    assert plan.splitlines()[0].split() == ["variant", "seed", "run", "id", "steps", "status", "overrides"]
+    assert "pending" in plan and f"output folder runs/{load_study(path, Registry.from_entry_points()).spec.name}" in plan
+    text = path.read_text()
+    assert text.startswith("# yaml-language-server: $schema=study.schema.json\n")
+    assert "# Question:" in text or "# Quickstart:" in text
+
+
+def test_the_committed_schema_is_current(monkeypatch):
+    monkeypatch.setenv("UNPAIRED_PLUGINS", "unpaired")
+    result = run_cli("schema")
+    assert result.returncode == 0
+    assert json.loads(result.stdout) == json.loads((REPO / "studies" / "study.schema.json").read_text()), (
+        "regenerate it: UNPAIRED_PLUGINS=unpaired unpaired schema > studies/study.schema.json"
+    )
+    schema = json.loads(result.stdout)
+    generator_options = schema["$defs"]["Variant"]["properties"]["generator"]["anyOf"]
+    assert {"const": "resnet"} in [o["properties"]["name"] for o in generator_options]
+
+
+def write_study(tmp_path: Path, **fields) -> Path:
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({"name": "tiny", "base": TINY_BASE, **fields}, sort_keys=False))
+    return path
+
+
+def test_run_selection_and_a_failing_variant_does_not_stop_the_study(tmp_path):
+    path = write_study(tmp_path, variants={"ok": {}, "broken": {"data": {"name": "folder", "root": str(tmp_path / "nowhere")}}}, seeds=[0, 1])
+    result = run_cli("run", str(path), "--out", str(tmp_path / "out"), "--only", "nope")
+    assert result.returncode == 1 and "no variant named 'nope' in study 'tiny'; the variants are ok, broken" in result.stderr
+    result = run_cli("run", str(path), "--out", str(tmp_path / "out"), "--seeds", "0", "--quiet")
+    assert result.returncode == 1
+    assert "done 1, failed 1, skipped 0 (finished earlier)" in result.stdout
+    assert "FAILED broken seed 0: DataError:" in result.stdout and "nowhere/trainA does not exist" in result.stdout
+    plan = run_cli("plan", str(path), "--out", str(tmp_path / "out")).stdout
+    assert [line.split()[4] for line in plan.splitlines()[1:5]] == ["done", "pending", "failed", "pending"]
+    again = run_cli("run", str(path), "--out", str(tmp_path / "out"), "--only", "ok", "--quiet")
+    assert again.returncode == 0 and "done 1, failed 0, skipped 1 (finished earlier)" in again.stdout
+
+
+def test_parallel_jobs_train_every_run(tmp_path):
+    path = write_study(tmp_path, grid={"generator.n_blocks": [1, 2]})
+    result = run_cli("run", str(path), "--out", str(tmp_path / "out"), "--jobs", "2", "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert "done 2, failed 0" in result.stdout
+    index = json.loads((tmp_path / "out" / "study.json").read_text())
+    for run in index["runs"]:
+        assert json.loads((tmp_path / "out" / run["folder"] / "result.json").read_text())["status"] == "finished"
+
+
+def final_weights(folder: Path) -> dict:
+    return load_checkpoint(latest_checkpoint(folder / "checkpoints"))["model"]["networks"]
+
+
+def quickstart_copy(tmp_path: Path) -> Path:
+    """studies/quickstart.yaml, shrunk to CI size (smaller data and fewer epochs)."""
+    spec = yaml.safe_load((REPO / "studies" / "quickstart.yaml").read_text())
+    spec["base"]["data"].update(size=32, n_train=12, n_test=4)
+    spec["base"]["train"].update(epochs=2, decay_epochs=1, checkpoint_every=1)
+    path = tmp_path / "quickstart.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_quickstart_killed_with_sigkill_then_rerun_equals_an_uninterrupted_study(tmp_path):
+    path = quickstart_copy(tmp_path)
+    reference = run_cli("run", str(path), "--out", str(tmp_path / "straight"), "--quiet")
+    assert reference.returncode == 0, reference.stderr
+    assert "done 4, failed 0, skipped 0" in reference.stdout
+
+    out = tmp_path / "killed"
+    process = subprocess.Popen([UNPAIRED, "run", str(path), "--out", str(out), "--quiet"], start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list(out.glob("*/*/checkpoints/*.pt"))) < 2:
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    finished_before = len(list(out.glob("*/*/result.json")))
+    assert finished_before < 4, "the kill came too late to interrupt anything"
+
+    rerun = run_cli("run", str(path), "--out", str(out), "--quiet")
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"skipped {finished_before}" in rerun.stdout
+    index = json.loads((out / "study.json").read_text())
+    assert len(index["runs"]) == 4
+    assert sorted(p.parent.name for p in out.glob("*/*/result.json")) == sorted(r["folder"].split("/")[1] for r in index["runs"])
+    for run in index["runs"]:
+        straight, resumed = tmp_path / "straight" / run["folder"], out / run["folder"]
+        a, b = final_weights(straight), final_weights(resumed)
+        assert all(torch.equal(a[n][k], b[n][k]) for n in a for k in a[n]), run["folder"]
+        history = lambda folder: [{k: v for k, v in row.items() if k not in ("seconds", "it_per_s")} for row in json.loads((folder / "history.json").read_text())]  # noqa: E731
+        assert history(straight) == history(resumed)
