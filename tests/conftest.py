@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 from typing import Callable
@@ -13,6 +14,11 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 UNPAIRED = str(Path(sys.executable).with_name("unpaired"))
+FID_WEIGHTS = REPO.parent / "shared" / "fid" / "weights-inception-2015-12-05-6726825d.pth"
+
+# Every test (and every CLI it starts) uses the offline FID weights and a private feature cache.
+os.environ["UNPAIRED_FID_WEIGHTS"] = str(FID_WEIGHTS)
+os.environ["UNPAIRED_CACHE"] = tempfile.mkdtemp(prefix="unpaired-test-cache-")
 
 
 def write_distribution(site: Path, name: str, version: str, entry_points: dict[str, str], files: dict[str, str]) -> None:

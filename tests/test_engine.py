@@ -27,6 +27,7 @@ TINY = {
     "image_pool": {"name": "history", "size": 5},
     "train": {"epochs": 2, "decay_epochs": 2, "num_workers": 0, "log_every": 1},
     "samples": 2,
+    "eval": {"fid": False},
 }
 
 
@@ -294,6 +295,7 @@ def test_train_and_translate_from_the_command_line(tmp_path):
         "generator: {name: resnet, n_blocks: 1, ngf: 4}\n"
         "discriminator: {name: pooled, ndf: 4, n_layers: 2}\n"
         "train: {epochs: 1, decay_epochs: 1, num_workers: 0}\n"
+        "eval: {fid: false}\n"
     )
     result = run_cli("train", str(spec), "--out", str(tmp_path / "run"), "--quiet")
     assert result.returncode == 0, result.stderr

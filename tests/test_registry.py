@@ -22,6 +22,7 @@ BUILTINS = {
     "image_pool": {"history", "none"},
     "loss_weights": {"constant", "identity_decay"},
     "dataset": {"folder", "synthetic"},
+    "feature_extractor": {"inception"},
 }
 
 PLUGIN_WITH_RESNET = """

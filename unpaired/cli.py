@@ -13,6 +13,7 @@ from unpaired import __version__
 from unpaired.components import Component
 from unpaired.data import DataError, export_folder_layout
 from unpaired.download import DATASETS, DownloadError, download_dataset
+from unpaired.evaluate import EvaluationError
 from unpaired.registry import ComponentError, default_registry
 from unpaired.spec import SpecError, load_variant
 from unpaired.study import Study, load_study, study_json_schema
@@ -165,6 +166,47 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def _extractor(args: argparse.Namespace):
+    from unpaired.engine import pick_device
+    from unpaired.evaluate import FeatureExtractor, build_extractor
+
+    config = {"name": args.extractor, **({"weights": args.weights} if args.weights else {})}
+    device = pick_device(args.device)
+    return FeatureExtractor(build_extractor(config, default_registry(), device), config, device, args.batch_size)
+
+
+def cmd_fid(args: argparse.Namespace) -> int:
+    """FID and KID between two image folders, pre-processed like test images."""
+    from unpaired.evaluate import score_folders
+
+    metrics = score_folders(Path(args.first), Path(args.second), args.size, _extractor(args))
+    print(f"FID {metrics['fid']:.4f}   KID {metrics['kid']:.6f} ± {metrics['kid_std']:.6f}")
+    return 0
+
+
+def _run_folders(target: Path) -> list[Path]:
+    """Run folders named by a run folder, a study output folder, or a study file (its default output folder)."""
+    if (target / "spec.json").is_file():
+        return [target]
+    if target.is_file():
+        target = Path("runs") / load_study(target, default_registry()).spec.name
+    index = target / "study.json"
+    if not index.is_file():
+        raise ValueError(f"{target} is neither a run folder (with spec.json) nor a study output folder (with study.json)")
+    return [target / run["folder"] for run in json.loads(index.read_text())["runs"] if (target / run["folder"] / "result.json").is_file()]
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    """Score saved generators again and record the metrics."""
+    from unpaired.engine import pick_device
+    from unpaired.evaluate import rescore_run
+
+    for folder in _run_folders(Path(args.target)):
+        metrics = rescore_run(folder, default_registry(), pick_device(args.device), args.epoch)
+        print(f"{folder}: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if not k.endswith("_std")))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``unpaired`` command and its subcommands."""
     parser = argparse.ArgumentParser(prog="unpaired", description="Ablation studies for unpaired image-to-image translation.")
@@ -195,6 +237,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     schema = commands.add_parser("schema", help="print the JSON Schema of study files (for editor completion)")
     schema.set_defaults(handler=cmd_schema)
+
+    fid = commands.add_parser("fid", help="FID and KID between two image folders")
+    fid.add_argument("first")
+    fid.add_argument("second")
+    fid.add_argument("--size", type=int, default=256, help="images are resized to SIZE x SIZE first (default 256)")
+    fid.add_argument("--extractor", default="inception", help="feature extractor component (default inception)")
+    fid.add_argument("--weights", help="local Inception weights file (default: $UNPAIRED_FID_WEIGHTS)")
+    fid.add_argument("--batch-size", type=int, default=25)
+    fid.add_argument("--device", default="auto")
+    fid.set_defaults(handler=cmd_fid)
+
+    score = commands.add_parser("score", help="score saved generators again (a run folder, a study output folder or a study file)")
+    score.add_argument("target")
+    score.add_argument("--epoch", type=int, help="the best epoch kept by periodic evaluation (default: the final generators)")
+    score.add_argument("--device", default="auto")
+    score.set_defaults(handler=cmd_score)
 
     train = commands.add_parser("train", help="train one variant spec (YAML/JSON); reruns resume")
     train.add_argument("spec", help="variant spec file")
@@ -234,7 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (SpecError, ComponentError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except (DataError, DownloadError, ValueError) as error:
+    except (DataError, DownloadError, ValueError, EvaluationError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except Exception as error:

@@ -21,8 +21,6 @@ from PIL import Image
 from pydantic import BaseModel, Field, model_validator
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms import functional as TF
 
 Split = Literal["train", "test"]
 Domain = Literal["A", "B"]
@@ -59,7 +57,21 @@ def list_images(folder: Path) -> list[Path]:
 
 def to_tensor(image: Image.Image) -> Tensor:
     """RGB PIL image -> float tensor (3, H, W) in [-1, 1]."""
-    return TF.to_tensor(image).mul_(2).sub_(1)
+    pixels = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
+    return pixels.float().div_(127.5).sub_(1)
+
+
+def save_grid(images: Tensor, path: Path, columns: int, padding: int = 2) -> None:
+    """Save (N, 3, H, W) images in [-1, 1] as one PNG, ``columns`` per row, black padding between them."""
+    n, _, height, width = images.shape
+    rows = -(-n // columns)
+    canvas = torch.zeros(3, rows * (height + padding) + padding, columns * (width + padding) + padding, dtype=torch.uint8)
+    pixels = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    for index in range(n):
+        top, left = padding + (index // columns) * (height + padding), padding + (index % columns) * (width + padding)
+        canvas[:, top : top + height, left : left + width] = pixels[index]
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(canvas.permute(1, 2, 0).numpy()).save(path)
 
 
 class TransformParams(BaseModel):
@@ -111,7 +123,7 @@ class Transform:
 
     def test(self, image: Image.Image) -> Tensor:
         """Resize to crop_size x crop_size; then to [-1, 1]."""
-        return to_tensor(TF.resize(image, [self.crop_size, self.crop_size], InterpolationMode.BICUBIC))
+        return to_tensor(image.resize((self.crop_size, self.crop_size), Image.BICUBIC))
 
 
 class UnpairedData(ABC):

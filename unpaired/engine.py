@@ -29,7 +29,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
-from torchvision.utils import save_image
 from tqdm import tqdm
 
 from unpaired.checkpoint import (
@@ -43,7 +42,8 @@ from unpaired.checkpoint import (
     restore_rng,
 )
 from unpaired.components import LossWeights
-from unpaired.data import EpochOrder, TestImages, TrainPairs, UnpairedData
+from unpaired.data import EpochOrder, TestImages, TrainPairs, UnpairedData, save_grid
+from unpaired.evaluate import FeatureExtractor, build_extractor, score_generators
 from unpaired.registry import Registry
 from unpaired.spec import ResolvedVariant, TrainConfig
 from unpaired.weight_init import init_weights
@@ -221,8 +221,7 @@ class CycleGAN:
                 fake = forward(self.to_device(real))
                 cycled = backward(fake)
             rows += [torch.stack([real, fake.float().cpu(), cycled.float().cpu()], dim=1).flatten(0, 1)]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_image(torch.cat(rows) * 0.5 + 0.5, path, nrow=3, padding=2)
+        save_grid(torch.cat(rows), path, columns=3)
 
 
 @contextlib.contextmanager
@@ -269,13 +268,13 @@ def _write_history(out_dir: Path, history: list[dict[str, float]]) -> None:
     atomic_write_text(out_dir / "history.json", json.dumps(history, indent=1))
     if history:
         table = io.StringIO()
-        writer = csv.DictWriter(table, fieldnames=list(history[0]))
+        writer = csv.DictWriter(table, fieldnames=list(dict.fromkeys(key for row in history for key in row)), restval="")
         writer.writeheader()
         writer.writerows(history)
         atomic_write_text(out_dir / "history.csv", table.getvalue())
 
 
-def _export_generators(model: CycleGAN, variant: ResolvedVariant, data: UnpairedData, out_dir: Path) -> None:
+def _export_generators(model: CycleGAN, variant: ResolvedVariant, data: UnpairedData, out_dir: Path, prefix: str = "") -> None:
     for direction, name in (("AtoB", "G_AB"), ("BtoA", "G_BA")):
         atomic_save(
             {
@@ -286,7 +285,7 @@ def _export_generators(model: CycleGAN, variant: ResolvedVariant, data: Unpaired
                 "crop_size": data.transform.crop_size,
                 "state_dict": model.networks[name].state_dict(),
             },
-            out_dir / "generators" / f"{direction}.pt",
+            out_dir / "generators" / f"{prefix}{direction}.pt",
         )
 
 
@@ -328,11 +327,22 @@ def _train(variant: ResolvedVariant, run: RunInfo, registry: Registry, show_prog
     train, out_dir, hook = variant.spec.train, run.out_dir, registry.plugin_manager.hook
     device = pick_device(train.device)
     data: UnpairedData = registry.build("dataset", variant.components["data"])
+    evaluation = variant.spec.eval
+    extractor = None
+    if evaluation.fid:  # load it now: a missing extractor must stop the run before training, not after
+        config = variant.components["feature_extractor"]
+        extractor = FeatureExtractor(build_extractor(config, registry, device), config, device, evaluation.batch_size)
     seed_everything(train.seed)
     model = CycleGAN(variant, registry, device)
+
+    def score() -> dict[str, float]:
+        assert extractor is not None
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            return score_generators(model.networks["G_AB"], model.networks["G_BA"], data, extractor)
+
     schedule = registry.build("loss_weights", variant.components["loss_weights"])
     checkpoints = out_dir / "checkpoints"
-    epoch, step_in_epoch, global_step, history = 0, 0, 0, []
+    epoch, step_in_epoch, global_step, history, best = 0, 0, 0, [], {}
     epoch_sums = torch.zeros(len(LOSS_TERMS), device=device)
     elapsed = 0.0
     found = latest_checkpoint(checkpoints)
@@ -346,7 +356,7 @@ def _train(variant: ResolvedVariant, run: RunInfo, registry: Registry, show_prog
         model.load_state_dict(state["model"])
         restore_rng(state["rng"])
         epoch, step_in_epoch, global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
-        history, elapsed = state["history"], state["elapsed"]
+        history, elapsed, best = state["history"], state["elapsed"], state["best"]
         epoch_sums = state["epoch_sums"].to(device)
         model.step_counter.fill_(global_step)
     atomic_write_text(out_dir / "spec.json", json.dumps(variant.as_dict(), indent=1))
@@ -369,6 +379,7 @@ def _train(variant: ResolvedVariant, run: RunInfo, registry: Registry, show_prog
                 "step_in_epoch": step_in_epoch,
                 "global_step": global_step,
                 "history": history,
+                "best": best,
                 "elapsed": elapsed + (time.perf_counter() - started),
                 "epoch_sums": epoch_sums.cpu(),
                 "model": model.state_dict(),
@@ -426,6 +437,11 @@ def _train(variant: ResolvedVariant, run: RunInfo, registry: Registry, show_prog
                 epoch += 1
                 metrics = {"epoch": epoch, "lr": lr, **dict(zip(LOSS_TERMS, means)), "seconds": seconds,
                            "it_per_s": (step_in_epoch - steps_before) / max(seconds, 1e-9)}
+                if extractor is not None and evaluation.every and epoch % evaluation.every == 0 and epoch < train.total_epochs:
+                    metrics.update(score())
+                    if not best or metrics["fid_mean"] < best["fid_mean"]:
+                        best = {"fid_mean": metrics["fid_mean"], "epoch": epoch}
+                        _export_generators(model, variant, data, out_dir, prefix="best-")
                 history.append(metrics)
                 epoch_sums.zero_()
                 step_in_epoch = 0
@@ -443,11 +459,21 @@ def _train(variant: ResolvedVariant, run: RunInfo, registry: Registry, show_prog
     finally:
         progress.close()
     _export_generators(model, variant, data, out_dir)
-    return {
+    result = {
         "status": "finished",
         "variant_id": variant.variant_id,
         "epochs": epoch,
         "steps": global_step,
         "seconds": elapsed + (time.perf_counter() - started),
         "final_losses": {k: history[-1][k] for k in LOSS_TERMS} if history else {},
+        "metrics": {},
     }
+    if extractor is not None:
+        final = score()
+        result["metrics"] = final
+        if evaluation.every:
+            if not best or final["fid_mean"] <= best["fid_mean"]:
+                best = {"fid_mean": final["fid_mean"], "epoch": epoch}
+                _export_generators(model, variant, data, out_dir, prefix="best-")
+            result["metrics"] |= {"fid_mean_best": best["fid_mean"], "fid_best_epoch": best["epoch"]}
+    return result

@@ -21,6 +21,7 @@ import torch
 from unpaired.checkpoint import atomic_write_text, latest_checkpoint
 from unpaired.data import DataError
 from unpaired.engine import TrainingInterrupted, read_result, train_variant
+from unpaired.evaluate import build_extractor
 from unpaired.registry import ComponentError, Registry, default_registry
 from unpaired.spec import resolve_variant
 from unpaired.study import PlannedRun, Study
@@ -100,6 +101,13 @@ class StudySummary:
         return "\n".join(lines)
 
 
+def preflight(runs: list[PlannedRun], registry: Registry) -> None:
+    """Load each FID feature extractor the runs will need, so a missing one stops the study before training."""
+    configs = {json.dumps(r.resolved.components["feature_extractor"], sort_keys=True) for r in runs if r.resolved.spec.eval.fid}
+    for config in sorted(configs):
+        build_extractor(json.loads(config), registry, torch.device("cpu"))
+
+
 def _worker_init(threads: int) -> None:
     torch.set_num_threads(threads)
 
@@ -134,6 +142,7 @@ def run_study(
     todo = []
     for run in runs:
         (summary.skipped if run_status(run, out) == "done" else todo).append(run)
+    preflight(todo, registry)
     if jobs <= 1:
         for number, run in enumerate(todo, 1):
             announce(f"[{number}/{len(todo)}] {run.variant} seed {run.seed} -> {run.folder(out)}")

@@ -61,6 +61,16 @@ class TrainConfig(BaseModel):
         return self.epochs + self.decay_epochs
 
 
+class EvalConfig(BaseModel):
+    """How trained generators are scored (FID/KID on the full test split, both directions)."""
+
+    model_config = ConfigDict(extra="forbid")
+    fid: bool = Field(True, description="score FID and KID after training (false: no scoring)")
+    every: int = Field(0, ge=0, description="also score every N epochs and keep the best generators (0: only at the end)")
+    batch_size: int = Field(25, ge=1, description="images per batch when translating and extracting features")
+    feature_extractor: ComponentConfig = _component("inception")
+
+
 RUNTIME_ONLY_FIELDS = {"device", "num_workers", "checkpoint_every", "sample_every", "log_every", "compile", "channels_last"}
 """Train fields that change how fast or where a run goes, not its result; they are left out of the variant id."""
 
@@ -80,6 +90,7 @@ class VariantSpec(BaseModel):
     image_pool: ComponentConfig = _component("history", size=50)
     train: TrainConfig = Field(default_factory=TrainConfig)
     samples: int = Field(4, ge=0, le=64, description="fixed test images per domain shown in the sample grids")
+    eval: EvalConfig = Field(default_factory=EvalConfig)
 
 
 COMPONENT_FIELDS: dict[str, str] = {
@@ -91,6 +102,7 @@ COMPONENT_FIELDS: dict[str, str] = {
     "gan_loss": "gan_loss",
     "loss_weights": "loss_weights",
     "image_pool": "image_pool",
+    "eval.feature_extractor": "feature_extractor",
 }
 
 
@@ -163,14 +175,16 @@ class ResolvedVariant:
 
     def as_dict(self) -> dict[str, Any]:
         """The resolved spec as plain data (what checkpoints and trackers store)."""
-        return {**self.components, "train": self.spec.train.model_dump(mode="json"), "samples": self.spec.samples}
+        evaluation = {**self.spec.eval.model_dump(mode="json"), "feature_extractor": self.components["feature_extractor"]}
+        components = {k: v for k, v in self.components.items() if k != "feature_extractor"}
+        return {**components, "train": self.spec.train.model_dump(mode="json"), "samples": self.spec.samples, "eval": evaluation}
 
     @property
     def variant_id(self) -> str:
         """12 hex digits identifying the result: a hash of every field that can change it."""
         resolved = self.as_dict()
         resolved["train"] = {k: v for k, v in resolved["train"].items() if k not in RUNTIME_ONLY_FIELDS}
-        resolved["data"] = {k: v for k, v in resolved["data"].items() if k != "num_workers"}
+        del resolved["eval"]  # scoring settings change the reported numbers, not the trained networks
         canonical = json.dumps(resolved, sort_keys=True, separators=(",", ":"), default=str)
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
@@ -184,7 +198,7 @@ def resolve_variant(data: Mapping[str, Any], registry: Registry, source: str = "
     problems: list[tuple[str, str]] = []
     components: dict[str, dict[str, Any]] = {}
     for field, kind in COMPONENT_FIELDS.items():
-        config = getattr(spec, field)
+        config = spec.eval.feature_extractor if field == "eval.feature_extractor" else getattr(spec, field)
         if config is None:
             field_path, config = "norm", spec.norm
         else:
@@ -198,7 +212,7 @@ def resolve_variant(data: Mapping[str, Any], registry: Registry, source: str = "
         except ComponentError as error:
             problems.append((f"{where}.name", str(error)))
             continue
-        components[field] = {"name": component.name, **params.model_dump(mode="json")}
+        components[field.removeprefix("eval.")] = {"name": component.name, **params.model_dump(mode="json")}
     if problems:
         raise SpecError(source, list(dict.fromkeys(problems)))
     return ResolvedVariant(spec, components)

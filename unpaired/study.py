@@ -266,6 +266,8 @@ def study_json_schema(registry: Registry) -> dict[str, Any]:
         variant = VariantSpec.model_json_schema()
         definitions.update(variant.pop("$defs", {}))
         for field, kind in {**COMPONENT_FIELDS, "norm": "norm"}.items():
+            if "." in field:
+                continue
             options = _component_options(registry, kind, definitions, require)
             if field.endswith("_norm"):
                 options.append({"type": "null"})
@@ -274,6 +276,9 @@ def study_json_schema(registry: Registry) -> dict[str, Any]:
             variant.pop("required", None)
         variant["title"] = title
         definitions[title] = variant
+    definitions["EvalConfig"]["properties"]["feature_extractor"] = {
+        "anyOf": _component_options(registry, "feature_extractor", definitions, require=False)
+    }
     definitions.pop("ComponentConfig", None)
     schema["$defs"] = definitions
     schema["properties"]["base"] = {"$ref": "#/$defs/Variant", "description": schema["properties"]["base"]["description"]}

@@ -7,10 +7,9 @@ from typing import Literal
 
 import torch
 from torch import nn
-from torchvision.utils import save_image
 
 from unpaired.checkpoint import load_checkpoint
-from unpaired.data import Transform, list_images, load_image
+from unpaired.data import Transform, list_images, load_image, save_grid
 from unpaired.registry import Registry
 
 Direction = Literal["AtoB", "BtoA"]
@@ -44,7 +43,7 @@ def translate(generator: nn.Module, inputs: list[Path], out_dir: Path, size: int
     for path in inputs:
         image = transform.test(load_image(path)).unsqueeze(0).to(device)
         target = out_dir / f"{path.stem}.png"
-        save_image(generator(image).float().cpu() * 0.5 + 0.5, target)
+        save_grid(generator(image).float().cpu(), target, columns=1, padding=0)
         written.append(target)
     return written
 

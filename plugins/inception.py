@@ -1,0 +1,42 @@
+"""The FID Inception network (TF "inception-2015-12-05" via torch-fidelity), as used by published FID numbers."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+from torch import Tensor, nn
+
+from unpaired import hookimpl
+
+WEIGHTS_ENV = "UNPAIRED_FID_WEIGHTS"
+
+
+class InceptionParams(BaseModel):
+    weights: Path | None = Field(
+        None, description=f"local weights file in torch-fidelity's format (default: ${WEIGHTS_ENV}; else torch-fidelity downloads them)"
+    )
+
+
+class InceptionFeatures(nn.Module):
+    """uint8 RGB images (N, 3, H, W) of any size -> 2048-d pool features (N, 2048); resizing to 299 px is done inside."""
+
+    num_features = 2048
+
+    def __init__(self, params: InceptionParams):
+        super().__init__()
+        path = params.weights or os.environ.get(WEIGHTS_ENV) or None
+        if path is not None and not Path(path).is_file():
+            raise FileNotFoundError(f"no Inception weights file at {path}")
+        from torchmetrics.image.fid import NoTrainInceptionV3  # imported here: torchmetrics takes seconds to import
+
+        self.network = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"], feature_extractor_weights_path=None if path is None else str(path))
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.network(images).reshape(images.shape[0], -1)
+
+
+@hookimpl
+def unpaired_register_feature_extractors(register):
+    register("inception", InceptionFeatures, InceptionParams, "FID Inception-v3 (torch-fidelity), 2048-d pool features")

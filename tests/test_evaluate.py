@@ -1,0 +1,178 @@
+"""FID/KID: the real Inception numbers, the cache of real features, the preflight, re-scoring."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+from pydantic import BaseModel
+from torch import nn
+
+from conftest import FID_WEIGHTS, run_cli
+from unpaired import hookimpl
+from unpaired.engine import train_variant
+from unpaired.evaluate import FeatureExtractor, build_extractor, fid_from_features, kid_from_features
+from unpaired.registry import Registry
+from unpaired.spec import resolve_variant
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def registry():
+    return Registry.from_entry_points()
+
+
+@pytest.fixture(scope="module")
+def inception(registry):
+    config = {"name": "inception", "weights": str(FID_WEIGHTS)}
+    return FeatureExtractor(build_extractor(config, registry, CPU), config, CPU, batch_size=20)
+
+
+def synthetic_images(registry, domain, n, seed=0):
+    data = registry.build("dataset", {"name": "synthetic", "size": 64, "n_test": n, "seed": seed})
+    return [data.test_image(domain, i) for i in range(n)]
+
+
+def scipy_frechet(a: np.ndarray, b: np.ndarray) -> float:
+    """The pytorch-fid formula, written independently with numpy/scipy."""
+    mu1, mu2 = a.mean(0), b.mean(0)
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    covmean = scipy.linalg.sqrtm(s1 @ s2)
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean.real))
+
+
+def test_real_inception_fid_is_zero_against_itself_matches_scipy_and_grows_with_a_shift(registry, inception):
+    stripes = inception(synthetic_images(registry, "B", 24))
+    assert stripes.shape == (24, 2048)
+    assert abs(fid_from_features(stripes, stripes)) < 1e-3
+
+    blobs = inception(synthetic_images(registry, "A", 24, seed=1))
+    between_domains = fid_from_features(stripes, blobs)
+    expected = scipy_frechet(stripes.double().numpy(), blobs.double().numpy())
+    assert between_domains == pytest.approx(expected, rel=1e-3)
+
+    def shifted(amount):
+        return inception([(image + amount).clamp(-1, 1) for image in synthetic_images(registry, "B", 24)])
+
+    slightly, strongly = fid_from_features(stripes, shifted(0.2)), fid_from_features(stripes, shifted(0.6))
+    assert 1.0 < slightly < strongly
+    kid_shifted, _ = kid_from_features(stripes, shifted(0.2))
+    kid_same, _ = kid_from_features(stripes, stripes)
+    assert kid_same < kid_shifted
+
+
+class TinyParams(BaseModel):
+    pass
+
+
+class TinyExtractor(nn.Module):
+    """Mean and spread of each colour channel plus a gradient energy: 7 features, counts its images."""
+
+    seen = 0
+
+    def __init__(self, params):
+        super().__init__()
+
+    def forward(self, images):
+        TinyExtractor.seen += images.shape[0]
+        x = images.float() / 255
+        grad = (x[..., 1:] - x[..., :-1]).abs().mean(dim=(1, 2, 3))
+        return torch.cat([x.mean(dim=(2, 3)), x.std(dim=(2, 3)), grad[:, None]], dim=1)
+
+
+class TinyPlugin:
+    @hookimpl
+    def unpaired_register_feature_extractors(self, register):
+        register("tiny", TinyExtractor, TinyParams, "test extractor")
+
+
+@pytest.fixture
+def tiny_registry():
+    registry = Registry.from_entry_points()
+    registry.add_plugin(TinyPlugin(), "tiny", "tests", "0")
+    return registry
+
+
+def variant(registry, root, seed=0, **eval_fields):
+    return resolve_variant({
+        "data": {"name": "folder", "root": str(root), "load_size": None, "crop_size": 32},
+        "generator": {"name": "resnet", "n_blocks": 1, "ngf": 4},
+        "discriminator": {"name": "patchgan", "ndf": 4, "n_layers": 2},
+        "train": {"epochs": 1, "decay_epochs": 1, "num_workers": 0, "seed": seed},
+        "samples": 1,
+        "eval": {"feature_extractor": {"name": "tiny"}, **eval_fields},
+    }, registry)
+
+
+def test_real_features_are_extracted_once_per_test_set_and_again_when_a_file_changes(tiny_registry, tmp_path, monkeypatch):
+    monkeypatch.setenv("UNPAIRED_CACHE", str(tmp_path / "cache"))
+    assert run_cli("data", "synth", str(tmp_path / "data"), "--size", "32", "--n", "4", "--n-test", "5").returncode == 0
+    TinyExtractor.seen = 0
+    first = train_variant(variant(tiny_registry, tmp_path / "data"), tmp_path / "one", tiny_registry, show_progress=False)
+    assert TinyExtractor.seen == 1 + 10 + 10  # preflight image, real testA + testB, fakes both ways
+    assert set(first["metrics"]) == {"fid_a2b", "fid_b2a", "fid_mean", "kid_a2b", "kid_a2b_std", "kid_b2a", "kid_b2a_std"}
+
+    TinyExtractor.seen = 0
+    train_variant(variant(tiny_registry, tmp_path / "data", seed=1), tmp_path / "two", tiny_registry, show_progress=False)
+    assert TinyExtractor.seen == 1 + 10  # the real features came from the cache
+
+    (tmp_path / "data" / "testB" / "00000.png").write_bytes((tmp_path / "data" / "testA" / "00000.png").read_bytes())
+    TinyExtractor.seen = 0
+    train_variant(variant(tiny_registry, tmp_path / "data", seed=2), tmp_path / "three", tiny_registry, show_progress=False)
+    assert TinyExtractor.seen == 1 + 5 + 10  # testB changed: only its features are extracted again
+
+
+def test_periodic_evaluation_records_fid_per_epoch_and_keeps_the_best_generators(tiny_registry, tmp_path):
+    run_cli("data", "synth", str(tmp_path / "data"), "--size", "32", "--n", "4", "--n-test", "3")
+    result = train_variant(variant(tiny_registry, tmp_path / "data", every=1), tmp_path / "run", tiny_registry, show_progress=False)
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert "fid_mean" in history[0] and "fid_mean" not in history[1]  # the last epoch is scored as the final result
+    metrics = result["metrics"]
+    assert metrics["fid_mean_best"] == min(history[0]["fid_mean"], metrics["fid_mean"])
+    assert metrics["fid_best_epoch"] in (1, 2)
+    assert (tmp_path / "run" / "generators" / "best-AtoB.pt").is_file()
+
+
+def test_score_command_reproduces_the_stored_fid(tmp_path):
+    run_cli("data", "synth", str(tmp_path / "data"), "--size", "32", "--n", "4", "--n-test", "4")
+    spec = tmp_path / "variant.yaml"
+    spec.write_text(
+        f"data: {{name: folder, root: {tmp_path / 'data'}, load_size: null, crop_size: 32}}\n"
+        "generator: {name: resnet, n_blocks: 1, ngf: 4}\ndiscriminator: {name: patchgan, ndf: 4, n_layers: 2}\n"
+        "train: {epochs: 1, decay_epochs: 0, num_workers: 0}\nsamples: 1\n"
+    )
+    trained = run_cli("train", str(spec), "--out", str(tmp_path / "run"), "--quiet")
+    assert trained.returncode == 0, trained.stderr
+    stored = json.loads((tmp_path / "run" / "result.json").read_text())["metrics"]
+    assert stored["fid_mean"] > 0
+    scored = run_cli("score", str(tmp_path / "run"))
+    assert scored.returncode == 0, scored.stderr
+    assert f"fid_mean {stored['fid_mean']:.4f}" in scored.stdout
+    assert json.loads((tmp_path / "run" / "result.json").read_text())["metrics"] == pytest.approx(stored, rel=1e-9)
+
+
+def test_fid_command_between_two_folders(tmp_path):
+    run_cli("data", "synth", str(tmp_path / "data"), "--size", "32", "--n", "3", "--n-test", "3")
+    same = run_cli("fid", str(tmp_path / "data" / "testA"), str(tmp_path / "data" / "testA"), "--size", "32")
+    assert same.returncode == 0, same.stderr
+    assert abs(float(same.stdout.split()[1])) < 1e-3
+    different = run_cli("fid", str(tmp_path / "data" / "testA"), str(tmp_path / "data" / "testB"), "--size", "32")
+    assert float(different.stdout.split()[1]) > 10
+
+
+def test_preflight_stops_the_study_before_training_when_the_weights_are_missing(tmp_path):
+    study = tmp_path / "study.yaml"
+    study.write_text(
+        "name: nofid\nbase:\n  data: {name: synthetic, size: 32, n_train: 2, n_test: 2}\n"
+        "  generator: {name: resnet, n_blocks: 1, ngf: 4}\n"
+        f"  eval: {{feature_extractor: {{name: inception, weights: {tmp_path / 'missing.pth'}}}}}\n"
+    )
+    result = run_cli("run", str(study), "--out", str(tmp_path / "out"))
+    assert result.returncode == 1
+    assert f"no Inception weights file at {tmp_path / 'missing.pth'}" in result.stderr
+    assert "UNPAIRED_FID_WEIGHTS=PATH" in result.stderr and "eval.fid: false" in result.stderr
+    assert not list((tmp_path / "out").glob("*/*"))

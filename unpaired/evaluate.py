@@ -1,0 +1,230 @@
+"""FID and KID of trained generators on the test split, with real-image features cached on disk.
+
+Both real and translated images enter the feature extractor the same way: uint8 RGB at the
+test resolution (``crop_size``), i.e. the [-1, 1] tensors mapped by ``round((x + 1) * 127.5)``;
+the Inception extractor resizes them to 299 px internally. FID and KID are computed by
+torchmetrics' ``FrechetInceptionDistance`` and ``KernelInceptionDistance`` from the features.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from unpaired.checkpoint import atomic_save
+from unpaired.data import Domain, Transform, UnpairedData, list_images, load_image
+from unpaired.registry import Registry
+
+CACHE_ENV = "UNPAIRED_CACHE"
+
+
+class EvaluationError(RuntimeError):
+    """The feature extractor cannot be used; the message says how to fix it."""
+
+
+def cache_dir() -> Path:
+    """Where real-image features are cached: ``$UNPAIRED_CACHE`` or ``~/.cache/unpaired``, then ``features/``."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "unpaired") / "features"
+
+
+def to_uint8(images: Tensor) -> Tensor:
+    """[-1, 1] float images -> uint8 RGB, as FID expects them."""
+    return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def build_extractor(config: dict[str, Any], registry: Registry, device: torch.device) -> nn.Module:
+    """Build and check the feature extractor: it must turn one uint8 image into one feature row.
+
+    Fails with both ways out when it cannot (e.g. Inception weights neither local nor downloadable).
+    """
+    try:
+        extractor = registry.build("feature_extractor", config, where="eval.feature_extractor").to(device).eval()
+        with torch.inference_mode():
+            features = extractor(torch.zeros(1, 3, 64, 64, dtype=torch.uint8, device=device))
+    except Exception as error:
+        raise EvaluationError(
+            f"the FID feature extractor {config.get('name')!r} could not be loaded ({type(error).__name__}: {error}). "
+            "Either download its weights once on a machine with internet access (torch-fidelity caches them in "
+            "~/.cache/torch/hub/checkpoints), or point to a local weights file with "
+            "eval.feature_extractor: {name: inception, weights: PATH} or UNPAIRED_FID_WEIGHTS=PATH; "
+            "or switch FID off with eval.fid: false."
+        ) from error
+    if features.ndim != 2 or features.shape[0] != 1:
+        raise EvaluationError(f"feature extractor {config.get('name')!r} returned shape {tuple(features.shape)}, expected (1, D)")
+    return extractor
+
+
+class FeatureExtractor:
+    """Runs an extractor over batches of [-1, 1] images and counts how many images it saw."""
+
+    def __init__(self, network: nn.Module, config: dict[str, Any], device: torch.device, batch_size: int):
+        self.network, self.config, self.device, self.batch_size = network, config, device, batch_size
+        self.images_seen = 0
+
+    @torch.inference_mode()
+    def __call__(self, images: Iterable[Tensor]) -> Tensor:
+        """Features (N, D) of the images, fed as uint8 in batches."""
+        rows, batch = [], []
+        for image in images:
+            batch.append(image)
+            if len(batch) == self.batch_size:
+                rows.append(self._run(torch.stack(batch)))
+                batch = []
+        if batch:
+            rows.append(self._run(torch.stack(batch)))
+        return torch.cat(rows).float().cpu()
+
+    def _run(self, images: Tensor) -> Tensor:
+        self.images_seen += images.shape[0]
+        return self.network(to_uint8(images).to(self.device))
+
+    def identity(self) -> str:
+        """What makes features of the same images differ: the extractor config and its weights file."""
+        return json.dumps({"config": self.config, "weights_env": os.environ.get("UNPAIRED_FID_WEIGHTS")}, sort_keys=True, default=str)
+
+
+def real_features(data: UnpairedData, domain: Domain, extractor: FeatureExtractor) -> Tensor:
+    """Features of every test image of ``domain``, from the disk cache when the same images
+    (as ``data.describe`` says), resolution and extractor were seen before."""
+    key = json.dumps([data.describe("test", domain), data.transform.crop_size, extractor.identity()])
+    path = cache_dir() / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.pt"
+    if path.is_file():
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)["features"]
+        except Exception:  # an unreadable cache entry is recomputed, never trusted
+            path.unlink(missing_ok=True)
+    images = (data.test_image(domain, i) for i in range(data.size("test", domain)))
+    features = extractor(images)
+    atomic_save({"features": features, "key": key}, path)
+    return features
+
+
+class _Precomputed(nn.Module):
+    """Lets torchmetrics' metrics take feature rows directly (identity with a known width)."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.num_features = width
+
+    def forward(self, features: Tensor) -> Tensor:
+        return features
+
+
+def fid_from_features(real: Tensor, fake: Tensor) -> float:
+    """Fréchet distance between the Gaussians fitted to two feature sets (torchmetrics' FID)."""
+    from torchmetrics.image.fid import FrechetInceptionDistance  # slow to import: only when scoring
+
+    metric = FrechetInceptionDistance(feature=_Precomputed(real.shape[1]))
+    metric.update(real.double(), real=True)
+    metric.update(fake.double(), real=False)
+    return float(metric.compute())
+
+
+def kid_from_features(real: Tensor, fake: Tensor, subsets: int = 100) -> tuple[float, float]:
+    """Kernel Inception Distance (mean, std over subsets); subset size fitted to the smaller set, at most 1000."""
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    subset_size = min(1000, real.shape[0], fake.shape[0])
+    with warnings.catch_warnings():  # it warns that it keeps all features: that is the point here
+        warnings.simplefilter("ignore", UserWarning)
+        metric = KernelInceptionDistance(feature=_Precomputed(real.shape[1]), subsets=subsets, subset_size=subset_size)
+    metric.update(real, real=True)
+    metric.update(fake, real=False)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        mean, std = metric.compute()
+    return float(mean), float(std)
+
+
+@torch.inference_mode()
+def translated(generator: nn.Module, data: UnpairedData, domain: Domain, batch_size: int, device: torch.device) -> Iterable[Tensor]:
+    """G(x) for every test image x of ``domain``, in batches, in eval mode (autocast to bf16 on CUDA)."""
+    was_training = generator.training
+    generator.eval()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    try:
+        n = data.size("test", domain)
+        for start in range(0, n, batch_size):
+            batch = torch.stack([data.test_image(domain, i) for i in range(start, min(start + batch_size, n))]).to(device)
+            with autocast:
+                yield from generator(batch).float().cpu()
+    finally:
+        generator.train(was_training)
+
+
+def score_generators(G_AB: nn.Module, G_BA: nn.Module, data: UnpairedData, extractor: FeatureExtractor) -> dict[str, float]:
+    """fid_a2b = FID(G_AB(testA), testB), fid_b2a = FID(G_BA(testB), testA), their mean, and KID both ways."""
+    metrics: dict[str, float] = {}
+    for name, generator, source, target in (("a2b", G_AB, "A", "B"), ("b2a", G_BA, "B", "A")):
+        real = real_features(data, target, extractor)
+        fake = extractor(translated(generator, data, source, extractor.batch_size, extractor.device))
+        metrics[f"fid_{name}"] = fid_from_features(real, fake)
+        metrics[f"kid_{name}"], metrics[f"kid_{name}_std"] = kid_from_features(real, fake)
+    metrics["fid_mean"] = (metrics["fid_a2b"] + metrics["fid_b2a"]) / 2
+    return metrics
+
+
+def folder_images(folder: Path, size: int) -> Iterable[Tensor]:
+    """The images of a folder resized to ``size`` x ``size`` as [-1, 1] tensors (the test pre-processing)."""
+    transform = Transform(load_size=None, crop_size=size, crop=False, flip=False)
+    paths = list_images(folder)
+    if len(paths) < 2:
+        raise EvaluationError(f"{folder} holds {len(paths)} image(s); FID needs at least 2")
+    return (transform.test(load_image(path)) for path in paths)
+
+
+def score_folders(first: Path, second: Path, size: int, extractor: FeatureExtractor) -> dict[str, float]:
+    """FID and KID between the images of two folders, both pre-processed like test images."""
+    a, b = extractor(folder_images(first, size)), extractor(folder_images(second, size))
+    kid, kid_std = kid_from_features(a, b)
+    return {"fid": fid_from_features(a, b), "kid": kid, "kid_std": kid_std}
+
+
+def saved_generators(folder: Path, epoch: int | None) -> tuple[Path, Path]:
+    """Paths of the AtoB and BtoA generators of a run folder: the final ones, or those of ``epoch``
+    (the final epoch, or the best epoch kept by periodic evaluation)."""
+    result = json.loads((folder / "result.json").read_text()) if (folder / "result.json").is_file() else {}
+    final_epoch, best_epoch = result.get("epochs"), result.get("metrics", {}).get("fid_best_epoch")
+    if epoch is None or epoch == final_epoch:
+        prefix = ""
+    elif epoch == best_epoch:
+        prefix = "best-"
+    else:
+        kept = ", ".join(str(e) for e in dict.fromkeys([final_epoch, best_epoch]) if e is not None) or "none (not finished)"
+        raise EvaluationError(f"{folder} keeps generators of epoch(s) {kept}, not of epoch {epoch}")
+    paths = folder / "generators" / f"{prefix}AtoB.pt", folder / "generators" / f"{prefix}BtoA.pt"
+    if not all(p.is_file() for p in paths):
+        raise EvaluationError(f"{folder} has no saved generators{'' if prefix == '' else ' of the best epoch'}: has the run finished?")
+    return paths
+
+
+def rescore_run(folder: Path, registry: Registry, device: torch.device, epoch: int | None = None) -> dict[str, float]:
+    """Score a run folder's saved generators again (e.g. after a crash while scoring, or with another
+    extractor set in its spec.json's eval section) and record the metrics in its result.json."""
+    from unpaired.checkpoint import atomic_write_text
+    from unpaired.spec import resolve_variant
+    from unpaired.translate import load_generator
+
+    variant = resolve_variant(json.loads((folder / "spec.json").read_text()), registry, source=str(folder / "spec.json"))
+    data = registry.build("dataset", variant.components["data"])
+    config = variant.components["feature_extractor"]
+    extractor = FeatureExtractor(build_extractor(config, registry, device), config, device, variant.spec.eval.batch_size)
+    path_ab, path_ba = saved_generators(folder, epoch)
+    G_AB, G_BA = (load_generator(p, d, registry)[0].to(device) for p, d in ((path_ab, "AtoB"), (path_ba, "BtoA")))
+    metrics = score_generators(G_AB, G_BA, data, extractor)
+    result_path = folder / "result.json"
+    result = json.loads(result_path.read_text())
+    if epoch is None or epoch == result.get("epochs"):
+        result["metrics"] = {**result.get("metrics", {}), **metrics}
+    else:
+        result.setdefault("rescored", {})[str(epoch)] = metrics
+    atomic_write_text(result_path, json.dumps(result, indent=1))
+    return metrics
