@@ -14,6 +14,7 @@ from unpaired.components import Component
 from unpaired.data import DataError, export_folder_layout
 from unpaired.download import DATASETS, DownloadError, download_dataset
 from unpaired.evaluate import EvaluationError
+from unpaired.tracking import TrackingError
 from unpaired.registry import ComponentError, default_registry
 from unpaired.spec import SpecError, load_variant
 from unpaired.study import Study, load_study, study_json_schema
@@ -207,6 +208,29 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Rank a study's variants by a metric over seeds, from its MLflow runs."""
+    from unpaired.compare import finished_runs, plot, render, study_baseline, summarize
+    from unpaired.tracking import tracking_uri
+
+    target = Path(args.study)
+    if target.suffix.lower() in (".yaml", ".yml", ".json") and target.is_file():
+        study = load_study(target, default_registry())
+        name, baseline, uri = study.spec.name, study.baseline, tracking_uri(study.spec.tracking.uri)
+    else:
+        name, uri = args.study, tracking_uri(None)
+        baseline = study_baseline(name, uri)
+    runs = finished_runs(name, uri)
+    if runs.empty:
+        raise ValueError(f"study {name!r} has no finished runs in MLflow yet")
+    table = summarize(runs, args.metric, baseline)
+    print(render(table, args.metric, args.format), end="")
+    if args.plot:
+        plot(table, runs, args.metric, Path(args.plot))
+        print(f"plot written to {args.plot}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``unpaired`` command and its subcommands."""
     parser = argparse.ArgumentParser(prog="unpaired", description="Ablation studies for unpaired image-to-image translation.")
@@ -234,6 +258,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--jobs", type=int, default=1, help="runs trained at once, as separate processes")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.set_defaults(handler=cmd_run)
+
+    compare = commands.add_parser("compare", help="rank a study's variants: mean ± std over seeds, Δ vs baseline")
+    compare.add_argument("study", help="study name (MLflow experiment) or study file")
+    compare.add_argument("--metric", default="fid_mean", help="metric to rank by (default fid_mean; lower is better for fid/kid/losses)")
+    compare.add_argument("--format", choices=["table", "markdown", "csv", "json"], default="table")
+    compare.add_argument("--plot", help="also write a bar chart with error bars and per-seed points to this PNG")
+    compare.set_defaults(handler=cmd_compare)
 
     schema = commands.add_parser("schema", help="print the JSON Schema of study files (for editor completion)")
     schema.set_defaults(handler=cmd_schema)
@@ -292,7 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (SpecError, ComponentError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except (DataError, DownloadError, ValueError, EvaluationError) as error:
+    except (DataError, DownloadError, ValueError, EvaluationError, TrackingError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except Exception as error:

@@ -21,10 +21,12 @@ import torch
 from unpaired.checkpoint import atomic_write_text, latest_checkpoint
 from unpaired.data import DataError
 from unpaired.engine import TrainingInterrupted, read_result, train_variant
+from unpaired.compare import write_comparison
 from unpaired.evaluate import build_extractor
 from unpaired.registry import ComponentError, Registry, default_registry
 from unpaired.spec import resolve_variant
 from unpaired.study import PlannedRun, Study
+from unpaired.tracking import StudyTracker, check_reachable, tracking_uri
 
 Status = Literal["done", "partial", "failed", "pending"]
 
@@ -112,14 +114,22 @@ def _worker_init(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _train_in_worker(resolved: dict[str, Any], folder: str) -> dict[str, Any]:
+def _train_in_worker(resolved: dict[str, Any], folder: str, child: dict[str, Any] | None, tracking: dict[str, Any] | None) -> dict[str, Any]:
     registry = default_registry()
+    tracker = None
+    if tracking is not None and child is not None:
+        tracker = StudyTracker(**tracking)
+        registry.plugin_manager.register(tracker, name="unpaired-tracking")
+        tracker.child_for(Path(folder), **child, resolved=resolved)
     try:
         return train_variant(resolve_variant(resolved, registry), Path(folder), registry, show_progress=False)
     except TrainingInterrupted as error:
         return {"status": "interrupted", "error": str(error)}
     except Exception as error:
         return {"status": "failed", "error": f"{type(error).__name__}: {error}"}
+    finally:
+        if tracker is not None:
+            registry.plugin_manager.unregister(tracker)
 
 
 def run_study(
@@ -131,33 +141,61 @@ def run_study(
     show_progress: bool = True,
     announce: Callable[[str], None] = print,
 ) -> StudySummary:
-    """Train every run of ``runs`` that is not done. A failing run is recorded and the others go on.
+    """Train every run of ``runs`` that is not done, tracked in MLflow unless the study says otherwise.
 
-    ``jobs`` > 1 trains that many runs at once in separate processes: spread over the visible
-    GPUs, or on the CPU with the cores divided between them.
+    Before any training: the FID extractors load and the tracking server answers. A failing run
+    is recorded and the others go on. ``jobs`` > 1 trains that many runs at once in separate
+    processes: spread over the visible GPUs, or on the CPU with the cores divided between them.
     """
     out = Path(out)
-    write_index(study, out)
     summary = StudySummary()
     todo = []
     for run in runs:
         (summary.skipped if run_status(run, out) == "done" else todo).append(run)
     preflight(todo, registry)
-    if jobs <= 1:
-        for number, run in enumerate(todo, 1):
-            announce(f"[{number}/{len(todo)}] {run.variant} seed {run.seed} -> {run.folder(out)}")
-            try:
-                train_variant(run.resolved, run.folder(out), registry, show_progress=show_progress)
-                summary.done.append(run)
-            except TrainingInterrupted:
-                summary.interrupted.append(run)
-                break
-            except Exception as error:
-                summary.failed.append((run, f"{type(error).__name__}: {error}"))
-        return summary
+    settings = study.spec.tracking
+    uri = tracking_uri(settings.uri)
+    if settings.enabled:
+        check_reachable(uri)
+    write_index(study, out)
+    tracker = StudyTracker.start(uri, study.spec.name, study.source, study.baseline, settings.log_generators) if settings.enabled else None
 
+    def child(run: PlannedRun) -> dict[str, Any]:
+        return {"variant": run.variant, "seed": run.seed, "run_id": run.run_id, "planned_seeds": len(study.spec.seeds)}
+
+    if tracker is not None:
+        registry.plugin_manager.register(tracker, name="unpaired-tracking")
+    try:
+        if jobs <= 1:
+            for number, run in enumerate(todo, 1):
+                announce(f"[{number}/{len(todo)}] {run.variant} seed {run.seed} -> {run.folder(out)}")
+                if tracker is not None:
+                    tracker.child_for(run.folder(out), **child(run), resolved=run.resolved.as_dict())
+                try:
+                    train_variant(run.resolved, run.folder(out), registry, show_progress=show_progress)
+                    summary.done.append(run)
+                except TrainingInterrupted:
+                    summary.interrupted.append(run)
+                    break
+                except Exception as error:
+                    summary.failed.append((run, f"{type(error).__name__}: {error}"))
+        else:
+            _run_parallel(todo, out, jobs, summary, announce, child, tracker)
+    finally:
+        if tracker is not None:
+            registry.plugin_manager.unregister(tracker)
+    if tracker is not None:
+        files = write_comparison(study.spec.name, uri, study.baseline, settings.metric, out)
+        tracker.finish(failed=bool(summary.failed or summary.interrupted), artifacts=files)
+    return summary
+
+
+def _run_parallel(todo: list[PlannedRun], out: Path, jobs: int, summary: StudySummary, announce: Callable[[str], None],
+                  child: Callable[[PlannedRun], dict[str, Any]], tracker: StudyTracker | None) -> None:
     gpus = torch.cuda.device_count()
     threads = 1 if gpus else max(1, (os.cpu_count() or 1) // jobs)
+    tracking = None if tracker is None else {"uri": tracker.uri, "experiment_id": tracker.experiment_id,
+                                             "parent_run_id": tracker.parent_run_id, "log_generators": tracker.log_generators}
     specs = []
     for number, run in enumerate(todo):
         resolved = run.resolved.as_dict()
@@ -166,7 +204,7 @@ def run_study(
         specs.append(resolved)
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_worker_init, initargs=(threads,)) as pool:
-        futures = [pool.submit(_train_in_worker, spec, str(run.folder(out))) for spec, run in zip(specs, todo)]
+        futures = [pool.submit(_train_in_worker, spec, str(run.folder(out)), child(run), tracking) for spec, run in zip(specs, todo)]
         announce(f"training {len(todo)} run(s), {jobs} at a time")
         for run, future in zip(todo, futures):
             result = future.result()
@@ -177,4 +215,3 @@ def run_study(
             else:
                 summary.failed.append((run, result["error"]))
             announce(f"{result['status']}: {run.variant} seed {run.seed}")
-    return summary

@@ -25,6 +25,16 @@ from unpaired.spec import COMPONENT_FIELDS, ResolvedVariant, SpecError, TrainCon
 STUDY_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 
+class TrackingConfig(BaseModel):
+    """Where and what the study logs to MLflow."""
+
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = Field(True, description="log the study to MLflow")
+    uri: str | None = Field(None, description="tracking URI; $MLFLOW_TRACKING_URI wins; default: MLflow's (sqlite:///mlflow.db)")
+    log_generators: bool = Field(True, description="attach the final generators to each run as artifacts")
+    metric: str = Field("fid_mean", description="the metric the comparison logged at the end ranks variants by")
+
+
 class StudySpec(BaseModel):
     """An ablation: which variants of a base to train, and with which seeds."""
 
@@ -42,6 +52,7 @@ class StudySpec(BaseModel):
         default_factory=lambda: [0], description="each variant is trained once per seed (train.seed)"
     )
     baseline: str | None = Field(None, description="the variant differences are measured against (default: the base)")
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
 
 @dataclass(frozen=True)
