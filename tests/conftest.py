@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import textwrap
+import time
+import urllib.request
 from pathlib import Path
 from typing import Callable
 
@@ -19,6 +23,52 @@ FID_WEIGHTS = REPO.parent / "shared" / "fid" / "weights-inception-2015-12-05-672
 # Every test (and every CLI it starts) uses the offline FID weights and a private feature cache.
 os.environ["UNPAIRED_FID_WEIGHTS"] = str(FID_WEIGHTS)
 os.environ["UNPAIRED_CACHE"] = tempfile.mkdtemp(prefix="unpaired-test-cache-")
+# Tests run in a scratch working directory: whatever MLflow or a command puts next to itself
+# (./mlruns artifact folders, ./runs) stays out of the checkout.
+os.chdir(tempfile.mkdtemp(prefix="unpaired-test-cwd-"))
+# ... and one MLflow store for the whole session (a fresh SQLite store costs seconds of migrations).
+os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tempfile.mkdtemp(prefix='unpaired-test-mlflow-')}/mlflow.db"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_written_into_the_repository():
+    """Tests must never leave MLflow stores or run folders in the checkout."""
+    yield
+    left = [name for name in ("mlflow.db", "mlruns", "mlartifacts", "runs") if (REPO / name).exists()]
+    assert not left, f"tests wrote {left} into {REPO}"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real `mlflow server` (SQLite backend, local artifact store) on 127.0.0.1; yields its URI."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    log = open(root / "server.log", "w")
+    server = subprocess.Popen(
+        [str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri", f"sqlite:///{root}/store.db",
+         "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=2):
+                break
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"mlflow server did not start: {(root / 'server.log').read_text()[-2000:]}") from None
+            time.sleep(0.3)
+    yield uri
+    os.killpg(server.pid, signal.SIGTERM)
+    server.wait(timeout=30)
+    log.close()
 
 
 def write_distribution(site: Path, name: str, version: str, entry_points: dict[str, str], files: dict[str, str]) -> None:

@@ -1,0 +1,154 @@
+"""MLflow tracking against a real server, resume into the same run, failures, and compare's statistics."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import pandas as pd
+import pytest
+import yaml
+from mlflow.entities import Metric, RunTag
+from mlflow.tracking import MlflowClient
+
+from conftest import run_cli
+from test_engine import SigintAtStep
+from unpaired.compare import render, summarize
+from unpaired.registry import Registry
+from unpaired.runner import run_study, select_runs
+from unpaired.study import load_study, merge
+
+BASE = {
+    "data": {"name": "synthetic", "size": 32, "n_train": 4, "n_test": 3},
+    "generator": {"name": "resnet", "n_blocks": 1, "ngf": 4},
+    "discriminator": {"name": "patchgan", "ndf": 4, "n_layers": 2},
+    "train": {"epochs": 1, "decay_epochs": 1, "num_workers": 0},
+    "samples": 1,
+}
+
+
+def write_study(path, name, base=None, **fields):
+    path.write_text(yaml.safe_dump({"name": name, "base": merge(BASE, base or {}), **fields}, sort_keys=False))
+    return path
+
+
+def children(client, experiment_id):
+    return client.search_runs([experiment_id], filter_string="tags.`unpaired.role` = 'variant'")
+
+
+def test_a_study_logged_to_a_real_tracking_server(mlflow_server, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    study = write_study(tmp_path / "served.yaml", "served", variants={"ok": {}, "broken": {"data": {"name": "folder", "root": str(tmp_path / "nowhere")}}})
+    result = run_cli("run", str(study), "--out", str(tmp_path / "out"), "--quiet")
+    assert result.returncode == 1 and "done 1, failed 1" in result.stdout, result.stderr
+
+    client = MlflowClient(mlflow_server)
+    experiment = client.get_experiment_by_name("served")
+    parents = client.search_runs([experiment.experiment_id], filter_string="tags.`unpaired.role` = 'study'")
+    assert len(parents) == 1 and parents[0].info.status == "FAILED"  # one of its runs failed
+    parent_files = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
+    assert {"served.yaml", "comparison.md", "comparison.csv", "comparison.png"} <= parent_files
+
+    runs = {r.data.tags["unpaired.variant"]: r for r in children(client, experiment.experiment_id)}
+    ok, broken = runs["ok"], runs["broken"]
+    assert ok.data.tags["mlflow.parentRunId"] == broken.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+    assert ok.info.status == "FINISHED" and ok.data.tags["unpaired.status"] == "finished"
+    assert ok.data.params["generator.n_blocks"] == "1" and ok.data.params["train.lr"] == "0.0002"
+    assert ok.data.tags["unpaired.seed"] == "0" and len(ok.data.tags["unpaired.variant_id"]) == 12
+    assert "unpaired 0.1.0" in ok.data.tags["unpaired.plugins"]
+    assert [m.step for m in client.get_metric_history(ok.info.run_id, "cycle_A")] == [1, 2]
+    assert {"fid_a2b", "fid_b2a", "fid_mean", "kid_a2b", "kid_b2a", "lr", "it_per_s"} <= set(ok.data.metrics)
+    files = {a.path for a in client.list_artifacts(ok.info.run_id)}
+    assert {"spec.json", "history.csv", "result.json", "samples", "generators"} <= files
+    assert broken.info.status == "FAILED" and "nowhere/trainA does not exist" in broken.data.tags["unpaired.error"]
+
+    again = run_cli("run", str(study), "--out", str(tmp_path / "out"), "--quiet")
+    assert "done 0, failed 1, skipped 1" in again.stdout
+    rerun = {r.data.tags["unpaired.variant"]: r.info.run_id for r in children(client, experiment.experiment_id)}
+    assert rerun == {"ok": ok.info.run_id, "broken": broken.info.run_id}  # no new child runs: the failed one was continued
+
+
+def test_an_interrupted_run_resumes_into_the_same_mlflow_run(tmp_path):
+    study = load_study(write_study(tmp_path / "resumed.yaml", "resumed", base={"eval": {"fid": False}, "train": {"epochs": 2, "log_every": 1}}), Registry.from_entry_points())
+    out = tmp_path / "out"
+    interrupting = Registry.from_entry_points()
+    interrupting.add_plugin(SigintAtStep(6), "sigint", "tests", "0")
+    summary = run_study(study, out, interrupting, select_runs(study, None, None), show_progress=False, announce=lambda _: None)
+    assert len(summary.interrupted) == 1
+
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("resumed")
+    (first,) = children(client, experiment.experiment_id)
+    assert first.info.status == "KILLED"
+    summary = run_study(study, out, Registry.from_entry_points(), select_runs(study, None, None), show_progress=False, announce=lambda _: None)
+    assert len(summary.done) == 1
+    (child,) = children(client, experiment.experiment_id)
+    assert child.info.run_id == first.info.run_id and child.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(child.info.run_id, "cycle_A")] == [1, 2, 3]
+
+    summary = run_study(study, out, Registry.from_entry_points(), select_runs(study, None, None), show_progress=False, announce=lambda _: None)
+    assert len(summary.skipped) == 1 and len(children(client, experiment.experiment_id)) == 1
+
+
+def test_an_unreachable_server_stops_the_study_before_training(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    result = run_cli("run", str(write_study(tmp_path / "s.yaml", "offline", base={"eval": {"fid": False}})), "--out", str(tmp_path / "out"))
+    assert result.returncode == 1
+    assert "the MLflow tracking server http://127.0.0.1:9 is unreachable" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+HAND_MADE = {  # variant -> metric per seed; planned 3 seeds each
+    "base": [10.0, 12.0, 14.0],  # mean 12, std 2
+    "wide": [20.0, 21.0],  # mean 20.5, std 0.7071, incomplete
+    "deep": [11.0, 13.0, 12.0],  # mean 12, std 1
+}
+
+
+def test_summary_statistics_match_a_hand_computed_example():
+    runs = pd.DataFrame(
+        [{"variant": v, "seed": s, "variant_id": v, "planned_seeds": 3, "fid_mean": x}
+         for v, values in HAND_MADE.items() for s, x in enumerate(values)]
+    )
+    table = summarize(runs, "fid_mean", baseline="base")
+    assert list(table.index) == ["base", "deep", "wide"]
+    assert table.loc["base", "mean"] == 12.0 and table.loc["base", "std"] == pytest.approx(2.0)
+    assert table.loc["wide", "mean"] == 20.5 and table.loc["wide", "std"] == pytest.approx(math.sqrt(0.5))
+    assert list(table["rank"]) == [1, 1, 3]
+    assert list(table["n"]) == [3, 3, 2] and list(table["complete"]) == [True, True, False]
+    assert table.loc["wide", "delta"] == 8.5 and table.loc["wide", "beyond_spread"] is True  # 8.5 > sqrt(0.5 + 4)
+    assert table.loc["deep", "delta"] == 0.0 and table.loc["deep", "beyond_spread"] is False
+    assert table.loc["base", "beyond_spread"] is None
+    text = render(table, "fid_mean", "table")
+    assert "wide (incomplete: 2/3 seeds)" in text and "20.500 ± 0.707" in text and "+8.500" in text
+    assert render(table, "fid_mean", "markdown").splitlines()[2] == "| 1 | base (baseline) | 12.000 ± 2.000 | 3 |  |  |"
+    with pytest.raises(ValueError, match="no metric 'fid' in the finished runs; available: fid_mean"):
+        summarize(runs, "fid", baseline="base")
+    assert list(summarize(runs, "fid_mean", baseline="base", lower_is_better=False)["rank"]) == [1, 2, 2]
+
+
+def test_compare_command_reads_the_runs_from_mlflow(tmp_path):
+    client = MlflowClient()
+    experiment_id = client.create_experiment("hand-made")
+    parent = client.create_run(experiment_id, tags={"unpaired.role": "study", "unpaired.baseline": "base"})
+    for variant, values in HAND_MADE.items():
+        for seed, value in enumerate(values):
+            run = client.create_run(experiment_id, tags={
+                "mlflow.parentRunId": parent.info.run_id, "unpaired.role": "variant", "unpaired.variant": variant,
+                "unpaired.seed": str(seed), "unpaired.variant_id": variant, "unpaired.planned_seeds": "3"})
+            client.log_batch(run.info.run_id, metrics=[Metric("fid_mean", value, 0, 2)], tags=[RunTag("unpaired.status", "finished")])
+            client.set_terminated(run.info.run_id, "FINISHED")
+    unfinished = client.create_run(experiment_id, tags={"unpaired.role": "variant", "unpaired.variant": "base", "unpaired.seed": "9",
+                                                        "unpaired.variant_id": "base", "unpaired.planned_seeds": "3"})
+    client.log_batch(unfinished.info.run_id, metrics=[Metric("fid_mean", 1000.0, 0, 1)])  # still running: not counted
+
+    result = run_cli("compare", "hand-made", "--format", "json", "--plot", str(tmp_path / "plot.png"))
+    assert result.returncode == 0, result.stderr
+    rows = {row["variant"]: row for row in json.loads(result.stdout)}
+    assert rows["base"]["mean"] == 12.0 and rows["base"]["baseline"] is True
+    assert rows["wide"]["beyond_spread"] is True and rows["wide"]["complete"] is False
+    assert (tmp_path / "plot.png").stat().st_size > 10_000
+    assert os.path.exists(tmp_path / "plot.png")
+    missing = run_cli("compare", "no-such-study")
+    assert missing.returncode == 1 and "no MLflow experiment named 'no-such-study'" in missing.stderr
