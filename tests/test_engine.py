@@ -321,3 +321,17 @@ def test_cli_reports_spec_errors_with_exit_code_2(tmp_path):
     result = run_cli("train", str(spec), "--out", str(tmp_path / "run"))
     assert result.returncode == 2
     assert f"error: {spec}: 1 problem:\n  generator.n_blocks: Input should be greater than or equal to 1 (got 0)" in result.stderr
+
+
+def test_bf16_autocast_losses_track_fp32(registry, tmp_path):
+    """bf16 keeps 8 mantissa bits: over a short run every epoch-mean loss stays within 5% (or 0.01) of fp32's."""
+
+    def history(precision):
+        out = tmp_path / precision
+        variant = tiny(registry, generator={"dropout": 0.0, "ngf": 8}, train={"epochs": 2, "decay_epochs": 0, "precision": precision})
+        train_variant(variant, out, registry, show_progress=False)
+        return losses(out)
+
+    for fp32, bf16 in zip(history("fp32"), history("bf16")):
+        for term in LOSS_TERMS:
+            assert bf16[term] == pytest.approx(fp32[term], rel=0.05, abs=0.01), term
