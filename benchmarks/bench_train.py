@@ -94,21 +94,24 @@ print(json.dumps(row))
 
 
 def loader_rate(args: argparse.Namespace) -> dict:
-    """Decode + augment rate of the folder dataset (load_size 286 -> crop) with the default loader workers."""
+    """Decode + augment rate of the folder dataset (load_size 286/256 x size, random crop) with the
+    default loader workers, reading the files each time and from the in-memory cache."""
     from unpaired.data import export_folder_layout
 
     registry = default_registry()
+    workers = TrainConfig().num_workers
+    rates = {}
     with tempfile.TemporaryDirectory() as folder:
         load = round(args.size * 286 / 256)
         synthetic = registry.build("dataset", {"name": "synthetic", "size": load, "n_train": 64, "n_test": 2})
         export_folder_layout(synthetic, Path(folder))
-        data = registry.build("dataset", {"name": "folder", "root": folder, "load_size": load, "crop_size": args.size})
-        workers = TrainConfig().num_workers
-        loader = torch.utils.data.DataLoader(TrainPairs(data), batch_size=1, sampler=EpochOrder(64, 0, 0), num_workers=workers)
-        started = time.perf_counter()
-        count = sum(1 for _ in loader)
-        seconds = time.perf_counter() - started
-    return {"pairs_per_s": count / seconds, "workers": workers, "size": args.size}
+        for cache in (False, True):
+            data = registry.build("dataset", {"name": "folder", "root": folder, "load_size": load, "crop_size": args.size, "cache": cache})
+            loader = torch.utils.data.DataLoader(TrainPairs(data), batch_size=1, sampler=EpochOrder(64, 0, 0), num_workers=workers)
+            started = time.perf_counter()
+            count = sum(1 for _ in loader)
+            rates["cached" if cache else "from_files"] = count / (time.perf_counter() - started)
+    return {"pairs_per_s": rates, "workers": workers, "size": args.size}
 
 
 def main() -> None:
@@ -154,7 +157,9 @@ def main() -> None:
     for row in rows:
         print(f"{row['setting']:<18}{row['s_per_iter']:>10.4f}{1 / row['s_per_iter']:>8.2f}{row['speedup']:>9.2f}{row['peak_mib'] or float('nan'):>10.0f}")
     if args.loader:
-        print(f"loader: {report['loader']['pairs_per_s']:.1f} pairs/s at {args.size} px with {report['loader']['workers']} workers")
+        rates = report["loader"]["pairs_per_s"]
+        print(f"loader, {report['loader']['workers']} workers, {args.size} px: {rates['from_files']:.1f} pairs/s from files, "
+              f"{rates['cached']:.1f} pairs/s cached (training steps: {1 / min(r['s_per_iter'] for r in rows):.2f}/s)")
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
 

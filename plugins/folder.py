@@ -14,32 +14,39 @@ from unpaired.data import DataError, Domain, Split, Transform, TransformParams, 
 
 class FolderParams(TransformParams):
     root: Path = Field(description="folder holding trainA, trainB, testA and testB")
+    cache: bool = Field(False, description="keep every decoded image in memory (fast epochs for small sets such as horse2zebra)")
 
 
 class ImageFolders(UnpairedData):
     """Images found in the four folders. Every file is decoded once up front: unreadable ones are
-    reported in one warning naming them and skipped; a missing or empty folder is an error."""
+    reported in one warning naming them and skipped; a missing or empty folder is an error.
+    With ``cache`` the decoded images are kept (loader workers share them copy-on-write)."""
 
     def __init__(self, params: FolderParams):
         super().__init__(Transform.from_params(params), params.serial)
         self.root = params.root
         self.files: dict[tuple[str, str], list[Path]] = {}
+        self.decoded: dict[tuple[str, str], list[Image.Image]] = {}
         unreadable: list[str] = []
         for split in ("train", "test"):
             for domain in ("A", "B"):
                 folder = self.root / f"{split}{domain}"
                 if not folder.is_dir():
                     raise DataError(f"{folder} does not exist: a folder dataset needs trainA, trainB, testA and testB in {self.root}")
-                readable = []
+                readable, decoded = [], []
                 for path in list_images(folder):
                     try:
-                        load_image(path)
+                        image = load_image(path)
                         readable.append(path)
+                        if params.cache:
+                            decoded.append(image)
                     except (OSError, ValueError, Image.DecompressionBombError) as error:
                         unreadable.append(f"{path} ({error})")
                 if not readable:
                     raise DataError(f"{folder} holds no readable images ({', '.join(e.lstrip('.') for e in ('.jpg', '.jpeg', '.png', '.bmp', '.webp'))})")
                 self.files[split, domain] = readable
+                if params.cache:
+                    self.decoded[split, domain] = decoded
         if unreadable:
             warnings.warn(f"skipping {len(unreadable)} unreadable image(s): " + "; ".join(unreadable), stacklevel=2)
 
@@ -47,6 +54,8 @@ class ImageFolders(UnpairedData):
         return len(self.files[split, domain])
 
     def image(self, split: Split, domain: Domain, index: int) -> Image.Image:
+        if self.decoded:
+            return self.decoded[split, domain][index]
         return load_image(self.files[split, domain][index])
 
     def describe(self, split: Split, domain: Domain) -> str:

@@ -20,20 +20,27 @@ class ResnetParams(BaseModel):
     padding: Padding = Field("reflect", description="padding of the 3x3 and 7x7 convolutions")
 
 
+_PADS = {"reflect": nn.ReflectionPad2d, "replicate": nn.ReplicationPad2d}
+
+
+def padded_conv(in_channels: int, out_channels: int, kernel: int, padding: Padding, bias: bool = True) -> list[nn.Module]:
+    """A stride-1 convolution that keeps the size, padding with ``padding``. Reflect/replicate use a
+    separate pad layer, as the official code does: measurably faster on CPU than Conv2d's padding_mode."""
+    if padding == "zeros":
+        return [nn.Conv2d(in_channels, out_channels, kernel, padding=kernel // 2, bias=bias)]
+    return [_PADS[padding](kernel // 2), nn.Conv2d(in_channels, out_channels, kernel, bias=bias)]
+
+
 class ResidualBlock(nn.Module):
     """x + (conv3-norm-relu-[dropout]-conv3-norm)(x)."""
 
     def __init__(self, channels: int, norm: Norm, dropout: float, padding: Padding):
         super().__init__()
         bias = not norm.has_affine_shift
-        layers: list[nn.Module] = [
-            nn.Conv2d(channels, channels, 3, padding=1, padding_mode=padding, bias=bias),
-            norm(channels),
-            nn.ReLU(inplace=True),
-        ]
+        layers: list[nn.Module] = [*padded_conv(channels, channels, 3, padding, bias), norm(channels), nn.ReLU(inplace=True)]
         if dropout > 0:
             layers.append(nn.Dropout(dropout))
-        layers += [nn.Conv2d(channels, channels, 3, padding=1, padding_mode=padding, bias=bias), norm(channels)]
+        layers += [*padded_conv(channels, channels, 3, padding, bias), norm(channels)]
         self.body = nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -47,7 +54,7 @@ def build_resnet(params: ResnetParams, norm: Norm) -> nn.Sequential:
     """
     ngf, pad = params.ngf, params.padding
     bias = not norm.has_affine_shift
-    layers: list[nn.Module] = [nn.Conv2d(3, ngf, 7, padding=3, padding_mode=pad, bias=bias), norm(ngf), nn.ReLU(inplace=True)]
+    layers: list[nn.Module] = [*padded_conv(3, ngf, 7, pad, bias), norm(ngf), nn.ReLU(inplace=True)]
     channels = ngf
     for _ in range(2):
         layers += [nn.Conv2d(channels, channels * 2, 3, stride=2, padding=1, bias=bias), norm(channels * 2), nn.ReLU(inplace=True)]
@@ -60,7 +67,7 @@ def build_resnet(params: ResnetParams, norm: Norm) -> nn.Sequential:
             nn.ReLU(inplace=True),
         ]
         channels //= 2
-    layers += [nn.Conv2d(channels, 3, 7, padding=3, padding_mode=pad), nn.Tanh()]
+    layers += [*padded_conv(channels, 3, 7, pad), nn.Tanh()]
     return nn.Sequential(*layers)
 
 

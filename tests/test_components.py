@@ -47,8 +47,8 @@ def test_resnet_has_n_residual_blocks_and_optional_dropout(registry):
     generator = registry.build("generator", {"name": "resnet", "n_blocks": 3, "ngf": 8, "dropout": 0.5}, norm(registry))
     dropouts = [m for m in generator.modules() if isinstance(m, nn.Dropout)]
     assert len(dropouts) == 3 and dropouts[0].p == 0.5
-    reflect = [m for m in generator.modules() if isinstance(m, nn.Conv2d) and m.padding_mode == "reflect"]
-    assert len(reflect) == 2 + 2 * 3  # both 7x7 convs and every 3x3 conv in the blocks
+    reflect = [m for m in generator.modules() if isinstance(m, nn.ReflectionPad2d)]
+    assert [m.padding for m in reflect] == [(3, 3, 3, 3)] + [(1, 1, 1, 1)] * 6 + [(3, 3, 3, 3)]  # 7x7 convs and every 3x3 in the blocks
 
 
 def test_conv_bias_only_where_the_norm_has_no_learned_shift(registry):

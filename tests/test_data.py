@@ -72,6 +72,16 @@ def test_corrupt_files_are_reported_once_and_skipped(registry, tmp_path):
     assert data.size("train", "B") == 3 and data.size("test", "A") == 3
 
 
+def test_the_in_memory_cache_serves_the_same_pixels_without_reading_files_again(registry, tmp_path):
+    make_layout(tmp_path)
+    plain, cached = folder_data(registry, tmp_path), folder_data(registry, tmp_path, cache=True)
+    expected = plain.train_pair(1, torch.Generator().manual_seed(3))
+    for image in (tmp_path / "trainA").iterdir():
+        image.unlink()
+    got = cached.train_pair(1, torch.Generator().manual_seed(3))
+    assert all(torch.equal(a, b) for a, b in zip(expected, got))
+
+
 def test_missing_or_empty_domain_is_a_clear_error(registry, tmp_path):
     make_layout(tmp_path)
     for image in (tmp_path / "testB").iterdir():
