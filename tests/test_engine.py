@@ -227,8 +227,6 @@ class NanAfter:
 
     @hookimpl
     def unpaired_register_gan_losses(self, register):
-        from pydantic import BaseModel
-
         from unpaired_plugins.gan_losses import LabelParams, LeastSquares
 
         outer = self
@@ -240,7 +238,6 @@ class NanAfter:
                 return loss * float("nan") if outer.calls > outer.n else loss
 
         register("flaky", Flaky, LabelParams, "turns NaN")
-        assert issubclass(LabelParams, BaseModel)
 
 
 def test_a_non_finite_loss_stops_the_variant_naming_term_step_and_epoch(tmp_path):
