@@ -190,6 +190,11 @@ def _check_grid_path(path: str, base: Mapping[str, Any], registry: Registry) -> 
     return None
 
 
+def _configuration_key(variant: Mapping[str, Any], registry: Registry, source: str) -> str:
+    """The id of a variant's configuration whatever its seed: the same for all seeds of one variant."""
+    return resolve_variant(set_path(dict(variant), "train.seed", 0), registry, source).variant_id
+
+
 def plan_study(data: Any, registry: Registry, source: str = "<study>") -> Study:
     """Validate a study and expand it into runs; raise :class:`SpecError` listing every problem at once."""
     if not isinstance(data, Mapping):
@@ -225,23 +230,21 @@ def plan_study(data: Any, registry: Registry, source: str = "<study>") -> Study:
             merged = set_path(merged, path, value, registry)
         where = f"variants.{variant_name}" if variant_name and not combination else f"variant[{name}]"
         try:
-            resolved = resolve_variant(merged, registry, source, prefix=where)
+            seeded = [resolve_variant(set_path(merged, "train.seed", seed), registry, source, prefix=where) for seed in spec.seeds]
         except SpecError as error:
             problems.extend(error.problems)
             continue
-        key = resolve_variant(set_path(merged, "train.seed", 0), registry, source).variant_id
+        key = _configuration_key(merged, registry, source)
         if key in names_by_key:
             problems.append((where, f"resolves to the same configuration as variant {names_by_key[key]!r} (id {key}); remove one"))
             continue
         names_by_key[key] = name
         overrides = {**flatten(changes), **combination}
-        for seed in spec.seeds:
-            seeded = resolve_variant(set_path(merged, "train.seed", seed), registry, source, prefix=where)
-            runs.append(PlannedRun(name, key, seed, overrides, seeded))
+        runs += [PlannedRun(name, key, seed, overrides, resolved) for seed, resolved in zip(spec.seeds, seeded)]
     if problems:
         raise SpecError(source, list(dict.fromkeys(problems)))
 
-    base_key = resolve_variant(set_path(spec.base, "train.seed", 0), registry, source).variant_id
+    base_key = _configuration_key(spec.base, registry, source)
     names = list(names_by_key.values())
     baseline = spec.baseline or names_by_key.get(base_key, names[0])
     if baseline not in names:
