@@ -24,6 +24,8 @@ class NoNormParams(BaseModel):
 class InstanceNorm(Norm):
     """InstanceNorm2d without running statistics, as in the official CycleGAN code."""
 
+    per_image = True
+
     def __init__(self, params: InstanceNormParams):
         self.affine = params.affine
         self.has_affine_shift = params.affine
@@ -48,6 +50,7 @@ class NoNorm(Norm):
     """No normalization: an identity layer."""
 
     has_affine_shift = False
+    per_image = True
 
     def __init__(self, params: NoNormParams):
         pass

@@ -60,6 +60,10 @@ class Norm(ABC):
     has_affine_shift: bool
     """True when the layer learns a per-channel shift, so the preceding conv needs no bias."""
 
+    per_image: bool = False
+    """True when each image is normalised with its own statistics (instance norm, none), so images
+    stacked into one batch do not affect each other and the engine may run several through one call."""
+
     @abstractmethod
     def __call__(self, channels: int) -> nn.Module:
         """A new normalization layer for ``channels`` feature maps."""
