@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from conftest import run_cli
 from test_engine import SigintAtStep
+from unpaired import hookimpl
 from unpaired.compare import render, summarize
 from unpaired.registry import Registry
 from unpaired.runner import run_study, select_runs
@@ -89,6 +90,34 @@ def test_an_interrupted_run_resumes_into_the_same_mlflow_run(tmp_path):
 
     summary = run_study(study, out, Registry.from_entry_points(), select_runs(study, None, None), show_progress=False, announce=lambda _: None)
     assert len(summary.skipped) == 1 and len(children(client, experiment.experiment_id)) == 1
+
+
+class RaiseAtStep:
+    def __init__(self, step):
+        self.step = step
+
+    @hookimpl
+    def unpaired_on_step(self, run, epoch, step, losses, lr):
+        if step == self.step:
+            raise RuntimeError("simulated crash")
+
+
+def test_epochs_trained_again_after_a_crash_are_logged_once(tmp_path):
+    """With checkpoint_every: 2 a crash in epoch 2 loses epoch 1; it is trained again (identically) but not logged twice."""
+    base = {"eval": {"fid": False}, "train": {"epochs": 2, "log_every": 1, "checkpoint_every": 2}}
+    study = load_study(write_study(tmp_path / "relogged.yaml", "relogged", base=base), Registry.from_entry_points())
+    crashing = Registry.from_entry_points()
+    crashing.add_plugin(RaiseAtStep(6), "crash", "tests", "0")
+    run = lambda registry: run_study(study, tmp_path / "out", registry, select_runs(study, None, None), show_progress=False, announce=lambda _: None)  # noqa: E731
+    assert len(run(crashing).failed) == 1
+    client = MlflowClient()
+    (child,) = children(client, client.get_experiment_by_name("relogged").experiment_id)
+    first = [(m.step, m.value) for m in client.get_metric_history(child.info.run_id, "cycle_A")]
+    assert [step for step, _ in first] == [1]
+    assert len(run(Registry.from_entry_points()).done) == 1
+    history = client.get_metric_history(child.info.run_id, "cycle_A")
+    assert [m.step for m in history] == [1, 2, 3]
+    assert (history[0].step, history[0].value) == first[0]
 
 
 def test_an_unreachable_server_stops_the_study_before_training(tmp_path, monkeypatch):

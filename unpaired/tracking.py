@@ -87,6 +87,7 @@ class StudyTracker:
         self.log_generators = log_generators
         self.client = _client(uri)
         self.children: dict[str, str] = {}
+        self.logged_epochs: dict[str, set[int]] = {}
 
     @classmethod
     def start(cls, uri: str | None, study_name: str, study_file: str, baseline: str, log_generators: bool) -> StudyTracker:
@@ -113,6 +114,8 @@ class StudyTracker:
             if known.get("tracking_uri") == self.uri:
                 try:
                     self.client.update_run(known["run_id"], status="RUNNING")
+                    # epochs after the last checkpoint are trained (identically) again: log each once
+                    self.logged_epochs[run_id] = self._logged_epochs(known["run_id"])
                     self.children[run_id] = known["run_id"]
                     return known["run_id"]
                 except Exception:  # deleted or from another store: start a new one
@@ -141,9 +144,12 @@ class StudyTracker:
         if metrics:
             self.client.log_batch(child_id, metrics=metrics)
 
+    def _logged_epochs(self, child_id: str) -> set[int]:
+        return {m.step for m in self.client.get_metric_history(child_id, "cycle_A")}
+
     @hookimpl
     def unpaired_on_epoch_end(self, run: Any, epoch: int, metrics: dict[str, float]) -> None:
-        if run.variant_id in self.children:
+        if run.variant_id in self.children and epoch not in self.logged_epochs.get(run.variant_id, ()):
             self._log_metrics(self.children[run.variant_id], metrics, step=epoch)
 
     @hookimpl
@@ -172,7 +178,7 @@ class StudyTracker:
         history_file = folder / "history.json"
         if not history_file.is_file():
             return
-        logged = {m.step for m in self.client.get_metric_history(child_id, "cycle_A")}
+        logged = self._logged_epochs(child_id)
         for row in json.loads(history_file.read_text()):
             if row["epoch"] not in logged:
                 self._log_metrics(child_id, {k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
