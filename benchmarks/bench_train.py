@@ -3,14 +3,15 @@
 
 Times ``CycleGAN.train_step`` (the code path ``unpaired run`` uses) for each chosen setting, and
 ``../shared/bench/reference_cyclegan.py`` (a plain eager fp32 step with the official per-step
-work) before and after them, on the same random batches' shapes. Warm-up steps are excluded.
+work) in alternating rounds, on the same random batches' shapes. Warm-up steps are excluded.
 
-    python benchmarks/bench_train.py --quick                      # 128 px, ResNet-9: fp32, bf16, bf16 + channels_last
+    python benchmarks/bench_train.py --quick                      # 128 px, ResNet-9: fp32 and bf16, 2 rounds
     python benchmarks/bench_train.py --size 256 --settings fp32 bf16+cl+compile --iters 20 --json out.json
     python benchmarks/bench_train.py --loader --size 256          # also: data decode + augment rate
 
 A setting is ``fp32``, ``bf16`` or ``fp16``, optionally with ``+cl`` (channels_last) and
-``+compile``. ``speedup`` is reference s/iter divided by the engine's: above 1 is faster.
+``+compile``. ``speedup`` is reference s/iter divided by the engine's (above 1 is faster), the
+median over rounds of each round's ratio, with its range.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import argparse
 import json
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -52,25 +54,32 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_engine(args: argparse.Namespace, setting: str, device: torch.device) -> dict:
-    registry = default_registry()
-    variant = resolve_variant(variant_for(args, setting), registry)
-    seed_everything(0)
-    model = CycleGAN(variant, registry, device)
-    weights = LossWeights(1.0, 10.0, 5.0)
-    batches = [tuple(model.to_device(torch.rand(args.batch, 3, args.size, args.size) * 2 - 1) for _ in range(2)) for _ in range(4)]
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    for step in range(args.warmup):
-        model.train_step(*batches[step % 4], weights)
-    synchronize(device)
-    started = time.perf_counter()
-    for step in range(args.iters):
-        terms = model.train_step(*batches[step % 4], weights)
-    synchronize(device)
-    seconds = (time.perf_counter() - started) / args.iters
-    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-    return {"setting": setting, "s_per_iter": seconds, "peak_mib": peak, "losses": [round(v, 4) for v in terms.tolist()]}
+class EngineTimer:
+    """The engine for one setting, built and warmed up once, timed over several rounds."""
+
+    def __init__(self, args: argparse.Namespace, setting: str, device: torch.device):
+        registry = default_registry()
+        seed_everything(0)
+        self.setting, self.device = setting, device
+        self.model = CycleGAN(resolve_variant(variant_for(args, setting), registry), registry, device)
+        self.weights = LossWeights(1.0, 10.0, 5.0)
+        shape = (args.batch, 3, args.size, args.size)
+        self.batches = [tuple(self.model.to_device(torch.rand(shape) * 2 - 1) for _ in range(2)) for _ in range(4)]
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        self.run(args.warmup)
+
+    def run(self, steps: int) -> float:
+        """Seconds per step over ``steps`` steps."""
+        synchronize(self.device)
+        started = time.perf_counter()
+        for step in range(steps):
+            self.terms = self.model.train_step(*self.batches[step % 4], self.weights)
+        synchronize(self.device)
+        return (time.perf_counter() - started) / max(steps, 1)
+
+    def peak_mib(self) -> float | None:
+        return torch.cuda.max_memory_allocated(self.device) / 2**20 if self.device.type == "cuda" else None
 
 
 def time_reference(args: argparse.Namespace, device: torch.device) -> dict:
@@ -114,15 +123,29 @@ def loader_rate(args: argparse.Namespace) -> dict:
     return {"pairs_per_s": rates, "workers": workers, "size": args.size}
 
 
+def matmul_gflops(device: torch.device, dtype: torch.dtype) -> float:
+    """Square-matmul throughput: whether this device's bf16/fp16 units can beat fp32 at all."""
+    n, reps = (8192, 10) if device.type == "cuda" else (1536, 3)
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    a @ b
+    synchronize(device)
+    started = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    synchronize(device)
+    return 2 * n**3 * reps / (time.perf_counter() - started) / 1e9
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="128 px, ResNet-9, batch 1: fp32, bf16, bf16+cl, 3 timed steps")
+    parser.add_argument("--quick", action="store_true", help="128 px, ResNet-9, batch 1: fp32 and bf16, 2 rounds of 3 timed steps")
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--blocks", type=int, default=9)
     parser.add_argument("--disc", default="patchgan", choices=["patchgan", "pooled"])
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--settings", nargs="+", default=["fp32", "bf16", "bf16+cl"])
-    parser.add_argument("--iters", type=int, default=8)
+    parser.add_argument("--iters", type=int, default=8, help="timed steps per round")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of (reference, each setting); medians are reported")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--loader", action="store_true", help="also measure the data loader's pairs/s")
@@ -130,32 +153,54 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args()
     if args.quick:
-        args.size, args.blocks, args.batch, args.iters, args.warmup = 128, 9, 1, 3, 1
+        args.size, args.blocks, args.batch, args.iters, args.rounds, args.warmup, args.settings = 128, 9, 1, 3, 2, 1, ["fp32", "bf16"]
     device = pick_device(args.device)
 
-    before = time_reference(args, device)
-    rows = [time_engine(args, setting, device) for setting in args.settings]
-    after = time_reference(args, device)
-    reference = (before["s_per_iter"] + after["s_per_iter"]) / 2
-    for row in rows:
-        row["speedup"] = reference / row["s_per_iter"]
+    # Rounds alternate the reference and every setting, in an order rotated each round, so that a
+    # shared machine's drifting load touches all of them alike; a speedup is the median of per-round ratios.
+    timers = {setting: EngineTimer(args, setting, device) for setting in args.settings}
+    order = ["reference", *timers]
+    rounds, reference_peak = [], None
+    for index in range(args.rounds):
+        times = {}
+        for name in order[index % len(order):] + order[: index % len(order)]:
+            if name == "reference":
+                reference_run = time_reference(args, device)
+                times[name], reference_peak = reference_run["s_per_iter"], reference_run.get("peak_mib")
+            else:
+                times[name] = timers[name].run(args.iters)
+        rounds.append(times)
+    reference = statistics.median(r["reference"] for r in rounds)
+    rows = []
+    for timer in timers.values():
+        speedups = [r["reference"] / r[timer.setting] for r in rounds]
+        rows.append({
+            "setting": timer.setting, "s_per_iter": statistics.median(r[timer.setting] for r in rounds),
+            "speedup": statistics.median(speedups), "speedup_range": [min(speedups), max(speedups)],
+            "peak_mib": timer.peak_mib(), "losses": [round(v, 4) for v in timer.terms.tolist()],
+        })
     report = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
         "torch": torch.__version__,
-        "size": args.size, "blocks": args.blocks, "disc": args.disc, "batch": args.batch, "iters": args.iters,
-        "reference_s_per_iter": reference, "reference_runs": [before["s_per_iter"], after["s_per_iter"]],
-        "reference_peak_mib": before.get("peak_mib"),
+        "size": args.size, "blocks": args.blocks, "disc": args.disc, "batch": args.batch, "iters": args.iters, "rounds": rounds,
+        "reference_s_per_iter": reference, "reference_peak_mib": reference_peak,
         "engine": rows,
+        "matmul_gflops": {name: matmul_gflops(device, dtype) for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))},
         "max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     if args.loader:
         report["loader"] = loader_rate(args)
 
-    print(f"{report['device']}, torch {report['torch']}, {args.size} px, ResNet-{args.blocks}, {args.disc}, batch {args.batch}")
-    print(f"{'setting':<18}{'s/iter':>10}{'it/s':>8}{'speedup':>9}{'peak MiB':>10}")
-    print(f"{'reference':<18}{reference:>10.4f}{1 / reference:>8.2f}{1.0:>9.2f}{report['reference_peak_mib'] or float('nan'):>10.0f}")
+    print(f"{report['device']}, torch {report['torch']}, {args.size} px, ResNet-{args.blocks}, {args.disc}, batch {args.batch}, "
+          f"{args.rounds} rounds x {args.iters} steps")
+    print(f"{'setting':<18}{'s/iter':>10}{'it/s':>8}{'speedup':>9}{'(range)':>14}{'peak MiB':>10}")
+    print(f"{'reference':<18}{reference:>10.4f}{1 / reference:>8.2f}{1.0:>9.2f}{'':>14}{reference_peak or float('nan'):>10.0f}")
     for row in rows:
-        print(f"{row['setting']:<18}{row['s_per_iter']:>10.4f}{1 / row['s_per_iter']:>8.2f}{row['speedup']:>9.2f}{row['peak_mib'] or float('nan'):>10.0f}")
+        low, high = row["speedup_range"]
+        print(f"{row['setting']:<18}{row['s_per_iter']:>10.4f}{1 / row['s_per_iter']:>8.2f}{row['speedup']:>9.2f}"
+              f"{f'({low:.2f}-{high:.2f})':>14}{row['peak_mib'] or float('nan'):>10.0f}")
+    gflops = report["matmul_gflops"]
+    print(f"matmul GFLOP/s: fp32 {gflops['fp32']:.0f}, bf16 {gflops['bf16']:.0f} (bf16 can only pay off where it is clearly higher)")
     if args.loader:
         rates = report["loader"]["pairs_per_s"]
         print(f"loader, {report['loader']['workers']} workers, {args.size} px: {rates['from_files']:.1f} pairs/s from files, "

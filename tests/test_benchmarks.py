@@ -1,0 +1,35 @@
+"""The training benchmark runs end to end on a tiny setting and reports consistent numbers (timings are not asserted)."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+REFERENCE = REPO.parent / "shared" / "bench" / "reference_cyclegan.py"
+
+
+@pytest.mark.skipif(not REFERENCE.is_file(), reason=f"the reference step is not at {REFERENCE}")
+def test_bench_train_reports_per_round_ratios_against_the_reference(tmp_path):
+    out = tmp_path / "bench.json"
+    command = [sys.executable, str(REPO / "benchmarks" / "bench_train.py"), "--size", "32", "--blocks", "1", "--iters", "1",
+               "--warmup", "1", "--rounds", "3", "--settings", "fp32", "bf16", "--device", "cpu", "--loader", "--json", str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    assert [row["setting"] for row in report["engine"]] == ["fp32", "bf16"]
+    assert len(report["rounds"]) == 3
+    assert report["reference_s_per_iter"] == statistics.median(r["reference"] for r in report["rounds"])
+    for row in report["engine"]:
+        ratios = [r["reference"] / r[row["setting"]] for r in report["rounds"]]
+        assert row["speedup"] == pytest.approx(statistics.median(ratios))
+        assert row["speedup_range"] == pytest.approx([min(ratios), max(ratios)])
+        assert len(row["losses"]) == 8 and all(v == v and abs(v) < 1e3 for v in row["losses"])  # finite, sane
+    assert report["matmul_gflops"]["fp32"] > 0 and report["matmul_gflops"]["bf16"] > 0
+    assert report["loader"]["pairs_per_s"]["cached"] > 0
+    assert "speedup" in result.stdout and "fp32" in result.stdout
