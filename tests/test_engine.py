@@ -122,7 +122,7 @@ def test_identity_loss_is_skipped_when_its_weight_is_zero(registry):
 def test_per_image_norms_share_calls_and_give_the_same_update_as_separate_calls(registry):
     """Instance norm: the six generator passes run as three calls (2 + 3 + 1 batches of images) and each
     discriminator judges real and fake in one call; losses and gradients equal one call per image to
-    rounding (1e-5 of each gradient's largest entry). Gradients, not updated weights: Adam turns the
+    rounding (1e-5 of the network's largest gradient entry). Gradients, not updated weights: Adam turns the
     ~1e-9 rounding noise in the gradient of a bias that instance norm cancels into steps of up to lr."""
     variant = tiny(registry, generator={"dropout": 0.0})
     models = [CycleGAN(variant, registry, torch.device("cpu")) for _ in range(2)]
@@ -136,8 +136,9 @@ def test_per_image_norms_share_calls_and_give_the_same_update_as_separate_calls(
     assert seen[1] == {"G_AB": [n, n, n], "G_BA": [n, n, n]}
     torch.testing.assert_close(terms[0], terms[1], rtol=1e-5, atol=1e-6)
     for name, net in models[0].networks.items():
+        scale = max(p.grad.abs().max() for p in net.parameters())
         for (key, a), b in zip(net.named_parameters(), models[1].networks[name].parameters()):
-            assert (a.grad - b.grad).abs().max() <= 1e-5 * b.grad.abs().max() + 1e-7, f"{name}.{key}"
+            assert (a.grad - b.grad).abs().max() <= 1e-5 * scale, f"{name}.{key}"
 
 
 def test_batch_norm_keeps_one_call_per_image(registry):
