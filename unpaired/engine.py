@@ -338,157 +338,184 @@ def train_variant(variant: ResolvedVariant, out_dir: Path, registry: Registry, s
     return result
 
 
-def _train(variant: ResolvedVariant, run: RunInfo, registry: Registry, show_progress: bool) -> dict[str, Any]:
-    train, out_dir, hook = variant.spec.train, run.out_dir, registry.plugin_manager.hook
-    device = pick_device(train.device)
-    data: UnpairedData = registry.build("dataset", variant.components["data"])
-    evaluation = variant.spec.eval
-    extractor = None
-    if evaluation.fid:  # load it now: a missing extractor must stop the run before training, not after
-        config = variant.components["feature_extractor"]
-        extractor = FeatureExtractor(build_extractor(config, registry, device), config, device, evaluation.batch_size)
-    seed_everything(train.seed)
-    model = CycleGAN(variant, registry, device)
+class _VariantTraining:
+    """One call of ``train_variant``: the model, data and position in training, and the loop's phases."""
 
-    def score() -> dict[str, float]:
-        assert extractor is not None
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            return score_generators(model.networks["G_AB"], model.networks["G_BA"], data, extractor)
+    def __init__(self, variant: ResolvedVariant, run: RunInfo, registry: Registry, show_progress: bool):
+        self.variant, self.run, self.train, self.evaluation = variant, run, variant.spec.train, variant.spec.eval
+        self.hook, self.show_progress = registry.plugin_manager.hook, show_progress
+        self.device = pick_device(self.train.device)
+        self.data: UnpairedData = registry.build("dataset", variant.components["data"])
+        self.extractor: FeatureExtractor | None = None
+        if self.evaluation.fid:  # load it now: a missing extractor must stop the run before training, not after
+            config = variant.components["feature_extractor"]
+            self.extractor = FeatureExtractor(build_extractor(config, registry, self.device), config, self.device, self.evaluation.batch_size)
+        seed_everything(self.train.seed)
+        self.model = CycleGAN(variant, registry, self.device)
+        self.schedule = registry.build("loss_weights", variant.components["loss_weights"])
+        self.checkpoints = run.out_dir / "checkpoints"
+        self.steps_per_epoch = math.ceil(self.data.train_length / self.train.batch_size)
+        # Where training stands: all of it goes into every checkpoint.
+        self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
+        self.history: list[dict[str, float]] = []
+        self.best: dict[str, Any] = {}
+        self.elapsed_before = 0.0
+        self.epoch_sums = torch.zeros(len(LOSS_TERMS), device=self.device)
+        self.last_checkpoint = latest_checkpoint(self.checkpoints)
+        if self.last_checkpoint is not None:
+            self._resume(load_checkpoint(self.last_checkpoint))
+        # The loader's own generator keeps it from drawing on the global RNG, so resuming mid-epoch stays exact.
+        self.loader_rng = torch.Generator()
+        self.started = time.perf_counter()
 
-    schedule = registry.build("loss_weights", variant.components["loss_weights"])
-    checkpoints = out_dir / "checkpoints"
-    epoch, step_in_epoch, global_step, history, best = 0, 0, 0, [], {}
-    epoch_sums = torch.zeros(len(LOSS_TERMS), device=device)
-    elapsed = 0.0
-    found = latest_checkpoint(checkpoints)
-    if found is not None:
-        state = load_checkpoint(found)
-        if state["variant_id"] != variant.variant_id:
+    def _resume(self, state: dict[str, Any]) -> None:
+        if state["variant_id"] != self.variant.variant_id:
             raise TrainingError(
-                f"{out_dir} holds checkpoints of another variant ({state['variant_id']}, this one is "
-                f"{variant.variant_id}); train into another output folder or delete {checkpoints}"
+                f"{self.run.out_dir} holds checkpoints of another variant ({state['variant_id']}, this one is "
+                f"{self.variant.variant_id}); train into another output folder or delete {self.checkpoints}"
             )
-        model.load_state_dict(state["model"])
+        self.model.load_state_dict(state["model"])
         restore_rng(state["rng"])
-        epoch, step_in_epoch, global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
-        history, elapsed, best = state["history"], state["elapsed"], state["best"]
-        epoch_sums = state["epoch_sums"].to(device)
-        model.step_counter.fill_(global_step)
-    atomic_write_text(out_dir / "spec.json", json.dumps(variant.as_dict(), indent=1))
-    # The loader's own generator keeps it from drawing on the global RNG, so resuming mid-epoch stays exact.
-    loader_rng = torch.Generator()
-    steps_per_epoch = math.ceil(data.train_length / train.batch_size)
-    total_steps = steps_per_epoch * train.total_epochs
-    last_checkpoint = found
+        self.epoch, self.step_in_epoch, self.global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
+        self.history, self.elapsed_before, self.best = state["history"], state["elapsed"], state["best"]
+        self.epoch_sums = state["epoch_sums"].to(self.device)
+        self.model.step_counter.fill_(self.global_step)
 
-    def save_checkpoint() -> Path:
-        nonlocal last_checkpoint
-        path = checkpoints / checkpoint_name(epoch, global_step)
+    def elapsed(self) -> float:
+        """Training seconds over all invocations so far."""
+        return self.elapsed_before + (time.perf_counter() - self.started)
+
+    def save_checkpoint(self) -> Path:
+        path = self.checkpoints / checkpoint_name(self.epoch, self.global_step)
         atomic_save(
             {
                 "format": CHECKPOINT_FORMAT,
-                "variant_id": variant.variant_id,
-                "spec": variant.as_dict(),
-                "crop_size": data.transform.crop_size,
-                "epoch": epoch,
-                "step_in_epoch": step_in_epoch,
-                "global_step": global_step,
-                "history": history,
-                "best": best,
-                "elapsed": elapsed + (time.perf_counter() - started),
-                "epoch_sums": epoch_sums.cpu(),
-                "model": model.state_dict(),
+                "variant_id": self.variant.variant_id,
+                "spec": self.variant.as_dict(),
+                "crop_size": self.data.transform.crop_size,
+                "epoch": self.epoch,
+                "step_in_epoch": self.step_in_epoch,
+                "global_step": self.global_step,
+                "history": self.history,
+                "best": self.best,
+                "elapsed": self.elapsed(),
+                "epoch_sums": self.epoch_sums.cpu(),
+                "model": self.model.state_dict(),
                 "rng": capture_rng(),
             },
             path,
         )
-        remove_older_checkpoints(checkpoints, keep=path)
-        last_checkpoint = path
+        remove_older_checkpoints(self.checkpoints, keep=path)
+        self.last_checkpoint = path
         return path
 
-    def check_finite() -> None:
-        bad = model.first_bad_step.tolist()
+    def check_finite(self) -> None:
+        """Stop with the first non-finite loss term: its name, step and epoch (the one sync it needs)."""
+        bad = self.model.first_bad_step.tolist()
         if any(step >= 0 for step in bad):
             term, step = min(((t, s) for t, s in zip(LOSS_TERMS, bad) if s >= 0), key=lambda pair: pair[1])
-            kept = f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else "no checkpoint was written yet"
+            kept = f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint was written yet"
             raise TrainingError(
-                f"loss {term} became non-finite at step {step} (epoch {epoch + 1}, step {step - epoch * steps_per_epoch} "
+                f"loss {term} became non-finite at step {step} (epoch {self.epoch + 1}, step {step - self.epoch * self.steps_per_epoch} "
                 f"of that epoch); {kept}. Try a lower train.lr, train.precision: fp32, or another gan_loss."
             )
 
-    started = time.perf_counter()
-    progress = tqdm(total=total_steps, initial=global_step, unit="it", disable=not show_progress, dynamic_ncols=True, desc=variant.variant_id)
-    try:
-        with StopSignals() as stop:
-            while epoch < train.total_epochs:
-                lr = learning_rate(epoch, train)
-                model.set_learning_rate(lr)
-                weights = schedule.at(epoch, train.total_epochs)
-                order = EpochOrder(data.train_length, train.seed, epoch, start=step_in_epoch * train.batch_size)
-                loader = DataLoader(
-                    TrainPairs(data), batch_size=train.batch_size, sampler=order, num_workers=train.num_workers,
-                    pin_memory=device.type == "cuda", generator=loader_rng,
-                )
-                epoch_started = time.perf_counter()
-                steps_before = step_in_epoch
-                for real_A, real_B in loader:
-                    terms = model.train_step(model.to_device(real_A), model.to_device(real_B), weights)
-                    epoch_sums += terms
-                    global_step += 1
-                    step_in_epoch += 1
-                    progress.update()
-                    if global_step % train.log_every == 0:
-                        check_finite()
-                        losses = dict(zip(LOSS_TERMS, terms.tolist()))
-                        progress.set_postfix({k: f"{v:.3g}" for k, v in losses.items()}, refresh=False)
-                        hook.unpaired_on_step(run=run, epoch=epoch, step=global_step, losses=losses, lr=lr)
-                    if stop.received is not None:
-                        check_finite()
-                        path = save_checkpoint()
-                        raise TrainingInterrupted(f"stopped by signal {stop.received} at epoch {epoch + 1}, step {global_step}; rerun to resume from {path}")
-                check_finite()
-                seconds = time.perf_counter() - epoch_started
-                means = (epoch_sums / max(step_in_epoch, 1)).tolist()
-                epoch += 1
-                metrics = {"epoch": epoch, "lr": lr, **dict(zip(LOSS_TERMS, means)), "seconds": seconds,
-                           "it_per_s": (step_in_epoch - steps_before) / max(seconds, 1e-9)}
-                if extractor is not None and evaluation.every and epoch % evaluation.every == 0 and epoch < train.total_epochs:
-                    metrics.update(score())
-                    if not best or metrics["fid_mean"] < best["fid_mean"]:
-                        best = {"fid_mean": metrics["fid_mean"], "epoch": epoch}
-                        _export_generators(model, variant, data, out_dir, prefix="best-")
-                history.append(metrics)
-                epoch_sums.zero_()
-                step_in_epoch = 0
-                _write_history(out_dir, history)
-                if epoch % train.sample_every == 0 or epoch == train.total_epochs:
-                    model.save_samples(data, variant.spec.samples, out_dir / "samples" / f"epoch-{epoch:04d}.png")
-                if epoch % train.checkpoint_every == 0 or epoch == train.total_epochs:
-                    save_checkpoint()
-                hook.unpaired_on_epoch_end(run=run, epoch=epoch, metrics={k: v for k, v in metrics.items() if k != "epoch"})
-    except torch.OutOfMemoryError as error:
-        raise TrainingError(
-            f"out of memory on {device} at epoch {epoch + 1}: lower data.crop_size or train.batch_size, or set "
-            f"train.precision: bf16 ({str(error).splitlines()[0]})"
-        ) from error
-    finally:
-        progress.close()
-    _export_generators(model, variant, data, out_dir)
-    result = {
-        "status": "finished",
-        "variant_id": variant.variant_id,
-        "epochs": epoch,
-        "steps": global_step,
-        "seconds": elapsed + (time.perf_counter() - started),
-        "final_losses": {k: history[-1][k] for k in LOSS_TERMS} if history else {},
-        "metrics": {},
-    }
-    if extractor is not None:
-        final = score()
-        result["metrics"] = final
-        if evaluation.every:
-            if not best or final["fid_mean"] <= best["fid_mean"]:
-                best = {"fid_mean": final["fid_mean"], "epoch": epoch}
-                _export_generators(model, variant, data, out_dir, prefix="best-")
-            result["metrics"] |= {"fid_mean_best": best["fid_mean"], "fid_best_epoch": best["epoch"]}
-    return result
+    def score(self) -> dict[str, float]:
+        assert self.extractor is not None
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            return score_generators(self.model.networks["G_AB"], self.model.networks["G_BA"], self.data, self.extractor)
+
+    def keep_if_best(self, fid_mean: float, ties_win: bool = False) -> None:
+        """Remember the epoch with the lowest FID so far and export its generators as best-*.pt."""
+        if not self.best or fid_mean < self.best["fid_mean"] or (ties_win and fid_mean == self.best["fid_mean"]):
+            self.best = {"fid_mean": fid_mean, "epoch": self.epoch}
+            _export_generators(self.model, self.variant, self.data, self.run.out_dir, prefix="best-")
+
+    def train_all(self) -> None:
+        progress = tqdm(total=self.steps_per_epoch * self.train.total_epochs, initial=self.global_step, unit="it",
+                        disable=not self.show_progress, dynamic_ncols=True, desc=self.variant.variant_id)
+        try:
+            with StopSignals() as stop:
+                while self.epoch < self.train.total_epochs:
+                    self.train_epoch(stop, progress)
+        except torch.OutOfMemoryError as error:
+            raise TrainingError(
+                f"out of memory on {self.device} at epoch {self.epoch + 1}: lower data.crop_size or train.batch_size, or set "
+                f"train.precision: bf16 ({str(error).splitlines()[0]})"
+            ) from error
+        finally:
+            progress.close()
+
+    def train_epoch(self, stop: StopSignals, progress: tqdm) -> None:
+        """The rest of the current epoch (all of it, unless resuming mid-epoch), then its records."""
+        train = self.train
+        lr = learning_rate(self.epoch, train)
+        self.model.set_learning_rate(lr)
+        weights = self.schedule.at(self.epoch, train.total_epochs)
+        order = EpochOrder(self.data.train_length, train.seed, self.epoch, start=self.step_in_epoch * train.batch_size)
+        loader = DataLoader(
+            TrainPairs(self.data), batch_size=train.batch_size, sampler=order, num_workers=train.num_workers,
+            pin_memory=self.device.type == "cuda", generator=self.loader_rng,
+        )
+        epoch_started, steps_before = time.perf_counter(), self.step_in_epoch
+        for real_A, real_B in loader:
+            terms = self.model.train_step(self.model.to_device(real_A), self.model.to_device(real_B), weights)
+            self.epoch_sums += terms
+            self.global_step += 1
+            self.step_in_epoch += 1
+            progress.update()
+            if self.global_step % train.log_every == 0:
+                self.check_finite()
+                losses = dict(zip(LOSS_TERMS, terms.tolist()))
+                progress.set_postfix({k: f"{v:.3g}" for k, v in losses.items()}, refresh=False)
+                self.hook.unpaired_on_step(run=self.run, epoch=self.epoch, step=self.global_step, losses=losses, lr=lr)
+            if stop.received is not None:
+                self.check_finite()
+                path = self.save_checkpoint()
+                raise TrainingInterrupted(f"stopped by signal {stop.received} at epoch {self.epoch + 1}, step {self.global_step}; rerun to resume from {path}")
+        self.check_finite()
+        seconds = time.perf_counter() - epoch_started
+        means = (self.epoch_sums / max(self.step_in_epoch, 1)).tolist()
+        self.epoch += 1
+        metrics = {"epoch": self.epoch, "lr": lr, **dict(zip(LOSS_TERMS, means)), "seconds": seconds,
+                   "it_per_s": (self.step_in_epoch - steps_before) / max(seconds, 1e-9)}
+        evaluation = self.evaluation
+        if self.extractor is not None and evaluation.every and self.epoch % evaluation.every == 0 and self.epoch < train.total_epochs:
+            metrics.update(self.score())
+            self.keep_if_best(metrics["fid_mean"])
+        self.history.append(metrics)
+        self.epoch_sums.zero_()
+        self.step_in_epoch = 0
+        _write_history(self.run.out_dir, self.history)
+        if self.epoch % train.sample_every == 0 or self.epoch == train.total_epochs:
+            self.model.save_samples(self.data, self.variant.spec.samples, self.run.out_dir / "samples" / f"epoch-{self.epoch:04d}.png")
+        if self.epoch % train.checkpoint_every == 0 or self.epoch == train.total_epochs:
+            self.save_checkpoint()
+        self.hook.unpaired_on_epoch_end(run=self.run, epoch=self.epoch, metrics={k: v for k, v in metrics.items() if k != "epoch"})
+
+    def finish(self) -> dict[str, Any]:
+        """Export the final generators, score them, and return the result."""
+        _export_generators(self.model, self.variant, self.data, self.run.out_dir)
+        result = {
+            "status": "finished",
+            "variant_id": self.variant.variant_id,
+            "epochs": self.epoch,
+            "steps": self.global_step,
+            "seconds": self.elapsed(),
+            "final_losses": {k: self.history[-1][k] for k in LOSS_TERMS} if self.history else {},
+            "metrics": {},
+        }
+        if self.extractor is not None:
+            final = self.score()
+            result["metrics"] = final
+            if self.evaluation.every:
+                self.keep_if_best(final["fid_mean"], ties_win=True)  # a tie goes to the final epoch
+                result["metrics"] |= {"fid_mean_best": self.best["fid_mean"], "fid_best_epoch": self.best["epoch"]}
+        return result
+
+
+def _train(variant: ResolvedVariant, run: RunInfo, registry: Registry, show_progress: bool) -> dict[str, Any]:
+    training = _VariantTraining(variant, run, registry, show_progress)
+    atomic_write_text(run.out_dir / "spec.json", json.dumps(variant.as_dict(), indent=1))
+    training.train_all()
+    return training.finish()
