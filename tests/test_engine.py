@@ -6,13 +6,14 @@ import copy
 import json
 import os
 import signal
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import run_cli
+from conftest import REPO, run_cli
 from unpaired import hookimpl
 from unpaired.checkpoint import atomic_save, latest_checkpoint, load_checkpoint
 from unpaired.components import LossWeights
@@ -139,6 +140,32 @@ def test_per_image_norms_share_calls_and_give_the_same_update_as_separate_calls(
         scale = max(p.grad.abs().max() for p in net.parameters())
         for (key, a), b in zip(net.named_parameters(), models[1].networks[name].parameters()):
             assert (a.grad - b.grad).abs().max() <= 1e-5 * scale, f"{name}.{key}"
+
+
+def test_a_training_step_reads_nothing_back_to_the_host(registry, monkeypatch):
+    """On a GPU, .item(), .tolist(), .cpu(), .numpy() and bool/float/int of a tensor wait for the device.
+    The project's code must not call them inside a step (losses are read only at log points)."""
+    model = CycleGAN(tiny(registry, image_pool={"name": "history", "size": 1}), registry, torch.device("cpu"))
+    ours = (str(REPO / "unpaired"), str(REPO / "plugins"))
+    calls = []
+
+    def spy(name, original):
+        def recording(self, *args, **kwargs):
+            caller = sys._getframe(1)
+            if caller.f_code.co_filename.startswith(ours):
+                calls.append(f"{name} at {caller.f_code.co_filename}:{caller.f_lineno}")
+            return original(self, *args, **kwargs)
+
+        return recording
+
+    for name in ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__"):
+        monkeypatch.setattr(torch.Tensor, name, spy(name, getattr(torch.Tensor, name)))
+    for seed in range(4):  # the pool fills, then swaps
+        model.train_step(*batch(seed), LossWeights(1.0, 10.0, 5.0))
+    assert calls == []
+    # the spy does see such calls, implicit ones included, made from the project's files
+    exec(compile("bool(flag) and flag.item()", ours[0] + "/engine.py", "exec"), {"flag": torch.ones(())})
+    assert [call.split(" at ")[0] for call in calls] == ["__bool__", "item"]
 
 
 def test_batch_norm_keeps_one_call_per_image(registry):
