@@ -3,11 +3,13 @@
 
 Times ``CycleGAN.train_step`` (the code path ``unpaired run`` uses) for each chosen setting, and
 ``../shared/bench/reference_cyclegan.py`` (a plain eager fp32 step with the official per-step
-work) in alternating rounds, on the same random batches' shapes. Warm-up steps are excluded.
+work) in alternating rounds, on random batches of the same shape (or, with ``--with-data``, the engine
+on images read from files by the training loader). Warm-up steps are excluded.
 
     python benchmarks/bench_train.py --quick                      # 128 px, ResNet-9: fp32 and bf16, 2 rounds
     python benchmarks/bench_train.py --size 256 --settings fp32 bf16+cl+compile --iters 20 --json out.json
-    python benchmarks/bench_train.py --loader --size 256          # also: data decode + augment rate
+    python benchmarks/bench_train.py --with-data --size 256       # engine steps fed by the training loader from files
+    python benchmarks/bench_train.py --loader --size 256          # also: data decode + augment rate on its own
 
 A setting is ``fp32``, ``bf16`` or ``fp16``, optionally with ``+cl`` (channels_last) and
 ``+compile``. ``speedup`` is reference s/iter divided by the engine's (above 1 is faster), the
@@ -17,6 +19,7 @@ median over rounds of each round's ratio, with its range.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import platform
 import resource
@@ -30,7 +33,7 @@ from pathlib import Path
 import torch
 
 from unpaired.components import LossWeights
-from unpaired.data import EpochOrder, TrainPairs
+from unpaired.data import EpochOrder, TrainPairs, UnpairedData, export_folder_layout
 from unpaired.engine import CycleGAN, pick_device, seed_everything
 from unpaired.registry import default_registry
 from unpaired.spec import TrainConfig, resolve_variant
@@ -55,7 +58,9 @@ def synchronize(device: torch.device) -> None:
 
 
 class EngineTimer:
-    """The engine for one setting, built and warmed up once, timed over several rounds."""
+    """The engine for one setting, built and warmed up once, timed over several rounds. With
+    ``args.with_data`` every step's images come from the folder dataset through the training
+    loader (files decoded, resized, cropped and flipped by its workers) as in ``unpaired run``."""
 
     def __init__(self, args: argparse.Namespace, setting: str, device: torch.device):
         registry = default_registry()
@@ -63,8 +68,18 @@ class EngineTimer:
         self.setting, self.device = setting, device
         self.model = CycleGAN(resolve_variant(variant_for(args, setting), registry), registry, device)
         self.weights = LossWeights(1.0, 10.0, 5.0)
-        shape = (args.batch, 3, args.size, args.size)
-        self.batches = [tuple(self.model.to_device(torch.rand(shape) * 2 - 1) for _ in range(2)) for _ in range(4)]
+        if args.with_data:
+            self.folder = tempfile.TemporaryDirectory()  # removed with the timer
+            data = folder_dataset(args, Path(self.folder.name), cache=False)
+            workers = TrainConfig().num_workers
+            loader = torch.utils.data.DataLoader(
+                TrainPairs(data), batch_size=args.batch, sampler=EpochOrder(data.train_length, 0, 0), num_workers=workers,
+                pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+            )
+            self.batches = (batch for _ in itertools.count() for batch in loader)
+        else:
+            shape = (args.batch, 3, args.size, args.size)
+            self.batches = itertools.cycle([tuple(self.model.to_device(torch.rand(shape) * 2 - 1) for _ in range(2)) for _ in range(4)])
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         self.run(args.warmup)
@@ -73,8 +88,9 @@ class EngineTimer:
         """Seconds per step over ``steps`` steps."""
         synchronize(self.device)
         started = time.perf_counter()
-        for step in range(steps):
-            self.terms = self.model.train_step(*self.batches[step % 4], self.weights)
+        for _ in range(steps):
+            real_A, real_B = next(self.batches)
+            self.terms = self.model.train_step(self.model.to_device(real_A), self.model.to_device(real_B), self.weights)
         synchronize(self.device)
         return (time.perf_counter() - started) / max(steps, 1)
 
@@ -102,21 +118,25 @@ print(json.dumps(row))
 """
 
 
-def loader_rate(args: argparse.Namespace) -> dict:
-    """Decode + augment rate of the folder dataset (load_size 286/256 x size, random crop) with the
-    default loader workers, reading the files each time and from the in-memory cache."""
-    from unpaired.data import export_folder_layout
-
+def folder_dataset(args: argparse.Namespace, folder: Path, cache: bool) -> UnpairedData:
+    """64 synthetic pairs written as image files at the load size (286/256 x size, as the paper's
+    286 -> 256), read back by the ``folder`` dataset with a random crop to ``size`` and flips."""
     registry = default_registry()
+    load = round(args.size * 286 / 256)
+    if not (folder / "trainA").is_dir():
+        export_folder_layout(registry.build("dataset", {"name": "synthetic", "size": load, "n_train": 64, "n_test": 2}), folder)
+    return registry.build("dataset", {"name": "folder", "root": str(folder), "load_size": load, "crop_size": args.size, "cache": cache})
+
+
+def loader_rate(args: argparse.Namespace) -> dict:
+    """Decode + augment rate of the folder dataset with the default loader workers, reading the
+    files each time and from the in-memory cache."""
     workers = TrainConfig().num_workers
     rates = {}
     with tempfile.TemporaryDirectory() as folder:
-        load = round(args.size * 286 / 256)
-        synthetic = registry.build("dataset", {"name": "synthetic", "size": load, "n_train": 64, "n_test": 2})
-        export_folder_layout(synthetic, Path(folder))
         for cache in (False, True):
-            data = registry.build("dataset", {"name": "folder", "root": folder, "load_size": load, "crop_size": args.size, "cache": cache})
-            loader = torch.utils.data.DataLoader(TrainPairs(data), batch_size=1, sampler=EpochOrder(64, 0, 0), num_workers=workers)
+            data = folder_dataset(args, Path(folder), cache)
+            loader = torch.utils.data.DataLoader(TrainPairs(data), batch_size=1, sampler=EpochOrder(data.train_length, 0, 0), num_workers=workers)
             started = time.perf_counter()
             count = sum(1 for _ in loader)
             rates["cached" if cache else "from_files"] = count / (time.perf_counter() - started)
@@ -148,7 +168,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="rounds of (reference, each setting); medians are reported")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--loader", action="store_true", help="also measure the data loader's pairs/s")
+    parser.add_argument("--with-data", action="store_true", help="time the engine's steps with images from files through the training loader")
+    parser.add_argument("--loader", action="store_true", help="also measure the data loader's pairs/s on its own")
     parser.add_argument("--reference", type=Path, default=REFERENCE)
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args()
@@ -183,6 +204,7 @@ def main() -> None:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
         "torch": torch.__version__,
         "size": args.size, "blocks": args.blocks, "disc": args.disc, "batch": args.batch, "iters": args.iters, "rounds": rounds,
+        "engine_with_data": args.with_data,
         "reference_s_per_iter": reference, "reference_peak_mib": reference_peak,
         "engine": rows,
         "matmul_gflops": {name: matmul_gflops(device, dtype) for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))},
@@ -192,7 +214,7 @@ def main() -> None:
         report["loader"] = loader_rate(args)
 
     print(f"{report['device']}, torch {report['torch']}, {args.size} px, ResNet-{args.blocks}, {args.disc}, batch {args.batch}, "
-          f"{args.rounds} rounds x {args.iters} steps")
+          f"{args.rounds} rounds x {args.iters} steps, engine {'with data from files' if args.with_data else 'on in-memory batches'}")
     print(f"{'setting':<18}{'s/iter':>10}{'it/s':>8}{'speedup':>9}{'(range)':>14}{'peak MiB':>10}")
     print(f"{'reference':<18}{reference:>10.4f}{1 / reference:>8.2f}{1.0:>9.2f}{'':>14}{reference_peak or float('nan'):>10.0f}")
     for row in rows:

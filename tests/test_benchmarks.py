@@ -18,7 +18,7 @@ REFERENCE = REPO.parent / "shared" / "bench" / "reference_cyclegan.py"
 def test_bench_train_reports_per_round_ratios_against_the_reference(tmp_path):
     out = tmp_path / "bench.json"
     command = [sys.executable, str(REPO / "benchmarks" / "bench_train.py"), "--size", "32", "--blocks", "1", "--iters", "1",
-               "--warmup", "1", "--rounds", "3", "--settings", "fp32", "bf16", "--device", "cpu", "--loader", "--json", str(out)]
+               "--warmup", "1", "--rounds", "3", "--settings", "fp32", "bf16", "--device", "cpu", "--with-data", "--loader", "--json", str(out)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 0, result.stderr
     report = json.loads(out.read_text())
@@ -31,5 +31,5 @@ def test_bench_train_reports_per_round_ratios_against_the_reference(tmp_path):
         assert row["speedup_range"] == pytest.approx([min(ratios), max(ratios)])
         assert len(row["losses"]) == 8 and all(v == v and abs(v) < 1e3 for v in row["losses"])  # finite, sane
     assert report["matmul_gflops"]["fp32"] > 0 and report["matmul_gflops"]["bf16"] > 0
-    assert report["loader"]["pairs_per_s"]["cached"] > 0
+    assert report["engine_with_data"] is True and report["loader"]["pairs_per_s"]["cached"] > 0
     assert "speedup" in result.stdout and "fp32" in result.stdout
