@@ -61,12 +61,17 @@ def to_tensor(image: Image.Image) -> Tensor:
     return pixels.float().div_(127.5).sub_(1)
 
 
+def to_uint8(images: Tensor) -> Tensor:
+    """[-1, 1] float images -> uint8 RGB (the inverse of :func:`to_tensor`, rounded)."""
+    return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
 def save_grid(images: Tensor, path: Path, columns: int, padding: int = 2) -> None:
     """Save (N, 3, H, W) images in [-1, 1] as one PNG, ``columns`` per row, black padding between them."""
     n, _, height, width = images.shape
     rows = -(-n // columns)
     canvas = torch.zeros(3, rows * (height + padding) + padding, columns * (width + padding) + padding, dtype=torch.uint8)
-    pixels = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    pixels = to_uint8(images)
     for index in range(n):
         top, left = padding + (index // columns) * (height + padding), padding + (index % columns) * (width + padding)
         canvas[:, top : top + height, left : left + width] = pixels[index]

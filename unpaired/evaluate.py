@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from unpaired.checkpoint import atomic_save
-from unpaired.data import Domain, Transform, UnpairedData, list_images, load_image
+from unpaired.data import Domain, TestImages, Transform, UnpairedData, list_images, load_image, to_uint8
 from unpaired.registry import Registry
 
 CACHE_ENV = "UNPAIRED_CACHE"
@@ -33,11 +33,6 @@ class EvaluationError(RuntimeError):
 def cache_dir() -> Path:
     """Where real-image features are cached: ``$UNPAIRED_CACHE`` or ``~/.cache/unpaired``, then ``features/``."""
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "unpaired") / "features"
-
-
-def to_uint8(images: Tensor) -> Tensor:
-    """[-1, 1] float images -> uint8 RGB, as FID expects them."""
-    return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
 def build_extractor(config: dict[str, Any], registry: Registry, device: torch.device) -> nn.Module:
@@ -101,8 +96,7 @@ def real_features(data: UnpairedData, domain: Domain, extractor: FeatureExtracto
             return torch.load(path, map_location="cpu", weights_only=True)["features"]
         except Exception:  # an unreadable cache entry is recomputed, never trusted
             path.unlink(missing_ok=True)
-    images = (data.test_image(domain, i) for i in range(data.size("test", domain)))
-    features = extractor(images)
+    features = extractor(TestImages(data, domain))
     atomic_save({"features": features, "key": key}, path)
     return features
 
