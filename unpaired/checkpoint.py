@@ -6,8 +6,9 @@ import os
 import random
 import re
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -20,14 +21,14 @@ def checkpoint_name(epoch: int, global_step: int) -> str:
     return f"epoch-{epoch:04d}-step-{global_step:09d}.pt"
 
 
-def atomic_save(state: dict[str, Any], path: Path) -> None:
-    """Write ``state`` to ``path`` so that a crash at any moment leaves either the old file or the new one:
-    write a temporary file in the same folder, fsync it, then rename it over the target."""
+def _atomic_write(path: Path, mode: str, write: Callable[[IO[Any]], None]) -> None:
+    """Make ``path`` hold what ``write`` writes, so that a crash at any moment leaves either the old file
+    or the new one: write a temporary file in the same folder, fsync it, then rename it over the target."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save(state, file)
+        with os.fdopen(handle, mode) as file:
+            write(file)
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)
@@ -36,17 +37,14 @@ def atomic_save(state: dict[str, Any], path: Path) -> None:
         raise
 
 
+def atomic_save(state: dict[str, Any], path: Path) -> None:
+    """``torch.save`` ``state`` to ``path`` atomically."""
+    _atomic_write(path, "wb", lambda file: torch.save(state, file))
+
+
 def atomic_write_text(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` atomically (temporary file in the same folder, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as file:
-            file.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    """Replace ``path`` with ``text`` atomically."""
+    _atomic_write(path, "w", lambda file: file.write(text))
 
 
 def latest_checkpoint(folder: Path) -> Path | None:
