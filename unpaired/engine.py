@@ -19,7 +19,6 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,7 +42,7 @@ from unpaired.checkpoint import (
 )
 from unpaired.components import LossWeights
 from unpaired.data import EpochOrder, TestImages, TrainPairs, UnpairedData, save_grid
-from unpaired.evaluate import FeatureExtractor, build_extractor, score_generators
+from unpaired.evaluate import FeatureExtractor, build_extractor, evaluating, score_generators
 from unpaired.registry import Registry
 from unpaired.spec import ResolvedVariant, TrainConfig
 from unpaired.weight_init import init_weights
@@ -237,18 +236,6 @@ class CycleGAN:
                 cycled = backward(fake)
             rows += [torch.stack([real, fake.float().cpu(), cycled.float().cpu()], dim=1).flatten(0, 1)]
         save_grid(torch.cat(rows), path, columns=3)
-
-
-@contextlib.contextmanager
-def evaluating(networks: Any) -> Iterator[None]:
-    """Put networks in eval mode for the duration, then back in train mode."""
-    for network in networks:
-        network.eval()
-    try:
-        yield
-    finally:
-        for network in networks:
-            network.train()
 
 
 class StopSignals:

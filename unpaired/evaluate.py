@@ -8,11 +8,12 @@ torchmetrics' ``FrechetInceptionDistance`` and ``KernelInceptionDistance`` from 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -138,20 +139,30 @@ def kid_from_features(real: Tensor, fake: Tensor, subsets: int = 100) -> tuple[f
     return float(mean), float(std)
 
 
+@contextlib.contextmanager
+def evaluating(networks: Iterable[nn.Module]) -> Iterator[None]:
+    """Put networks in eval mode for the duration, then back in the mode each was in."""
+    networks = list(networks)
+    modes = [network.training for network in networks]
+    for network in networks:
+        network.eval()
+    try:
+        yield
+    finally:
+        for network, mode in zip(networks, modes):
+            network.train(mode)
+
+
 @torch.inference_mode()
 def translated(generator: nn.Module, data: UnpairedData, domain: Domain, batch_size: int, device: torch.device) -> Iterable[Tensor]:
     """G(x) for every test image x of ``domain``, in batches, in eval mode (autocast to bf16 on CUDA)."""
-    was_training = generator.training
-    generator.eval()
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-    try:
+    with evaluating([generator]):
         n = data.size("test", domain)
         for start in range(0, n, batch_size):
             batch = torch.stack([data.test_image(domain, i) for i in range(start, min(start + batch_size, n))]).to(device)
             with autocast:
                 yield from generator(batch).float().cpu()
-    finally:
-        generator.train(was_training)
 
 
 def score_generators(G_AB: nn.Module, G_BA: nn.Module, data: UnpairedData, extractor: FeatureExtractor) -> dict[str, float]:
