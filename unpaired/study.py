@@ -23,6 +23,8 @@ from unpaired.registry import ComponentError, Registry, pydantic_problems
 from unpaired.spec import COMPONENT_FIELDS, ResolvedVariant, SpecError, TrainConfig, VariantSpec, read_document, resolve_variant
 
 STUDY_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+FIELD_KINDS = {**COMPONENT_FIELDS, "norm": "norm"}
+"""Every spec field that names a component, with its kind: ``norm`` (both sides' default) included."""
 
 
 class TrackingConfig(BaseModel):
@@ -110,7 +112,7 @@ def merge(base: Mapping[str, Any], changes: Mapping[str, Any], registry: Registr
 
 
 def _shared_params(field: str, old: Mapping[str, Any], new_name: str, registry: Registry | None) -> dict[str, Any]:
-    kind = COMPONENT_FIELDS.get(field, "norm" if field == "norm" else None)
+    kind = FIELD_KINDS.get(field)
     if registry is None or kind is None:
         return {}
     try:
@@ -176,7 +178,7 @@ def _check_grid_path(path: str, base: Mapping[str, Any], registry: Registry) -> 
         if rest[0] not in TrainConfig.model_fields:
             return f"no field {rest[0]!r} in train; the fields are {', '.join(TrainConfig.model_fields)}"
         return None
-    kind = COMPONENT_FIELDS.get(head, "norm" if head == "norm" else None)
+    kind = FIELD_KINDS.get(head)
     if kind is None or rest[0] == "name":
         return None
     config = with_component_defaults(base).get(head) or {"name": None}
@@ -279,7 +281,7 @@ def study_json_schema(registry: Registry) -> dict[str, Any]:
     for title, require in (("Variant", True), ("VariantOverride", False)):
         variant = VariantSpec.model_json_schema()
         definitions.update(variant.pop("$defs", {}))
-        for field, kind in {**COMPONENT_FIELDS, "norm": "norm"}.items():
+        for field, kind in FIELD_KINDS.items():
             if "." in field:
                 continue
             options = _component_options(registry, kind, definitions, require)
