@@ -19,6 +19,7 @@ from typing import Any
 
 from unpaired import ENTRY_POINT_GROUP, hookimpl
 from unpaired.checkpoint import atomic_write_text
+from unpaired.study import flatten
 
 RUN_FILE = "mlflow_run.json"
 
@@ -53,15 +54,9 @@ def _client(uri: str | None) -> Any:
     return MlflowClient(tracking_uri=uri)
 
 
-def flatten_params(resolved: dict[str, Any], prefix: str = "") -> dict[str, str]:
+def flatten_params(resolved: dict[str, Any]) -> dict[str, str]:
     """``{"generator": {"n_blocks": 9}}`` -> ``{"generator.n_blocks": "9"}`` (MLflow params are strings)."""
-    flat: dict[str, str] = {}
-    for key, value in resolved.items():
-        if isinstance(value, dict):
-            flat.update(flatten_params(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = json.dumps(value) if isinstance(value, (list, tuple)) else str(value)
-    return flat
+    return {key: json.dumps(value) if isinstance(value, (list, tuple)) else str(value) for key, value in flatten(resolved).items()}
 
 
 def plugin_versions() -> str:
