@@ -9,7 +9,7 @@ from PIL import Image
 from pydantic import Field
 
 from unpaired import hookimpl
-from unpaired.data import DataError, Domain, Split, Transform, TransformParams, UnpairedData, list_images, load_image
+from unpaired.data import IMAGE_EXTENSIONS, DataError, Domain, Split, Transform, TransformParams, UnpairedData, list_images, load_image
 
 
 class FolderParams(TransformParams):
@@ -43,7 +43,7 @@ class ImageFolders(UnpairedData):
                     except (OSError, ValueError, Image.DecompressionBombError) as error:
                         unreadable.append(f"{path} ({error})")
                 if not readable:
-                    raise DataError(f"{folder} holds no readable images ({', '.join(e.lstrip('.') for e in ('.jpg', '.jpeg', '.png', '.bmp', '.webp'))})")
+                    raise DataError(f"{folder} holds no readable images ({', '.join(e.lstrip('.') for e in IMAGE_EXTENSIONS)})")
                 self.files[split, domain] = readable
                 if params.cache:
                     self.decoded[split, domain] = decoded

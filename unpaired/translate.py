@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from unpaired.checkpoint import load_checkpoint
-from unpaired.data import Transform, list_images, load_image, save_grid
+from unpaired.data import IMAGE_EXTENSIONS, Transform, list_images, load_image, save_grid
 from unpaired.registry import Registry
 
 Direction = Literal["AtoB", "BtoA"]
@@ -53,7 +53,7 @@ def collect_inputs(path: Path) -> list[Path]:
     if path.is_dir():
         found = list_images(path)
         if not found:
-            raise ValueError(f"{path} holds no images (.jpg, .jpeg, .png, .bmp, .webp)")
+            raise ValueError(f"{path} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
         return found
     if not path.is_file():
         raise ValueError(f"{path} does not exist")
