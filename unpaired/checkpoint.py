@@ -1,7 +1,8 @@
-"""Checkpoint files: atomic writes, finding the latest, and capturing/restoring every RNG state."""
+"""Run-folder files: atomic writes, checkpoints (finding the latest, every RNG state), the result."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -88,3 +89,9 @@ def restore_rng(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def read_result(out_dir: Path) -> dict[str, Any] | None:
+    """The ``result.json`` of a variant folder, or None when the variant has not stopped there yet."""
+    path = Path(out_dir) / "result.json"
+    return json.loads(path.read_text()) if path.is_file() else None

@@ -37,6 +37,7 @@ from unpaired.checkpoint import (
     checkpoint_name,
     latest_checkpoint,
     load_checkpoint,
+    read_result,
     remove_older_checkpoints,
     restore_rng,
 )
@@ -289,12 +290,6 @@ def _export_generators(model: CycleGAN, variant: ResolvedVariant, data: Unpaired
             },
             out_dir / "generators" / f"{prefix}{direction}.pt",
         )
-
-
-def read_result(out_dir: Path) -> dict[str, Any] | None:
-    """The ``result.json`` of a variant folder, or None when the variant has not stopped there yet."""
-    path = Path(out_dir) / "result.json"
-    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def train_variant(variant: ResolvedVariant, out_dir: Path, registry: Registry, show_progress: bool = True) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from unpaired.checkpoint import atomic_save
+from unpaired.checkpoint import atomic_save, atomic_write_text, read_result
 from unpaired.data import Domain, TestImages, Transform, UnpairedData, list_images, load_image, to_uint8
 from unpaired.registry import Registry
 
@@ -196,7 +196,7 @@ def score_folders(first: Path, second: Path, size: int, extractor: FeatureExtrac
 def saved_generators(folder: Path, epoch: int | None) -> tuple[Path, Path]:
     """Paths of the AtoB and BtoA generators of a run folder: the final ones, or those of ``epoch``
     (the final epoch, or the best epoch kept by periodic evaluation)."""
-    result = json.loads((folder / "result.json").read_text()) if (folder / "result.json").is_file() else {}
+    result = read_result(folder) or {}
     final_epoch, best_epoch = result.get("epochs"), result.get("metrics", {}).get("fid_best_epoch")
     if epoch is None or epoch == final_epoch:
         prefix = ""
@@ -214,7 +214,6 @@ def saved_generators(folder: Path, epoch: int | None) -> tuple[Path, Path]:
 def rescore_run(folder: Path, registry: Registry, device: torch.device, epoch: int | None = None) -> dict[str, float]:
     """Score a run folder's saved generators again (e.g. after a crash while scoring, or with another
     extractor set in its spec.json's eval section) and record the metrics in its result.json."""
-    from unpaired.checkpoint import atomic_write_text
     from unpaired.spec import resolve_variant
     from unpaired.translate import load_generator
 

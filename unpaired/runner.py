@@ -18,9 +18,9 @@ from typing import Any, Literal
 
 import torch
 
-from unpaired.checkpoint import atomic_write_text, latest_checkpoint
+from unpaired.checkpoint import atomic_write_text, latest_checkpoint, read_result
 from unpaired.data import DataError
-from unpaired.engine import TrainingInterrupted, read_result, train_variant
+from unpaired.engine import TrainingInterrupted, train_variant
 from unpaired.compare import write_comparison
 from unpaired.evaluate import build_extractor
 from unpaired.registry import ComponentError, Registry, default_registry
