@@ -119,8 +119,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _out_dir(args: argparse.Namespace, study: Study) -> Path:
-    return Path(args.out) if args.out else Path("runs") / study.spec.name
+def _out_dir(out: str | None, study: Study) -> Path:
+    """``--out``, else the study's default output folder ``runs/<study name>``."""
+    return Path(out) if out else Path("runs") / study.spec.name
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -129,7 +130,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     registry = default_registry()
     study = load_study(args.study, registry)
-    out = _out_dir(args, study)
+    out = _out_dir(args.out, study)
     steps = steps_per_run(study, registry)
     rows = [("variant", "seed", "run id", "steps", "status", "overrides")]
     for run in study.runs:
@@ -151,7 +152,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     registry = default_registry()
     study = load_study(args.study, registry)
-    out = _out_dir(args, study)
+    out = _out_dir(args.out, study)
     runs = select_runs(study, args.only, args.seeds)
     print(f"{study.spec.name}: {_describe(study)}; {len(runs)} selected; output folder {out}", file=sys.stderr)
     summary = run_study(study, out, registry, runs, jobs=args.jobs, show_progress=not args.quiet,
@@ -191,7 +192,7 @@ def _run_folders(target: Path) -> list[Path]:
     if (target / "spec.json").is_file():
         return [target]
     if target.is_file():
-        target = Path("runs") / load_study(target, default_registry()).spec.name
+        target = _out_dir(None, load_study(target, default_registry()))
     index = target / "study.json"
     if not index.is_file():
         raise ValueError(f"{target} is neither a run folder (with spec.json) nor a study output folder (with study.json)")
@@ -203,8 +204,9 @@ def cmd_score(args: argparse.Namespace) -> int:
     from unpaired.engine import pick_device
     from unpaired.evaluate import rescore_run
 
+    registry, device = default_registry(), pick_device(args.device)
     for folder in _run_folders(Path(args.target)):
-        metrics = rescore_run(folder, default_registry(), pick_device(args.device), args.epoch)
+        metrics = rescore_run(folder, registry, device, args.epoch)
         print(f"{folder}: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if not k.endswith("_std")))
     return 0
 
