@@ -201,17 +201,27 @@ class CrashAfterEpoch:
     @hookimpl
     def unpaired_on_epoch_end(self, run, epoch, metrics):
         if epoch == self.epoch:
-            raise RuntimeError("simulated crash")
+            crash()
 
 
-class SigintAtStep:
-    def __init__(self, step):
-        self.step = step
+class AtStep:
+    """Calls ``action()`` when training reaches global step ``step``."""
+
+    def __init__(self, step, action):
+        self.step, self.action = step, action
 
     @hookimpl
     def unpaired_on_step(self, run, epoch, step, losses, lr):
         if step == self.step:
-            os.kill(os.getpid(), signal.SIGINT)
+            self.action()
+
+
+def send_sigint():
+    os.kill(os.getpid(), signal.SIGINT)
+
+
+def crash():
+    raise RuntimeError("simulated crash")
 
 
 def test_resume_after_a_crash_at_an_epoch_boundary_is_exact(registry, tmp_path):
@@ -233,7 +243,7 @@ def test_sigint_mid_epoch_checkpoints_and_resume_is_exact(registry, tmp_path):
     variant = tiny(registry)
     train_variant(variant, tmp_path / "straight", registry, show_progress=False)
     interrupting = Registry.from_entry_points()
-    interrupting.add_plugin(SigintAtStep(11), "sigint", "tests", "0")
+    interrupting.add_plugin(AtStep(11, send_sigint), "sigint", "tests", "0")
     with pytest.raises(TrainingInterrupted, match="rerun to resume"):
         train_variant(variant, tmp_path / "resumed", interrupting, show_progress=False)
     state = final_state(tmp_path / "resumed")

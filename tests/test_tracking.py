@@ -13,8 +13,7 @@ from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient
 
 from conftest import run_cli
-from test_engine import SigintAtStep
-from unpaired import hookimpl
+from test_engine import AtStep, crash, send_sigint
 from unpaired.compare import render, summarize
 from unpaired.registry import Registry
 from unpaired.runner import run_study, select_runs
@@ -74,7 +73,7 @@ def test_an_interrupted_run_resumes_into_the_same_mlflow_run(tmp_path):
     study = load_study(write_study(tmp_path / "resumed.yaml", "resumed", base={"eval": {"fid": False}, "train": {"epochs": 2, "log_every": 1}}), Registry.from_entry_points())
     out = tmp_path / "out"
     interrupting = Registry.from_entry_points()
-    interrupting.add_plugin(SigintAtStep(6), "sigint", "tests", "0")
+    interrupting.add_plugin(AtStep(6, send_sigint), "sigint", "tests", "0")
     summary = run_study(study, out, interrupting, select_runs(study, None, None), show_progress=False, announce=lambda _: None)
     assert len(summary.interrupted) == 1
 
@@ -92,22 +91,12 @@ def test_an_interrupted_run_resumes_into_the_same_mlflow_run(tmp_path):
     assert len(summary.skipped) == 1 and len(children(client, experiment.experiment_id)) == 1
 
 
-class RaiseAtStep:
-    def __init__(self, step):
-        self.step = step
-
-    @hookimpl
-    def unpaired_on_step(self, run, epoch, step, losses, lr):
-        if step == self.step:
-            raise RuntimeError("simulated crash")
-
-
 def test_epochs_trained_again_after_a_crash_are_logged_once(tmp_path):
     """With checkpoint_every: 2 a crash in epoch 2 loses epoch 1; it is trained again (identically) but not logged twice."""
     base = {"eval": {"fid": False}, "train": {"epochs": 2, "log_every": 1, "checkpoint_every": 2}}
     study = load_study(write_study(tmp_path / "relogged.yaml", "relogged", base=base), Registry.from_entry_points())
     crashing = Registry.from_entry_points()
-    crashing.add_plugin(RaiseAtStep(6), "crash", "tests", "0")
+    crashing.add_plugin(AtStep(6, crash), "crash", "tests", "0")
     run = lambda registry: run_study(study, tmp_path / "out", registry, select_runs(study, None, None), show_progress=False, announce=lambda _: None)  # noqa: E731
     assert len(run(crashing).failed) == 1
     client = MlflowClient()
