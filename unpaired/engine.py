@@ -14,7 +14,6 @@ import csv
 import io
 import itertools
 import json
-import math
 import random
 import signal
 import threading
@@ -336,7 +335,7 @@ class _VariantTraining:
         self.model = CycleGAN(variant, registry, self.device)
         self.schedule = registry.build("loss_weights", variant.components["loss_weights"])
         self.checkpoints = run.out_dir / "checkpoints"
-        self.steps_per_epoch = math.ceil(self.data.train_length / self.train.batch_size)
+        self.steps_per_epoch = self.train.steps_per_epoch(self.data.train_length)
         # Where training stands: all of it goes into every checkpoint.
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self.history: list[dict[str, float]] = []

@@ -56,7 +56,7 @@ def steps_per_run(study: Study, registry: Registry) -> dict[str, int | str]:
                 by_data[key] = str(error)
         length = by_data[key]
         train = run.resolved.spec.train
-        steps[run.run_id] = -(-length // train.batch_size) * train.total_epochs if isinstance(length, int) else length
+        steps[run.run_id] = train.steps_per_epoch(length) * train.total_epochs if isinstance(length, int) else length
     return steps
 
 

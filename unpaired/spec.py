@@ -60,6 +60,10 @@ class TrainConfig(BaseModel):
     def total_epochs(self) -> int:
         return self.epochs + self.decay_epochs
 
+    def steps_per_epoch(self, train_length: int) -> int:
+        """Steps in one epoch of ``train_length`` pairs (the last batch may be smaller)."""
+        return -(-train_length // self.batch_size)
+
 
 class EvalConfig(BaseModel):
     """How trained generators are scored (FID/KID on the full test split, both directions)."""
