@@ -32,11 +32,15 @@ from pathlib import Path
 
 import torch
 
-from unpaired.components import LossWeights
-from unpaired.data import EpochOrder, TrainPairs, UnpairedData, export_folder_layout
-from unpaired.engine import CycleGAN, pick_device, seed_everything
-from unpaired.registry import default_registry
-from unpaired.spec import TrainConfig, resolve_variant
+from unpaired.config.resolved import resolve_variant
+from unpaired.config.spec import TrainConfig
+from unpaired.plugin_api import UnpairedData
+from unpaired.plugin_api.components import LossWeights
+from unpaired.plugin_api.registry import default_registry
+from unpaired.tools.export import export_folder_layout
+from unpaired.training.batches import EpochOrder, TrainPairs
+from unpaired.training.parts import build_model
+from unpaired.training.runtime import pick_device, seed_everything
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "bench" / "reference_cyclegan.py"
 
@@ -66,7 +70,7 @@ class EngineTimer:
         registry = default_registry()
         seed_everything(0)
         self.setting, self.device = setting, device
-        self.model = CycleGAN(resolve_variant(variant_for(args, setting), registry), registry, device)
+        self.model = build_model(resolve_variant(variant_for(args, setting), registry), device)
         self.weights = LossWeights(1.0, 10.0, 5.0)
         if args.with_data:
             self.folder = tempfile.TemporaryDirectory()  # removed with the timer

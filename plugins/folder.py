@@ -8,8 +8,7 @@ from pathlib import Path
 from PIL import Image
 from pydantic import Field
 
-from unpaired import hookimpl
-from unpaired.data import IMAGE_EXTENSIONS, DataError, Domain, Split, Transform, TransformParams, UnpairedData, list_images, load_image
+from unpaired.plugin_api import IMAGE_EXTENSIONS, DataError, Domain, Split, Transform, TransformParams, UnpairedData, hookimpl, list_images, load_image
 
 
 class FolderParams(TransformParams):
@@ -21,6 +20,8 @@ class ImageFolders(UnpairedData):
     """Images found in the four folders. Every file is decoded once up front: unreadable ones are
     reported in one warning naming them and skipped; a missing or empty folder is an error.
     With ``cache`` the decoded images are kept (loader workers share them copy-on-write)."""
+
+    memory_hint = "lower data.crop_size"
 
     def __init__(self, params: FolderParams):
         super().__init__(Transform.from_params(params), params.serial)

@@ -7,8 +7,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, Field
 from torch import Tensor, nn
 
-from unpaired import hookimpl
-from unpaired.components import GanLoss
+from unpaired.plugin_api import GanLoss, hookimpl
 
 
 class LabelParams(BaseModel):
@@ -91,7 +90,7 @@ class WganGp(GanLoss):
 
 @hookimpl
 def unpaired_register_gan_losses(register):
-    register("lsgan", LeastSquares, LabelParams, "least-squares GAN (MSE to labels), the paper's choice")
+    register("lsgan", LeastSquares, LabelParams, "least-squares GAN (MSE to labels), the paper's choice", default=True)
     register("vanilla", Vanilla, LabelParams, "original GAN: BCE with logits")
     register("hinge", Hinge, NoParams, "hinge loss (SAGAN/BigGAN)")
     register("wgangp", WganGp, WganGpParams, "Wasserstein loss with gradient penalty")

@@ -9,8 +9,7 @@ import torch
 from pydantic import BaseModel, Field
 from torch import Tensor
 
-from unpaired import hookimpl
-from unpaired.components import ImagePool
+from unpaired.plugin_api import ImagePool, hookimpl
 
 
 class HistoryParams(BaseModel):
@@ -90,5 +89,5 @@ class NoPool(ImagePool):
 
 @hookimpl
 def unpaired_register_image_pools(register):
-    register("history", HistoryPool, HistoryParams, "buffer of past fakes, 50 with 0.5 swap chance (paper default)")
+    register("history", HistoryPool, HistoryParams, "buffer of past fakes, 50 with 0.5 swap chance (paper default)", default=True)
     register("none", NoPool, NoParams, "no pool: the discriminator sees only the newest fakes")

@@ -8,7 +8,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 from torch import Tensor, nn
 
-from unpaired import hookimpl
+from unpaired.plugin_api import hookimpl
 
 WEIGHTS_ENV = "UNPAIRED_FID_WEIGHTS"
 
@@ -17,6 +17,13 @@ class InceptionParams(BaseModel):
     weights: Path | None = Field(
         None, description=f"local weights file in torch-fidelity's format (default: ${WEIGHTS_ENV}; else torch-fidelity downloads them)"
     )
+
+
+WHERE_TO_GET_WEIGHTS = (
+    "Download weights-inception-2015-12-05-6726825d.pth once on a machine with internet access (torch-fidelity "
+    "caches it in ~/.cache/torch/hub/checkpoints), then point to it with "
+    f"eval.feature_extractor: {{name: inception, weights: PATH}} or {WEIGHTS_ENV}=PATH."
+)
 
 
 class InceptionFeatures(nn.Module):
@@ -28,10 +35,16 @@ class InceptionFeatures(nn.Module):
         super().__init__()
         path = params.weights or os.environ.get(WEIGHTS_ENV) or None
         if path is not None and not Path(path).is_file():
-            raise FileNotFoundError(f"no Inception weights file at {path}")
+            raise FileNotFoundError(f"no Inception weights file at {path}. {WHERE_TO_GET_WEIGHTS}")
         from torchmetrics.image.fid import NoTrainInceptionV3  # imported here: torchmetrics takes seconds to import
 
-        self.network = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"], feature_extractor_weights_path=None if path is None else str(path))
+        try:
+            self.network = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
+                                              feature_extractor_weights_path=None if path is None else str(path))
+        except Exception as error:  # typically: no internet to download the weights
+            raise RuntimeError(f"{type(error).__name__}: {error}. {WHERE_TO_GET_WEIGHTS}") from error
+        self.cache_identity = str(path or "torch-fidelity download")
+        """Features differ by weights file: real-image features are cached per file."""
 
     def forward(self, images: Tensor) -> Tensor:
         return self.network(images).reshape(images.shape[0], -1)
@@ -39,4 +52,4 @@ class InceptionFeatures(nn.Module):
 
 @hookimpl
 def unpaired_register_feature_extractors(register):
-    register("inception", InceptionFeatures, InceptionParams, "FID Inception-v3 (torch-fidelity), 2048-d pool features")
+    register("inception", InceptionFeatures, InceptionParams, "FID Inception-v3 (torch-fidelity), 2048-d pool features", default=True)

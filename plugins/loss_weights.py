@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from unpaired import hookimpl
-from unpaired.components import LossWeights, LossWeightSchedule
+from unpaired.plugin_api import LossWeights, LossWeightSchedule, hookimpl
 
 
 class ConstantParams(BaseModel):
@@ -38,5 +37,5 @@ class IdentityDecay(LossWeightSchedule):
 
 @hookimpl
 def unpaired_register_loss_weights(register):
-    register("constant", Constant, ConstantParams, "fixed weights: adversarial 1, cycle 10, identity 5 (paper)")
+    register("constant", Constant, ConstantParams, "fixed weights: adversarial 1, cycle 10, identity 5 (paper)", default=True)
     register("identity_decay", IdentityDecay, ConstantParams, "identity weight decays linearly to 0 over training")

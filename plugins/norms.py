@@ -5,8 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 from torch import nn
 
-from unpaired import hookimpl
-from unpaired.components import Norm
+from unpaired.plugin_api import Norm, hookimpl
 
 
 class InstanceNormParams(BaseModel):
@@ -61,6 +60,6 @@ class NoNorm(Norm):
 
 @hookimpl
 def unpaired_register_norms(register):
-    register("instance", InstanceNorm, InstanceNormParams, "instance norm, no running stats (paper default)")
+    register("instance", InstanceNorm, InstanceNormParams, "instance norm, no running stats (paper default)", default=True)
     register("batch", BatchNorm, BatchNormParams, "batch norm with learned affine and running stats")
     register("none", NoNorm, NoNormParams, "no normalization (convs keep their bias)")

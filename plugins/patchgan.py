@@ -5,8 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 from torch import Tensor, nn
 
-from unpaired import hookimpl
-from unpaired.components import Norm
+from unpaired.plugin_api import Norm, hookimpl
 
 
 class PatchGANParams(BaseModel):
@@ -47,5 +46,5 @@ class PooledDiscriminator(nn.Module):
 
 @hookimpl
 def unpaired_register_discriminators(register):
-    register("patchgan", patchgan_trunk, PatchGANParams, "PatchGAN: one real/fake logit per 70x70 patch (n_layers=3)")
+    register("patchgan", patchgan_trunk, PatchGANParams, "PatchGAN: one real/fake logit per 70x70 patch (n_layers=3)", default=True)
     register("pooled", PooledDiscriminator, PatchGANParams, "PatchGAN trunk, globally average-pooled to one logit per image")

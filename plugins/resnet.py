@@ -7,8 +7,8 @@ from typing import Literal
 from pydantic import BaseModel, Field
 from torch import Tensor, nn
 
-from unpaired import hookimpl
-from unpaired.components import Norm
+from unpaired.plugin_api import Norm, hookimpl
+
 
 Padding = Literal["reflect", "replicate", "zeros"]
 
@@ -73,4 +73,4 @@ def build_resnet(params: ResnetParams, norm: Norm) -> nn.Sequential:
 
 @hookimpl
 def unpaired_register_generators(register):
-    register("resnet", build_resnet, ResnetParams, "ResNet generator of the CycleGAN paper (2 downsamplings, n_blocks residual blocks)")
+    register("resnet", build_resnet, ResnetParams, "ResNet generator of the CycleGAN paper (2 downsamplings, n_blocks residual blocks)", default=True)

@@ -9,8 +9,7 @@ import torch
 from PIL import Image
 from pydantic import BaseModel, Field
 
-from unpaired import hookimpl
-from unpaired.data import Domain, Split, Transform, UnpairedData
+from unpaired.plugin_api import Domain, Split, Transform, UnpairedData, hookimpl
 
 
 class SyntheticParams(BaseModel):
@@ -42,6 +41,8 @@ def render(domain: Domain, size: int, generator: torch.Generator) -> torch.Tenso
 
 class SyntheticData(UnpairedData):
     """``n_train``/``n_test`` images per domain, each rendered on demand from (seed, split, domain, index)."""
+
+    memory_hint = "lower data.size"
 
     def __init__(self, params: SyntheticParams):
         super().__init__(Transform(load_size=None, crop_size=params.size, crop=False, flip=params.flip))

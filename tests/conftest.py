@@ -1,4 +1,5 @@
-"""Shared fixtures: distributions made on the fly, so plugin discovery runs through real entry-point metadata."""
+"""Shared fixtures and helpers: distributions made on the fly (plugin discovery runs through real entry-point
+metadata), a real MLflow server, the CLI as a user runs it, listeners that interrupt training."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
+
+from unpaired import hookimpl
 
 REPO = Path(__file__).resolve().parents[1]
 UNPAIRED = str(Path(sys.executable).with_name("unpaired"))
@@ -109,3 +112,33 @@ def make_distribution(site: Path) -> Callable[..., Path]:
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     """Run the installed ``unpaired`` console script as a user would."""
     return subprocess.run([UNPAIRED, *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+class AtStep:
+    """A listener that calls ``action()`` when training reaches global step ``step``."""
+
+    def __init__(self, step: int, action: Callable[[], None]):
+        self.step, self.action = step, action
+
+    @hookimpl
+    def unpaired_on_step(self, run, epoch, step, losses, lr):
+        if step == self.step:
+            self.action()
+
+
+def send_sigint() -> None:
+    os.kill(os.getpid(), signal.SIGINT)
+
+
+def crash() -> None:
+    raise RuntimeError("simulated crash")
+
+
+def write_synthetic_folder(root: Path, size: int = 32, n_train: int = 4, n_test: int = 4) -> Path:
+    """The synthetic dataset in the folder layout under ``root``, as ``unpaired data export synthetic`` writes it."""
+    from unpaired.plugin_api.registry import default_registry
+    from unpaired.tools.export import export_folder_layout
+
+    config = {"name": "synthetic", "size": size, "n_train": n_train, "n_test": n_test}
+    export_folder_layout(default_registry().build("dataset", config), root)
+    return root

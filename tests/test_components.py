@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from unpaired.components import LossWeights
-from unpaired.registry import Registry
-from unpaired.weight_init import init_weights
+from unpaired.plugin_api.components import LossWeights
+from unpaired.plugin_api.registry import Registry
+from unpaired.training.weight_init import init_weights
 
 
 @pytest.fixture(scope="module")
@@ -218,7 +218,17 @@ def test_weight_init_schemes(registry):
     assert all((b == 0).all() for b in biases)
     bn_scales = torch.cat([m.weight for m in generator.modules() if isinstance(m, nn.BatchNorm2d)])
     assert bn_scales.mean().item() == pytest.approx(1.0, abs=0.01)
-    for scheme in ("xavier", "kaiming", "orthogonal"):
-        init_weights(generator, scheme)
+
+    # a residual block's 3x3 conv, 128 -> 128 channels: fan_in = fan_out = 128 * 9 = 1152, 147,456 weights
+    block_conv = next(m for m in generator.modules() if isinstance(m, nn.Conv2d) and m.in_channels == m.out_channels == 128)
+    torch.manual_seed(0)
+    init_weights(generator, "xavier", gain=1.5)
+    assert block_conv.weight.std().item() == pytest.approx(1.5 * math.sqrt(2 / (1152 + 1152)), rel=0.02)
+    init_weights(generator, "kaiming", gain=1.5)  # the gain is not used: He et al.'s sqrt(2 / fan_in)
+    assert block_conv.weight.std().item() == pytest.approx(math.sqrt(2 / 1152), rel=0.02)
+    init_weights(generator, "orthogonal", gain=0.5)
+    rows = block_conv.weight.flatten(1)  # (128, 1152): orthogonal rows of norm 0.5
+    torch.testing.assert_close(rows @ rows.T, 0.25 * torch.eye(128), atol=1e-5, rtol=0)
+    assert all((b == 0).all() for b in biases)
     with pytest.raises(ValueError, match="unknown init scheme 'uniform'"):
         init_weights(generator, "uniform")

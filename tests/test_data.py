@@ -14,9 +14,10 @@ import torch
 from PIL import Image
 
 from conftest import run_cli
-from unpaired.data import DataError, EpochOrder, TrainPairs
-from unpaired.download import DownloadError, download_dataset
-from unpaired.registry import Registry
+from unpaired.plugin_api.data import DataError
+from unpaired.plugin_api.registry import InvalidParamsError, Registry
+from unpaired.tools.download import DownloadError, download_dataset
+from unpaired.training.batches import EpochOrder, TrainPairs
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +97,7 @@ def test_missing_or_empty_domain_is_a_clear_error(registry, tmp_path):
 
 
 def test_crop_larger_than_load_size_is_rejected(registry, tmp_path):
-    with pytest.raises(Exception, match="crop_size 64 is larger than load_size 36"):
+    with pytest.raises(InvalidParamsError, match="crop_size 64 is larger than load_size 36"):
         registry.resolve("dataset", {"name": "folder", "root": str(tmp_path), "load_size": 36, "crop_size": 64})
 
 
@@ -146,13 +147,17 @@ def test_synthetic_domains_are_deterministic_and_distinct(registry):
     assert b > 2 * a
 
 
-def test_data_synth_command_writes_the_folder_layout(registry, tmp_path):
-    result = run_cli("data", "synth", str(tmp_path / "syn"), "--size", "32", "--n", "6", "--n-test", "2", "--seed", "4")
+def test_data_export_command_writes_a_dataset_in_the_folder_layout(registry, tmp_path):
+    result = run_cli("data", "export", "synthetic", str(tmp_path / "syn"), "size=32", "n_train=6", "n_test=2", "seed=4")
     assert result.returncode == 0, result.stderr
     from_disk = folder_data(registry, tmp_path / "syn", load_size=None)
     generated = registry.build("dataset", {"name": "synthetic", "size": 32, "n_train": 6, "n_test": 2, "seed": 4})
     assert (from_disk.size("train", "A"), from_disk.size("test", "B")) == (6, 2)
     assert np.array_equal(np.asarray(from_disk.image("train", "B", 5)), np.asarray(generated.image("train", "B", 5)))
+    bad = run_cli("data", "export", "synthetic", str(tmp_path / "bad"), "size=huge", "n_train")
+    assert bad.returncode == 1 and "expected KEY=VALUE, got 'n_train'" in bad.stderr
+    bad = run_cli("data", "export", "synthetic", str(tmp_path / "bad"), "size=huge")
+    assert bad.returncode == 2 and "data.size: Input should be a valid integer" in bad.stderr and "(got 'huge')" in bad.stderr
 
 
 class RangeHandler(http.server.BaseHTTPRequestHandler):

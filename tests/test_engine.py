@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import signal
 import sys
 from pathlib import Path
 
@@ -13,13 +11,22 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import REPO, run_cli
+from conftest import REPO, AtStep, crash, run_cli, send_sigint, write_synthetic_folder
 from unpaired import hookimpl
-from unpaired.checkpoint import atomic_save, latest_checkpoint, load_checkpoint
-from unpaired.components import LossWeights
-from unpaired.engine import LOSS_TERMS, CycleGAN, TrainingError, TrainingInterrupted, learning_rate, train_variant
-from unpaired.registry import Registry
-from unpaired.spec import TrainConfig, resolve_variant
+from unpaired.config.resolved import resolve_variant
+from unpaired.config.spec import TrainConfig
+from unpaired.config.study import merge
+from unpaired.plugin_api.components import LossWeights
+from unpaired.plugin_api.registry import Registry
+from unpaired.results.files import atomic_save
+from unpaired.results.records import Checkpoint, RunResult
+from unpaired.results.run_folder import RunFolder
+from unpaired.training.cyclegan import LOSS_TERMS, CycleGAN
+from unpaired.training.loop import learning_rate
+from unpaired.training.parts import build_model
+from unpaired.training.run import train_run
+
+CPU = torch.device("cpu")
 
 TINY = {
     "data": {"name": "synthetic", "size": 32, "n_train": 8, "n_test": 2},
@@ -32,22 +39,17 @@ TINY = {
 }
 
 
-def merged(base: dict, changes: dict) -> dict:
-    """Deep merge; a component given another name is replaced, not merged."""
-    out = copy.deepcopy(base)
-    for key, value in changes.items():
-        nested = isinstance(value, dict) and isinstance(out.get(key), dict) and value.get("name", out[key].get("name")) == out[key].get("name")
-        out[key] = merged(out[key], value) if nested else value
-    return out
-
-
 @pytest.fixture
 def registry():
     return Registry.from_entry_points()
 
 
 def tiny(registry, **changes):
-    return resolve_variant(merged(TINY, changes), registry)
+    return resolve_variant(merge(TINY, changes, registry), registry)
+
+
+def train(variant, out: Path, registry: Registry) -> RunResult:
+    return train_run(variant, RunFolder(out), registry, show_progress=False)
 
 
 def test_learning_rate_is_constant_then_decays_linearly():
@@ -65,7 +67,7 @@ def batch(seed=0):
 
 
 def test_generator_step_gives_discriminators_no_gradient_and_vice_versa(registry):
-    model = CycleGAN(tiny(registry), registry, torch.device("cpu"))
+    model = build_model(tiny(registry), CPU)
     real_A, real_B = batch()
     fake_A, fake_B, _ = model.generator_step(real_A, real_B, LossWeights(1.0, 10.0, 5.0))
     assert all(p.grad is None for d in model.discriminators() for p in d.parameters())
@@ -80,7 +82,7 @@ def test_generator_step_gives_discriminators_no_gradient_and_vice_versa(registry
 
 def test_loss_terms_follow_the_paper(registry):
     variant = tiny(registry, generator={"dropout": 0.0}, image_pool={"name": "none"})
-    model = CycleGAN(variant, registry, torch.device("cpu"))
+    model = build_model(variant, CPU)
     G_AB, G_BA, D_A, D_B = (copy.deepcopy(model.networks[n]) for n in ("G_AB", "G_BA", "D_A", "D_B"))
     real_A, real_B = batch(1)
     terms = dict(zip(LOSS_TERMS, model.train_step(real_A, real_B, LossWeights(1.0, 10.0, 5.0)).tolist()))
@@ -109,7 +111,7 @@ def count_generator_images(model) -> dict[str, int]:
 
 
 def test_identity_loss_is_skipped_when_its_weight_is_zero(registry):
-    model = CycleGAN(tiny(registry), registry, torch.device("cpu"))
+    model = build_model(tiny(registry), CPU)
     seen = count_generator_images(model)
     real_A, real_B = batch()
     terms = dict(zip(LOSS_TERMS, model.train_step(real_A, real_B, LossWeights(1.0, 10.0, 0.0)).tolist()))
@@ -126,7 +128,7 @@ def test_per_image_norms_share_calls_and_give_the_same_update_as_separate_calls(
     rounding (1e-5 of the network's largest gradient entry). Gradients, not updated weights: Adam turns the
     ~1e-9 rounding noise in the gradient of a bias that instance norm cancels into steps of up to lr."""
     variant = tiny(registry, generator={"dropout": 0.0})
-    models = [CycleGAN(variant, registry, torch.device("cpu")) for _ in range(2)]
+    models = [build_model(variant, CPU) for _ in range(2)]
     models[1].load_state_dict(models[0].state_dict())
     models[1].batch_generator_calls = models[1].batch_discriminator_calls = False
     seen = [count_generator_images(model) for model in models]
@@ -145,7 +147,7 @@ def test_per_image_norms_share_calls_and_give_the_same_update_as_separate_calls(
 def test_a_training_step_reads_nothing_back_to_the_host(registry, monkeypatch):
     """On a GPU, .item(), .tolist(), .cpu(), .numpy() and bool/float/int of a tensor wait for the device.
     The project's code must not call them inside a step (losses are read only at log points)."""
-    model = CycleGAN(tiny(registry, image_pool={"name": "history", "size": 1}), registry, torch.device("cpu"))
+    model = build_model(tiny(registry, image_pool={"name": "history", "size": 1}), CPU)
     ours = (str(REPO / "unpaired"), str(REPO / "plugins"))
     calls = []
 
@@ -169,15 +171,15 @@ def test_a_training_step_reads_nothing_back_to_the_host(registry, monkeypatch):
 
 
 def test_batch_norm_keeps_one_call_per_image(registry):
-    model = CycleGAN(tiny(registry, generator_norm={"name": "batch"}, discriminator_norm={"name": "batch"}), registry, torch.device("cpu"))
+    model = build_model(tiny(registry, generator_norm={"name": "batch"}, discriminator_norm={"name": "batch"}), CPU)
     seen = count_generator_images(model)
     real_A, real_B = batch()
     model.train_step(real_A, real_B, LossWeights(1.0, 10.0, 5.0))
     assert seen == {"G_AB": [len(real_A)] * 3, "G_BA": [len(real_A)] * 3}
 
 
-def final_state(out: Path) -> dict:
-    return load_checkpoint(latest_checkpoint(out / "checkpoints"))
+def final_state(out: Path) -> Checkpoint:
+    return RunFolder(out).load_checkpoint()
 
 
 def losses(out: Path) -> list[dict]:
@@ -187,11 +189,11 @@ def losses(out: Path) -> list[dict]:
 
 def assert_same_training(a: Path, b: Path) -> None:
     first, second = final_state(a), final_state(b)
-    for name, weights in first["model"]["networks"].items():
+    for name, weights in first.model["networks"].items():
         for key, tensor in weights.items():
-            assert torch.equal(tensor, second["model"]["networks"][name][key]), f"{name}.{key} differs"
+            assert torch.equal(tensor, second.model["networks"][name][key]), f"{name}.{key} differs"
     assert losses(a) == losses(b)
-    assert first["global_step"] == second["global_step"] == 32
+    assert first.state.global_step == second.state.global_step == 32
 
 
 class CrashAfterEpoch:
@@ -204,57 +206,37 @@ class CrashAfterEpoch:
             crash()
 
 
-class AtStep:
-    """Calls ``action()`` when training reaches global step ``step``."""
-
-    def __init__(self, step, action):
-        self.step, self.action = step, action
-
-    @hookimpl
-    def unpaired_on_step(self, run, epoch, step, losses, lr):
-        if step == self.step:
-            self.action()
-
-
-def send_sigint():
-    os.kill(os.getpid(), signal.SIGINT)
-
-
-def crash():
-    raise RuntimeError("simulated crash")
-
-
 def test_resume_after_a_crash_at_an_epoch_boundary_is_exact(registry, tmp_path):
     variant = tiny(registry)
-    train_variant(variant, tmp_path / "straight", registry, show_progress=False)
+    train(variant, tmp_path / "straight", registry)
 
-    crashing = Registry.from_entry_points()
-    crashing.add_plugin(CrashAfterEpoch(2), "crash", "tests", "0")
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        train_variant(variant, tmp_path / "resumed", crashing, show_progress=False)
-    assert json.loads((tmp_path / "resumed" / "result.json").read_text())["status"] == "failed"
-    assert final_state(tmp_path / "resumed")["epoch"] == 2
-    result = train_variant(variant, tmp_path / "resumed", registry, show_progress=False)
-    assert result["status"] == "finished" and result["epochs"] == 4
+    with registry.listening(CrashAfterEpoch(2)):
+        crashed = train(variant, tmp_path / "resumed", registry)
+    assert crashed.status == "failed" and crashed.error == "RuntimeError: simulated crash"
+    assert RunFolder(tmp_path / "resumed").read_result() == crashed
+    assert "simulated crash" in (tmp_path / "resumed" / "error.txt").read_text()
+    assert final_state(tmp_path / "resumed").state.epoch == 2
+    result = train(variant, tmp_path / "resumed", registry)
+    assert result.status == "finished" and result.epochs == 4
+    assert not (tmp_path / "resumed" / "error.txt").exists()  # the failed attempt's error went with its result
     assert_same_training(tmp_path / "straight", tmp_path / "resumed")
 
 
 def test_sigint_mid_epoch_checkpoints_and_resume_is_exact(registry, tmp_path):
     variant = tiny(registry)
-    train_variant(variant, tmp_path / "straight", registry, show_progress=False)
-    interrupting = Registry.from_entry_points()
-    interrupting.add_plugin(AtStep(11, send_sigint), "sigint", "tests", "0")
-    with pytest.raises(TrainingInterrupted, match="rerun to resume"):
-        train_variant(variant, tmp_path / "resumed", interrupting, show_progress=False)
-    state = final_state(tmp_path / "resumed")
-    assert (state["epoch"], state["step_in_epoch"], state["global_step"]) == (1, 3, 11)
-    train_variant(variant, tmp_path / "resumed", registry, show_progress=False)
+    train(variant, tmp_path / "straight", registry)
+    with registry.listening(AtStep(11, send_sigint)):
+        interrupted = train(variant, tmp_path / "resumed", registry)
+    assert interrupted.status == "interrupted" and "rerun to resume" in interrupted.error
+    state = final_state(tmp_path / "resumed").state
+    assert (state.epoch, state.step_in_epoch, state.global_step) == (1, 3, 11)
+    train(variant, tmp_path / "resumed", registry)
     assert_same_training(tmp_path / "straight", tmp_path / "resumed")
 
 
 def test_a_finished_variant_is_not_trained_again(registry, tmp_path):
     variant = tiny(registry, train={"epochs": 1, "decay_epochs": 0})
-    first = train_variant(variant, tmp_path, registry, show_progress=False)
+    first = train(variant, tmp_path, registry)
     steps = []
 
     class Count:
@@ -262,22 +244,22 @@ def test_a_finished_variant_is_not_trained_again(registry, tmp_path):
         def unpaired_on_step(self, run, epoch, step, losses, lr):
             steps.append(step)
 
-    counting = Registry.from_entry_points()
-    counting.add_plugin(Count(), "count", "tests", "0")
-    assert train_variant(variant, tmp_path, counting, show_progress=False) == first
+    with registry.listening(Count()):
+        assert train(variant, tmp_path, registry) == first
     assert steps == []
 
 
 def test_another_variant_in_the_same_folder_is_refused(registry, tmp_path):
-    train_variant(tiny(registry, train={"epochs": 1, "decay_epochs": 0}), tmp_path, registry, show_progress=False)
+    train(tiny(registry, train={"epochs": 1, "decay_epochs": 0}), tmp_path, registry)
     (tmp_path / "result.json").unlink()
-    with pytest.raises(TrainingError, match="holds checkpoints of another variant"):
-        train_variant(tiny(registry, train={"epochs": 1, "decay_epochs": 0, "seed": 1}), tmp_path, registry, show_progress=False)
+    refused = train(tiny(registry, train={"epochs": 1, "decay_epochs": 0, "seed": 1}), tmp_path, registry)
+    assert refused.status == "failed" and refused.error.startswith("TrainingError: ")
+    assert "holds checkpoints of another variant" in refused.error
 
 
 def test_a_crash_while_writing_a_checkpoint_keeps_the_previous_one(registry, tmp_path, monkeypatch):
-    train_variant(tiny(registry, train={"epochs": 1, "decay_epochs": 0}), tmp_path, registry, show_progress=False)
-    previous = latest_checkpoint(tmp_path / "checkpoints")
+    train(tiny(registry, train={"epochs": 1, "decay_epochs": 0}), tmp_path, registry)
+    previous = RunFolder(tmp_path).latest_checkpoint()
     before = previous.read_bytes()
 
     def dying_save(state, file):
@@ -289,7 +271,7 @@ def test_a_crash_while_writing_a_checkpoint_keeps_the_previous_one(registry, tmp
         atomic_save({"x": 1}, previous)
     assert previous.read_bytes() == before
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == [previous.name]
-    assert load_checkpoint(previous)["epoch"] == 1
+    assert Checkpoint.read(previous).state.epoch == 1
 
 
 class NanAfter:
@@ -317,22 +299,26 @@ def test_a_non_finite_loss_stops_the_variant_naming_term_step_and_epoch(tmp_path
     registry = Registry.from_entry_points()
     registry.add_plugin(NanAfter(2 * 11), "nan", "tests", "0")  # two generator_loss calls per step: NaN from step 12
     variant = tiny(registry, gan_loss={"name": "flaky"}, train={"log_every": 4})
-    with pytest.raises(TrainingError) as error:
-        train_variant(variant, tmp_path, registry, show_progress=False)
-    message = str(error.value)
-    assert "loss G_adv_A became non-finite at step 12 (epoch 2, step 4 of that epoch)" in message
-    assert "the last good checkpoint is" in message and "epoch-0001-step-000000008.pt" in message
-    assert latest_checkpoint(tmp_path / "checkpoints").name == "epoch-0001-step-000000008.pt"
+    result = train(variant, tmp_path, registry)
+    assert result.status == "failed" and result.error.startswith("TrainingError: ")
+    assert "loss G_adv_A became non-finite at step 12 (epoch 2, step 4 of that epoch)" in result.error
+    assert "the last good checkpoint is" in result.error and "epoch-0001-step-000000008.pt" in result.error
+    assert RunFolder(tmp_path).latest_checkpoint().name == "epoch-0001-step-000000008.pt"
     assert json.loads((tmp_path / "result.json").read_text())["status"] == "failed"
 
 
-def test_out_of_memory_suggests_what_to_change(registry, tmp_path, monkeypatch):
+@pytest.mark.parametrize(("data", "hint"), [({}, "lower data.size"), ({"name": "folder"}, "lower data.crop_size")])
+def test_out_of_memory_suggests_what_to_change(registry, tmp_path, monkeypatch, data, hint):
+    """The dataset says which of its parameters shrinks the images."""
     def no_memory(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     monkeypatch.setattr(CycleGAN, "train_step", no_memory)
-    with pytest.raises(TrainingError, match=r"out of memory on cpu at epoch 1: lower data.crop_size or train.batch_size, or set train.precision: bf16"):
-        train_variant(tiny(registry), tmp_path, registry, show_progress=False)
+    if data:
+        data = {"name": "folder", "root": str(write_synthetic_folder(tmp_path / "data")), "load_size": None, "crop_size": 32}
+    result = train(tiny(registry, data=data), tmp_path / "run", registry)
+    assert result.status == "failed"
+    assert f"out of memory on cpu at epoch 1: {hint}, lower train.batch_size, or set train.precision: bf16" in result.error
 
 
 def test_a_64px_run_visibly_learns(registry, tmp_path):
@@ -351,9 +337,8 @@ def test_a_64px_run_visibly_learns(registry, tmp_path):
             if step <= 3:
                 first_steps.append(losses["cycle_A"] + losses["cycle_B"])
 
-    recording = Registry.from_entry_points()
-    recording.add_plugin(Record(), "record", "tests", "0")
-    train_variant(variant, tmp_path, recording, show_progress=False)
+    with registry.listening(Record()):
+        train(variant, tmp_path, registry)
     last = losses(tmp_path)[-1]
     assert (last["cycle_A"] + last["cycle_B"]) < 0.6 * (sum(first_steps) / 3)  # measured: 0.48
 
@@ -375,7 +360,7 @@ def test_train_and_translate_from_the_command_line(tmp_path):
     assert sorted(p.name for p in (run / "samples").iterdir()) == ["epoch-0001.png", "epoch-0002.png"]
     assert (run / "history.csv").read_text().splitlines()[0] == "epoch,lr," + ",".join(LOSS_TERMS) + ",seconds,it_per_s"
 
-    run_cli("data", "synth", str(tmp_path / "syn"), "--size", "32", "--n", "1", "--n-test", "3")
+    run_cli("data", "export", "synthetic", str(tmp_path / "syn"), "size=32", "n_train=1", "n_test=3")
     out = tmp_path / "translated"
     result = run_cli("translate", "--checkpoint", str(run / "generators" / "AtoB.pt"), "--direction", "AtoB", str(tmp_path / "syn" / "testA"), "--out", str(out))
     assert result.returncode == 0, result.stderr
@@ -399,7 +384,7 @@ def test_bf16_autocast_losses_track_fp32(registry, tmp_path):
     def history(precision):
         out = tmp_path / precision
         variant = tiny(registry, generator={"dropout": 0.0, "ngf": 8}, train={"epochs": 2, "decay_epochs": 0, "precision": precision})
-        train_variant(variant, out, registry, show_progress=False)
+        train(variant, out, registry)
         return losses(out)
 
     for fp32, bf16 in zip(history("fp32"), history("bf16")):

@@ -11,12 +11,13 @@ import torch
 from pydantic import BaseModel
 from torch import nn
 
-from conftest import FID_WEIGHTS, run_cli
+from conftest import FID_WEIGHTS, run_cli, write_synthetic_folder
 from unpaired import hookimpl
-from unpaired.engine import train_variant
-from unpaired.evaluate import FeatureExtractor, build_extractor, fid_from_features, kid_from_features
-from unpaired.registry import Registry
-from unpaired.spec import resolve_variant
+from unpaired.config.resolved import resolve_variant
+from unpaired.evaluation.fid import FeatureExtractor, fid_from_features, kid_from_features
+from unpaired.plugin_api.registry import Registry
+from unpaired.results.run_folder import RunFolder
+from unpaired.training.run import train_run
 
 CPU = torch.device("cpu")
 
@@ -28,8 +29,8 @@ def registry():
 
 @pytest.fixture(scope="module")
 def inception(registry):
-    config = {"name": "inception", "weights": str(FID_WEIGHTS)}
-    return FeatureExtractor(build_extractor(config, registry, CPU), config, CPU, batch_size=20)
+    choice = registry.resolve("feature_extractor", {"name": "inception", "weights": str(FID_WEIGHTS)})
+    return FeatureExtractor(choice, CPU, batch_size=20)
 
 
 def synthetic_images(registry, domain, n, seed=0):
@@ -110,35 +111,35 @@ def variant(registry, root, seed=0, **eval_fields):
 
 def test_real_features_are_extracted_once_per_test_set_and_again_when_a_file_changes(tiny_registry, tmp_path, monkeypatch):
     monkeypatch.setenv("UNPAIRED_CACHE", str(tmp_path / "cache"))
-    assert run_cli("data", "synth", str(tmp_path / "data"), "--size", "32", "--n", "4", "--n-test", "5").returncode == 0
+    write_synthetic_folder(tmp_path / "data", n_train=4, n_test=5)
     TinyExtractor.seen = 0
-    first = train_variant(variant(tiny_registry, tmp_path / "data"), tmp_path / "one", tiny_registry, show_progress=False)
+    first = train_run(variant(tiny_registry, tmp_path / "data"), RunFolder(tmp_path / "one"), tiny_registry, show_progress=False)
     assert TinyExtractor.seen == 1 + 10 + 10  # preflight image, real testA + testB, fakes both ways
-    assert set(first["metrics"]) == {"fid_a2b", "fid_b2a", "fid_mean", "kid_a2b", "kid_a2b_std", "kid_b2a", "kid_b2a_std"}
+    assert set(first.metrics) == {"fid_a2b", "fid_b2a", "fid_mean", "kid_a2b", "kid_a2b_std", "kid_b2a", "kid_b2a_std"}
 
     TinyExtractor.seen = 0
-    train_variant(variant(tiny_registry, tmp_path / "data", seed=1), tmp_path / "two", tiny_registry, show_progress=False)
+    train_run(variant(tiny_registry, tmp_path / "data", seed=1), RunFolder(tmp_path / "two"), tiny_registry, show_progress=False)
     assert TinyExtractor.seen == 1 + 10  # the real features came from the cache
 
     (tmp_path / "data" / "testB" / "00000.png").write_bytes((tmp_path / "data" / "testA" / "00000.png").read_bytes())
     TinyExtractor.seen = 0
-    train_variant(variant(tiny_registry, tmp_path / "data", seed=2), tmp_path / "three", tiny_registry, show_progress=False)
+    train_run(variant(tiny_registry, tmp_path / "data", seed=2), RunFolder(tmp_path / "three"), tiny_registry, show_progress=False)
     assert TinyExtractor.seen == 1 + 5 + 10  # testB changed: only its features are extracted again
 
 
 def test_periodic_evaluation_records_fid_per_epoch_and_keeps_the_best_generators(tiny_registry, tmp_path):
-    run_cli("data", "synth", str(tmp_path / "data"), "--size", "32", "--n", "4", "--n-test", "3")
-    result = train_variant(variant(tiny_registry, tmp_path / "data", every=1), tmp_path / "run", tiny_registry, show_progress=False)
+    write_synthetic_folder(tmp_path / "data", n_train=4, n_test=3)
+    result = train_run(variant(tiny_registry, tmp_path / "data", every=1), RunFolder(tmp_path / "run"), tiny_registry, show_progress=False)
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     assert "fid_mean" in history[0] and "fid_mean" not in history[1]  # the last epoch is scored as the final result
-    metrics = result["metrics"]
+    metrics = result.metrics
     assert metrics["fid_mean_best"] == min(history[0]["fid_mean"], metrics["fid_mean"])
     assert metrics["fid_best_epoch"] in (1, 2)
     assert (tmp_path / "run" / "generators" / "best-AtoB.pt").is_file()
 
 
 def test_score_command_reproduces_the_stored_fid(tmp_path):
-    run_cli("data", "synth", str(tmp_path / "data"), "--size", "32", "--n", "4", "--n-test", "4")
+    write_synthetic_folder(tmp_path / "data", n_train=4, n_test=4)
     spec = tmp_path / "variant.yaml"
     spec.write_text(
         f"data: {{name: folder, root: {tmp_path / 'data'}, load_size: null, crop_size: 32}}\n"
@@ -156,7 +157,7 @@ def test_score_command_reproduces_the_stored_fid(tmp_path):
 
 
 def test_fid_command_between_two_folders(tmp_path):
-    run_cli("data", "synth", str(tmp_path / "data"), "--size", "32", "--n", "3", "--n-test", "3")
+    write_synthetic_folder(tmp_path / "data", n_train=3, n_test=3)
     same = run_cli("fid", str(tmp_path / "data" / "testA"), str(tmp_path / "data" / "testA"), "--size", "32")
     assert same.returncode == 0, same.stderr
     assert abs(float(same.stdout.split()[1])) < 1e-3

@@ -10,7 +10,12 @@ import pytest
 import torch
 
 from conftest import REPO, run_cli, write_distribution
-from unpaired.registry import Registry
+from unpaired.config.resolved import resolve_variant
+from unpaired.plugin_api.registry import Registry
+from unpaired.results.run_folder import RunFolder
+from unpaired.tools.translate import load_generator
+from unpaired.training.parts import build_model
+from unpaired.training.run import train_run
 
 EXAMPLE = REPO / "examples" / "unpaired-unet"
 
@@ -34,7 +39,7 @@ def test_example_components_are_discovered_and_listed(example_installed):
     assert ("generator", "resnet") in listing  # the built-ins are still there
 
 
-def test_example_components_build_and_train(example_installed):
+def test_example_components_build_and_train(example_installed, tmp_path):
     registry = Registry.from_entry_points()
     instance = registry.build("norm", {"name": "instance"})
     generator = registry.build("generator", {"name": "unet", "depth": 5, "ngf": 8, "dropout": 0.5}, instance)
@@ -43,7 +48,19 @@ def test_example_components_build_and_train(example_installed):
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     y = generator(x)
     assert y.shape == x.shape and y.abs().max() <= 1
-    scores = discriminator(y)
-    assert scores.shape == (2, 1, 2, 2)
-    scores.mean().backward()
-    assert all(p.grad is not None for p in generator.parameters())
+    assert discriminator(y).shape == (2, 1, 2, 2)
+
+    spec = {"data": {"name": "synthetic", "size": 32, "n_train": 4, "n_test": 2},
+            "generator": {"name": "unet", "depth": 5, "ngf": 8}, "discriminator": {"name": "sn_patchgan", "ndf": 8, "n_layers": 2},
+            "train": {"epochs": 2, "decay_epochs": 0, "num_workers": 0, "log_every": 1}, "samples": 1, "eval": {"fid": False}}
+    variant = resolve_variant(spec, registry)
+    result = train_run(variant, RunFolder(tmp_path), registry, show_progress=False)
+    assert result.status == "finished" and result.steps == 8, result.error
+    history = RunFolder(tmp_path).read_history()
+    assert [row["epoch"] for row in history] == [1, 2] and all(0 < row["cycle_A"] < 100 for row in history)
+    trained, crop = load_generator(RunFolder(tmp_path).generator_path("AtoB"), "AtoB", registry)
+    assert trained.__class__.__module__ == "unpaired_unet.plugin" and crop == 32
+    torch.manual_seed(0)
+    initial = build_model(variant, torch.device("cpu")).networks["G_AB"].state_dict()  # the same seed's starting weights
+    changed = [key for key, value in trained.state_dict().items() if value.is_floating_point() and not torch.equal(value, initial[key])]
+    assert changed, "training did not change the U-Net's weights"

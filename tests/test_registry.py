@@ -7,7 +7,7 @@ import json
 import pytest
 
 from conftest import run_cli
-from unpaired.registry import (
+from unpaired.plugin_api.registry import (
     ComponentConflictError,
     InvalidParamsError,
     Registry,
@@ -155,10 +155,13 @@ def test_plugins_command_lists_every_builtin_with_origin_parameters_and_descript
     assert "resnet  (unpaired 0.1.0)" in out
     assert "n_blocks=9  ngf=64  dropout=0.0  padding='reflect'" in out
     assert "size=50  swap_probability=0.5" in out
+    defaults = [line.split()[0] for line in out.splitlines() if line.endswith("[default]")]
+    assert defaults == ["resnet", "patchgan", "instance", "lsgan", "history", "constant", "inception"]  # the paper's choices
 
     listing = json.loads(run_cli("plugins", "--json").stdout)
     found = {(c["kind"], c["name"]) for c in listing["components"]}
     assert found == {(kind, name) for kind, names in BUILTINS.items() for name in names}
     resnet = next(c for c in listing["components"] if c["name"] == "resnet")
     assert resnet["parameters"]["n_blocks"] == {"default": 9, "type": "int", "description": resnet["parameters"]["n_blocks"]["description"]}
+    assert resnet["default"] is True and next(c for c in listing["components"] if c["name"] == "pooled")["default"] is False
     assert listing["problems"] == []

@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from unpaired.registry import Registry
-from unpaired.spec import SpecError, load_variant, resolve_variant
+from unpaired.config.resolved import load_variant, resolve_variant
+from unpaired.config.spec import SpecError
+from unpaired.plugin_api.registry import Registry
 
 DATA = {"name": "synthetic", "size": 32}
 
@@ -32,8 +33,8 @@ def test_every_default_is_the_papers(registry):
 
 def test_norms_can_differ_between_generator_and_discriminator(registry):
     resolved = resolve_variant({"data": DATA, "norm": {"name": "batch"}, "discriminator_norm": {"name": "none"}}, registry)
-    assert resolved.components["generator_norm"]["name"] == "batch"
-    assert resolved.components["discriminator_norm"] == {"name": "none"}
+    assert resolved.generator_norm.as_dict() == {"name": "batch", "momentum": 0.1}
+    assert resolved.discriminator_norm.as_dict() == {"name": "none"}
 
 
 def test_all_problems_are_reported_with_file_dotted_path_and_value(registry, tmp_path):
@@ -81,12 +82,12 @@ def test_yaml_and_json_give_the_same_variant_and_id(registry, tmp_path):
     (tmp_path / "v.yaml").write_text("data: {name: synthetic, size: 32}\ngenerator: {name: resnet, n_blocks: 6}\ntrain: {seed: 3}\n")
     from_json, from_yaml = load_variant(tmp_path / "v.json", registry), load_variant(tmp_path / "v.yaml", registry)
     assert from_json.as_dict() == from_yaml.as_dict()
-    assert from_json.variant_id == from_yaml.variant_id
+    assert from_json.run_id == from_yaml.run_id
 
 
-def test_variant_id_ignores_runtime_settings_but_not_results(registry):
+def test_run_id_ignores_runtime_settings_but_not_results(registry):
     def variant_id(**changes):
-        return resolve_variant({"data": DATA, **changes}, registry).variant_id
+        return resolve_variant({"data": DATA, **changes}, registry).run_id
 
     base = variant_id()
     assert len(base) == 12
@@ -95,3 +96,17 @@ def test_variant_id_ignores_runtime_settings_but_not_results(registry):
     assert variant_id(generator={"name": "resnet", "n_blocks": 6}) != base
     assert variant_id(train={"seed": 1}) != base
     assert variant_id(train={"precision": "bf16"}) != base
+
+
+def test_the_variant_key_is_the_run_id_without_the_seed(registry):
+    seeded = [resolve_variant({"data": DATA, "train": {"seed": seed}}, registry) for seed in (0, 1)]
+    assert seeded[0].variant_key == seeded[1].variant_key and seeded[0].run_id != seeded[1].run_id
+    other = resolve_variant({"data": DATA, "generator": {"name": "resnet", "n_blocks": 6}}, registry)
+    assert other.variant_key != seeded[0].variant_key
+
+
+def test_the_resolved_variant_round_trips_through_plain_data(registry):
+    """What spec.json, checkpoints and workers in other processes get resolves to the same variant."""
+    variant = resolve_variant({"data": DATA, "norm": {"name": "batch"}, "eval": {"every": 2}}, registry)
+    again = resolve_variant(variant.as_dict(), registry)
+    assert again.as_dict() == variant.as_dict() and again.run_id == variant.run_id

@@ -14,11 +14,11 @@ import torch
 import yaml
 
 from conftest import REPO, UNPAIRED, run_cli
-from unpaired.checkpoint import latest_checkpoint, load_checkpoint
 from unpaired.cli import main
-from unpaired.registry import Registry
-from unpaired.spec import SpecError
-from unpaired.study import load_study, merge, plan_study
+from unpaired.config.spec import SpecError
+from unpaired.config.study import load_study, merge, plan_study
+from unpaired.plugin_api.registry import Registry
+from unpaired.results.run_folder import RunFolder
 
 TINY_BASE = {
     "data": {"name": "synthetic", "size": 32, "n_train": 6, "n_test": 2},
@@ -61,22 +61,25 @@ def test_grid_and_named_variants_expand_into_readable_runs(registry):
     assert len(planned.runs) == 16 and [r.seed for r in planned.runs[:2]] == [0, 3]
     last = planned.runs[-1]
     assert last.overrides == {"loss_weights.identity": 0.0, "generator.n_blocks": 2, "discriminator.name": "pooled"}
-    components = last.resolved.components
-    assert components["loss_weights"] == {"name": "constant", "adversarial": 1.0, "cycle": 10.0, "identity": 0.0}
-    assert components["discriminator"] == {"name": "pooled", "ndf": 4, "n_layers": 2}
-    assert last.resolved.spec.train.seed == 3
+    assert last.resolved.loss_weights.as_dict() == {"name": "constant", "adversarial": 1.0, "cycle": 10.0, "identity": 0.0}
+    assert last.resolved.discriminator.as_dict() == {"name": "pooled", "ndf": 4, "n_layers": 2}
+    assert last.resolved.train.seed == 3
     assert len({r.run_id for r in planned.runs}) == 16
     assert len({r.variant_key for r in planned.runs}) == 8
     assert planned.baseline == "plain,n_blocks=1,discriminator=patchgan"  # the base's own configuration
 
 
 def test_ids_are_stable_for_the_same_file(registry, tmp_path):
-    text = yaml.safe_dump({"name": "s", "base": TINY_BASE, "grid": {"train.lr": [1e-4, 2e-4]}})
+    """The same study gives the same ids in YAML or JSON, today and on any machine: the ids below were
+    computed once and must only change when what a run trains changes (then old results are not reused)."""
+    text = yaml.safe_dump({"name": "s", "base": TINY_BASE, "grid": {"train.lr": [1e-4, 2e-4]}, "seeds": [0, 1]})
     (tmp_path / "a.yaml").write_text(text)
     (tmp_path / "b.json").write_text(json.dumps(yaml.safe_load(text)))
     first, second = load_study(tmp_path / "a.yaml", registry), load_study(tmp_path / "b.json", registry)
-    assert [r.run_id for r in first.runs] == [r.run_id for r in second.runs]
-    assert first.runs[0].run_id == "%s" % first.runs[0].resolved.variant_id
+    assert [(r.variant_key, r.run_id) for r in first.runs] == [(r.variant_key, r.run_id) for r in second.runs] == [
+        ("ec91602e3bdf", "17781fce2855"), ("ec91602e3bdf", "6512d45ae836"),
+        ("0a43db1d43dd", "21d4d75f099f"), ("0a43db1d43dd", "b4e19ff4f06e"),
+    ]
 
 
 def test_renaming_a_component_keeps_only_the_parameters_the_new_one_has(registry):
@@ -158,7 +161,8 @@ def test_the_committed_schema_is_current(monkeypatch):
     )
     schema = json.loads(result.stdout)
     generator_options = schema["$defs"]["Variant"]["properties"]["generator"]["anyOf"]
-    assert {"const": "resnet"} in [o["properties"]["name"] for o in generator_options]
+    assert {"const": "resnet"} in [o["properties"]["name"] for o in generator_options if "properties" in o]
+    assert {"type": "null"} in generator_options  # left out: the default generator
 
 
 def write_study(tmp_path: Path, **fields) -> Path:
@@ -192,7 +196,7 @@ def test_parallel_jobs_train_every_run(tmp_path):
 
 
 def final_weights(folder: Path) -> dict:
-    return load_checkpoint(latest_checkpoint(folder / "checkpoints"))["model"]["networks"]
+    return RunFolder(folder).load_checkpoint().model["networks"]
 
 
 def quickstart_copy(tmp_path: Path) -> Path:

@@ -12,12 +12,12 @@ import yaml
 from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient
 
-from conftest import run_cli
-from test_engine import AtStep, crash, send_sigint
-from unpaired.compare import render, summarize
-from unpaired.registry import Registry
-from unpaired.runner import run_study, select_runs
-from unpaired.study import load_study, merge
+from conftest import AtStep, crash, run_cli, send_sigint
+from unpaired.config.study import load_study, merge
+from unpaired.errors import UsageError
+from unpaired.execution.runner import run_study, select_runs
+from unpaired.plugin_api.registry import Registry
+from unpaired.results.compare import render, summarize
 
 BASE = {
     "data": {"name": "synthetic", "size": 32, "n_train": 4, "n_test": 3},
@@ -55,7 +55,8 @@ def test_a_study_logged_to_a_real_tracking_server(mlflow_server, tmp_path, monke
     assert ok.data.tags["mlflow.parentRunId"] == broken.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
     assert ok.info.status == "FINISHED" and ok.data.tags["unpaired.status"] == "finished"
     assert ok.data.params["generator.n_blocks"] == "1" and ok.data.params["train.lr"] == "0.0002"
-    assert ok.data.tags["unpaired.seed"] == "0" and len(ok.data.tags["unpaired.variant_id"]) == 12
+    assert ok.data.tags["unpaired.seed"] == "0" and len(ok.data.tags["unpaired.run_id"]) == 12
+    assert len(ok.data.tags["unpaired.variant_key"]) == 12 and ok.data.tags["unpaired.variant_key"] != ok.data.tags["unpaired.run_id"]
     assert "unpaired 0.1.0" in ok.data.tags["unpaired.plugins"]
     assert [m.step for m in client.get_metric_history(ok.info.run_id, "cycle_A")] == [1, 2]
     assert {"fid_a2b", "fid_b2a", "fid_mean", "kid_a2b", "kid_b2a", "lr", "it_per_s"} <= set(ok.data.metrics)
@@ -72,9 +73,9 @@ def test_a_study_logged_to_a_real_tracking_server(mlflow_server, tmp_path, monke
 def test_an_interrupted_run_resumes_into_the_same_mlflow_run(tmp_path):
     study = load_study(write_study(tmp_path / "resumed.yaml", "resumed", base={"eval": {"fid": False}, "train": {"epochs": 2, "log_every": 1}}), Registry.from_entry_points())
     out = tmp_path / "out"
-    interrupting = Registry.from_entry_points()
-    interrupting.add_plugin(AtStep(6, send_sigint), "sigint", "tests", "0")
-    summary = run_study(study, out, interrupting, select_runs(study, None, None), show_progress=False, announce=lambda _: None)
+    registry = Registry.from_entry_points()
+    with registry.listening(AtStep(6, send_sigint)):
+        summary = run_study(study, out, registry, select_runs(study, None, None), show_progress=False, announce=lambda _: None)
     assert len(summary.interrupted) == 1
 
     client = MlflowClient()
@@ -95,15 +96,15 @@ def test_epochs_trained_again_after_a_crash_are_logged_once(tmp_path):
     """With checkpoint_every: 2 a crash in epoch 2 loses epoch 1; it is trained again (identically) but not logged twice."""
     base = {"eval": {"fid": False}, "train": {"epochs": 2, "log_every": 1, "checkpoint_every": 2}}
     study = load_study(write_study(tmp_path / "relogged.yaml", "relogged", base=base), Registry.from_entry_points())
-    crashing = Registry.from_entry_points()
-    crashing.add_plugin(AtStep(6, crash), "crash", "tests", "0")
-    run = lambda registry: run_study(study, tmp_path / "out", registry, select_runs(study, None, None), show_progress=False, announce=lambda _: None)  # noqa: E731
-    assert len(run(crashing).failed) == 1
+    registry = Registry.from_entry_points()
+    run = lambda: run_study(study, tmp_path / "out", registry, select_runs(study, None, None), show_progress=False, announce=lambda _: None)  # noqa: E731
+    with registry.listening(AtStep(6, crash)):
+        assert len(run().failed) == 1
     client = MlflowClient()
     (child,) = children(client, client.get_experiment_by_name("relogged").experiment_id)
     first = [(m.step, m.value) for m in client.get_metric_history(child.info.run_id, "cycle_A")]
     assert [step for step, _ in first] == [1]
-    assert len(run(Registry.from_entry_points()).done) == 1
+    assert len(run().done) == 1
     history = client.get_metric_history(child.info.run_id, "cycle_A")
     assert [m.step for m in history] == [1, 2, 3]
     assert (history[0].step, history[0].value) == first[0]
@@ -126,7 +127,7 @@ HAND_MADE = {  # variant -> metric per seed; planned 3 seeds each
 
 def test_summary_statistics_match_a_hand_computed_example():
     runs = pd.DataFrame(
-        [{"variant": v, "seed": s, "variant_id": v, "planned_seeds": 3, "fid_mean": x}
+        [{"variant": v, "seed": s, "run_id": v, "planned_seeds": 3, "fid_mean": x}
          for v, values in HAND_MADE.items() for s, x in enumerate(values)]
     )
     table = summarize(runs, "fid_mean", baseline="base")
@@ -141,7 +142,7 @@ def test_summary_statistics_match_a_hand_computed_example():
     text = render(table, "fid_mean", "table")
     assert "wide (incomplete: 2/3 seeds)" in text and "20.500 ± 0.707" in text and "+8.500" in text
     assert render(table, "fid_mean", "markdown").splitlines()[2] == "| 1 | base (baseline) | 12.000 ± 2.000 | 3 |  |  |"
-    with pytest.raises(ValueError, match="no metric 'fid' in the finished runs; available: fid_mean"):
+    with pytest.raises(UsageError, match="no metric 'fid' in the finished runs; available: fid_mean"):
         summarize(runs, "fid", baseline="base")
     assert list(summarize(runs, "fid_mean", baseline="base", lower_is_better=False)["rank"]) == [1, 2, 2]
 
@@ -154,11 +155,11 @@ def test_compare_command_reads_the_runs_from_mlflow(tmp_path):
         for seed, value in enumerate(values):
             run = client.create_run(experiment_id, tags={
                 "mlflow.parentRunId": parent.info.run_id, "unpaired.role": "variant", "unpaired.variant": variant,
-                "unpaired.seed": str(seed), "unpaired.variant_id": variant, "unpaired.planned_seeds": "3"})
+                "unpaired.seed": str(seed), "unpaired.run_id": variant, "unpaired.planned_seeds": "3"})
             client.log_batch(run.info.run_id, metrics=[Metric("fid_mean", value, 0, 2)], tags=[RunTag("unpaired.status", "finished")])
             client.set_terminated(run.info.run_id, "FINISHED")
     unfinished = client.create_run(experiment_id, tags={"unpaired.role": "variant", "unpaired.variant": "base", "unpaired.seed": "9",
-                                                        "unpaired.variant_id": "base", "unpaired.planned_seeds": "3"})
+                                                        "unpaired.run_id": "base", "unpaired.planned_seeds": "3"})
     client.log_batch(unfinished.info.run_id, metrics=[Metric("fid_mean", 1000.0, 0, 1)])  # still running: not counted
 
     result = run_cli("compare", "hand-made", "--format", "json", "--plot", str(tmp_path / "plot.png"))

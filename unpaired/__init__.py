@@ -1,7 +1,7 @@
 """unpaired: ablation studies for unpaired image-to-image translation (CycleGAN).
 
-Plugin authors need only what is exported here: ``hookimpl`` to mark hook
-implementations, and the component interfaces in :mod:`unpaired.components`.
+Plugin authors need only :mod:`unpaired.plugin_api`: ``hookimpl`` to mark hook
+implementations, the component and dataset interfaces, and the hooks' contract.
 """
 
 import pluggy

@@ -7,8 +7,7 @@ from pydantic import BaseModel, Field
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from unpaired import hookimpl
-from unpaired.components import Norm
+from unpaired.plugin_api import Norm, hookimpl
 
 
 class UNetParams(BaseModel):

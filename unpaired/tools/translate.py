@@ -3,34 +3,22 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 import torch
 from torch import nn
 
-from unpaired.checkpoint import load_checkpoint
-from unpaired.data import IMAGE_EXTENSIONS, Transform, list_images, load_image, save_grid
-from unpaired.registry import Registry
-
-Direction = Literal["AtoB", "BtoA"]
+from unpaired.errors import UsageError
+from unpaired.plugin_api.data import IMAGE_EXTENSIONS, Transform, list_images, load_image, save_grid
+from unpaired.plugin_api.registry import Registry
+from unpaired.results.records import Direction, ExportedGenerator
+from unpaired.training.parts import rebuild_generator
 
 
 def load_generator(path: Path, direction: Direction, registry: Registry) -> tuple[nn.Module, int]:
     """Rebuild the generator of ``direction`` and its test resolution from ``path``:
     ``generators/AtoB.pt``-style exports or any training checkpoint."""
-    state = load_checkpoint(path)
-    if "networks" in state.get("model", {}):
-        config, norm, crop = state["spec"]["generator"], state["spec"]["generator_norm"], state["crop_size"]
-        weights = state["model"]["networks"]["G_AB" if direction == "AtoB" else "G_BA"]
-    elif "state_dict" in state:
-        if state["direction"] != direction:
-            raise ValueError(f"{path} holds the {state['direction']} generator, not {direction}; use generators/{direction}.pt")
-        config, norm, weights, crop = state["generator"], state["norm"], state["state_dict"], state["crop_size"]
-    else:
-        raise ValueError(f"{path} is neither an unpaired checkpoint nor an exported generator")
-    generator = registry.build("generator", config, registry.build("norm", norm))
-    generator.load_state_dict(weights)
-    return generator.eval(), int(crop)
+    exported = ExportedGenerator.read(path, direction)
+    return rebuild_generator(exported, registry), exported.crop_size
 
 
 @torch.inference_mode()
@@ -53,8 +41,8 @@ def collect_inputs(path: Path) -> list[Path]:
     if path.is_dir():
         found = list_images(path)
         if not found:
-            raise ValueError(f"{path} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+            raise UsageError(f"{path} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
         return found
     if not path.is_file():
-        raise ValueError(f"{path} does not exist")
+        raise UsageError(f"{path} does not exist")
     return [path]

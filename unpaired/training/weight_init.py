@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from torch import nn
 
-InitScheme = Literal["normal", "xavier", "kaiming", "orthogonal"]
+from unpaired.config.spec import InitScheme
 
 
 def init_weights(module: nn.Module, scheme: InitScheme = "normal", gain: float = 0.02) -> None:

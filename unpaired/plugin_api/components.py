@@ -13,22 +13,27 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
 from pydantic import BaseModel
 from torch import Tensor, nn
 
-ComponentKind = Literal[
-    "generator",
-    "discriminator",
-    "norm",
-    "gan_loss",
-    "image_pool",
-    "loss_weights",
-    "dataset",
-    "feature_extractor",
-]
-KINDS: tuple[ComponentKind, ...] = ComponentKind.__args__
+REGISTER_HOOKS: dict[str, str] = {
+    "generator": "unpaired_register_generators",
+    "discriminator": "unpaired_register_discriminators",
+    "norm": "unpaired_register_norms",
+    "gan_loss": "unpaired_register_gan_losses",
+    "image_pool": "unpaired_register_image_pools",
+    "loss_weights": "unpaired_register_loss_weights",
+    "dataset": "unpaired_register_datasets",
+    "feature_extractor": "unpaired_register_feature_extractors",
+}
+"""The component kinds (the one place they are listed), each with the hook that registers them."""
+
+ComponentKind = str
+"""One of :data:`KINDS`."""
+
+KINDS: tuple[ComponentKind, ...] = tuple(REGISTER_HOOKS)
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,8 @@ class Component:
     description: str
     distribution: str
     version: str
+    default: bool = False
+    """True for the component a spec gets when it leaves this kind out (at most one per kind)."""
 
     def parameters(self) -> dict[str, Any]:
         """Parameter names mapped to their defaults (``"<required>"`` where there is none)."""
@@ -52,6 +59,26 @@ class Component:
             field: "<required>" if info.is_required() else info.get_default(call_default_factory=True)
             for field, info in self.params_model.model_fields.items()
         }
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A component a spec chose, with its parameters validated by the component's own model."""
+
+    component: Component
+    params: BaseModel
+
+    @property
+    def name(self) -> str:
+        return self.component.name
+
+    def build(self, *args: Any, **kwargs: Any) -> Any:
+        """Call the factory with the parameters and whatever the kind passes besides (see the hookspecs)."""
+        return self.component.factory(self.params, *args, **kwargs)
+
+    def as_dict(self) -> dict[str, Any]:
+        """``{"name": ..., **every parameter}`` as plain data (what specs, checkpoints and trackers store)."""
+        return {"name": self.component.name, **self.params.model_dump(mode="json")}
 
 
 class Norm(ABC):

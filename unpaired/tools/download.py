@@ -11,6 +11,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from unpaired.errors import UnpairedError
+
 DEFAULT_URL = "https://efrosgans.eecs.berkeley.edu/cyclegan/datasets"
 URL_ENV = "UNPAIRED_DATASETS_URL"
 DATASETS = (
@@ -20,7 +22,7 @@ DATASETS = (
 LAYOUT = ("trainA", "trainB", "testA", "testB")
 
 
-class DownloadError(RuntimeError):
+class DownloadError(UnpairedError):
     """The dataset could not be fetched or is damaged; the message says what to do."""
 
 

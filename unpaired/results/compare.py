@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from unpaired.errors import UsageError
+
 LOWER_IS_BETTER = ("fid", "kid", "cycle", "idt", "G_adv", "D_")
 
 
@@ -18,18 +20,18 @@ def finished_runs(study_name: str, uri: str | None) -> pd.DataFrame:
     if uri:
         mlflow.set_tracking_uri(uri)
     if mlflow.MlflowClient(tracking_uri=uri).get_experiment_by_name(study_name) is None:
-        raise ValueError(f"no MLflow experiment named {study_name!r} at {mlflow.get_tracking_uri()}; run the study first")
+        raise UsageError(f"no MLflow experiment named {study_name!r} at {mlflow.get_tracking_uri()}; run the study first")
     runs = mlflow.search_runs(
         experiment_names=[study_name],
         filter_string="tags.`unpaired.role` = 'variant' and attributes.status = 'FINISHED'",
         output_format="pandas",
     )
     if runs.empty:
-        return pd.DataFrame(columns=["variant", "seed", "variant_id", "planned_seeds"])
+        return pd.DataFrame(columns=["variant", "seed", "run_id", "planned_seeds"])
     table = pd.DataFrame({
         "variant": runs["tags.unpaired.variant"],
         "seed": runs["tags.unpaired.seed"].astype(int),
-        "variant_id": runs["tags.unpaired.variant_id"],
+        "run_id": runs["tags.unpaired.run_id"],
         "planned_seeds": runs["tags.unpaired.planned_seeds"].astype(int),
         "start_time": runs["start_time"],
     })
@@ -43,8 +45,8 @@ def summarize(runs: pd.DataFrame, metric: str, baseline: str | None, lower_is_be
     """Per variant: mean, std (sample, ddof=1) and n over seeds, rank, Δ = mean - baseline mean, and whether
     |Δ| exceeds the seed spread sqrt(std² + std_baseline²) (the std of a difference of two single runs)."""
     if metric not in runs.columns:
-        available = sorted(c for c in runs.columns if c not in ("variant", "seed", "variant_id", "planned_seeds"))
-        raise ValueError(f"no metric {metric!r} in the finished runs; available: {', '.join(available) or 'none'}")
+        available = sorted(c for c in runs.columns if c not in ("variant", "seed", "run_id", "planned_seeds"))
+        raise UsageError(f"no metric {metric!r} in the finished runs; available: {', '.join(available) or 'none'}")
     if lower_is_better is None:
         lower_is_better = metric.startswith(LOWER_IS_BETTER)
     grouped = runs.dropna(subset=[metric]).groupby("variant", sort=False)

@@ -9,9 +9,9 @@ variant. Each seed of each variant is one run.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,12 +19,12 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
-from unpaired.registry import ComponentError, Registry, pydantic_problems
-from unpaired.spec import COMPONENT_FIELDS, ResolvedVariant, SpecError, TrainConfig, VariantSpec, read_document, resolve_variant
+from unpaired.config.documents import read_document
+from unpaired.config.resolved import ResolvedVariant, resolve_variant
+from unpaired.config.spec import SpecError, TrainConfig, VariantSpec, component_slots
+from unpaired.plugin_api.registry import ComponentError, Registry, pydantic_problems
 
 STUDY_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
-FIELD_KINDS = {**COMPONENT_FIELDS, "norm": "norm"}
-"""Every spec field that names a component, with its kind: ``norm`` (both sides' default) included."""
 
 
 class TrackingConfig(BaseModel):
@@ -59,22 +59,23 @@ class StudySpec(BaseModel):
 
 @dataclass(frozen=True)
 class PlannedRun:
-    """One variant trained with one seed."""
+    """One run of a study: a variant trained with one seed."""
 
     variant: str
-    variant_key: str
-    """Id of the variant's configuration without the seed: the same for all its seeds."""
     seed: int
     overrides: dict[str, Any]
+    """The dotted paths the variant changes relative to the base, with their values."""
     resolved: ResolvedVariant
 
     @property
     def run_id(self) -> str:
-        return self.resolved.variant_id
+        """Identifies this run's result (see :attr:`ResolvedVariant.run_id`)."""
+        return self.resolved.run_id
 
-    def folder(self, out: Path) -> Path:
-        """Where this run writes: OUT/<variant>/seed<k>-<run id>."""
-        return Path(out) / re.sub(r"[^A-Za-z0-9_.=+-]", "_", self.variant) / f"seed{self.seed}-{self.run_id}"
+    @property
+    def variant_key(self) -> str:
+        """Identifies the variant's configuration: the same for all its seeds."""
+        return self.resolved.variant_key
 
 
 @dataclass(frozen=True)
@@ -91,32 +92,33 @@ class Study:
         return list(dict.fromkeys(run.variant for run in self.runs))
 
 
-def merge(base: Mapping[str, Any], changes: Mapping[str, Any], registry: Registry | None = None) -> dict[str, Any]:
-    """Deep merge of ``changes`` into a copy of ``base``.
+def merge(base: Mapping[str, Any], changes: Mapping[str, Any], registry: Registry | None = None, prefix: str = "") -> dict[str, Any]:
+    """Deep merge of ``changes`` into a copy of ``base`` (a variant spec, or the part of one at ``prefix``).
 
-    A component (a mapping with a ``name``) given another name starts afresh, keeping only the
-    parameters of the old one that the new component also has (looked up in ``registry``;
-    none without one): ``discriminator: {name: pooled}`` keeps a PatchGAN's ``ndf``, while
-    ``image_pool: {name: none}`` drops the history pool's ``size``.
+    A component given another name starts afresh, keeping only the parameters *written* for the
+    old one that the new component also has (looked up in ``registry``; none without one); every
+    other parameter takes the new component's own default: with ``discriminator: {name: patchgan,
+    ndf: 32}`` in the base, ``{name: pooled}`` keeps ``ndf: 32``, while ``image_pool: {name: none}``
+    drops the history pool's ``size``.
     """
     out = copy.deepcopy(dict(base))
     for key, value in changes.items():
-        old = out.get(key)
+        old, path = out.get(key), f"{prefix}{key}"
         if isinstance(value, Mapping) and isinstance(old, Mapping):
             if value.get("name", old.get("name")) != old.get("name"):
-                old = {"name": value["name"], **_shared_params(key, old, value["name"], registry)}
-            out[key] = merge(old, value, registry)
+                old = {"name": value["name"], **_shared_params(path, old, value["name"], registry)}
+            out[key] = merge(old, value, registry, f"{path}.")
         else:
             out[key] = copy.deepcopy(value)
     return out
 
 
-def _shared_params(field: str, old: Mapping[str, Any], new_name: str, registry: Registry | None) -> dict[str, Any]:
-    kind = FIELD_KINDS.get(field)
-    if registry is None or kind is None:
+def _shared_params(path: str, old: Mapping[str, Any], new_name: str, registry: Registry | None) -> dict[str, Any]:
+    slot = component_slots().get(path)
+    if registry is None or slot is None:
         return {}
     try:
-        accepted = registry.get(kind, new_name).params_model.model_fields  # type: ignore[arg-type]
+        accepted = registry.get(slot.kind, new_name).params_model.model_fields
     except ComponentError:
         return {}
     return {k: copy.deepcopy(v) for k, v in old.items() if k != "name" and k in accepted}
@@ -156,14 +158,21 @@ def _grid_labels(paths: list[str]) -> dict[str, str]:
     return {p: (short if last.count(short) == 1 else p) for p, short in zip(paths, last)}
 
 
-def with_component_defaults(spec: Mapping[str, Any]) -> dict[str, Any]:
-    """``spec`` with every absent component field set to its default, so overrides and grid axes
-    of a component the spec leaves out (``generator.n_blocks`` ...) merge into the paper's choice."""
-    filled = dict(spec)
-    for field, info in VariantSpec.model_fields.items():
-        default = info.get_default(call_default_factory=True) if not info.is_required() else None
-        if isinstance(default, BaseModel) and field not in filled and field != "train":
-            filled[field] = default.model_dump()
+def with_default_components(spec: Mapping[str, Any], registry: Registry) -> dict[str, Any]:
+    """``spec`` with every absent component field (but those that fall back to another) naming its kind's
+    default component, so overrides and grid axes of a component the spec leaves out
+    (``generator.n_blocks`` ...) merge into the default choice."""
+    filled = copy.deepcopy(dict(spec))
+    for path, slot in component_slots().items():
+        *parents, field = path.split(".")
+        holder = filled
+        for part in parents:  # the spec was validated: what holds a component is a mapping
+            holder = holder.setdefault(part, {})
+        if slot.fallback is None and holder.get(field) is None:
+            try:
+                holder[field] = {"name": registry.default(slot.kind)}
+            except ComponentError:
+                pass  # reported when the variant resolves
     return filled
 
 
@@ -178,23 +187,19 @@ def _check_grid_path(path: str, base: Mapping[str, Any], registry: Registry) -> 
         if rest[0] not in TrainConfig.model_fields:
             return f"no field {rest[0]!r} in train; the fields are {', '.join(TrainConfig.model_fields)}"
         return None
-    kind = FIELD_KINDS.get(head)
-    if kind is None or rest[0] == "name":
+    slot = component_slots().get(head)
+    if slot is None or rest[0] == "name":
         return None
-    config = with_component_defaults(base).get(head) or {"name": None}
+    filled = with_default_components(base, registry)
+    config = filled.get(head) or filled.get(slot.fallback or "") or {"name": None}
     try:
-        component = registry.get(kind, config.get("name"))  # type: ignore[arg-type]
+        component = registry.get(slot.kind, config.get("name"))
     except ComponentError:
         return None  # the unknown component itself is reported when the variants resolve
     params = list(component.params_model.model_fields)
     if rest[0] not in params:
-        return f"{kind} {component.name!r} has no parameter {rest[0]!r}; it has {', '.join(params) or 'none'}"
+        return f"{slot.kind} {component.name!r} has no parameter {rest[0]!r}; it has {', '.join(params) or 'none'}"
     return None
-
-
-def _configuration_key(variant: Mapping[str, Any], registry: Registry, source: str) -> str:
-    """The id of a variant's configuration whatever its seed: the same for all seeds of one variant."""
-    return resolve_variant(set_path(dict(variant), "train.seed", 0), registry, source).variant_id
 
 
 def plan_study(data: Any, registry: Registry, source: str = "<study>") -> Study:
@@ -207,7 +212,7 @@ def plan_study(data: Any, registry: Registry, source: str = "<study>") -> Study:
         raise SpecError(source, pydantic_problems(error)) from None
     problems: list[tuple[str, str]] = []
     try:
-        resolve_variant(spec.base, registry, source, prefix="base")
+        base = resolve_variant(spec.base, registry, source, prefix="base")
     except SpecError as error:
         raise SpecError(source, error.problems) from None
     for path in spec.grid:
@@ -219,84 +224,52 @@ def plan_study(data: Any, registry: Registry, source: str = "<study>") -> Study:
     if problems:
         raise SpecError(source, problems)
 
-    named = list(spec.variants.items()) or [("", {})]
-    labels = _grid_labels(list(spec.grid))
-    combinations = [dict(zip(spec.grid, values)) for values in itertools.product(*spec.grid.values())]
-    runs: list[PlannedRun] = []
-    names_by_key: dict[str, str] = {}
-    for (variant_name, changes), combination in itertools.product(named, combinations):
-        label = ",".join(f"{labels[p]}={_label_value(v)}" for p, v in combination.items())
-        name = ",".join(part for part in (variant_name, label) if part) or "base"
-        merged = merge(with_component_defaults(spec.base), changes, registry)
-        for path, value in combination.items():
-            merged = set_path(merged, path, value, registry)
-        where = f"variants.{variant_name}" if variant_name and not combination else f"variant[{name}]"
-        try:
-            seeded = [resolve_variant(set_path(merged, "train.seed", seed), registry, source, prefix=where) for seed in spec.seeds]
-        except SpecError as error:
-            problems.extend(error.problems)
-            continue
-        key = _configuration_key(merged, registry, source)
-        if key in names_by_key:
-            problems.append((where, f"resolves to the same configuration as variant {names_by_key[key]!r} (id {key}); remove one"))
-            continue
-        names_by_key[key] = name
-        overrides = {**flatten(changes), **combination}
-        runs += [PlannedRun(name, key, seed, overrides, resolved) for seed, resolved in zip(spec.seeds, seeded)]
-    if problems:
-        raise SpecError(source, list(dict.fromkeys(problems)))
-
-    base_key = _configuration_key(spec.base, registry, source)
+    runs, names_by_key = _expand(spec, registry, source)
     names = list(names_by_key.values())
-    baseline = spec.baseline or names_by_key.get(base_key, names[0])
+    baseline = spec.baseline or names_by_key.get(base.variant_key, names[0])
     if baseline not in names:
         raise SpecError(source, [("baseline", f"no variant named {baseline!r}; the variants are {', '.join(names)}")])
     return Study(spec, source, runs, baseline)
 
 
+def _expand(spec: StudySpec, registry: Registry, source: str) -> tuple[list[PlannedRun], dict[str, str]]:
+    """Every named variant x grid point, resolved (once) and given each seed; and the variant name of
+    each configuration key. Raises :class:`SpecError` with the problems of every variant."""
+    named = list(spec.variants.items()) or [("", {})]
+    labels = _grid_labels(list(spec.grid))
+    combinations = [dict(zip(spec.grid, values)) for values in itertools.product(*spec.grid.values())]
+    problems: list[tuple[str, str]] = []
+    runs: list[PlannedRun] = []
+    names_by_key: dict[str, str] = {}
+    for (variant_name, changes), combination in itertools.product(named, combinations):
+        label = ",".join(f"{labels[p]}={_label_value(v)}" for p, v in combination.items())
+        name = ",".join(part for part in (variant_name, label) if part) or "base"
+        merged = merge(with_default_components(spec.base, registry), changes, registry)
+        for path, value in combination.items():
+            merged = set_path(merged, path, value, registry)
+        where = f"variants.{variant_name}" if variant_name and not combination else f"variant[{name}]"
+        try:
+            resolved = resolve_variant(merged, registry, source, prefix=where)
+        except SpecError as error:
+            problems.extend(error.problems)
+            continue
+        if resolved.variant_key in names_by_key:
+            other = names_by_key[resolved.variant_key]
+            problems.append((where, f"resolves to the same configuration as variant {other!r} (id {resolved.variant_key}); remove one"))
+            continue
+        names_by_key[resolved.variant_key] = name
+        overrides = {**flatten(changes), **combination}
+        runs += [PlannedRun(name, seed, overrides, with_seed(resolved, seed)) for seed in spec.seeds]
+    if problems:
+        raise SpecError(source, list(dict.fromkeys(problems)))
+    return runs, names_by_key
+
+
+def with_seed(resolved: ResolvedVariant, seed: int) -> ResolvedVariant:
+    """The same variant trained with ``seed``."""
+    return dataclasses.replace(resolved, train=resolved.train.model_copy(update={"seed": seed}))
+
+
 def load_study(path: str | Path, registry: Registry) -> Study:
     """Read, validate and expand a study file (YAML or JSON)."""
     return plan_study(read_document(path), registry, source=str(path))
-
-
-def _component_options(registry: Registry, kind: str, definitions: dict[str, Any], require: bool) -> list[dict[str, Any]]:
-    options = []
-    for component in registry.components(kind):  # type: ignore[arg-type]
-        params = component.params_model.model_json_schema()
-        definitions.update(params.pop("$defs", {}))
-        options.append({
-            "type": "object",
-            "description": component.description,
-            "properties": {"name": {"const": component.name}, **params.get("properties", {})},
-            "required": ["name", *params.get("required", [])] if require else [],
-            "additionalProperties": False,
-        })
-    return options
-
-
-def study_json_schema(registry: Registry) -> dict[str, Any]:
-    """JSON Schema of a study file, with every registered component and its parameters, for editors."""
-    schema = StudySpec.model_json_schema()
-    definitions: dict[str, Any] = {}
-    for title, require in (("Variant", True), ("VariantOverride", False)):
-        variant = VariantSpec.model_json_schema()
-        definitions.update(variant.pop("$defs", {}))
-        for field, kind in FIELD_KINDS.items():
-            if "." in field:
-                continue
-            options = _component_options(registry, kind, definitions, require)
-            if field.endswith("_norm"):
-                options.append({"type": "null"})
-            variant["properties"][field] = {"description": variant["properties"][field].get("description", ""), "anyOf": options}
-        if not require:
-            variant.pop("required", None)
-        variant["title"] = title
-        definitions[title] = variant
-    definitions["EvalConfig"]["properties"]["feature_extractor"] = {
-        "anyOf": _component_options(registry, "feature_extractor", definitions, require=False)
-    }
-    definitions.pop("ComponentConfig", None)
-    schema["$defs"] = definitions
-    schema["properties"]["base"] = {"$ref": "#/$defs/Variant", "description": schema["properties"]["base"]["description"]}
-    schema["properties"]["variants"]["additionalProperties"] = {"$ref": "#/$defs/VariantOverride"}
-    return schema

@@ -4,52 +4,49 @@ Plugins are modules named by entry points in the group ``unpaired`` (the
 built-ins included). ``UNPAIRED_PLUGINS=dist-a,dist-b`` restricts loading to
 those distributions. A plugin that fails to import or to register is reported
 in ``Registry.problems`` and skipped; the others still load.
+
+Besides plugins, a registry has *listeners*: objects with lifecycle hook implementations
+(trackers, tests) added for a while with :meth:`Registry.listening`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import functools
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from importlib import metadata
 from typing import Any
 
 import pluggy
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from unpaired import ENTRY_POINT_GROUP, PROJECT_NAME, hookspecs
-from unpaired.components import KINDS, Component, ComponentKind
+from unpaired import ENTRY_POINT_GROUP, PROJECT_NAME
+from unpaired.errors import UnpairedError
+from unpaired.plugin_api import hookspecs
+from unpaired.plugin_api.components import KINDS, REGISTER_HOOKS, Choice, Component, ComponentKind
 
 PLUGINS_ENV = "UNPAIRED_PLUGINS"
-
-_HOOK_OF_KIND: dict[ComponentKind, str] = {
-    "generator": "unpaired_register_generators",
-    "discriminator": "unpaired_register_discriminators",
-    "norm": "unpaired_register_norms",
-    "gan_loss": "unpaired_register_gan_losses",
-    "image_pool": "unpaired_register_image_pools",
-    "loss_weights": "unpaired_register_loss_weights",
-    "dataset": "unpaired_register_datasets",
-    "feature_extractor": "unpaired_register_feature_extractors",
-}
 _VALID_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
-class ComponentError(Exception):
+class ComponentError(UnpairedError):
     """Base of the errors a spec's component choice can raise; the message says what to do."""
 
+    exit_code = 2
 
-class UnknownComponentError(ComponentError, LookupError):
+
+class UnknownComponentError(ComponentError):
     """No plugin registered a component of this kind and name."""
 
 
-class ComponentConflictError(ComponentError, LookupError):
+class ComponentConflictError(ComponentError):
     """Two or more plugins registered the same kind and name."""
 
 
-class InvalidParamsError(ComponentError, ValueError):
+class InvalidParamsError(ComponentError):
     """A component's parameters failed its own pydantic model.
 
     ``errors`` holds ``(dotted_path, message)`` pairs, e.g. ``("generator.n_blocks", "...")``.
@@ -93,6 +90,8 @@ class Registry:
         self.problems: list[str] = []
         """Human-readable reports of plugins that could not be loaded or registered."""
         self._components: dict[tuple[ComponentKind, str], list[Component]] = {}
+        self.listeners: list[object] = []
+        """The listeners added with :meth:`listening` and not yet removed, oldest first."""
 
     @classmethod
     def from_entry_points(cls, only: Iterable[str] | None = None) -> Registry:
@@ -140,13 +139,13 @@ class Registry:
                 manager.unregister(plugin)
             self.problems.append(f"plugin {plugin_name} ({distribution} {version}) is invalid: {error}")
             return
-        for kind, hook_name in _HOOK_OF_KIND.items():
+        for kind, hook_name in REGISTER_HOOKS.items():
             for impl in getattr(manager.hook, hook_name).get_hookimpls():
                 if impl.plugin is plugin:
                     self._call_register_hook(impl, kind, plugin_name, distribution, version)
 
     def _call_register_hook(self, impl: Any, kind: ComponentKind, plugin_name: str, distribution: str, version: str) -> None:
-        def register(name: str, factory: Any, params_model: type[BaseModel], description: str = "") -> None:
+        def register(name: str, factory: Any, params_model: type[BaseModel], description: str = "", *, default: bool = False) -> None:
             where = f"plugin {plugin_name} ({distribution} {version}) registering {kind} {name!r}"
             if not isinstance(name, str) or not _VALID_NAME.match(name):
                 raise ValueError(f"{where}: the name must be letters, digits, '_', '.' or '-'")
@@ -154,7 +153,7 @@ class Registry:
                 raise ValueError(f"{where}: the factory is not callable")
             if not (isinstance(params_model, type) and issubclass(params_model, BaseModel)):
                 raise ValueError(f"{where}: params_model must be a pydantic BaseModel subclass")
-            component = Component(kind, name, factory, _strict(params_model), str(description), distribution, version)
+            component = Component(kind, name, factory, _strict(params_model), str(description), distribution, version, bool(default))
             self._components.setdefault((kind, name), []).append(component)
 
         try:
@@ -190,7 +189,19 @@ class Registry:
         message += f" Available: {', '.join(available) if available else '(none: is a plugin missing?)'}."
         raise UnknownComponentError(message)
 
-    def resolve(self, kind: ComponentKind, config: Mapping[str, Any], where: str | None = None) -> tuple[Component, BaseModel]:
+    def default(self, kind: ComponentKind) -> str:
+        """The name of the component a plugin registered as the default of ``kind`` (with ``default=True``)."""
+        claims = sorted({c.name for c in self.components(kind) if c.default})
+        if len(claims) == 1:
+            return claims[0]
+        if claims:
+            raise ComponentConflictError(
+                f"more than one plugin registers a default {kind} ({', '.join(claims)}): name the {kind} in the spec, "
+                f"or choose which plugins load with {PLUGINS_ENV}=dist1,dist2."
+            )
+        raise UnknownComponentError(f"no plugin registers a default {kind}: name one in the spec; one of: {', '.join(self.names(kind)) or '(none)'}")
+
+    def resolve(self, kind: ComponentKind, config: Mapping[str, Any], where: str | None = None) -> Choice:
         """Look up ``config['name']`` and validate the other keys with the component's parameter model.
 
         ``where`` is the dotted path of ``config`` in its spec (default: the kind), used in errors.
@@ -203,12 +214,33 @@ class Registry:
             params = component.params_model.model_validate({k: v for k, v in config.items() if k != "name"})
         except ValidationError as error:
             raise InvalidParamsError(pydantic_problems(error, where)) from None
-        return component, params
+        return Choice(component, params)
 
     def build(self, kind: ComponentKind, config: Mapping[str, Any], *args: Any, where: str | None = None, **kwargs: Any) -> Any:
-        """Resolve ``config`` and call the component's factory with its parameters and the extra arguments."""
-        component, params = self.resolve(kind, config, where)
-        return component.factory(params, *args, **kwargs)
+        """Resolve ``config`` and build the component, passing the extra arguments to its factory."""
+        return self.resolve(kind, config, where).build(*args, **kwargs)
+
+    @property
+    def hook(self) -> Any:
+        """Call a lifecycle hook on every plugin and listener: ``registry.hook.unpaired_on_epoch_end(...)``."""
+        return self.plugin_manager.hook
+
+    @contextlib.contextmanager
+    def listening(self, *listeners: object) -> Iterator[None]:
+        """Register objects with lifecycle hook implementations for the duration of the block, then remove them.
+
+        This is the one way to follow a study or a run from outside a plugin: a tracker, a test
+        that stops training at some step. The hookspecs say which hooks exist and when they are called.
+        """
+        for listener in listeners:
+            self.plugin_manager.register(listener, name=f"listener-{id(listener)}")
+            self.listeners.append(listener)
+        try:
+            yield
+        finally:
+            for listener in listeners:
+                self.plugin_manager.unregister(listener)
+                self.listeners.remove(listener)
 
 
 @functools.lru_cache(maxsize=1)

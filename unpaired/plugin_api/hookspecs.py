@@ -4,7 +4,7 @@ A plugin is a module, found through the entry-point group ``unpaired``, with
 functions marked ``@unpaired.hookimpl``. Each ``unpaired_register_<kind>`` hook
 receives a ``register`` callback and calls it once per component it provides::
 
-    register(name, factory, params_model, description)
+    register(name, factory, params_model, description, default=False)
 
 - ``name``: what a spec writes, e.g. ``generator: {name: resnet}``; unique per kind.
 - ``factory``: builds the component; its call signature depends on the kind (below).
@@ -12,12 +12,18 @@ receives a ``register`` callback and calls it once per component it provides::
   needs a default unless a spec must always give it. Unknown keys are always
   rejected, whatever the model's own config says.
 - ``description``: one line for ``unpaired plugins``.
+- ``default``: True makes it the component a spec gets when it leaves this kind
+  out. The built-ins mark the paper's choices; at most one component per kind may.
 
 Built-in components are registered the same way by ``unpaired_plugins``.
+
+The lifecycle hooks below are called on plugins and on *listeners*, objects added for
+a while with ``Registry.listening`` (see :func:`unpaired_study_listeners`).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable
 
 import pluggy
@@ -26,15 +32,15 @@ from unpaired import PROJECT_NAME
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 
-Register = Callable[[str, Callable[..., Any], type, str], None]
-"""``register(name, factory, params_model, description)``, passed to every registration hook."""
+Register = Callable[..., None]
+"""``register(name, factory, params_model, description, default=False)``, passed to every registration hook."""
 
 
 @hookspec
 def unpaired_register_generators(register: Register) -> None:
     """Register generators.
 
-    ``factory(params, norm: unpaired.components.Norm) -> torch.nn.Module``: the
+    ``factory(params, norm: unpaired.plugin_api.components.Norm) -> torch.nn.Module``: the
     module maps a batch ``(N, 3, H, W)`` in [-1, 1] to a batch of the same shape
     in [-1, 1]. ``norm`` makes the normalization layers the spec chose for it.
     """
@@ -44,7 +50,7 @@ def unpaired_register_generators(register: Register) -> None:
 def unpaired_register_discriminators(register: Register) -> None:
     """Register discriminators.
 
-    ``factory(params, norm: unpaired.components.Norm) -> torch.nn.Module``: the
+    ``factory(params, norm: unpaired.plugin_api.components.Norm) -> torch.nn.Module``: the
     module maps ``(N, 3, H, W)`` images in [-1, 1] to raw scores (logits) whose
     first dimension is N, e.g. a patch map ``(N, 1, h, w)`` or ``(N, 1)``.
     """
@@ -54,7 +60,7 @@ def unpaired_register_discriminators(register: Register) -> None:
 def unpaired_register_norms(register: Register) -> None:
     """Register normalization layers.
 
-    ``factory(params) -> unpaired.components.Norm``: a callable making one layer
+    ``factory(params) -> unpaired.plugin_api.components.Norm``: a callable making one layer
     per channel count, which also says whether the layer has a learned shift.
     """
 
@@ -63,7 +69,7 @@ def unpaired_register_norms(register: Register) -> None:
 def unpaired_register_gan_losses(register: Register) -> None:
     """Register adversarial objectives.
 
-    ``factory(params) -> unpaired.components.GanLoss``.
+    ``factory(params) -> unpaired.plugin_api.components.GanLoss``.
     """
 
 
@@ -71,7 +77,7 @@ def unpaired_register_gan_losses(register: Register) -> None:
 def unpaired_register_image_pools(register: Register) -> None:
     """Register image-pool policies (which fakes the discriminator is trained on).
 
-    ``factory(params, seed: int) -> unpaired.components.ImagePool``: the pool must
+    ``factory(params, seed: int) -> unpaired.plugin_api.components.ImagePool``: the pool must
     draw its random numbers only from its own generator, seeded with ``seed``.
     """
 
@@ -80,7 +86,7 @@ def unpaired_register_image_pools(register: Register) -> None:
 def unpaired_register_loss_weights(register: Register) -> None:
     """Register loss-weight policies (constant, scheduled, ...).
 
-    ``factory(params) -> unpaired.components.LossWeightSchedule``.
+    ``factory(params) -> unpaired.plugin_api.components.LossWeightSchedule``.
     """
 
 
@@ -88,7 +94,7 @@ def unpaired_register_loss_weights(register: Register) -> None:
 def unpaired_register_datasets(register: Register) -> None:
     """Register datasets of two unpaired image domains A and B.
 
-    ``factory(params) -> unpaired.data.UnpairedData``: gives the training
+    ``factory(params) -> unpaired.plugin_api.data.UnpairedData``: gives the training
     pairs and the test images of each domain (see that class).
     """
 
@@ -103,8 +109,31 @@ def unpaired_register_feature_extractors(register: Register) -> None:
     """
 
 
-# Lifecycle hooks: called by the engine while a variant trains. ``run`` is an
-# ``unpaired.engine.RunInfo`` (variant id, output folder, resolved spec).
+# Lifecycle hooks. ``run`` is an ``unpaired.plugin_api.lifecycle.RunInfo`` (run id, variant,
+# seed, folder, resolved spec); ``result`` an ``unpaired.results.run_folder.RunResult``;
+# ``study`` an ``unpaired.config.study.Study``.
+
+
+@hookspec
+def unpaired_study_listeners(study: Any) -> list[object]:
+    """Return objects whose lifecycle hook implementations should follow this study (e.g. a tracker).
+
+    Called once when ``unpaired run`` starts a study, before anything is trained. The objects
+    are registered for the study's duration, in this process and in every process that trains
+    one of its runs, so they must pickle (keep connections out of their pickled state).
+    """
+
+
+@hookspec
+def unpaired_on_study_start(study: Any, out: Path) -> None:
+    """Called once before a study's first run trains, after its runs were checked; ``out`` is its output folder.
+    An exception here stops the study before anything trains."""
+
+
+@hookspec
+def unpaired_on_variant_start(run: Any) -> None:
+    """Called when a run starts or resumes, in the process that trains it, before its data and networks
+    are loaded (so a run that cannot even start is seen too)."""
 
 
 @hookspec
@@ -115,11 +144,17 @@ def unpaired_on_step(run: Any, epoch: int, step: int, losses: dict[str, float], 
 
 @hookspec
 def unpaired_on_epoch_end(run: Any, epoch: int, metrics: dict[str, float]) -> None:
-    """Called after each epoch with its mean loss terms, ``lr``, ``seconds`` and ``it_per_s``.
-    ``epoch`` is 1-based here: the number of epochs completed."""
+    """Called after each epoch with its mean loss terms, ``lr``, ``seconds`` and ``it_per_s`` (always
+    present), and FID/KID when that epoch was scored. ``epoch`` is 1-based: the number of epochs completed."""
 
 
 @hookspec
-def unpaired_on_variant_end(run: Any, result: dict[str, Any]) -> None:
-    """Called once when a variant stops: ``result["status"]`` is ``finished``, ``failed`` or
-    ``interrupted``; a failure carries ``error``."""
+def unpaired_on_variant_end(run: Any, result: Any) -> None:
+    """Called once when a run stops: ``result.status`` is ``finished``, ``failed`` or
+    ``interrupted``; a failure carries ``result.error``. ``result.json`` is written by then."""
+
+
+@hookspec
+def unpaired_on_study_end(study: Any, out: Path, summary: Any) -> None:
+    """Called once when a study stops, also when it stops early (interrupted, a failure that ends it);
+    ``summary`` (an ``unpaired.execution.runner.StudySummary``) says what became of each run."""

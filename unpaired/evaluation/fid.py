@@ -15,20 +15,20 @@ import os
 import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from unpaired.checkpoint import atomic_save, atomic_write_text, read_result
-from unpaired.data import Domain, TestImages, Transform, UnpairedData, list_images, load_image, to_uint8
-from unpaired.registry import Registry
+from unpaired.errors import UnpairedError
+from unpaired.plugin_api.components import Choice
+from unpaired.plugin_api.data import Domain, Transform, UnpairedData, list_images, load_image, to_uint8
+from unpaired.results.files import atomic_save, load_tensors
 
 CACHE_ENV = "UNPAIRED_CACHE"
 
 
-class EvaluationError(RuntimeError):
-    """The feature extractor cannot be used; the message says how to fix it."""
+class EvaluationError(UnpairedError):
+    """The feature extractor cannot be used, or there is nothing to score; the message says how to fix it."""
 
 
 def cache_dir() -> Path:
@@ -36,34 +36,27 @@ def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "unpaired") / "features"
 
 
-def build_extractor(config: dict[str, Any], registry: Registry, device: torch.device) -> nn.Module:
-    """Build and check the feature extractor: it must turn one uint8 image into one feature row.
-
-    Fails with both ways out when it cannot (e.g. Inception weights neither local nor downloadable).
-    """
-    try:
-        extractor = registry.build("feature_extractor", config, where="eval.feature_extractor").to(device).eval()
-        with torch.inference_mode():
-            features = extractor(torch.zeros(1, 3, 64, 64, dtype=torch.uint8, device=device))
-    except Exception as error:
-        raise EvaluationError(
-            f"the FID feature extractor {config.get('name')!r} could not be loaded ({type(error).__name__}: {error}). "
-            "Either download its weights once on a machine with internet access (torch-fidelity caches them in "
-            "~/.cache/torch/hub/checkpoints), or point to a local weights file with "
-            "eval.feature_extractor: {name: inception, weights: PATH} or UNPAIRED_FID_WEIGHTS=PATH; "
-            "or switch FID off with eval.fid: false."
-        ) from error
-    if features.ndim != 2 or features.shape[0] != 1:
-        raise EvaluationError(f"feature extractor {config.get('name')!r} returned shape {tuple(features.shape)}, expected (1, D)")
-    return extractor
-
-
 class FeatureExtractor:
-    """Runs an extractor over batches of [-1, 1] images and counts how many images it saw."""
+    """A feature extractor component, built and checked, run over batches of [-1, 1] images."""
 
-    def __init__(self, network: nn.Module, config: dict[str, Any], device: torch.device, batch_size: int):
-        self.network, self.config, self.device, self.batch_size = network, config, device, batch_size
-        self.images_seen = 0
+    def __init__(self, choice: Choice, device: torch.device, batch_size: int):
+        """Build the extractor ``choice`` names and check that it turns one uint8 image into one feature row.
+
+        When it cannot be built (e.g. missing weights), the error carries the plugin's own advice
+        and the way out that always works: switching FID off.
+        """
+        self.choice, self.device, self.batch_size = choice, device, batch_size
+        try:
+            self.network = choice.build().to(device).eval()
+            with torch.inference_mode():
+                features = self.network(torch.zeros(1, 3, 64, 64, dtype=torch.uint8, device=device))
+        except Exception as error:
+            raise EvaluationError(
+                f"the FID feature extractor {choice.name!r} could not be loaded ({type(error).__name__}: {error}). "
+                "Or switch FID off with eval.fid: false."
+            ) from error
+        if features.ndim != 2 or features.shape[0] != 1:
+            raise EvaluationError(f"feature extractor {choice.name!r} returned shape {tuple(features.shape)}, expected (1, D)")
 
     @torch.inference_mode()
     def __call__(self, images: Iterable[Tensor]) -> Tensor:
@@ -79,12 +72,12 @@ class FeatureExtractor:
         return torch.cat(rows).float().cpu()
 
     def _run(self, images: Tensor) -> Tensor:
-        self.images_seen += images.shape[0]
         return self.network(to_uint8(images).to(self.device))
 
     def identity(self) -> str:
-        """What makes features of the same images differ: the extractor config and its weights file."""
-        return json.dumps({"config": self.config, "weights_env": os.environ.get("UNPAIRED_FID_WEIGHTS")}, sort_keys=True, default=str)
+        """What makes features of the same images differ: the extractor's parameters and what the extractor
+        itself says besides (its ``cache_identity``, e.g. the weights file it loaded)."""
+        return json.dumps({"config": self.choice.as_dict(), "identity": getattr(self.network, "cache_identity", "")}, sort_keys=True)
 
 
 def real_features(data: UnpairedData, domain: Domain, extractor: FeatureExtractor) -> Tensor:
@@ -94,10 +87,10 @@ def real_features(data: UnpairedData, domain: Domain, extractor: FeatureExtracto
     path = cache_dir() / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.pt"
     if path.is_file():
         try:
-            return torch.load(path, map_location="cpu", weights_only=True)["features"]
+            return load_tensors(path)["features"]
         except Exception:  # an unreadable cache entry is recomputed, never trusted
             path.unlink(missing_ok=True)
-    features = extractor(TestImages(data, domain))
+    features = extractor(data.test_images(domain))
     atomic_save({"features": features, "key": key}, path)
     return features
 
@@ -191,44 +184,3 @@ def score_folders(first: Path, second: Path, size: int, extractor: FeatureExtrac
     a, b = extractor(folder_images(first, size)), extractor(folder_images(second, size))
     kid, kid_std = kid_from_features(a, b)
     return {"fid": fid_from_features(a, b), "kid": kid, "kid_std": kid_std}
-
-
-def saved_generators(folder: Path, epoch: int | None) -> tuple[Path, Path]:
-    """Paths of the AtoB and BtoA generators of a run folder: the final ones, or those of ``epoch``
-    (the final epoch, or the best epoch kept by periodic evaluation)."""
-    result = read_result(folder) or {}
-    final_epoch, best_epoch = result.get("epochs"), result.get("metrics", {}).get("fid_best_epoch")
-    if epoch is None or epoch == final_epoch:
-        prefix = ""
-    elif epoch == best_epoch:
-        prefix = "best-"
-    else:
-        kept = ", ".join(str(e) for e in dict.fromkeys([final_epoch, best_epoch]) if e is not None) or "none (not finished)"
-        raise EvaluationError(f"{folder} keeps generators of epoch(s) {kept}, not of epoch {epoch}")
-    paths = folder / "generators" / f"{prefix}AtoB.pt", folder / "generators" / f"{prefix}BtoA.pt"
-    if not all(p.is_file() for p in paths):
-        raise EvaluationError(f"{folder} has no saved generators{'' if prefix == '' else ' of the best epoch'}: has the run finished?")
-    return paths
-
-
-def rescore_run(folder: Path, registry: Registry, device: torch.device, epoch: int | None = None) -> dict[str, float]:
-    """Score a run folder's saved generators again (e.g. after a crash while scoring, or with another
-    extractor set in its spec.json's eval section) and record the metrics in its result.json."""
-    from unpaired.spec import resolve_variant
-    from unpaired.translate import load_generator
-
-    variant = resolve_variant(json.loads((folder / "spec.json").read_text()), registry, source=str(folder / "spec.json"))
-    data = registry.build("dataset", variant.components["data"])
-    config = variant.components["feature_extractor"]
-    extractor = FeatureExtractor(build_extractor(config, registry, device), config, device, variant.spec.eval.batch_size)
-    path_ab, path_ba = saved_generators(folder, epoch)
-    G_AB, G_BA = (load_generator(p, d, registry)[0].to(device) for p, d in ((path_ab, "AtoB"), (path_ba, "BtoA")))
-    metrics = score_generators(G_AB, G_BA, data, extractor)
-    result_path = folder / "result.json"
-    result = json.loads(result_path.read_text())
-    if epoch is None or epoch == result.get("epochs"):
-        result["metrics"] = {**result.get("metrics", {}), **metrics}
-    else:
-        result.setdefault("rescored", {})[str(epoch)] = metrics
-    atomic_write_text(result_path, json.dumps(result, indent=1))
-    return metrics

@@ -1,10 +1,11 @@
-"""Unpaired image data: the interface dataset plugins implement, image decoding, augmentation, loaders.
+"""Unpaired image data: the interface dataset plugins implement, image decoding and conversion, augmentation.
 
 A dataset plugin returns an :class:`UnpairedData`; it only has to say how many
 images each split/domain holds and return each as a PIL image. Pairing (unaligned
 random B, or serial), resizing, random crop and flip are done here, with every
-random draw taken from a generator seeded per (seed, epoch, item), so that the
-data a run sees is the same for any number of loader workers and after a resume.
+random draw taken from the generator it is handed (seeded per (seed, epoch, item) by
+the training loader), so that the data a run sees is the same for any number of loader
+workers and after a resume.
 """
 
 from __future__ import annotations
@@ -20,14 +21,15 @@ import torch
 from PIL import Image
 from pydantic import BaseModel, Field, model_validator
 from torch import Tensor
-from torch.utils.data import Dataset, Sampler
+
+from unpaired.errors import UnpairedError
 
 Split = Literal["train", "test"]
 Domain = Literal["A", "B"]
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
-class DataError(ValueError):
+class DataError(UnpairedError):
     """The data cannot be used (missing or empty folders, no readable images, ...); the message says where."""
 
 
@@ -135,7 +137,12 @@ class UnpairedData(ABC):
     """Two unpaired image domains A and B with train and test splits: what dataset factories return.
 
     Implement ``size`` and ``image``; pairing and augmentation follow ``transform`` and ``serial``.
+    Override ``describe`` when the images depend on more than the class and the counts, and
+    ``memory_hint`` to say which of the dataset's parameters shrinks the images.
     """
+
+    memory_hint: str = "use smaller images"
+    """What to change in this dataset's parameters when training runs out of memory (e.g. ``lower data.crop_size``)."""
 
     def __init__(self, transform: Transform, serial: bool = False):
         self.transform = transform
@@ -169,63 +176,7 @@ class UnpairedData(ABC):
         """The ``index``-th test image of ``domain`` at the test resolution, in [-1, 1]."""
         return self.transform.test(self.image("test", domain, index))
 
-
-class TrainPairs(Dataset):
-    """Dataset of (A, B) training pairs addressed by ``(index, seed)`` items from :class:`EpochOrder`."""
-
-    def __init__(self, data: UnpairedData):
-        self.data = data
-
-    def __len__(self) -> int:
-        return self.data.train_length
-
-    def __getitem__(self, item: tuple[int, int]) -> tuple[Tensor, Tensor]:
-        index, seed = item
-        return self.data.train_pair(index, torch.Generator().manual_seed(seed))
-
-
-class TestImages(Dataset):
-    """The test images of one domain, at the test resolution."""
-
-    def __init__(self, data: UnpairedData, domain: Domain, limit: int | None = None):
-        self.data, self.domain = data, domain
-        self.length = data.size("test", domain) if limit is None else min(limit, data.size("test", domain))
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, index: int) -> Tensor:
-        if not 0 <= index < self.length:
-            raise IndexError(f"test image {index} of domain {self.domain} (there are {self.length})")
-        return self.data.test_image(self.domain, index)
-
-
-class EpochOrder(Sampler):
-    """Shuffled order of one epoch, with a seed per item for its augmentation; a pure function of
-    (seed, epoch), optionally starting at item ``start`` (to resume inside an epoch)."""
-
-    def __init__(self, length: int, seed: int, epoch: int, start: int = 0):
-        generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-        self.order = torch.randperm(length, generator=generator).tolist()
-        self.seeds = torch.randint(0, 2**62, (length,), generator=generator).tolist()
-        self.start = start
-
-    def __len__(self) -> int:
-        return len(self.order) - self.start
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        return iter(list(zip(self.order, self.seeds))[self.start :])
-
-
-def export_folder_layout(data: UnpairedData, out: Path) -> dict[str, int]:
-    """Write every image of ``data`` as PNG into out/trainA, trainB, testA, testB; return the counts."""
-    counts = {}
-    for split in ("train", "test"):
-        for domain in ("A", "B"):
-            folder = out / f"{split}{domain}"
-            folder.mkdir(parents=True, exist_ok=True)
-            n = data.size(split, domain)
-            for index in range(n):
-                data.image(split, domain, index).save(folder / f"{index:05d}.png")
-            counts[f"{split}{domain}"] = n
-    return counts
+    def test_images(self, domain: Domain, limit: int | None = None) -> Iterator[Tensor]:
+        """The test images of ``domain`` in order (the first ``limit`` of them when given), at the test resolution."""
+        count = self.size("test", domain) if limit is None else min(limit, self.size("test", domain))
+        return (self.test_image(domain, index) for index in range(count))

@@ -1,0 +1,92 @@
+"""The shape of the code: the framework knows no concrete component, one module owns each concept, nothing sprawls."""
+
+from __future__ import annotations
+
+import ast
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+from unpaired.plugin_api import hookspecs
+from unpaired.plugin_api.components import KINDS, REGISTER_HOOKS
+from unpaired.plugin_api.registry import Registry
+
+PACKAGE = REPO / "unpaired"
+MODULES = sorted(PACKAGE.rglob("*.py"))
+RUN_FOLDER_FILES = ("spec.json", "history.json", "history.csv", "result.json", "error.txt", "mlflow_run.json")
+RUN_FOLDER_DIRS = ("checkpoints", "generators")
+
+
+def parsed(path: Path) -> ast.Module:
+    return ast.parse(path.read_text(), filename=str(path))
+
+
+def docstrings(tree: ast.Module) -> set[int]:
+    """ids of the string constants that are docstrings (of the module, classes, functions, or attributes)."""
+    found = set()
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list):
+            for statement in body:
+                if isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Constant) and isinstance(statement.value.value, str):
+                    found.add(id(statement.value))
+    return found
+
+
+def string_literals(path: Path, keys: bool = True) -> list[str]:
+    """Every string constant of a module that is not a docstring (f-string parts included); without
+    ``keys``, also not the keys of dicts and subscripts (field names such as ``"folder"``)."""
+    tree = parsed(path)
+    skip = docstrings(tree)
+    if not keys:
+        skip |= {id(k) for n in ast.walk(tree) if isinstance(n, ast.Dict) for k in n.keys}
+        skip |= {id(n.slice) for n in ast.walk(tree) if isinstance(n, ast.Subscript)}
+    return [node.value for node in ast.walk(tree) if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in skip]
+
+
+def test_the_framework_imports_no_plugin_and_names_no_builtin_component(site):
+    builtins = {c.name for c in Registry.from_entry_points().components() if c.distribution == "unpaired"} - {"none"}  # also a word
+    assert {"resnet", "patchgan", "instance", "lsgan", "history", "folder", "synthetic", "inception"} <= builtins
+    for path in MODULES:
+        tree = parsed(path)
+        imported = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+        imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        assert not [m for m in imported if m.startswith("unpaired_plugins")], path
+        named = sorted(builtins.intersection(string_literals(path, keys=False)))
+        assert not named, f"{path.relative_to(REPO)} spells the built-in component name(s) {named}"
+
+
+def test_only_the_run_folder_module_spells_run_folder_file_names():
+    owner = PACKAGE / "results" / "run_folder.py"
+    for path in MODULES:
+        if path != owner:
+            texts = string_literals(path)
+            spelled = [name for text in texts for name in RUN_FOLDER_FILES if name in text]
+            spelled += [name for name in RUN_FOLDER_DIRS if name in texts]
+            assert not spelled, f"{path.relative_to(REPO)} spells {spelled}: ask RunFolder instead"
+
+
+def test_every_component_kind_has_its_documented_register_hook():
+    declared = {name for name in dir(hookspecs) if name.startswith("unpaired_register_")}
+    assert declared == set(REGISTER_HOOKS.values())
+    assert KINDS == tuple(REGISTER_HOOKS)
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_modules_and_functions_stay_small(path):
+    """About 300 lines per module and 60 per function: past that, a concept wants its own home."""
+    lines = path.read_text().count("\n")
+    assert lines <= 300, f"{lines} lines"
+    for node in ast.walk(parsed(path)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            length = node.end_lineno - node.lineno + 1
+            assert length <= 60, f"{node.name} has {length} lines"
+
+
+def test_every_package_is_installed():
+    """A subpackage missing from pyproject works in an editable install and breaks ``pip install .``."""
+    declared = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(REPO).parts) for p in PACKAGE.rglob("__init__.py")}
+    assert found <= declared

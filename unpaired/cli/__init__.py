@@ -1,0 +1,131 @@
+"""The ``unpaired`` command: the parser, and one error policy for every subcommand."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+
+from unpaired import __version__
+from unpaired.cli.study_commands import cmd_compare, cmd_plan, cmd_run, cmd_schema, cmd_score, cmd_validate
+from unpaired.cli.tool_commands import cmd_data_download, cmd_data_export, cmd_fid, cmd_plugins, cmd_train, cmd_translate
+from unpaired.errors import Interrupted, UnpairedError
+from unpaired.tools.download import DATASETS
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``unpaired`` command and its subcommands."""
+    parser = argparse.ArgumentParser(prog="unpaired", description="Ablation studies for unpaired image-to-image translation.")
+    parser.add_argument("--version", action="version", version=f"unpaired {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_study_commands(commands)
+    _add_tool_commands(commands)
+    return parser
+
+
+def _add_study_commands(commands: argparse._SubParsersAction) -> None:
+    validate = commands.add_parser("validate", help="check a study file without training")
+    validate.add_argument("study", help="study file (YAML or JSON)")
+    validate.set_defaults(handler=cmd_validate)
+
+    plan = commands.add_parser("plan", help="list a study's runs and which are done / partial / pending")
+    plan.add_argument("study", help="study file (YAML or JSON)")
+    plan.add_argument("--out", help="output folder (default: runs/<study name>)")
+    plan.set_defaults(handler=cmd_plan)
+
+    run = commands.add_parser("run", help="train every pending run of a study (rerun to resume)")
+    run.add_argument("study", help="study file (YAML or JSON)")
+    run.add_argument("--out", help="output folder (default: runs/<study name>)")
+    run.add_argument("--only", nargs="+", metavar="NAME", help="only these variants")
+    run.add_argument("--seeds", nargs="+", type=int, metavar="SEED", help="only these seeds")
+    run.add_argument("--jobs", type=int, default=1, help="runs trained at once, as separate processes")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.set_defaults(handler=cmd_run)
+
+    compare = commands.add_parser("compare", help="rank a study's variants: mean ± std over seeds, Δ vs baseline")
+    compare.add_argument("study", help="study name (MLflow experiment) or study file")
+    compare.add_argument("--metric", default="fid_mean", help="metric to rank by (default fid_mean; lower is better for fid/kid/losses)")
+    compare.add_argument("--format", choices=["table", "markdown", "csv", "json"], default="table")
+    compare.add_argument("--plot", help="also write a bar chart with error bars and per-seed points to this PNG")
+    compare.set_defaults(handler=cmd_compare)
+
+    schema = commands.add_parser("schema", help="print the JSON Schema of study files (for editor completion)")
+    schema.set_defaults(handler=cmd_schema)
+
+    score = commands.add_parser("score", help="score saved generators again (a run folder, a study output folder or a study file)")
+    score.add_argument("target")
+    score.add_argument("--epoch", type=int, help="the best epoch kept by periodic evaluation (default: the final generators)")
+    score.add_argument("--device", default="auto")
+    score.set_defaults(handler=cmd_score)
+
+
+def _add_tool_commands(commands: argparse._SubParsersAction) -> None:
+    plugins = commands.add_parser("plugins", help="list the components that installed plugins provide")
+    plugins.add_argument("--json", action="store_true", help="machine-readable output")
+    plugins.set_defaults(handler=cmd_plugins)
+
+    fid = commands.add_parser("fid", help="FID and KID between two image folders")
+    fid.add_argument("first")
+    fid.add_argument("second")
+    fid.add_argument("--size", type=int, default=256, help="images are resized to SIZE x SIZE first (default 256)")
+    fid.add_argument("--extractor", help="feature extractor component (default: the default one, see `unpaired plugins`)")
+    fid.add_argument("--weights", help="local Inception weights file (default: $UNPAIRED_FID_WEIGHTS)")
+    fid.add_argument("--batch-size", type=int, default=25)
+    fid.add_argument("--device", default="auto")
+    fid.set_defaults(handler=cmd_fid)
+
+    train = commands.add_parser("train", help="train one variant spec (YAML/JSON); reruns resume")
+    train.add_argument("spec", help="variant spec file")
+    train.add_argument("--out", required=True, help="output folder: checkpoints, history, samples, generators")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(handler=cmd_train)
+
+    translate = commands.add_parser("translate", help="apply a trained generator to an image or a folder")
+    translate.add_argument("input", help="an image file or a folder of images")
+    translate.add_argument("--checkpoint", required=True, help="generators/AtoB.pt, generators/BtoA.pt or a training checkpoint")
+    translate.add_argument("--direction", choices=["AtoB", "BtoA"], default="AtoB")
+    translate.add_argument("--out", required=True, help="folder for the translated PNGs")
+    translate.add_argument("--size", type=int, default=0, help="resize inputs to SIZE x SIZE (default: the training crop size)")
+    translate.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    translate.set_defaults(handler=cmd_translate)
+
+    data = commands.add_parser("data", help="make or fetch datasets").add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    export = data.add_parser("export", help="write a dataset component's images in the folder layout (e.g. the synthetic one)")
+    export.add_argument("dataset", help="dataset component name (see `unpaired plugins`)")
+    export.add_argument("out", help="folder to create (trainA, trainB, testA, testB)")
+    export.add_argument("params", nargs="*", metavar="KEY=VALUE", help="the dataset's parameters, e.g. size=64 n_train=200")
+    export.set_defaults(handler=cmd_data_export)
+    download = data.add_parser("download", help="download a public CycleGAN dataset (resumable)")
+    download.add_argument("name", choices=DATASETS, metavar="NAME", help=", ".join(DATASETS))
+    download.add_argument("--to", default="datasets", help="parent folder (default: ./datasets)")
+    download.set_defaults(handler=cmd_data_download)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``unpaired`` console script; returns the exit code.
+
+    Errors the user can fix (:class:`UnpairedError`) print one line and exit with their code;
+    anything else is a bug and shows its traceback.
+    """
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading: not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except Interrupted as error:
+        print(f"interrupted: {error}", file=sys.stderr)
+        return error.exit_code
+    except UnpairedError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return error.exit_code
+    except Exception:
+        traceback.print_exc()
+        print("This is a bug in unpaired or in one of its plugins: please report it with the traceback above.", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""Commands about studies: validate, plan, run, compare, score, schema."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from unpaired.config.schema import study_json_schema
+from unpaired.config.study import Study, load_study
+from unpaired.errors import UsageError
+from unpaired.plugin_api.registry import default_registry
+from unpaired.results.run_folder import RunFolder
+
+
+def _describe(study: Study) -> str:
+    variants, seeds = len(study.variant_names), len(study.spec.seeds)
+    return f"{variants} variant(s) x {seeds} seed(s) = {len(study.runs)} run(s), baseline {study.baseline!r}"
+
+
+def _out_dir(out: str | None, study: Study) -> Path:
+    """``--out``, else the study's default output folder ``runs/<study name>``."""
+    return Path(out) if out else Path("runs") / study.spec.name
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Check a study file completely without training anything."""
+    study = load_study(args.study, default_registry())
+    print(f"{args.study}: valid: {_describe(study)}")
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    """Show every run of a study with its overrides, id, steps and state on disk."""
+    from unpaired.execution.runner import steps_per_run
+    from unpaired.results.study_folder import run_folder
+
+    study = load_study(args.study, default_registry())
+    out = _out_dir(args.out, study)
+    steps = steps_per_run(study)
+    rows = [("variant", "seed", "run id", "steps", "status", "overrides")]
+    for run in study.runs:
+        overrides = ", ".join(f"{k}={v}" for k, v in run.overrides.items()) or "(base)"
+        count = steps[run.run_id]
+        status = run_folder(out, run).status(run.run_id)
+        rows.append((run.variant, str(run.seed), run.run_id, str(count) if isinstance(count, int) else "?", status, overrides))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
+    for reason in dict.fromkeys(v for v in steps.values() if isinstance(v, str)):
+        print(f"steps unknown: {reason}")
+    print(f"\n{study.spec.name}: {_describe(study)}; output folder {out}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Train every pending run of a study; finished runs are skipped, interrupted ones resume."""
+    from unpaired.execution.runner import run_study, select_runs
+
+    registry = default_registry()
+    study = load_study(args.study, registry)
+    out = _out_dir(args.out, study)
+    runs = select_runs(study, args.only, args.seeds)
+    print(f"{study.spec.name}: {_describe(study)}; {len(runs)} selected; output folder {out}", file=sys.stderr)
+    summary = run_study(study, out, registry, runs, jobs=args.jobs, show_progress=not args.quiet,
+                        announce=lambda line: print(line, file=sys.stderr))
+    print(summary)
+    if summary.interrupted:
+        return 130
+    return 1 if summary.failed else 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    """Print the JSON Schema of study files."""
+    print(json.dumps(study_json_schema(default_registry()), indent=1))
+    return 0
+
+
+def _run_folders(target: Path) -> list[RunFolder]:
+    """Run folders that ended, named by a run folder, a study output folder, or a study file (its default output folder)."""
+    from unpaired.results.study_folder import indexed_runs, is_study_folder
+
+    if RunFolder.holds_run(target):
+        return [RunFolder(target)]
+    if target.is_file():
+        target = _out_dir(None, load_study(target, default_registry()))
+    if not is_study_folder(target):
+        raise UsageError(f"{target} is neither the folder of a run that started training nor a study output folder")
+    return [run["folder"] for run in indexed_runs(target) if run["folder"].read_result() is not None]
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    """Score saved generators again and record the metrics."""
+    from unpaired.evaluation.rescore import rescore_run
+    from unpaired.training.runtime import pick_device
+
+    registry, device = default_registry(), pick_device(args.device)
+    folders = _run_folders(Path(args.target))
+    if not folders:
+        raise UsageError(f"{args.target} holds no run that has finished yet: nothing to score")
+    for folder in folders:
+        metrics = rescore_run(folder, registry, device, args.epoch)
+        print(f"{folder}: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if not k.endswith("_std")))
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Rank a study's variants by a metric over seeds, from its MLflow runs."""
+    from unpaired.results.compare import finished_runs, plot, render, study_baseline, summarize
+    from unpaired.results.tracking import tracking_uri
+
+    target = Path(args.study)
+    if target.suffix.lower() in (".yaml", ".yml", ".json") and target.is_file():
+        study = load_study(target, default_registry())
+        name, baseline, uri = study.spec.name, study.baseline, tracking_uri(study.spec.tracking.uri)
+    else:
+        name, uri = args.study, tracking_uri(None)
+        baseline = study_baseline(name, uri)
+    runs = finished_runs(name, uri)
+    if runs.empty:
+        raise UsageError(f"study {name!r} has no finished runs in MLflow yet")
+    table = summarize(runs, args.metric, baseline)
+    print(render(table, args.metric, args.format), end="")
+    if args.plot:
+        plot(table, runs, args.metric, Path(args.plot))
+        print(f"plot written to {args.plot}", file=sys.stderr)
+    return 0

@@ -1,0 +1,135 @@
+"""Commands outside a study: plugins, train, translate, fid, data."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from unpaired.errors import UsageError
+from unpaired.plugin_api.components import Component
+from unpaired.plugin_api.registry import default_registry
+
+
+def _parameters_json(component: Component) -> dict[str, dict[str, object]]:
+    return {
+        field: {
+            "default": default,
+            "type": getattr(info.annotation, "__name__", str(info.annotation)),
+            "description": info.description or "",
+        }
+        for (field, info), default in zip(component.params_model.model_fields.items(), component.parameters().values())
+    }
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    """List every registered component with its origin, parameters and description."""
+    registry = default_registry()
+    components = registry.components()
+    counts: dict[tuple[str, str], int] = {}
+    for c in components:
+        counts[(c.kind, c.name)] = counts.get((c.kind, c.name), 0) + 1
+    if args.json:
+        rows = [
+            {"kind": c.kind, "name": c.name, "distribution": c.distribution, "version": c.version, "description": c.description,
+             "default": c.default, "parameters": _parameters_json(c), "conflict": counts[(c.kind, c.name)] > 1}
+            for c in components
+        ]
+        print(json.dumps({"components": rows, "problems": registry.problems}, indent=2, default=str))
+    else:
+        kind = None
+        for c in components:
+            if c.kind != kind:
+                kind = c.kind
+                print(f"{kind}:")
+            default = "  [default]" if c.default else ""
+            conflict = "  CONFLICT: registered by more than one plugin" if counts[(c.kind, c.name)] > 1 else ""
+            print(f"  {c.name}  ({c.distribution} {c.version})  {c.description}{default}{conflict}")
+            params = "  ".join(f"{k}={v!r}" for k, v in c.parameters().items())
+            print(f"      {params or '(no parameters)'}")
+    for problem in registry.problems:
+        print(f"warning: {problem}", file=sys.stderr)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train one variant spec into an output folder (resuming if it holds a checkpoint of it)."""
+    from unpaired.config.resolved import load_variant
+    from unpaired.results.run_folder import RunFolder
+    from unpaired.training.run import train_run
+
+    registry = default_registry()
+    variant = load_variant(args.spec, registry)
+    folder = RunFolder(Path(args.out))
+    print(f"training run {variant.run_id} into {folder}", file=sys.stderr)
+    result = train_run(variant, folder, registry, show_progress=not args.quiet)
+    print(json.dumps(result.model_dump(mode="json"), indent=1))
+    if result.status == "interrupted":
+        print(f"interrupted: {result.error}", file=sys.stderr)
+        return 130
+    if result.status == "failed":
+        details = folder.error_file.read_text() if folder.error_file.is_file() else ""
+        if details.startswith("Traceback"):  # not an error we expected: show where it came from
+            print(details, file=sys.stderr, end="")
+        print(f"error: {result.error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_translate(args: argparse.Namespace) -> int:
+    """Translate an image or a folder of images with a trained generator."""
+    from unpaired.tools.translate import collect_inputs, load_generator, translate
+    from unpaired.training.runtime import pick_device
+
+    generator, size = load_generator(Path(args.checkpoint), args.direction, default_registry())
+    written = translate(generator, collect_inputs(Path(args.input)), Path(args.out), args.size or size, pick_device(args.device))
+    print(f"wrote {len(written)} image(s) to {args.out}")
+    return 0
+
+
+def cmd_fid(args: argparse.Namespace) -> int:
+    """FID and KID between two image folders, pre-processed like test images."""
+    from unpaired.evaluation.fid import FeatureExtractor, score_folders
+    from unpaired.training.runtime import pick_device
+
+    registry = default_registry()
+    config = {"name": args.extractor or registry.default("feature_extractor"), **({"weights": args.weights} if args.weights else {})}
+    device = pick_device(args.device)
+    extractor = FeatureExtractor(registry.resolve("feature_extractor", config, where="--extractor"), device, args.batch_size)
+    metrics = score_folders(Path(args.first), Path(args.second), args.size, extractor)
+    print(f"FID {metrics['fid']:.4f}   KID {metrics['kid']:.6f} ± {metrics['kid_std']:.6f}")
+    return 0
+
+
+def parse_params(pairs: list[str]) -> dict[str, Any]:
+    """``["size=32", "flip=false"]`` -> ``{"size": 32, "flip": False}`` (values read as YAML scalars)."""
+    params = {}
+    for pair in pairs:
+        key, equals, value = pair.partition("=")
+        if not equals or not key:
+            raise UsageError(f"expected KEY=VALUE, got {pair!r}")
+        params[key] = yaml.safe_load(value)
+    return params
+
+
+def cmd_data_export(args: argparse.Namespace) -> int:
+    """Write a dataset component's images in the folder layout."""
+    from unpaired.tools.export import export_folder_layout
+
+    config = {"name": args.dataset, **parse_params(args.params)}
+    counts = export_folder_layout(default_registry().build("dataset", config, where="data"), Path(args.out))
+    print(f"wrote {args.out}: " + ", ".join(f"{folder} {n}" for folder, n in counts.items()))
+    return 0
+
+
+def cmd_data_download(args: argparse.Namespace) -> int:
+    """Download a public CycleGAN dataset into the folder layout."""
+    from unpaired.tools.download import download_dataset
+
+    folder = download_dataset(args.name, Path(args.to))
+    print(f"{args.name} is ready in {folder} (use data: {{name: folder, root: {folder}}})")
+    return 0

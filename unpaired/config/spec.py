@@ -1,0 +1,132 @@
+"""The variant spec: every choice that defines one CycleGAN training run.
+
+A spec is plain data (YAML or JSON). Its own fields are checked by the pydantic models
+here; each component's parameters are checked by that component's own model when the
+variant is resolved (:mod:`unpaired.config.resolved`). A component field left out gets
+the component that plugins register as that kind's default (the built-ins: the paper's
+choices) with that component's own parameter defaults; nothing here repeats them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from unpaired.errors import UnpairedError
+
+Precision = Literal["fp32", "bf16", "fp16"]
+InitScheme = Literal["normal", "xavier", "kaiming", "orthogonal"]
+DEFAULT_NOTE = "left out: the default component of its kind (marked [default] by `unpaired plugins`)"
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Marks a spec field that names a component of ``kind``. Left out, it gets the choice of the field
+    ``fallback`` when there is one (``generator_norm`` -> ``norm``), else the kind's default component."""
+
+    kind: str
+    fallback: str | None = None
+
+
+class ComponentConfig(BaseModel):
+    """``{name: ..., **params}``: which component to use; its parameters are checked by the component itself."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str = Field(description="a registered component name (see `unpaired plugins`)")
+
+
+class TrainConfig(BaseModel):
+    """Optimisation, schedule and runtime settings."""
+
+    model_config = ConfigDict(extra="forbid")
+    epochs: int = Field(100, ge=0, description="epochs at the initial learning rate")
+    decay_epochs: int = Field(100, ge=0, description="epochs of linear learning-rate decay towards 0 that follow")
+    batch_size: int = Field(1, ge=1)
+    lr: float = Field(2e-4, gt=0, description="Adam learning rate of generators and discriminators")
+    betas: tuple[float, float] = Field((0.5, 0.999), description="Adam betas")
+    init: InitScheme = Field("normal", description="weight initialisation: normal | xavier | kaiming | orthogonal")
+    init_gain: float = Field(0.02, gt=0, description="std of `normal`, gain of xavier/orthogonal")
+    seed: int = Field(0, ge=0, description="seeds weights, data order, augmentation and image pools")
+    precision: Precision = Field("fp32", description="fp32, or autocast to bf16 / fp16 (fp16 with grad scaling)")
+    channels_last: bool = Field(False, description="NHWC memory format (often faster on GPUs)")
+    compile: bool = Field(False, description="torch.compile the networks")
+    device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$", description="auto picks cuda, then mps, then cpu")
+    num_workers: int = Field(2, ge=0, description="data-loading processes")
+    checkpoint_every: int = Field(1, ge=1, description="epochs between checkpoints (also written at the end and on SIGINT/SIGTERM)")
+    sample_every: int = Field(1, ge=1, description="epochs between sample grids")
+    log_every: int = Field(100, ge=1, description="steps between loss readings (the only host syncs of the loop)")
+
+    @property
+    def total_epochs(self) -> int:
+        return self.epochs + self.decay_epochs
+
+    def steps_per_epoch(self, train_length: int) -> int:
+        """Steps in one epoch of ``train_length`` pairs (the last batch may be smaller)."""
+        return -(-train_length // self.batch_size)
+
+
+class EvalConfig(BaseModel):
+    """How trained generators are scored (FID/KID on the full test split, both directions)."""
+
+    model_config = ConfigDict(extra="forbid")
+    fid: bool = Field(True, description="score FID and KID after training (false: no scoring)")
+    every: int = Field(0, ge=0, description="also score every N epochs and keep the best generators (0: only at the end)")
+    batch_size: int = Field(25, ge=1, description="images per batch when translating and extracting features")
+    feature_extractor: Annotated[ComponentConfig | None, Slot("feature_extractor")] = Field(
+        None, description="the network whose features FID and KID compare; " + DEFAULT_NOTE
+    )
+
+
+RUNTIME_ONLY_FIELDS = {"device", "num_workers", "checkpoint_every", "sample_every", "log_every", "compile", "channels_last"}
+"""Train fields that change how fast or where a run goes, not its result; they are left out of the run id."""
+
+
+class VariantSpec(BaseModel):
+    """One CycleGAN training run. Every field left out has the paper's value."""
+
+    model_config = ConfigDict(extra="forbid")
+    data: Annotated[ComponentConfig, Slot("dataset")] = Field(
+        description="the two image domains, e.g. {name: folder, root: datasets/horse2zebra}"
+    )
+    generator: Annotated[ComponentConfig | None, Slot("generator")] = Field(None, description=DEFAULT_NOTE)
+    discriminator: Annotated[ComponentConfig | None, Slot("discriminator")] = Field(None, description=DEFAULT_NOTE)
+    norm: Annotated[ComponentConfig | None, Slot("norm")] = Field(None, description="norm of both sides; " + DEFAULT_NOTE)
+    generator_norm: Annotated[ComponentConfig | None, Slot("norm", fallback="norm")] = Field(
+        None, description="norm of the generators only (default: `norm`)"
+    )
+    discriminator_norm: Annotated[ComponentConfig | None, Slot("norm", fallback="norm")] = Field(
+        None, description="norm of the discriminators only (default: `norm`)"
+    )
+    gan_loss: Annotated[ComponentConfig | None, Slot("gan_loss")] = Field(None, description=DEFAULT_NOTE)
+    loss_weights: Annotated[ComponentConfig | None, Slot("loss_weights")] = Field(None, description=DEFAULT_NOTE)
+    image_pool: Annotated[ComponentConfig | None, Slot("image_pool")] = Field(None, description=DEFAULT_NOTE)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    samples: int = Field(4, ge=0, le=64, description="fixed test images per domain shown in the sample grids")
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+
+def component_slots(model: type[BaseModel] = VariantSpec, prefix: str = "") -> dict[str, Slot]:
+    """Dotted path -> :class:`Slot` of every field that names a component, nested models included, in field order."""
+    slots: dict[str, Slot] = {}
+    for name, info in model.model_fields.items():
+        path = f"{prefix}{name}"
+        slot = next((m for m in info.metadata if isinstance(m, Slot)), None)
+        if slot is not None:
+            slots[path] = slot
+        elif isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
+            slots.update(component_slots(info.annotation, f"{path}."))
+    return slots
+
+
+class SpecError(UnpairedError):
+    """A spec is invalid. ``problems`` holds ``(dotted_path, message)`` pairs; ``source`` names the file."""
+
+    exit_code = 2
+
+    def __init__(self, source: str, problems: list[tuple[str, str]]):
+        self.source, self.problems = source, problems
+        lines = [f"  {path}: {message}" if path else f"  {message}" for path, message in problems]
+        count = f"{len(problems)} problem" + ("s" if len(problems) != 1 else "")
+        super().__init__(f"{source}: {count}:\n" + "\n".join(lines))

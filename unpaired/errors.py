@@ -1,0 +1,24 @@
+"""The one base of every error `unpaired` expects and explains.
+
+An :class:`UnpairedError` carries a message that says what went wrong and what to do, and
+the exit code the command line ends with. Anything else that escapes is a bug (in
+`unpaired` or in a plugin): the command line then shows its traceback.
+"""
+
+from __future__ import annotations
+
+
+class UnpairedError(Exception):
+    """A problem the user can fix; the message names the file, field or value and what to do."""
+
+    exit_code: int = 1
+
+
+class UsageError(UnpairedError):
+    """A command was given something it cannot work with (a variant or seed not in the study, a missing folder, ...)."""
+
+
+class Interrupted(UnpairedError):
+    """SIGINT or SIGTERM stopped the work after saving what it needs to resume; running the same command again resumes."""
+
+    exit_code = 130

@@ -1,0 +1,66 @@
+"""Executors on this machine: one run after another in this process, or several at once in worker processes."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from unpaired.config.resolved import resolve_variant
+from unpaired.config.study import PlannedRun
+from unpaired.plugin_api.registry import Registry, default_registry
+from unpaired.results.records import RunResult
+from unpaired.results.run_folder import RunFolder
+from unpaired.results.study_folder import run_folder
+from unpaired.training.run import train_run
+
+if TYPE_CHECKING:
+    from unpaired.execution.runner import StudySummary
+
+
+def run_serially(todo: list[PlannedRun], out: Path, registry: Registry, summary: StudySummary,
+                 announce: Callable[[str], None], show_progress: bool) -> None:
+    """Train the runs one after another in this process; stop at the first one interrupted by a signal."""
+    for number, run in enumerate(todo, 1):
+        folder = run_folder(out, run)
+        announce(f"[{number}/{len(todo)}] {run.variant} seed {run.seed} -> {folder}")
+        result = train_run(run.resolved, folder, registry, run.variant, show_progress=show_progress)
+        summary.record(run, result)
+        if result.status == "interrupted":
+            break
+
+
+def run_in_processes(todo: list[PlannedRun], out: Path, jobs: int, listeners: list[object], summary: StudySummary,
+                     announce: Callable[[str], None]) -> None:
+    """Train ``jobs`` runs at a time in spawned worker processes, each with the study's listeners: on the
+    visible GPUs in turn, or on the CPU with its cores divided between the workers."""
+    gpus = torch.cuda.device_count()
+    threads = 1 if gpus else max(1, (os.cpu_count() or 1) // jobs)
+    specs = []
+    for number, run in enumerate(todo):
+        resolved = run.resolved.as_dict()
+        if gpus and resolved["train"]["device"] == "auto":
+            resolved["train"]["device"] = f"cuda:{number % gpus}"
+        specs.append(resolved)
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=torch.set_num_threads, initargs=(threads,)) as pool:
+        futures = [pool.submit(_train_in_worker, spec, str(run_folder(out, run)), run.variant, listeners) for spec, run in zip(specs, todo)]
+        announce(f"training {len(todo)} run(s), {jobs} at a time")
+        for run, future in zip(todo, futures):
+            try:
+                result = future.result()
+            except Exception as error:  # the worker itself died or could not start the run
+                result = RunResult.from_exception(run.run_id, error)
+            summary.record(run, result)
+            announce(f"{result.status}: {run.variant} seed {run.seed}")
+
+
+def _train_in_worker(spec: dict[str, Any], folder: str, variant: str, listeners: list[object]) -> RunResult:
+    registry = default_registry()
+    with registry.listening(*listeners):
+        return train_run(resolve_variant(spec, registry), RunFolder(Path(folder)), registry, variant, show_progress=False)

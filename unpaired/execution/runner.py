@@ -1,0 +1,119 @@
+"""Running a study: which runs are left, checks before training, executing them, and a summary.
+
+Everything a run needs to continue lives in its folder, so the study itself keeps no
+state: rerunning the same command after a crash (even kill -9) skips finished runs,
+resumes interrupted ones from their last checkpoint and starts the rest. Whoever follows
+the study (the MLflow tracker, ...) does so through the lifecycle hooks.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from unpaired.config.study import PlannedRun, Study
+from unpaired.errors import UnpairedError, UsageError
+from unpaired.evaluation.fid import FeatureExtractor
+from unpaired.execution.local import run_in_processes, run_serially
+from unpaired.plugin_api.registry import Registry
+from unpaired.results.records import RunResult
+from unpaired.results.study_folder import run_folder, write_index
+
+
+def steps_per_run(study: Study) -> dict[str, int | str]:
+    """Training steps of each run (by run id); the reason instead where the data cannot be opened."""
+    by_data: dict[str, int | str] = {}
+    steps: dict[str, int | str] = {}
+    for run in study.runs:
+        key = json.dumps(run.resolved.data.as_dict(), sort_keys=True)
+        if key not in by_data:
+            try:
+                by_data[key] = run.resolved.data.build().train_length
+            except (UnpairedError, OSError) as error:
+                by_data[key] = str(error)
+        length = by_data[key]
+        train = run.resolved.train
+        steps[run.run_id] = train.steps_per_epoch(length) * train.total_epochs if isinstance(length, int) else length
+    return steps
+
+
+def select_runs(study: Study, only: Sequence[str] | None, seeds: Sequence[int] | None) -> list[PlannedRun]:
+    """The runs of the named variants and seeds (all when None); unknown names or seeds raise :class:`UsageError`."""
+    names = study.variant_names
+    unknown = [n for n in only or [] if n not in names]
+    if unknown:
+        raise UsageError(f"no variant named {', '.join(map(repr, unknown))} in study {study.spec.name!r}; the variants are {', '.join(names)}")
+    missing = [s for s in seeds or [] if s not in study.spec.seeds]
+    if missing:
+        raise UsageError(f"seed(s) {missing} are not in study {study.spec.name!r}, whose seeds are {study.spec.seeds}")
+    return [r for r in study.runs if (not only or r.variant in only) and (seeds is None or r.seed in seeds)]
+
+
+@dataclass
+class StudySummary:
+    """What one ``unpaired run`` did."""
+
+    done: list[PlannedRun] = field(default_factory=list)
+    skipped: list[PlannedRun] = field(default_factory=list)
+    failed: list[tuple[PlannedRun, str]] = field(default_factory=list)
+    interrupted: list[PlannedRun] = field(default_factory=list)
+
+    def record(self, run: PlannedRun, result: RunResult) -> None:
+        if result.status == "finished":
+            self.done.append(run)
+        elif result.status == "interrupted":
+            self.interrupted.append(run)
+        else:
+            self.failed.append((run, result.error or ""))
+
+    def __str__(self) -> str:
+        lines = [f"done {len(self.done)}, failed {len(self.failed)}, skipped {len(self.skipped)} (finished earlier)"
+                 + (f", interrupted {len(self.interrupted)}" if self.interrupted else "")]
+        lines += [f"  FAILED {run.variant} seed {run.seed}: {error}" for run, error in self.failed]
+        return "\n".join(lines)
+
+
+def preflight(runs: list[PlannedRun]) -> None:
+    """Load each FID feature extractor the runs will need, so a missing one stops the study before training."""
+    needed = {json.dumps(r.resolved.eval.feature_extractor.as_dict(), sort_keys=True): r.resolved.eval.feature_extractor
+              for r in runs if r.resolved.eval.fid}
+    for key in sorted(needed):
+        FeatureExtractor(needed[key], torch.device("cpu"), batch_size=1)
+
+
+def run_study(
+    study: Study,
+    out: Path,
+    registry: Registry,
+    runs: list[PlannedRun],
+    jobs: int = 1,
+    show_progress: bool = True,
+    announce: Callable[[str], None] = print,
+) -> StudySummary:
+    """Train every run of ``runs`` that is not done and return what became of each.
+
+    Before any training the FID extractors load and the study's listeners (see the
+    ``unpaired_study_listeners`` hook) start. A failing run is recorded and the others go on.
+    ``jobs`` > 1 trains that many runs at once in separate processes: spread over the visible
+    GPUs, or on the CPU with the cores divided between them.
+    """
+    out = Path(out)
+    summary = StudySummary()
+    todo = []
+    for run in runs:
+        (summary.skipped if run_folder(out, run).status(run.run_id) == "done" else todo).append(run)
+    preflight(todo)
+    listeners = [listener for found in registry.hook.unpaired_study_listeners(study=study) for listener in found]
+    with registry.listening(*listeners):
+        registry.hook.unpaired_on_study_start(study=study, out=out)
+        write_index(study, out)
+        if jobs <= 1:
+            run_serially(todo, out, registry, summary, announce, show_progress)
+        else:
+            run_in_processes(todo, out, jobs, listeners, summary, announce)
+        registry.hook.unpaired_on_study_end(study=study, out=out, summary=summary)
+    return summary

@@ -1,0 +1,30 @@
+"""The contract between the framework and its plugins: everything a plugin author imports.
+
+``hookspecs`` (the hooks and what each must do), ``components`` (the component kinds and
+the interfaces norms, GAN losses, image pools and loss weights implement), ``data`` (the
+interface datasets implement, with image helpers), ``lifecycle`` (what lifecycle hooks
+receive) and ``registry`` (how plugins are found, and their components looked up and built).
+The names a plugin needs are exported here::
+
+    from unpaired.plugin_api import hookimpl, Norm, UnpairedData
+"""
+
+from unpaired import hookimpl
+from unpaired.plugin_api.components import GanLoss, ImagePool, LossWeights, LossWeightSchedule, Norm
+from unpaired.plugin_api.data import (
+    IMAGE_EXTENSIONS,
+    DataError,
+    Domain,
+    Split,
+    Transform,
+    TransformParams,
+    UnpairedData,
+    list_images,
+    load_image,
+)
+from unpaired.plugin_api.lifecycle import RunInfo
+
+__all__ = [
+    "IMAGE_EXTENSIONS", "DataError", "Domain", "GanLoss", "ImagePool", "LossWeightSchedule", "LossWeights", "Norm",
+    "RunInfo", "Split", "Transform", "TransformParams", "UnpairedData", "hookimpl", "list_images", "load_image",
+]

@@ -1,0 +1,170 @@
+"""What a run folder's files hold, as types: the result, the checkpoint, an exported generator.
+
+Each type knows its file format (and its version) and checks it when a file is read back;
+:class:`unpaired.results.run_folder.RunFolder` knows where each file lives.
+"""
+
+from __future__ import annotations
+
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from unpaired.errors import Interrupted, UnpairedError
+from unpaired.results.files import CorruptFileError, load_tensors
+
+CHECKPOINT_FORMAT = 2
+GENERATOR_FORMAT = 2
+Direction = Literal["AtoB", "BtoA"]
+NETWORK_OF_DIRECTION: dict[Direction, str] = {"AtoB": "G_AB", "BtoA": "G_BA"}
+"""The network of each direction, as a checkpoint's ``model["networks"]`` names them."""
+
+
+class RunResult(BaseModel):
+    """How a run ended (``result.json``): finished with its numbers, failed with its error, or interrupted."""
+
+    model_config = ConfigDict(extra="forbid")
+    status: Literal["finished", "failed", "interrupted"]
+    run_id: str
+    error: str | None = None
+    """One line: the exception's type and message (the traceback goes to ``error.txt``)."""
+    epochs: int = 0
+    steps: int = 0
+    seconds: float = 0.0
+    """Training time over every invocation that trained this run."""
+    final_losses: dict[str, float] = {}
+    """The last epoch's mean loss terms."""
+    metrics: dict[str, float] = {}
+    """FID/KID of the final generators (and the best epoch's when scored during training)."""
+    rescored: dict[str, dict[str, float]] = {}
+    """Metrics of the best epoch's generators scored again by ``unpaired score --epoch``, by epoch."""
+
+    @property
+    def finished(self) -> bool:
+        return self.status == "finished"
+
+    @classmethod
+    def from_exception(cls, run_id: str, error: BaseException) -> RunResult:
+        """The result of a run stopped by ``error``: interrupted by a signal, or failed."""
+        if isinstance(error, Interrupted):
+            return cls(status="interrupted", run_id=run_id, error=str(error))
+        return cls(status="failed", run_id=run_id, error=f"{type(error).__name__}: {error}")
+
+
+def describe_failure(error: BaseException) -> str:
+    """What ``error.txt`` holds: the message for errors the user can fix, the whole traceback for the rest."""
+    if isinstance(error, UnpairedError):
+        return f"{type(error).__name__}: {error}\n"
+    return "".join(traceback.format_exception(error))
+
+
+@dataclass
+class TrainingState:
+    """Where a run's training stands: the part of a checkpoint besides the networks and RNGs."""
+
+    epoch: int = 0
+    """Epochs completed."""
+    step_in_epoch: int = 0
+    global_step: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    """One row per completed epoch: mean loss terms, lr, seconds, it/s (and FID when scored)."""
+    best: dict[str, Any] = field(default_factory=dict)
+    """``{"fid_mean", "epoch"}`` of the best-scored epoch so far, when scored during training."""
+    elapsed: float = 0.0
+    """Training seconds over all invocations so far."""
+    epoch_sums: torch.Tensor | None = None
+    """Sums of the current epoch's loss terms so far (on the CPU in a checkpoint)."""
+
+
+@dataclass
+class Checkpoint:
+    """Everything needed to continue a run exactly, saved and restored as one object."""
+
+    run_id: str
+    spec: dict[str, Any]
+    """The resolved variant (``ResolvedVariant.as_dict``)."""
+    crop_size: int
+    state: TrainingState
+    model: dict[str, Any]
+    """``CycleGAN.state_dict()``: networks, optimisers, grad scaler, image pools."""
+    rng: dict[str, Any]
+    """Every global RNG's state."""
+
+    def to_file(self) -> dict[str, Any]:
+        return {"format": CHECKPOINT_FORMAT, "run_id": self.run_id, "spec": self.spec, "crop_size": self.crop_size,
+                "state": vars(self.state), "model": self.model, "rng": self.rng}
+
+    @classmethod
+    def read(cls, path: Path) -> Checkpoint:
+        stored = _load(path, "checkpoint")
+        _check_format(path, stored, CHECKPOINT_FORMAT, "checkpoint")
+        try:
+            return cls(stored["run_id"], stored["spec"], stored["crop_size"], TrainingState(**stored["state"]), stored["model"], stored["rng"])
+        except (KeyError, TypeError) as error:
+            raise CorruptFileError(f"{path} is not a complete checkpoint ({type(error).__name__}: {error})") from None
+
+
+@dataclass(frozen=True)
+class ExportedGenerator:
+    """A trained generator with what it takes to rebuild it: its spec, norm and test resolution."""
+
+    direction: Direction
+    run_id: str
+    generator: dict[str, Any]
+    """``{"name": ..., **params}`` of the generator component."""
+    norm: dict[str, Any]
+    crop_size: int
+    state_dict: dict[str, torch.Tensor]
+
+    def to_file(self) -> dict[str, Any]:
+        return {"format": GENERATOR_FORMAT, **vars(self)}
+
+    @classmethod
+    def read(cls, path: Path, direction: Direction) -> ExportedGenerator:
+        """The ``direction`` generator from an exported generator file or from a training checkpoint."""
+        stored = _load(path, "exported generator or checkpoint")
+        if isinstance(stored.get("model"), dict):
+            checkpoint = Checkpoint.read(path)
+            networks = checkpoint.model["networks"]
+            spec = checkpoint.spec
+            return cls(direction, checkpoint.run_id, spec["generator"], spec["generator_norm"], checkpoint.crop_size,
+                       networks[NETWORK_OF_DIRECTION[direction]])
+        _check_format(path, stored, GENERATOR_FORMAT, "exported generator")
+        if stored.get("direction") != direction:
+            raise UnpairedError(f"{path} holds the {stored.get('direction')} generator, not {direction}; use generators/{direction}.pt")
+        try:
+            return cls(**{k: v for k, v in stored.items() if k != "format"})
+        except TypeError as error:
+            raise CorruptFileError(f"{path} is not a complete exported generator ({error})") from None
+
+
+def _load(path: Path, what: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise UnpairedError(f"{path} is not a file: give a {what} (e.g. generators/AtoB.pt or checkpoints/epoch-*.pt)")
+    try:
+        stored = load_tensors(path)
+    except Exception as error:  # torch raises many types for a file that is not one of its archives
+        raise CorruptFileError(f"{path} is not a readable {what} ({type(error).__name__}: {str(error).splitlines()[0]})") from None
+    if not isinstance(stored, dict):
+        raise CorruptFileError(f"{path} is not an unpaired {what}")
+    return stored
+
+
+def _check_format(path: Path, stored: dict[str, Any], expected: int, what: str) -> None:
+    if stored.get("format", 1) != expected:  # files without a format number are the first format
+        raise CorruptFileError(
+            f"{path} is a {what} of format {stored.get('format', 1)}; this version of unpaired reads format {expected}. "
+            "Retrain the run, or use the version of unpaired that wrote it."
+        )
+
+
+def validate_result(path: Path, data: Any) -> RunResult:
+    """``data`` read from ``path`` as a :class:`RunResult`; anything else raises :class:`CorruptFileError` naming the file."""
+    try:
+        return RunResult.model_validate(data)
+    except ValidationError as error:
+        raise CorruptFileError(f"{path} is not a run result ({error.errors()[0]['msg']}); delete it and run again") from None

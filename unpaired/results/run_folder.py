@@ -1,0 +1,165 @@
+"""The run folder: where each file of a run lives, written atomically and checked when read back.
+
+    spec.json                      the resolved variant
+    history.json, history.csv      one row per epoch: mean loss terms, lr, seconds, it/s (FID when scored)
+    samples/epoch-NNNN.png         real | translated | reconstructed on fixed test images
+    checkpoints/epoch-NNNN-step-NNNNNNNNN.pt   the latest checkpoint
+    generators/AtoB.pt, BtoA.pt    the final generators (best-AtoB.pt ... of the best epoch when scored during training)
+    result.json                    how the run ended
+    error.txt                      what made it fail
+    mlflow_run.json                the MLflow run that tracks it
+
+No other module spells these names. What the files hold is typed in :mod:`unpaired.results.records`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from unpaired.results.files import atomic_save, atomic_write_json, atomic_write_text, read_json
+from unpaired.results.records import Checkpoint, Direction, ExportedGenerator, RunResult, validate_result
+
+Status = Literal["done", "partial", "failed", "pending"]
+_CHECKPOINT = re.compile(r"^epoch-(\d+)-step-(\d+)\.pt$")
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """The folder of one run (a variant trained with one seed) and every file in it."""
+
+    path: Path
+
+    @classmethod
+    def in_study(cls, out: Path, variant: str, seed: int, run_id: str) -> RunFolder:
+        """A study's run folder: ``OUT/<variant>/seed<k>-<run id>`` (characters a file name cannot hold become ``_``)."""
+        return cls(Path(out) / re.sub(r"[^A-Za-z0-9_.=+-]", "_", variant) / f"seed{seed}-{run_id}")
+
+    @classmethod
+    def holds_run(cls, path: Path) -> bool:
+        """True when ``path`` is a run folder that started training (it has its spec)."""
+        return cls(Path(path)).spec_file.is_file()
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    # The spec and the per-epoch history.
+
+    @property
+    def spec_file(self) -> Path:
+        return self.path / "spec.json"
+
+    def write_spec(self, spec: dict[str, Any]) -> None:
+        atomic_write_json(self.spec_file, spec)
+
+    def read_spec(self) -> dict[str, Any]:
+        return read_json(self.spec_file)
+
+    def write_history(self, history: list[dict[str, float]]) -> None:
+        """``history.json`` and the same rows as ``history.csv`` (columns in order of first appearance)."""
+        atomic_write_json(self.path / "history.json", history)
+        if history:
+            table = io.StringIO()
+            writer = csv.DictWriter(table, fieldnames=list(dict.fromkeys(key for row in history for key in row)), restval="")
+            writer.writeheader()
+            writer.writerows(history)
+            atomic_write_text(self.path / "history.csv", table.getvalue())
+
+    def read_history(self) -> list[dict[str, float]]:
+        path = self.path / "history.json"
+        return read_json(path) if path.is_file() else []
+
+    def sample_path(self, epoch: int) -> Path:
+        """Where the sample grid after ``epoch`` epochs goes."""
+        return self.path / "samples" / f"epoch-{epoch:04d}.png"
+
+    # Checkpoints: only the latest is kept.
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    def latest_checkpoint(self) -> Path | None:
+        """The checkpoint with the most steps (temporary files of interrupted writes are ignored)."""
+        if not self.checkpoints.is_dir():
+            return None
+        found = [(int(m[2]), p) for p in self.checkpoints.iterdir() if (m := _CHECKPOINT.match(p.name))]
+        return max(found)[1] if found else None
+
+    def save_checkpoint(self, checkpoint: Checkpoint) -> Path:
+        """Write ``checkpoint`` atomically, then delete the older ones; return its path."""
+        state = checkpoint.state
+        path = self.checkpoints / f"epoch-{state.epoch:04d}-step-{state.global_step:09d}.pt"
+        atomic_save(checkpoint.to_file(), path)
+        for other in self.checkpoints.iterdir():
+            if _CHECKPOINT.match(other.name) and other != path:
+                other.unlink(missing_ok=True)
+        return path
+
+    def load_checkpoint(self, path: Path | None = None) -> Checkpoint | None:
+        """The checkpoint at ``path`` (default: the latest), or None when there is none."""
+        path = path or self.latest_checkpoint()
+        return None if path is None else Checkpoint.read(path)
+
+    # Exported generators.
+
+    def generator_path(self, direction: Direction, best: bool = False) -> Path:
+        return self.path / "generators" / f"{'best-' if best else ''}{direction}.pt"
+
+    def export_generator(self, generator: ExportedGenerator, best: bool = False) -> None:
+        atomic_save(generator.to_file(), self.generator_path(generator.direction, best))
+
+    @property
+    def generators(self) -> Path:
+        return self.path / "generators"
+
+    @property
+    def samples(self) -> Path:
+        return self.path / "samples"
+
+    # How the run ended.
+
+    def write_result(self, result: RunResult, failure: str | None = None) -> None:
+        """Record ``result``; ``failure`` (the traceback or message of a failed run) goes to ``error.txt``,
+        and a finished run keeps no ``error.txt`` of an earlier failed attempt."""
+        if failure is not None:
+            atomic_write_text(self.error_file, failure)
+        elif result.finished:
+            self.error_file.unlink(missing_ok=True)
+        atomic_write_json(self.path / "result.json", result.model_dump(mode="json"))
+
+    def read_result(self) -> RunResult | None:
+        """How the run ended, or None when it has not ended here yet."""
+        path = self.path / "result.json"
+        return validate_result(path, read_json(path)) if path.is_file() else None
+
+    @property
+    def error_file(self) -> Path:
+        return self.path / "error.txt"
+
+    def status(self, run_id: str) -> Status:
+        """``done`` (finished as ``run_id``), ``failed``, ``partial`` (has a checkpoint) or ``pending``."""
+        result = self.read_result()
+        if result is not None and result.finished and result.run_id == run_id:
+            return "done"
+        if result is not None and result.status == "failed":
+            return "failed"
+        return "partial" if self.latest_checkpoint() else "pending"
+
+    def finished_files(self) -> list[Path]:
+        """The files of a finished run worth keeping elsewhere (e.g. as tracking artifacts), besides its folders."""
+        return [p for p in (self.path / n for n in ("spec.json", "history.csv", "history.json", "result.json")) if p.is_file()]
+
+    # The MLflow run that tracks this run.
+
+    def read_tracking_link(self) -> dict[str, str] | None:
+        """``{"tracking_uri", "run_id"}`` of the MLflow run recorded for this run, or None."""
+        path = self.path / "mlflow_run.json"
+        return read_json(path) if path.is_file() else None
+
+    def write_tracking_link(self, tracking_uri: str | None, mlflow_run_id: str) -> None:
+        atomic_write_json(self.path / "mlflow_run.json", {"tracking_uri": tracking_uri, "run_id": mlflow_run_id})

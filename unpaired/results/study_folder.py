@@ -1,0 +1,48 @@
+"""A study's output folder: ``study.json``, the index of its runs, beside one run folder per run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from unpaired.config.study import PlannedRun, Study
+from unpaired.errors import UsageError
+from unpaired.results.files import CorruptFileError, atomic_write_json, read_json
+from unpaired.results.run_folder import RunFolder
+
+INDEX = "study.json"
+
+
+def run_folder(out: Path, run: PlannedRun) -> RunFolder:
+    """Where a run of a study writes, inside the study's output folder ``out``."""
+    return RunFolder.in_study(Path(out), run.variant, run.seed, run.run_id)
+
+
+def write_index(study: Study, out: Path) -> None:
+    """Record the study's runs in ``OUT/study.json`` (what ``score`` and other readers of the folder use)."""
+    index = {
+        "name": study.spec.name,
+        "source": study.source,
+        "baseline": study.baseline,
+        "runs": [
+            {"variant": r.variant, "seed": r.seed, "run_id": r.run_id, "variant_key": r.variant_key,
+             "folder": str(run_folder(out, r).path.relative_to(out)), "overrides": r.overrides}
+            for r in study.runs
+        ],
+    }
+    atomic_write_json(Path(out) / INDEX, index)
+
+
+def is_study_folder(path: Path) -> bool:
+    return (Path(path) / INDEX).is_file()
+
+
+def indexed_runs(out: Path) -> list[dict[str, Any]]:
+    """The runs ``OUT/study.json`` lists, each with its ``folder`` as a :class:`RunFolder`."""
+    path = Path(out) / INDEX
+    if not path.is_file():
+        raise UsageError(f"{out} is not a study output folder (it has no {INDEX})")
+    index = read_json(path)
+    if not isinstance(index, dict) or not isinstance(index.get("runs"), list):
+        raise CorruptFileError(f"{path} is not a study index (no list of runs); run the study again to rewrite it")
+    return [{**run, "folder": RunFolder(Path(out) / run["folder"])} for run in index["runs"]]

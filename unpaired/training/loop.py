@@ -1,0 +1,204 @@
+"""The training loop of one run: epochs, the learning-rate schedule, stop signals, checkpoints, evaluation.
+
+Everything the loop needs to continue is one :class:`TrainingState` plus the model and the
+RNGs, saved together as a checkpoint in the run folder: a rerun resumes exactly where the
+last checkpoint left off. The update itself is :class:`unpaired.training.cyclegan.CycleGAN`'s.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from unpaired.config.resolved import ResolvedVariant
+from unpaired.config.spec import TrainConfig
+from unpaired.evaluation.fid import FeatureExtractor, score_generators
+from unpaired.plugin_api.lifecycle import RunInfo
+from unpaired.results.records import NETWORK_OF_DIRECTION, Checkpoint, ExportedGenerator, RunResult, TrainingState
+from unpaired.results.run_folder import RunFolder
+from unpaired.training.batches import EpochOrder, TrainPairs
+from unpaired.training.cyclegan import LOSS_TERMS
+from unpaired.training.parts import build_model
+from unpaired.training.runtime import (
+    StopSignals,
+    TrainingError,
+    TrainingInterrupted,
+    capture_rng,
+    pick_device,
+    restore_rng,
+    seed_everything,
+)
+from unpaired.training.samples import save_samples
+
+
+def learning_rate(epoch: int, train: TrainConfig) -> float:
+    """Learning rate during 0-based ``epoch``: ``lr`` for ``epochs`` epochs, then linear decay as in
+    the paper's code, ``lr * (1 - (epoch + 1 - epochs) / (decay_epochs + 1))``, which would reach 0
+    one epoch after the last."""
+    decayed = max(0, epoch + 1 - train.epochs)
+    return train.lr * (1.0 - decayed / (train.decay_epochs + 1))
+
+
+class Trainer:
+    """One invocation of training a run: the model, the data, where training stands, and the loop's phases."""
+
+    def __init__(self, variant: ResolvedVariant, folder: RunFolder, run: RunInfo, hook: Any, show_progress: bool):
+        self.variant, self.folder, self.run, self.hook, self.show_progress = variant, folder, run, hook, show_progress
+        self.train = variant.train
+        self.device = pick_device(self.train.device)
+        self.data = variant.data.build()
+        self.extractor = None  # loaded now: a missing extractor must stop the run before training, not after
+        if variant.eval.fid:
+            self.extractor = FeatureExtractor(variant.eval.feature_extractor, self.device, variant.eval.batch_size)
+        seed_everything(self.train.seed)
+        self.model = build_model(variant, self.device)
+        self.schedule = variant.loss_weights.build()
+        self.steps_per_epoch = self.train.steps_per_epoch(self.data.train_length)
+        self.state = TrainingState(epoch_sums=torch.zeros(len(LOSS_TERMS), device=self.device))
+        self.last_checkpoint = folder.latest_checkpoint()
+        if self.last_checkpoint is not None:
+            self.restore(Checkpoint.read(self.last_checkpoint))
+        # The loader's own generator keeps it from drawing on the global RNG, so resuming mid-epoch stays exact.
+        self.loader_rng = torch.Generator()
+        self.started = time.perf_counter()
+
+    def restore(self, checkpoint: Checkpoint) -> None:
+        if checkpoint.run_id != self.variant.run_id:
+            raise TrainingError(
+                f"{self.folder} holds checkpoints of another variant or seed (run {checkpoint.run_id}, this one is "
+                f"{self.variant.run_id}); train into another output folder or delete {self.folder.checkpoints}"
+            )
+        self.model.load_state_dict(checkpoint.model)
+        restore_rng(checkpoint.rng)
+        self.state = dataclasses.replace(checkpoint.state, epoch_sums=checkpoint.state.epoch_sums.to(self.device))
+        self.model.step_counter.fill_(self.state.global_step)
+
+    def elapsed(self) -> float:
+        """Training seconds over all invocations so far."""
+        return self.state.elapsed + (time.perf_counter() - self.started)
+
+    def save_checkpoint(self) -> Path:
+        state = dataclasses.replace(self.state, elapsed=self.elapsed(), epoch_sums=self.state.epoch_sums.cpu())
+        checkpoint = Checkpoint(self.variant.run_id, self.run.spec, self.data.transform.crop_size, state,
+                                self.model.state_dict(), capture_rng())
+        self.last_checkpoint = self.folder.save_checkpoint(checkpoint)
+        return self.last_checkpoint
+
+    def check_finite(self) -> None:
+        """Stop with the first non-finite loss term: its name, step and epoch (the one sync it needs)."""
+        bad = self.model.first_bad_step.tolist()
+        if any(step >= 0 for step in bad):
+            term, step = min(((t, s) for t, s in zip(LOSS_TERMS, bad) if s >= 0), key=lambda pair: pair[1])
+            kept = f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint was written yet"
+            raise TrainingError(
+                f"loss {term} became non-finite at step {step} (epoch {self.state.epoch + 1}, step "
+                f"{step - self.state.epoch * self.steps_per_epoch} of that epoch); {kept}. "
+                "Try a lower train.lr, train.precision: fp32, or another gan_loss."
+            )
+
+    def score(self) -> dict[str, float]:
+        assert self.extractor is not None
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            return score_generators(self.model.networks["G_AB"], self.model.networks["G_BA"], self.data, self.extractor)
+
+    def export_generators(self, best: bool = False) -> None:
+        for direction, network in NETWORK_OF_DIRECTION.items():
+            exported = ExportedGenerator(direction, self.variant.run_id, self.variant.generator.as_dict(),
+                                         self.variant.generator_norm.as_dict(), self.data.transform.crop_size,
+                                         self.model.networks[network].state_dict())
+            self.folder.export_generator(exported, best)
+
+    def keep_if_best(self, fid_mean: float, ties_win: bool = False) -> None:
+        """Remember the epoch with the lowest FID so far and export its generators as best-*.pt."""
+        best = self.state.best
+        if not best or fid_mean < best["fid_mean"] or (ties_win and fid_mean == best["fid_mean"]):
+            self.state.best = {"fid_mean": fid_mean, "epoch": self.state.epoch}
+            self.export_generators(best=True)
+
+    def run_to_end(self) -> RunResult:
+        """Train the remaining epochs, then export and score the final generators."""
+        self.folder.write_spec(self.run.spec)
+        progress = tqdm(total=self.steps_per_epoch * self.train.total_epochs, initial=self.state.global_step, unit="it",
+                        disable=not self.show_progress, dynamic_ncols=True, desc=self.variant.run_id)
+        try:
+            with StopSignals() as stop:
+                while self.state.epoch < self.train.total_epochs:
+                    self.train_epoch(stop, progress)
+        except torch.OutOfMemoryError as error:
+            raise TrainingError(
+                f"out of memory on {self.device} at epoch {self.state.epoch + 1}: {self.data.memory_hint}, lower "
+                f"train.batch_size, or set train.precision: bf16 ({str(error).splitlines()[0]})"
+            ) from error
+        finally:
+            progress.close()
+        return self.finish()
+
+    def train_epoch(self, stop: StopSignals, progress: tqdm) -> None:
+        """The rest of the current epoch (all of it, unless resuming mid-epoch), then its records."""
+        train, state = self.train, self.state
+        lr = learning_rate(state.epoch, train)
+        self.model.set_learning_rate(lr)
+        weights = self.schedule.at(state.epoch, train.total_epochs)
+        order = EpochOrder(self.data.train_length, train.seed, state.epoch, start=state.step_in_epoch * train.batch_size)
+        loader = DataLoader(
+            TrainPairs(self.data), batch_size=train.batch_size, sampler=order, num_workers=train.num_workers,
+            pin_memory=self.device.type == "cuda", generator=self.loader_rng,
+        )
+        started, steps_before = time.perf_counter(), state.step_in_epoch
+        for real_A, real_B in loader:
+            terms = self.model.train_step(self.model.to_device(real_A), self.model.to_device(real_B), weights)
+            state.epoch_sums += terms
+            state.global_step += 1
+            state.step_in_epoch += 1
+            progress.update()
+            if state.global_step % train.log_every == 0:
+                self.check_finite()
+                losses = dict(zip(LOSS_TERMS, terms.tolist()))
+                progress.set_postfix({k: f"{v:.3g}" for k, v in losses.items()}, refresh=False)
+                self.hook.unpaired_on_step(run=self.run, epoch=state.epoch, step=state.global_step, losses=losses, lr=lr)
+            if stop.received is not None:
+                self.check_finite()
+                path = self.save_checkpoint()
+                raise TrainingInterrupted(f"stopped by signal {stop.received} at epoch {state.epoch + 1}, step {state.global_step}; rerun to resume from {path}")
+        self.check_finite()
+        seconds = time.perf_counter() - started
+        self.end_epoch({"lr": lr, "seconds": seconds, "it_per_s": (state.step_in_epoch - steps_before) / max(seconds, 1e-9)})
+
+    def end_epoch(self, timing: dict[str, float]) -> None:
+        """Record the epoch just trained: its mean losses (and FID when due), samples, checkpoint; tell the hooks."""
+        train, state, evaluation = self.train, self.state, self.variant.eval
+        means = (state.epoch_sums / max(state.step_in_epoch, 1)).tolist()
+        state.epoch += 1
+        metrics = {"epoch": state.epoch, "lr": timing["lr"], **dict(zip(LOSS_TERMS, means)),
+                   "seconds": timing["seconds"], "it_per_s": timing["it_per_s"]}
+        if self.extractor is not None and evaluation.every and state.epoch % evaluation.every == 0 and state.epoch < train.total_epochs:
+            metrics.update(self.score())
+            self.keep_if_best(metrics["fid_mean"])
+        state.history.append(metrics)
+        state.epoch_sums.zero_()
+        state.step_in_epoch = 0
+        self.folder.write_history(state.history)
+        if state.epoch % train.sample_every == 0 or state.epoch == train.total_epochs:
+            save_samples(self.model, self.data, self.variant.samples, self.folder.sample_path(state.epoch))
+        if state.epoch % train.checkpoint_every == 0 or state.epoch == train.total_epochs:
+            self.save_checkpoint()
+        self.hook.unpaired_on_epoch_end(run=self.run, epoch=state.epoch, metrics={k: v for k, v in metrics.items() if k != "epoch"})
+
+    def finish(self) -> RunResult:
+        """Export the final generators, score them, and return the result."""
+        self.export_generators()
+        state = self.state
+        result = RunResult(status="finished", run_id=self.variant.run_id, epochs=state.epoch, steps=state.global_step,
+                           seconds=self.elapsed(), final_losses={k: state.history[-1][k] for k in LOSS_TERMS} if state.history else {})
+        if self.extractor is not None:
+            result.metrics = self.score()
+            if self.variant.eval.every:
+                self.keep_if_best(result.metrics["fid_mean"], ties_win=True)  # a tie goes to the final epoch
+                result.metrics |= {"fid_mean_best": state.best["fid_mean"], "fid_best_epoch": state.best["epoch"]}
+        return result

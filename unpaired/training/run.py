@@ -1,0 +1,36 @@
+"""Training one run in its folder, whatever happens: the entry point every executor calls."""
+
+from __future__ import annotations
+
+from unpaired.config.resolved import ResolvedVariant
+from unpaired.plugin_api.lifecycle import RunInfo
+from unpaired.plugin_api.registry import Registry
+from unpaired.results.records import RunResult, describe_failure
+from unpaired.results.run_folder import RunFolder
+from unpaired.training.loop import Trainer
+
+
+def train_run(variant: ResolvedVariant, folder: RunFolder, registry: Registry, variant_name: str | None = None,
+              show_progress: bool = True) -> RunResult:
+    """Train ``variant`` in ``folder``, resuming from its latest checkpoint there, and return how it ended.
+
+    This is the one place where an exception becomes a run's status: a signal makes the run
+    ``interrupted`` (a checkpoint was written; nothing else is recorded), any other exception
+    ``failed`` (``result.json`` says why, ``error.txt`` holds the details). A finished run is not
+    trained again: its stored result is returned. The lifecycle hooks are told of the start
+    (before anything is loaded) and of the end.
+    """
+    previous = folder.read_result()
+    if previous is not None and previous.finished and previous.run_id == variant.run_id:
+        return previous
+    run = RunInfo(variant.run_id, variant.variant_key, variant_name, variant.train.seed, folder.path, variant.as_dict())
+    try:
+        registry.hook.unpaired_on_variant_start(run=run)
+        result = Trainer(variant, folder, run, registry.hook, show_progress).run_to_end()
+        failure = None
+    except Exception as error:
+        result, failure = RunResult.from_exception(variant.run_id, error), describe_failure(error)
+    if result.status != "interrupted":
+        folder.write_result(result, failure)
+    registry.hook.unpaired_on_variant_end(run=run, result=result)
+    return result
