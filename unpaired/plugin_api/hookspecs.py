@@ -95,7 +95,9 @@ def unpaired_register_datasets(register: Register) -> None:
     """Register datasets of two unpaired image domains A and B.
 
     ``factory(params) -> unpaired.plugin_api.data.UnpairedData``: gives the training
-    pairs and the test images of each domain (see that class).
+    pairs and the test images of each domain (see that class). Override its ``describe``
+    when the images depend on more than the counts (cached FID features are keyed by it),
+    and set ``memory_hint`` to the parameter that shrinks the images (shown on out-of-memory).
     """
 
 
@@ -105,7 +107,10 @@ def unpaired_register_feature_extractors(register: Register) -> None:
 
     ``factory(params) -> torch.nn.Module``: maps uint8 RGB images ``(N, 3, H, W)``
     to features ``(N, D)``. It may resize internally; it must not download anything
-    at call time that the user has not been told about.
+    at call time that the user has not been told about. When it cannot be built (e.g. its
+    weights are missing), the factory raises with a message that says how to get them.
+    Real-image features are cached per extractor parameters; a module whose features depend
+    on more (a weights file read from the environment) says what in ``cache_identity: str``.
     """
 
 
