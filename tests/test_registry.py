@@ -165,3 +165,28 @@ def test_plugins_command_lists_every_builtin_with_origin_parameters_and_descript
     assert resnet["parameters"]["n_blocks"] == {"default": 9, "type": "int", "description": resnet["parameters"]["n_blocks"]["description"]}
     assert resnet["default"] is True and next(c for c in listing["components"] if c["name"] == "pooled")["default"] is False
     assert listing["problems"] == []
+
+
+def test_an_unexpected_error_shows_its_traceback_and_a_hint_while_known_errors_are_one_line(make_distribution, tmp_path):
+    source = """
+        from pydantic import BaseModel
+        from unpaired.plugin_api import hookimpl
+
+        class P(BaseModel):
+            pass
+
+        def build(params):
+            return 1 / 0
+
+        @hookimpl
+        def unpaired_register_datasets(register):
+            register("buggy", build, P, "a dataset with a bug")
+    """
+    make_distribution("buggy-data", "1.0", {"buggy": "buggy_data"}, {"buggy_data.py": source})
+    result = run_cli("data", "export", "buggy", str(tmp_path / "out"))
+    assert result.returncode == 1
+    assert "Traceback (most recent call last)" in result.stderr and "ZeroDivisionError: division by zero" in result.stderr
+    assert "This is a bug in unpaired or in one of its plugins: please report it" in result.stderr
+    known = run_cli("data", "export", "bugy", str(tmp_path / "out"))
+    assert known.returncode == 2 and "Traceback" not in known.stderr
+    assert known.stderr.startswith("error: unknown dataset 'bugy'. Did you mean 'buggy'?")

@@ -185,14 +185,25 @@ def test_run_selection_and_a_failing_variant_does_not_stop_the_study(tmp_path):
     assert again.returncode == 0 and "done 1, failed 0, skipped 1 (finished earlier)" in again.stdout
 
 
-def test_parallel_jobs_train_every_run(tmp_path):
-    path = write_study(tmp_path, grid={"generator.n_blocks": [1, 2]})
+def test_parallel_jobs_train_every_run_and_track_it_from_the_workers(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    path = write_study(tmp_path, name="parallel", grid={"generator.n_blocks": [1, 2]})
     result = run_cli("run", str(path), "--out", str(tmp_path / "out"), "--jobs", "2", "--quiet")
     assert result.returncode == 0, result.stderr
     assert "done 2, failed 0" in result.stdout
     index = json.loads((tmp_path / "out" / "study.json").read_text())
     for run in index["runs"]:
         assert json.loads((tmp_path / "out" / run["folder"] / "result.json").read_text())["status"] == "finished"
+    client = MlflowClient()  # the tracker followed the runs into the worker processes
+    experiment = client.get_experiment_by_name("parallel").experiment_id
+    (parent,) = client.search_runs([experiment], filter_string="tags.`unpaired.role` = 'study'")
+    children = client.search_runs([experiment], filter_string="tags.`unpaired.role` = 'variant'")
+    assert sorted(c.data.tags["unpaired.run_id"] for c in children) == sorted(run["run_id"] for run in index["runs"])
+    for child in children:
+        assert child.info.status == "FINISHED" and child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert [m.step for m in client.get_metric_history(child.info.run_id, "cycle_A")] == [1, 2]
+    assert parent.info.status == "FINISHED"
 
 
 def final_weights(folder: Path) -> dict:
