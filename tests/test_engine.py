@@ -15,7 +15,7 @@ from conftest import REPO, AtStep, crash, run_cli, send_sigint, write_synthetic_
 from unpaired import hookimpl
 from unpaired.config.resolved import resolve_variant
 from unpaired.config.spec import TrainConfig
-from unpaired.config.study import merge
+from unpaired.config.overrides import merge
 from unpaired.plugin_api.components import LossWeights
 from unpaired.plugin_api.registry import Registry
 from unpaired.results.files import atomic_save

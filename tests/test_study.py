@@ -16,7 +16,8 @@ import yaml
 from conftest import REPO, UNPAIRED, run_cli
 from unpaired.cli import main
 from unpaired.config.spec import SpecError
-from unpaired.config.study import load_study, merge, plan_study
+from unpaired.config.overrides import merge
+from unpaired.config.study import load_study, plan_study
 from unpaired.plugin_api.registry import Registry
 from unpaired.results.run_folder import RunFolder
 

@@ -13,7 +13,8 @@ from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient
 
 from conftest import AtStep, crash, run_cli, send_sigint
-from unpaired.config.study import load_study, merge
+from unpaired.config.overrides import merge
+from unpaired.config.study import load_study
 from unpaired.errors import UsageError
 from unpaired.execution.runner import run_study, select_runs
 from unpaired.plugin_api.registry import Registry

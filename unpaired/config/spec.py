@@ -9,6 +9,7 @@ choices) with that component's own parameter defaults; nothing here repeats them
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
@@ -107,6 +108,7 @@ class VariantSpec(BaseModel):
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
 
+@functools.cache
 def component_slots(model: type[BaseModel] = VariantSpec, prefix: str = "") -> dict[str, Slot]:
     """Dotted path -> :class:`Slot` of every field that names a component, nested models included, in field order."""
     slots: dict[str, Slot] = {}

@@ -161,5 +161,5 @@ def unpaired_on_variant_end(run: Any, result: Any) -> None:
 
 @hookspec
 def unpaired_on_study_end(study: Any, out: Path, summary: Any) -> None:
-    """Called once when a study stops, also when it stops early (interrupted, a failure that ends it);
-    ``summary`` (an ``unpaired.execution.runner.StudySummary``) says what became of each run."""
+    """Called once when a study's runs have been tried (or a signal stopped them); ``summary`` (an
+    ``unpaired.execution.runner.StudySummary``) says which finished, failed, were interrupted or skipped."""

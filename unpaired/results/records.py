@@ -100,7 +100,11 @@ class Checkpoint:
 
     @classmethod
     def read(cls, path: Path) -> Checkpoint:
-        stored = _load(path, "checkpoint")
+        return cls.from_file(path, _load(path, "checkpoint"))
+
+    @classmethod
+    def from_file(cls, path: Path, stored: dict[str, Any]) -> Checkpoint:
+        """The checkpoint in ``stored``, what :meth:`to_file` wrote to ``path`` (checked)."""
         _check_format(path, stored, CHECKPOINT_FORMAT, "checkpoint")
         try:
             return cls(stored["run_id"], stored["spec"], stored["crop_size"], TrainingState(**stored["state"]), stored["model"], stored["rng"])
@@ -128,7 +132,7 @@ class ExportedGenerator:
         """The ``direction`` generator from an exported generator file or from a training checkpoint."""
         stored = _load(path, "exported generator or checkpoint")
         if isinstance(stored.get("model"), dict):
-            checkpoint = Checkpoint.read(path)
+            checkpoint = Checkpoint.from_file(path, stored)
             networks = checkpoint.model["networks"]
             spec = checkpoint.spec
             return cls(direction, checkpoint.run_id, spec["generator"], spec["generator_norm"], checkpoint.crop_size,
@@ -144,7 +148,7 @@ class ExportedGenerator:
 
 def _load(path: Path, what: str) -> dict[str, Any]:
     if not path.is_file():
-        raise UnpairedError(f"{path} is not a file: give a {what} (e.g. generators/AtoB.pt or checkpoints/epoch-*.pt)")
+        raise UnpairedError(f"{path} is not a file: name a run's {what} file")
     try:
         stored = load_tensors(path)
     except Exception as error:  # torch raises many types for a file that is not one of its archives

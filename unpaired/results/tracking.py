@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from unpaired import ENTRY_POINT_GROUP, hookimpl
-from unpaired.config.study import flatten
+from unpaired.config.overrides import flatten
 from unpaired.errors import UnpairedError
 from unpaired.results.compare import write_comparison
 from unpaired.results.run_folder import RunFolder
