@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -132,3 +132,6 @@ class SpecError(UnpairedError):
         lines = [f"  {path}: {message}" if path else f"  {message}" for path, message in problems]
         count = f"{len(problems)} problem" + ("s" if len(problems) != 1 else "")
         super().__init__(f"{source}: {count}:\n" + "\n".join(lines))
+
+    def __reduce__(self) -> tuple[Any, ...]:  # crosses process boundaries (worker -> study)
+        return type(self), (self.source, self.problems)

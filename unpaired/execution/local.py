@@ -14,6 +14,7 @@ import torch
 from unpaired.config.resolved import resolve_variant
 from unpaired.config.study import PlannedRun
 from unpaired.plugin_api.registry import Registry, default_registry
+from unpaired.results.lease import LeaseHeld
 from unpaired.results.records import RunResult
 from unpaired.results.run_folder import RunFolder
 from unpaired.results.study_folder import run_folder
@@ -29,7 +30,12 @@ def run_serially(todo: list[PlannedRun], out: Path, registry: Registry, summary:
     for number, run in enumerate(todo, 1):
         folder = run_folder(out, run)
         announce(f"[{number}/{len(todo)}] {run.variant} seed {run.seed} -> {folder}")
-        result = train_run(run.resolved, folder, registry, run.variant, show_progress=show_progress)
+        try:
+            result = train_run(run.resolved, folder, registry, run.variant, show_progress=show_progress)
+        except LeaseHeld as busy:
+            announce(f"busy: {busy}")
+            summary.record(run, busy)
+            continue
         summary.record(run, result)
         if result.status == "interrupted":
             break
@@ -53,11 +59,13 @@ def run_in_processes(todo: list[PlannedRun], out: Path, jobs: int, listeners: li
         announce(f"training {len(todo)} run(s), {jobs} at a time")
         for run, future in zip(todo, futures):
             try:
-                result = future.result()
+                result: RunResult | LeaseHeld = future.result()
+            except LeaseHeld as busy:
+                result = busy
             except Exception as error:  # the worker itself died or could not start the run
                 result = RunResult.from_exception(run.run_id, error)
             summary.record(run, result)
-            announce(f"{result.status}: {run.variant} seed {run.seed}")
+            announce(f"{'busy' if isinstance(result, LeaseHeld) else result.status}: {run.variant} seed {run.seed}")
 
 
 def _train_in_worker(spec: dict[str, Any], folder: str, variant: str, listeners: list[object]) -> RunResult:

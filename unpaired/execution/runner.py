@@ -20,6 +20,7 @@ from unpaired.errors import UnpairedError, UsageError
 from unpaired.evaluation.fid import FeatureExtractor
 from unpaired.execution.local import run_in_processes, run_serially
 from unpaired.plugin_api.registry import Registry
+from unpaired.results.lease import LeaseHeld
 from unpaired.results.records import RunResult
 from unpaired.results.study_folder import run_folder, write_index
 
@@ -61,9 +62,13 @@ class StudySummary:
     skipped: list[PlannedRun] = field(default_factory=list)
     failed: list[tuple[PlannedRun, str]] = field(default_factory=list)
     interrupted: list[PlannedRun] = field(default_factory=list)
+    busy: list[tuple[PlannedRun, str]] = field(default_factory=list)
+    """Runs another live process was training (its lease was held), with who it is."""
 
-    def record(self, run: PlannedRun, result: RunResult) -> None:
-        if result.status == "finished":
+    def record(self, run: PlannedRun, result: RunResult | LeaseHeld) -> None:
+        if isinstance(result, LeaseHeld):
+            self.busy.append((run, f"pid {result.holder.get('pid')} on {result.holder.get('host')}"))
+        elif result.status == "finished":
             self.done.append(run)
         elif result.status == "interrupted":
             self.interrupted.append(run)
@@ -72,8 +77,11 @@ class StudySummary:
 
     def __str__(self) -> str:
         lines = [f"done {len(self.done)}, failed {len(self.failed)}, skipped {len(self.skipped)} (finished earlier)"
-                 + (f", interrupted {len(self.interrupted)}" if self.interrupted else "")]
+                 + (f", interrupted {len(self.interrupted)}" if self.interrupted else "")
+                 + (f", busy {len(self.busy)} (being trained by another process)" if self.busy else "")]
         lines += [f"  FAILED {run.variant} seed {run.seed}: {error}" for run, error in self.failed]
+        lines += [f"  BUSY {run.variant} seed {run.seed}: trained by {holder}; rerun later to pick up what it leaves"
+                  for run, holder in self.busy]
         return "\n".join(lines)
 
 

@@ -56,6 +56,9 @@ class InvalidParamsError(ComponentError):
         self.errors = errors
         super().__init__("\n".join(f"{path}: {message}" for path, message in errors))
 
+    def __reduce__(self) -> tuple[Any, ...]:  # crosses process boundaries (worker -> study)
+        return type(self), (self.errors,)
+
 
 def normalize_distribution(name: str) -> str:
     """PEP 503 normalised distribution name: ``My_Plugin.x`` -> ``my-plugin-x``."""

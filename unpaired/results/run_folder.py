@@ -8,6 +8,7 @@
     result.json                    how the run ended
     error.txt                      what made it fail
     mlflow_run.json                the MLflow run that tracks it
+    lease.json                     who is training it now (see :mod:`unpaired.results.lease`)
 
 No other module spells these names. What the files hold is typed in :mod:`unpaired.results.records`.
 """
@@ -22,9 +23,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from unpaired.results.files import atomic_save, atomic_write_json, atomic_write_text, read_json
+from unpaired.results.lease import Lease
 from unpaired.results.records import Checkpoint, Direction, ExportedGenerator, RunResult, validate_result
 
-Status = Literal["done", "partial", "failed", "pending"]
+Status = Literal["done", "running", "partial", "failed", "pending"]
 _CHECKPOINT = re.compile(r"^epoch-(\d+)-step-(\d+)\.pt$")
 
 
@@ -142,10 +144,14 @@ class RunFolder:
         return self.path / "error.txt"
 
     def status(self, run_id: str) -> Status:
-        """``done`` (finished as ``run_id``), ``failed``, ``partial`` (has a checkpoint) or ``pending``."""
+        """``done`` (finished as ``run_id``), ``running`` (a live process holds its lease), ``failed``,
+        ``partial`` (has a checkpoint) or ``pending``."""
         result = self.read_result()
         if result is not None and result.finished and result.run_id == run_id:
             return "done"
+        lease = self.lease()
+        if lease.path.is_file() and not lease.is_stale(lease.read_holder()):
+            return "running"
         if result is not None and result.status == "failed":
             return "failed"
         return "partial" if self.latest_checkpoint() else "pending"
@@ -153,6 +159,10 @@ class RunFolder:
     def finished_files(self) -> list[Path]:
         """The files of a finished run worth keeping elsewhere (e.g. as tracking artifacts), besides its folders."""
         return [p for p in (self.path / n for n in ("spec.json", "history.csv", "history.json", "result.json")) if p.is_file()]
+
+    def lease(self) -> Lease:
+        """The run's lease: only the process holding it trains the run (``with folder.lease(): ...``)."""
+        return Lease(self.path / "lease.json")
 
     # The MLflow run that tracks this run.
 

@@ -9,6 +9,8 @@ in the run folder, so a resume logs into the same MLflow run.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import subprocess
@@ -17,6 +19,7 @@ import urllib.error
 import urllib.request
 from importlib import metadata
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 from unpaired import ENTRY_POINT_GROUP, hookimpl
@@ -51,6 +54,26 @@ def check_reachable(uri: str | None) -> None:
             f"(mlflow server ...), or point MLFLOW_TRACKING_URI / the study's tracking.uri elsewhere, or set "
             f"tracking: {{enabled: false}}."
         ) from None
+
+
+@contextlib.contextmanager
+def first_use_serialised(uri: str | None) -> Iterator[None]:
+    """Hold an exclusive lock next to a SQLite store: MLflow creates a fresh store's tables on first use,
+    and two processes doing that at once collide (``duplicate column name``)."""
+    import mlflow
+
+    resolved = uri or mlflow.get_tracking_uri()
+    if not resolved.startswith("sqlite:///"):
+        yield
+        return
+    database = Path(resolved.removeprefix("sqlite:///"))
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{database}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _client(uri: str | None) -> Any:
@@ -106,8 +129,9 @@ class StudyTracker:
     def unpaired_on_study_start(self, study: Any, out: Path) -> None:
         """Check that the server answers, then create (or find) the study's experiment and open a parent run holding the study file."""
         check_reachable(self.uri)
-        experiment = self.client.get_experiment_by_name(self.study)
-        self.experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(self.study)
+        with first_use_serialised(self.uri):
+            experiment = self.client.get_experiment_by_name(self.study)
+            self.experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(self.study)
         tags = {"unpaired.study": self.study, "unpaired.role": "study", "unpaired.baseline": self.baseline,
                 "unpaired.plugins": plugin_versions()}
         if commit := git_commit():

@@ -18,19 +18,21 @@ def train_run(variant: ResolvedVariant, folder: RunFolder, registry: Registry, v
     ``interrupted`` (a checkpoint was written; nothing else is recorded), any other exception
     ``failed`` (``result.json`` says why, ``error.txt`` holds the details). A finished run is not
     trained again: its stored result is returned. The lifecycle hooks are told of the start
-    (before anything is loaded) and of the end.
+    (before anything is loaded) and of the end. All of it happens while holding the run folder's
+    lease: when another live process holds it, :class:`LeaseHeld` is raised and nothing is done.
     """
-    previous = folder.read_result()
-    if previous is not None and previous.finished and previous.run_id == variant.run_id:
-        return previous
-    run = RunInfo(variant.run_id, variant.variant_key, variant_name, variant.train.seed, folder.path, variant.as_dict())
-    try:
-        registry.hook.unpaired_on_variant_start(run=run)
-        result = Trainer(variant, folder, run, registry.hook, show_progress).run_to_end()
-        failure = None
-    except Exception as error:
-        result, failure = RunResult.from_exception(variant.run_id, error), describe_failure(error)
-    if result.status != "interrupted":
-        folder.write_result(result, failure)
-    registry.hook.unpaired_on_variant_end(run=run, result=result)
-    return result
+    with folder.lease():  # raises LeaseHeld while another live process trains this run
+        previous = folder.read_result()
+        if previous is not None and previous.finished and previous.run_id == variant.run_id:
+            return previous
+        run = RunInfo(variant.run_id, variant.variant_key, variant_name, variant.train.seed, folder.path, variant.as_dict())
+        try:
+            registry.hook.unpaired_on_variant_start(run=run)
+            result = Trainer(variant, folder, run, registry.hook, show_progress).run_to_end()
+            failure = None
+        except Exception as error:
+            result, failure = RunResult.from_exception(variant.run_id, error), describe_failure(error)
+        if result.status != "interrupted":
+            folder.write_result(result, failure)
+        registry.hook.unpaired_on_variant_end(run=run, result=result)
+        return result

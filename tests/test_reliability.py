@@ -1,0 +1,86 @@
+"""Concurrency and faults: one owner per run, leases, several invocations at once."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from conftest import UNPAIRED
+from unpaired.results.lease import Lease, LeaseHeld
+
+TINY_BASE = {
+    "data": {"name": "synthetic", "size": 32, "n_train": 6, "n_test": 2},
+    "generator": {"name": "resnet", "n_blocks": 1, "ngf": 4},
+    "discriminator": {"name": "patchgan", "ndf": 4, "n_layers": 2},
+    "train": {"epochs": 1, "decay_epochs": 1, "num_workers": 0},
+    "samples": 1,
+    "eval": {"fid": False},
+}
+
+
+def test_a_lease_is_exclusive_while_its_holder_lives_and_taken_over_when_it_dies(tmp_path):
+    path = tmp_path / "run" / "lease.json"
+    with Lease(path) as first:
+        assert json.loads(path.read_text())["pid"] == os.getpid()
+        with pytest.raises(LeaseHeld, match=f"is being worked on by pid {os.getpid()}"):
+            Lease(path).acquire()
+    assert not path.exists()  # released
+
+    # a holder killed without releasing: a process that no longer runs
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    path.write_text(json.dumps({**first.holder, "pid": int(dead), "token": "dead"}))
+    with Lease(path) as taker:
+        assert json.loads(path.read_text())["token"] == taker.holder["token"]
+
+
+def test_a_lease_from_another_host_is_stale_only_after_its_heartbeat_stops(tmp_path, monkeypatch):
+    monkeypatch.setenv("UNPAIRED_LEASE_TIMEOUT", "3")
+    path = tmp_path / "lease.json"
+    path.write_text(json.dumps({"host": "elsewhere", "pid": 1, "token": "remote"}))
+    with pytest.raises(LeaseHeld, match="pid 1 on elsewhere"):
+        Lease(path).acquire()  # its heartbeat (the file's mtime) is fresh
+    old = time.time() - 10
+    os.utime(path, (old, old))
+    with Lease(path):
+        before = path.stat().st_mtime
+        time.sleep(1.2)  # the holder's thread refreshes the heartbeat every timeout / 6 (at least 0.5 s)
+        assert path.stat().st_mtime > before
+
+
+def write_study(path: Path, name: str, **fields) -> Path:
+    path.write_text(yaml.safe_dump({"name": name, "base": TINY_BASE, **fields}, sort_keys=False))
+    return path
+
+
+def test_two_invocations_at_once_train_each_run_exactly_once(tmp_path, monkeypatch):
+    """Both start on a fresh SQLite store (whose first use must be serialised), then share the runs:
+    each run is trained once, has one MLflow child, and each epoch is logged once."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/fresh/mlflow.db")
+    study = write_study(tmp_path / "twice.yaml", "twice", grid={"generator.n_blocks": [1, 2]}, seeds=[0, 1])
+    command = [UNPAIRED, "run", str(study), "--out", str(tmp_path / "out"), "--quiet"]
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    second = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    outputs = [process.communicate(timeout=600) for process in (first, second)]
+    for process, (out, err) in zip((first, second), outputs):
+        assert process.returncode == 0, err
+    done = [int(out.split("done ")[1].split(",")[0]) for out, _ in outputs]
+    assert sum(done) == 4, outputs
+
+    index = json.loads((tmp_path / "out" / "study.json").read_text())
+    for run in index["runs"]:
+        assert json.loads((tmp_path / "out" / run["folder"] / "result.json").read_text())["status"] == "finished"
+        assert not (tmp_path / "out" / run["folder"] / "lease.json").exists()
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("twice").experiment_id
+    children = client.search_runs([experiment], filter_string="tags.`unpaired.role` = 'variant'")
+    assert sorted(c.data.tags["unpaired.run_id"] for c in children) == sorted(r["run_id"] for r in index["runs"])
+    for child in children:
+        assert [m.step for m in client.get_metric_history(child.info.run_id, "cycle_A")] == [1, 2]

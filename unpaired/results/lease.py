@@ -1,0 +1,145 @@
+"""A lease on a folder: whoever holds it is the one process working there.
+
+The lease is a small JSON file created atomically (``O_CREAT | O_EXCL``, atomic on local and
+NFS file systems) naming its holder: host, pid and a random token. While held, a thread of the
+holding process refreshes its heartbeat (the file's modification time) every few seconds. A
+lease is *stale* when its holder is gone: on the same host as soon as its pid no longer runs;
+from another host when its heartbeat is older than the timeout. A stale lease is taken over,
+one taker at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from unpaired.errors import UnpairedError
+
+TIMEOUT_ENV = "UNPAIRED_LEASE_TIMEOUT"
+DEFAULT_TIMEOUT = 120.0
+"""Seconds without a heartbeat after which a lease held from another host is considered abandoned."""
+
+
+class LeaseHeld(UnpairedError):
+    """Another live process holds the lease; ``holder`` says who (host, pid)."""
+
+    def __init__(self, path: Path, holder: dict[str, Any]):
+        self.path, self.holder = path, holder
+        super().__init__(f"{path.parent} is being worked on by pid {holder.get('pid')} on {holder.get('host')}")
+
+    def __reduce__(self) -> tuple[Any, ...]:  # crosses process boundaries (worker -> study)
+        return type(self), (self.path, self.holder)
+
+
+def _timeout() -> float:
+    return float(os.environ.get(TIMEOUT_ENV) or DEFAULT_TIMEOUT)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: it exists
+        return True
+    return True
+
+
+class Lease:
+    """The lease at ``path``, held from :meth:`acquire` (or ``with``) until :meth:`release`."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.holder = {"host": socket.gethostname(), "pid": os.getpid(), "token": secrets.token_hex(8), "since": time.time()}
+        self._stop = threading.Event()
+        self._beating: threading.Thread | None = None
+
+    def read_holder(self) -> dict[str, Any] | None:
+        """Who holds the lease now (None when nobody does, or the file is unreadable)."""
+        try:
+            holder = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return None
+        return holder if isinstance(holder, dict) else None
+
+    def is_stale(self, holder: dict[str, Any] | None) -> bool:
+        """True when ``holder`` (read from the file) can no longer be working: its process is gone."""
+        try:
+            silent = time.time() - self.path.stat().st_mtime
+        except FileNotFoundError:
+            return True
+        if holder is not None and holder.get("host") == self.holder["host"]:
+            return not _alive(int(holder.get("pid", -1)))
+        return silent > _timeout()  # another host's, or one still being written
+
+    def acquire(self) -> None:
+        """Take the lease, taking over a stale one; raise :class:`LeaseHeld` when a live process has it."""
+        for _ in range(3):  # a lease released or taken over between our steps: look again
+            if self._create():
+                self._start_heartbeat()
+                return
+            holder = self.read_holder()
+            if not self.is_stale(holder):
+                raise LeaseHeld(self.path, holder or {})
+            self._take_over(holder)
+        raise LeaseHeld(self.path, self.read_holder() or {})
+
+    def _create(self) -> bool:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            handle = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(handle, "w") as file:
+            json.dump(self.holder, file)
+        return True
+
+    def _take_over(self, stale: dict[str, Any] | None) -> None:
+        """Remove a stale lease, unless another taker got there first (one taker at a time, by an exclusive marker)."""
+        marker = self.path.with_name(self.path.name + ".takeover")
+        try:
+            os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            if time.time() - marker.stat().st_mtime > _timeout():  # a taker that died while taking over
+                marker.unlink(missing_ok=True)
+            return
+        try:
+            if self.read_holder() == stale:  # still the stale one we looked at
+                self.path.unlink(missing_ok=True)
+        finally:
+            marker.unlink(missing_ok=True)
+
+    def _start_heartbeat(self) -> None:
+        interval = max(0.5, min(10.0, _timeout() / 6))
+        self._stop.clear()
+        self._beating = threading.Thread(target=self._beat, args=(interval,), daemon=True, name=f"lease {self.path}")
+        self._beating.start()
+
+    def _beat(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            try:
+                os.utime(self.path)
+            except FileNotFoundError:
+                return
+
+    def release(self) -> None:
+        """Stop the heartbeat and remove the lease if it is still ours."""
+        self._stop.set()
+        if self._beating is not None:
+            self._beating.join()
+            self._beating = None
+        if self.read_holder() == self.holder:
+            self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> Lease:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
