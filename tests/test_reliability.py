@@ -1,9 +1,10 @@
-"""Concurrency and faults: one owner per run, leases, several invocations at once."""
+"""Concurrency and faults: one owner per run, several invocations at once, signals to a study with workers."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -15,6 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from conftest import UNPAIRED
 from unpaired.results.lease import Lease, LeaseHeld
+from unpaired.results.run_folder import RunFolder
 
 TINY_BASE = {
     "data": {"name": "synthetic", "size": 32, "n_train": 6, "n_test": 2},
@@ -84,3 +86,47 @@ def test_two_invocations_at_once_train_each_run_exactly_once(tmp_path, monkeypat
     assert sorted(c.data.tags["unpaired.run_id"] for c in children) == sorted(r["run_id"] for r in index["runs"])
     for child in children:
         assert [m.step for m in client.get_metric_history(child.info.run_id, "cycle_A")] == [1, 2]
+
+
+def group_is_gone(pgid: int, within: float = 10.0) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+@pytest.mark.parametrize(("signum", "whole_group", "jobs"), [(signal.SIGINT, True, 2), (signal.SIGINT, False, 2), (signal.SIGTERM, False, 2),
+                                                         (signal.SIGTERM, False, 1)],
+                         ids=["ctrl-c", "sigint-to-main", "sigterm-to-main", "sigterm-without-workers"])
+def test_a_signal_stops_every_worker_with_a_checkpoint_and_leaves_no_process(tmp_path, monkeypatch, signum, whole_group, jobs):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    base = {**TINY_BASE, "data": {**TINY_BASE["data"], "n_train": 200}, "train": {**TINY_BASE["train"], "epochs": 3, "decay_epochs": 0}}
+    study = tmp_path / "stopped.yaml"
+    study.write_text(yaml.safe_dump({"name": "stopped", "base": base, "grid": {"generator.n_blocks": [1, 2, 3]}}))
+    out = tmp_path / "out"
+    process = subprocess.Popen([UNPAIRED, "run", str(study), "--out", str(out), "--jobs", str(jobs), "--quiet"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while len(list(out.glob("*/*/history.json"))) < jobs and time.monotonic() < deadline:  # each worker is into epoch 2
+        time.sleep(0.1)
+    assert len(list(out.glob("*/*/history.json"))) == jobs, "the workers did not get going"
+    (os.killpg if whole_group else os.kill)(process.pid, signum)
+    stdout, stderr = process.communicate(timeout=120)
+
+    assert process.returncode == 128 + signum, stderr
+    assert "Traceback" not in stderr
+    assert f"interrupted {jobs}" in stdout and f"stopped by signal {signum}: run the same command again to resume" in stdout
+    assert group_is_gone(process.pid), "a process of the command outlived it"
+    started = sorted(p.parent.parent for p in out.glob("*/*/checkpoints/*.pt"))
+    assert len(started) == jobs and not list(out.glob("*/*/result.json")) and not list(out.glob("*/*/lease.json"))
+    for folder in started:  # stopped mid-epoch, with a checkpoint to resume from
+        assert RunFolder(folder).load_checkpoint().state.step_in_epoch > 0
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("stopped").experiment_id
+    (parent,) = client.search_runs([experiment], filter_string="tags.`unpaired.role` = 'study'")
+    children = client.search_runs([experiment], filter_string="tags.`unpaired.role` = 'variant'")
+    assert parent.info.status == "KILLED" and [c.info.status for c in children] == ["KILLED"] * jobs

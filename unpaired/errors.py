@@ -22,3 +22,19 @@ class Interrupted(UnpairedError):
     """SIGINT or SIGTERM stopped the work after saving what it needs to resume; running the same command again resumes."""
 
     exit_code = 130
+
+
+class StopRequested(BaseException):
+    """SIGINT or SIGTERM arrived where the work cannot wait for a checkpoint: it stops at once.
+
+    A BaseException, like KeyboardInterrupt, so that no ``except Exception`` mistakes it for a failure.
+    """
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        super().__init__(f"stopped by signal {signum}")
+
+    @property
+    def exit_code(self) -> int:
+        """128 + the signal number, as a shell reports a command a signal stopped (130 for SIGINT, 143 for SIGTERM)."""
+        return 128 + self.signum

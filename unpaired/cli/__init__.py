@@ -11,8 +11,9 @@ from collections.abc import Sequence
 from unpaired import __version__
 from unpaired.cli.study_commands import cmd_compare, cmd_plan, cmd_run, cmd_schema, cmd_score, cmd_validate
 from unpaired.cli.tool_commands import cmd_data_download, cmd_data_export, cmd_fid, cmd_plugins, cmd_train, cmd_translate
-from unpaired.errors import Interrupted, UnpairedError
+from unpaired.errors import Interrupted, StopRequested, UnpairedError
 from unpaired.tools.download import DATASETS
+from unpaired.training.runtime import stop_on_signals
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,14 +108,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``unpaired`` console script; returns the exit code.
 
     Errors the user can fix (:class:`UnpairedError`) print one line and exit with their code;
-    anything else is a bug and shows its traceback.
+    anything else is a bug and shows its traceback. SIGINT and SIGTERM stop the command cleanly
+    (exit 130 and 143), training checkpoints first.
     """
     args = build_parser().parse_args(argv)
     try:
-        return args.handler(args)
+        with stop_on_signals():
+            return args.handler(args)
     except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading: not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except StopRequested as stop:
+        print(f"interrupted: {stop}", file=sys.stderr)
+        return stop.exit_code
     except Interrupted as error:
         print(f"interrupted: {error}", file=sys.stderr)
         return error.exit_code

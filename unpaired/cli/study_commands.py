@@ -66,9 +66,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     summary = run_study(study, out, registry, runs, jobs=args.jobs, show_progress=not args.quiet,
                         announce=lambda line: print(line, file=sys.stderr))
     print(summary)
-    if summary.interrupted:
-        return 130
-    return 1 if summary.failed else 0
+    return summary.exit_code
 
 
 def cmd_schema(args: argparse.Namespace) -> int:

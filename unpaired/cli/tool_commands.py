@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from unpaired.config.resolved import load_variant
     from unpaired.results.run_folder import RunFolder
     from unpaired.training.run import train_run
+    from unpaired.training.runtime import stop_requested
 
     registry = default_registry()
     variant = load_variant(args.spec, registry)
@@ -70,7 +72,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(json.dumps(result.model_dump(mode="json"), indent=1))
     if result.status == "interrupted":
         print(f"interrupted: {result.error}", file=sys.stderr)
-        return 130
+        return 128 + (stop_requested() or signal.SIGINT)
     if result.status == "failed":
         details = folder.error_file.read_text() if folder.error_file.is_file() else ""
         if details.startswith("Traceback"):  # not an error we expected: show where it came from

@@ -5,7 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,12 +13,14 @@ import torch
 
 from unpaired.config.resolved import resolve_variant
 from unpaired.config.study import PlannedRun
+from unpaired.errors import StopRequested
 from unpaired.plugin_api.registry import Registry, default_registry
 from unpaired.results.lease import LeaseHeld
 from unpaired.results.records import RunResult
 from unpaired.results.run_folder import RunFolder
 from unpaired.results.study_folder import run_folder
 from unpaired.training.run import train_run
+from unpaired.training.runtime import deferred_signals, listen_for_stop, stop_requested
 
 if TYPE_CHECKING:
     from unpaired.execution.runner import StudySummary
@@ -44,7 +46,11 @@ def run_serially(todo: list[PlannedRun], out: Path, registry: Registry, summary:
 def run_in_processes(todo: list[PlannedRun], out: Path, jobs: int, listeners: list[object], summary: StudySummary,
                      announce: Callable[[str], None]) -> None:
     """Train ``jobs`` runs at a time in spawned worker processes, each with the study's listeners: on the
-    visible GPUs in turn, or on the CPU with its cores divided between the workers."""
+    visible GPUs in turn, or on the CPU with its cores divided between the workers.
+
+    A stop signal to this process (or to its whole process group) stops the workers' runs at their
+    next step, with a checkpoint; queued runs are cancelled; every worker has ended when this returns.
+    """
     gpus = torch.cuda.device_count()
     threads = 1 if gpus else max(1, (os.cpu_count() or 1) // jobs)
     specs = []
@@ -54,21 +60,47 @@ def run_in_processes(todo: list[PlannedRun], out: Path, jobs: int, listeners: li
             resolved["train"]["device"] = f"cuda:{number % gpus}"
         specs.append(resolved)
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=torch.set_num_threads, initargs=(threads,)) as pool:
+    stop = context.Value("i", 0)
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_start_worker, initargs=(threads, stop)) as pool:
         futures = [pool.submit(_train_in_worker, spec, str(run_folder(out, run)), run.variant, listeners) for spec, run in zip(specs, todo)]
         announce(f"training {len(todo)} run(s), {jobs} at a time")
-        for run, future in zip(todo, futures):
-            try:
-                result: RunResult | LeaseHeld = future.result()
-            except LeaseHeld as busy:
-                result = busy
-            except Exception as error:  # the worker itself died or could not start the run
-                result = RunResult.from_exception(run.run_id, error)
-            summary.record(run, result)
-            announce(f"{'busy' if isinstance(result, LeaseHeld) else result.status}: {run.variant} seed {run.seed}")
+        collected = 0
+        try:
+            for run, future in zip(todo, futures):
+                _collect(run, future, summary, announce)
+                collected += 1
+        except StopRequested as signal_received:
+            announce(f"signal {signal_received.signum}: the running runs checkpoint and stop; the queued ones are not started")
+            with deferred_signals():  # a second Ctrl-C must not abandon the workers mid-checkpoint
+                stop.value = signal_received.signum
+                pool.shutdown(wait=True, cancel_futures=True)
+                for run, future in list(zip(todo, futures))[collected:]:
+                    if not future.cancelled():
+                        _collect(run, future, summary, announce)
+            raise
 
 
-def _train_in_worker(spec: dict[str, Any], folder: str, variant: str, listeners: list[object]) -> RunResult:
+def _collect(run: PlannedRun, future: Future, summary: StudySummary, announce: Callable[[str], None]) -> None:
+    try:
+        result: RunResult | LeaseHeld | None = future.result()
+    except LeaseHeld as busy:
+        result = busy
+    except Exception as error:  # the worker itself died or could not start the run
+        result = RunResult.from_exception(run.run_id, error)
+    if result is None:  # queued when the study was stopped: not started, still pending
+        return
+    summary.record(run, result)
+    announce(f"{'busy' if isinstance(result, LeaseHeld) else result.status}: {run.variant} seed {run.seed}")
+
+
+def _start_worker(threads: int, stop: Any) -> None:
+    torch.set_num_threads(threads)
+    listen_for_stop(stop)
+
+
+def _train_in_worker(spec: dict[str, Any], folder: str, variant: str, listeners: list[object]) -> RunResult | None:
+    if stop_requested() is not None:  # handed over before the study stopped: do not start it
+        return None
     registry = default_registry()
     with registry.listening(*listeners):
         return train_run(resolve_variant(spec, registry), RunFolder(Path(folder)), registry, variant, show_progress=False)

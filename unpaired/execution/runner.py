@@ -9,6 +9,7 @@ the study (the MLflow tracker, ...) does so through the lifecycle hooks.
 from __future__ import annotations
 
 import json
+import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,13 +17,14 @@ from pathlib import Path
 import torch
 
 from unpaired.config.study import PlannedRun, Study
-from unpaired.errors import UnpairedError, UsageError
+from unpaired.errors import StopRequested, UnpairedError, UsageError
 from unpaired.evaluation.fid import FeatureExtractor
 from unpaired.execution.local import run_in_processes, run_serially
 from unpaired.plugin_api.registry import Registry
 from unpaired.results.lease import LeaseHeld
 from unpaired.results.records import RunResult
 from unpaired.results.study_folder import run_folder, write_index
+from unpaired.training.runtime import deferred_signals, stop_on_signals, stop_requested
 
 
 def steps_per_run(study: Study) -> dict[str, int | str]:
@@ -64,6 +66,17 @@ class StudySummary:
     interrupted: list[PlannedRun] = field(default_factory=list)
     busy: list[tuple[PlannedRun, str]] = field(default_factory=list)
     """Runs another live process was training (its lease was held), with who it is."""
+    stopped_by: int | None = None
+    """The signal that stopped the study (queued runs were not started), or None."""
+    aborted: str | None = None
+    """Why the study itself stopped with an error (a bug, an unreachable service), or None."""
+
+    @property
+    def exit_code(self) -> int:
+        """What ``unpaired run`` exits with: 128 + the signal when stopped, 1 when a run failed, else 0."""
+        if self.stopped_by is not None:
+            return 128 + self.stopped_by
+        return 1 if self.failed or self.aborted else 0
 
     def record(self, run: PlannedRun, result: RunResult | LeaseHeld) -> None:
         if isinstance(result, LeaseHeld):
@@ -79,6 +92,8 @@ class StudySummary:
         lines = [f"done {len(self.done)}, failed {len(self.failed)}, skipped {len(self.skipped)} (finished earlier)"
                  + (f", interrupted {len(self.interrupted)}" if self.interrupted else "")
                  + (f", busy {len(self.busy)} (being trained by another process)" if self.busy else "")]
+        if self.stopped_by is not None:
+            lines.append(f"stopped by signal {self.stopped_by}: run the same command again to resume")
         lines += [f"  FAILED {run.variant} seed {run.seed}: {error}" for run, error in self.failed]
         lines += [f"  BUSY {run.variant} seed {run.seed}: trained by {holder}; rerun later to pick up what it leaves"
                   for run, holder in self.busy]
@@ -107,7 +122,9 @@ def run_study(
     Before any training the FID extractors load and the study's listeners (see the
     ``unpaired_study_listeners`` hook) start. A failing run is recorded and the others go on.
     ``jobs`` > 1 trains that many runs at once in separate processes: spread over the visible
-    GPUs, or on the CPU with the cores divided between them.
+    GPUs, or on the CPU with the cores divided between them. SIGINT or SIGTERM stops the study:
+    running runs checkpoint, queued ones are not started, and the summary says so
+    (``summary.stopped_by``); the listeners always hear of the end.
     """
     out = Path(out)
     summary = StudySummary()
@@ -116,12 +133,22 @@ def run_study(
         (summary.skipped if run_folder(out, run).status(run.run_id) == "done" else todo).append(run)
     preflight(todo)
     listeners = [listener for found in registry.hook.unpaired_study_listeners(study=study) for listener in found]
-    with registry.listening(*listeners):
+    with stop_on_signals(), registry.listening(*listeners):
         registry.hook.unpaired_on_study_start(study=study, out=out)
-        write_index(study, out)
-        if jobs <= 1:
-            run_serially(todo, out, registry, summary, announce, show_progress)
-        else:
-            run_in_processes(todo, out, jobs, listeners, summary, announce)
-        registry.hook.unpaired_on_study_end(study=study, out=out, summary=summary)
+        try:
+            write_index(study, out)
+            if jobs <= 1:
+                run_serially(todo, out, registry, summary, announce, show_progress)
+            else:
+                run_in_processes(todo, out, jobs, listeners, summary, announce)
+            if summary.interrupted:
+                summary.stopped_by = stop_requested() or signal.SIGINT
+        except StopRequested as stop:
+            summary.stopped_by = stop.signum
+        except BaseException as error:
+            summary.aborted = f"{type(error).__name__}: {error}"
+            raise
+        finally:  # the listeners hear of the end however it comes (MLflow's parent run is closed)
+            with deferred_signals():
+                registry.hook.unpaired_on_study_end(study=study, out=out, summary=summary)
     return summary

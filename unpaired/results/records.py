@@ -14,7 +14,7 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from unpaired.errors import Interrupted, UnpairedError
+from unpaired.errors import Interrupted, StopRequested, UnpairedError
 from unpaired.results.files import CorruptFileError, load_tensors
 
 CHECKPOINT_FORMAT = 2
@@ -50,7 +50,7 @@ class RunResult(BaseModel):
     @classmethod
     def from_exception(cls, run_id: str, error: BaseException) -> RunResult:
         """The result of a run stopped by ``error``: interrupted by a signal, or failed."""
-        if isinstance(error, Interrupted):
+        if isinstance(error, (Interrupted, StopRequested)):
             return cls(status="interrupted", run_id=run_id, error=str(error))
         return cls(status="failed", run_id=run_id, error=f"{type(error).__name__}: {error}")
 

@@ -228,10 +228,20 @@ class StudyTracker:
 
     @hookimpl
     def unpaired_on_study_end(self, study: Any, out: Path, summary: Any) -> None:
-        """Attach the comparison to the parent run and close it: FAILED when a run failed or was interrupted."""
-        for path in write_comparison(self.study, self.uri, self.baseline, self.metric, out):
-            self.client.log_artifact(self.parent_run_id, str(path))
-        self.client.set_terminated(self.parent_run_id, "FAILED" if summary.failed or summary.interrupted else "FINISHED")
+        """Attach the comparison to the parent run and close it: KILLED when a signal stopped the study,
+        FAILED (with the reason) when it broke off or a run failed, else FINISHED."""
+        if self.parent_run_id is None:
+            return
+        if summary.aborted:
+            self.client.set_tag(self.parent_run_id, "unpaired.error", summary.aborted[:5000])
+        else:
+            for path in write_comparison(self.study, self.uri, self.baseline, self.metric, out):
+                self.client.log_artifact(self.parent_run_id, str(path))
+        if summary.stopped_by is not None:
+            status = "KILLED"
+        else:
+            status = "FAILED" if summary.failed or summary.interrupted or summary.aborted else "FINISHED"
+        self.client.set_terminated(self.parent_run_id, status)
 
 
 @hookimpl

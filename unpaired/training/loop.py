@@ -26,13 +26,14 @@ from unpaired.training.batches import EpochOrder, TrainPairs
 from unpaired.training.cyclegan import LOSS_TERMS
 from unpaired.training.parts import build_model
 from unpaired.training.runtime import (
-    StopSignals,
     TrainingError,
     TrainingInterrupted,
     capture_rng,
+    deferred_signals,
     pick_device,
     restore_rng,
     seed_everything,
+    stop_requested,
 )
 from unpaired.training.samples import save_samples
 
@@ -127,9 +128,9 @@ class Trainer:
         progress = tqdm(total=self.steps_per_epoch * self.train.total_epochs, initial=self.state.global_step, unit="it",
                         disable=not self.show_progress, dynamic_ncols=True, desc=self.variant.run_id)
         try:
-            with StopSignals() as stop:
+            with deferred_signals():
                 while self.state.epoch < self.train.total_epochs:
-                    self.train_epoch(stop, progress)
+                    self.train_epoch(progress)
         except torch.OutOfMemoryError as error:
             raise TrainingError(
                 f"out of memory on {self.device} at epoch {self.state.epoch + 1}: {self.data.memory_hint}, lower "
@@ -139,7 +140,7 @@ class Trainer:
             progress.close()
         return self.finish()
 
-    def train_epoch(self, stop: StopSignals, progress: tqdm) -> None:
+    def train_epoch(self, progress: tqdm) -> None:
         """The rest of the current epoch (all of it, unless resuming mid-epoch), then its records."""
         train, state = self.train, self.state
         lr = learning_rate(state.epoch, train)
@@ -162,10 +163,10 @@ class Trainer:
                 losses = dict(zip(LOSS_TERMS, terms.tolist()))
                 progress.set_postfix({k: f"{v:.3g}" for k, v in losses.items()}, refresh=False)
                 self.hook.unpaired_on_step(run=self.run, epoch=state.epoch, step=state.global_step, losses=losses, lr=lr)
-            if stop.received is not None:
+            if (signum := stop_requested()) is not None:
                 self.check_finite()
                 path = self.save_checkpoint()
-                raise TrainingInterrupted(f"stopped by signal {stop.received} at epoch {state.epoch + 1}, step {state.global_step}; rerun to resume from {path}")
+                raise TrainingInterrupted(f"stopped by signal {signum} at epoch {state.epoch + 1}, step {state.global_step}; rerun to resume from {path}")
         self.check_finite()
         seconds = time.perf_counter() - started
         self.end_epoch({"lr": lr, "seconds": seconds, "it_per_s": (state.step_in_epoch - steps_before) / max(seconds, 1e-9)})

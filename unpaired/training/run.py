@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from unpaired.config.resolved import ResolvedVariant
+from unpaired.errors import StopRequested
 from unpaired.plugin_api.lifecycle import RunInfo
 from unpaired.plugin_api.registry import Registry
 from unpaired.results.records import RunResult, describe_failure
@@ -30,7 +31,7 @@ def train_run(variant: ResolvedVariant, folder: RunFolder, registry: Registry, v
             registry.hook.unpaired_on_variant_start(run=run)
             result = Trainer(variant, folder, run, registry.hook, show_progress).run_to_end()
             failure = None
-        except Exception as error:
+        except (Exception, StopRequested) as error:  # a signal outside the training loop: interrupted, resumable
             result, failure = RunResult.from_exception(variant.run_id, error), describe_failure(error)
         if result.status != "interrupted":
             folder.write_result(result, failure)
