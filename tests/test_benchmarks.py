@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from conftest import REPO
 
@@ -33,3 +34,16 @@ def test_bench_train_reports_per_round_ratios_against_the_reference(tmp_path):
     assert report["matmul_gflops"]["fp32"] > 0 and report["matmul_gflops"]["bf16"] > 0
     assert report["engine_with_data"] is True and report["loader"]["pairs_per_s"]["cached"] > 0
     assert "speedup" in result.stdout and "fp32" in result.stdout
+
+
+def test_quick_times_bf16_only_where_the_device_runs_it_natively():
+    """Without native bf16 (no AVX512-BF16 or AMX) it is emulated many times slower: --quick took 42 minutes there."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_train", REPO / "benchmarks" / "bench_train.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert bench.native_settings(cpu, {"fp32": 300.0, "bf16": 40.0}) == ["fp32"]
+    assert bench.native_settings(cpu, {"fp32": 300.0, "bf16": 1800.0}) == ["fp32", "bf16"]
+    assert bench.native_settings(gpu, {"fp32": 50_000.0, "bf16": 40_000.0}) == ["fp32", "bf16"]
