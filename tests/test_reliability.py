@@ -14,7 +14,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import UNPAIRED
+from conftest import UNPAIRED, run_cli, write_synthetic_folder
 from unpaired.results.lease import Lease, LeaseHeld
 from unpaired.results.run_folder import RunFolder
 
@@ -130,3 +130,48 @@ def test_a_signal_stops_every_worker_with_a_checkpoint_and_leaves_no_process(tmp
     (parent,) = client.search_runs([experiment], filter_string="tags.`unpaired.role` = 'study'")
     children = client.search_runs([experiment], filter_string="tags.`unpaired.role` = 'variant'")
     assert parent.info.status == "KILLED" and [c.info.status for c in children] == ["KILLED"] * jobs
+
+
+def exported_generator(path: Path) -> Path:
+    """A (untrained) tiny exported generator, as training writes one."""
+    from unpaired.plugin_api.registry import default_registry
+    from unpaired.results.files import atomic_save
+    from unpaired.results.records import ExportedGenerator
+
+    config, norm = {"name": "resnet", "n_blocks": 1, "ngf": 4}, {"name": "instance"}
+    registry = default_registry()
+    network = registry.build("generator", config, registry.build("norm", norm))
+    atomic_save(ExportedGenerator("AtoB", "0" * 12, config, norm, 32, network.state_dict()).to_file(), path)
+    return path
+
+
+def test_bad_inputs_to_translate_train_and_score_are_named_with_exit_code_2(tmp_path):
+    write_synthetic_folder(tmp_path / "images", n_train=1, n_test=2)
+    images = tmp_path / "images" / "testA"
+    text, png = tmp_path / "notes.txt", images / "00000.png"
+    text.write_text("hello")
+    for checkpoint in (text, png, tmp_path / "missing.pt", tmp_path):
+        result = run_cli("translate", "--checkpoint", str(checkpoint), str(images), "--out", str(tmp_path / "out"))
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert result.stderr.startswith(f"error: {checkpoint} is not a"), result.stderr
+
+    generator = exported_generator(tmp_path / "AtoB.pt")
+    (images / "broken.png").write_bytes(b"\x89PNG not really")
+    result = run_cli("translate", "--checkpoint", str(generator), str(images), "--out", str(tmp_path / "out"))
+    assert result.returncode == 0 and "wrote 2 image(s)" in result.stdout
+    assert f"warning: skipped an unreadable image: {images / 'broken.png'}" in result.stderr
+    missing = run_cli("translate", "--checkpoint", str(generator), str(tmp_path / "nowhere"), "--out", str(tmp_path / "out"))
+    assert missing.returncode == 2 and f"error: {tmp_path / 'nowhere'} does not exist" in missing.stderr
+
+    binary = tmp_path / "spec.yaml"
+    binary.write_bytes(bytes(range(128, 256)))
+    result = run_cli("train", str(binary), "--out", str(tmp_path / "run"))
+    assert result.returncode == 2 and f"error: {binary}: 1 problem:\n  not a text file" in result.stderr
+
+    (tmp_path / "study").mkdir()
+    (tmp_path / "study" / "study.json").write_text(json.dumps({"name": "s", "runs": []}))
+    result = run_cli("score", str(tmp_path / "study"))
+    assert result.returncode == 1 and "holds no run that has finished yet: nothing to score" in result.stderr
+    (tmp_path / "study" / "study.json").write_text('{"name": "s", "runs": [')
+    result = run_cli("score", str(tmp_path / "study"))
+    assert result.returncode == 2 and f"error: {tmp_path / 'study' / 'study.json'} is not valid JSON" in result.stderr

@@ -15,7 +15,13 @@ class UnpairedError(Exception):
 
 
 class UsageError(UnpairedError):
-    """A command was given something it cannot work with (a variant or seed not in the study, a missing folder, ...)."""
+    """A request that what exists cannot meet: a variant or seed not in the study, a study with no finished runs, ..."""
+
+
+class InputError(UnpairedError):
+    """A file or folder given to a command cannot be used: missing, of the wrong kind, unreadable or corrupt."""
+
+    exit_code = 2
 
 
 class Interrupted(UnpairedError):

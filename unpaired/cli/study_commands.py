@@ -9,7 +9,7 @@ from pathlib import Path
 
 from unpaired.config.schema import study_json_schema
 from unpaired.config.study import Study, load_study
-from unpaired.errors import UsageError
+from unpaired.errors import InputError, UsageError
 from unpaired.plugin_api.registry import default_registry
 from unpaired.results.run_folder import RunFolder
 
@@ -84,7 +84,7 @@ def _run_folders(target: Path) -> list[RunFolder]:
     if target.is_file():
         target = _out_dir(None, load_study(target, default_registry()))
     if not is_study_folder(target):
-        raise UsageError(f"{target} is neither the folder of a run that started training nor a study output folder")
+        raise InputError(f"{target} is neither the folder of a run that started training nor a study output folder")
     return [run["folder"] for run in indexed_runs(target) if run["folder"].read_result() is not None]
 
 

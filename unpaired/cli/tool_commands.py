@@ -88,9 +88,11 @@ def cmd_translate(args: argparse.Namespace) -> int:
     from unpaired.training.runtime import pick_device
 
     generator, size = load_generator(Path(args.checkpoint), args.direction, default_registry())
-    written = translate(generator, collect_inputs(Path(args.input)), Path(args.out), args.size or size, pick_device(args.device))
+    written, skipped = translate(generator, collect_inputs(Path(args.input)), Path(args.out), args.size or size, pick_device(args.device))
     print(f"wrote {len(written)} image(s) to {args.out}")
-    return 0
+    for reason in skipped:
+        print(f"warning: skipped an unreadable image: {reason}", file=sys.stderr)
+    return 0 if written else 1
 
 
 def cmd_fid(args: argparse.Namespace) -> int:

@@ -43,6 +43,8 @@ def read_document(path: str | Path) -> Any:
         text = path.read_text()
     except OSError as error:
         raise SpecError(str(path), [("", f"cannot read the file: {error.strerror or error}")]) from None
+    except UnicodeDecodeError:
+        raise SpecError(str(path), [("", "not a text file: a spec is YAML or JSON (UTF-8)")]) from None
     if path.suffix.lower() == ".json":
         try:
             return json.loads(text, object_pairs_hook=_refuse_duplicates)

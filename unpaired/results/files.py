@@ -12,10 +12,10 @@ from typing import IO, Any
 
 import torch
 
-from unpaired.errors import UnpairedError
+from unpaired.errors import InputError
 
 
-class CorruptFileError(UnpairedError):
+class CorruptFileError(InputError):
     """A file the project wrote cannot be read back; the message names it and says what to do."""
 
 

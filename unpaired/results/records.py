@@ -14,7 +14,7 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from unpaired.errors import Interrupted, StopRequested, UnpairedError
+from unpaired.errors import InputError, Interrupted, StopRequested, UnpairedError
 from unpaired.results.files import CorruptFileError, load_tensors
 
 CHECKPOINT_FORMAT = 2
@@ -139,7 +139,7 @@ class ExportedGenerator:
                        networks[NETWORK_OF_DIRECTION[direction]])
         _check_format(path, stored, GENERATOR_FORMAT, "exported generator")
         if stored.get("direction") != direction:
-            raise UnpairedError(f"{path} holds the {stored.get('direction')} generator, not {direction}; use generators/{direction}.pt")
+            raise InputError(f"{path} holds the {stored.get('direction')} generator, not {direction}; use the {direction} one")
         try:
             return cls(**{k: v for k, v in stored.items() if k != "format"})
         except TypeError as error:
@@ -148,7 +148,7 @@ class ExportedGenerator:
 
 def _load(path: Path, what: str) -> dict[str, Any]:
     if not path.is_file():
-        raise UnpairedError(f"{path} is not a file: name a run's {what} file")
+        raise InputError(f"{path} is not a file: name a run's {what} file")
     try:
         stored = load_tensors(path)
     except Exception as error:  # torch raises many types for a file that is not one of its archives

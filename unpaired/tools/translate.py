@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from PIL import Image
 from torch import nn
 
-from unpaired.errors import UsageError
+from unpaired.errors import InputError
 from unpaired.plugin_api.data import IMAGE_EXTENSIONS, Transform, list_images, load_image, save_grid
 from unpaired.plugin_api.registry import Registry
 from unpaired.results.records import Direction, ExportedGenerator
@@ -22,18 +23,25 @@ def load_generator(path: Path, direction: Direction, registry: Registry) -> tupl
 
 
 @torch.inference_mode()
-def translate(generator: nn.Module, inputs: list[Path], out_dir: Path, size: int, device: torch.device) -> list[Path]:
-    """Translate each input image at ``size`` x ``size`` px and save it as PNG under ``out_dir``; return the paths."""
+def translate(generator: nn.Module, inputs: list[Path], out_dir: Path, size: int, device: torch.device) -> tuple[list[Path], list[str]]:
+    """Translate each input image at ``size`` x ``size`` px and save it as PNG under ``out_dir``.
+
+    Returns the paths written and the inputs skipped because they could not be decoded (each with why).
+    """
     transform = Transform(load_size=None, crop_size=size, crop=False, flip=False)
     generator = generator.to(device)
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
+    written, skipped = [], []
     for path in inputs:
-        image = transform.test(load_image(path)).unsqueeze(0).to(device)
+        try:
+            image = transform.test(load_image(path)).unsqueeze(0).to(device)
+        except (OSError, ValueError, Image.DecompressionBombError) as error:
+            skipped.append(f"{path} ({error})")
+            continue
         target = out_dir / f"{path.stem}.png"
         save_grid(generator(image).float().cpu(), target, columns=1, padding=0)
         written.append(target)
-    return written
+    return written, skipped
 
 
 def collect_inputs(path: Path) -> list[Path]:
@@ -41,8 +49,8 @@ def collect_inputs(path: Path) -> list[Path]:
     if path.is_dir():
         found = list_images(path)
         if not found:
-            raise UsageError(f"{path} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+            raise InputError(f"{path} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
         return found
     if not path.is_file():
-        raise UsageError(f"{path} does not exist")
+        raise InputError(f"{path} does not exist")
     return [path]
