@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
@@ -175,3 +178,51 @@ def test_bad_inputs_to_translate_train_and_score_are_named_with_exit_code_2(tmp_
     (tmp_path / "study" / "study.json").write_text('{"name": "s", "runs": [')
     result = run_cli("score", str(tmp_path / "study"))
     assert result.returncode == 2 and f"error: {tmp_path / 'study' / 'study.json'} is not valid JSON" in result.stderr
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MiB tmpfs (mounting one needs root); yields its folder and a function that leaves ``n`` bytes free."""
+    folder = tmp_path / "small"
+    folder.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(folder)], capture_output=True).returncode:
+        pytest.skip("a full disk is simulated with a small tmpfs, which needs root")
+
+    def leave_free(n: int) -> None:
+        (folder / "filler").write_bytes(b"")
+        free = shutil.disk_usage(folder).free
+        (folder / "filler").write_bytes(b"x" * max(0, free - n))
+
+    yield folder, leave_free
+    subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_a_full_disk_names_the_file_the_space_needed_and_keeps_the_previous_version(small_disk):
+    from unpaired.results.files import StorageError, atomic_save, load_tensors
+
+    folder, leave_free = small_disk
+    path = folder / "checkpoints" / "state.pt"
+    atomic_save({"weights": torch.zeros(1000)}, path)
+    leave_free(64 * 1024)
+    with pytest.raises(StorageError) as error:
+        atomic_save({"weights": torch.zeros(100_000)}, path)  # about 391 KiB
+    assert re.match(rf"no space left to write {re.escape(str(path))}: it needs 39\d\.\d KiB, 6\d\.\d KiB are free there \(the previous"
+                    r" version, if any, is intact\)\. Free some space, then run the same command again\.$", str(error.value)), str(error.value)
+    assert torch.equal(load_tensors(path)["weights"], torch.zeros(1000))
+    assert sorted(p.name for p in path.parent.iterdir()) == ["state.pt"]  # no temporary file left
+
+
+def test_a_run_on_a_full_disk_fails_with_the_reason_and_resumes_once_there_is_room(small_disk, tmp_path):
+    from unpaired.config.resolved import resolve_variant
+    from unpaired.plugin_api.registry import default_registry
+    from unpaired.training.run import train_run
+
+    folder, leave_free = small_disk
+    registry = default_registry()
+    variant = resolve_variant({**TINY_BASE, "generator": {"name": "resnet", "n_blocks": 2, "ngf": 8}}, registry)
+    leave_free(48 * 1024)
+    result = train_run(variant, RunFolder(folder / "run"), registry, show_progress=False)
+    assert result.status == "failed" and result.error.startswith("StorageError: no space left to write ")
+    assert "/run/checkpoints/epoch-0001-step-" in result.error
+    (folder / "filler").unlink()
+    assert train_run(variant, RunFolder(folder / "run"), registry, show_progress=False).status == "finished"

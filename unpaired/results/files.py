@@ -3,46 +3,76 @@ reading them back with errors that name the file."""
 
 from __future__ import annotations
 
+import errno
+import io
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 
-from unpaired.errors import InputError
+from unpaired.errors import InputError, UnpairedError
 
 
 class CorruptFileError(InputError):
     """A file the project wrote cannot be read back; the message names it and says what to do."""
 
 
-def _atomic_write(path: Path, mode: str, write: Callable[[IO[Any]], None]) -> None:
-    """Make ``path`` hold what ``write`` writes, so that a crash at any moment leaves either the old file
-    or the new one: write a temporary file in the same folder, fsync it, then rename it over the target."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+class StorageError(UnpairedError):
+    """A file could not be written (disk full, read-only, no permission); its previous version is intact."""
+
+
+def _size(count: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    raise AssertionError  # unreachable
+
+
+def _write_failed(path: Path, size: int, error: OSError) -> StorageError:
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        free = shutil.disk_usage(path.parent).free if path.parent.exists() else 0
+        return StorageError(f"no space left to write {path}: it needs {_size(size)}, {_size(free)} are free there "
+                            "(the previous version, if any, is intact). Free some space, then run the same command again.")
+    return StorageError(f"cannot write {path}: {error.strerror or error} (the previous version, if any, is intact)")
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Make ``path`` hold ``data``, so that a crash at any moment leaves either the old file or the new one:
+    write a temporary file in the same folder, fsync it, then rename it over the target. An OS error
+    (disk full, read-only, ...) raises :class:`StorageError` naming the file, the size and the free space."""
+    temporary = None
     try:
-        with os.fdopen(handle, mode) as file:
-            write(file)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+    except BaseException as error:
+        if temporary is not None:
+            Path(temporary).unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise _write_failed(path, len(data), error) from error
         raise
 
 
 def atomic_save(state: dict[str, Any], path: Path) -> None:
-    """``torch.save`` ``state`` to ``path`` atomically."""
-    _atomic_write(path, "wb", lambda file: torch.save(state, file))
+    """``torch.save`` ``state`` to ``path`` atomically (serialised in memory first, so that a full disk
+    is reported as such, with the size needed)."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    _atomic_write(path, buffer.getvalue())
 
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Replace ``path`` with ``text`` atomically."""
-    _atomic_write(path, "w", lambda file: file.write(text))
+    _atomic_write(path, text.encode())
 
 
 def atomic_write_json(path: Path, data: Any) -> None:

@@ -6,6 +6,7 @@ from unpaired.config.resolved import ResolvedVariant
 from unpaired.errors import StopRequested
 from unpaired.plugin_api.lifecycle import RunInfo
 from unpaired.plugin_api.registry import Registry
+from unpaired.results.files import StorageError
 from unpaired.results.records import RunResult, describe_failure
 from unpaired.results.run_folder import RunFolder
 from unpaired.training.loop import Trainer
@@ -34,6 +35,9 @@ def train_run(variant: ResolvedVariant, folder: RunFolder, registry: Registry, v
         except (Exception, StopRequested) as error:  # a signal outside the training loop: interrupted, resumable
             result, failure = RunResult.from_exception(variant.run_id, error), describe_failure(error)
         if result.status != "interrupted":
-            folder.write_result(result, failure)
+            try:
+                folder.write_result(result, failure)
+            except StorageError as error:  # e.g. the disk filled up: the run is not recorded, a rerun redoes its end
+                result = RunResult.from_exception(variant.run_id, error)
         registry.hook.unpaired_on_variant_end(run=run, result=result)
         return result
