@@ -17,7 +17,7 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import UNPAIRED, run_cli, write_synthetic_folder
+from conftest import UNPAIRED, run_cli, start_mlflow_server, stop_mlflow_server, write_synthetic_folder
 from unpaired.results.lease import Lease, LeaseHeld
 from unpaired.results.run_folder import RunFolder
 
@@ -226,3 +226,154 @@ def test_a_run_on_a_full_disk_fails_with_the_reason_and_resumes_once_there_is_ro
     assert "/run/checkpoints/epoch-0001-step-" in result.error
     (folder / "filler").unlink()
     assert train_run(variant, RunFolder(folder / "run"), registry, show_progress=False).status == "finished"
+
+
+KILLER = """
+    import os
+    from unpaired.plugin_api import hookimpl
+
+    class Killer:
+        '''Dies like kill -9 at a chosen point: right after a run's result is written, or after its MLflow child exists.'''
+
+        def __init__(self, point):
+            self.point = point
+
+        @hookimpl(tryfirst=True)
+        def unpaired_on_variant_end(self, run, result):
+            if self.point == "after-result":
+                os._exit(9)
+
+        @hookimpl(trylast=True)
+        def unpaired_on_variant_start(self, run):
+            if self.point == "after-child":
+                os._exit(9)
+
+    @hookimpl
+    def unpaired_study_listeners(study):
+        point = os.environ.get("KILL_AT")
+        return [Killer(point)] if point else []
+"""
+
+
+def children_of(client: MlflowClient, study: str) -> list:
+    experiment = client.get_experiment_by_name(study).experiment_id
+    return client.search_runs([experiment], filter_string="tags.`unpaired.role` = 'variant'")
+
+
+@pytest.mark.parametrize("point", ["after-result", "after-child"])
+def test_a_kill_at_either_mlflow_window_leaves_no_duplicate_and_the_rerun_completes_the_tracking(tmp_path, monkeypatch, make_distribution, point):
+    """after-result: the run finished but its MLflow child never got its metrics (the rerun skips the run as done);
+    after-child: the child exists but the process died before the run folder recorded it (simulated by removing the record)."""
+    make_distribution("killer", "1.0", {"killer": "killer_plugin"}, {"killer_plugin.py": KILLER})
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    study = write_study(tmp_path / "killed.yaml", "killed")
+    command = ["run", str(study), "--out", str(tmp_path / "out"), "--quiet"]
+    monkeypatch.setenv("KILL_AT", point)
+    assert run_cli(*command).returncode == 9
+    (folder,) = [p.parent for p in (tmp_path / "out").glob("*/*/mlflow_run.json")]
+    if point == "after-child":
+        (folder / "mlflow_run.json").unlink()
+    monkeypatch.delenv("KILL_AT")
+    rerun = run_cli(*command)
+    assert rerun.returncode == 0, rerun.stderr
+    assert ("skipped 1" if point == "after-result" else "done 1") in rerun.stdout
+
+    client = MlflowClient()
+    (child,) = children_of(client, "killed")
+    assert child.info.status == "FINISHED" and child.data.tags["unpaired.status"] == "finished"
+    assert [m.step for m in client.get_metric_history(child.info.run_id, "cycle_A")] == [1, 2]
+    assert {"spec.json", "result.json", "history.csv"} <= {a.path for a in client.list_artifacts(child.info.run_id)}
+    experiment = client.get_experiment_by_name("killed").experiment_id
+    parents = client.search_runs([experiment], filter_string="tags.`unpaired.role` = 'study'", order_by=["attributes.start_time"])
+    assert [p.info.status for p in parents] == ["KILLED", "FINISHED"]  # the dead invocation's parent was closed
+    assert json.loads((folder / "mlflow_run.json").read_text())["complete"] is True
+
+
+def test_a_tracking_server_that_dies_mid_study_does_not_stop_training(tmp_path):
+    """The runs after the server went away train and finish in bounded time; the summary names the runs whose
+    tracking is incomplete; once the server is back, the same command completes their MLflow runs."""
+    server, uri = start_mlflow_server(tmp_path)
+    study = write_study(tmp_path / "offline.yaml", "offline", grid={"generator.n_blocks": [1, 2, 3]}, tracking={"uri": uri})
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    command = [UNPAIRED, "run", str(study), "--out", str(tmp_path / "out"), "--quiet"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 120
+    while not list((tmp_path / "out").glob("*/*/result.json")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    stop_mlflow_server(server)
+    started = time.monotonic()
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr
+    assert time.monotonic() - started < 120, "runs waited on the dead server"
+    assert "done 3, failed 0" in stdout and "note: MLflow tracking is incomplete for " in stdout
+    assert "Traceback" not in stderr and "warning: MLflow tracking of run" in stderr
+    assert len(list((tmp_path / "out").glob("*/*/result.json"))) == 3
+
+    server, _ = start_mlflow_server(tmp_path, port=int(uri.rsplit(":", 1)[1]))
+    try:
+        rerun = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+        assert rerun.returncode == 0 and "skipped 3" in rerun.stdout and "note:" not in rerun.stdout, rerun.stderr
+        children = children_of(MlflowClient(uri), "offline")
+        assert len(children) == 3 and {c.info.status for c in children} == {"FINISHED"}
+        client = MlflowClient(uri)
+        for child in children:
+            assert [m.step for m in client.get_metric_history(child.info.run_id, "cycle_A")] == [1, 2]
+    finally:
+        stop_mlflow_server(server)
+
+
+def corrupt(path: Path, how: str) -> None:
+    if how == "weights":  # finite garbage in one weight: torch.load would never notice
+        stored = torch.load(path, weights_only=True)
+        next(iter(stored["model"]["networks"]["G_AB"].values())).add_(1e-3)
+        torch.save(stored, path)
+    elif how == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    else:
+        path.write_bytes(os.urandom(path.stat().st_size))
+
+
+@pytest.mark.parametrize("how", ["weights", "truncated", "random"])
+def test_a_corrupt_checkpoint_is_named_set_aside_and_the_run_starts_again(tmp_path, how):
+    from conftest import AtStep, crash
+    from unpaired.config.resolved import resolve_variant
+    from unpaired.plugin_api.registry import Registry
+    from unpaired.training.run import train_run
+
+    registry = Registry.from_entry_points()
+    variant = resolve_variant({**TINY_BASE, "train": {**TINY_BASE["train"], "log_every": 1}}, registry)
+    straight = train_run(variant, RunFolder(tmp_path / "straight"), registry, show_progress=False)
+    folder = RunFolder(tmp_path / "run")
+    with registry.listening(AtStep(8, crash)):  # in epoch 2, after the epoch-1 checkpoint
+        assert train_run(variant, folder, registry, show_progress=False).status == "failed"
+    checkpoint = folder.latest_checkpoint()
+    corrupt(checkpoint, how)
+    with pytest.warns(UserWarning, match=rf"{re.escape(str(checkpoint))} is (corrupt|not a readable checkpoint).*starts again from the beginning"):
+        result = train_run(variant, folder, registry, show_progress=False)
+    assert result.status == "finished" and result.final_losses == straight.final_losses
+    assert (checkpoint.parent / f"{checkpoint.name}.corrupt").is_file()
+    a, b = RunFolder(tmp_path / "straight").load_checkpoint().model, folder.load_checkpoint().model
+    assert all(torch.equal(a["networks"][n][k], b["networks"][n][k]) for n in a["networks"] for k in a["networks"][n])
+
+
+def test_a_corrupt_checkpoint_stops_the_run_when_asked_and_corrupt_records_never_stop_a_study(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    base = {**TINY_BASE, "train": {**TINY_BASE["train"], "on_corrupt_checkpoint": "stop"}}
+    study = tmp_path / "records.yaml"
+    study.write_text(yaml.safe_dump({"name": "records", "base": base, "grid": {"generator.n_blocks": [1, 2, 3]}}))
+    command = ["run", str(study), "--out", str(tmp_path / "out"), "--quiet"]
+    assert run_cli(*command).returncode == 0
+    one, two, three = (RunFolder(p.parent) for p in sorted((tmp_path / "out").glob("*/*/result.json")))
+    (one.path / "result.json").write_text('{"status": "finished", "run_id": ')  # cut short
+    (two.path / "mlflow_run.json").write_text("[]")
+    (three.path / "result.json").unlink()
+    corrupt(three.latest_checkpoint(), "random")
+
+    rerun = run_cli(*command)
+    assert rerun.returncode == 1, rerun.stderr
+    assert "done 1, failed 1, skipped 1" in rerun.stdout and "CorruptFileError: " in rerun.stdout and "is not a readable checkpoint" in rerun.stdout
+    assert f"{one.path / 'result.json'} is not valid JSON" in rerun.stderr  # named, set aside, the run resumed
+    assert one.read_result().finished and (one.path / "result.json.corrupt").is_file()
+    assert two.status(two.read_result().run_id) == "done"
+    children = children_of(MlflowClient(), "records")
+    assert len(children) == 3 and sorted(c.info.status for c in children) == ["FAILED", "FINISHED", "FINISHED"]

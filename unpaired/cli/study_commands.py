@@ -106,7 +106,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     """Rank a study's variants by a metric over seeds, from its MLflow runs."""
     from unpaired.results.compare import finished_runs, plot, render, study_baseline, summarize
-    from unpaired.results.tracking import tracking_uri
+    from unpaired.results.mlflow_store import tracking_uri
 
     target = Path(args.study)
     if target.suffix.lower() in (".yaml", ".yml", ".json") and target.is_file():

@@ -58,6 +58,10 @@ class TrainConfig(BaseModel):
     checkpoint_every: int = Field(1, ge=1, description="epochs between checkpoints (also written at the end and on SIGINT/SIGTERM)")
     sample_every: int = Field(1, ge=1, description="epochs between sample grids")
     log_every: int = Field(100, ge=1, description="steps between loss readings (the only host syncs of the loop)")
+    on_corrupt_checkpoint: Literal["restart", "stop"] = Field(
+        "restart", description="a checkpoint that fails its checks: restart the run from the beginning (the file is kept "
+        "beside it as .corrupt, with a warning), or stop the run with the error"
+    )
 
     @property
     def total_epochs(self) -> int:
@@ -80,7 +84,8 @@ class EvalConfig(BaseModel):
     )
 
 
-RUNTIME_ONLY_FIELDS = {"device", "num_workers", "checkpoint_every", "sample_every", "log_every", "compile", "channels_last"}
+RUNTIME_ONLY_FIELDS = {"device", "num_workers", "checkpoint_every", "sample_every", "log_every", "compile", "channels_last",
+                       "on_corrupt_checkpoint"}
 """Train fields that change how fast or where a run goes, not its result; they are left out of the run id."""
 
 

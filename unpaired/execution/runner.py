@@ -70,6 +70,8 @@ class StudySummary:
     """The signal that stopped the study (queued runs were not started), or None."""
     aborted: str | None = None
     """Why the study itself stopped with an error (a bug, an unreachable service), or None."""
+    notes: list[str] = field(default_factory=list)
+    """What listeners add when the study ends (e.g. runs whose tracking is incomplete)."""
 
     @property
     def exit_code(self) -> int:
@@ -94,6 +96,7 @@ class StudySummary:
                  + (f", busy {len(self.busy)} (being trained by another process)" if self.busy else "")]
         if self.stopped_by is not None:
             lines.append(f"stopped by signal {self.stopped_by}: run the same command again to resume")
+        lines += [f"note: {note}" for note in self.notes]
         lines += [f"  FAILED {run.variant} seed {run.seed}: {error}" for run, error in self.failed]
         lines += [f"  BUSY {run.variant} seed {run.seed}: trained by {holder}; rerun later to pick up what it leaves"
                   for run, holder in self.busy]

@@ -18,7 +18,14 @@ from unpaired.errors import InputError, UnpairedError
 
 
 class CorruptFileError(InputError):
-    """A file the project wrote cannot be read back; the message names it and says what to do."""
+    """A file the project wrote cannot be read back; ``path`` is the file, the message says what is wrong and what to do."""
+
+    def __init__(self, path: Path, problem: str):
+        self.path, self.problem = Path(path), problem
+        super().__init__(f"{path} {problem}")
+
+    def __reduce__(self) -> tuple[Any, ...]:  # crosses process boundaries (worker -> study)
+        return type(self), (self.path, self.problem)
 
 
 class StorageError(UnpairedError):
@@ -85,7 +92,7 @@ def read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise CorruptFileError(f"{path} is not valid JSON ({error}); delete it or restore it from a backup") from None
+        raise CorruptFileError(path, f"is not valid JSON ({error}); delete it or restore it from a backup") from None
 
 
 def load_tensors(path: Path) -> dict[str, Any]:

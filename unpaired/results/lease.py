@@ -41,7 +41,8 @@ def _timeout() -> float:
     return float(os.environ.get(TIMEOUT_ENV) or DEFAULT_TIMEOUT)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process with this pid runs on this host."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -75,7 +76,7 @@ class Lease:
         except FileNotFoundError:
             return True
         if holder is not None and holder.get("host") == self.holder["host"]:
-            return not _alive(int(holder.get("pid", -1)))
+            return not process_alive(int(holder.get("pid", -1)))
         return silent > _timeout()  # another host's, or one still being written
 
     def acquire(self) -> None:

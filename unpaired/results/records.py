@@ -7,6 +7,7 @@ Each type knows its file format (and its version) and checks it when a file is r
 from __future__ import annotations
 
 import traceback
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -95,8 +96,9 @@ class Checkpoint:
     """Every global RNG's state."""
 
     def to_file(self) -> dict[str, Any]:
-        return {"format": CHECKPOINT_FORMAT, "run_id": self.run_id, "spec": self.spec, "crop_size": self.crop_size,
-                "state": vars(self.state), "model": self.model, "rng": self.rng}
+        content = {"run_id": self.run_id, "spec": self.spec, "crop_size": self.crop_size,
+                   "state": vars(self.state), "model": self.model, "rng": self.rng}
+        return {"format": CHECKPOINT_FORMAT, "checksum": checksum(content), **content}
 
     @classmethod
     def read(cls, path: Path) -> Checkpoint:
@@ -104,12 +106,14 @@ class Checkpoint:
 
     @classmethod
     def from_file(cls, path: Path, stored: dict[str, Any]) -> Checkpoint:
-        """The checkpoint in ``stored``, what :meth:`to_file` wrote to ``path`` (checked)."""
+        """The checkpoint in ``stored``, what :meth:`to_file` wrote to ``path`` (format and checksum checked)."""
         _check_format(path, stored, CHECKPOINT_FORMAT, "checkpoint")
+        content = {k: v for k, v in stored.items() if k not in ("format", "checksum")}
+        _check_checksum(path, stored.get("checksum"), content, "checkpoint")
         try:
-            return cls(stored["run_id"], stored["spec"], stored["crop_size"], TrainingState(**stored["state"]), stored["model"], stored["rng"])
+            return cls(content["run_id"], content["spec"], content["crop_size"], TrainingState(**content["state"]), content["model"], content["rng"])
         except (KeyError, TypeError) as error:
-            raise CorruptFileError(f"{path} is not a complete checkpoint ({type(error).__name__}: {error})") from None
+            raise CorruptFileError(path, f"is not a complete checkpoint ({type(error).__name__}: {error})") from None
 
 
 @dataclass(frozen=True)
@@ -125,7 +129,7 @@ class ExportedGenerator:
     state_dict: dict[str, torch.Tensor]
 
     def to_file(self) -> dict[str, Any]:
-        return {"format": GENERATOR_FORMAT, **vars(self)}
+        return {"format": GENERATOR_FORMAT, "checksum": checksum(vars(self)), **vars(self)}
 
     @classmethod
     def read(cls, path: Path, direction: Direction) -> ExportedGenerator:
@@ -138,12 +142,14 @@ class ExportedGenerator:
             return cls(direction, checkpoint.run_id, spec["generator"], spec["generator_norm"], checkpoint.crop_size,
                        networks[NETWORK_OF_DIRECTION[direction]])
         _check_format(path, stored, GENERATOR_FORMAT, "exported generator")
+        stored = {k: v for k, v in stored.items() if k != "format"}
+        _check_checksum(path, stored.pop("checksum", None), stored, "exported generator")
         if stored.get("direction") != direction:
             raise InputError(f"{path} holds the {stored.get('direction')} generator, not {direction}; use the {direction} one")
         try:
-            return cls(**{k: v for k, v in stored.items() if k != "format"})
+            return cls(**stored)
         except TypeError as error:
-            raise CorruptFileError(f"{path} is not a complete exported generator ({error})") from None
+            raise CorruptFileError(path, f"is not a complete exported generator ({error})") from None
 
 
 def _load(path: Path, what: str) -> dict[str, Any]:
@@ -152,16 +158,39 @@ def _load(path: Path, what: str) -> dict[str, Any]:
     try:
         stored = load_tensors(path)
     except Exception as error:  # torch raises many types for a file that is not one of its archives
-        raise CorruptFileError(f"{path} is not a readable {what} ({type(error).__name__}: {str(error).splitlines()[0]})") from None
+        raise CorruptFileError(path, f"is not a readable {what} ({type(error).__name__}: {str(error).splitlines()[0]})") from None
     if not isinstance(stored, dict):
-        raise CorruptFileError(f"{path} is not an unpaired {what}")
+        raise CorruptFileError(path, f"is not an unpaired {what}")
     return stored
+
+
+def checksum(tree: Any) -> int:
+    """CRC-32 of everything in ``tree`` (nested dicts, lists and tuples of tensors and plain values), in order:
+    what a checkpoint stores to detect bytes that changed on disk (torch.load checks none)."""
+    crc = 0
+    stack = [tree]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend(reversed([item for pair in value.items() for item in pair]))
+        elif isinstance(value, (list, tuple)):
+            stack.extend(reversed(value))
+        elif isinstance(value, torch.Tensor):
+            crc = zlib.crc32(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy(), crc)
+        else:
+            crc = zlib.crc32(repr(value).encode(), crc)
+    return crc
+
+
+def _check_checksum(path: Path, stored: Any, content: Any, what: str) -> None:
+    if stored != checksum(content):
+        raise CorruptFileError(path, f"is corrupt: its contents do not match the checksum written with this {what}")
 
 
 def _check_format(path: Path, stored: dict[str, Any], expected: int, what: str) -> None:
     if stored.get("format", 1) != expected:  # files without a format number are the first format
         raise CorruptFileError(
-            f"{path} is a {what} of format {stored.get('format', 1)}; this version of unpaired reads format {expected}. "
+            path, f"is a {what} of format {stored.get('format', 1)}; this version of unpaired reads format {expected}. "
             "Retrain the run, or use the version of unpaired that wrote it."
         )
 
@@ -171,4 +200,4 @@ def validate_result(path: Path, data: Any) -> RunResult:
     try:
         return RunResult.model_validate(data)
     except ValidationError as error:
-        raise CorruptFileError(f"{path} is not a run result ({error.errors()[0]['msg']}); delete it and run again") from None
+        raise CorruptFileError(path, f"is not a run result ({error.errors()[0]['msg']}); delete it and run again") from None

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from unpaired.results.files import atomic_save, atomic_write_json, atomic_write_text, read_json
+from unpaired.results.files import CorruptFileError, atomic_save, atomic_write_json, atomic_write_text, read_json
 from unpaired.results.lease import Lease
 from unpaired.results.records import Checkpoint, Direction, ExportedGenerator, RunResult, validate_result
 
@@ -102,6 +102,12 @@ class RunFolder:
                 other.unlink(missing_ok=True)
         return path
 
+    def set_aside(self, path: Path) -> Path:
+        """Rename a corrupt file to ``<name>.corrupt`` (kept for a look, ignored from then on); return its new path."""
+        aside = path.with_name(path.name + ".corrupt")
+        path.replace(aside)
+        return aside
+
     def load_checkpoint(self, path: Path | None = None) -> Checkpoint | None:
         """The checkpoint at ``path`` (default: the latest), or None when there is none."""
         path = path or self.latest_checkpoint()
@@ -146,11 +152,13 @@ class RunFolder:
     def status(self, run_id: str) -> Status:
         """``done`` (finished as ``run_id``), ``running`` (a live process holds its lease), ``failed``,
         ``partial`` (has a checkpoint) or ``pending``."""
-        result = self.read_result()
+        try:
+            result = self.read_result()
+        except CorruptFileError:  # training it again will rewrite it
+            result = None
         if result is not None and result.finished and result.run_id == run_id:
             return "done"
-        lease = self.lease()
-        if lease.path.is_file() and not lease.is_stale(lease.read_holder()):
+        if self.is_leased():
             return "running"
         if result is not None and result.status == "failed":
             return "failed"
@@ -164,12 +172,23 @@ class RunFolder:
         """The run's lease: only the process holding it trains the run (``with folder.lease(): ...``)."""
         return Lease(self.path / "lease.json")
 
+    def is_leased(self) -> bool:
+        """True while a live process holds the run's lease."""
+        lease = self.lease()
+        return lease.path.is_file() and not lease.is_stale(lease.read_holder())
+
     # The MLflow run that tracks this run.
 
-    def read_tracking_link(self) -> dict[str, str] | None:
-        """``{"tracking_uri", "run_id"}`` of the MLflow run recorded for this run, or None."""
+    def read_tracking_link(self) -> dict[str, Any] | None:
+        """``{"tracking_uri", "run_id", "complete"}`` of the MLflow run recorded for this run, or None."""
         path = self.path / "mlflow_run.json"
-        return read_json(path) if path.is_file() else None
+        if not path.is_file():
+            return None
+        link = read_json(path)
+        if not isinstance(link, dict) or not isinstance(link.get("run_id"), str):
+            raise CorruptFileError(path, "is not a link to an MLflow run")
+        return link
 
-    def write_tracking_link(self, tracking_uri: str | None, mlflow_run_id: str) -> None:
-        atomic_write_json(self.path / "mlflow_run.json", {"tracking_uri": tracking_uri, "run_id": mlflow_run_id})
+    def write_tracking_link(self, tracking_uri: str | None, mlflow_run_id: str, complete: bool) -> None:
+        """Record the MLflow run of this run; ``complete``: everything the run folder holds has been logged to it."""
+        atomic_write_json(self.path / "mlflow_run.json", {"tracking_uri": tracking_uri, "run_id": mlflow_run_id, "complete": complete})

@@ -44,5 +44,5 @@ def indexed_runs(out: Path) -> list[dict[str, Any]]:
         raise UsageError(f"{out} is not a study output folder (it has no {INDEX})")
     index = read_json(path)
     if not isinstance(index, dict) or not isinstance(index.get("runs"), list):
-        raise CorruptFileError(f"{path} is not a study index (no list of runs); run the study again to rewrite it")
+        raise CorruptFileError(path, "is not a study index (no list of runs); run the study again to rewrite it")
     return [{**run, "folder": RunFolder(Path(out) / run["folder"])} for run in index["runs"]]

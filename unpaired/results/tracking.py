@@ -3,103 +3,36 @@ a nested child MLflow run per run (variant x seed) that a resumed training conti
 
 This module is registered through the ``unpaired`` entry points like any plugin; for each study
 that has tracking enabled it returns a :class:`StudyTracker` listener, which follows the study
-through the lifecycle hooks in every process that trains one of its runs. The child's id is kept
-in the run folder, so a resume logs into the same MLflow run.
+through the lifecycle hooks in every process that trains one of its runs.
+
+Tracking never stops training: once an MLflow call for a run fails (after bounded retries), the
+tracker leaves that run alone in this process and its run folder says its tracking is incomplete.
+The next invocation of the study completes it from the run folder, and closes the MLflow runs
+that processes which died left RUNNING.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import json
 import os
-import subprocess
+import socket
+import sys
 import time
-import urllib.error
-import urllib.request
-from importlib import metadata
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
-from unpaired import ENTRY_POINT_GROUP, hookimpl
-from unpaired.config.overrides import flatten
-from unpaired.errors import UnpairedError
+from unpaired import hookimpl
+from unpaired.plugin_api.lifecycle import RunInfo
 from unpaired.results.compare import write_comparison
+from unpaired.results.files import CorruptFileError
+from unpaired.results.lease import process_alive
+from unpaired.results.mlflow_store import check_reachable, client, first_use_serialised, flatten_params, git_commit, plugin_versions, tracking_uri
 from unpaired.results.run_folder import RunFolder
+from unpaired.results.study_folder import run_folder
 
 EPOCH_MARKER = "lr"
 """A metric every epoch logs (the epoch-end hook always carries it): its history says which epochs were logged."""
-
-
-class TrackingError(UnpairedError):
-    """The tracking server cannot be used; the message names it."""
-
-
-def tracking_uri(configured: str | None) -> str | None:
-    """``$MLFLOW_TRACKING_URI`` if set, else the study's ``tracking.uri``, else None (MLflow's own default)."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or configured or None
-
-
-def check_reachable(uri: str | None) -> None:
-    """Fail fast, naming the URI, when an HTTP tracking server does not answer its health check."""
-    if not uri or not uri.startswith(("http://", "https://")):
-        return
-    try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10) as response:
-            response.read()
-    except (urllib.error.URLError, OSError) as error:
-        raise TrackingError(
-            f"the MLflow tracking server {uri} is unreachable ({getattr(error, 'reason', error)}). Start it "
-            f"(mlflow server ...), or point MLFLOW_TRACKING_URI / the study's tracking.uri elsewhere, or set "
-            f"tracking: {{enabled: false}}."
-        ) from None
-
-
-@contextlib.contextmanager
-def first_use_serialised(uri: str | None) -> Iterator[None]:
-    """Hold an exclusive lock next to a SQLite store: MLflow creates a fresh store's tables on first use,
-    and two processes doing that at once collide (``duplicate column name``)."""
-    import mlflow
-
-    resolved = uri or mlflow.get_tracking_uri()
-    if not resolved.startswith("sqlite:///"):
-        yield
-        return
-    database = Path(resolved.removeprefix("sqlite:///"))
-    database.parent.mkdir(parents=True, exist_ok=True)
-    with open(f"{database}.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-def _client(uri: str | None) -> Any:
-    from mlflow.tracking import MlflowClient  # imported here: mlflow takes a while to import
-
-    return MlflowClient(tracking_uri=uri)
-
-
-def flatten_params(resolved: dict[str, Any]) -> dict[str, str]:
-    """``{"generator": {"n_blocks": 9}}`` -> ``{"generator.n_blocks": "9"}`` (MLflow params are strings)."""
-    return {key: json.dumps(value) if isinstance(value, (list, tuple)) else str(value) for key, value in flatten(resolved).items()}
-
-
-def plugin_versions() -> str:
-    """``dist version`` of every installed distribution providing unpaired plugins."""
-    found = {f"{ep.dist.metadata['Name']} {ep.dist.version}" for ep in metadata.entry_points(group=ENTRY_POINT_GROUP) if ep.dist}
-    return ", ".join(sorted(found))
-
-
-def git_commit() -> str | None:
-    """The commit checked out in the working directory, if it is a git checkout."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
 
 
 class StudyTracker:
@@ -114,63 +47,95 @@ class StudyTracker:
         self.children: dict[str, str] = {}
         """Run id -> MLflow run id of the child runs this process logs to."""
         self.logged_epochs: dict[str, set[int]] = {}
+        self.lost: set[str] = set()
+        """Runs whose tracking failed in this process: left alone from then on."""
 
     def __getstate__(self) -> dict[str, Any]:
         """What a worker process gets: the study's MLflow coordinates, not this process's connection or children."""
-        return {**self.__dict__, "_client": None, "children": {}, "logged_epochs": {}}
+        return {**self.__dict__, "_client": None, "children": {}, "logged_epochs": {}, "lost": set()}
 
     @property
     def client(self) -> Any:
         if self._client is None:
-            self._client = _client(self.uri)
+            self._client = client(self.uri)
         return self._client
+
+    @contextlib.contextmanager
+    def guarded(self, run_id: str) -> Iterator[None]:
+        """MLflow calls for one run: a failure is reported once and ends tracking of that run in this process."""
+        try:
+            yield
+        except Exception as error:
+            self.lost.add(run_id)
+            print(f"warning: MLflow tracking of run {run_id} stopped ({type(error).__name__}: {str(error).splitlines()[0][:300]}); "
+                  "training goes on, and the next `unpaired run` of the study logs what is missing", file=sys.stderr)
 
     @hookimpl
     def unpaired_on_study_start(self, study: Any, out: Path) -> None:
-        """Check that the server answers, then create (or find) the study's experiment and open a parent run holding the study file."""
+        """Check that the server answers; open a parent run holding the study file; close what dead processes left
+        RUNNING; complete the tracking of finished runs whose logging was cut short."""
         check_reachable(self.uri)
         with first_use_serialised(self.uri):
             experiment = self.client.get_experiment_by_name(self.study)
             self.experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(self.study)
+        self._close_abandoned()
         tags = {"unpaired.study": self.study, "unpaired.role": "study", "unpaired.baseline": self.baseline,
-                "unpaired.plugins": plugin_versions()}
+                "unpaired.plugins": plugin_versions(), "unpaired.owner": f"{socket.gethostname()}:{os.getpid()}"}
         if commit := git_commit():
             tags["unpaired.git_commit"] = commit
         parent = self.client.create_run(self.experiment_id, run_name=f"{self.study} ({time.strftime('%Y-%m-%d %H:%M')})", tags=tags)
         self.parent_run_id = parent.info.run_id
         if Path(self.source).is_file():
             self.client.log_artifact(self.parent_run_id, self.source)
+        for planned in study.runs:
+            folder = run_folder(out, planned)
+            if _finished(folder) and not _tracking_complete(folder, self.uri):
+                info = RunInfo(planned.run_id, planned.variant_key, planned.variant, planned.seed, folder.path, planned.resolved.as_dict())
+                with self.guarded(planned.run_id):
+                    self._complete(self._child(info, folder), folder)
 
-    @hookimpl
-    def unpaired_on_variant_start(self, run: Any) -> None:
-        """Continue the MLflow run recorded in the run folder, else open a new child of the parent."""
-        folder = RunFolder(Path(run.folder))
-        known = folder.read_tracking_link()
-        if known and known.get("tracking_uri") == self.uri:
-            try:
-                self.client.update_run(known["run_id"], status="RUNNING")
-                # epochs after the last checkpoint are trained (identically) again: log each once
-                self.logged_epochs[run.run_id] = self._logged_epochs(known["run_id"])
-                self.children[run.run_id] = known["run_id"]
-                return
-            except Exception:  # deleted or from another store: start a new one
-                pass
-        self.children[run.run_id] = self._new_child(run, folder)
+    def _close_abandoned(self) -> None:
+        """Parent runs whose process on this host is gone, and children whose run nobody holds, left RUNNING: KILLED."""
+        host = socket.gethostname()
+        for parent in self._search("tags.`unpaired.role` = 'study' and attributes.status = 'RUNNING'"):
+            owner_host, _, pid = parent.data.tags.get("unpaired.owner", "").partition(":")
+            if owner_host == host and pid.isdigit() and not process_alive(int(pid)):
+                self.client.set_terminated(parent.info.run_id, "KILLED")
+        for child in self._search("tags.`unpaired.role` = 'variant' and attributes.status = 'RUNNING'"):
+            folder = child.data.tags.get("unpaired.folder")
+            if folder and not RunFolder(Path(folder)).is_leased():
+                self.client.set_terminated(child.info.run_id, "KILLED")
 
-    def _new_child(self, run: Any, folder: RunFolder) -> str:
+    def _search(self, filter_string: str) -> list[Any]:
+        return self.client.search_runs([self.experiment_id], filter_string=filter_string, max_results=10_000)
+
+    def _child(self, run: RunInfo, folder: RunFolder) -> str:
+        """The MLflow run of ``run``: the one its folder records, else one a process created but could not record
+        (found by its tags), else a new child of the parent."""
+        link = _link(folder)
+        if link and link.get("tracking_uri") == self.uri:
+            with contextlib.suppress(Exception):  # deleted, or from another store: look further
+                self.client.update_run(link["run_id"], status="RUNNING")
+                return link["run_id"]
+        found = [] if "'" in str(folder) else self._search(f"tags.`unpaired.run_id` = '{run.run_id}' and tags.`unpaired.folder` = '{folder}'")
+        child_id = found[0].info.run_id if found else self._new_child(run, folder)
+        self.client.update_run(child_id, status="RUNNING")
+        folder.write_tracking_link(self.uri, child_id, complete=False)
+        return child_id
+
+    def _new_child(self, run: RunInfo, folder: RunFolder) -> str:
         from mlflow.entities import Param, RunTag
 
         tags = {"mlflow.parentRunId": self.parent_run_id, "unpaired.study": self.study, "unpaired.role": "variant",
                 "unpaired.variant": run.variant, "unpaired.run_id": run.run_id, "unpaired.variant_key": run.variant_key,
                 "unpaired.seed": str(run.seed), "unpaired.planned_seeds": str(self.planned_seeds), "unpaired.status": "running",
-                "unpaired.plugins": plugin_versions()}
+                "unpaired.plugins": plugin_versions(), "unpaired.folder": str(folder)}
         if commit := git_commit():
             tags["unpaired.git_commit"] = commit
         child_id = self.client.create_run(self.experiment_id, run_name=f"{run.variant} seed{run.seed}", tags=tags).info.run_id
         params = [Param(k, v[:6000]) for k, v in flatten_params(run.spec).items()]
         for start in range(0, len(params), 100):
             self.client.log_batch(child_id, params=params[start : start + 100], tags=[RunTag("unpaired.folder", str(folder))] if start == 0 else [])
-        folder.write_tracking_link(self.uri, child_id)
         return child_id
 
     def _log_metrics(self, child_id: str, values: dict[str, float], step: int) -> None:
@@ -185,63 +150,101 @@ class StudyTracker:
         return {m.step for m in self.client.get_metric_history(child_id, EPOCH_MARKER)}
 
     @hookimpl
+    def unpaired_on_variant_start(self, run: Any) -> None:
+        with self.guarded(run.run_id):
+            child_id = self._child(run, RunFolder(Path(run.folder)))
+            # epochs after the last checkpoint are trained (identically) again: log each once
+            self.logged_epochs[run.run_id] = self._logged_epochs(child_id)
+            self.children[run.run_id] = child_id
+
+    @hookimpl
     def unpaired_on_epoch_end(self, run: Any, epoch: int, metrics: dict[str, float]) -> None:
-        if run.run_id in self.children and epoch not in self.logged_epochs.get(run.run_id, ()):
-            self._log_metrics(self.children[run.run_id], metrics, step=epoch)
+        if run.run_id in self.children and run.run_id not in self.lost and epoch not in self.logged_epochs[run.run_id]:
+            with self.guarded(run.run_id):
+                self._log_metrics(self.children[run.run_id], metrics, step=epoch)
 
     @hookimpl
     def unpaired_on_variant_end(self, run: Any, result: Any) -> None:
         child_id = self.children.get(run.run_id)
-        if child_id is None:
+        if child_id is None or run.run_id in self.lost:
             return
         folder = RunFolder(Path(run.folder))
-        self.client.set_tag(child_id, "unpaired.status", result.status)
-        if result.status == "finished":
-            self._log_missing_epochs(child_id, folder)
-            self._log_metrics(child_id, result.metrics, step=result.epochs)
-            self._log_artifacts(child_id, folder)
-            if "unpaired.error" in self.client.get_run(child_id).data.tags:  # left by an earlier failed attempt
-                self.client.delete_tag(child_id, "unpaired.error")
-            self.client.set_terminated(child_id, "FINISHED")
-        elif result.status == "failed":
-            self.client.set_tag(child_id, "unpaired.error", (result.error or "")[:5000])
-            if folder.error_file.is_file():
-                self.client.log_artifact(child_id, str(folder.error_file))
-            self.client.set_terminated(child_id, "FAILED")
-        else:
-            self.client.set_terminated(child_id, "KILLED")
+        with self.guarded(run.run_id):
+            if result.status == "finished":
+                self._complete(child_id, folder)
+            elif result.status == "failed":
+                self.client.set_tag(child_id, "unpaired.status", "failed")
+                self.client.set_tag(child_id, "unpaired.error", (result.error or "")[:5000])
+                if folder.error_file.is_file():
+                    self.client.log_artifact(child_id, str(folder.error_file))
+                self.client.set_terminated(child_id, "FAILED")
+            else:
+                self.client.set_tag(child_id, "unpaired.status", result.status)
+                self.client.set_terminated(child_id, "KILLED")
 
-    def _log_missing_epochs(self, child_id: str, folder: RunFolder) -> None:
-        """Epochs whose hook never ran (e.g. a crash right after their checkpoint) are logged from the history."""
+    def _complete(self, child_id: str, folder: RunFolder) -> None:
+        """Log what a finished run left in its folder and MLflow lacks (epochs, final metrics, artifacts); close it FINISHED."""
+        result = folder.read_result()
+        assert result is not None and result.finished
         logged = self._logged_epochs(child_id)
         for row in folder.read_history():
             if row["epoch"] not in logged:
                 self._log_metrics(child_id, {k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
-
-    def _log_artifacts(self, child_id: str, folder: RunFolder) -> None:
+        self._log_metrics(child_id, result.metrics, step=result.epochs)
         for path in folder.finished_files():
             self.client.log_artifact(child_id, str(path))
         if folder.samples.is_dir():
             self.client.log_artifacts(child_id, str(folder.samples), folder.samples.name)
         if self.log_generators and folder.generators.is_dir():
             self.client.log_artifacts(child_id, str(folder.generators), folder.generators.name)
+        if "unpaired.error" in self.client.get_run(child_id).data.tags:  # left by an earlier failed attempt
+            self.client.delete_tag(child_id, "unpaired.error")
+        self.client.set_tag(child_id, "unpaired.status", "finished")
+        self.client.set_terminated(child_id, "FINISHED")
+        folder.write_tracking_link(self.uri, child_id, complete=True)
 
     @hookimpl
     def unpaired_on_study_end(self, study: Any, out: Path, summary: Any) -> None:
         """Attach the comparison to the parent run and close it: KILLED when a signal stopped the study,
-        FAILED (with the reason) when it broke off or a run failed, else FINISHED."""
+        FAILED (with the reason) when it broke off or a run failed, else FINISHED. Name the runs whose
+        tracking is incomplete."""
+        incomplete = [f"{run.variant} seed {run.seed}" for run in summary.done if not _tracking_complete(run_folder(out, run), self.uri)]
+        if incomplete:
+            summary.notes.append(f"MLflow tracking is incomplete for {', '.join(incomplete)}: run the same command again "
+                                 "once the tracking server answers, and it logs what is missing")
         if self.parent_run_id is None:
             return
-        if summary.aborted:
-            self.client.set_tag(self.parent_run_id, "unpaired.error", summary.aborted[:5000])
-        else:
-            for path in write_comparison(self.study, self.uri, self.baseline, self.metric, out):
-                self.client.log_artifact(self.parent_run_id, str(path))
-        if summary.stopped_by is not None:
-            status = "KILLED"
-        else:
-            status = "FAILED" if summary.failed or summary.interrupted or summary.aborted else "FINISHED"
-        self.client.set_terminated(self.parent_run_id, status)
+        with self.guarded("study"):
+            if summary.aborted:
+                self.client.set_tag(self.parent_run_id, "unpaired.error", summary.aborted[:5000])
+            else:
+                for path in write_comparison(self.study, self.uri, self.baseline, self.metric, out):
+                    self.client.log_artifact(self.parent_run_id, str(path))
+            if summary.stopped_by is not None:
+                status = "KILLED"
+            else:
+                status = "FAILED" if summary.failed or summary.interrupted or summary.aborted else "FINISHED"
+            self.client.set_terminated(self.parent_run_id, status)
+
+
+def _link(folder: RunFolder) -> dict[str, Any] | None:
+    try:
+        return folder.read_tracking_link()
+    except CorruptFileError:  # rewritten once the child is found or created again
+        return None
+
+
+def _finished(folder: RunFolder) -> bool:
+    try:
+        result = folder.read_result()
+    except CorruptFileError:
+        return False
+    return result is not None and result.finished
+
+
+def _tracking_complete(folder: RunFolder, uri: str | None) -> bool:
+    link = _link(folder)
+    return bool(link and link.get("tracking_uri") == uri and link.get("complete"))
 
 
 @hookimpl

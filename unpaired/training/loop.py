@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from unpaired.config.resolved import ResolvedVariant
 from unpaired.config.spec import TrainConfig
 from unpaired.evaluation.fid import FeatureExtractor, score_generators
 from unpaired.plugin_api.lifecycle import RunInfo
+from unpaired.results.files import CorruptFileError
 from unpaired.results.records import NETWORK_OF_DIRECTION, Checkpoint, ExportedGenerator, RunResult, TrainingState
 from unpaired.results.run_folder import RunFolder
 from unpaired.training.batches import EpochOrder, TrainPairs
@@ -63,11 +65,25 @@ class Trainer:
         self.steps_per_epoch = self.train.steps_per_epoch(self.data.train_length)
         self.state = TrainingState(epoch_sums=torch.zeros(len(LOSS_TERMS), device=self.device))
         self.last_checkpoint = folder.latest_checkpoint()
-        if self.last_checkpoint is not None:
-            self.restore(Checkpoint.read(self.last_checkpoint))
+        checkpoint = self.read_checkpoint(self.last_checkpoint) if self.last_checkpoint else None
+        if checkpoint is not None:
+            self.restore(checkpoint)
         # The loader's own generator keeps it from drawing on the global RNG, so resuming mid-epoch stays exact.
         self.loader_rng = torch.Generator()
         self.started = time.perf_counter()
+
+    def read_checkpoint(self, path: Path) -> Checkpoint | None:
+        """The checkpoint at ``path``; None (start afresh, warned) when it is corrupt and ``train.on_corrupt_checkpoint`` allows."""
+        try:
+            return Checkpoint.read(path)
+        except CorruptFileError as error:
+            if self.train.on_corrupt_checkpoint == "stop":
+                raise
+            aside = self.folder.set_aside(path)
+            warnings.warn(f"{error}. It was renamed {aside.name} and {self.folder} starts again from the beginning "
+                          "(set train.on_corrupt_checkpoint: stop to stop instead)", stacklevel=2)
+            self.last_checkpoint = None
+            return None
 
     def restore(self, checkpoint: Checkpoint) -> None:
         if checkpoint.run_id != self.variant.run_id:

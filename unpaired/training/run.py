@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
+
 from unpaired.config.resolved import ResolvedVariant
 from unpaired.errors import StopRequested
 from unpaired.plugin_api.lifecycle import RunInfo
 from unpaired.plugin_api.registry import Registry
-from unpaired.results.files import StorageError
+from unpaired.results.files import CorruptFileError, StorageError
 from unpaired.results.records import RunResult, describe_failure
 from unpaired.results.run_folder import RunFolder
 from unpaired.training.loop import Trainer
@@ -24,7 +26,7 @@ def train_run(variant: ResolvedVariant, folder: RunFolder, registry: Registry, v
     lease: when another live process holds it, :class:`LeaseHeld` is raised and nothing is done.
     """
     with folder.lease():  # raises LeaseHeld while another live process trains this run
-        previous = folder.read_result()
+        previous = _previous_result(folder)
         if previous is not None and previous.finished and previous.run_id == variant.run_id:
             return previous
         run = RunInfo(variant.run_id, variant.variant_key, variant_name, variant.train.seed, folder.path, variant.as_dict())
@@ -41,3 +43,13 @@ def train_run(variant: ResolvedVariant, folder: RunFolder, registry: Registry, v
                 result = RunResult.from_exception(variant.run_id, error)
         registry.hook.unpaired_on_variant_end(run=run, result=result)
         return result
+
+
+def _previous_result(folder: RunFolder) -> RunResult | None:
+    """How the run ended before, if it did; a corrupt result.json is set aside (with a warning): training
+    then resumes from the last checkpoint and writes a new one."""
+    try:
+        return folder.read_result()
+    except CorruptFileError as error:
+        warnings.warn(f"{error}; it was renamed {folder.set_aside(error.path).name} and the run resumes from its checkpoint", stacklevel=2)
+        return None

@@ -1,0 +1,97 @@
+"""Talking to an MLflow tracking store: where it is, whether it answers, requests that give up in bounded time,
+and what a tracked run records about its code."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from unpaired import ENTRY_POINT_GROUP
+from unpaired.config.overrides import flatten
+from unpaired.errors import UnpairedError
+
+BOUNDED_REQUESTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+"""MLflow's HTTP retry settings used unless the user set them: a call to a server that is gone gives up after
+seconds, not MLflow's default of about four minutes."""
+
+
+class TrackingError(UnpairedError):
+    """The tracking server cannot be used; the message names it."""
+
+
+def tracking_uri(configured: str | None) -> str | None:
+    """``$MLFLOW_TRACKING_URI`` if set, else the study's ``tracking.uri``, else None (MLflow's own default)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or configured or None
+
+
+def check_reachable(uri: str | None) -> None:
+    """Fail fast, naming the URI, when an HTTP tracking server does not answer its health check."""
+    if not uri or not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10) as response:
+            response.read()
+    except (urllib.error.URLError, OSError) as error:
+        raise TrackingError(
+            f"the MLflow tracking server {uri} is unreachable ({getattr(error, 'reason', error)}). Start it "
+            f"(mlflow server ...), or point MLFLOW_TRACKING_URI / the study's tracking.uri elsewhere, or set "
+            f"tracking: {{enabled: false}}."
+        ) from None
+
+
+@contextlib.contextmanager
+def first_use_serialised(uri: str | None) -> Iterator[None]:
+    """Hold an exclusive lock next to a SQLite store: MLflow creates a fresh store's tables on first use,
+    and two processes doing that at once collide (``duplicate column name``)."""
+    import mlflow
+
+    resolved = uri or mlflow.get_tracking_uri()
+    if not resolved.startswith("sqlite:///"):
+        yield
+        return
+    database = Path(resolved.removeprefix("sqlite:///"))
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{database}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def client(uri: str | None) -> Any:
+    """An MlflowClient for ``uri`` whose HTTP requests give up in bounded time (see :data:`BOUNDED_REQUESTS`)."""
+    from mlflow.tracking import MlflowClient  # imported here: mlflow takes a while to import
+
+    for name, value in BOUNDED_REQUESTS.items():
+        os.environ.setdefault(name, value)
+    return MlflowClient(tracking_uri=uri)
+
+
+def flatten_params(resolved: dict[str, Any]) -> dict[str, str]:
+    """``{"generator": {"n_blocks": 9}}`` -> ``{"generator.n_blocks": "9"}`` (MLflow params are strings)."""
+    return {key: json.dumps(value) if isinstance(value, (list, tuple)) else str(value) for key, value in flatten(resolved).items()}
+
+
+def plugin_versions() -> str:
+    """``dist version`` of every installed distribution providing unpaired plugins."""
+    found = {f"{ep.dist.metadata['Name']} {ep.dist.version}" for ep in metadata.entry_points(group=ENTRY_POINT_GROUP) if ep.dist}
+    return ", ".join(sorted(found))
+
+
+def git_commit() -> str | None:
+    """The commit checked out in the working directory, if it is a git checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
