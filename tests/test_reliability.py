@@ -377,3 +377,31 @@ def test_a_corrupt_checkpoint_stops_the_run_when_asked_and_corrupt_records_never
     assert two.status(two.read_result().run_id) == "done"
     children = children_of(MlflowClient(), "records")
     assert len(children) == 3 and sorted(c.info.status for c in children) == ["FAILED", "FINISHED", "FINISHED"]
+
+
+def test_a_cpu_run_resumes_with_the_thread_count_it_started_with(tmp_path, capfd):
+    """On a CPU the numbers depend on the thread count (1 vs 2 threads give different weights here), so a run
+    interrupted under --jobs 1 (2 threads) and resumed under --jobs 2 (1 thread per worker) would match neither."""
+    from conftest import AtStep, crash
+    from unpaired.config.resolved import resolve_variant
+    from unpaired.plugin_api.registry import Registry
+    from unpaired.training.run import train_run
+
+    registry = Registry.from_entry_points()
+    variant = resolve_variant({**TINY_BASE, "generator": {"name": "resnet", "n_blocks": 1, "ngf": 8}, "train": {**TINY_BASE["train"], "log_every": 1}}, registry)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        straight = train_run(variant, RunFolder(tmp_path / "straight"), registry, show_progress=False)
+        folder = RunFolder(tmp_path / "run")
+        with registry.listening(AtStep(8, crash)):
+            assert train_run(variant, folder, registry, show_progress=False).status == "failed"
+        torch.set_num_threads(1)
+        resumed = train_run(variant, folder, registry, show_progress=False)
+        assert torch.get_num_threads() == 1  # as it was before the run
+    finally:
+        torch.set_num_threads(before)
+    assert f"note: {folder} resumes with 2 CPU threads, as it started (this process had 1)" in capfd.readouterr().err
+    assert resumed.final_losses == straight.final_losses and resumed.threads == straight.threads == 2
+    a, b = RunFolder(tmp_path / "straight").load_checkpoint().model, folder.load_checkpoint().model
+    assert all(torch.equal(a["networks"][n][k], b["networks"][n][k]) for n in a["networks"] for k in a["networks"][n])

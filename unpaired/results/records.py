@@ -43,6 +43,8 @@ class RunResult(BaseModel):
     """FID/KID of the final generators (and the best epoch's when scored during training)."""
     rescored: dict[str, dict[str, float]] = {}
     """Metrics of the best epoch's generators scored again by ``unpaired score --epoch``, by epoch."""
+    threads: int | None = None
+    """The CPU threads it trained with (a CPU run's numbers depend on them); None on a GPU."""
 
     @property
     def finished(self) -> bool:
@@ -94,10 +96,12 @@ class Checkpoint:
     """``CycleGAN.state_dict()``: networks, optimisers, grad scaler, image pools."""
     rng: dict[str, Any]
     """Every global RNG's state."""
+    threads: int
+    """The CPU threads the run trained with: on a CPU the numbers depend on it, so a resume uses the same."""
 
     def to_file(self) -> dict[str, Any]:
         content = {"run_id": self.run_id, "spec": self.spec, "crop_size": self.crop_size,
-                   "state": vars(self.state), "model": self.model, "rng": self.rng}
+                   "state": vars(self.state), "model": self.model, "rng": self.rng, "threads": self.threads}
         return {"format": CHECKPOINT_FORMAT, "checksum": checksum(content), **content}
 
     @classmethod
@@ -111,7 +115,8 @@ class Checkpoint:
         content = {k: v for k, v in stored.items() if k not in ("format", "checksum")}
         _check_checksum(path, stored.get("checksum"), content, "checkpoint")
         try:
-            return cls(content["run_id"], content["spec"], content["crop_size"], TrainingState(**content["state"]), content["model"], content["rng"])
+            return cls(content["run_id"], content["spec"], content["crop_size"], TrainingState(**content["state"]), content["model"],
+                       content["rng"], content["threads"])
         except (KeyError, TypeError) as error:
             raise CorruptFileError(path, f"is not a complete checkpoint ({type(error).__name__}: {error})") from None
 

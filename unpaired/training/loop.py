@@ -8,6 +8,7 @@ last checkpoint left off. The update itself is :class:`unpaired.training.cyclega
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -91,6 +92,10 @@ class Trainer:
                 f"{self.folder} holds checkpoints of another variant or seed (run {checkpoint.run_id}, this one is "
                 f"{self.variant.run_id}); train into another output folder or delete {self.folder.checkpoints}"
             )
+        if self.device.type == "cpu" and checkpoint.threads != torch.get_num_threads():
+            print(f"note: {self.folder} resumes with {checkpoint.threads} CPU threads, as it started (this process had "
+                  f"{torch.get_num_threads()}): a CPU run's numbers depend on the thread count", file=sys.stderr)
+            torch.set_num_threads(checkpoint.threads)
         self.model.load_state_dict(checkpoint.model)
         restore_rng(checkpoint.rng)
         self.state = dataclasses.replace(checkpoint.state, epoch_sums=checkpoint.state.epoch_sums.to(self.device))
@@ -103,7 +108,7 @@ class Trainer:
     def save_checkpoint(self) -> Path:
         state = dataclasses.replace(self.state, elapsed=self.elapsed(), epoch_sums=self.state.epoch_sums.cpu())
         checkpoint = Checkpoint(self.variant.run_id, self.run.spec, self.data.transform.crop_size, state,
-                                self.model.state_dict(), capture_rng())
+                                self.model.state_dict(), capture_rng(), torch.get_num_threads())
         self.last_checkpoint = self.folder.save_checkpoint(checkpoint)
         return self.last_checkpoint
 
@@ -212,7 +217,8 @@ class Trainer:
         self.export_generators()
         state = self.state
         result = RunResult(status="finished", run_id=self.variant.run_id, epochs=state.epoch, steps=state.global_step,
-                           seconds=self.elapsed(), final_losses={k: state.history[-1][k] for k in LOSS_TERMS} if state.history else {})
+                           seconds=self.elapsed(), final_losses={k: state.history[-1][k] for k in LOSS_TERMS} if state.history else {},
+                           threads=torch.get_num_threads() if self.device.type == "cpu" else None)
         if self.extractor is not None:
             result.metrics = self.score()
             if self.variant.eval.every:

@@ -12,6 +12,7 @@ from unpaired.results.files import CorruptFileError, StorageError
 from unpaired.results.records import RunResult, describe_failure
 from unpaired.results.run_folder import RunFolder
 from unpaired.training.loop import Trainer
+from unpaired.training.runtime import thread_count_kept
 
 
 def train_run(variant: ResolvedVariant, folder: RunFolder, registry: Registry, variant_name: str | None = None,
@@ -25,7 +26,7 @@ def train_run(variant: ResolvedVariant, folder: RunFolder, registry: Registry, v
     (before anything is loaded) and of the end. All of it happens while holding the run folder's
     lease: when another live process holds it, :class:`LeaseHeld` is raised and nothing is done.
     """
-    with folder.lease():  # raises LeaseHeld while another live process trains this run
+    with folder.lease(), thread_count_kept():  # the lease: raises LeaseHeld while another live process trains this run
         previous = _previous_result(folder)
         if previous is not None and previous.finished and previous.run_id == variant.run_id:
             return previous

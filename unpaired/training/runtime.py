@@ -44,6 +44,16 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
+@contextlib.contextmanager
+def thread_count_kept() -> Iterator[None]:
+    """Whatever the block sets torch's CPU thread count to (a resume uses its run's), it is as before afterwards."""
+    threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (all devices)."""
     random.seed(seed)
