@@ -378,6 +378,12 @@ def test_a_corrupt_checkpoint_stops_the_run_when_asked_and_corrupt_records_never
     children = children_of(MlflowClient(), "records")
     assert len(children) == 3 and sorted(c.info.status for c in children) == ["FAILED", "FINISHED", "FINISHED"]
 
+    two.spec_file.write_bytes(b"\x00garbage")
+    scored = run_cli("score", str(tmp_path / "out"))  # each run on its own: the broken ones are named, the others scored
+    assert scored.returncode == 1
+    assert [line.split(": ")[0] for line in scored.stdout.splitlines()] == [str(one.path), str(three.path)]
+    assert f"error: {two.path}: {two.spec_file} is not valid JSON" in scored.stderr
+
 
 def test_a_cpu_run_resumes_with_the_thread_count_it_started_with(tmp_path, capfd):
     """On a CPU the numbers depend on the thread count (1 vs 2 threads give different weights here), so a run

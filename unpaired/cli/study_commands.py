@@ -9,7 +9,7 @@ from pathlib import Path
 
 from unpaired.config.schema import study_json_schema
 from unpaired.config.study import Study, load_study
-from unpaired.errors import InputError, UsageError
+from unpaired.errors import InputError, UnpairedError, UsageError
 from unpaired.plugin_api.registry import default_registry
 from unpaired.results.run_folder import RunFolder
 
@@ -97,10 +97,16 @@ def cmd_score(args: argparse.Namespace) -> int:
     folders = _run_folders(Path(args.target))
     if not folders:
         raise UsageError(f"{args.target} holds no run that has finished yet: nothing to score")
-    for folder in folders:
-        metrics = rescore_run(folder, registry, device, args.epoch)
+    failed = 0
+    for folder in folders:  # one run that cannot be scored does not stop the others
+        try:
+            metrics = rescore_run(folder, registry, device, args.epoch)
+        except UnpairedError as error:
+            print(f"error: {folder}: {error}", file=sys.stderr)
+            failed += 1
+            continue
         print(f"{folder}: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if not k.endswith("_std")))
-    return 0
+    return 1 if failed else 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
