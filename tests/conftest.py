@@ -23,6 +23,16 @@ REPO = Path(__file__).resolve().parents[1]
 UNPAIRED = str(Path(sys.executable).with_name("unpaired"))
 FID_WEIGHTS = REPO.parent / "shared" / "fid" / "weights-inception-2015-12-05-6726825d.pth"
 
+TINY_BASE = {  # the base variant of the small studies the tests run: seconds per run
+    "data": {"name": "synthetic", "size": 32, "n_train": 6, "n_test": 2},
+    "generator": {"name": "resnet", "n_blocks": 1, "ngf": 4},
+    "discriminator": {"name": "patchgan", "ndf": 4, "n_layers": 2},
+    "train": {"epochs": 1, "decay_epochs": 1, "num_workers": 0},
+    "samples": 1,
+    "eval": {"fid": False},
+}
+
+
 # Every test (and every CLI it starts) uses the offline FID weights and a private feature cache.
 os.environ["UNPAIRED_FID_WEIGHTS"] = str(FID_WEIGHTS)
 os.environ["UNPAIRED_CACHE"] = tempfile.mkdtemp(prefix="unpaired-test-cache-")

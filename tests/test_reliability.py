@@ -17,19 +17,9 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import UNPAIRED, run_cli, start_mlflow_server, stop_mlflow_server, write_synthetic_folder
+from conftest import TINY_BASE, UNPAIRED, run_cli, start_mlflow_server, stop_mlflow_server, write_synthetic_folder
 from unpaired.results.lease import Lease, LeaseHeld
 from unpaired.results.run_folder import RunFolder
-
-TINY_BASE = {
-    "data": {"name": "synthetic", "size": 32, "n_train": 6, "n_test": 2},
-    "generator": {"name": "resnet", "n_blocks": 1, "ngf": 4},
-    "discriminator": {"name": "patchgan", "ndf": 4, "n_layers": 2},
-    "train": {"epochs": 1, "decay_epochs": 1, "num_workers": 0},
-    "samples": 1,
-    "eval": {"fid": False},
-}
-
 
 def test_a_lease_is_exclusive_while_its_holder_lives_and_taken_over_when_it_dies(tmp_path):
     path = tmp_path / "run" / "lease.json"

@@ -13,23 +13,13 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, UNPAIRED, run_cli
+from conftest import REPO, TINY_BASE, UNPAIRED, run_cli
 from unpaired.cli import main
 from unpaired.config.spec import SpecError
 from unpaired.config.overrides import merge
 from unpaired.config.study import load_study, plan_study
 from unpaired.plugin_api.registry import Registry
 from unpaired.results.run_folder import RunFolder
-
-TINY_BASE = {
-    "data": {"name": "synthetic", "size": 32, "n_train": 6, "n_test": 2},
-    "generator": {"name": "resnet", "n_blocks": 1, "ngf": 4},
-    "discriminator": {"name": "patchgan", "ndf": 4, "n_layers": 2},
-    "train": {"epochs": 1, "decay_epochs": 1, "num_workers": 0},
-    "samples": 1,
-    "eval": {"fid": False},
-}
-
 
 @pytest.fixture(scope="module")
 def registry():
