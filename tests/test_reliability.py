@@ -18,6 +18,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from conftest import TINY_BASE, UNPAIRED, run_cli, start_mlflow_server, stop_mlflow_server, write_synthetic_folder
+from unpaired.cli import main
 from unpaired.results.lease import Lease, LeaseHeld
 from unpaired.results.run_folder import RunFolder
 
@@ -138,35 +139,40 @@ def exported_generator(path: Path) -> Path:
     return path
 
 
-def test_bad_inputs_to_translate_train_and_score_are_named_with_exit_code_2(tmp_path):
+def test_bad_inputs_to_translate_train_and_score_are_named_with_exit_code_2(tmp_path, capsys):
+    def cli(*args: str) -> subprocess.CompletedProcess:  # the command in this process: the same exit codes and output
+        code = main(list(args))
+        captured = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, captured.out, captured.err)
+
     write_synthetic_folder(tmp_path / "images", n_train=1, n_test=2)
     images = tmp_path / "images" / "testA"
     text, png = tmp_path / "notes.txt", images / "00000.png"
     text.write_text("hello")
     for checkpoint in (text, png, tmp_path / "missing.pt", tmp_path):
-        result = run_cli("translate", "--checkpoint", str(checkpoint), str(images), "--out", str(tmp_path / "out"))
+        result = cli("translate", "--checkpoint", str(checkpoint), str(images), "--out", str(tmp_path / "out"))
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
         assert result.stderr.startswith(f"error: {checkpoint} is not a"), result.stderr
 
     generator = exported_generator(tmp_path / "AtoB.pt")
     (images / "broken.png").write_bytes(b"\x89PNG not really")
-    result = run_cli("translate", "--checkpoint", str(generator), str(images), "--out", str(tmp_path / "out"))
+    result = cli("translate", "--checkpoint", str(generator), str(images), "--out", str(tmp_path / "out"))
     assert result.returncode == 0 and "wrote 2 image(s)" in result.stdout
     assert f"warning: skipped an unreadable image: {images / 'broken.png'}" in result.stderr
-    missing = run_cli("translate", "--checkpoint", str(generator), str(tmp_path / "nowhere"), "--out", str(tmp_path / "out"))
+    missing = cli("translate", "--checkpoint", str(generator), str(tmp_path / "nowhere"), "--out", str(tmp_path / "out"))
     assert missing.returncode == 2 and f"error: {tmp_path / 'nowhere'} does not exist" in missing.stderr
 
     binary = tmp_path / "spec.yaml"
     binary.write_bytes(bytes(range(128, 256)))
-    result = run_cli("train", str(binary), "--out", str(tmp_path / "run"))
+    result = cli("train", str(binary), "--out", str(tmp_path / "run"))
     assert result.returncode == 2 and f"error: {binary}: 1 problem:\n  not a text file" in result.stderr
 
     (tmp_path / "study").mkdir()
     (tmp_path / "study" / "study.json").write_text(json.dumps({"name": "s", "runs": []}))
-    result = run_cli("score", str(tmp_path / "study"))
+    result = cli("score", str(tmp_path / "study"))
     assert result.returncode == 1 and "holds no run that has finished yet: nothing to score" in result.stderr
     (tmp_path / "study" / "study.json").write_text('{"name": "s", "runs": [')
-    result = run_cli("score", str(tmp_path / "study"))
+    result = cli("score", str(tmp_path / "study"))
     assert result.returncode == 2 and f"error: {tmp_path / 'study' / 'study.json'} is not valid JSON" in result.stderr
 
 

@@ -217,7 +217,7 @@ def test_quickstart_killed_at_random_moments_then_rerun_equals_an_uninterrupted_
     histories as an uninterrupted study. One thread everywhere, since a CPU run's numbers depend on it."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     path = quickstart_copy(tmp_path)
-    reference = run_cli("run", str(path), "--out", str(tmp_path / "straight"), "--quiet")
+    reference = run_cli("run", str(path), "--out", str(tmp_path / "straight"), "--quiet", "--jobs", "2")
     assert reference.returncode == 0, reference.stderr
     assert "done 4, failed 0, skipped 0" in reference.stdout
 
@@ -226,7 +226,7 @@ def test_quickstart_killed_at_random_moments_then_rerun_equals_an_uninterrupted_
         process = subprocess.Popen([UNPAIRED, "run", str(path), "--out", str(out), "--quiet", "--jobs", str(1 + attempt % 2)],
                                    start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            process.wait(timeout=moments.uniform(4, 11))
+            process.wait(timeout=moments.uniform(3, 9))
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
