@@ -3,6 +3,7 @@ metadata), a real MLflow server, the CLI as a user runs it, listeners that inter
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -159,3 +160,47 @@ def write_synthetic_folder(root: Path, size: int = 32, n_train: int = 4, n_test:
     config = {"name": "synthetic", "size": size, "n_train": n_train, "n_test": n_test}
     export_folder_layout(default_registry().build("dataset", config), root)
     return root
+
+
+def _start_ray_node(ray: str, args: list[str], log: Path, env: dict[str, str], deadline: float) -> subprocess.Popen:
+    node = subprocess.Popen([ray, "start", *args, "--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--disable-usage-stats", "--block"],
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True, env=env)
+    while "Ray runtime started" not in log.read_text():
+        if node.poll() is not None or time.monotonic() > deadline:
+            _stop_process_groups([node])
+            raise RuntimeError(f"a ray node did not start: {log.read_text()[-2000:]}")
+        time.sleep(0.5)
+    return node
+
+
+def _stop_process_groups(processes: list[subprocess.Popen]) -> None:
+    for process in processes:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pass
+        with contextlib.suppress(ProcessLookupError):  # whatever of the group is left: its workers
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory):
+    """A real two-node Ray cluster on this machine, started with `ray start` (1 CPU per node, a resource naming
+    each node); yields its address. Its processes are this fixture's own process groups, stopped at the end."""
+    pytest.importorskip("ray")
+    root = tmp_path_factory.mktemp("ray")
+    os.environ["RAY_AUTH_MODE"] = "disabled"  # the nodes, and the drivers the tests start, of a throwaway local cluster
+    env = {**os.environ, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0", "UNPAIRED_LEASE_TIMEOUT": "5"}
+    ray, port, deadline = str(Path(sys.executable).with_name("ray")), free_port(), time.monotonic() + 120
+    address = f"127.0.0.1:{port}"
+    head = _start_ray_node(ray, ["--head", "--port", str(port), "--temp-dir", str(root / "tmp"), "--include-dashboard", "false",
+                                 "--resources", '{"node_a": 1}'], root / "head.log", env, deadline)
+    nodes = [head]
+    try:
+        nodes.append(_start_ray_node(ray, ["--address", address, "--resources", '{"node_b": 1}'], root / "node.log", env, deadline))
+        yield address
+    finally:
+        _stop_process_groups(list(reversed(nodes)))

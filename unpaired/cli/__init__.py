@@ -41,7 +41,9 @@ def _add_study_commands(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--out", help="output folder (default: runs/<study name>)")
     run.add_argument("--only", nargs="+", metavar="NAME", help="only these variants")
     run.add_argument("--seeds", nargs="+", type=int, metavar="SEED", help="only these seeds")
-    run.add_argument("--jobs", type=int, default=1, help="runs trained at once, as separate processes")
+    run.add_argument("--jobs", type=int, default=1, help="runs trained at once, as separate processes (local executor)")
+    run.add_argument("--executor", choices=["local", "ray"], help="where runs train (default: the study's execution.executor, local)")
+    run.add_argument("--address", help="the Ray cluster: auto, HOST:PORT or ray://HOST:PORT (default: Ray on this machine)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.set_defaults(handler=cmd_run)
 

@@ -63,8 +63,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = _out_dir(args.out, study)
     runs = select_runs(study, args.only, args.seeds)
     print(f"{study.spec.name}: {_describe(study)}; {len(runs)} selected; output folder {out}", file=sys.stderr)
+    overrides = {"executor": args.executor, "address": args.address}
+    execution = study.spec.execution.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    if args.address and execution.executor != "ray":
+        raise UsageError("--address names a Ray cluster: add --executor ray (or execution: {executor: ray} in the study)")
     summary = run_study(study, out, registry, runs, jobs=args.jobs, show_progress=not args.quiet,
-                        announce=lambda line: print(line, file=sys.stderr))
+                        announce=lambda line: print(line, file=sys.stderr), execution=execution)
     print(summary)
     return summary.exit_code
 

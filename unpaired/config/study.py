@@ -14,7 +14,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
@@ -37,6 +37,17 @@ class TrackingConfig(BaseModel):
     metric: str = Field("fid_mean", description="the metric the comparison logged at the end ranks variants by")
 
 
+class ExecutionConfig(BaseModel):
+    """Where the study's runs train: processes on this machine, or tasks on a Ray cluster."""
+
+    model_config = ConfigDict(extra="forbid")
+    executor: Literal["local", "ray"] = Field("local", description="local: this machine (--jobs N at once); ray: a Ray cluster")
+    address: str | None = Field(None, description="Ray: auto, HOST:PORT or ray://HOST:PORT (default: a Ray instance on this machine)")
+    cpus_per_run: float = Field(1.0, gt=0, description="Ray: CPUs each run reserves (also its torch thread count, rounded down)")
+    gpus_per_run: float = Field(0.0, ge=0, description="Ray: GPUs each run reserves; fractions let small runs share a GPU")
+    max_retries: int = Field(3, ge=0, description="Ray: times a run is started again after its worker or node died")
+
+
 class StudySpec(BaseModel):
     """An ablation: which variants of a base to train, and with which seeds."""
 
@@ -55,6 +66,7 @@ class StudySpec(BaseModel):
     )
     baseline: str | None = Field(None, description="the variant differences are measured against (default: the base)")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,24 @@ if TYPE_CHECKING:
     from unpaired.execution.runner import StudySummary
 
 
+class LocalExecutor:
+    """Runs on this machine: one after another in this process, or ``jobs`` at a time in worker processes."""
+
+    machines = 1
+
+    def __init__(self, jobs: int, registry: Registry, listeners: list[object]):
+        self.jobs, self.registry, self.listeners = jobs, registry, listeners
+
+    def run(self, todo: list[PlannedRun], out: Path, summary: StudySummary, announce: Callable[[str], None], show_progress: bool) -> None:
+        if self.jobs <= 1:
+            run_serially(todo, out, self.registry, summary, announce, show_progress)
+        else:
+            run_in_processes(todo, out, self.jobs, self.listeners, summary, announce)
+
+    def close(self) -> None:
+        pass
+
+
 def run_serially(todo: list[PlannedRun], out: Path, registry: Registry, summary: StudySummary,
                  announce: Callable[[str], None], show_progress: bool) -> None:
     """Train the runs one after another in this process; stop at the first one interrupted by a signal."""

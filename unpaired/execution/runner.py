@@ -13,13 +13,14 @@ import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import torch
 
-from unpaired.config.study import PlannedRun, Study
+from unpaired.config.study import ExecutionConfig, PlannedRun, Study
 from unpaired.errors import StopRequested, UnpairedError, UsageError
 from unpaired.evaluation.fid import FeatureExtractor
-from unpaired.execution.local import run_in_processes, run_serially
+from unpaired.execution.local import LocalExecutor
 from unpaired.plugin_api.registry import Registry
 from unpaired.results.lease import LeaseHeld
 from unpaired.results.records import RunResult
@@ -83,6 +84,8 @@ class StudySummary:
     def record(self, run: PlannedRun, result: RunResult | LeaseHeld) -> None:
         if isinstance(result, LeaseHeld):
             self.busy.append((run, f"pid {result.holder.get('pid')} on {result.holder.get('host')}"))
+        elif result.reused:  # another process finished it meanwhile
+            self.skipped.append(run)
         elif result.status == "finished":
             self.done.append(run)
         elif result.status == "interrupted":
@@ -119,39 +122,69 @@ def run_study(
     jobs: int = 1,
     show_progress: bool = True,
     announce: Callable[[str], None] = print,
+    execution: ExecutionConfig | None = None,
 ) -> StudySummary:
     """Train every run of ``runs`` that is not done and return what became of each.
 
-    Before any training the FID extractors load and the study's listeners (see the
+    Before any training the FID extractors load, the executor starts (``execution``, default the
+    study's: this machine, or a Ray cluster) and the study's listeners (see the
     ``unpaired_study_listeners`` hook) start. A failing run is recorded and the others go on.
-    ``jobs`` > 1 trains that many runs at once in separate processes: spread over the visible
-    GPUs, or on the CPU with the cores divided between them. SIGINT or SIGTERM stops the study:
-    running runs checkpoint, queued ones are not started, and the summary says so
+    Locally, ``jobs`` > 1 trains that many runs at once in separate processes: spread over the
+    visible GPUs, or on the CPU with the cores divided between them. SIGINT or SIGTERM stops the
+    study: running runs checkpoint, queued ones are not started, and the summary says so
     (``summary.stopped_by``); the listeners always hear of the end.
     """
-    out = Path(out)
+    out, execution = Path(out), execution or study.spec.execution
     summary = StudySummary()
     todo = []
     for run in runs:
         (summary.skipped if run_folder(out, run).status(run.run_id) == "done" else todo).append(run)
     preflight(todo)
     listeners = [listener for found in registry.hook.unpaired_study_listeners(study=study) for listener in found]
-    with stop_on_signals(), registry.listening(*listeners):
-        registry.hook.unpaired_on_study_start(study=study, out=out)
+    with stop_on_signals():
+        executor = _executor(execution, jobs, registry, listeners, out, announce)
         try:
-            write_index(study, out)
-            if jobs <= 1:
-                run_serially(todo, out, registry, summary, announce, show_progress)
-            else:
-                run_in_processes(todo, out, jobs, listeners, summary, announce)
-            if summary.interrupted:
-                summary.stopped_by = stop_requested() or signal.SIGINT
-        except StopRequested as stop:
-            summary.stopped_by = stop.signum
-        except BaseException as error:
-            summary.aborted = f"{type(error).__name__}: {error}"
-            raise
-        finally:  # the listeners hear of the end however it comes (MLflow's parent run is closed)
-            with deferred_signals():
-                registry.hook.unpaired_on_study_end(study=study, out=out, summary=summary)
+            with registry.listening(*listeners):
+                _run(study, out, registry, executor, todo, summary, announce, show_progress)
+        finally:
+            executor.close()
     return summary
+
+
+def _executor(execution: ExecutionConfig, jobs: int, registry: Registry, listeners: list[object], out: Path,
+              announce: Callable[[str], None]) -> Executor:
+    if execution.executor == "ray":
+        from unpaired.execution.ray_executor import RayExecutor  # Ray is optional and slow to import
+
+        return RayExecutor(execution, out, listeners, announce)
+    return LocalExecutor(jobs, registry, listeners)
+
+
+def _run(study: Study, out: Path, registry: Registry, executor: Executor, todo: list[PlannedRun], summary: StudySummary,
+         announce: Callable[[str], None], show_progress: bool) -> None:
+    registry.hook.unpaired_on_study_start(study=study, out=out, machines=executor.machines)
+    try:
+        write_index(study, out)
+        executor.run(todo, out, summary, announce, show_progress)
+        if summary.interrupted:
+            summary.stopped_by = stop_requested() or signal.SIGINT
+    except StopRequested as stop:
+        summary.stopped_by = stop.signum
+    except BaseException as error:
+        summary.aborted = f"{type(error).__name__}: {error}"
+        raise
+    finally:  # the listeners hear of the end however it comes (MLflow's parent run is closed)
+        with deferred_signals():
+            registry.hook.unpaired_on_study_end(study=study, out=out, summary=summary)
+
+
+class Executor(Protocol):
+    """Trains a study's runs somewhere; ``machines``: how many machines the runs may land on."""
+
+    machines: int
+
+    def run(self, todo: list[PlannedRun], out: Path, summary: StudySummary, announce: Callable[[str], None], show_progress: bool) -> None:
+        """Train ``todo``, recording each run's outcome in ``summary``; raise StopRequested when a signal stopped it."""
+
+    def close(self) -> None:
+        """Release what the executor holds (a cluster connection)."""

@@ -130,9 +130,10 @@ def unpaired_study_listeners(study: Any) -> list[object]:
 
 
 @hookspec
-def unpaired_on_study_start(study: Any, out: Path) -> None:
-    """Called once before a study's first run trains, after its runs were checked; ``out`` is its output folder.
-    An exception here stops the study before anything trains."""
+def unpaired_on_study_start(study: Any, out: Path, machines: int) -> None:
+    """Called once before a study's first run trains, after its runs were checked; ``out`` is its output folder,
+    ``machines`` how many machines its runs may train on (1 but on a cluster). An exception here stops the
+    study before anything trains."""
 
 
 @hookspec

@@ -37,7 +37,8 @@ class LeaseHeld(UnpairedError):
         return type(self), (self.path, self.holder)
 
 
-def _timeout() -> float:
+def lease_timeout() -> float:
+    """Seconds without a heartbeat after which another host's lease is taken over ($UNPAIRED_LEASE_TIMEOUT)."""
     return float(os.environ.get(TIMEOUT_ENV) or DEFAULT_TIMEOUT)
 
 
@@ -77,19 +78,27 @@ class Lease:
             return True
         if holder is not None and holder.get("host") == self.holder["host"]:
             return not process_alive(int(holder.get("pid", -1)))
-        return silent > _timeout()  # another host's, or one still being written
+        return silent > lease_timeout()  # another host's, or one still being written
 
-    def acquire(self) -> None:
-        """Take the lease, taking over a stale one; raise :class:`LeaseHeld` when a live process has it."""
-        for _ in range(3):  # a lease released or taken over between our steps: look again
-            if self._create():
-                self._start_heartbeat()
-                return
-            holder = self.read_holder()
-            if not self.is_stale(holder):
-                raise LeaseHeld(self.path, holder or {})
-            self._take_over(holder)
-        raise LeaseHeld(self.path, self.read_holder() or {})
+    def acquire(self, wait: float = 0.0) -> None:
+        """Take the lease, taking over a stale one; raise :class:`LeaseHeld` when a live process has it.
+
+        ``wait``: seconds to keep trying while it is held (a retry of work whose first attempt died on
+        another host waits for that holder's heartbeat to stop).
+        """
+        deadline = time.monotonic() + wait
+        while True:
+            for _ in range(3):  # a lease released or taken over between our steps: look again
+                if self._create():
+                    self._start_heartbeat()
+                    return
+                holder = self.read_holder()
+                if not self.is_stale(holder):
+                    break
+                self._take_over(holder)
+            if time.monotonic() >= deadline:
+                raise LeaseHeld(self.path, self.read_holder() or {})
+            time.sleep(1.0)
 
     def _create(self) -> bool:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -107,7 +116,7 @@ class Lease:
         try:
             os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
         except FileExistsError:
-            if time.time() - marker.stat().st_mtime > _timeout():  # a taker that died while taking over
+            if time.time() - marker.stat().st_mtime > lease_timeout():  # a taker that died while taking over
                 marker.unlink(missing_ok=True)
             return
         try:
@@ -117,7 +126,7 @@ class Lease:
             marker.unlink(missing_ok=True)
 
     def _start_heartbeat(self) -> None:
-        interval = max(0.5, min(10.0, _timeout() / 6))
+        interval = max(0.5, min(10.0, lease_timeout() / 6))
         self._stop.clear()
         self._beating = threading.Thread(target=self._beat, args=(interval,), daemon=True, name=f"lease {self.path}")
         self._beating.start()

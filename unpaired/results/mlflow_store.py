@@ -33,6 +33,20 @@ def tracking_uri(configured: str | None) -> str | None:
     return os.environ.get("MLFLOW_TRACKING_URI") or configured or None
 
 
+def check_shareable(uri: str | None, machines: int) -> None:
+    """Refuse a SQLite or file store when runs train on several machines: SQLite on a shared file system is
+    not safe to write from several machines at once. An ``mlflow server`` is."""
+    import mlflow
+
+    resolved = uri or mlflow.get_tracking_uri()
+    if machines > 1 and not resolved.startswith(("http://", "https://", "databricks")):
+        raise TrackingError(
+            f"the MLflow store {resolved} cannot be written safely from the {machines} machines of this cluster. Start an "
+            "`mlflow server` one node runs and all reach, and point MLFLOW_TRACKING_URI or the study's tracking.uri at it "
+            "(http://HOST:5000), or set tracking: {enabled: false}."
+        )
+
+
 def check_reachable(uri: str | None) -> None:
     """Fail fast, naming the URI, when an HTTP tracking server does not answer its health check."""
     if not uri or not uri.startswith(("http://", "https://")):

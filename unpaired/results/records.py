@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from unpaired.errors import InputError, Interrupted, StopRequested, UnpairedError
 from unpaired.results.files import CorruptFileError, load_tensors
@@ -45,6 +45,8 @@ class RunResult(BaseModel):
     """Metrics of the best epoch's generators scored again by ``unpaired score --epoch``, by epoch."""
     threads: int | None = None
     """The CPU threads it trained with (a CPU run's numbers depend on them); None on a GPU."""
+    reused: bool = Field(False, exclude=True)
+    """True when this is an earlier result handed back because the run had already finished (never stored)."""
 
     @property
     def finished(self) -> bool:

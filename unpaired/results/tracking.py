@@ -27,7 +27,7 @@ from unpaired.plugin_api.lifecycle import RunInfo
 from unpaired.results.compare import write_comparison
 from unpaired.results.files import CorruptFileError
 from unpaired.results.lease import process_alive
-from unpaired.results.mlflow_store import check_reachable, client, first_use_serialised, flatten_params, git_commit, plugin_versions, tracking_uri
+from unpaired.results.mlflow_store import check_reachable, check_shareable, client, first_use_serialised, flatten_params, git_commit, plugin_versions, tracking_uri
 from unpaired.results.run_folder import RunFolder
 from unpaired.results.study_folder import run_folder
 
@@ -71,9 +71,10 @@ class StudyTracker:
                   "training goes on, and the next `unpaired run` of the study logs what is missing", file=sys.stderr)
 
     @hookimpl
-    def unpaired_on_study_start(self, study: Any, out: Path) -> None:
-        """Check that the server answers; open a parent run holding the study file; close what dead processes left
-        RUNNING; complete the tracking of finished runs whose logging was cut short."""
+    def unpaired_on_study_start(self, study: Any, out: Path, machines: int) -> None:
+        """Check that the store suits the machines and answers; open a parent run holding the study file; close what
+        dead processes left RUNNING; complete the tracking of finished runs whose logging was cut short."""
+        check_shareable(self.uri, machines)
         check_reachable(self.uri)
         with first_use_serialised(self.uri):
             experiment = self.client.get_experiment_by_name(self.study)

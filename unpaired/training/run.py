@@ -16,7 +16,7 @@ from unpaired.training.runtime import thread_count_kept
 
 
 def train_run(variant: ResolvedVariant, folder: RunFolder, registry: Registry, variant_name: str | None = None,
-              show_progress: bool = True) -> RunResult:
+              show_progress: bool = True, lease_wait: float = 0.0) -> RunResult:
     """Train ``variant`` in ``folder``, resuming from its latest checkpoint there, and return how it ended.
 
     This is the one place where an exception becomes a run's status: a signal makes the run
@@ -24,26 +24,32 @@ def train_run(variant: ResolvedVariant, folder: RunFolder, registry: Registry, v
     ``failed`` (``result.json`` says why, ``error.txt`` holds the details). A finished run is not
     trained again: its stored result is returned. The lifecycle hooks are told of the start
     (before anything is loaded) and of the end. All of it happens while holding the run folder's
-    lease: when another live process holds it, :class:`LeaseHeld` is raised and nothing is done.
+    lease: when another live process holds it (still, after ``lease_wait`` seconds), :class:`LeaseHeld` is
+    raised and nothing is done.
     """
-    with folder.lease(), thread_count_kept():  # the lease: raises LeaseHeld while another live process trains this run
-        previous = _previous_result(folder)
-        if previous is not None and previous.finished and previous.run_id == variant.run_id:
-            return previous
-        run = RunInfo(variant.run_id, variant.variant_key, variant_name, variant.train.seed, folder.path, variant.as_dict())
-        try:
-            registry.hook.unpaired_on_variant_start(run=run)
-            result = Trainer(variant, folder, run, registry.hook, show_progress).run_to_end()
-            failure = None
-        except (Exception, StopRequested) as error:  # a signal outside the training loop: interrupted, resumable
-            result, failure = RunResult.from_exception(variant.run_id, error), describe_failure(error)
-        if result.status != "interrupted":
+    lease = folder.lease()
+    lease.acquire(wait=lease_wait)  # raises LeaseHeld while another live process trains this run
+    try:
+        with thread_count_kept():
+            previous = _previous_result(folder)
+            if previous is not None and previous.finished and previous.run_id == variant.run_id:
+                return previous.model_copy(update={"reused": True})
+            run = RunInfo(variant.run_id, variant.variant_key, variant_name, variant.train.seed, folder.path, variant.as_dict())
             try:
-                folder.write_result(result, failure)
-            except StorageError as error:  # e.g. the disk filled up: the run is not recorded, a rerun redoes its end
-                result = RunResult.from_exception(variant.run_id, error)
-        registry.hook.unpaired_on_variant_end(run=run, result=result)
-        return result
+                registry.hook.unpaired_on_variant_start(run=run)
+                result = Trainer(variant, folder, run, registry.hook, show_progress).run_to_end()
+                failure = None
+            except (Exception, StopRequested) as error:  # a signal outside the training loop: interrupted, resumable
+                result, failure = RunResult.from_exception(variant.run_id, error), describe_failure(error)
+            if result.status != "interrupted":
+                try:
+                    folder.write_result(result, failure)
+                except StorageError as error:  # e.g. the disk filled up: the run is not recorded, a rerun redoes its end
+                    result = RunResult.from_exception(variant.run_id, error)
+            registry.hook.unpaired_on_variant_end(run=run, result=result)
+            return result
+    finally:
+        lease.release()
 
 
 def _previous_result(folder: RunFolder) -> RunResult | None:

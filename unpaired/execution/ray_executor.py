@@ -1,0 +1,155 @@
+"""The Ray executor: each run of a study is one Ray task on a cluster, with the resources the study asks for.
+
+Ray is an optional extra (``pip install 'unpaired[ray]'``). A task whose worker or node dies is
+started again by Ray (``execution.max_retries``) and resumes from the run's last checkpoint. The
+run folder's lease keeps one process per run whatever happens: a retry waits for a dead first
+attempt's lease to go stale; two drivers, or a local and a Ray invocation, never train one run
+at once. Run folders must be on storage every node sees: the executor checks that first.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from tqdm import tqdm
+
+from unpaired.config.resolved import resolve_variant
+from unpaired.config.study import ExecutionConfig, PlannedRun
+from unpaired.errors import StopRequested, UnpairedError, UsageError
+from unpaired.plugin_api.registry import default_registry
+from unpaired.results.lease import LeaseHeld, lease_timeout
+from unpaired.results.records import RunResult
+from unpaired.results.run_folder import RunFolder
+from unpaired.results.study_folder import run_folder
+from unpaired.training.run import train_run
+from unpaired.training.runtime import deferred_signals, stop_on_signals, stop_requested
+
+if TYPE_CHECKING:
+    from unpaired.execution.runner import StudySummary
+
+
+class RayUnavailable(UnpairedError):
+    """``--executor ray`` without Ray installed."""
+
+    exit_code = 2
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ImportError as error:
+        raise RayUnavailable(f"the Ray executor needs Ray ({error}): pip install 'unpaired[ray]', or use the local executor") from None
+    return ray
+
+
+class RayExecutor:
+    """A connection to a Ray cluster that trains runs as tasks; :attr:`machines` is how many nodes it has."""
+
+    def __init__(self, settings: ExecutionConfig, out: Path, listeners: list[object], announce: Callable[[str], None]):
+        self.ray, self.settings, self.listeners = _import_ray(), settings, listeners
+        try:
+            context = self.ray.init(address=settings.address, logging_level="WARNING")
+        except ConnectionError as error:
+            raise UsageError(f"no Ray cluster answers at {settings.address} ({error}); start one with `ray start --head`, "
+                             "or leave execution.address out to start Ray on this machine") from None
+        self.nodes = [node for node in self.ray.nodes() if node["Alive"]]
+        self.machines = len(self.nodes)
+        dashboard = getattr(context, "dashboard_url", None)
+        announce(f"Ray: {self.machines} node(s)" + (f", dashboard http://{dashboard}" if dashboard else ""))
+        self.check_storage(out)
+
+    def check_storage(self, out: Path) -> None:
+        """Every node writes and reads a probe file in ``out``: the run folders must be on storage they all see."""
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        out.mkdir(parents=True, exist_ok=True)
+        token = secrets.token_hex(8)
+        probe = out / f".unpaired-probe-{token}"
+        probe.write_text(token)
+        probe_task = self.ray.remote(num_cpus=0)(_probe)
+        refs = {node["NodeManagerAddress"] + " " + node["NodeID"][:8]: probe_task.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)).remote(str(probe), token)
+            for node in self.nodes}
+        try:
+            blind = [name for name, ref in refs.items() if not self.ray.get(ref)]
+        finally:
+            for path in out.glob(f".unpaired-probe-{token}*"):
+                path.unlink(missing_ok=True)
+        if blind:
+            raise UsageError(f"node(s) {', '.join(blind)} cannot read and write {out}: the output folder must be on storage "
+                             "every node of the Ray cluster sees (a shared file system), e.g. --out /shared/runs")
+
+    def run(self, todo: list[PlannedRun], out: Path, summary: StudySummary, announce: Callable[[str], None], show_progress: bool) -> None:
+        """One task per run; progress until all have ended. A stop signal cancels them: running ones checkpoint first."""
+        settings = self.settings
+        task = self.ray.remote(_train_task).options(num_cpus=settings.cpus_per_run, num_gpus=settings.gpus_per_run,
+                                                    max_retries=settings.max_retries, retry_exceptions=False)
+        threads = max(1, int(settings.cpus_per_run))
+        pending = {task.remote(run.resolved.as_dict(), str(run_folder(out, run)), run.variant, self.listeners, threads,
+                               1.5 * lease_timeout()): run for run in todo}
+        announce(f"submitted {len(todo)} run(s) to Ray, {settings.cpus_per_run:g} CPU and {settings.gpus_per_run:g} GPU each")
+        progress = tqdm(total=len(todo), unit="run", disable=not show_progress, dynamic_ncols=True, desc="runs")
+        say = progress.write if show_progress else announce  # lines above the bar, not through it
+        try:
+            with deferred_signals():  # a signal must not raise inside Ray's own waiting: the loop looks for it
+                while pending and stop_requested() is None:
+                    ready, _ = self.ray.wait(list(pending), num_returns=1, timeout=1.0)
+                    for ref in ready:
+                        self._collect(pending.pop(ref), ref, summary, say)
+                        progress.update()
+                    running = sum(run_folder(out, run).is_leased() for run in pending.values())
+                    progress.set_postfix(done=len(summary.done), running=running, failed=len(summary.failed),
+                                         pending=len(pending) - running, refresh=True)
+                if pending:
+                    signum = stop_requested()
+                    say(f"signal {signum}: the running runs checkpoint and stop; the queued ones are cancelled")
+                    for ref in pending:
+                        self.ray.cancel(ref)
+                    for ref, run in pending.items():
+                        self._collect(run, ref, summary, say)
+                    raise StopRequested(signum)
+        finally:
+            progress.close()
+
+    def _collect(self, run: PlannedRun, ref: Any, summary: StudySummary, announce: Callable[[str], None]) -> None:
+        try:
+            result: RunResult | LeaseHeld = self.ray.get(ref)
+        except self.ray.exceptions.TaskCancelledError:  # cancelled before it started: still pending
+            return
+        except Exception as error:  # the task failed for good (retries spent, or Ray itself failed)
+            result = RunResult.from_exception(run.run_id, error)
+        summary.record(run, result)
+        announce(f"{'busy' if isinstance(result, LeaseHeld) else result.status}: {run.variant} seed {run.seed}")
+
+    def close(self) -> None:
+        self.ray.shutdown()
+
+
+def _probe(path: str, token: str) -> bool:
+    """On one node: read the driver's probe file and write one of our own beside it."""
+    try:
+        if Path(path).read_text() != token:
+            return False
+        mine = Path(f"{path}-{secrets.token_hex(4)}")
+        mine.write_text(token)
+        return mine.read_text() == token
+    except OSError:
+        return False
+
+
+def _train_task(spec: dict[str, Any], folder: str, variant: str, listeners: list[object], threads: int,
+                lease_wait: float) -> RunResult | LeaseHeld:
+    """A Ray task: train one run in this worker, with the study's listeners. A cancel (SIGINT) makes the run
+    checkpoint and stop; a run another process holds comes back as :class:`LeaseHeld`."""
+    torch.set_num_threads(threads)
+    registry = default_registry()
+    with stop_on_signals(), registry.listening(*listeners):
+        try:
+            return train_run(resolve_variant(spec, registry), RunFolder(Path(folder)), registry, variant,
+                             show_progress=False, lease_wait=lease_wait)
+        except LeaseHeld as busy:
+            return busy
