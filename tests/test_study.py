@@ -105,6 +105,15 @@ def test_grid_paths_must_exist_in_the_variant_schema(registry):
     assert found["grid.train.learning_rate"].startswith("no field 'learning_rate' in train")
 
 
+def test_base_grid_and_variant_problems_are_reported_together(registry):
+    found = problems(registry, base={**TINY_BASE, "generator": {"name": "resnet", "ngf": 0}}, grid={"generator.n_blcks": [1]}, seeds=[0, 0])
+    assert set(found) == {"base.generator.ngf", "grid.generator.n_blcks", "seeds"}
+    found = problems(registry, grid={"generator.n_blcks": [1], "generator.n_blocks": [0]}, variants={"odd": {"discriminator": {"name": "patchgn"}}})
+    assert "has no parameter 'n_blcks'" in found["grid.generator.n_blcks"]  # a bad path no longer hides a bad value
+    assert "greater than or equal to 1 (got 0)" in found["variant[odd,n_blocks=0].generator.n_blocks"]
+    assert "Did you mean 'patchgan'?" in found["variant[odd,n_blocks=0].discriminator.name"]
+
+
 def test_variant_problems_name_the_variant_and_the_path(registry):
     found = problems(registry, variants={"odd": {"discriminator": {"name": "patchgn"}}, "neg": {"train": {"lr": -1}}})
     assert "Did you mean 'patchgan'?" in found["variants.odd.discriminator.name"]
@@ -114,7 +123,8 @@ def test_variant_problems_name_the_variant_and_the_path(registry):
 
 def test_two_variants_with_one_configuration_are_refused(registry):
     found = problems(registry, variants={"a": {}, "b": {"generator": {"n_blocks": 1}}}, seeds=[0, 0])
-    assert found == {"seeds": "each seed may appear once (got [0, 0])"}
+    assert found["seeds"] == "each seed may appear once (got [0, 0])"
+    assert found["variants.b"].startswith("resolves to the same configuration as variant 'a'")  # reported together
     found = problems(registry, variants={"a": {}, "b": {"generator": {"n_blocks": 1}}})
     assert found["variants.b"].startswith("resolves to the same configuration as variant 'a'")
 

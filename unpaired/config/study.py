@@ -155,17 +155,24 @@ def plan_study(data: Any, registry: Registry, source: str = "<study>") -> Study:
     try:
         base = resolve_variant(spec.base, registry, source, prefix="base")
     except SpecError as error:
-        raise SpecError(source, error.problems) from None
-    for path in spec.grid:
+        base, problems = None, list(error.problems)
+    axes = {}
+    for path, values in spec.grid.items():
         reason = _check_grid_path(path, spec.base, registry)
         if reason:
             problems.append((f"grid.{path}", reason))
+        else:
+            axes[path] = values
     if len(set(spec.seeds)) != len(spec.seeds):
         problems.append(("seeds", f"each seed may appear once (got {spec.seeds})"))
+    if base is not None:  # the variants are checked too (along the valid axes): all problems at once
+        try:
+            runs, names_by_key = _expand(spec, axes, registry, source)
+        except SpecError as error:
+            problems.extend(error.problems)
     if problems:
-        raise SpecError(source, problems)
+        raise SpecError(source, list(dict.fromkeys(problems)))
 
-    runs, names_by_key = _expand(spec, registry, source)
     names = list(names_by_key.values())
     baseline = spec.baseline or names_by_key.get(base.variant_key, names[0])
     if baseline not in names:
@@ -173,12 +180,12 @@ def plan_study(data: Any, registry: Registry, source: str = "<study>") -> Study:
     return Study(spec, source, runs, baseline)
 
 
-def _expand(spec: StudySpec, registry: Registry, source: str) -> tuple[list[PlannedRun], dict[str, str]]:
-    """Every named variant x grid point, resolved (once) and given each seed; and the variant name of
+def _expand(spec: StudySpec, grid: dict[str, list[Any]], registry: Registry, source: str) -> tuple[list[PlannedRun], dict[str, str]]:
+    """Every named variant x point of ``grid``, resolved (once) and given each seed; and the variant name of
     each configuration key. Raises :class:`SpecError` with the problems of every variant."""
     named = list(spec.variants.items()) or [("", {})]
-    labels = _grid_labels(list(spec.grid))
-    combinations = [dict(zip(spec.grid, values)) for values in itertools.product(*spec.grid.values())]
+    labels = _grid_labels(list(grid))
+    combinations = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
     problems: list[tuple[str, str]] = []
     runs: list[PlannedRun] = []
     names_by_key: dict[str, str] = {}
