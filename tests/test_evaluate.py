@@ -177,3 +177,48 @@ def test_preflight_stops_the_study_before_training_when_the_weights_are_missing(
     assert f"no Inception weights file at {tmp_path / 'missing.pth'}" in result.stderr
     assert "UNPAIRED_FID_WEIGHTS=PATH" in result.stderr and "eval.fid: false" in result.stderr
     assert not list((tmp_path / "out").glob("*/*"))
+
+
+FLAT_DATASET = """
+    from PIL import Image
+    from pydantic import BaseModel
+    from unpaired.plugin_api import Transform, UnpairedData, hookimpl
+
+    class Params(BaseModel):
+        brightness: int = 0
+
+    class Flat(UnpairedData):
+        '''4 flat grey images per split and domain, lighter with ``brightness``; no describe() of its own.'''
+
+        def __init__(self, params):
+            super().__init__(Transform(load_size=None, crop_size=32, crop=False, flip=False))
+            self.brightness = params.brightness
+
+        def size(self, split, domain):
+            return 4
+
+        def image(self, split, domain, index):
+            value = self.brightness + 20 * index + (0 if domain == "A" else 10)
+            return Image.new("RGB", (32, 32), (value, value, value))
+
+    @hookimpl
+    def unpaired_register_datasets(register):
+        register("flat", Flat, Params, "flat grey images")
+"""
+
+
+def test_a_plugin_dataset_without_describe_gets_cached_features_per_parameter_value(make_distribution, tmp_path, monkeypatch):
+    """Two datasets differing only in a parameter used to share cached real features, so FID was silently wrong."""
+    make_distribution("flat-data", "1.0", {"flat": "flat_data"}, {"flat_data.py": FLAT_DATASET})
+    monkeypatch.setenv("UNPAIRED_CACHE", str(tmp_path / "cache"))
+    registry = Registry.from_entry_points()
+    registry.add_plugin(TinyPlugin(), "tiny", "tests", "0")
+    seen = []
+    for seed, brightness in ((0, 0), (0, 100), (1, 100)):
+        spec = variant(registry, tmp_path).as_dict() | {"data": {"name": "flat", "brightness": brightness}}
+        spec["train"] |= {"seed": seed}
+        TinyExtractor.seen = 0
+        result = train_run(resolve_variant(spec, registry), RunFolder(tmp_path / f"run-{seed}-{brightness}"), registry, show_progress=False)
+        assert result.status == "finished", result.error
+        seen.append(TinyExtractor.seen)
+    assert seen == [1 + 8 + 8, 1 + 8 + 8, 1 + 8]  # new brightness: real features again; the same one again: cached

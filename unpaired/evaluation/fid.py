@@ -15,6 +15,7 @@ import os
 import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -80,10 +81,11 @@ class FeatureExtractor:
         return json.dumps({"config": self.choice.as_dict(), "identity": getattr(self.network, "cache_identity", "")}, sort_keys=True)
 
 
-def real_features(data: UnpairedData, domain: Domain, extractor: FeatureExtractor) -> Tensor:
-    """Features of every test image of ``domain``, from the disk cache when the same images
-    (as ``data.describe`` says), resolution and extractor were seen before."""
-    key = json.dumps([data.describe("test", domain), data.transform.crop_size, extractor.identity()])
+def real_features(data: UnpairedData, dataset: dict[str, Any], domain: Domain, extractor: FeatureExtractor) -> Tensor:
+    """Features of every test image of ``domain``, from the disk cache when the same images, resolution and
+    extractor were seen before. The images are identified by the dataset component and all its validated
+    parameters (``dataset``: ``{"name", **params}``) plus what ``data.describe`` adds (e.g. the files' stamps)."""
+    key = json.dumps([dataset, data.describe("test", domain), data.transform.crop_size, extractor.identity()], sort_keys=True, default=str)
     path = cache_dir() / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.pt"
     if path.is_file():
         try:
@@ -158,11 +160,11 @@ def translated(generator: nn.Module, data: UnpairedData, domain: Domain, batch_s
                 yield from generator(batch).float().cpu()
 
 
-def score_generators(G_AB: nn.Module, G_BA: nn.Module, data: UnpairedData, extractor: FeatureExtractor) -> dict[str, float]:
+def score_generators(G_AB: nn.Module, G_BA: nn.Module, data: UnpairedData, dataset: dict[str, Any], extractor: FeatureExtractor) -> dict[str, float]:
     """fid_a2b = FID(G_AB(testA), testB), fid_b2a = FID(G_BA(testB), testA), their mean, and KID both ways."""
     metrics: dict[str, float] = {}
     for name, generator, source, target in (("a2b", G_AB, "A", "B"), ("b2a", G_BA, "B", "A")):
-        real = real_features(data, target, extractor)
+        real = real_features(data, dataset, target, extractor)
         fake = extractor(translated(generator, data, source, extractor.batch_size, extractor.device))
         metrics[f"fid_{name}"] = fid_from_features(real, fake)
         metrics[f"kid_{name}"], metrics[f"kid_{name}_std"] = kid_from_features(real, fake)

@@ -37,7 +37,7 @@ def rescore_run(folder: RunFolder, registry: Registry, device: torch.device, epo
     variant = resolve_variant(folder.read_spec(), registry, source=str(folder.spec_file))
     extractor = FeatureExtractor(variant.eval.feature_extractor, device, variant.eval.batch_size)
     G_AB, G_BA = (rebuild_generator(ExportedGenerator.read(folder.generator_path(d, best), d), registry).to(device) for d in ("AtoB", "BtoA"))
-    metrics = score_generators(G_AB, G_BA, variant.data.build(), extractor)
+    metrics = score_generators(G_AB, G_BA, variant.data.build(), variant.data.as_dict(), extractor)
     result = folder.read_result()
     assert result is not None  # _best_or_final found the generators of a run that ended
     if best:

@@ -157,7 +157,10 @@ class UnpairedData(ABC):
         """The ``index``-th image of a split and domain, as RGB, before any resizing or augmentation."""
 
     def describe(self, split: Split, domain: Domain) -> str:
-        """A string that changes whenever the images of this split and domain change (for caches)."""
+        """What identifies the images of this split and domain besides the dataset's parameters (cached FID
+        features are keyed by the component, all its validated parameters and this): override it when the
+        images can change while the parameters stay the same, e.g. files on disk (the folder dataset adds
+        each file's size and modification time)."""
         return f"{type(self).__qualname__}:{split}{domain}:{self.size(split, domain)}"
 
     @property

@@ -127,7 +127,8 @@ class Trainer:
     def score(self) -> dict[str, float]:
         assert self.extractor is not None
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            return score_generators(self.model.networks["G_AB"], self.model.networks["G_BA"], self.data, self.extractor)
+            networks = self.model.networks
+            return score_generators(networks["G_AB"], networks["G_BA"], self.data, self.variant.data.as_dict(), self.extractor)
 
     def export_generators(self, best: bool = False) -> None:
         for direction, network in NETWORK_OF_DIRECTION.items():
