@@ -190,3 +190,21 @@ def test_an_unexpected_error_shows_its_traceback_and_a_hint_while_known_errors_a
     known = run_cli("data", "export", "bugy", str(tmp_path / "out"))
     assert known.returncode == 2 and "Traceback" not in known.stderr
     assert known.stderr.startswith("error: unknown dataset 'bugy'. Did you mean 'buggy'?")
+
+
+def test_every_command_names_plugins_that_failed_or_were_left_out_and_unknown_names_point_at_them(make_distribution, tmp_path, monkeypatch):
+    make_distribution("broken-plugin", "0.9", {"broken": "broken_plugin"}, {"broken_plugin.py": "import no_such_module\n"})
+    make_distribution("rival-gens", "2.3", {"rival": "rival_gens"}, {"rival_gens.py": PLUGIN_WITH_RESNET.replace('"resnet"', '"other"')})
+    study = tmp_path / "study.yaml"
+    study.write_text("name: s\nbase:\n  data: {name: synthetic, size: 32}\n  generator: {name: unet}\n")
+    result = run_cli("validate", str(study))
+    assert result.returncode == 2
+    assert result.stderr.count("warning: plugin 'broken' of broken-plugin 0.9 failed to import") == 1
+    assert "unknown generator 'unet'" in result.stderr
+    assert "Not loaded, and perhaps providing it: plugin 'broken' of broken-plugin 0.9 failed to import" in result.stderr
+
+    monkeypatch.setenv("UNPAIRED_PLUGINS", "unpaired")
+    study.write_text("name: s\nbase:\n  data: {name: synthetic, size: 32}\n  generator: {name: tiny}\n")
+    result = run_cli("validate", str(study))
+    assert result.returncode == 2 and "note: UNPAIRED_PLUGINS leaves out " in result.stderr
+    assert "UNPAIRED_PLUGINS leaves out broken-plugin, rival-gens, which provide(s) 'unpaired' plugins." in result.stderr

@@ -10,7 +10,7 @@ from pathlib import Path
 from unpaired.config.schema import study_json_schema
 from unpaired.config.study import Study, load_study
 from unpaired.errors import InputError, UnpairedError, UsageError
-from unpaired.plugin_api.registry import default_registry
+from unpaired.cli.plugins import registry as plugin_registry
 from unpaired.results.run_folder import RunFolder
 
 
@@ -26,7 +26,7 @@ def _out_dir(out: str | None, study: Study) -> Path:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """Check a study file completely without training anything."""
-    study = load_study(args.study, default_registry())
+    study = load_study(args.study, plugin_registry())
     print(f"{args.study}: valid: {_describe(study)}")
     return 0
 
@@ -36,7 +36,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from unpaired.execution.runner import steps_per_run
     from unpaired.results.study_folder import run_folder
 
-    study = load_study(args.study, default_registry())
+    study = load_study(args.study, plugin_registry())
     out = _out_dir(args.out, study)
     steps = steps_per_run(study)
     rows = [("variant", "seed", "run id", "steps", "status", "overrides")]
@@ -58,7 +58,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Train every pending run of a study; finished runs are skipped, interrupted ones resume."""
     from unpaired.execution.runner import run_study, select_runs
 
-    registry = default_registry()
+    registry = plugin_registry()
     study = load_study(args.study, registry)
     out = _out_dir(args.out, study)
     runs = select_runs(study, args.only, args.seeds)
@@ -75,7 +75,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_schema(args: argparse.Namespace) -> int:
     """Print the JSON Schema of study files."""
-    print(json.dumps(study_json_schema(default_registry()), indent=1))
+    print(json.dumps(study_json_schema(plugin_registry()), indent=1))
     return 0
 
 
@@ -86,7 +86,7 @@ def _run_folders(target: Path) -> list[RunFolder]:
     if RunFolder.holds_run(target):
         return [RunFolder(target)]
     if target.is_file():
-        target = _out_dir(None, load_study(target, default_registry()))
+        target = _out_dir(None, load_study(target, plugin_registry()))
     if not is_study_folder(target):
         raise InputError(f"{target} is neither the folder of a run that started training nor a study output folder")
     return [run["folder"] for run in indexed_runs(target) if run["folder"].read_result() is not None]
@@ -97,7 +97,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     from unpaired.evaluation.rescore import rescore_run
     from unpaired.training.runtime import pick_device
 
-    registry, device = default_registry(), pick_device(args.device)
+    registry, device = plugin_registry(), pick_device(args.device)
     folders = _run_folders(Path(args.target))
     if not folders:
         raise UsageError(f"{args.target} holds no run that has finished yet: nothing to score")
@@ -120,7 +120,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     target = Path(args.study)
     if target.suffix.lower() in (".yaml", ".yml", ".json") and target.is_file():
-        study = load_study(target, default_registry())
+        study = load_study(target, plugin_registry())
         name, baseline, uri = study.spec.name, study.baseline, tracking_uri(study.spec.tracking.uri)
     else:
         name, uri = args.study, tracking_uri(None)

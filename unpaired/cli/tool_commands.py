@@ -13,7 +13,7 @@ import yaml
 
 from unpaired.errors import UsageError
 from unpaired.plugin_api.components import Component
-from unpaired.plugin_api.registry import default_registry
+from unpaired.cli.plugins import registry as plugin_registry
 
 
 def _parameters_json(component: Component) -> dict[str, dict[str, object]]:
@@ -29,7 +29,7 @@ def _parameters_json(component: Component) -> dict[str, dict[str, object]]:
 
 def cmd_plugins(args: argparse.Namespace) -> int:
     """List every registered component with its origin, parameters and description."""
-    registry = default_registry()
+    registry = plugin_registry()
     components = registry.components()
     counts: dict[tuple[str, str], int] = {}
     for c in components:
@@ -52,8 +52,6 @@ def cmd_plugins(args: argparse.Namespace) -> int:
             print(f"  {c.name}  ({c.distribution} {c.version})  {c.description}{default}{conflict}")
             params = "  ".join(f"{k}={v!r}" for k, v in c.parameters().items())
             print(f"      {params or '(no parameters)'}")
-    for problem in registry.problems:
-        print(f"warning: {problem}", file=sys.stderr)
     return 0
 
 
@@ -64,7 +62,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from unpaired.training.run import train_run
     from unpaired.training.runtime import stop_requested
 
-    registry = default_registry()
+    registry = plugin_registry()
     variant = load_variant(args.spec, registry)
     folder = RunFolder(Path(args.out))
     print(f"training run {variant.run_id} into {folder}", file=sys.stderr)
@@ -87,7 +85,7 @@ def cmd_translate(args: argparse.Namespace) -> int:
     from unpaired.tools.translate import collect_inputs, load_generator, translate
     from unpaired.training.runtime import pick_device
 
-    generator, size = load_generator(Path(args.checkpoint), args.direction, default_registry())
+    generator, size = load_generator(Path(args.checkpoint), args.direction, plugin_registry())
     written, skipped = translate(generator, collect_inputs(Path(args.input)), Path(args.out), args.size or size, pick_device(args.device))
     print(f"wrote {len(written)} image(s) to {args.out}")
     for reason in skipped:
@@ -100,7 +98,7 @@ def cmd_fid(args: argparse.Namespace) -> int:
     from unpaired.evaluation.fid import FeatureExtractor, score_folders
     from unpaired.training.runtime import pick_device
 
-    registry = default_registry()
+    registry = plugin_registry()
     config = {"name": args.extractor or registry.default("feature_extractor"), **({"weights": args.weights} if args.weights else {})}
     device = pick_device(args.device)
     extractor = FeatureExtractor(registry.resolve("feature_extractor", config, where="--extractor"), device, args.batch_size)
@@ -125,7 +123,7 @@ def cmd_data_export(args: argparse.Namespace) -> int:
     from unpaired.tools.export import export_folder_layout
 
     config = {"name": args.dataset, **parse_params(args.params)}
-    counts = export_folder_layout(default_registry().build("dataset", config, where="data"), Path(args.out))
+    counts = export_folder_layout(plugin_registry().build("dataset", config, where="data"), Path(args.out))
     print(f"wrote {args.out}: " + ", ".join(f"{folder} {n}" for folder, n in counts.items()))
     return 0
 

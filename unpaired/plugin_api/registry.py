@@ -93,6 +93,8 @@ class Registry:
         self.problems: list[str] = []
         """Human-readable reports of plugins that could not be loaded or registered."""
         self._components: dict[tuple[ComponentKind, str], list[Component]] = {}
+        self.excluded: list[str] = []
+        """Distributions with ``unpaired`` plugins that ``$UNPAIRED_PLUGINS`` left out."""
         self.listeners: list[object] = []
         """The listeners added with :meth:`listening` and not yet removed, oldest first."""
 
@@ -114,6 +116,8 @@ class Registry:
             version = dist.version if dist is not None else "?"
             seen.add(normalize_distribution(dist_name))
             if wanted is not None and normalize_distribution(dist_name) not in wanted:
+                if dist_name not in registry.excluded:
+                    registry.excluded.append(dist_name)
                 continue
             try:
                 plugin = entry_point.load()
@@ -190,7 +194,14 @@ class Registry:
         if close:
             message += f" Did you mean {close[0]!r}?"
         message += f" Available: {', '.join(available) if available else '(none: is a plugin missing?)'}."
-        raise UnknownComponentError(message)
+        raise UnknownComponentError(message + self._not_loaded())
+
+    def _not_loaded(self) -> str:
+        """Why a component may be missing: plugins that failed to load, distributions left out."""
+        notes = [f" Not loaded, and perhaps providing it: {problem}." for problem in self.problems]
+        if self.excluded:
+            notes.append(f" {PLUGINS_ENV} leaves out {', '.join(sorted(self.excluded))}, which provide(s) '{ENTRY_POINT_GROUP}' plugins.")
+        return "".join(notes)
 
     def default(self, kind: ComponentKind) -> str:
         """The name of the component a plugin registered as the default of ``kind`` (with ``default=True``)."""
@@ -202,7 +213,8 @@ class Registry:
                 f"more than one plugin registers a default {kind} ({', '.join(claims)}): name the {kind} in the spec, "
                 f"or choose which plugins load with {PLUGINS_ENV}=dist1,dist2."
             )
-        raise UnknownComponentError(f"no plugin registers a default {kind}: name one in the spec; one of: {', '.join(self.names(kind)) or '(none)'}")
+        raise UnknownComponentError(f"no plugin registers a default {kind}: name one in the spec; one of: "
+                                    f"{', '.join(self.names(kind)) or '(none)'}.{self._not_loaded()}")
 
     def resolve(self, kind: ComponentKind, config: Mapping[str, Any], where: str | None = None) -> Choice:
         """Look up ``config['name']`` and validate the other keys with the component's parameter model.
