@@ -64,3 +64,62 @@ def test_example_components_build_and_train(example_installed, tmp_path):
     initial = build_model(variant, torch.device("cpu")).networks["G_AB"].state_dict()  # the same seed's starting weights
     changed = [key for key, value in trained.state_dict().items() if value.is_floating_point() and not torch.equal(value, initial[key])]
     assert changed, "training did not change the U-Net's weights"
+
+
+BROKEN_COMPONENTS = """
+    import torch
+    from pydantic import BaseModel
+    from torch import nn
+    from unpaired.plugin_api import Norm, hookimpl
+
+    class P(BaseModel):
+        pass
+
+    class Scale(nn.Module):
+        '''A 1x1 conv (so it trains), then a fixed operation that breaks a contract.'''
+
+        def __init__(self, channels_out, after):
+            super().__init__()
+            self.conv, self.after = nn.Conv2d(3, channels_out, 1), after
+
+        def forward(self, x):
+            return self.after(self.conv(x))
+
+    class CoupledNorm(Norm):
+        '''Batch norm that wrongly claims to treat each image alone.'''
+
+        has_affine_shift = True
+        per_image = True
+
+        def __init__(self, params):
+            pass
+
+        def __call__(self, channels):
+            return nn.BatchNorm2d(channels)
+
+    @hookimpl
+    def unpaired_register_generators(register):
+        register("one_channel", lambda params, norm: Scale(1, torch.tanh), P, "gives 1 channel")
+        register("unbounded", lambda params, norm: Scale(3, lambda y: torch.tanh(y) + 1.5), P, "gives values in [0.5, 2.5]")
+
+    @hookimpl
+    def unpaired_register_norms(register):
+        register("coupled", CoupledNorm, P, "batch norm claiming per_image")
+"""
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"generator": {"name": "one_channel"}}, "generator 'one_channel' of broken-parts 1.0 must map images (N, 3, H, W) to the same shape; "
+                                             "it turned (2, 3, 32, 32) into (2, 1, 32, 32)"),
+    ({"generator": {"name": "unbounded"}}, "generator 'unbounded' of broken-parts 1.0 must give images in [-1, 1]"),
+    ({"norm": {"name": "coupled"}}, "norm 'coupled' of broken-parts 1.0 claims per_image = True, but the generators it normalises"),
+])
+def test_a_component_breaking_its_contract_is_named_before_any_training_step(make_distribution, tmp_path, changes, message):
+    make_distribution("broken-parts", "1.0", {"broken": "broken_parts"}, {"broken_parts.py": BROKEN_COMPONENTS})
+    registry = Registry.from_entry_points()
+    spec = {"data": {"name": "synthetic", "size": 32, "n_train": 4, "n_test": 2}, "generator": {"name": "resnet", "n_blocks": 1, "ngf": 4},
+            "discriminator": {"name": "patchgan", "ndf": 4, "n_layers": 2}, "train": {"epochs": 1, "decay_epochs": 0, "num_workers": 0},
+            "samples": 1, "eval": {"fid": False}, **changes}
+    result = train_run(resolve_variant(spec, registry), RunFolder(tmp_path), registry, show_progress=False)
+    assert result.status == "failed" and result.error.startswith("ContractError: ") and message in result.error, result.error
+    assert RunFolder(tmp_path).latest_checkpoint() is None and not (tmp_path / "history.json").exists()

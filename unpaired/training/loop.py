@@ -26,6 +26,7 @@ from unpaired.results.files import CorruptFileError
 from unpaired.results.records import NETWORK_OF_DIRECTION, Checkpoint, ExportedGenerator, RunResult, TrainingState
 from unpaired.results.run_folder import RunFolder
 from unpaired.training.batches import EpochOrder, TrainPairs
+from unpaired.training.contracts import check_contracts
 from unpaired.training.cyclegan import LOSS_TERMS
 from unpaired.training.parts import build_model
 from unpaired.training.runtime import (
@@ -62,6 +63,7 @@ class Trainer:
             self.extractor = FeatureExtractor(variant.eval.feature_extractor, self.device, variant.eval.batch_size)
         seed_everything(self.train.seed)
         self.model = build_model(variant, self.device)
+        check_contracts(self.model, variant, self.data.transform.crop_size)  # before a step trains on a broken plugin
         self.schedule = variant.loss_weights.build()
         self.steps_per_epoch = self.train.steps_per_epoch(self.data.train_length)
         self.state = TrainingState(epoch_sums=torch.zeros(len(LOSS_TERMS), device=self.device))
