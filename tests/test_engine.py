@@ -102,6 +102,11 @@ def test_loss_terms_follow_the_paper(registry):
     assert terms == pytest.approx(expected, rel=1e-5)
 
 
+def test_each_discriminator_has_its_own_gan_loss_instance(registry):
+    model = build_model(tiny(registry), CPU)
+    assert model.gan_loss_A is not model.gan_loss_B and type(model.gan_loss_A) is type(model.gan_loss_B)
+
+
 def count_generator_images(model) -> dict[str, int]:
     """Images each generator is given per call, recorded by forward hooks."""
     seen = {"G_AB": [], "G_BA": []}

@@ -123,3 +123,44 @@ def test_a_component_breaking_its_contract_is_named_before_any_training_step(mak
     result = train_run(resolve_variant(spec, registry), RunFolder(tmp_path), registry, show_progress=False)
     assert result.status == "failed" and result.error.startswith("ContractError: ") and message in result.error, result.error
     assert RunFolder(tmp_path).latest_checkpoint() is None and not (tmp_path / "history.json").exists()
+
+
+KEPT_WEIGHTS = """
+    import torch
+    from pydantic import BaseModel
+    from torch import nn
+    from unpaired.plugin_api import hookimpl
+
+    class P(BaseModel):
+        keep: bool = True
+
+    class Pretrained(nn.Module):
+        '''A "pretrained" 1x1 conv of weights 0.5 that asks not to be re-initialised, and a fresh head that is.'''
+
+        def __init__(self, keep):
+            super().__init__()
+            self.backbone = nn.Conv2d(3, 3, 1)
+            nn.init.constant_(self.backbone.weight, 0.5)
+            self.backbone.keep_initial_weights = keep
+            self.head = nn.Conv2d(3, 3, 1)
+
+        def forward(self, x):
+            return torch.tanh(self.head(self.backbone(x)))
+
+    @hookimpl
+    def unpaired_register_generators(register):
+        register("pretrained", lambda params, norm: Pretrained(params.keep), P, "keeps its backbone's weights")
+"""
+
+
+def test_a_plugin_network_part_can_keep_its_initial_weights(make_distribution):
+    from unpaired.training.parts import build_model
+
+    make_distribution("kept-weights", "1.0", {"kept": "kept_weights"}, {"kept_weights.py": KEPT_WEIGHTS})
+    registry = Registry.from_entry_points()
+    for keep in (True, False):
+        spec = {"data": {"name": "synthetic", "size": 32}, "generator": {"name": "pretrained", "keep": keep}}
+        torch.manual_seed(0)
+        generator = build_model(resolve_variant(spec, registry), torch.device("cpu")).networks["G_AB"]
+        assert torch.equal(generator.backbone.weight, torch.full_like(generator.backbone.weight, 0.5)) == keep
+        assert generator.head.weight.abs().max() < 0.1 and (generator.head.bias == 0).all()  # N(0, 0.02), not PyTorch's init

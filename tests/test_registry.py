@@ -208,3 +208,21 @@ def test_every_command_names_plugins_that_failed_or_were_left_out_and_unknown_na
     result = run_cli("validate", str(study))
     assert result.returncode == 2 and "note: UNPAIRED_PLUGINS leaves out " in result.stderr
     assert "UNPAIRED_PLUGINS leaves out broken-plugin, rival-gens, which provide(s) 'unpaired' plugins." in result.stderr
+
+
+def test_a_qualified_name_picks_one_of_two_claimants_and_survives_a_round_trip(make_distribution):
+    from unpaired.config.resolved import resolve_variant
+
+    make_distribution("rival-gens", "2.3", {"rival": "rival_gens"}, {"rival_gens.py": PLUGIN_WITH_RESNET})
+    registry = Registry.from_entry_points()
+    with pytest.raises(ComponentConflictError, match=r"Say which with name: rival-gens:resnet or unpaired:resnet"):
+        registry.get("generator", "resnet")
+    assert registry.get("generator", "unpaired:resnet").distribution == "unpaired"
+    assert registry.get("generator", "Rival_Gens:resnet").distribution == "rival-gens"
+    assert registry.get("generator", "tiny").distribution == "rival-gens"  # plain names work when unambiguous
+    with pytest.raises(UnknownComponentError, match="no distribution 'acme' registers the generator 'resnet'"):
+        registry.get("generator", "acme:resnet")
+    # a spec leaving the generator out gets the built-in default, named so that no claimant is ambiguous
+    variant = resolve_variant({"data": {"name": "synthetic", "size": 32}}, registry)
+    assert variant.generator.as_dict()["name"] == "unpaired:resnet" and variant.generator.component.distribution == "unpaired"
+    assert resolve_variant(variant.as_dict(), registry).as_dict() == variant.as_dict()

@@ -67,10 +67,14 @@ class Choice:
 
     component: Component
     params: BaseModel
+    qualified: bool = False
+    """The spec named it ``distribution:name`` (to pick one of several claimants): kept so in :meth:`as_dict`."""
 
     @property
     def name(self) -> str:
-        return self.component.name
+        """What a spec writes to get this very component again."""
+        component = self.component
+        return f"{component.distribution}:{component.name}" if self.qualified else component.name
 
     def build(self, *args: Any, **kwargs: Any) -> Any:
         """Call the factory with the parameters and whatever the kind passes besides (see the hookspecs)."""
@@ -78,7 +82,7 @@ class Choice:
 
     def as_dict(self) -> dict[str, Any]:
         """``{"name": ..., **every parameter}`` as plain data (what specs, checkpoints and trackers store)."""
-        return {"name": self.component.name, **self.params.model_dump(mode="json")}
+        return {"name": self.name, **self.params.model_dump(mode="json")}
 
 
 class Norm(ABC):

@@ -43,6 +43,11 @@ def unpaired_register_generators(register: Register) -> None:
     ``factory(params, norm: unpaired.plugin_api.components.Norm) -> torch.nn.Module``: the
     module maps a batch ``(N, 3, H, W)`` in [-1, 1] to a batch of the same shape
     in [-1, 1]. ``norm`` makes the normalization layers the spec chose for it.
+
+    The engine initialises every conv and linear layer (``train.init``, N(0, 0.02) by default)
+    and every batch norm of the networks it builds, unless the module, or a part of it, has
+    ``keep_initial_weights = True`` (e.g. a pretrained backbone). This applies to discriminators too.
+    Before the first training step the module is checked: same shape out, finite, in [-1, 1].
     """
 
 
@@ -69,7 +74,8 @@ def unpaired_register_norms(register: Register) -> None:
 def unpaired_register_gan_losses(register: Register) -> None:
     """Register adversarial objectives.
 
-    ``factory(params) -> unpaired.plugin_api.components.GanLoss``.
+    ``factory(params) -> unpaired.plugin_api.components.GanLoss``. The factory is called once per
+    discriminator, so a loss that keeps state (running averages, ...) keeps one per domain.
     """
 
 

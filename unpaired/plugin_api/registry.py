@@ -178,16 +178,24 @@ class Registry:
         return sorted(name for (k, name) in self._components if k == kind)
 
     def get(self, kind: ComponentKind, name: str) -> Component:
-        """The component ``name`` of ``kind``; raises with the available names and the closest match."""
-        claims = self._components.get((kind, name), [])
+        """The component ``name`` of ``kind``; ``distribution:name`` picks one of several that claim the name.
+        Raises with the available names and the closest match."""
+        distribution, _, plain = str(name).rpartition(":")
+        claims = self._components.get((kind, plain), [])
+        if distribution:
+            claims = [c for c in claims if normalize_distribution(c.distribution) == normalize_distribution(distribution)]
         if len(claims) == 1:
             return claims[0]
         if claims:
             owners = " and ".join(sorted(f"{c.distribution} {c.version}" for c in claims))
+            choices = " or ".join(sorted(f"{c.distribution}:{plain}" for c in claims))
             raise ComponentConflictError(
-                f"{kind} {name!r} is registered by more than one plugin: {owners}. "
-                f"Uninstall one of them, or choose which load with {PLUGINS_ENV}=dist1,dist2."
+                f"{kind} {plain!r} is registered by more than one plugin: {owners}. Say which with name: {choices}; "
+                f"or uninstall one of them, or choose which load with {PLUGINS_ENV}=dist1,dist2."
             )
+        if distribution and self._components.get((kind, plain)):
+            owners = ", ".join(sorted(c.distribution for c in self._components[(kind, plain)]))
+            raise UnknownComponentError(f"no distribution {distribution!r} registers the {kind} {plain!r}; {owners} do(es)")
         available = self.names(kind)
         message = f"unknown {kind} {name!r}."
         close = difflib.get_close_matches(str(name), available, n=1, cutoff=0.5)
@@ -205,12 +213,15 @@ class Registry:
 
     def default(self, kind: ComponentKind) -> str:
         """The name of the component a plugin registered as the default of ``kind`` (with ``default=True``)."""
-        claims = sorted({c.name for c in self.components(kind) if c.default})
-        if len(claims) == 1:
-            return claims[0]
-        if claims:
+        defaults = [c for c in self.components(kind) if c.default]
+        if len(defaults) == 1:  # qualified only when another distribution claims the same name
+            component = defaults[0]
+            shared = len(self._components[(kind, component.name)]) > 1
+            return f"{component.distribution}:{component.name}" if shared else component.name
+        if defaults:
+            claims = ", ".join(f"{c.distribution}:{c.name}" for c in defaults)
             raise ComponentConflictError(
-                f"more than one plugin registers a default {kind} ({', '.join(claims)}): name the {kind} in the spec, "
+                f"more than one plugin registers a default {kind} ({claims}): name the {kind} in the spec, "
                 f"or choose which plugins load with {PLUGINS_ENV}=dist1,dist2."
             )
         raise UnknownComponentError(f"no plugin registers a default {kind}: name one in the spec; one of: "
@@ -229,7 +240,7 @@ class Registry:
             params = component.params_model.model_validate({k: v for k, v in config.items() if k != "name"})
         except ValidationError as error:
             raise InvalidParamsError(pydantic_problems(error, where)) from None
-        return Choice(component, params)
+        return Choice(component, params, qualified=":" in str(config["name"]))
 
     def build(self, kind: ComponentKind, config: Mapping[str, Any], *args: Any, where: str | None = None, **kwargs: Any) -> Any:
         """Resolve ``config`` and build the component, passing the extra arguments to its factory."""

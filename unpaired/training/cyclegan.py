@@ -37,7 +37,9 @@ class CycleGANParts:
     G_BA: nn.Module
     D_A: nn.Module
     D_B: nn.Module
-    gan_loss: GanLoss
+    gan_loss_A: GanLoss
+    """The adversarial objective of D_A (and of G_BA, whose fakes D_A judges); one instance per discriminator."""
+    gan_loss_B: GanLoss
     pool_A: ImagePool
     pool_B: ImagePool
     generators_per_image: bool
@@ -55,7 +57,7 @@ class CycleGAN:
             network.to(device, memory_format=torch.channels_last if train.channels_last else torch.preserve_format)
         run = {name: torch.compile(net) if train.compile else net for name, net in self.networks.items()}
         self.G_AB, self.G_BA, self.D_A, self.D_B = run["G_AB"], run["G_BA"], run["D_A"], run["D_B"]
-        self.gan_loss, self.pool_A, self.pool_B = parts.gan_loss, parts.pool_A, parts.pool_B
+        self.gan_loss_A, self.gan_loss_B, self.pool_A, self.pool_B = parts.gan_loss_A, parts.gan_loss_B, parts.pool_A, parts.pool_B
         self.batch_generator_calls, self.batch_discriminator_calls = parts.generators_per_image, parts.discriminators_per_image
 
         adam = {"lr": train.lr, "betas": train.betas, **({"fused": True} if device.type == "cuda" else {"foreach": True})}
@@ -105,8 +107,8 @@ class CycleGAN:
             fake_A, *same_A, cycled_A = self.forward_each(self.G_BA, real_B, *keep_A, fake_B, batched=batched)
             (cycled_B,) = self.forward_each(self.G_AB, fake_A, batched=batched)
             terms = [
-                weights.adversarial * self.gan_loss.generator_loss(self.D_A(fake_A)),
-                weights.adversarial * self.gan_loss.generator_loss(self.D_B(fake_B)),
+                weights.adversarial * self.gan_loss_A.generator_loss(self.D_A(fake_A)),
+                weights.adversarial * self.gan_loss_B.generator_loss(self.D_B(fake_B)),
                 weights.cycle * F.l1_loss(cycled_A, real_A),
                 weights.cycle * F.l1_loss(cycled_B, real_B),
             ]
@@ -126,10 +128,10 @@ class CycleGAN:
         pooled_A, pooled_B = self.pool_A.query(fake_A), self.pool_B.query(fake_B)
         terms = []
         with self.autocast():
-            for disc, real, fake in ((self.D_A, real_A, pooled_A), (self.D_B, real_B, pooled_B)):
+            for disc, gan_loss, real, fake in ((self.D_A, self.gan_loss_A, real_A, pooled_A), (self.D_B, self.gan_loss_B, real_B, pooled_B)):
                 judged_real, judged_fake = self.forward_each(disc, real, fake, batched=self.batch_discriminator_calls)
-                loss = 0.5 * self.gan_loss.discriminator_loss(judged_real, judged_fake)
-                penalty = self.gan_loss.regularizer(disc, real, fake)
+                loss = 0.5 * gan_loss.discriminator_loss(judged_real, judged_fake)
+                penalty = gan_loss.regularizer(disc, real, fake)
                 terms.append(loss if penalty is None else loss + penalty)
         self.opt_D.zero_grad(set_to_none=True)
         self.scaler.scale(terms[0] + terms[1]).backward()

@@ -24,7 +24,8 @@ def build_model(variant: ResolvedVariant, device: torch.device) -> CycleGAN:
         init_weights(network, train.init, train.init_gain)
     parts = CycleGANParts(
         *networks,
-        gan_loss=variant.gan_loss.build(),
+        gan_loss_A=variant.gan_loss.build(),  # one per discriminator: a loss with state never mixes the domains
+        gan_loss_B=variant.gan_loss.build(),
         pool_A=variant.image_pool.build(train.seed * 2),
         pool_B=variant.image_pool.build(train.seed * 2 + 1),
         generators_per_image=generator_norm.per_image,

@@ -13,8 +13,10 @@ def init_weights(module: nn.Module, scheme: InitScheme = "normal", gain: float =
     ``normal``: N(0, gain) (the paper: gain 0.02); ``xavier``: Xavier-normal with ``gain``;
     ``kaiming``: Kaiming-normal (fan-in, ReLU), ``gain`` unused; ``orthogonal``: with ``gain``.
     Batch-norm scales are drawn from N(1, gain) and their shifts zeroed; other norms keep theirs.
+    A module (the network or any part of it) whose ``keep_initial_weights`` is True is left as its plugin
+    made it, with everything inside it (e.g. a pretrained backbone).
     """
-    for layer in module.modules():
+    for layer in _modules_to_initialise(module):
         if isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
             if scheme == "normal":
                 nn.init.normal_(layer.weight, 0.0, gain)
@@ -31,3 +33,18 @@ def init_weights(module: nn.Module, scheme: InitScheme = "normal", gain: float =
         elif isinstance(layer, nn.BatchNorm2d):
             nn.init.normal_(layer.weight, 1.0, gain)
             nn.init.zeros_(layer.bias)
+
+
+def _modules_to_initialise(module: nn.Module) -> list[nn.Module]:
+    """``module.modules()`` (the same order, each once) without the parts that keep their initial weights."""
+    found: dict[int, nn.Module] = {}
+
+    def visit(layer: nn.Module) -> None:
+        if id(layer) in found or getattr(layer, "keep_initial_weights", False):
+            return
+        found[id(layer)] = layer
+        for child in layer.children():
+            visit(child)
+
+    visit(module)
+    return list(found.values())
