@@ -232,3 +232,13 @@ def test_weight_init_schemes(registry):
     assert all((b == 0).all() for b in biases)
     with pytest.raises(ValueError, match="unknown init scheme 'uniform'"):
         init_weights(generator, "uniform")
+
+
+def test_ralsgan_judges_fakes_against_the_average_real(registry):
+    loss = registry.build("gan_loss", {"name": "ralsgan"})
+    assert loss.compares_with_real
+    real, fake = torch.tensor([2.0, 0.0]), torch.tensor([0.5, -0.5])  # means 1 and 0
+    # D: (real - 0 - 1)^2 mean = (1 + 1) / 2 = 1; (fake - 1 + 1)^2 mean = 0.25
+    assert loss.discriminator_loss(real, fake).item() == pytest.approx(1.0 + 0.25)
+    # G: (fake - 1 - 1)^2 mean = (2.25 + 6.25) / 2 = 4.25; (real - 0 + 1)^2 mean = (9 + 1) / 2 = 5
+    assert loss.generator_loss(fake, real).item() == pytest.approx(4.25 + 5.0)

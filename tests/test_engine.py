@@ -102,6 +102,65 @@ def test_loss_terms_follow_the_paper(registry):
     assert terms == pytest.approx(expected, rel=1e-5)
 
 
+def test_a_relativistic_loss_gets_the_real_scores_in_the_generator_step_and_trains(registry, tmp_path):
+    variant = tiny(registry, gan_loss={"name": "ralsgan"}, generator={"dropout": 0.0}, image_pool={"name": "none"})
+    model = build_model(variant, CPU)
+    G_AB, D_B = copy.deepcopy(model.networks["G_AB"]), copy.deepcopy(model.networks["D_B"])
+    real_A, real_B = batch(3)
+    terms = dict(zip(LOSS_TERMS, model.train_step(real_A, real_B, LossWeights(1.0, 10.0, 5.0)).tolist()))
+    with torch.no_grad():
+        judged_fake, judged_real = D_B(G_AB(real_A)), D_B(real_B)
+        expected = ((judged_fake - judged_real.mean() - 1) ** 2).mean() + ((judged_real - judged_fake.mean() + 1) ** 2).mean()
+    assert terms["G_adv_B"] == pytest.approx(expected.item(), rel=1e-5)
+    result = train(variant, tmp_path, registry)
+    assert result.status == "finished" and all(abs(v) < 1e3 for v in result.final_losses.values())
+
+
+class WarmUp:
+    """A loss-weight schedule whose adversarial weight rises over the first 6 steps, recording what it is asked."""
+
+    def __init__(self):
+        self.asked = []
+
+    @hookimpl
+    def unpaired_register_loss_weights(self, register):
+        from unpaired.plugin_api import LossWeights, LossWeightSchedule
+        from unpaired_plugins.loss_weights import ConstantParams
+
+        outer = self
+
+        class Ramp(LossWeightSchedule):
+            def __init__(self, params):
+                pass
+
+            def at(self, epoch, total_epochs):
+                return LossWeights(1.0, 10.0, 5.0)
+
+            def at_step(self, progress):
+                outer.asked.append((progress.epoch, progress.step, round(progress.fraction, 4)))
+                return LossWeights(min(1.0, progress.step / 6), 10.0, 5.0)
+
+        register("ramp", Ramp, ConstantParams, "warm-up")
+
+
+def test_a_loss_weight_schedule_can_change_within_an_epoch(tmp_path):
+    registry = Registry.from_entry_points()
+    warm_up = WarmUp()
+    registry.add_plugin(warm_up, "ramp", "tests", "0")
+    logged = []
+
+    class Record:
+        @hookimpl
+        def unpaired_on_step(self, run, epoch, step, losses, lr):
+            logged.append(losses["G_adv_A"])
+
+    with registry.listening(Record()):
+        assert train(tiny(registry, loss_weights={"name": "ramp"}, train={"epochs": 1, "decay_epochs": 1}), tmp_path, registry).status == "finished"
+    assert [(e, s) for e, s, _ in warm_up.asked] == [(e, s) for s in range(1, 17) for e in [(s - 1) // 8]]
+    assert warm_up.asked[7][2] == 0.5 and warm_up.asked[-1][2] == 1.0
+    assert logged[0] < logged[5] / 3  # the logged term carries its weight: 1/6 at the first step
+
+
 def test_each_discriminator_has_its_own_gan_loss_instance(registry):
     model = build_model(tiny(registry), CPU)
     assert model.gan_loss_A is not model.gan_loss_B and type(model.gan_loss_A) is type(model.gan_loss_B)

@@ -112,7 +112,7 @@ BROKEN_COMPONENTS = """
     ({"generator": {"name": "one_channel"}}, "generator 'one_channel' of broken-parts 1.0 must map images (N, 3, H, W) to the same shape; "
                                              "it turned (2, 3, 32, 32) into (2, 1, 32, 32)"),
     ({"generator": {"name": "unbounded"}}, "generator 'unbounded' of broken-parts 1.0 must give images in [-1, 1]"),
-    ({"norm": {"name": "coupled"}}, "norm 'coupled' of broken-parts 1.0 claims per_image = True, but the generators it normalises"),
+    ({"norm": {"name": "coupled"}}, "norm 'coupled' of broken-parts 1.0 claims per_image = True, but the generator networks it normalises"),
 ])
 def test_a_component_breaking_its_contract_is_named_before_any_training_step(make_distribution, tmp_path, changes, message):
     make_distribution("broken-parts", "1.0", {"broken": "broken_parts"}, {"broken_parts.py": BROKEN_COMPONENTS})

@@ -18,7 +18,7 @@ BUILTINS = {
     "generator": {"resnet"},
     "discriminator": {"patchgan", "pooled"},
     "norm": {"instance", "batch", "none"},
-    "gan_loss": {"lsgan", "vanilla", "hinge", "wgangp"},
+    "gan_loss": {"lsgan", "vanilla", "hinge", "wgangp", "ralsgan"},
     "image_pool": {"history", "none"},
     "loss_weights": {"constant", "identity_decay"},
     "dataset": {"folder", "synthetic"},

@@ -10,7 +10,7 @@ The names a plugin needs are exported here::
 """
 
 from unpaired import hookimpl
-from unpaired.plugin_api.components import GanLoss, ImagePool, LossWeights, LossWeightSchedule, Norm
+from unpaired.plugin_api.components import GanLoss, ImagePool, LossWeights, LossWeightSchedule, Norm, TrainingProgress
 from unpaired.plugin_api.data import (
     IMAGE_EXTENSIONS,
     DataError,
@@ -26,5 +26,5 @@ from unpaired.plugin_api.lifecycle import RunInfo
 
 __all__ = [
     "IMAGE_EXTENSIONS", "DataError", "Domain", "GanLoss", "ImagePool", "LossWeightSchedule", "LossWeights", "Norm",
-    "RunInfo", "Split", "Transform", "TransformParams", "UnpairedData", "hookimpl", "list_images", "load_image",
+    "RunInfo", "Split", "TrainingProgress", "Transform", "TransformParams", "UnpairedData", "hookimpl", "list_images", "load_image",
 ]

@@ -101,16 +101,22 @@ class Norm(ABC):
 
 
 class GanLoss(ABC):
-    """An adversarial objective, returned by ``gan_loss`` factories.
+    """An adversarial objective, returned by ``gan_loss`` factories (one instance per discriminator).
 
-    The engine calls ``generator_loss`` on D(fake) in the generator step and
-    ``discriminator_loss`` on D(real), D(pooled fake) in the discriminator step,
-    multiplies the latter by 0.5 (as the paper does) and adds ``regularizer``.
+    Generator step: the engine calls ``generator_loss`` on D(fake), and also passes D(real) when
+    ``compares_with_real`` is True (relativistic losses judge fakes against reals); the discriminator
+    gets no gradient there. Discriminator step: it calls ``discriminator_loss`` on D(real) and
+    D(pooled fake), multiplies it by 0.5 (as the paper does), and adds ``regularizer`` unhalved:
+    a penalty's weight is the whole of its weight. The logged ``D_A`` / ``D_B`` include both.
     """
 
+    compares_with_real: bool = False
+    """True when ``generator_loss`` needs the discriminator's scores on real images too."""
+
     @abstractmethod
-    def generator_loss(self, fake_pred: Tensor) -> Tensor:
-        """Scalar loss the generator minimises, given the discriminator's output on fakes."""
+    def generator_loss(self, fake_pred: Tensor, real_pred: Tensor | None = None) -> Tensor:
+        """Scalar loss the generator minimises, given the discriminator's output on fakes (and on reals,
+        when ``compares_with_real``)."""
 
     @abstractmethod
     def discriminator_loss(self, real_pred: Tensor, fake_pred: Tensor) -> Tensor:
@@ -151,9 +157,41 @@ class LossWeights:
     identity: float
 
 
+@dataclass(frozen=True)
+class TrainingProgress:
+    """Where training stands at a step: what a step-wise loss-weight schedule is given."""
+
+    epoch: int
+    """0-based."""
+    step: int
+    """Steps since the run began, the current one included (1 at the first step)."""
+    steps_per_epoch: int
+    total_epochs: int
+
+    @property
+    def fraction(self) -> float:
+        """How much of the whole run is done at this step, in (0, 1]."""
+        return self.step / max(self.steps_per_epoch * self.total_epochs, 1)
+
+
 class LossWeightSchedule(ABC):
-    """How loss weights evolve over training, returned by ``loss_weights`` factories."""
+    """How loss weights evolve over training, returned by ``loss_weights`` factories.
+
+    Implement ``at`` for weights that change per epoch. For weights that change within an epoch
+    (e.g. a warm-up over the first hundred steps), override ``at_step`` too: the engine then asks it
+    at every step (a float per step: no device synchronisation).
+    """
 
     @abstractmethod
     def at(self, epoch: int, total_epochs: int) -> LossWeights:
-        """The weights in force during ``epoch`` (0-based) of a run of ``total_epochs`` epochs."""
+        """The weights in force during ``epoch`` (0-based) of a run of ``total_epochs`` epochs (the constant
+        LR epochs plus the decay epochs)."""
+
+    def at_step(self, progress: TrainingProgress) -> LossWeights:
+        """The weights in force at one step; by default those of its epoch."""
+        return self.at(progress.epoch, progress.total_epochs)
+
+    @property
+    def per_step(self) -> bool:
+        """True when the schedule overrides ``at_step``."""
+        return type(self).at_step is not LossWeightSchedule.at_step

@@ -92,7 +92,8 @@ def unpaired_register_image_pools(register: Register) -> None:
 def unpaired_register_loss_weights(register: Register) -> None:
     """Register loss-weight policies (constant, scheduled, ...).
 
-    ``factory(params) -> unpaired.plugin_api.components.LossWeightSchedule``.
+    ``factory(params) -> unpaired.plugin_api.components.LossWeightSchedule``: per epoch with ``at``,
+    or per step (warm-ups within an epoch, a fraction of training) by also overriding ``at_step``.
     """
 
 

@@ -48,7 +48,7 @@ def check_contracts(model: CycleGAN, variant: ResolvedVariant, size: int) -> Non
         if scores.ndim == 0 or scores.shape[0] != len(images) or not torch.isfinite(scores).all():
             raise ContractError(f"{_who(variant.discriminator, 'discriminator')} must give finite scores with one row per image "
                                 f"(first dimension {len(images)}); it gave shape {tuple(scores.shape)}, finite: {bool(torch.isfinite(scores).all())}")
-        for network, norm, side in ((generator, variant.generator_norm, "generators"), (discriminator, variant.discriminator_norm, "discriminators")):
+        for network, norm, side in ((generator, variant.generator_norm, "generator networks"), (discriminator, variant.discriminator_norm, "discriminator networks")):
             if getattr(norm.build(), "per_image", False):
                 _check_per_image(network, images, norm, side)
 

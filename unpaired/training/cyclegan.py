@@ -95,6 +95,13 @@ class CycleGAN:
             return network(torch.cat(images)).split([len(image) for image in images])
         return tuple(network(image) for image in images)
 
+    def fool(self, discriminator: nn.Module, gan_loss: GanLoss, fake: Tensor, real: Tensor) -> Tensor:
+        """The generator's adversarial loss on ``fake``; a relativistic loss also gets D(real), from the same call."""
+        if not gan_loss.compares_with_real:
+            return gan_loss.generator_loss(discriminator(fake))
+        judged_fake, judged_real = self.forward_each(discriminator, fake, real, batched=self.batch_discriminator_calls)
+        return gan_loss.generator_loss(judged_fake, judged_real)
+
     def generator_step(self, real_A: Tensor, real_B: Tensor, weights: LossWeights) -> tuple[Tensor, Tensor, list[Tensor]]:
         """Update both generators on adversarial + cycle (+ identity, when its weight > 0) losses.
         The discriminators get no gradient. Returns the detached fakes (A, B) and the six weighted terms."""
@@ -107,8 +114,8 @@ class CycleGAN:
             fake_A, *same_A, cycled_A = self.forward_each(self.G_BA, real_B, *keep_A, fake_B, batched=batched)
             (cycled_B,) = self.forward_each(self.G_AB, fake_A, batched=batched)
             terms = [
-                weights.adversarial * self.gan_loss_A.generator_loss(self.D_A(fake_A)),
-                weights.adversarial * self.gan_loss_B.generator_loss(self.D_B(fake_B)),
+                weights.adversarial * self.fool(self.D_A, self.gan_loss_A, fake_A, real_A),
+                weights.adversarial * self.fool(self.D_B, self.gan_loss_B, fake_B, real_B),
                 weights.cycle * F.l1_loss(cycled_A, real_A),
                 weights.cycle * F.l1_loss(cycled_B, real_B),
             ]

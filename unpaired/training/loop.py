@@ -21,6 +21,7 @@ from tqdm import tqdm
 from unpaired.config.resolved import ResolvedVariant
 from unpaired.config.spec import TrainConfig
 from unpaired.evaluation.fid import FeatureExtractor, score_generators
+from unpaired.plugin_api.components import TrainingProgress
 from unpaired.plugin_api.lifecycle import RunInfo
 from unpaired.results.files import CorruptFileError
 from unpaired.results.records import NETWORK_OF_DIRECTION, Checkpoint, ExportedGenerator, RunResult, TrainingState
@@ -177,6 +178,8 @@ class Trainer:
         )
         started, steps_before = time.perf_counter(), state.step_in_epoch
         for real_A, real_B in loader:
+            if self.schedule.per_step:
+                weights = self.schedule.at_step(TrainingProgress(state.epoch, state.global_step + 1, self.steps_per_epoch, train.total_epochs))
             terms = self.model.train_step(self.model.to_device(real_A), self.model.to_device(real_B), weights)
             state.epoch_sums += terms
             state.global_step += 1
