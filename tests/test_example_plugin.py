@@ -7,9 +7,10 @@ import shutil
 import tomllib
 
 import pytest
+import yaml
 import torch
 
-from conftest import REPO, run_cli, write_distribution
+from conftest import REPO, TINY_BASE, run_cli, write_distribution
 from unpaired.config.resolved import resolve_variant
 from unpaired.plugin_api.registry import Registry
 from unpaired.results.run_folder import RunFolder
@@ -164,3 +165,43 @@ def test_a_plugin_network_part_can_keep_its_initial_weights(make_distribution):
         generator = build_model(resolve_variant(spec, registry), torch.device("cpu")).networks["G_AB"]
         assert torch.equal(generator.backbone.weight, torch.full_like(generator.backbone.weight, 0.5)) == keep
         assert generator.head.weight.abs().max() < 0.1 and (generator.head.bias == 0).all()  # N(0, 0.02), not PyTorch's init
+
+
+ACME_GENERATOR = """
+    import torch
+    from pydantic import BaseModel
+    from torch import nn
+    from unpaired.plugin_api import hookimpl
+
+    class P(BaseModel):
+        width: int = 4
+
+    def build(params, norm):
+        return nn.Sequential(nn.Conv2d(3, params.width, 3, padding=1), nn.ReLU(), nn.Conv2d(params.width, 3, 3, padding=1), nn.Tanh())
+
+    @hookimpl
+    def unpaired_register_generators(register):
+        register("acme", build, P, "a two-layer generator")
+"""
+
+
+def test_a_run_trained_by_another_plugin_version_is_marked_stale_and_can_be_trained_again(make_distribution, site, tmp_path):
+    make_distribution("acme-gen", "1.0", {"acme": "acme_gen"}, {"acme_gen.py": ACME_GENERATOR})
+    study = tmp_path / "acme.yaml"
+    study.write_text(yaml.safe_dump({"name": "acme", "base": {**TINY_BASE, "generator": {"name": "acme"}}, "tracking": {"enabled": False}}))
+    out = ["--out", str(tmp_path / "out")]
+    assert run_cli("run", str(study), *out, "--quiet").returncode == 0
+    (folder,) = [p.parent for p in (tmp_path / "out").glob("*/*/result.json")]
+    assert json.loads((folder / "result.json").read_text())["plugins"] == {"acme-gen": "1.0", "unpaired": "0.1.0"}
+
+    (site / "acme_gen-1.0.dist-info").rename(site / "acme_gen-1.1.dist-info")  # the plugin is upgraded
+    (site / "acme_gen-1.1.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-gen\nVersion: 1.1\n")
+    plan = run_cli("plan", str(study), *out).stdout
+    assert plan.splitlines()[1].split()[2:5] == [folder.name.split("-")[1], "12", "stale"]  # same run id, now stale
+    again = run_cli("run", str(study), *out, "--quiet")
+    assert "skipped 1" in again.stdout and "trained by other versions of their plugins" in again.stdout
+    rerun = run_cli("run", str(study), *out, "--quiet", "--rerun-stale")
+    assert rerun.returncode == 0 and "done 1" in rerun.stdout, rerun.stderr
+    assert json.loads((folder / "result.json").read_text())["plugins"]["acme-gen"] == "1.1"
+    assert folder.with_name(f"{folder.name}.old-1").is_dir()
+    assert run_cli("plan", str(study), *out).stdout.splitlines()[1].split()[4] == "done"

@@ -45,6 +45,7 @@ def _add_study_commands(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--executor", choices=["local", "ray"], help="where runs train (default: the study's execution.executor, local)")
     run.add_argument("--address", help="the Ray cluster: auto, HOST:PORT or ray://HOST:PORT (default: Ray on this machine)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--rerun-stale", action="store_true", help="train again the finished runs whose plugins have other versions now")
     run.set_defaults(handler=cmd_run)
 
     compare = commands.add_parser("compare", help="rank a study's variants: mean ± std over seeds, Δ vs baseline")

@@ -43,7 +43,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     for run in study.runs:
         overrides = ", ".join(f"{k}={v}" for k, v in run.overrides.items()) or "(base)"
         count = steps[run.run_id]
-        status = run_folder(out, run).status(run.run_id)
+        status = run_folder(out, run).status(run.run_id, run.resolved.plugins())
         rows.append((run.variant, str(run.seed), run.run_id, str(count) if isinstance(count, int) else "?", status, overrides))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
@@ -68,7 +68,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.address and execution.executor != "ray":
         raise UsageError("--address names a Ray cluster: add --executor ray (or execution: {executor: ray} in the study)")
     summary = run_study(study, out, registry, runs, jobs=args.jobs, show_progress=not args.quiet,
-                        announce=lambda line: print(line, file=sys.stderr), execution=execution)
+                        announce=lambda line: print(line, file=sys.stderr), execution=execution, rerun_stale=args.rerun_stale)
     print(summary)
     return summary.exit_code
 

@@ -49,14 +49,21 @@ class ResolvedVariant:
     samples: int
     eval: ResolvedEval
 
+    _SLOTS = ("data", "generator", "discriminator", "generator_norm", "discriminator_norm", "gan_loss", "loss_weights", "image_pool")
+
     def as_dict(self) -> dict[str, Any]:
         """The resolved variant as plain data: what ``spec.json``, checkpoints and trackers hold, and what
         :func:`resolve_variant` turns back into the same variant."""
-        slots = ("data", "generator", "discriminator", "generator_norm", "discriminator_norm", "gan_loss", "loss_weights", "image_pool")
+        slots = self._SLOTS
         evaluation = {"fid": self.eval.fid, "every": self.eval.every, "batch_size": self.eval.batch_size,
                       "feature_extractor": self.eval.feature_extractor.as_dict()}
         return {**{slot: getattr(self, slot).as_dict() for slot in slots},
                 "train": self.train.model_dump(mode="json"), "samples": self.samples, "eval": evaluation}
+
+    def plugins(self) -> dict[str, str]:
+        """Distribution -> version of every package providing one of the variant's components (its provenance)."""
+        chosen = [getattr(self, slot) for slot in self._SLOTS] + [self.eval.feature_extractor]
+        return {c.component.distribution: c.component.version for c in sorted(chosen, key=lambda c: c.component.distribution)}
 
     def _digest(self, *train_fields_left_out: str) -> str:
         resolved = self.as_dict()

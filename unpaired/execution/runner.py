@@ -123,6 +123,7 @@ def run_study(
     show_progress: bool = True,
     announce: Callable[[str], None] = print,
     execution: ExecutionConfig | None = None,
+    rerun_stale: bool = False,
 ) -> StudySummary:
     """Train every run of ``runs`` that is not done and return what became of each.
 
@@ -136,9 +137,7 @@ def run_study(
     """
     out, execution = Path(out), execution or study.spec.execution
     summary = StudySummary()
-    todo = []
-    for run in runs:
-        (summary.skipped if run_folder(out, run).status(run.run_id) == "done" else todo).append(run)
+    todo = _runs_to_train(runs, out, rerun_stale, summary, announce)
     preflight(todo)
     listeners = [listener for found in registry.hook.unpaired_study_listeners(study=study) for listener in found]
     with stop_on_signals():
@@ -149,6 +148,28 @@ def run_study(
         finally:
             executor.close()
     return summary
+
+
+def _runs_to_train(runs: list[PlannedRun], out: Path, rerun_stale: bool, summary: StudySummary,
+                   announce: Callable[[str], None]) -> list[PlannedRun]:
+    """The runs not done yet; a stale one (finished by other versions of its plugins) is skipped and noted, or, with
+    ``rerun_stale``, its folder is moved aside and it trains again."""
+    todo, stale = [], []
+    for run in runs:
+        folder = run_folder(out, run)
+        status = folder.status(run.run_id, run.resolved.plugins())
+        if status == "stale" and rerun_stale:
+            announce(f"{run.variant} seed {run.seed} was trained by other plugin versions: moved to {folder.retire()}, training again")
+            status = "pending"
+        if status in ("done", "stale"):
+            summary.skipped.append(run)
+            stale += [run] if status == "stale" else []
+        else:
+            todo.append(run)
+    if stale:
+        summary.notes.append(f"{len(stale)} finished run(s) were trained by other versions of their plugins than those installed "
+                             "(`plan` marks them stale); `unpaired run --rerun-stale` trains them again")
+    return todo
 
 
 def _executor(execution: ExecutionConfig, jobs: int, registry: Registry, listeners: list[object], out: Path,

@@ -45,6 +45,8 @@ class RunResult(BaseModel):
     """Metrics of the best epoch's generators scored again by ``unpaired score --epoch``, by epoch."""
     threads: int | None = None
     """The CPU threads it trained with (a CPU run's numbers depend on them); None on a GPU."""
+    plugins: dict[str, str] = {}
+    """Distribution -> version of every package whose components the run used (its provenance)."""
     reused: bool = Field(False, exclude=True)
     """True when this is an earlier result handed back because the run had already finished (never stored)."""
 

@@ -26,7 +26,7 @@ from unpaired.results.files import CorruptFileError, atomic_save, atomic_write_j
 from unpaired.results.lease import Lease
 from unpaired.results.records import Checkpoint, Direction, ExportedGenerator, RunResult, validate_result
 
-Status = Literal["done", "running", "partial", "failed", "pending"]
+Status = Literal["done", "stale", "running", "partial", "failed", "pending"]
 _CHECKPOINT = re.compile(r"^epoch-(\d+)-step-(\d+)\.pt$")
 
 
@@ -102,6 +102,14 @@ class RunFolder:
                 other.unlink(missing_ok=True)
         return path
 
+    def retire(self) -> Path:
+        """Move the whole folder aside (to ``<name>.old-N``) so the run starts again from nothing; return where it went."""
+        number = 1
+        while (aside := self.path.with_name(f"{self.path.name}.old-{number}")).exists():
+            number += 1
+        self.path.rename(aside)
+        return aside
+
     def set_aside(self, path: Path) -> Path:
         """Rename a corrupt file to ``<name>.corrupt`` (kept for a look, ignored from then on); return its new path."""
         aside = path.with_name(path.name + ".corrupt")
@@ -149,15 +157,16 @@ class RunFolder:
     def error_file(self) -> Path:
         return self.path / "error.txt"
 
-    def status(self, run_id: str) -> Status:
-        """``done`` (finished as ``run_id``), ``running`` (a live process holds its lease), ``failed``,
+    def status(self, run_id: str, plugins: dict[str, str] | None = None) -> Status:
+        """``done`` (finished as ``run_id``), ``stale`` (done, but by other versions of the ``plugins`` that provide
+        its components: distribution -> version), ``running`` (a live process holds its lease), ``failed``,
         ``partial`` (has a checkpoint) or ``pending``."""
         try:
             result = self.read_result()
         except CorruptFileError:  # training it again will rewrite it
             result = None
         if result is not None and result.finished and result.run_id == run_id:
-            return "done"
+            return "stale" if plugins is not None and result.plugins and result.plugins != plugins else "done"
         if self.is_leased():
             return "running"
         if result is not None and result.status == "failed":
