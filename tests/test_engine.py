@@ -98,6 +98,8 @@ def test_loss_terms_follow_the_paper(registry):
             "idt_B": 5 * F.l1_loss(G_AB(real_B), real_B).item(),
             "D_A": 0.5 * (mse_to(D_A(real_A), 1.0) + mse_to(D_A(fake_A), 0.0)),
             "D_B": 0.5 * (mse_to(D_B(real_B), 1.0) + mse_to(D_B(fake_B), 0.0)),
+            "D_reg_A": 0.0,
+            "D_reg_B": 0.0,
         }
     assert terms == pytest.approx(expected, rel=1e-5)
 
@@ -114,6 +116,21 @@ def test_a_relativistic_loss_gets_the_real_scores_in_the_generator_step_and_trai
     assert terms["G_adv_B"] == pytest.approx(expected.item(), rel=1e-5)
     result = train(variant, tmp_path, registry)
     assert result.status == "finished" and all(abs(v) < 1e3 for v in result.final_losses.values())
+
+
+def test_a_regulariser_is_logged_as_its_own_unhalved_term(registry):
+    variant = tiny(registry, gan_loss={"name": "wgangp"}, generator={"dropout": 0.0}, image_pool={"name": "none"})
+    model = build_model(variant, CPU)
+    G_BA, D_A = copy.deepcopy(model.networks["G_BA"]), copy.deepcopy(model.networks["D_A"])
+    real_A, real_B = batch(4)
+    torch.manual_seed(7)  # the penalty's interpolation is the only random draw of the step; D_A's comes first
+    terms = dict(zip(LOSS_TERMS, model.train_step(real_A, real_B, LossWeights(1.0, 10.0, 5.0)).tolist()))
+    fake_A = G_BA(real_B).detach()
+    with torch.no_grad():
+        assert terms["D_A"] == pytest.approx(0.5 * (D_A(fake_A).mean() - D_A(real_A).mean()).item(), rel=1e-5)
+    torch.manual_seed(7)
+    penalty = registry.build("gan_loss", {"name": "wgangp"}).regularizer(D_A, real_A, fake_A)
+    assert terms["D_reg_A"] == pytest.approx(penalty.item(), rel=1e-5) and terms["D_reg_A"] > 0 and terms["D_reg_B"] > 0
 
 
 class WarmUp:

@@ -163,6 +163,11 @@ def test_fid_command_between_two_folders(tmp_path):
     assert abs(float(same.stdout.split()[1])) < 1e-3
     different = run_cli("fid", str(tmp_path / "data" / "testA"), str(tmp_path / "data" / "testB"), "--size", "32")
     assert float(different.stdout.split()[1]) > 10
+    elsewhere = tmp_path / "elsewhere.pth"  # the extractor's own parameters reach it
+    missing = run_cli("fid", str(tmp_path / "data" / "testA"), str(tmp_path / "data" / "testB"), "--param", f"weights={elsewhere}")
+    assert missing.returncode != 0 and f"no Inception weights file at {elsewhere}" in missing.stderr
+    unknown = run_cli("fid", str(tmp_path / "data" / "testA"), str(tmp_path / "data" / "testB"), "--param", "weight=x")
+    assert unknown.returncode == 2 and "--extractor.weight: unknown key; did you mean 'weights'?" in unknown.stderr
 
 
 def test_preflight_stops_the_study_before_training_when_the_weights_are_missing(tmp_path):

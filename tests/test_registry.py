@@ -76,7 +76,7 @@ def test_unknown_params_are_rejected_even_if_the_plugin_model_allows_extras(make
     with pytest.raises(InvalidParamsError) as error:
         registry.resolve("generator", {"name": "loose", "widht": 3})
     assert error.value.errors[0][0] == "generator.widht"
-    assert "Extra inputs are not permitted" in error.value.errors[0][1]
+    assert error.value.errors[0][1].startswith("unknown key; did you mean 'width'? Known: width")
 
 
 def test_missing_name_is_reported_with_the_choices():
@@ -93,6 +93,18 @@ def test_two_plugins_claiming_one_name_are_both_named(make_distribution):
     assert "UNPAIRED_PLUGINS" in str(error.value)
     assert registry.get("generator", "tiny").distribution == "rival-gens"  # the plugin's other names still work
 
+    result = run_cli("plugins", "--json")  # a health check: the conflict is a problem, and the exit code says so
+    assert result.returncode == 1
+    assert json.loads(result.stdout)["problems"] == [str(error.value)]
+
+
+def test_a_name_registered_twice_by_one_package_is_called_a_bug_of_that_package(make_distribution):
+    twice = PLUGIN_WITH_RESNET.replace('register("resnet"', 'register("tiny"')
+    make_distribution("double-reg", "0.2", {"double": "double_reg"}, {"double_reg.py": twice})
+    with pytest.raises(ComponentConflictError) as error:
+        Registry.from_entry_points().get("generator", "tiny")
+    assert str(error.value).startswith("generator 'tiny' is registered 2 times by double-reg 0.2: a bug in that package")
+
 
 def test_a_plugin_that_fails_to_import_is_named_and_the_others_still_load(make_distribution):
     make_distribution("broken-plugin", "0.9", {"broken": "broken_plugin"}, {"broken_plugin.py": "raise RuntimeError('boom at import')\n"})
@@ -105,7 +117,7 @@ def test_a_plugin_that_fails_to_import_is_named_and_the_others_still_load(make_d
 def test_the_cli_still_works_beside_a_broken_plugin_and_warns(make_distribution):
     make_distribution("broken-plugin", "0.9", {"broken": "broken_plugin"}, {"broken_plugin.py": "import no_such_module\n"})
     result = run_cli("plugins", "--json")
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 1, result.stderr  # listed, and the exit code says the install has a problem
     listing = json.loads(result.stdout)
     assert {(c["kind"], c["name"]) for c in listing["components"]} >= {("generator", "resnet"), ("gan_loss", "wgangp")}
     assert "broken-plugin" in result.stderr and "No module named 'no_such_module'" in result.stderr
@@ -163,6 +175,7 @@ def test_plugins_command_lists_every_builtin_with_origin_parameters_and_descript
     assert found == {(kind, name) for kind, names in BUILTINS.items() for name in names}
     resnet = next(c for c in listing["components"] if c["name"] == "resnet")
     assert resnet["parameters"]["n_blocks"] == {"default": 9, "type": "int", "description": resnet["parameters"]["n_blocks"]["description"]}
+    assert resnet["parameters"]["padding"]["choices"] == ["reflect", "replicate", "zeros"]
     assert resnet["default"] is True and next(c for c in listing["components"] if c["name"] == "pooled")["default"] is False
     assert listing["problems"] == []
 

@@ -50,7 +50,7 @@ def test_all_problems_are_reported_with_file_dotted_path_and_value(registry, tmp
         load_variant(path, registry)
     message = str(error.value)
     assert message.startswith(f"{path}: ")
-    assert "generater: Extra inputs are not permitted" in message
+    assert "generater: unknown key; did you mean 'generator'?" in message
     assert "train.lr: Input should be a valid number" in message and "(got 'fast')" in message
     assert "train.device: String should match pattern" in message and "(got 'gpu')" in message
     # component parameters are checked once the spec's own fields are valid

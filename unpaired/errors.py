@@ -7,6 +7,11 @@ the exit code the command line ends with. Anything else that escapes is a bug (i
 
 from __future__ import annotations
 
+import difflib
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
 
 class UnpairedError(Exception):
     """A problem the user can fix; the message names the file, field or value and what to do."""
@@ -44,3 +49,32 @@ class StopRequested(BaseException):
     def exit_code(self) -> int:
         """128 + the signal number, as a shell reports a command a signal stopped (130 for SIGINT, 143 for SIGTERM)."""
         return 128 + self.signum
+
+
+def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The field names of the model found at ``loc`` inside ``model`` (nested models only; [] elsewhere)."""
+    for part in loc:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        annotation = field.annotation if field is not None else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
+
+
+def pydantic_problems(error: ValidationError, model: type[BaseModel], prefix: str = "") -> list[tuple[str, str]]:
+    """Turn ``model``'s validation error into ``(dotted_path, message)`` pairs; messages quote the bad value,
+    and an unknown key gets the closest known one and the list of known ones."""
+    found = []
+    for item in error.errors():
+        path = ".".join([part for part in [prefix] if part] + [str(part) for part in item["loc"]])
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            known = _fields_at(model, item["loc"][:-1])
+            close = difflib.get_close_matches(str(item["loc"][-1]), known, n=1, cutoff=0.6)
+            message = "unknown key" + (f"; did you mean {close[0]!r}?" if close else "")
+            message += f" Known: {', '.join(known)}." if known else ""
+        elif item["type"] != "missing":
+            message += f" (got {item['input']!r})"
+        found.append((path, message))
+    return found

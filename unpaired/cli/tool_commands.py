@@ -6,6 +6,7 @@ import argparse
 import json
 import signal
 import sys
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -16,31 +17,33 @@ from unpaired.plugin_api.components import Component
 from unpaired.cli.plugins import registry as plugin_registry
 
 
+def _type_json(annotation: Any) -> dict[str, object]:
+    """A parameter's type as people write it (``int``, ``float | None``, ``Literal['a', 'b']``); a Literal also lists its choices."""
+    name = annotation.__name__ if isinstance(annotation, type) else str(annotation).replace("typing.", "")
+    return {"type": name, **({"choices": list(typing.get_args(annotation))} if typing.get_origin(annotation) is typing.Literal else {})}
+
+
 def _parameters_json(component: Component) -> dict[str, dict[str, object]]:
     return {
-        field: {
-            "default": default,
-            "type": getattr(info.annotation, "__name__", str(info.annotation)),
-            "description": info.description or "",
-        }
+        field: {"default": default, **_type_json(info.annotation), "description": info.description or ""}
         for (field, info), default in zip(component.params_model.model_fields.items(), component.parameters().values())
     }
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    """List every registered component with its origin, parameters and description."""
+    """List every registered component with its origin, parameters and description.
+    Exits 1 when a plugin failed to load or two registrations claim one name (a health check for an install)."""
     registry = plugin_registry()
     components = registry.components()
-    counts: dict[tuple[str, str], int] = {}
-    for c in components:
-        counts[(c.kind, c.name)] = counts.get((c.kind, c.name), 0) + 1
+    conflicts = registry.conflicts()
+    claimed = {(c.kind, c.name) for c in components if sum((o.kind, o.name) == (c.kind, c.name) for o in components) > 1}
     if args.json:
         rows = [
             {"kind": c.kind, "name": c.name, "distribution": c.distribution, "version": c.version, "description": c.description,
-             "default": c.default, "parameters": _parameters_json(c), "conflict": counts[(c.kind, c.name)] > 1}
+             "default": c.default, "parameters": _parameters_json(c), "conflict": (c.kind, c.name) in claimed}
             for c in components
         ]
-        print(json.dumps({"components": rows, "problems": registry.problems}, indent=2, default=str))
+        print(json.dumps({"components": rows, "problems": registry.problems + conflicts}, indent=2, default=str))
     else:
         kind = None
         for c in components:
@@ -48,11 +51,13 @@ def cmd_plugins(args: argparse.Namespace) -> int:
                 kind = c.kind
                 print(f"{kind}:")
             default = "  [default]" if c.default else ""
-            conflict = "  CONFLICT: registered by more than one plugin" if counts[(c.kind, c.name)] > 1 else ""
+            conflict = "  CONFLICT (see below)" if (c.kind, c.name) in claimed else ""
             print(f"  {c.name}  ({c.distribution} {c.version})  {c.description}{default}{conflict}")
             params = "  ".join(f"{k}={v!r}" for k, v in c.parameters().items())
             print(f"      {params or '(no parameters)'}")
-    return 0
+        for conflict in conflicts:  # plugin load problems were already named on stderr
+            print(f"warning: {conflict}", file=sys.stderr)
+    return 1 if registry.problems or conflicts else 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -99,7 +104,8 @@ def cmd_fid(args: argparse.Namespace) -> int:
     from unpaired.training.runtime import pick_device
 
     registry = plugin_registry()
-    config = {"name": args.extractor or registry.default("feature_extractor"), **({"weights": args.weights} if args.weights else {})}
+    params = {**({"weights": args.weights} if args.weights else {}), **parse_params(args.param)}
+    config = {"name": args.extractor or registry.default("feature_extractor"), **params}
     device = pick_device(args.device)
     extractor = FeatureExtractor(registry.resolve("feature_extractor", config, where="--extractor"), device, args.batch_size)
     metrics = score_folders(Path(args.first), Path(args.second), args.size, extractor)

@@ -20,7 +20,8 @@ from pydantic import ValidationError
 from unpaired.config.documents import read_document
 from unpaired.config.spec import RUNTIME_ONLY_FIELDS, SpecError, TrainConfig, VariantSpec, component_slots
 from unpaired.plugin_api.components import Choice
-from unpaired.plugin_api.registry import ComponentError, InvalidParamsError, Registry, pydantic_problems
+from unpaired.errors import pydantic_problems
+from unpaired.plugin_api.registry import ComponentError, InvalidParamsError, Registry
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,7 @@ def resolve_variant(data: Mapping[str, Any], registry: Registry, source: str = "
     try:
         spec = VariantSpec.model_validate(data)
     except ValidationError as error:
-        raise SpecError(source, pydantic_problems(error, prefix)) from None
+        raise SpecError(source, pydantic_problems(error, VariantSpec, prefix)) from None
     problems: list[tuple[str, str]] = []
     chosen: dict[str, Choice] = {}
     for path, slot in component_slots().items():

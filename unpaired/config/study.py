@@ -22,7 +22,8 @@ from unpaired.config.documents import read_document
 from unpaired.config.overrides import flatten, merge, set_path, with_default_components
 from unpaired.config.resolved import ResolvedVariant, resolve_variant
 from unpaired.config.spec import SpecError, TrainConfig, VariantSpec, component_slots
-from unpaired.plugin_api.registry import ComponentError, Registry, pydantic_problems
+from unpaired.errors import pydantic_problems
+from unpaired.plugin_api.registry import ComponentError, Registry
 
 STUDY_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
@@ -150,7 +151,7 @@ def plan_study(data: Any, registry: Registry, source: str = "<study>") -> Study:
     try:
         spec = StudySpec.model_validate(data)
     except ValidationError as error:
-        raise SpecError(source, pydantic_problems(error)) from None
+        raise SpecError(source, pydantic_problems(error, StudySpec)) from None
     problems: list[tuple[str, str]] = []
     try:
         base = resolve_variant(spec.base, registry, source, prefix="base")

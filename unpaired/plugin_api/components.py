@@ -107,7 +107,8 @@ class GanLoss(ABC):
     ``compares_with_real`` is True (relativistic losses judge fakes against reals); the discriminator
     gets no gradient there. Discriminator step: it calls ``discriminator_loss`` on D(real) and
     D(pooled fake), multiplies it by 0.5 (as the paper does), and adds ``regularizer`` unhalved:
-    a penalty's weight is the whole of its weight. The logged ``D_A`` / ``D_B`` include both.
+    a penalty's weight is the whole of its weight. They are logged apart: ``D_A`` / ``D_B`` is the
+    halved loss, ``D_reg_A`` / ``D_reg_B`` the regulariser (0 when there is none).
     """
 
     compares_with_real: bool = False

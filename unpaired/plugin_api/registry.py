@@ -24,7 +24,7 @@ import pluggy
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from unpaired import ENTRY_POINT_GROUP, PROJECT_NAME
-from unpaired.errors import UnpairedError
+from unpaired.errors import UnpairedError, pydantic_problems
 from unpaired.plugin_api import hookspecs
 from unpaired.plugin_api.components import KINDS, REGISTER_HOOKS, Choice, Component, ComponentKind
 
@@ -70,18 +70,6 @@ def _strict(model: type[BaseModel]) -> type[BaseModel]:
     if model.model_config.get("extra") == "forbid":
         return model
     return type(model.__name__, (model,), {"model_config": ConfigDict(extra="forbid"), "__module__": model.__module__})
-
-
-def pydantic_problems(error: ValidationError, prefix: str = "") -> list[tuple[str, str]]:
-    """Turn a pydantic error into ``(dotted_path, message)`` pairs; messages quote the bad value."""
-    found = []
-    for item in error.errors():
-        path = ".".join([part for part in [prefix] if part] + [str(part) for part in item["loc"]])
-        message = item["msg"]
-        if item["type"] != "missing":
-            message += f" (got {item['input']!r})"
-        found.append((path, message))
-    return found
 
 
 class Registry:
@@ -187,12 +175,7 @@ class Registry:
         if len(claims) == 1:
             return claims[0]
         if claims:
-            owners = " and ".join(sorted(f"{c.distribution} {c.version}" for c in claims))
-            choices = " or ".join(sorted(f"{c.distribution}:{plain}" for c in claims))
-            raise ComponentConflictError(
-                f"{kind} {plain!r} is registered by more than one plugin: {owners}. Say which with name: {choices}; "
-                f"or uninstall one of them, or choose which load with {PLUGINS_ENV}=dist1,dist2."
-            )
+            raise ComponentConflictError(self._conflict(claims))
         if distribution and self._components.get((kind, plain)):
             owners = ", ".join(sorted(c.distribution for c in self._components[(kind, plain)]))
             raise UnknownComponentError(f"no distribution {distribution!r} registers the {kind} {plain!r}; {owners} do(es)")
@@ -203,6 +186,21 @@ class Registry:
             message += f" Did you mean {close[0]!r}?"
         message += f" Available: {', '.join(available) if available else '(none: is a plugin missing?)'}."
         raise UnknownComponentError(message + self._not_loaded())
+
+    def conflicts(self) -> list[str]:
+        """One message per kind and name that several registrations claim, saying how to pick one."""
+        return [self._conflict(claims) for claims in self._components.values() if len(claims) > 1]
+
+    @staticmethod
+    def _conflict(claims: list[Component]) -> str:
+        kind, name = claims[0].kind, claims[0].name
+        owners = sorted({f"{c.distribution} {c.version}" for c in claims})
+        if len(owners) == 1:
+            return (f"{kind} {name!r} is registered {len(claims)} times by {owners[0]}: a bug in that package "
+                    "(two register calls, or two of its plugins, with one name); report it to its authors.")
+        choices = " or ".join(sorted(f"{c.distribution}:{name}" for c in claims))
+        return (f"{kind} {name!r} is registered by more than one plugin: {' and '.join(owners)}. Say which with name: "
+                f"{choices}; or uninstall one of them, or choose which load with {PLUGINS_ENV}=dist1,dist2.")
 
     def _not_loaded(self) -> str:
         """Why a component may be missing: plugins that failed to load, distributions left out."""
@@ -239,7 +237,7 @@ class Registry:
         try:
             params = component.params_model.model_validate({k: v for k, v in config.items() if k != "name"})
         except ValidationError as error:
-            raise InvalidParamsError(pydantic_problems(error, where)) from None
+            raise InvalidParamsError(pydantic_problems(error, component.params_model, where)) from None
         return Choice(component, params, qualified=":" in str(config["name"]))
 
     def build(self, kind: ComponentKind, config: Mapping[str, Any], *args: Any, where: str | None = None, **kwargs: Any) -> Any:

@@ -7,8 +7,9 @@ multiplied by 0.5. One Adam optimiser for both generators, one for both discrimi
 
 Loss terms are named by the domain of the image judged or reconstructed: ``G_adv_A`` is the
 adversarial loss of G_BA (its fakes are judged by D_A), ``cycle_A`` is |G_BA(G_AB(A)) - A|,
-``idt_A`` is |G_BA(A) - A|, ``D_A`` is D_A's loss on real A vs pooled fake A. They are weighted
-as in the total the optimiser sees; ``D_*`` include the 0.5.
+``idt_A`` is |G_BA(A) - A|, ``D_A`` is D_A's loss on real A vs pooled fake A, ``D_reg_A`` the GAN
+loss's regulariser of D_A (e.g. a gradient penalty; 0 when it has none). They are weighted as in
+the total the optimiser sees; ``D_A`` and ``D_B`` include the 0.5, the regularisers are not halved.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from torch import Tensor, nn
 from unpaired.config.spec import TrainConfig
 from unpaired.plugin_api.components import GanLoss, ImagePool, LossWeights
 
-LOSS_TERMS = ("G_adv_A", "G_adv_B", "cycle_A", "cycle_B", "idt_A", "idt_B", "D_A", "D_B")
+LOSS_TERMS = ("G_adv_A", "G_adv_B", "cycle_A", "cycle_B", "idt_A", "idt_B", "D_A", "D_B", "D_reg_A", "D_reg_B")
 _AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -131,23 +132,24 @@ class CycleGAN:
         return fake_A.detach(), fake_B.detach(), terms
 
     def discriminator_step(self, real_A: Tensor, real_B: Tensor, fake_A: Tensor, fake_B: Tensor) -> list[Tensor]:
-        """Update both discriminators on real vs pooled fake images, loss x 0.5 (+ the GAN loss's regulariser)."""
+        """Update both discriminators on real vs pooled fake images, loss x 0.5, plus the GAN loss's regulariser.
+        Returns the four terms: D_A, D_B, then their regularisers (zeros when the loss has none)."""
         pooled_A, pooled_B = self.pool_A.query(fake_A), self.pool_B.query(fake_B)
-        terms = []
+        losses, penalties = [], []
         with self.autocast():
             for disc, gan_loss, real, fake in ((self.D_A, self.gan_loss_A, real_A, pooled_A), (self.D_B, self.gan_loss_B, real_B, pooled_B)):
                 judged_real, judged_fake = self.forward_each(disc, real, fake, batched=self.batch_discriminator_calls)
-                loss = 0.5 * gan_loss.discriminator_loss(judged_real, judged_fake)
+                losses.append(0.5 * gan_loss.discriminator_loss(judged_real, judged_fake))
                 penalty = gan_loss.regularizer(disc, real, fake)
-                terms.append(loss if penalty is None else loss + penalty)
+                penalties.append(real.new_zeros(()) if penalty is None else penalty)
         self.opt_D.zero_grad(set_to_none=True)
-        self.scaler.scale(terms[0] + terms[1]).backward()
+        self.scaler.scale(sum(losses) + sum(penalties)).backward()
         self.scaler.step(self.opt_D)
         self.scaler.update()
-        return terms
+        return losses + penalties
 
     def train_step(self, real_A: Tensor, real_B: Tensor, weights: LossWeights) -> Tensor:
-        """One CycleGAN iteration; returns the 8 loss terms (``LOSS_TERMS`` order) on the device, without syncing."""
+        """One CycleGAN iteration; returns the 10 loss terms (``LOSS_TERMS`` order) on the device, without syncing."""
         fake_A, fake_B, g_terms = self.generator_step(real_A, real_B, weights)
         d_terms = self.discriminator_step(real_A, real_B, fake_A, fake_B)
         values = torch.stack([t.detach().float() for t in g_terms + d_terms])

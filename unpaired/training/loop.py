@@ -101,7 +101,9 @@ class Trainer:
             torch.set_num_threads(checkpoint.threads)
         self.model.load_state_dict(checkpoint.model)
         restore_rng(checkpoint.rng)
-        self.state = dataclasses.replace(checkpoint.state, epoch_sums=checkpoint.state.epoch_sums.to(self.device))
+        sums = checkpoint.state.epoch_sums  # padded: checkpoints from before D_reg_A/B were logged apart have 8 terms
+        sums = torch.cat([sums, sums.new_zeros(len(LOSS_TERMS) - len(sums))])
+        self.state = dataclasses.replace(checkpoint.state, epoch_sums=sums.to(self.device))
         self.model.step_counter.fill_(self.state.global_step)
 
     def elapsed(self) -> float:
