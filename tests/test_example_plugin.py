@@ -67,6 +67,16 @@ def test_example_components_build_and_train(example_installed, tmp_path):
     assert changed, "training did not change the U-Net's weights"
 
 
+def test_the_example_package_s_own_tests_check_its_components_with_unpaired_testing(example_installed):
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(EXAMPLE)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 passed" in result.stdout
+
+
 BROKEN_COMPONENTS = """
     import torch
     from pydantic import BaseModel

@@ -16,6 +16,7 @@ receives a ``register`` callback and calls it once per component it provides::
   out. The built-ins mark the paper's choices; at most one component per kind may.
 
 Built-in components are registered the same way by ``unpaired_plugins``.
+A plugin's own tests check each of its components with ``unpaired.testing.check_component``.
 
 The lifecycle hooks below are called on plugins and on *listeners*, objects added for
 a while with ``Registry.listening`` (see :func:`unpaired_study_listeners`).

@@ -29,7 +29,8 @@ class ContractError(UnpairedError):
     """A plugin's component breaks the contract of its kind; the message names the plugin, the component and the rule."""
 
 
-def _who(choice: Choice, kind: str) -> str:
+def describe_component(choice: Choice, kind: str) -> str:
+    """``generator 'unet' of unpaired-unet 0.1.0``: how contract errors name a component."""
     component = choice.component
     return f"{kind} {component.name!r} of {component.distribution} {component.version}"
 
@@ -43,10 +44,10 @@ def check_contracts(model: CycleGAN, variant: ResolvedVariant, size: int) -> Non
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
         with evaluating([generator, discriminator]), model.autocast():
             fake = generator(images).float()
-            _check_generator(fake, images, _who(variant.generator, "generator"))
+            _check_generator(fake, images, describe_component(variant.generator, "generator"))
             scores = discriminator(images).float()
         if scores.ndim == 0 or scores.shape[0] != len(images) or not torch.isfinite(scores).all():
-            raise ContractError(f"{_who(variant.discriminator, 'discriminator')} must give finite scores with one row per image "
+            raise ContractError(f"{describe_component(variant.discriminator, 'discriminator')} must give finite scores with one row per image "
                                 f"(first dimension {len(images)}); it gave shape {tuple(scores.shape)}, finite: {bool(torch.isfinite(scores).all())}")
         for network, norm, side in ((generator, variant.generator_norm, "generator networks"), (discriminator, variant.discriminator_norm, "discriminator networks")):
             if getattr(norm.build(), "per_image", False):
@@ -78,6 +79,6 @@ def _check_per_image(network: nn.Module, images: Tensor, norm: Choice, side: str
     apart = torch.cat([fresh()(image[None]) for image in images]).float()
     scale = max(float(together.abs().max()), 1e-6)
     if float((together - apart).abs().max()) > PER_IMAGE_TOLERANCE * scale:
-        raise ContractError(f"{_who(norm, 'norm')} claims per_image = True, but the {side} it normalises give different outputs "
+        raise ContractError(f"{describe_component(norm, 'norm')} claims per_image = True, but the {side} it normalises give different outputs "
                             "for a batch of two than for each image alone: its statistics couple the images of a batch. "
                             "Set per_image = False (the engine then gives each image its own call).")
