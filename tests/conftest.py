@@ -37,16 +37,16 @@ TINY_BASE = {  # the base variant of the small studies the tests run: seconds pe
 # Every test (and every CLI it starts) uses the offline FID weights and a private feature cache.
 os.environ["UNPAIRED_FID_WEIGHTS"] = str(FID_WEIGHTS)
 os.environ["UNPAIRED_CACHE"] = tempfile.mkdtemp(prefix="unpaired-test-cache-")
-# Tests run in a scratch working directory: whatever MLflow or a command puts next to itself
-# (./mlruns artifact folders, ./runs) stays out of the checkout.
-os.chdir(tempfile.mkdtemp(prefix="unpaired-test-cwd-"))
 # ... and one MLflow store for the whole session (a fresh SQLite store costs seconds of migrations).
 os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tempfile.mkdtemp(prefix='unpaired-test-mlflow-')}/mlflow.db"
 
 
 @pytest.fixture(scope="session", autouse=True)
 def nothing_written_into_the_repository():
-    """Tests must never leave MLflow stores or run folders in the checkout."""
+    """Tests run in a scratch working directory, so whatever MLflow or a command puts next to itself
+    (./mlruns artifact folders, ./runs) stays out of the checkout; and they must never leave any there.
+    (A fixture, not import-time code: pytest finds ``testpaths`` from the working directory after loading this file.)"""
+    os.chdir(tempfile.mkdtemp(prefix="unpaired-test-cwd-"))
     yield
     left = [name for name in ("mlflow.db", "mlruns", "mlartifacts", "runs") if (REPO / name).exists()]
     assert not left, f"tests wrote {left} into {REPO}"
