@@ -54,7 +54,8 @@ class StudySpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     name: str = Field(pattern=STUDY_NAME, description="names the study (MLflow experiment, default output folder)")
-    description: str = Field("", description="the question the study answers")
+    description: str = Field("", description="what the study is about: dataset, setting, anything a reader of its report needs")
+    question: str = Field("", description="the question the study answers, in one sentence (its report's headline)")
     base: dict[str, Any] = Field(description="a complete variant spec; every field not given has the paper's default")
     grid: dict[str, Annotated[list[Any], Field(min_length=1)]] = Field(
         default_factory=dict, description="dotted path -> values; every combination is a variant"

@@ -161,7 +161,7 @@ def translated(generator: nn.Module, data: UnpairedData, domain: Domain, batch_s
 
 
 def score_generators(G_AB: nn.Module, G_BA: nn.Module, data: UnpairedData, dataset: dict[str, Any], extractor: FeatureExtractor) -> dict[str, float]:
-    """fid_a2b = FID(G_AB(testA), testB), fid_b2a = FID(G_BA(testB), testA), their mean, and KID both ways."""
+    """fid_a2b = FID(G_AB(testA), testB), fid_b2a = FID(G_BA(testB), testA), their mean, and KID the same ways."""
     metrics: dict[str, float] = {}
     for name, generator, source, target in (("a2b", G_AB, "A", "B"), ("b2a", G_BA, "B", "A")):
         real = real_features(data, dataset, target, extractor)
@@ -169,6 +169,7 @@ def score_generators(G_AB: nn.Module, G_BA: nn.Module, data: UnpairedData, datas
         metrics[f"fid_{name}"] = fid_from_features(real, fake)
         metrics[f"kid_{name}"], metrics[f"kid_{name}_std"] = kid_from_features(real, fake)
     metrics["fid_mean"] = (metrics["fid_a2b"] + metrics["fid_b2a"]) / 2
+    metrics["kid_mean"] = (metrics["kid_a2b"] + metrics["kid_b2a"]) / 2
     return metrics
 
 

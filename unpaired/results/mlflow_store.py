@@ -7,7 +7,6 @@ import contextlib
 import fcntl
 import json
 import os
-import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -100,12 +99,3 @@ def plugin_versions() -> str:
     """``dist version`` of every installed distribution providing unpaired plugins."""
     found = {f"{ep.dist.metadata['Name']} {ep.dist.version}" for ep in metadata.entry_points(group=ENTRY_POINT_GROUP) if ep.dist}
     return ", ".join(sorted(found))
-
-
-def git_commit() -> str | None:
-    """The commit checked out in the working directory, if it is a git checkout."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None

@@ -47,6 +47,8 @@ class RunResult(BaseModel):
     """The CPU threads it trained with (a CPU run's numbers depend on them); None on a GPU."""
     plugins: dict[str, str] = {}
     """Distribution -> version of every package whose components the run used (its provenance)."""
+    device: str = ""
+    """What it trained on, e.g. ``cuda (NVIDIA H200)`` or ``cpu (x86_64, 2 threads)``."""
     reused: bool = Field(False, exclude=True)
     """True when this is an earlier result handed back because the run had already finished (never stored)."""
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 from typing import Any
 
+from unpaired import __version__
 from unpaired.config.study import PlannedRun, Study
 from unpaired.errors import UsageError
 from unpaired.results.files import CorruptFileError, atomic_write_json, read_json
@@ -18,12 +20,29 @@ def run_folder(out: Path, run: PlannedRun) -> RunFolder:
     return RunFolder.in_study(Path(out), run.variant, run.seed, run.run_id)
 
 
+def git_commit() -> str | None:
+    """The commit checked out in the working directory, if it is a git checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
 def write_index(study: Study, out: Path) -> None:
-    """Record the study's runs in ``OUT/study.json`` (what ``score`` and other readers of the folder use)."""
+    """Record the study and its runs in ``OUT/study.json`` (what ``score``, ``report`` and other readers of the
+    folder use), with the ``unpaired`` version and git commit of this invocation."""
+    spec = study.spec
     index = {
-        "name": study.spec.name,
+        "name": spec.name,
+        "description": spec.description,
+        "question": spec.question,
         "source": study.source,
         "baseline": study.baseline,
+        "variants": study.variant_names,
+        "seeds": spec.seeds,
+        "unpaired": __version__,
+        "git_commit": git_commit(),
         "runs": [
             {"variant": r.variant, "seed": r.seed, "run_id": r.run_id, "variant_key": r.variant_key,
              "folder": str(run_folder(out, r).path.relative_to(out)), "overrides": r.overrides}

@@ -25,9 +25,10 @@ from typing import Any
 from unpaired import hookimpl
 from unpaired.plugin_api.lifecycle import RunInfo
 from unpaired.results.compare import write_comparison
+from unpaired.results.study_folder import git_commit
 from unpaired.results.files import CorruptFileError
 from unpaired.results.lease import process_alive
-from unpaired.results.mlflow_store import check_reachable, check_shareable, client, first_use_serialised, flatten_params, git_commit, plugin_versions, tracking_uri
+from unpaired.results.mlflow_store import check_reachable, check_shareable, client, first_use_serialised, flatten_params, plugin_versions, tracking_uri
 from unpaired.results.run_folder import RunFolder
 from unpaired.results.study_folder import run_folder
 

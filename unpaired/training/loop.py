@@ -35,6 +35,7 @@ from unpaired.training.runtime import (
     TrainingInterrupted,
     capture_rng,
     deferred_signals,
+    describe_device,
     pick_device,
     restore_rng,
     seed_everything,
@@ -226,7 +227,8 @@ class Trainer:
         state = self.state
         result = RunResult(status="finished", run_id=self.variant.run_id, epochs=state.epoch, steps=state.global_step,
                            seconds=self.elapsed(), final_losses={k: state.history[-1][k] for k in LOSS_TERMS} if state.history else {},
-                           threads=torch.get_num_threads() if self.device.type == "cpu" else None, plugins=self.variant.plugins())
+                           threads=torch.get_num_threads() if self.device.type == "cpu" else None, plugins=self.variant.plugins(),
+                           device=describe_device(self.device))
         if self.extractor is not None:
             result.metrics = self.score()
             if self.variant.eval.every:

@@ -8,6 +8,7 @@ deferred to the next step, which writes a checkpoint and stops; elsewhere they r
 from __future__ import annotations
 
 import contextlib
+import platform
 import random
 import signal
 import threading
@@ -42,6 +43,15 @@ def pick_device(name: str) -> torch.device:
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise TrainingError("train.device is 'mps' but MPS is not available; use 'auto' or 'cpu'")
     return device
+
+
+def describe_device(device: torch.device) -> str:
+    """What a run trained on, for people: ``cuda (NVIDIA H200)``, ``cpu (x86_64, 2 threads)``."""
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    if device.type == "cpu":
+        return f"cpu ({platform.machine() or 'unknown'}, {torch.get_num_threads()} threads)"
+    return device.type
 
 
 @contextlib.contextmanager
