@@ -8,6 +8,7 @@ import os
 
 import pandas as pd
 import pytest
+from scipy import stats
 import yaml
 from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient
@@ -18,7 +19,8 @@ from unpaired.config.study import load_study
 from unpaired.errors import UsageError
 from unpaired.execution.runner import run_study, select_runs
 from unpaired.plugin_api.registry import Registry
-from unpaired.results.compare import render, summarize
+from unpaired.results.compare import render
+from unpaired.results.statistics import summarize
 
 BASE = {
     "data": {"name": "synthetic", "size": 32, "n_train": 4, "n_test": 3},
@@ -49,7 +51,7 @@ def test_a_study_logged_to_a_real_tracking_server(mlflow_server, tmp_path, monke
     parents = client.search_runs([experiment.experiment_id], filter_string="tags.`unpaired.role` = 'study'")
     assert len(parents) == 1 and parents[0].info.status == "FAILED"  # one of its runs failed
     parent_files = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
-    assert {"served.yaml", "comparison.md", "comparison.csv", "comparison.png"} <= parent_files
+    assert {"served.yaml", "report.html"} <= parent_files  # the study report, written when the study ended
 
     runs = {r.data.tags["unpaired.variant"]: r for r in children(client, experiment.experiment_id)}
     ok, broken = runs["ok"], runs["broken"]
@@ -137,15 +139,15 @@ def test_summary_statistics_match_a_hand_computed_example():
     assert table.loc["wide", "mean"] == 20.5 and table.loc["wide", "std"] == pytest.approx(math.sqrt(0.5))
     assert list(table["rank"]) == [1, 1, 3]
     assert list(table["n"]) == [3, 3, 2] and list(table["complete"]) == [True, True, False]
-    assert table.loc["wide", "delta"] == 8.5 and table.loc["wide", "beyond_spread"] is True  # 8.5 > sqrt(0.5 + 4)
-    assert table.loc["deep", "delta"] == 0.0 and table.loc["deep", "beyond_spread"] is False
-    assert table.loc["base", "beyond_spread"] is None
+    assert table.loc["wide", "delta"] == 8.5 and table.loc["deep", "delta"] == 0.0
+    assert table.loc["wide", "verdict"] == "worse" and table.loc["deep", "verdict"] == "not distinguishable from the baseline at n = 3"
     text = render(table, "fid_mean", "table")
-    assert "wide (incomplete: 2/3 seeds)" in text and "20.500 ± 0.707" in text and "+8.500" in text
-    assert render(table, "fid_mean", "markdown").splitlines()[2] == "| 1 | base (baseline) | 12.000 ± 2.000 | 3 |  |  |"
+    assert "wide (incomplete: 2/3 seeds)" in text and "20.500 ± 0.707" in text and "+8.500 [" in text
+    assert render(table, "fid_mean", "markdown").splitlines()[2] == "| 1 | base (baseline) | 12.000 ± 2.000 | [7.032, 16.968] | 3 |  |  | baseline |"
     with pytest.raises(UsageError, match="no metric 'fid' in the finished runs; available: fid_mean"):
         summarize(runs, "fid", baseline="base")
-    assert list(summarize(runs, "fid_mean", baseline="base", lower_is_better=False)["rank"]) == [1, 2, 2]
+    runs["psnr"] = runs["fid_mean"]  # a metric where higher is better ranks the other way
+    assert list(summarize(runs, "psnr", baseline="base")["rank"]) == [1, 2, 2]
 
 
 def test_compare_command_reads_the_runs_from_mlflow(tmp_path):
@@ -167,7 +169,8 @@ def test_compare_command_reads_the_runs_from_mlflow(tmp_path):
     assert result.returncode == 0, result.stderr
     rows = {row["variant"]: row for row in json.loads(result.stdout)}
     assert rows["base"]["mean"] == 12.0 and rows["base"]["baseline"] is True
-    assert rows["wide"]["beyond_spread"] is True and rows["wide"]["complete"] is False
+    assert rows["wide"]["complete"] is False and rows["wide"]["verdict"] == "worse"
+    assert rows["wide"]["p_value"] == pytest.approx(stats.ttest_ind([20.0, 21.0], [10.0, 12.0, 14.0], equal_var=False).pvalue)
     assert (tmp_path / "plot.png").stat().st_size > 10_000
     assert os.path.exists(tmp_path / "plot.png")
     missing = run_cli("compare", "no-such-study")

@@ -9,7 +9,7 @@ import traceback
 from collections.abc import Sequence
 
 from unpaired import __version__
-from unpaired.cli.study_commands import cmd_compare, cmd_plan, cmd_run, cmd_schema, cmd_score, cmd_validate
+from unpaired.cli.study_commands import cmd_compare, cmd_plan, cmd_report, cmd_run, cmd_schema, cmd_score, cmd_validate
 from unpaired.cli.tool_commands import cmd_data_download, cmd_data_export, cmd_fid, cmd_plugins, cmd_train, cmd_translate
 from unpaired.errors import Interrupted, StopRequested, UnpairedError
 from unpaired.tools.download import DATASETS
@@ -48,12 +48,21 @@ def _add_study_commands(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--rerun-stale", action="store_true", help="train again the finished runs whose plugins have other versions now")
     run.set_defaults(handler=cmd_run)
 
-    compare = commands.add_parser("compare", help="rank a study's variants: mean ± std over seeds, Δ vs baseline")
-    compare.add_argument("study", help="study name (MLflow experiment) or study file")
+    compare = commands.add_parser("compare", help="rank a study's variants: mean, 95 %% CI, Δ vs baseline, Welch's test")
+    compare.add_argument("study", help="study name (MLflow experiment), study file (its MLflow runs) or study output folder (its run folders)")
     compare.add_argument("--metric", default="fid_mean", help="metric to rank by (default fid_mean; lower is better for fid/kid/losses)")
     compare.add_argument("--format", choices=["table", "markdown", "csv", "json"], default="table")
-    compare.add_argument("--plot", help="also write a bar chart with error bars and per-seed points to this PNG")
+    compare.add_argument("--plot", help="also write a plot of every seed and each variant's 95 %% CI to this PNG")
     compare.set_defaults(handler=cmd_compare)
+
+    report = commands.add_parser("report", help="write the study report: statistics, training curves, translations side by side")
+    report.add_argument("study", help="study output folder, study file (its default output folder) or study name (runs/NAME)")
+    report.add_argument("--out", help="report file (default: report.html, or report.md with --format markdown, in the output folder)")
+    report.add_argument("--format", choices=["html", "markdown"], help="html (one self-contained file) or markdown (with a folder of PNGs)")
+    report.add_argument("--metric", help="metric to rank by (default: the study's tracking.metric, fid_mean)")
+    report.add_argument("--seed", type=int, help="whose generators translate the test images (default: the study's first seed)")
+    report.add_argument("--device", default="auto", help="where the generators run: auto, cpu, cuda, cuda:N or mps")
+    report.set_defaults(handler=cmd_report)
 
     schema = commands.add_parser("schema", help="print the JSON Schema of study files (for editor completion)")
     schema.set_defaults(handler=cmd_schema)

@@ -1,4 +1,4 @@
-"""Commands about studies: validate, plan, run, compare, score, schema."""
+"""Commands about studies: validate, plan, run, compare, report, score, schema."""
 
 from __future__ import annotations
 
@@ -57,6 +57,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     """Train every pending run of a study; finished runs are skipped, interrupted ones resume."""
     from unpaired.execution.runner import run_study, select_runs
+    from unpaired.reporting import ReportWriter
 
     registry = plugin_registry()
     study = load_study(args.study, registry)
@@ -67,8 +68,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     execution = study.spec.execution.model_copy(update={k: v for k, v in overrides.items() if v is not None})
     if args.address and execution.executor != "ray":
         raise UsageError("--address names a Ray cluster: add --executor ray (or execution: {executor: ray} in the study)")
-    summary = run_study(study, out, registry, runs, jobs=args.jobs, show_progress=not args.quiet,
-                        announce=lambda line: print(line, file=sys.stderr), execution=execution, rerun_stale=args.rerun_stale)
+    with registry.listening(ReportWriter(registry, study.spec.tracking.metric)):  # report.html when the study ends
+        summary = run_study(study, out, registry, runs, jobs=args.jobs, show_progress=not args.quiet,
+                            announce=lambda line: print(line, file=sys.stderr), execution=execution, rerun_stale=args.rerun_stale)
     print(summary)
     return summary.exit_code
 
@@ -114,23 +116,62 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    """Rank a study's variants by a metric over seeds, from its MLflow runs."""
-    from unpaired.results.compare import finished_runs, plot, render, study_baseline, summarize
+    """Rank a study's variants by a metric over seeds, from its MLflow runs or its output folder."""
+    from unpaired.results.compare import finished_runs, plot, render, study_baseline
     from unpaired.results.mlflow_store import tracking_uri
+    from unpaired.results.statistics import summarize
+    from unpaired.results.study_folder import is_study_folder
+    from unpaired.results.study_results import read_study_results
 
     target = Path(args.study)
-    if target.suffix.lower() in (".yaml", ".yml", ".json") and target.is_file():
-        study = load_study(target, plugin_registry())
-        name, baseline, uri = study.spec.name, study.baseline, tracking_uri(study.spec.tracking.uri)
+    if is_study_folder(target):  # the run folders themselves: no MLflow needed
+        results = read_study_results(target)
+        name, baseline, runs = results.name, results.baseline, results.metrics()
     else:
-        name, uri = args.study, tracking_uri(None)
-        baseline = study_baseline(name, uri)
-    runs = finished_runs(name, uri)
+        if target.suffix.lower() in (".yaml", ".yml", ".json") and target.is_file():
+            study = load_study(target, plugin_registry())
+            name, baseline, uri = study.spec.name, study.baseline, tracking_uri(study.spec.tracking.uri)
+        else:
+            name, uri = args.study, tracking_uri(None)
+            baseline = study_baseline(name, uri)
+        runs = finished_runs(name, uri)
     if runs.empty:
-        raise UsageError(f"study {name!r} has no finished runs in MLflow yet")
+        raise UsageError(f"study {name!r} has no finished runs yet")
     table = summarize(runs, args.metric, baseline)
     print(render(table, args.metric, args.format), end="")
     if args.plot:
         plot(table, runs, args.metric, Path(args.plot))
         print(f"plot written to {args.plot}", file=sys.stderr)
+    return 0
+
+
+def _study_folder(target: str) -> Path:
+    """The output folder of a study named by its output folder, its file (its default output folder) or its name."""
+    from unpaired.results.study_folder import is_study_folder
+
+    path = Path(target)
+    if is_study_folder(path):
+        return path
+    if path.suffix.lower() in (".yaml", ".yml", ".json") and path.is_file():
+        path = _out_dir(None, load_study(path, plugin_registry()))
+    elif not path.exists():
+        path = Path("runs") / target
+    if not is_study_folder(path):
+        raise InputError(f"{target}: no study output folder there ({path} has no study.json); run the study first, "
+                         "or name its output folder")
+    return path
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Write the study report (HTML or Markdown) from the study's output folder."""
+    from unpaired.reporting import write_report
+    from unpaired.results.files import read_json
+    from unpaired.results.study_folder import INDEX
+    from unpaired.training.runtime import pick_device
+
+    out = _study_folder(args.study)
+    fmt = args.format or ("markdown" if args.out and Path(args.out).suffix.lower() == ".md" else "html")
+    metric = args.metric or read_json(out / INDEX).get("metric", "fid_mean")
+    path = write_report(out, plugin_registry(), Path(args.out) if args.out else None, fmt, metric, args.seed, pick_device(args.device))
+    print(f"report written to {path}")
     return 0

@@ -35,7 +35,7 @@ class TrackingConfig(BaseModel):
     enabled: bool = Field(True, description="log the study to MLflow")
     uri: str | None = Field(None, description="tracking URI; $MLFLOW_TRACKING_URI wins; default: MLflow's (sqlite:///mlflow.db)")
     log_generators: bool = Field(True, description="attach the final generators to each run as artifacts")
-    metric: str = Field("fid_mean", description="the metric the comparison logged at the end ranks variants by")
+    metric: str = Field("fid_mean", description="the metric the study report ranks variants by")
 
 
 class ExecutionConfig(BaseModel):

@@ -1,17 +1,16 @@
-"""Comparison of a study's variants from its MLflow runs: mean ± std over seeds, rank, Δ vs baseline, plot."""
+"""Comparison of a study's variants: its finished runs from MLflow, the summary as text, and the plot."""
 
 from __future__ import annotations
 
 import json
 import math
 from pathlib import Path
+from typing import BinaryIO
 
+import numpy as np
 import pandas as pd
 
 from unpaired.errors import UsageError
-
-LOWER_IS_BETTER = ("fid", "kid", "cycle", "idt", "G_adv", "D_")
-
 
 def finished_runs(study_name: str, uri: str | None) -> pd.DataFrame:
     """One row per finished variant x seed run of the study's experiment: variant, seed, run id and all metrics."""
@@ -41,35 +40,28 @@ def finished_runs(study_name: str, uri: str | None) -> pd.DataFrame:
     return table.sort_values("start_time").drop_duplicates(["variant", "seed"], keep="last").drop(columns="start_time")
 
 
-def summarize(runs: pd.DataFrame, metric: str, baseline: str | None, lower_is_better: bool | None = None) -> pd.DataFrame:
-    """Per variant: mean, std (sample, ddof=1) and n over seeds, rank, Δ = mean - baseline mean, and whether
-    |Δ| exceeds the seed spread sqrt(std² + std_baseline²) (the std of a difference of two single runs)."""
-    if metric not in runs.columns:
-        available = sorted(c for c in runs.columns if c not in ("variant", "seed", "run_id", "planned_seeds"))
-        raise UsageError(f"no metric {metric!r} in the finished runs; available: {', '.join(available) or 'none'}")
-    if lower_is_better is None:
-        lower_is_better = metric.startswith(LOWER_IS_BETTER)
-    grouped = runs.dropna(subset=[metric]).groupby("variant", sort=False)
-    table = pd.DataFrame({
-        "mean": grouped[metric].mean(),
-        "std": grouped[metric].std(ddof=1),
-        "n": grouped[metric].count(),
-        "planned": grouped["planned_seeds"].max(),
-    })
-    table["complete"] = table["n"] >= table["planned"]
-    table["rank"] = table["mean"].rank(ascending=lower_is_better, method="min").astype(int)
-    if baseline is not None and baseline in table.index:
-        base_mean, base_std = table.loc[baseline, "mean"], table.loc[baseline, "std"]
-        table["delta"] = table["mean"] - base_mean
-        spread = (table["std"] ** 2 + base_std**2) ** 0.5
-        table["beyond_spread"] = [
-            None if name == baseline or math.isnan(s) else bool(abs(d) > s)
-            for name, d, s in zip(table.index, table["delta"], spread)
-        ]
-    else:
-        table["delta"], table["beyond_spread"] = float("nan"), None
-    table.insert(0, "baseline", [name == baseline for name in table.index])
-    return table.sort_values(["rank", "n"], ascending=[True, False]).rename_axis("variant")
+def _number(value: float, digits: int = 3) -> str:
+    return "n/a" if value is None or math.isnan(value) else f"{value:.{digits}f}"
+
+
+def _p(value: float) -> str:
+    return "n/a" if math.isnan(value) else ("< 0.001" if value < 0.001 else f"{value:.3f}")
+
+
+def table_rows(table: pd.DataFrame, metric: str) -> tuple[list[str], list[list[str]]]:
+    """The summary's header and rows as text cells: what the terminal, Markdown and the report show."""
+    header = ["rank", "variant", f"{metric} mean ± std", "95 % CI", "seeds", "Δ vs baseline [95 % CI]", "p (Holm)", "verdict"]
+    rows = []
+    for variant, row in table.iterrows():
+        mark = " (baseline)" if row["baseline"] else ""
+        incomplete = "" if row["complete"] else f" (incomplete: {row['n']}/{row['planned']} seeds)"
+        delta = "" if row["baseline"] or math.isnan(row["delta"]) else f"{row['delta']:+.3f}"
+        if delta and not math.isnan(row["delta_ci_low"]):
+            delta += f" [{row['delta_ci_low']:+.3f}, {row['delta_ci_high']:+.3f}]"
+        rows.append([str(row["rank"]), f"{variant}{mark}{incomplete}", f"{row['mean']:.3f} ± {_number(row['std'])}",
+                     f"[{_number(row['ci_low'])}, {_number(row['ci_high'])}]", str(row["n"]), delta,
+                     "" if row["baseline"] else _p(row["p_holm"]), row["verdict"]])
+    return header, rows
 
 
 def render(table: pd.DataFrame, metric: str, fmt: str) -> str:
@@ -78,15 +70,7 @@ def render(table: pd.DataFrame, metric: str, fmt: str) -> str:
         return table.to_csv()
     if fmt == "json":
         return json.dumps(json.loads(table.reset_index().to_json(orient="records")), indent=1)
-    rows = []
-    for variant, row in table.iterrows():
-        mark = " (baseline)" if row["baseline"] else ""
-        incomplete = "" if row["complete"] else f" (incomplete: {row['n']}/{row['planned']} seeds)"
-        std = "n/a" if math.isnan(row["std"]) else f"{row['std']:.3f}"
-        delta = "" if row["baseline"] or math.isnan(row["delta"]) else f"{row['delta']:+.3f}"
-        beyond = {True: "yes", False: "no", None: ""}[row["beyond_spread"]]
-        rows.append([str(row["rank"]), f"{variant}{mark}{incomplete}", f"{row['mean']:.3f} ± {std}", str(row["n"]), delta, beyond])
-    header = ["rank", "variant", f"{metric} mean ± std", "seeds", "Δ vs baseline", "Δ > seed spread"]
+    header, rows = table_rows(table, metric)
     if fmt == "markdown":
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows]) + "\n"
@@ -94,26 +78,34 @@ def render(table: pd.DataFrame, metric: str, fmt: str) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]) + "\n"
 
 
-def plot(table: pd.DataFrame, runs: pd.DataFrame, metric: str, path: Path) -> None:
-    """Bar chart of the means (ranked, baseline highlighted) with ± std error bars and each seed as a point."""
+def plot(table: pd.DataFrame, runs: pd.DataFrame, metric: str, target: Path | BinaryIO) -> None:
+    """The metric per variant (ranked, baseline in orange): every seed as a point, the mean with its 95 % CI as a bar."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     names = list(table.index)
-    figure, axes = plt.subplots(figsize=(max(4.0, 1.2 * len(names) + 1.5), 4.0))
-    colors = ["tab:orange" if table.loc[n, "baseline"] else "tab:blue" for n in names]
-    axes.bar(range(len(names)), table["mean"], yerr=table["std"].fillna(0), capsize=4, color=colors, alpha=0.7)
+    figure, axes = plt.subplots(figsize=(max(4.0, 1.0 * len(names) + 2.0), 3.6))
     for position, name in enumerate(names):
+        row, color = table.loc[name], "tab:orange" if table.loc[name, "baseline"] else "tab:blue"
+        low, high = row["ci_low"], row["ci_high"]
+        if not math.isnan(low):
+            axes.errorbar(position, row["mean"], yerr=[[row["mean"] - low], [high - row["mean"]]], fmt="_", markersize=18,
+                          capsize=6, color=color, linewidth=2)
+        else:
+            axes.plot(position, row["mean"], "_", markersize=18, color=color)
         values = runs.loc[runs["variant"] == name, metric].dropna()
-        axes.scatter([position] * len(values), values, color="black", s=12, zorder=3)
+        jitter = np.linspace(-0.12, 0.12, len(values)) if len(values) > 1 else np.zeros(len(values))
+        axes.scatter(position + jitter, values, color="black", s=14, zorder=3)
     axes.set_xticks(range(len(names)), names, rotation=30, ha="right")
+    axes.set_xlim(-0.6, len(names) - 0.4)
     axes.set_ylabel(metric)
-    axes.set_title(f"{metric}: mean ± std, points = seeds", fontsize=10)
+    axes.set_title("points: seeds; bar: mean with 95 % CI", fontsize=9)
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
+    if isinstance(target, Path):
+        target.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(target, format="png", dpi=100)
     plt.close(figure)
 
 
@@ -126,17 +118,3 @@ def study_baseline(study_name: str, uri: str | None) -> str | None:
     parents = mlflow.search_runs(experiment_names=[study_name], filter_string="tags.`unpaired.role` = 'study'",
                                  order_by=["attributes.start_time DESC"], max_results=1, output_format="pandas")
     return None if parents.empty else parents.iloc[0]["tags.unpaired.baseline"]
-
-
-def write_comparison(study_name: str, uri: str | None, baseline: str, metric: str, out: Path) -> list[Path]:
-    """Write comparison.md, comparison.csv and comparison.png for a study into ``out``; return the paths
-    (none when no run has the metric yet)."""
-    runs = finished_runs(study_name, uri)
-    if runs.empty or metric not in runs.columns:
-        return []
-    table = summarize(runs, metric, baseline)
-    paths = [out / "comparison.md", out / "comparison.csv", out / "comparison.png"]
-    paths[0].write_text(render(table, metric, "markdown"))
-    paths[1].write_text(render(table, metric, "csv"))
-    plot(table, runs, metric, paths[2])
-    return paths

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from unpaired.results.files import CorruptFileError, atomic_save, atomic_write_json, atomic_write_text, read_json
+from unpaired.results.files import CorruptFileError, atomic_save, atomic_write_json, atomic_write_text, load_tensors, read_json
 from unpaired.results.lease import Lease
 from unpaired.results.records import Checkpoint, Direction, ExportedGenerator, RunResult, validate_result
 
@@ -132,6 +132,23 @@ class RunFolder:
     @property
     def generators(self) -> Path:
         return self.path / "generators"
+
+    def generator_stamp(self, direction: Direction) -> list[int] | None:
+        """Size and modification time (ns) of the final generator's file: what a saved showcase was made from."""
+        path = self.generator_path(direction)
+        return [path.stat().st_size, path.stat().st_mtime_ns] if path.is_file() else None
+
+    def write_showcase(self, showcase: dict[str, Any]) -> None:
+        """Per direction: the test image ``indices``, their translations ``images`` (uint8) and the ``generator``'s stamp."""
+        atomic_save(showcase, self.path / "showcase.pt")
+
+    def read_showcase(self) -> dict[str, Any] | None:
+        """What :meth:`write_showcase` saved; None when there is none, or it cannot be read (it is only a shortcut)."""
+        path = self.path / "showcase.pt"
+        try:
+            return load_tensors(path) if path.is_file() else None
+        except Exception:  # a torn or foreign file: the report translates again
+            return None
 
     @property
     def samples(self) -> Path:

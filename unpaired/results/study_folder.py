@@ -13,6 +13,8 @@ from unpaired.results.files import CorruptFileError, atomic_write_json, read_jso
 from unpaired.results.run_folder import RunFolder
 
 INDEX = "study.json"
+REPORTS = {"html": "report.html", "markdown": "report.md"}
+"""The study report's default file in the output folder, by format (Markdown's pictures go in ``report_files/``)."""
 
 
 def run_folder(out: Path, run: PlannedRun) -> RunFolder:
@@ -41,6 +43,7 @@ def write_index(study: Study, out: Path) -> None:
         "baseline": study.baseline,
         "variants": study.variant_names,
         "seeds": spec.seeds,
+        "metric": spec.tracking.metric,
         "unpaired": __version__,
         "git_commit": git_commit(),
         "runs": [
@@ -65,3 +68,8 @@ def indexed_runs(out: Path) -> list[dict[str, Any]]:
     if not isinstance(index, dict) or not isinstance(index.get("runs"), list):
         raise CorruptFileError(path, "is not a study index (no list of runs); run the study again to rewrite it")
     return [{**run, "folder": RunFolder(Path(out) / run["folder"])} for run in index["runs"]]
+
+
+def report_path(out: Path, fmt: str = "html") -> Path:
+    """Where a study's report of format ``fmt`` (``html`` or ``markdown``) is written by default."""
+    return Path(out) / REPORTS[fmt]

@@ -24,13 +24,11 @@ from typing import Any
 
 from unpaired import hookimpl
 from unpaired.plugin_api.lifecycle import RunInfo
-from unpaired.results.compare import write_comparison
-from unpaired.results.study_folder import git_commit
 from unpaired.results.files import CorruptFileError
 from unpaired.results.lease import process_alive
 from unpaired.results.mlflow_store import check_reachable, check_shareable, client, first_use_serialised, flatten_params, plugin_versions, tracking_uri
 from unpaired.results.run_folder import RunFolder
-from unpaired.results.study_folder import run_folder
+from unpaired.results.study_folder import git_commit, report_path, run_folder
 
 EPOCH_MARKER = "lr"
 """A metric every epoch logs (the epoch-end hook always carries it): its history says which epochs were logged."""
@@ -39,9 +37,9 @@ EPOCH_MARKER = "lr"
 class StudyTracker:
     """Logs one study invocation to MLflow through the lifecycle hooks: the parent MLflow run, a child per run."""
 
-    def __init__(self, uri: str | None, study: str, source: str, baseline: str, planned_seeds: int, log_generators: bool, metric: str):
+    def __init__(self, uri: str | None, study: str, source: str, baseline: str, planned_seeds: int, log_generators: bool):
         self.uri, self.study, self.source, self.baseline = uri, study, source, baseline
-        self.planned_seeds, self.log_generators, self.metric = planned_seeds, log_generators, metric
+        self.planned_seeds, self.log_generators = planned_seeds, log_generators
         self.experiment_id: str | None = None
         self.parent_run_id: str | None = None
         self._client: Any = None
@@ -207,7 +205,7 @@ class StudyTracker:
 
     @hookimpl
     def unpaired_on_study_end(self, study: Any, out: Path, summary: Any) -> None:
-        """Attach the comparison to the parent run and close it: KILLED when a signal stopped the study,
+        """Attach the study report to the parent run and close it: KILLED when a signal stopped the study,
         FAILED (with the reason) when it broke off or a run failed, else FINISHED. Name the runs whose
         tracking is incomplete."""
         incomplete = [f"{run.variant} seed {run.seed}" for run in summary.done if not _tracking_complete(run_folder(out, run), self.uri)]
@@ -220,8 +218,8 @@ class StudyTracker:
             if summary.aborted:
                 self.client.set_tag(self.parent_run_id, "unpaired.error", summary.aborted[:5000])
             else:
-                for path in write_comparison(self.study, self.uri, self.baseline, self.metric, out):
-                    self.client.log_artifact(self.parent_run_id, str(path))
+                if (report := report_path(out)).is_file():  # written just before, by the report writer
+                    self.client.log_artifact(self.parent_run_id, str(report))
             if summary.stopped_by is not None:
                 status = "KILLED"
             else:
@@ -256,4 +254,4 @@ def unpaired_study_listeners(study: Any) -> list[object]:
     if not settings.enabled:
         return []
     return [StudyTracker(tracking_uri(settings.uri), study.spec.name, study.source, study.baseline, len(study.spec.seeds),
-                         settings.log_generators, settings.metric)]
+                         settings.log_generators)]

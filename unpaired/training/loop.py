@@ -41,7 +41,7 @@ from unpaired.training.runtime import (
     seed_everything,
     stop_requested,
 )
-from unpaired.training.samples import save_samples
+from unpaired.training.samples import save_samples, save_showcase
 
 
 def learning_rate(epoch: int, train: TrainConfig) -> float:
@@ -224,6 +224,7 @@ class Trainer:
     def finish(self) -> RunResult:
         """Export the final generators, score them, and return the result."""
         self.export_generators()
+        save_showcase(self.model, self.data, self.folder)  # the report's side-by-side pictures, from this run's device
         state = self.state
         result = RunResult(status="finished", run_id=self.variant.run_id, epochs=state.epoch, steps=state.global_step,
                            seconds=self.elapsed(), final_losses={k: state.history[-1][k] for k in LOSS_TERMS} if state.history else {},

@@ -1,0 +1,210 @@
+"""The study report: its statistics are scipy's, and a real study's report holds what a paper needs, offline."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import math
+import os
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from PIL import Image
+from scipy import stats
+
+from conftest import TINY_BASE, UNPAIRED, write_distribution
+from unpaired.config.overrides import merge
+from unpaired.plugin_api.data import to_uint8
+from unpaired.plugin_api.registry import Registry
+from unpaired.reporting.figures import LABEL_WIDTH, MIN_SIDE, PADDING
+from unpaired.results.statistics import holm, summarize
+from unpaired.training.samples import showcase_indices
+
+BASELINE, BETTER, SAME, SINGLE = [30.1, 31.5, 29.8], [26.0, 26.5, 25.9], [30.5, 29.9, 31.0], [20.0]
+
+
+def table_of(values: dict[str, list[float]]) -> pd.DataFrame:
+    runs = pd.DataFrame([{"variant": v, "seed": s, "run_id": f"{v}{s}", "planned_seeds": 3, "fid_mean": x}
+                         for v, xs in values.items() for s, x in enumerate(xs)])
+    return summarize(runs, "fid_mean", "base")
+
+
+def test_intervals_p_values_and_verdicts_are_scipys():
+    table = table_of({"base": BASELINE, "better": BETTER, "same": SAME, "single": SINGLE})
+    for name, values in {"base": BASELINE, "better": BETTER, "same": SAME}.items():
+        low, high = stats.t.interval(0.95, len(values) - 1, loc=sum(values) / len(values), scale=stats.sem(values))
+        assert (table.loc[name, "ci_low"], table.loc[name, "ci_high"]) == pytest.approx((low, high))
+    tests = {name: stats.ttest_ind(values, BASELINE, equal_var=False) for name, values in {"better": BETTER, "same": SAME}.items()}
+    for name, test in tests.items():
+        interval = test.confidence_interval(0.95)
+        assert table.loc[name, "p_value"] == pytest.approx(test.pvalue)
+        assert (table.loc[name, "delta_ci_low"], table.loc[name, "delta_ci_high"]) == pytest.approx((interval.low, interval.high))
+    low_p, high_p = sorted(test.pvalue for test in tests.values())  # Holm over the two variants that could be tested
+    assert table.loc["better", "p_holm"] == pytest.approx(2 * low_p) and table.loc["same", "p_holm"] == pytest.approx(max(2 * low_p, high_p))
+    assert table.loc["better", "verdict"] == "better"
+    assert table.loc["same", "verdict"] == "not distinguishable from the baseline at n = 3"
+    assert table.loc["single", "verdict"] == "too few seeds to test (n = 1 vs 3)" and math.isnan(table.loc["single", "p_value"])
+    assert table.loc["base", "verdict"] == "baseline" and list(table.index[:2]) == ["single", "better"]  # ranked, lower first
+
+
+def test_holm_adjustment_matches_the_textbook():
+    # R: p.adjust(c(0.01, 0.04, 0.03, 0.005), "holm")
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    adjusted = holm([0.2, math.nan, 0.9])
+    assert adjusted[0] == pytest.approx(0.4) and math.isnan(adjusted[1]) and adjusted[2] == pytest.approx(0.9)
+
+
+PIXEL_FEATURES = """
+    from pydantic import BaseModel
+    from torch import nn
+    from unpaired.plugin_api import hookimpl
+
+    class P(BaseModel):
+        pass
+
+    class MeanColour(nn.Module):
+        '''Each image's mean colour: a cheap stand-in for Inception, so that a test study is scored in no time.'''
+
+        def forward(self, images):
+            return images.float().mean(dim=(2, 3)) / 255
+
+    @hookimpl
+    def unpaired_register_feature_extractors(register):
+        register("mean_colour", lambda params: MeanColour(), P, "mean colour of each image")
+"""
+
+QUESTION = "Do two residual blocks beat one?"
+N_TEST = 7
+
+
+def cli(env: dict[str, str], *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([UNPAIRED, *args], capture_output=True, text=True, env=env, timeout=600, cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A 2-variant x 3-seed study, scored every epoch, trained and tracked in its own MLflow store."""
+    root = tmp_path_factory.mktemp("report-study")
+    site = root / "site"
+    write_distribution(site, "pixel-features", "1.0", {"pixel": "pixel_features"}, {"pixel_features.py": PIXEL_FEATURES})
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["PYTHONPATH"] = os.pathsep.join([str(site), env.get("PYTHONPATH", "")])
+    base = merge(TINY_BASE, {"data": {"n_train": 4, "n_test": N_TEST}, "eval": {"fid": True, "every": 1, "feature_extractor": {"name": "mean_colour"}}})
+    study = root / "study.yaml"
+    study.write_text(yaml.safe_dump({"name": "report-study", "question": QUESTION, "description": "Generator depth, tiny.", "base": base,
+                                     "grid": {"generator.n_blocks": [1, 2]}, "seeds": [0, 1, 2],
+                                     "tracking": {"uri": f"sqlite:///{root}/mlflow.db"}}))
+    result = cli(env, "run", str(study), "--quiet", "--jobs", "2", cwd=root)  # into its default output folder
+    assert result.returncode == 0, result.stderr
+    return {"root": root, "study": study, "out": root / "runs" / "report-study", "env": env, "run": result}
+
+
+class Images(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.images, self.tags = [], set()
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.add(tag)
+        if tag == "img":
+            self.images.append(dict(attrs))
+
+
+def test_the_run_writes_an_offline_html_report_whose_images_are_embedded_pngs_of_their_stated_size(finished):
+    html = (finished["out"] / "report.html").read_text()
+    assert "report: runs/report-study/report.html" in finished["run"].stdout
+    parser = Images()
+    parser.feed(html)
+    assert "script" not in parser.tags and "http://" not in html and "https://" not in html  # nothing to fetch, nothing to run
+    assert [image["data-name"] for image in parser.images] == ["metric", "curves", "translations-AtoB", "translations-BtoA"]
+    for image in parser.images:
+        prefix = "data:image/png;base64,"
+        assert image["src"].startswith(prefix)
+        picture = Image.open(io.BytesIO(base64.b64decode(image["src"][len(prefix):])))
+        assert picture.format == "PNG" and picture.size == (int(image["width"]), int(image["height"]))
+    order = [QUESTION, "6 planned: 6 finished", "FID, final generators", "KID, final generators", "FID, best epoch",
+             "Training curves", "Visual comparison", "What each variant changes"]
+    positions = [html.index(text) for text in order]
+    assert positions == sorted(positions)
+    assert "generator.n_blocks</td><td>1</td><td>2" in html and "Failed and incomplete" not in html
+
+
+def test_the_tables_are_compares_and_the_markdown_report_has_its_pictures_beside_it(finished):
+    env, out = finished["env"], finished["out"]
+    markdown = cli(env, "report", str(out), "--format", "markdown")
+    assert markdown.returncode == 0, markdown.stderr
+    text = (out / "report.md").read_text()
+    from_mlflow = cli(env, "compare", str(finished["study"]), "--format", "markdown")
+    assert from_mlflow.returncode == 0, from_mlflow.stderr
+    for line in from_mlflow.stdout.splitlines():  # the same rows, from the same code, whether MLflow or the folders
+        assert line in text
+    from_folders = json.loads(cli(env, "compare", str(out), "--format", "json").stdout)
+    assert from_folders == json.loads(cli(env, "compare", str(finished["study"]), "--format", "json").stdout)
+    assert {row["n"] for row in from_folders} == {3} and all(0 <= row["p_value"] <= 1 for row in from_folders if not row["baseline"])
+    for name in ("metric", "curves", "translations-AtoB", "translations-BtoA"):
+        assert f"(report_files/{name}.png)" in text and Image.open(out / "report_files" / f"{name}.png").format == "PNG"
+
+
+def test_the_visual_comparison_shows_the_real_inputs_then_one_column_per_variant(finished):
+    registry = Registry.from_entry_points()
+    data = registry.build("dataset", {"name": "synthetic", "size": 32, "n_train": 4, "n_test": N_TEST})
+    shown = showcase_indices(N_TEST)
+    assert shown == [0, 1, 2, 4, 5, 6]
+    assert f"A → B: test images {', '.join(map(str, shown))} of {N_TEST}" in (finished["out"] / "report.html").read_text()
+    assert cli(finished["env"], "report", str(finished["out"]), "--format", "markdown").returncode == 0
+    figure = Image.open(finished["out"] / "report_files" / "translations-AtoB.png").convert("RGB")
+    side = 32 * (MIN_SIDE // 32)
+    cell = max(side, LABEL_WIDTH)
+    assert figure.width == PADDING + 3 * (cell + PADDING)  # inputs, n_blocks=1, n_blocks=2
+    bottom = figure.height - PADDING - side
+    (folder,) = [p.parent for p in (finished["out"] / "n_blocks=1").glob("seed0-*/result.json")]
+    showcase, crops = torch.load(folder / "showcase.pt"), []
+    for row, index in enumerate(reversed(shown)):
+        top, left = bottom - row * (side + PADDING), PADDING + (cell - side) // 2
+        real = to_uint8(data.test_image("A", index)).permute(1, 2, 0).numpy()
+        expected = Image.fromarray(real).resize((side, side), Image.NEAREST)
+        assert (np.asarray(figure.crop((left, top, left + side, top + side))) == np.asarray(expected)).all()
+        translated = figure.crop((left + cell + PADDING, top, left + cell + PADDING + side, top + side))
+        saved = showcase["AtoB"]["images"][len(shown) - 1 - row].permute(1, 2, 0).numpy()  # what the run saved when it ended
+        assert (np.asarray(translated) == np.asarray(Image.fromarray(saved).resize((side, side), Image.NEAREST))).all()
+        crops.append(np.asarray(translated, dtype=int))
+
+    (folder / "showcase.pt").unlink()  # without it, the generators are rebuilt and give the same pictures
+    assert cli(finished["env"], "report", str(finished["out"]), "--format", "markdown").returncode == 0
+    figure = Image.open(finished["out"] / "report_files" / "translations-AtoB.png").convert("RGB")
+    for row, crop in enumerate(crops):
+        top, left = bottom - row * (side + PADDING), PADDING + (cell - side) // 2 + cell + PADDING
+        assert np.abs(np.asarray(figure.crop((left, top, left + side, top + side)), dtype=int) - crop).max() <= 1
+
+
+def test_the_report_needs_only_the_run_folders(finished):
+    (finished["root"] / "mlflow.db").unlink()  # the MLflow store is gone
+    before = (finished["out"] / "report.md").read_text().splitlines()
+    again = cli(finished["env"], "report", "report-study", "--format", "markdown", cwd=finished["root"])  # by its name
+    assert again.returncode == 0, again.stderr
+    after = (finished["out"] / "report.md").read_text().splitlines()
+    assert [line for line in after if "generated" not in line] == [line for line in before if "generated" not in line]
+
+
+def test_a_partial_study_with_a_failed_run_says_what_is_missing(tmp_path):
+    study = tmp_path / "partial.yaml"
+    study.write_text(yaml.safe_dump({
+        "name": "partial", "base": TINY_BASE, "seeds": [0, 1], "baseline": "ok", "tracking": {"enabled": False},
+        "variants": {"ok": {}, "broken": {"data": {"name": "folder", "root": str(tmp_path / "nowhere")}}}}))
+    env = {**os.environ}
+    run = cli(env, "run", str(study), "--out", str(tmp_path / "out"), "--seeds", "0", "--quiet")
+    assert run.returncode == 1 and "done 1, failed 1" in run.stdout, run.stderr
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert "2 planned" not in html and "4 planned: 1 finished, 1 failed, 2 pending" in html
+    assert "Incomplete: ok: 1 of 2 seeds finished (seed 1 pending)" in html
+    assert "Incomplete: broken: 0 of 2 seeds finished (seed 0 failed, seed 1 pending)" in html
+    assert "nowhere/trainA does not exist" in html
+    assert "No finished run has &#x27;fid_mean&#x27; yet (FID was switched off?)." in html
+    assert "No final generators of seed 0 to show (grey): broken (not finished)." in html

@@ -1,0 +1,57 @@
+"""The study report: one page that answers a study's question from its output folder.
+
+:func:`write_report` renders it (HTML or Markdown); :class:`ReportWriter` writes the HTML one when
+``unpaired run`` ends. Everything is read from the run folders, so a report needs neither the study
+file nor MLflow.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from unpaired import hookimpl
+from unpaired.plugin_api.registry import Registry
+from unpaired.reporting.render import render_html, render_markdown
+from unpaired.reporting.report import build_report
+from unpaired.results.files import atomic_write_text
+from unpaired.results.study_folder import report_path
+from unpaired.results.study_results import read_study_results
+
+
+def write_report(out: Path, registry: Registry, target: Path | None = None, fmt: str = "html", metric: str = "fid_mean",
+                 seed: int | None = None, device: torch.device | None = None) -> Path:
+    """Write the report of the study whose output folder is ``out`` to ``target`` (default: ``report.html`` or
+    ``report.md`` in ``out``; Markdown's PNGs go into ``<target stem>_files/`` beside it). Returns ``target``."""
+    target = Path(target) if target is not None else report_path(out, fmt)
+    report = build_report(read_study_results(out), registry, metric, seed, device)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "markdown":
+        folder = target.with_name(f"{target.stem}_files")
+        atomic_write_text(target, render_markdown(report, folder, folder.name))
+    else:
+        atomic_write_text(target, render_html(report))
+    return target
+
+
+class ReportWriter:
+    """A listener that writes the study's HTML report when ``unpaired run`` ends (not when a signal stopped it),
+    before other listeners hear of the end, so that a tracker can attach it."""
+
+    def __init__(self, registry: Registry, metric: str):
+        self.registry, self.metric = registry, metric
+
+    @hookimpl(tryfirst=True)
+    def unpaired_on_study_end(self, study: Any, out: Path, summary: Any) -> None:
+        if summary.stopped_by is not None or summary.aborted:
+            return
+        try:
+            path = write_report(out, self.registry, metric=self.metric)
+        except Exception as error:  # the runs are done and recorded: a report that cannot be drawn must not hide that
+            print(f"warning: the study report could not be written ({type(error).__name__}: {error}); "
+                  f"`unpaired report {out}` tries again", file=sys.stderr)
+            return
+        summary.notes.append(f"report: {path}")

@@ -1,0 +1,70 @@
+"""The visual comparison: the same test images translated by every variant's final generators, side by side."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from unpaired.plugin_api.data import to_uint8
+from unpaired.plugin_api.registry import Registry
+from unpaired.reporting.figures import image_grid
+from unpaired.results.files import CorruptFileError
+from unpaired.results.records import NETWORK_OF_DIRECTION, Direction, ExportedGenerator
+from unpaired.results.study_results import RunRecord, StudyResults
+from unpaired.training.parts import rebuild_generator
+from unpaired.training.samples import SOURCE_DOMAIN, showcase_inputs, translate
+
+
+@dataclass
+class VisualComparison:
+    """Per direction, a PNG: a column of real test inputs, then one column per variant."""
+
+    seed: int
+    indices: dict[Direction, list[int]]
+    """The test images shown, by index in the source domain's test split."""
+    test_sizes: dict[Direction, int]
+    figures: dict[Direction, bytes] = field(default_factory=dict)
+    missing: list[str] = field(default_factory=list)
+    """Why a variant's column is grey: its run with ``seed`` has no (readable) final generators."""
+
+
+def visual_comparison(results: StudyResults, registry: Registry, seed: int, device: torch.device) -> VisualComparison | None:
+    """The showcase images of the baseline's dataset (the first variant's when the baseline has not started),
+    translated by the final generators of each variant's run with ``seed``: as the run saved them when it
+    ended, else by its generators rebuilt here. None when no run has started."""
+    spec = next((s for v in [results.baseline, *results.variants] for run in results.of_variant(v) if (s := run.spec())), None)
+    if spec is None:
+        return None
+    data = registry.resolve("dataset", spec["data"], where="data").build()
+    inputs = {direction: showcase_inputs(data, direction) for direction in NETWORK_OF_DIRECTION}
+    sizes = {direction: data.size("test", source) for direction, source in SOURCE_DOMAIN.items()}
+    comparison = VisualComparison(seed, {d: indices for d, (indices, _) in inputs.items()}, sizes)
+    runs = {variant: next((r for r in results.of_variant(variant) if r.seed == seed and r.finished), None) for variant in results.variants}
+    for direction, (indices, images) in inputs.items():
+        columns = [(f"input ({SOURCE_DOMAIN[direction]})", to_uint8(images))]
+        for variant, run in runs.items():
+            translated, reason = None, f"{variant} (not finished)"
+            if run is not None:
+                try:
+                    translated, reason = _translated(run, registry, direction, indices, images, device), f"{variant} (no generators)"
+                except CorruptFileError as error:
+                    reason = f"{variant} ({error})"
+            if translated is None and reason not in comparison.missing:
+                comparison.missing.append(reason)
+            columns.append((variant, translated))
+        comparison.figures[direction] = image_grid(columns, images.shape[-1])
+    return comparison
+
+
+def _translated(run: RunRecord, registry: Registry, direction: Direction, indices: list[int], images: torch.Tensor,
+                device: torch.device) -> torch.Tensor | None:
+    """The run's translations of ``images`` as uint8: those it saved when they match its generator, else computed."""
+    folder = run.folder
+    saved = (folder.read_showcase() or {}).get(direction)
+    if saved and saved["indices"] == indices and saved["generator"] == folder.generator_stamp(direction):
+        return saved["images"]
+    if not folder.generator_path(direction).is_file():
+        return None
+    generator = rebuild_generator(ExportedGenerator.read(folder.generator_path(direction), direction), registry).to(device)
+    return translate(generator, images, device)

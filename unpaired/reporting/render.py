@@ -1,0 +1,148 @@
+"""A report as one self-contained HTML page (images inline, no script, no network) or as Markdown with its PNGs."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from PIL import Image
+
+from unpaired.reporting.report import Report, format_value
+
+STYLE = """
+body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
+h1 { margin-bottom: 0.2em; } .question { font-size: 1.25em; font-style: italic; margin: 0.3em 0 1em; }
+table { border-collapse: collapse; margin: 0.6em 0 1.2em; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; vertical-align: top; }
+th { background: #f2f2f2; } .facts th { width: 11em; } img { max-width: 100%; height: auto; display: block; }
+.figure { overflow-x: auto; margin-bottom: 1.5em; } .note { color: #a33; }
+@media print { .figure { overflow: visible; } h2 { break-before: auto; } table, img { break-inside: avoid; } }
+"""
+
+Images = Callable[[str, bytes, str], str]
+"""``(file stem, PNG bytes, alt text) -> markup``: embeds a picture or writes it beside the document."""
+
+
+def render_html(report: Report) -> str:
+    """One HTML file holding everything: images as data: URIs with their pixel size stated."""
+
+    def image(stem: str, png: bytes, alt: str) -> str:
+        width, height = Image.open(io.BytesIO(png)).size
+        data = base64.b64encode(png).decode("ascii")
+        return (f'<div class="figure"><img src="data:image/png;base64,{data}" width="{width}" height="{height}" '
+                f'alt="{html.escape(alt)}" data-name="{stem}"></div>')
+
+    title = html.escape(report.name)
+    body = "\n".join(_html_blocks(report, image))
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}: study report</title>'
+            f"<style>{STYLE}</style></head>\n<body>\n{body}\n</body></html>\n")
+
+
+def _html_table(header: list[str], rows: list[list[str]], css: str = "") -> str:
+    head = "".join(f"<th>{html.escape(cell)}</th>" for cell in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>" for row in rows)
+    return f'<table class="{css}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _html_blocks(report: Report, image: Images) -> Iterator[str]:
+    for kind, content in _outline(report):
+        if kind == "title":
+            yield f"<h1>{html.escape(content)}</h1>"
+        elif kind == "question":
+            yield f'<p class="question">{html.escape(content)}</p>'
+        elif kind == "heading":
+            yield f"<h2>{html.escape(content)}</h2>"
+        elif kind == "subheading":
+            yield f"<h3>{html.escape(content)}</h3>"
+        elif kind == "text":
+            yield f"<p>{html.escape(content)}</p>"
+        elif kind == "note":
+            yield f'<p class="note">{html.escape(content)}</p>'
+        elif kind == "facts":
+            yield "<table class=\"facts\">" + "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in content) + "</table>"
+        elif kind == "table":
+            yield _html_table(*content)
+        elif kind == "image":
+            yield image(*content)
+
+
+def render_markdown(report: Report, folder: Path, link: str) -> str:
+    """Markdown whose pictures are PNG files written into ``folder`` and linked as ``link/<name>.png``."""
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def image(stem: str, png: bytes, alt: str) -> str:
+        (folder / f"{stem}.png").write_bytes(png)
+        return f"![{alt}]({link}/{stem}.png)"
+
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|")
+
+    lines = []
+    for kind, content in _outline(report):
+        if kind in ("title", "heading", "subheading"):
+            lines.append({"title": "# ", "heading": "## ", "subheading": "### "}[kind] + content)
+        elif kind == "question":
+            lines.append(f"*{content}*")
+        elif kind in ("text", "note"):
+            lines.append(content)
+        elif kind == "facts":
+            lines.append("| | |\n|---|---|\n" + "\n".join(f"| {cell(k)} | {cell(v)} |" for k, v in content))
+        elif kind == "table":
+            header, rows = content
+            lines.append("| " + " | ".join(map(cell, header)) + " |\n|" + "---|" * len(header) + "\n"
+                         + "\n".join("| " + " | ".join(map(cell, row)) + " |" for row in rows))
+        elif kind == "image":
+            lines.append(image(*content))
+    return "\n\n".join(lines) + "\n"
+
+
+def _outline(report: Report) -> Iterator[tuple[str, object]]:
+    """The report as a sequence of blocks, the same for every format."""
+    yield "title", report.name
+    if report.question:
+        yield "question", report.question
+    if report.description:
+        yield "text", report.description
+    yield "facts", report.facts
+    for note in report.notes:
+        yield "note", note
+    for index, section in enumerate(report.sections):
+        yield ("heading" if index == 0 else "subheading"), section.title
+        yield "table", (section.header, section.rows)
+        if index == 0 and report.metric_plot is not None:
+            yield "image", ("metric", report.metric_plot, f"{section.metric} per variant: seeds as points, 95 % CI as bars")
+    if report.curves is not None:
+        yield "heading", "Training curves"
+        yield "text", "Mean over seeds per epoch; the band spans the lowest to the highest seed."
+        yield "image", ("curves", report.curves, "training curves per variant")
+    yield from _comparison_blocks(report)
+    if report.differences:
+        yield "heading", "What each variant changes"
+        rows = [[variant, path, format_value(base), format_value(value)] for variant, changes in report.differences.items()
+                for path, base, value in changes]
+        yield "table", (["variant", "field", "baseline", "variant's value"], rows)
+    if report.failures or report.incomplete:
+        yield "heading", "Failed and incomplete"
+        for line in report.incomplete:
+            yield "note", f"Incomplete: {line}"
+        if report.failures:
+            yield "table", (["variant", "seed", "error"], [[v, str(s), e] for v, s, e in report.failures])
+
+
+def _comparison_blocks(report: Report) -> Iterator[tuple[str, object]]:
+    comparison = report.comparison
+    if comparison is None:
+        return
+    yield "heading", "Visual comparison"
+    yield "text", (f"The final generators of seed {comparison.seed} of every variant on the same test images (the first "
+                   "column is the real input); the images are spread evenly over the test split, the same in every report. "
+                   "Images under 96 px are shown enlarged (nearest neighbour).")
+    if comparison.missing:
+        yield "note", f"No final generators of seed {comparison.seed} to show (grey): {'; '.join(comparison.missing)}."
+    for direction, title in (("AtoB", "A → B"), ("BtoA", "B → A")):
+        indices = ", ".join(map(str, comparison.indices[direction]))
+        yield "subheading", f"{title}: test images {indices} of {comparison.test_sizes[direction]}"
+        yield "image", (f"translations-{direction}", comparison.figures[direction], f"{title} translations by every variant")

@@ -1,0 +1,107 @@
+"""How a study's variants compare over seeds: what ``unpaired compare`` prints and the report shows.
+
+Per variant: mean, sample std (ddof 1) and the 95 % confidence interval of the mean (Student's t,
+n - 1 degrees of freedom); against the baseline: Δ = mean - baseline mean with the 95 % interval
+and the p-value of Welch's t-test (unequal variances), the p-values adjusted over all variants
+with Holm-Bonferroni (the family is every variant tested against the baseline), and a verdict in
+words at α = 0.05. The distributions are scipy's.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from unpaired.errors import UsageError
+
+CONFIDENCE = 0.95
+ALPHA = 0.05
+LOWER_IS_BETTER = ("fid", "kid", "cycle", "idt", "G_adv", "D_")
+"""Metric name prefixes where lower is better; any other metric ranks higher first."""
+RUN_COLUMNS = ("variant", "seed", "run_id", "planned_seeds")
+"""The columns of a runs table besides its metrics."""
+
+
+def lower_is_better(metric: str) -> bool:
+    return metric.startswith(LOWER_IS_BETTER)
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values, in the order given; NaN (no test) stays NaN and is not counted."""
+    tested = sorted((p, i) for i, p in enumerate(p_values) if not math.isnan(p))
+    adjusted, running = [math.nan] * len(p_values), 0.0
+    for rank, (p, i) in enumerate(tested):
+        running = max(running, min(1.0, (len(tested) - rank) * p))
+        adjusted[i] = running
+    return adjusted
+
+
+def mean_interval(values: Sequence[float]) -> tuple[float, float]:
+    """The 95 % confidence interval of the mean of ``values`` (NaN with fewer than two)."""
+    if len(values) < 2:
+        return math.nan, math.nan
+    mean, sem = float(np.mean(values)), float(stats.sem(values))
+    if sem == 0:
+        return mean, mean
+    low, high = stats.t.interval(CONFIDENCE, len(values) - 1, loc=mean, scale=sem)
+    return float(low), float(high)
+
+
+def welch(values: Sequence[float], baseline: Sequence[float]) -> tuple[float, float, float]:
+    """Welch's t-test of ``values`` against ``baseline``: the 95 % interval of the difference of means and the
+    two-sided p-value (NaN when either has fewer than two values or neither varies)."""
+    if len(values) < 2 or len(baseline) < 2 or (np.std(values) == 0 and np.std(baseline) == 0):
+        return math.nan, math.nan, math.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        result = stats.ttest_ind(values, baseline, equal_var=False)
+        interval = result.confidence_interval(CONFIDENCE)
+    return float(interval.low), float(interval.high), float(result.pvalue)
+
+
+def verdict(delta: float, p_adjusted: float, n: int, n_baseline: int, lower_better: bool) -> str:
+    """``better`` / ``worse`` (than the baseline, at α after Holm), or why it cannot be told apart."""
+    seeds = f"n = {n}" if n == n_baseline else f"n = {n} vs {n_baseline}"
+    if math.isnan(p_adjusted):
+        return f"too few seeds to test ({seeds})" if min(n, n_baseline) < 2 else "not testable: no spread over seeds"
+    if p_adjusted >= ALPHA:
+        return f"not distinguishable from the baseline at {seeds}"
+    return "better" if (delta < 0) == lower_better else "worse"
+
+
+def summarize(runs: pd.DataFrame, metric: str, baseline: str | None) -> pd.DataFrame:
+    """One row per variant that has ``metric`` in at least one finished run (``runs``: one row per run with
+    ``variant``, ``planned_seeds`` and metric columns), ranked best first; see the module docstring."""
+    if metric not in runs.columns:
+        available = sorted(c for c in runs.columns if c not in RUN_COLUMNS)
+        raise UsageError(f"no metric {metric!r} in the finished runs; available: {', '.join(available) or 'none'}")
+    lower_better = lower_is_better(metric)
+    values = {name: group[metric].dropna().tolist() for name, group in runs.groupby("variant", sort=False)}
+    values = {name: v for name, v in values.items() if v}
+    planned = runs.groupby("variant", sort=False)["planned_seeds"].max()
+    rows = []
+    for name, seeds in values.items():
+        low, high = mean_interval(seeds)
+        rows.append({"variant": name, "baseline": name == baseline, "mean": float(np.mean(seeds)),
+                     "std": float(np.std(seeds, ddof=1)) if len(seeds) > 1 else math.nan, "ci_low": low, "ci_high": high,
+                     "n": len(seeds), "planned": int(planned[name])})
+    table = pd.DataFrame(rows).set_index("variant")
+    table["complete"] = table["n"] >= table["planned"]
+    table["rank"] = table["mean"].rank(ascending=lower_better, method="min").astype(int)
+    tests = {name: welch(seeds, values[baseline]) if baseline in values and name != baseline else (math.nan,) * 3
+             for name, seeds in values.items()}
+    table["delta"] = table["mean"] - table.loc[baseline, "mean"] if baseline in values else math.nan
+    table["delta_ci_low"] = [tests[name][0] for name in table.index]
+    table["delta_ci_high"] = [tests[name][1] for name in table.index]
+    table["p_value"] = [tests[name][2] for name in table.index]
+    table["p_holm"] = holm(table["p_value"].tolist())
+    n_baseline = len(values.get(baseline, []))
+    table["verdict"] = ["baseline" if name == baseline else
+                        verdict(row.delta, row.p_holm, row.n, n_baseline, lower_better) if baseline in values else "no baseline results"
+                        for name, row in table.iterrows()]
+    return table.sort_values(["rank", "n"], ascending=[True, False])

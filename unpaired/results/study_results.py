@@ -1,0 +1,97 @@
+"""A study's results read from its output folder alone: the index (``study.json``) and each run's folder.
+
+Nothing here needs MLflow or the study file: a study whose tracking was off, or whose MLflow store
+is gone, reads the same. A run that has not finished is reported with what its folder says
+(``failed`` with its error, ``running``, ``partial``, ``pending``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from unpaired.results.files import CorruptFileError, read_json
+from unpaired.results.records import RunResult
+from unpaired.results.run_folder import RunFolder
+from unpaired.results.study_folder import INDEX, indexed_runs
+
+
+@dataclass
+class RunRecord:
+    """One run of the study as its folder has it."""
+
+    variant: str
+    seed: int
+    run_id: str
+    folder: RunFolder
+    overrides: dict[str, Any]
+    status: str
+    """``finished``, ``failed``, ``running``, ``partial`` (has a checkpoint) or ``pending``."""
+    result: RunResult | None
+
+    @property
+    def finished(self) -> bool:
+        return self.status == "finished"
+
+    def spec(self) -> dict[str, Any] | None:
+        """The resolved variant it trained (``None`` before it started)."""
+        return self.folder.read_spec() if self.folder.spec_file.is_file() else None
+
+
+@dataclass
+class StudyResults:
+    """Everything a study's output folder says about it."""
+
+    out: Path
+    index: dict[str, Any]
+    """``study.json``: name, description, question, baseline, variants, seeds, unpaired version, git commit, runs."""
+    runs: list[RunRecord]
+
+    @property
+    def name(self) -> str:
+        return self.index["name"]
+
+    @property
+    def baseline(self) -> str | None:
+        return self.index.get("baseline")
+
+    @property
+    def variants(self) -> list[str]:
+        """The variants in study order."""
+        return self.index.get("variants") or list(dict.fromkeys(run.variant for run in self.runs))
+
+    def of_variant(self, variant: str) -> list[RunRecord]:
+        return [run for run in self.runs if run.variant == variant]
+
+    def metrics(self) -> pd.DataFrame:
+        """One row per finished run: ``variant``, ``seed``, ``run_id``, ``planned_seeds`` and its metrics (what
+        :func:`unpaired.results.statistics.summarize` takes)."""
+        planned = {variant: len(self.of_variant(variant)) for variant in self.variants}
+        rows = [{"variant": run.variant, "seed": run.seed, "run_id": run.run_id, "planned_seeds": planned[run.variant],
+                 **run.result.metrics} for run in self.runs if run.finished and run.result is not None]
+        return pd.DataFrame(rows, columns=None if rows else ["variant", "seed", "run_id", "planned_seeds"])
+
+    def status_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for run in self.runs:
+            counts[run.status] = counts.get(run.status, 0) + 1
+        return counts
+
+
+def read_study_results(out: Path) -> StudyResults:
+    """Read the study output folder ``out`` (raises ``UsageError`` when it has no ``study.json``)."""
+    runs = []
+    for entry in indexed_runs(out):
+        folder: RunFolder = entry["folder"]
+        try:
+            result = folder.read_result()
+        except CorruptFileError:
+            result = None
+        status = folder.status(entry["run_id"])
+        status = "finished" if status in ("done", "stale") else status
+        runs.append(RunRecord(entry["variant"], int(entry["seed"]), entry["run_id"], folder, entry.get("overrides", {}), status,
+                              result if result is not None and result.run_id == entry["run_id"] else None))
+    return StudyResults(Path(out), read_json(Path(out) / INDEX), runs)
