@@ -48,3 +48,15 @@ def test_quick_times_bf16_only_where_the_device_runs_it_natively():
     assert bench.native_settings(cpu, {"fp32": 300.0, "bf16": 40.0}) == ["fp32"]
     assert bench.native_settings(cpu, {"fp32": 300.0, "bf16": 1800.0}) == ["fp32", "bf16"]
     assert bench.native_settings(gpu, {"fp32": 50_000.0, "bf16": 40_000.0}) == ["fp32", "bf16"]
+
+
+def test_bench_report_times_a_made_up_study_and_reports_its_figures(tmp_path):
+    out = tmp_path / "report-bench.json"
+    command = [sys.executable, str(REPO / "benchmarks" / "bench_report.py"), "--variants", "2", "--seeds", "2", "--size", "32",
+               "--epochs", "3", "--json", str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(out.read_text())
+    assert figures["runs"] == 4 and figures["variants"] == 2 and figures["html_mib"] > 0
+    assert all(figures[key] > 0 for key in ("html_s", "markdown_s", "visual_comparison_rebuilding_s"))
+    assert "HTML report" in result.stdout
