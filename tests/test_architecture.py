@@ -15,7 +15,7 @@ from unpaired.plugin_api.registry import Registry
 
 PACKAGE = REPO / "unpaired"
 MODULES = sorted(PACKAGE.rglob("*.py"))
-RUN_FOLDER_FILES = ("spec.json", "history.json", "history.csv", "result.json", "error.txt", "mlflow_run.json")
+RUN_FOLDER_FILES = ("spec.json", "history.json", "history.csv", "result.json", "error.txt", "mlflow_run.json", "showcase.pt")
 RUN_FOLDER_DIRS = ("checkpoints", "generators")
 
 

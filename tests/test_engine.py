@@ -438,7 +438,7 @@ def test_train_and_translate_from_the_command_line(tmp_path):
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["status"] == "finished"
     run = tmp_path / "run"
-    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "generators", "history.csv", "history.json", "result.json", "samples", "spec.json"]
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "generators", "history.csv", "history.json", "result.json", "samples", "showcase.pt", "spec.json"]
     assert sorted(p.name for p in (run / "samples").iterdir()) == ["epoch-0001.png", "epoch-0002.png"]
     assert (run / "history.csv").read_text().splitlines()[0] == "epoch,lr," + ",".join(LOSS_TERMS) + ",seconds,it_per_s"
 

@@ -193,6 +193,13 @@ def small_disk(tmp_path):
     subprocess.run(["umount", str(folder)], check=True)
 
 
+def test_files_written_atomically_get_the_permissions_open_would_give_them(tmp_path):
+    """mkstemp makes its files private to their owner: results a group shares (a cluster's storage) must not be."""
+    write = f"from pathlib import Path; from unpaired.results.files import atomic_write_text; atomic_write_text(Path({str(tmp_path)!r}) / 'report.html', 'x')"
+    subprocess.run(["bash", "-c", f'umask 027 && {sys.executable} -c "{write}"'], check=True)
+    assert (tmp_path / "report.html").stat().st_mode & 0o777 == 0o640
+
+
 def test_a_full_disk_names_the_file_the_space_needed_and_keeps_the_previous_version(small_disk):
     from unpaired.results.files import StorageError, atomic_save, load_tensors
 

@@ -119,7 +119,7 @@ class Images(HTMLParser):
 
 def test_the_run_writes_an_offline_html_report_whose_images_are_embedded_pngs_of_their_stated_size(finished):
     html = (finished["out"] / "report.html").read_text()
-    assert "report: runs/report-study/report.html" in finished["run"].stdout
+    assert "report: runs/report-study/report.html" in finished["run"].stderr
     parser = Images()
     parser.feed(html)
     assert "script" not in parser.tags and "http://" not in html and "https://" not in html  # nothing to fetch, nothing to run
@@ -208,3 +208,12 @@ def test_a_partial_study_with_a_failed_run_says_what_is_missing(tmp_path):
     assert "nowhere/trainA does not exist" in html
     assert "No finished run has &#x27;fid_mean&#x27; yet (FID was switched off?)." in html
     assert "No final generators of seed 0 to show (grey): broken (not finished)." in html
+
+    (ok,) = (tmp_path / "out" / "ok").glob("seed0-*")  # a hostile edit: what cannot be read is said, the rest still shown
+    (ok / "history.json").write_text("{ not json")
+    (ok / "result.json").write_text("garbage")
+    again = cli(env, "report", str(tmp_path / "out"))
+    assert again.returncode == 0, again.stderr
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert "Unreadable, so counted as not finished: " in html and "result.json is not valid JSON" in html
+    assert "4 planned: 1 failed, 1 partial, 2 pending" in html and "Training curves" not in html

@@ -38,8 +38,9 @@ def write_report(out: Path, registry: Registry, target: Path | None = None, fmt:
 
 
 class ReportWriter:
-    """A listener that writes the study's HTML report when ``unpaired run`` ends (not when a signal stopped it),
-    before other listeners hear of the end, so that a tracker can attach it."""
+    """A listener that writes the study's HTML report when ``unpaired run`` ends, before other listeners hear
+    of the end (so that a tracker can attach it); not when a signal stopped the study, nor when it trained
+    nothing and a report is there already."""
 
     def __init__(self, registry: Registry, metric: str):
         self.registry, self.metric = registry, metric
@@ -48,10 +49,12 @@ class ReportWriter:
     def unpaired_on_study_end(self, study: Any, out: Path, summary: Any) -> None:
         if summary.stopped_by is not None or summary.aborted:
             return
+        if not (summary.done or summary.failed) and report_path(out).is_file():
+            return
         try:
             path = write_report(out, self.registry, metric=self.metric)
         except Exception as error:  # the runs are done and recorded: a report that cannot be drawn must not hide that
             print(f"warning: the study report could not be written ({type(error).__name__}: {error}); "
                   f"`unpaired report {out}` tries again", file=sys.stderr)
             return
-        summary.notes.append(f"report: {path}")
+        print(f"report: {path}", file=sys.stderr)

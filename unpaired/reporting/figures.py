@@ -37,7 +37,7 @@ def training_curves(results: StudyResults) -> bytes | None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    histories = {variant: [pd.DataFrame(run.folder.read_history()) for run in results.of_variant(variant)] for variant in results.variants}
+    histories = {variant: [pd.DataFrame(run.history()) for run in results.of_variant(variant)] for variant in results.variants}
     histories = {variant: [h for h in frames if not h.empty] for variant, frames in histories.items()}
     panels = [(title, columns) for title, columns in CURVES.items()
               if any(set(columns) <= set(h.columns) and h[list(columns)].notna().any().all() for frames in histories.values() for h in frames)]

@@ -47,20 +47,15 @@ def _html_table(header: list[str], rows: list[list[str]], css: str = "") -> str:
     return f'<table class="{css}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
+HTML_TEXT = {"title": "<h1>{}</h1>", "question": '<p class="question">{}</p>', "heading": "<h2>{}</h2>",
+             "subheading": "<h3>{}</h3>", "text": "<p>{}</p>", "note": '<p class="note">{}</p>'}
+MARKDOWN_TEXT = {"title": "# {}", "question": "*{}*", "heading": "## {}", "subheading": "### {}", "text": "{}", "note": "{}"}
+
+
 def _html_blocks(report: Report, image: Images) -> Iterator[str]:
     for kind, content in _outline(report):
-        if kind == "title":
-            yield f"<h1>{html.escape(content)}</h1>"
-        elif kind == "question":
-            yield f'<p class="question">{html.escape(content)}</p>'
-        elif kind == "heading":
-            yield f"<h2>{html.escape(content)}</h2>"
-        elif kind == "subheading":
-            yield f"<h3>{html.escape(content)}</h3>"
-        elif kind == "text":
-            yield f"<p>{html.escape(content)}</p>"
-        elif kind == "note":
-            yield f'<p class="note">{html.escape(content)}</p>'
+        if kind in HTML_TEXT:
+            yield HTML_TEXT[kind].format(html.escape(content))
         elif kind == "facts":
             yield "<table class=\"facts\">" + "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in content) + "</table>"
         elif kind == "table":
@@ -82,12 +77,8 @@ def render_markdown(report: Report, folder: Path, link: str) -> str:
 
     lines = []
     for kind, content in _outline(report):
-        if kind in ("title", "heading", "subheading"):
-            lines.append({"title": "# ", "heading": "## ", "subheading": "### "}[kind] + content)
-        elif kind == "question":
-            lines.append(f"*{content}*")
-        elif kind in ("text", "note"):
-            lines.append(content)
+        if kind in MARKDOWN_TEXT:
+            lines.append(MARKDOWN_TEXT[kind].format(content))
         elif kind == "facts":
             lines.append("| | |\n|---|---|\n" + "\n".join(f"| {cell(k)} | {cell(v)} |" for k, v in content))
         elif kind == "table":

@@ -63,7 +63,7 @@ def build_report(results: StudyResults, registry: Registry, metric: str = "fid_m
                  device: torch.device | None = None) -> Report:
     """Gather a report of ``results``, ranking by ``metric``; the visual comparison uses the generators of ``seed``
     (default: the study's first seed), run on ``device`` (default: the CPU)."""
-    runs, notes = results.metrics(), []
+    runs, notes = results.metrics(), [f"Unreadable, so counted as not finished: {problem}" for problem in results.problems]
     sections = [_section(runs, name, results.baseline) for name in dict.fromkeys([metric, *SECONDARY]) if name in runs.columns]
     if metric not in runs.columns:
         notes.append(f"No finished run has {metric!r} yet" + (" (FID was switched off?)." if not runs.empty else "."))

@@ -48,6 +48,10 @@ def _write_failed(path: Path, size: int, error: OSError) -> StorageError:
     return StorageError(f"cannot write {path}: {error.strerror or error} (the previous version, if any, is intact)")
 
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read once: os.umask can only be read by setting it
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
     """Make ``path`` hold ``data``, so that a crash at any moment leaves either the old file or the new one:
     write a temporary file in the same folder, fsync it, then rename it over the target. An OS error
@@ -57,6 +61,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(handle, "wb") as file:
+            os.fchmod(file.fileno(), 0o666 & ~_UMASK)  # as open() would make it (mkstemp's is private to the owner)
             file.write(data)
             file.flush()
             os.fsync(file.fileno())

@@ -37,8 +37,18 @@ class RunRecord:
         return self.status == "finished"
 
     def spec(self) -> dict[str, Any] | None:
-        """The resolved variant it trained (``None`` before it started)."""
-        return self.folder.read_spec() if self.folder.spec_file.is_file() else None
+        """The resolved variant it trained (``None`` before it started, or when its file cannot be read)."""
+        try:
+            return self.folder.read_spec() if self.folder.spec_file.is_file() else None
+        except CorruptFileError:
+            return None
+
+    def history(self) -> list[dict[str, float]]:
+        """Its per-epoch rows so far (none when the file cannot be read: a report shows what it can)."""
+        try:
+            return self.folder.read_history()
+        except CorruptFileError:
+            return []
 
 
 @dataclass
@@ -49,6 +59,8 @@ class StudyResults:
     index: dict[str, Any]
     """``study.json``: name, description, question, baseline, variants, seeds, unpaired version, git commit, runs."""
     runs: list[RunRecord]
+    problems: list[str]
+    """Files that could not be read (their runs count as not finished): each path with what is wrong."""
 
     @property
     def name(self) -> str:
@@ -83,15 +95,16 @@ class StudyResults:
 
 def read_study_results(out: Path) -> StudyResults:
     """Read the study output folder ``out`` (raises ``UsageError`` when it has no ``study.json``)."""
-    runs = []
+    runs, problems = [], []
     for entry in indexed_runs(out):
         folder: RunFolder = entry["folder"]
         try:
             result = folder.read_result()
-        except CorruptFileError:
+        except CorruptFileError as error:
             result = None
+            problems.append(str(error))
         status = folder.status(entry["run_id"])
         status = "finished" if status in ("done", "stale") else status
         runs.append(RunRecord(entry["variant"], int(entry["seed"]), entry["run_id"], folder, entry.get("overrides", {}), status,
                               result if result is not None and result.run_id == entry["run_id"] else None))
-    return StudyResults(Path(out), read_json(Path(out) / INDEX), runs)
+    return StudyResults(Path(out), read_json(Path(out) / INDEX), runs, problems)
