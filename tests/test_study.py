@@ -246,7 +246,7 @@ def test_quickstart_killed_at_random_moments_then_rerun_equals_an_uninterrupted_
     finished_before = len(list(out.glob("*/*/result.json")))
     assert kills == 5 and finished_before < 4, "the kills came too late to interrupt anything"
 
-    rerun = run_cli("run", str(path), "--out", str(out), "--quiet")
+    rerun = run_cli("run", str(path), "--out", str(out), "--quiet", "--jobs", "2")
     assert rerun.returncode == 0, rerun.stderr
     assert f"skipped {finished_before}" in rerun.stdout
     index = json.loads((out / "study.json").read_text())
