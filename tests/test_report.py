@@ -148,6 +148,9 @@ def test_the_tables_are_compares_and_the_markdown_report_has_its_pictures_beside
     from_folders = json.loads(cli(env, "compare", str(out), "--format", "json").stdout)
     assert from_folders == json.loads(cli(env, "compare", str(finished["study"]), "--format", "json").stdout)
     assert {row["n"] for row in from_folders} == {3} and all(0 <= row["p_value"] <= 1 for row in from_folders if not row["baseline"])
+    typo = cli(env, "report", str(out), "--metric", "fid_maen")
+    assert typo.returncode == 1 and "no metric 'fid_maen' in the finished runs; available: fid_a2b" in typo.stderr
+    assert "seed 7 is not one of the study's seeds (0, 1, 2)" in cli(env, "report", str(out), "--seed", "7").stderr
     for name in ("metric", "curves", "translations-AtoB", "translations-BtoA"):
         assert f"(report_files/{name}.png)" in text and Image.open(out / "report_files" / f"{name}.png").format == "PNG"
 
@@ -193,6 +196,17 @@ def test_the_report_needs_only_the_run_folders(finished):
     assert [line for line in after if "generated" not in line] == [line for line in before if "generated" not in line]
 
 
+def test_a_stop_signal_during_the_report_skips_rebuilding_generators(finished, monkeypatch):
+    import unpaired.reporting.comparison as comparison
+    from unpaired.results.study_results import read_study_results
+
+    for showcase in finished["out"].glob("*/*/showcase.pt"):  # as for runs trained before showcases were saved
+        showcase.unlink()
+    monkeypatch.setattr(comparison, "stop_requested", lambda: 2)  # Ctrl-C arrived at the end of `unpaired run`
+    shown = comparison.visual_comparison(read_study_results(finished["out"]), Registry.from_entry_points(), 0, torch.device("cpu"))
+    assert shown.missing == [f"{v} (not translated: a stop was requested)" for v in ("n_blocks=1", "n_blocks=2")]
+
+
 def test_a_partial_study_with_a_failed_run_says_what_is_missing(tmp_path):
     study = tmp_path / "partial.yaml"
     study.write_text(yaml.safe_dump({
@@ -208,6 +222,8 @@ def test_a_partial_study_with_a_failed_run_says_what_is_missing(tmp_path):
     assert "nowhere/trainA does not exist" in html
     assert "No finished run has &#x27;fid_mean&#x27; yet (FID was switched off?)." in html
     assert "No final generators of seed 0 to show (grey): broken (not finished)." in html
+    nowhere = cli(env, "report", str(tmp_path / "nowhere"))
+    assert nowhere.returncode == 2 and "no study output folder there" in nowhere.stderr
 
     (ok,) = (tmp_path / "out" / "ok").glob("seed0-*")  # a hostile edit: what cannot be read is said, the rest still shown
     (ok / "history.json").write_text("{ not json")

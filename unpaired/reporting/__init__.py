@@ -20,6 +20,7 @@ from unpaired.reporting.report import build_report
 from unpaired.results.files import atomic_write_text
 from unpaired.results.study_folder import report_path
 from unpaired.results.study_results import read_study_results
+from unpaired.training.runtime import stop_requested
 
 
 def write_report(out: Path, registry: Registry, target: Path | None = None, fmt: str = "html", metric: str = "fid_mean",
@@ -47,7 +48,7 @@ class ReportWriter:
 
     @hookimpl(tryfirst=True)
     def unpaired_on_study_end(self, study: Any, out: Path, summary: Any) -> None:
-        if summary.stopped_by is not None or summary.aborted:
+        if summary.stopped_by is not None or summary.aborted or stop_requested():
             return
         if not (summary.done or summary.failed) and report_path(out).is_file():
             return

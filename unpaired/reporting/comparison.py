@@ -13,6 +13,7 @@ from unpaired.results.files import CorruptFileError
 from unpaired.results.records import NETWORK_OF_DIRECTION, Direction, ExportedGenerator
 from unpaired.results.study_results import RunRecord, StudyResults
 from unpaired.training.parts import rebuild_generator
+from unpaired.training.runtime import stop_requested
 from unpaired.training.samples import SOURCE_DOMAIN, showcase_inputs, translate
 
 
@@ -44,27 +45,30 @@ def visual_comparison(results: StudyResults, registry: Registry, seed: int, devi
     for direction, (indices, images) in inputs.items():
         columns = [(f"input ({SOURCE_DOMAIN[direction]})", to_uint8(images))]
         for variant, run in runs.items():
-            translated, reason = None, f"{variant} (not finished)"
+            translated, why = None, "not finished"
             if run is not None:
                 try:
-                    translated, reason = _translated(run, registry, direction, indices, images, device), f"{variant} (no generators)"
+                    translated, why = _translated(run, registry, direction, indices, images, device)
                 except CorruptFileError as error:
-                    reason = f"{variant} ({error})"
-            if translated is None and reason not in comparison.missing:
-                comparison.missing.append(reason)
+                    why = str(error)
+            if translated is None and f"{variant} ({why})" not in comparison.missing:
+                comparison.missing.append(f"{variant} ({why})")
             columns.append((variant, translated))
         comparison.figures[direction] = image_grid(columns, images.shape[-1])
     return comparison
 
 
 def _translated(run: RunRecord, registry: Registry, direction: Direction, indices: list[int], images: torch.Tensor,
-                device: torch.device) -> torch.Tensor | None:
-    """The run's translations of ``images`` as uint8: those it saved when they match its generator, else computed."""
+                device: torch.device) -> tuple[torch.Tensor | None, str]:
+    """The run's translations of ``images`` as uint8: those it saved when they match its generator, else computed
+    (unless a stop signal arrived: rebuilding generators may take a while). None, and why, when there are none."""
     folder = run.folder
     saved = (folder.read_showcase() or {}).get(direction)
     if saved and saved["indices"] == indices and saved["generator"] == folder.generator_stamp(direction):
-        return saved["images"]
+        return saved["images"], ""
     if not folder.generator_path(direction).is_file():
-        return None
+        return None, "no generators"
+    if stop_requested():
+        return None, "not translated: a stop was requested"
     generator = rebuild_generator(ExportedGenerator.read(folder.generator_path(direction), direction), registry).to(device)
-    return translate(generator, images, device)
+    return translate(generator, images, device), ""

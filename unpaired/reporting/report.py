@@ -12,11 +12,12 @@ import torch
 
 from unpaired.config.overrides import flatten
 from unpaired.config.spec import RUNTIME_ONLY_FIELDS
+from unpaired.errors import UsageError
 from unpaired.plugin_api.registry import Registry
 from unpaired.reporting.comparison import VisualComparison, visual_comparison
 from unpaired.reporting.figures import metric_plot, training_curves
 from unpaired.results.compare import table_rows
-from unpaired.results.statistics import ALPHA, CONFIDENCE, summarize
+from unpaired.results.statistics import ALPHA, CONFIDENCE, RUN_COLUMNS, summarize
 from unpaired.results.study_results import StudyResults
 
 METRIC_TITLES = {
@@ -65,10 +66,16 @@ def build_report(results: StudyResults, registry: Registry, metric: str = "fid_m
     (default: the study's first seed), run on ``device`` (default: the CPU)."""
     runs, notes = results.metrics(), [f"Unreadable, so counted as not finished: {problem}" for problem in results.problems]
     sections = [_section(runs, name, results.baseline) for name in dict.fromkeys([metric, *SECONDARY]) if name in runs.columns]
+    scored = [column for column in runs.columns if column not in RUN_COLUMNS]
+    if metric not in runs.columns and scored:  # a misspelt --metric, not a study without scores
+        raise UsageError(f"no metric {metric!r} in the finished runs; available: {', '.join(sorted(scored))}")
     if metric not in runs.columns:
         notes.append(f"No finished run has {metric!r} yet" + (" (FID was switched off?)." if not runs.empty else "."))
     primary = sections[0] if sections and sections[0].metric == metric else None
-    seed = results.index.get("seeds", [0])[0] if seed is None else seed
+    seeds = results.index.get("seeds") or sorted({run.seed for run in results.runs})
+    if seed is not None and seed not in seeds:
+        raise UsageError(f"seed {seed} is not one of the study's seeds ({', '.join(map(str, seeds))})")
+    seed = seeds[0] if seed is None else seed
     comparison = visual_comparison(results, registry, seed, device or torch.device("cpu"))
     return Report(
         name=results.name, description=results.index.get("description", ""), question=results.index.get("question", ""),
