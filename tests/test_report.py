@@ -212,24 +212,26 @@ def test_a_partial_study_with_a_failed_run_says_what_is_missing(tmp_path):
     study.write_text(yaml.safe_dump({
         "name": "partial", "base": TINY_BASE, "seeds": [0, 1], "baseline": "ok", "tracking": {"enabled": False},
         "variants": {"ok": {}, "broken": {"data": {"name": "folder", "root": str(tmp_path / "nowhere")}}}}))
-    env = {**os.environ}
-    run = cli(env, "run", str(study), "--out", str(tmp_path / "out"), "--seeds", "0", "--quiet")
+    env, out = {**os.environ}, tmp_path / "runs" / "partial"
+    run = cli(env, "run", str(study), "--seeds", "0", "--quiet", cwd=tmp_path)  # into runs/partial
     assert run.returncode == 1 and "done 1, failed 1" in run.stdout, run.stderr
-    html = (tmp_path / "out" / "report.html").read_text()
+    html = (out / "report.html").read_text()
     assert "2 planned" not in html and "4 planned: 1 finished, 1 failed, 2 pending" in html
     assert "Incomplete: ok: 1 of 2 seeds finished (seed 1 pending)" in html
     assert "Incomplete: broken: 0 of 2 seeds finished (seed 0 failed, seed 1 pending)" in html
     assert "nowhere/trainA does not exist" in html
     assert "No finished run has &#x27;fid_mean&#x27; yet (FID was switched off?)." in html
     assert "No final generators of seed 0 to show (grey): broken (not finished)." in html
+    compared = cli(env, "compare", str(study), "--metric", "cycle_A", cwd=tmp_path)  # tracking is off: its run folders
+    assert compared.returncode == 1 and "no metric 'cycle_A' in the finished runs; available: none" in compared.stderr
     nowhere = cli(env, "report", str(tmp_path / "nowhere"))
     assert nowhere.returncode == 2 and "no study output folder there" in nowhere.stderr
 
-    (ok,) = (tmp_path / "out" / "ok").glob("seed0-*")  # a hostile edit: what cannot be read is said, the rest still shown
+    (ok,) = (out / "ok").glob("seed0-*")  # a hostile edit: what cannot be read is said, the rest still shown
     (ok / "history.json").write_text("{ not json")
     (ok / "result.json").write_text("garbage")
-    again = cli(env, "report", str(tmp_path / "out"))
+    again = cli(env, "report", str(out))
     assert again.returncode == 0, again.stderr
-    html = (tmp_path / "out" / "report.html").read_text()
+    html = (out / "report.html").read_text()
     assert "Unreadable, so counted as not finished: " in html and "result.json is not valid JSON" in html
     assert "4 planned: 1 failed, 1 partial, 2 pending" in html and "Training curves" not in html

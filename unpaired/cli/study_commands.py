@@ -123,13 +123,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from unpaired.results.study_folder import is_study_folder
     from unpaired.results.study_results import read_study_results
 
-    target = Path(args.study)
-    if is_study_folder(target):  # the run folders themselves: no MLflow needed
-        results = read_study_results(target)
+    target, study = Path(args.study), None
+    if target.suffix.lower() in (".yaml", ".yml", ".json") and target.is_file():
+        study = load_study(target, plugin_registry())
+    if is_study_folder(target) or (study is not None and not study.spec.tracking.enabled):  # the run folders: no MLflow
+        results = read_study_results(_study_folder(args.study))
         name, baseline, runs = results.name, results.baseline, results.metrics()
     else:
-        if target.suffix.lower() in (".yaml", ".yml", ".json") and target.is_file():
-            study = load_study(target, plugin_registry())
+        if study is not None:
             name, baseline, uri = study.spec.name, study.baseline, tracking_uri(study.spec.tracking.uri)
         else:
             name, uri = args.study, tracking_uri(None)
