@@ -196,6 +196,16 @@ def test_the_report_needs_only_the_run_folders(finished):
     assert [line for line in after if "generated" not in line] == [line for line in before if "generated" not in line]
 
 
+def test_the_fid_curve_ends_with_the_final_generators_score(finished):
+    from unpaired.reporting.figures import _history
+    from unpaired.results.study_results import read_study_results
+
+    for run in read_study_results(finished["out"]).runs:
+        history = _history(run)
+        assert list(history["epoch"]) == [1, 2] and history["fid_mean"].notna().all()
+        assert history["fid_mean"].iloc[-1] == run.result.metrics["fid_mean"]
+
+
 def test_a_stop_signal_during_the_report_skips_rebuilding_generators(finished, monkeypatch):
     import unpaired.reporting.comparison as comparison
     from unpaired.results.study_results import read_study_results

@@ -10,7 +10,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from unpaired.results.compare import plot
-from unpaired.results.study_results import StudyResults
+from unpaired.results.study_results import RunRecord, StudyResults
 
 CURVES = {  # panel title -> the history columns summed into it
     "cycle (A + B)": ("cycle_A", "cycle_B"),
@@ -37,7 +37,7 @@ def training_curves(results: StudyResults) -> bytes | None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    histories = {variant: [pd.DataFrame(run.history()) for run in results.of_variant(variant)] for variant in results.variants}
+    histories = {variant: [_history(run) for run in results.of_variant(variant)] for variant in results.variants}
     histories = {variant: [h for h in frames if not h.empty] for variant, frames in histories.items()}
     panels = [(title, columns) for title, columns in CURVES.items()
               if any(set(columns) <= set(h.columns) and h[list(columns)].notna().any().all() for frames in histories.values() for h in frames)]
@@ -63,6 +63,16 @@ def training_curves(results: StudyResults) -> bytes | None:
     figure.savefig(buffer, format="png", dpi=90)
     plt.close(figure)
     return buffer.getvalue()
+
+
+def _history(run: RunRecord) -> pd.DataFrame:
+    """The run's history, its last epoch completed with the final FID when it was scored during training (the
+    final generators are scored once, at the end, and their score is in the result, not the history)."""
+    history = pd.DataFrame(run.history())
+    final = run.result.metrics.get("fid_mean") if run.result is not None and run.finished else None
+    if final is not None and "fid_mean" in history.columns and not history.empty and pd.isna(history["fid_mean"].iloc[-1]):
+        history.loc[history.index[-1], "fid_mean"] = final
+    return history
 
 
 def _font(size: int = 11) -> ImageFont.ImageFont:
