@@ -30,10 +30,10 @@ from unpaired.config.study import plan_study
 from unpaired.plugin_api.registry import default_registry
 from unpaired.reporting import write_report
 from unpaired.reporting.comparison import visual_comparison
-from unpaired.results.records import NETWORK_OF_DIRECTION, ExportedGenerator, RunResult
+from unpaired.results.records import ExportedGenerator, RunResult
 from unpaired.results.study_folder import run_folder, write_index
 from unpaired.results.study_results import read_study_results
-from unpaired.training.parts import build_model
+from unpaired.training.parts import build_method, runtime_of
 from unpaired.training.runtime import pick_device
 from unpaired.training.samples import save_showcase
 
@@ -47,7 +47,8 @@ def make_study(out: Path, variants: int, seeds: int, size: int, epochs: int) -> 
             "tracking": {"enabled": False}}
     study = plan_study(spec, registry, "bench")
     write_index(study, out)
-    model, data = build_model(study.runs[0].resolved, torch.device("cpu")), study.runs[0].resolved.data.build()
+    first = study.runs[0].resolved
+    model, runtime, data = build_method(first, torch.device("cpu")), runtime_of(first, torch.device("cpu")), first.data.build()
     exported: dict[str, Path] = {}
     for run in study.runs:
         folder = run_folder(out, run)
@@ -56,7 +57,8 @@ def make_study(out: Path, variants: int, seeds: int, size: int, epochs: int) -> 
         folder.write_history([{"epoch": e, "lr": 2e-4, **{t: 2 / e + rng.random() for t in ("cycle_A", "cycle_B", "G_adv_A", "G_adv_B", "D_A", "D_B")},
                                **({"fid_mean": 300 / e + rng.random()} if e % 10 == 0 else {})} for e in range(1, epochs + 1)])
         if run.seed == 0:
-            for direction, network in NETWORK_OF_DIRECTION.items():
+            for direction in model.directions:
+                network = model.translator(direction)
                 if direction not in exported:  # one set of weights, linked into every folder: the same bytes to read
                     folder.export_generator(ExportedGenerator(direction, run.run_id, run.resolved.generator.as_dict(),
                                                               run.resolved.generator_norm.as_dict(), size, model.networks[network].state_dict()))
@@ -64,7 +66,7 @@ def make_study(out: Path, variants: int, seeds: int, size: int, epochs: int) -> 
                 else:
                     folder.generator_path(direction).parent.mkdir(parents=True, exist_ok=True)
                     os.link(exported[direction], folder.generator_path(direction))
-            save_showcase(model, data, folder)  # as a trained run does when it ends
+            save_showcase(model, runtime, data, folder)  # as a trained run does when it ends
         fid = 60 + rng.gauss(0, 3)
         folder.write_result(RunResult(status="finished", run_id=run.run_id, epochs=epochs, steps=epochs * 1000, seconds=3600.0,
                                       metrics={"fid_mean": fid, "kid_mean": fid / 4000, "fid_mean_best": fid - 2}, device="cpu"))

@@ -33,7 +33,7 @@ STUDY = {
         "discriminator": {"name": "patchgan", "n_layers": 2, "ndf": 8},
         "train": {"epochs": 2, "decay_epochs": 1, "num_workers": 0, "log_every": 1000},
         "samples": 0,
-        "eval": {"fid": False},
+        "eval": {"metrics": []},
     },
     "grid": {"generator.n_blocks": [1, 2]},
     "seeds": [0, 1],

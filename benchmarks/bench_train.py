@@ -35,11 +35,11 @@ import torch
 from unpaired.config.resolved import resolve_variant
 from unpaired.config.spec import TrainConfig
 from unpaired.plugin_api import UnpairedData
-from unpaired.plugin_api.components import LossWeights
+from unpaired.plugin_api.components import TrainingProgress
 from unpaired.plugin_api.registry import default_registry
 from unpaired.tools.export import export_folder_layout
 from unpaired.training.batches import EpochOrder, TrainPairs
-from unpaired.training.parts import build_model
+from unpaired.training.parts import build_method, runtime_of
 from unpaired.training.runtime import pick_device, seed_everything
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "bench" / "reference_cyclegan.py"
@@ -52,7 +52,7 @@ def variant_for(args: argparse.Namespace, setting: str) -> dict:
         "generator": {"name": "resnet", "n_blocks": args.blocks},
         "discriminator": {"name": args.disc},
         "train": {"precision": precision, "channels_last": "cl" in flags, "compile": "compile" in flags, "batch_size": args.batch},
-        "eval": {"fid": False},
+        "eval": {"metrics": []},
     }
 
 
@@ -70,8 +70,9 @@ class EngineTimer:
         registry = default_registry()
         seed_everything(0)
         self.setting, self.device = setting, device
-        self.model = build_model(resolve_variant(variant_for(args, setting), registry), device)
-        self.weights = LossWeights(1.0, 10.0, 5.0)
+        variant = resolve_variant(variant_for(args, setting), registry)
+        self.model, self.runtime = build_method(variant, device), runtime_of(variant, device)
+        self.progress = TrainingProgress(epoch=0, step=1, steps_per_epoch=1, total_epochs=1)
         if args.with_data:
             self.folder = tempfile.TemporaryDirectory()  # removed with the timer
             data = folder_dataset(args, Path(self.folder.name), cache=False)
@@ -83,7 +84,7 @@ class EngineTimer:
             self.batches = (batch for _ in itertools.count() for batch in loader)
         else:
             shape = (args.batch, 3, args.size, args.size)
-            self.batches = itertools.cycle([tuple(self.model.to_device(torch.rand(shape) * 2 - 1) for _ in range(2)) for _ in range(4)])
+            self.batches = itertools.cycle([tuple(self.runtime.to_device(torch.rand(shape) * 2 - 1) for _ in range(2)) for _ in range(4)])
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         self.run(args.warmup)
@@ -94,7 +95,7 @@ class EngineTimer:
         started = time.perf_counter()
         for _ in range(steps):
             real_A, real_B = next(self.batches)
-            self.terms = self.model.train_step(self.model.to_device(real_A), self.model.to_device(real_B), self.weights)
+            self.terms = self.model.train_step(self.runtime.to_device(real_A), self.runtime.to_device(real_B), self.progress)
         synchronize(self.device)
         return (time.perf_counter() - started) / max(steps, 1)
 
@@ -211,7 +212,7 @@ def main() -> None:
         rows.append({
             "setting": timer.setting, "s_per_iter": statistics.median(r[timer.setting] for r in rounds),
             "speedup": statistics.median(speedups), "speedup_range": [min(speedups), max(speedups)],
-            "peak_mib": timer.peak_mib(), "losses": [round(v, 4) for v in timer.terms.tolist()],
+            "peak_mib": timer.peak_mib(), "losses": [round(v.item(), 4) for v in timer.terms.values()],
         })
     report = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",

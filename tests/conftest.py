@@ -30,7 +30,7 @@ TINY_BASE = {  # the base variant of the small studies the tests run: seconds pe
     "discriminator": {"name": "patchgan", "ndf": 4, "n_layers": 2},
     "train": {"epochs": 1, "decay_epochs": 1, "num_workers": 0},
     "samples": 1,
-    "eval": {"fid": False},
+    "eval": {"metrics": []},
 }
 
 

@@ -21,9 +21,13 @@ from unpaired.plugin_api.registry import Registry
 from unpaired.results.files import atomic_save
 from unpaired.results.records import Checkpoint, RunResult
 from unpaired.results.run_folder import RunFolder
-from unpaired.training.cyclegan import LOSS_TERMS, CycleGAN
+from unpaired.plugin_api.components import TrainingProgress
 from unpaired.training.loop import learning_rate
-from unpaired.training.parts import build_model
+from unpaired.training.parts import build_method
+from unpaired_plugins.cyclegan import CycleGAN
+
+LOSS_TERMS = CycleGAN.loss_terms
+FIRST_STEP = TrainingProgress(epoch=0, step=1, steps_per_epoch=4, total_epochs=4)
 from unpaired.training.run import train_run
 
 CPU = torch.device("cpu")
@@ -35,7 +39,7 @@ TINY = {
     "image_pool": {"name": "history", "size": 5},
     "train": {"epochs": 2, "decay_epochs": 2, "num_workers": 0, "log_every": 1},
     "samples": 2,
-    "eval": {"fid": False},
+    "eval": {"metrics": []},
 }
 
 
@@ -66,26 +70,35 @@ def batch(seed=0):
     return torch.rand(2, 3, 32, 32, generator=generator) * 2 - 1, torch.rand(2, 3, 32, 32, generator=generator) * 2 - 1
 
 
+def step(model, real_A, real_B) -> dict[str, float]:
+    """One training step with the variant's own loss weights; its terms as numbers."""
+    return {name: value.item() for name, value in model.train_step(real_A, real_B, FIRST_STEP).items()}
+
+
+def discriminators(model):
+    return [model.networks[name] for name in model.discriminators]
+
+
 def test_generator_step_gives_discriminators_no_gradient_and_vice_versa(registry):
-    model = build_model(tiny(registry), CPU)
+    model = build_method(tiny(registry), CPU)
     real_A, real_B = batch()
     fake_A, fake_B, _ = model.generator_step(real_A, real_B, LossWeights(1.0, 10.0, 5.0))
-    assert all(p.grad is None for d in model.discriminators() for p in d.parameters())
+    assert all(p.grad is None for d in discriminators(model) for p in d.parameters())
     g_grads = [p.grad.clone() for name in ("G_AB", "G_BA") for p in model.networks[name].parameters()]
     assert all(g.abs().sum() > 0 for g in g_grads)
-    assert all(p.requires_grad for d in model.discriminators() for p in d.parameters())
+    assert all(p.requires_grad for d in discriminators(model) for p in d.parameters())
     model.discriminator_step(real_A, real_B, fake_A, fake_B)
-    assert all(p.grad is not None for d in model.discriminators() for p in d.parameters())
+    assert all(p.grad is not None for d in discriminators(model) for p in d.parameters())
     after = [p.grad for name in ("G_AB", "G_BA") for p in model.networks[name].parameters()]
     assert all(torch.equal(a, b) for a, b in zip(g_grads, after))
 
 
 def test_loss_terms_follow_the_paper(registry):
     variant = tiny(registry, generator={"dropout": 0.0}, image_pool={"name": "none"})
-    model = build_model(variant, CPU)
+    model = build_method(variant, CPU)
     G_AB, G_BA, D_A, D_B = (copy.deepcopy(model.networks[n]) for n in ("G_AB", "G_BA", "D_A", "D_B"))
     real_A, real_B = batch(1)
-    terms = dict(zip(LOSS_TERMS, model.train_step(real_A, real_B, LossWeights(1.0, 10.0, 5.0)).tolist()))
+    terms = step(model, real_A, real_B)
     with torch.no_grad():
         fake_B, fake_A = G_AB(real_A), G_BA(real_B)
         mse_to = lambda pred, label: F.mse_loss(pred, torch.full_like(pred, label)).item()  # noqa: E731
@@ -106,10 +119,10 @@ def test_loss_terms_follow_the_paper(registry):
 
 def test_a_relativistic_loss_gets_the_real_scores_in_the_generator_step_and_trains(registry, tmp_path):
     variant = tiny(registry, gan_loss={"name": "ralsgan"}, generator={"dropout": 0.0}, image_pool={"name": "none"})
-    model = build_model(variant, CPU)
+    model = build_method(variant, CPU)
     G_AB, D_B = copy.deepcopy(model.networks["G_AB"]), copy.deepcopy(model.networks["D_B"])
     real_A, real_B = batch(3)
-    terms = dict(zip(LOSS_TERMS, model.train_step(real_A, real_B, LossWeights(1.0, 10.0, 5.0)).tolist()))
+    terms = step(model, real_A, real_B)
     with torch.no_grad():
         judged_fake, judged_real = D_B(G_AB(real_A)), D_B(real_B)
         expected = ((judged_fake - judged_real.mean() - 1) ** 2).mean() + ((judged_real - judged_fake.mean() + 1) ** 2).mean()
@@ -120,11 +133,11 @@ def test_a_relativistic_loss_gets_the_real_scores_in_the_generator_step_and_trai
 
 def test_a_regulariser_is_logged_as_its_own_unhalved_term(registry):
     variant = tiny(registry, gan_loss={"name": "wgangp"}, generator={"dropout": 0.0}, image_pool={"name": "none"})
-    model = build_model(variant, CPU)
+    model = build_method(variant, CPU)
     G_BA, D_A = copy.deepcopy(model.networks["G_BA"]), copy.deepcopy(model.networks["D_A"])
     real_A, real_B = batch(4)
     torch.manual_seed(7)  # the penalty's interpolation is the only random draw of the step; D_A's comes first
-    terms = dict(zip(LOSS_TERMS, model.train_step(real_A, real_B, LossWeights(1.0, 10.0, 5.0)).tolist()))
+    terms = step(model, real_A, real_B)
     fake_A = G_BA(real_B).detach()
     with torch.no_grad():
         assert terms["D_A"] == pytest.approx(0.5 * (D_A(fake_A).mean() - D_A(real_A).mean()).item(), rel=1e-5)
@@ -179,7 +192,7 @@ def test_a_loss_weight_schedule_can_change_within_an_epoch(tmp_path):
 
 
 def test_each_discriminator_has_its_own_gan_loss_instance(registry):
-    model = build_model(tiny(registry), CPU)
+    model = build_method(tiny(registry), CPU)
     assert model.gan_loss_A is not model.gan_loss_B and type(model.gan_loss_A) is type(model.gan_loss_B)
 
 
@@ -192,14 +205,14 @@ def count_generator_images(model) -> dict[str, int]:
 
 
 def test_identity_loss_is_skipped_when_its_weight_is_zero(registry):
-    model = build_model(tiny(registry), CPU)
+    model = build_method(tiny(registry), CPU)
     seen = count_generator_images(model)
     real_A, real_B = batch()
-    terms = dict(zip(LOSS_TERMS, model.train_step(real_A, real_B, LossWeights(1.0, 10.0, 0.0)).tolist()))
+    terms = {name: value.item() for name, value in model.generator_step(real_A, real_B, LossWeights(1.0, 10.0, 0.0))[2].items()}
     assert terms["idt_A"] == terms["idt_B"] == 0.0
     assert sum(seen["G_AB"]) == sum(seen["G_BA"]) == 2 * len(real_A)  # a fake and a cycle each
     seen["G_AB"].clear(), seen["G_BA"].clear()
-    model.train_step(real_A, real_B, LossWeights(1.0, 10.0, 5.0))
+    step(model, real_A, real_B)
     assert sum(seen["G_AB"]) == sum(seen["G_BA"]) == 3 * len(real_A)  # and an identity each
 
 
@@ -209,12 +222,12 @@ def test_per_image_norms_share_calls_and_give_the_same_update_as_separate_calls(
     rounding (1e-5 of the network's largest gradient entry). Gradients, not updated weights: Adam turns the
     ~1e-9 rounding noise in the gradient of a bias that instance norm cancels into steps of up to lr."""
     variant = tiny(registry, generator={"dropout": 0.0})
-    models = [build_model(variant, CPU) for _ in range(2)]
+    models = [build_method(variant, CPU) for _ in range(2)]
     models[1].load_state_dict(models[0].state_dict())
     models[1].batch_generator_calls = models[1].batch_discriminator_calls = False
     seen = [count_generator_images(model) for model in models]
     real_A, real_B = batch(2)
-    terms = [model.train_step(real_A, real_B, LossWeights(1.0, 10.0, 5.0)) for model in models]
+    terms = [step(model, real_A, real_B) for model in models]
     n = len(real_A)
     assert seen[0] == {"G_AB": [2 * n, n], "G_BA": [3 * n]}
     assert seen[1] == {"G_AB": [n, n, n], "G_BA": [n, n, n]}
@@ -228,7 +241,7 @@ def test_per_image_norms_share_calls_and_give_the_same_update_as_separate_calls(
 def test_a_training_step_reads_nothing_back_to_the_host(registry, monkeypatch):
     """On a GPU, .item(), .tolist(), .cpu(), .numpy() and bool/float/int of a tensor wait for the device.
     The project's code must not call them inside a step (losses are read only at log points)."""
-    model = build_model(tiny(registry, image_pool={"name": "history", "size": 1}), CPU)
+    model = build_method(tiny(registry, image_pool={"name": "history", "size": 1}), CPU)
     ours = (str(REPO / "unpaired"), str(REPO / "plugins"))
     calls = []
 
@@ -244,7 +257,7 @@ def test_a_training_step_reads_nothing_back_to_the_host(registry, monkeypatch):
     for name in ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__"):
         monkeypatch.setattr(torch.Tensor, name, spy(name, getattr(torch.Tensor, name)))
     for seed in range(4):  # the pool fills, then swaps
-        model.train_step(*batch(seed), LossWeights(1.0, 10.0, 5.0))
+        model.train_step(*batch(seed), FIRST_STEP)
     assert calls == []
     # the spy does see such calls, implicit ones included, made from the project's files
     exec(compile("bool(flag) and flag.item()", ours[0] + "/engine.py", "exec"), {"flag": torch.ones(())})
@@ -252,10 +265,10 @@ def test_a_training_step_reads_nothing_back_to_the_host(registry, monkeypatch):
 
 
 def test_batch_norm_keeps_one_call_per_image(registry):
-    model = build_model(tiny(registry, generator_norm={"name": "batch"}, discriminator_norm={"name": "batch"}), CPU)
+    model = build_method(tiny(registry, generator_norm={"name": "batch"}, discriminator_norm={"name": "batch"}), CPU)
     seen = count_generator_images(model)
     real_A, real_B = batch()
-    model.train_step(real_A, real_B, LossWeights(1.0, 10.0, 5.0))
+    step(model, real_A, real_B)
     assert seen == {"G_AB": [len(real_A)] * 3, "G_BA": [len(real_A)] * 3}
 
 
@@ -432,7 +445,7 @@ def test_train_and_translate_from_the_command_line(tmp_path):
         "generator: {name: resnet, n_blocks: 1, ngf: 4}\n"
         "discriminator: {name: pooled, ndf: 4, n_layers: 2}\n"
         "train: {epochs: 1, decay_epochs: 1, num_workers: 0}\n"
-        "eval: {fid: false}\n"
+        "eval: {metrics: []}\n"
     )
     result = run_cli("train", str(spec), "--out", str(tmp_path / "run"), "--quiet")
     assert result.returncode == 0, result.stderr

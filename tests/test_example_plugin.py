@@ -15,7 +15,7 @@ from unpaired.config.resolved import resolve_variant
 from unpaired.plugin_api.registry import Registry
 from unpaired.results.run_folder import RunFolder
 from unpaired.tools.translate import load_generator
-from unpaired.training.parts import build_model
+from unpaired.training.parts import build_method
 from unpaired.training.run import train_run
 
 EXAMPLE = REPO / "examples" / "unpaired-unet"
@@ -53,7 +53,7 @@ def test_example_components_build_and_train(example_installed, tmp_path):
 
     spec = {"data": {"name": "synthetic", "size": 32, "n_train": 4, "n_test": 2},
             "generator": {"name": "unet", "depth": 5, "ngf": 8}, "discriminator": {"name": "sn_patchgan", "ndf": 8, "n_layers": 2},
-            "train": {"epochs": 2, "decay_epochs": 0, "num_workers": 0, "log_every": 1}, "samples": 1, "eval": {"fid": False}}
+            "train": {"epochs": 2, "decay_epochs": 0, "num_workers": 0, "log_every": 1}, "samples": 1, "eval": {"metrics": []}}
     variant = resolve_variant(spec, registry)
     result = train_run(variant, RunFolder(tmp_path), registry, show_progress=False)
     assert result.status == "finished" and result.steps == 8, result.error
@@ -62,7 +62,7 @@ def test_example_components_build_and_train(example_installed, tmp_path):
     trained, crop = load_generator(RunFolder(tmp_path).generator_path("AtoB"), "AtoB", registry)
     assert trained.__class__.__module__ == "unpaired_unet.plugin" and crop == 32
     torch.manual_seed(0)
-    initial = build_model(variant, torch.device("cpu")).networks["G_AB"].state_dict()  # the same seed's starting weights
+    initial = build_method(variant, torch.device("cpu")).networks["G_AB"].state_dict()  # the same seed's starting weights
     changed = [key for key, value in trained.state_dict().items() if value.is_floating_point() and not torch.equal(value, initial[key])]
     assert changed, "training did not change the U-Net's weights"
 
@@ -130,7 +130,7 @@ def test_a_component_breaking_its_contract_is_named_before_any_training_step(mak
     registry = Registry.from_entry_points()
     spec = {"data": {"name": "synthetic", "size": 32, "n_train": 4, "n_test": 2}, "generator": {"name": "resnet", "n_blocks": 1, "ngf": 4},
             "discriminator": {"name": "patchgan", "ndf": 4, "n_layers": 2}, "train": {"epochs": 1, "decay_epochs": 0, "num_workers": 0},
-            "samples": 1, "eval": {"fid": False}, **changes}
+            "samples": 1, "eval": {"metrics": []}, **changes}
     result = train_run(resolve_variant(spec, registry), RunFolder(tmp_path), registry, show_progress=False)
     assert result.status == "failed" and result.error.startswith("ContractError: ") and message in result.error, result.error
     assert RunFolder(tmp_path).latest_checkpoint() is None and not (tmp_path / "history.json").exists()
@@ -165,14 +165,14 @@ KEPT_WEIGHTS = """
 
 
 def test_a_plugin_network_part_can_keep_its_initial_weights(make_distribution):
-    from unpaired.training.parts import build_model
+    from unpaired.training.parts import build_method
 
     make_distribution("kept-weights", "1.0", {"kept": "kept_weights"}, {"kept_weights.py": KEPT_WEIGHTS})
     registry = Registry.from_entry_points()
     for keep in (True, False):
         spec = {"data": {"name": "synthetic", "size": 32}, "generator": {"name": "pretrained", "keep": keep}}
         torch.manual_seed(0)
-        generator = build_model(resolve_variant(spec, registry), torch.device("cpu")).networks["G_AB"]
+        generator = build_method(resolve_variant(spec, registry), torch.device("cpu")).networks["G_AB"]
         assert torch.equal(generator.backbone.weight, torch.full_like(generator.backbone.weight, 0.5)) == keep
         assert generator.head.weight.abs().max() < 0.1 and (generator.head.bias == 0).all()  # N(0, 0.02), not PyTorch's init
 

@@ -15,6 +15,7 @@ from unpaired.plugin_api.registry import (
 )
 
 BUILTINS = {
+    "method": {"cyclegan"},
     "generator": {"resnet"},
     "discriminator": {"patchgan", "pooled"},
     "norm": {"instance", "batch", "none"},
@@ -23,6 +24,7 @@ BUILTINS = {
     "loss_weights": {"constant", "identity_decay"},
     "dataset": {"folder", "synthetic"},
     "feature_extractor": {"inception"},
+    "metric": {"fid", "kid"},
 }
 
 PLUGIN_WITH_RESNET = """
@@ -168,7 +170,7 @@ def test_plugins_command_lists_every_builtin_with_origin_parameters_and_descript
     assert "n_blocks=9  ngf=64  dropout=0.0  padding='reflect'" in out
     assert "size=50  swap_probability=0.5" in out
     defaults = [line.split()[0] for line in out.splitlines() if line.endswith("[default]")]
-    assert defaults == ["resnet", "patchgan", "instance", "lsgan", "history", "constant", "inception"]  # the paper's choices
+    assert defaults == ["cyclegan", "resnet", "patchgan", "instance", "lsgan", "history", "constant", "inception", "fid", "kid"]  # the paper's choices
 
     listing = json.loads(run_cli("plugins", "--json").stdout)
     found = {(c["kind"], c["name"]) for c in listing["components"]}
@@ -239,3 +241,16 @@ def test_a_qualified_name_picks_one_of_two_claimants_and_survives_a_round_trip(m
     variant = resolve_variant({"data": {"name": "synthetic", "size": 32}}, registry)
     assert variant.generator.as_dict()["name"] == "unpaired:resnet" and variant.generator.component.distribution == "unpaired"
     assert resolve_variant(variant.as_dict(), registry).as_dict() == variant.as_dict()
+
+
+def test_a_qualified_name_of_the_same_component_gives_the_same_run_id(make_distribution):
+    """Following the conflict message's advice (``dist:name``) used to change the run id, so finished runs retrained."""
+    make_distribution("acme-gans", "1.0", {"acme": "acme_gans"}, {"acme_gans.py": PLUGIN_WITH_RESNET})
+    registry = Registry.from_entry_points()
+    from unpaired.config.resolved import resolve_variant
+
+    base = {"data": {"name": "synthetic", "size": 32}, "eval": {"metrics": []}}
+    plain, qualified = (resolve_variant({**base, "generator": {"name": name}}, registry) for name in ("tiny", "acme-gans:tiny"))
+    assert plain.run_id == qualified.run_id and qualified.generator.name == "acme-gans:tiny"
+    builtin, theirs = (resolve_variant({**base, "generator": {"name": f"{d}:resnet"}}, registry) for d in ("unpaired", "acme-gans"))
+    assert builtin.run_id != theirs.run_id  # two components of one name are two identities

@@ -74,7 +74,7 @@ def test_a_study_logged_to_a_real_tracking_server(mlflow_server, tmp_path, monke
 
 
 def test_an_interrupted_run_resumes_into_the_same_mlflow_run(tmp_path):
-    study = load_study(write_study(tmp_path / "resumed.yaml", "resumed", base={"eval": {"fid": False}, "train": {"epochs": 2, "log_every": 1}}), Registry.from_entry_points())
+    study = load_study(write_study(tmp_path / "resumed.yaml", "resumed", base={"eval": {"metrics": []}, "train": {"epochs": 2, "log_every": 1}}), Registry.from_entry_points())
     out = tmp_path / "out"
     registry = Registry.from_entry_points()
     with registry.listening(AtStep(6, send_sigint)):
@@ -97,7 +97,7 @@ def test_an_interrupted_run_resumes_into_the_same_mlflow_run(tmp_path):
 
 def test_epochs_trained_again_after_a_crash_are_logged_once(tmp_path):
     """With checkpoint_every: 2 a crash in epoch 2 loses epoch 1; it is trained again (identically) but not logged twice."""
-    base = {"eval": {"fid": False}, "train": {"epochs": 2, "log_every": 1, "checkpoint_every": 2}}
+    base = {"eval": {"metrics": []}, "train": {"epochs": 2, "log_every": 1, "checkpoint_every": 2}}
     study = load_study(write_study(tmp_path / "relogged.yaml", "relogged", base=base), Registry.from_entry_points())
     registry = Registry.from_entry_points()
     run = lambda: run_study(study, tmp_path / "out", registry, select_runs(study, None, None), show_progress=False, announce=lambda _: None)  # noqa: E731
@@ -115,7 +115,7 @@ def test_epochs_trained_again_after_a_crash_are_logged_once(tmp_path):
 
 def test_an_unreachable_server_stops_the_study_before_training(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
-    result = run_cli("run", str(write_study(tmp_path / "s.yaml", "offline", base={"eval": {"fid": False}})), "--out", str(tmp_path / "out"))
+    result = run_cli("run", str(write_study(tmp_path / "s.yaml", "offline", base={"eval": {"metrics": []}})), "--out", str(tmp_path / "out"))
     assert result.returncode == 1
     assert "the MLflow tracking server http://127.0.0.1:9 is unreachable" in result.stderr
     assert not (tmp_path / "out").exists()
@@ -133,7 +133,7 @@ def test_summary_statistics_match_a_hand_computed_example():
         [{"variant": v, "seed": s, "run_id": v, "planned_seeds": 3, "fid_mean": x}
          for v, values in HAND_MADE.items() for s, x in enumerate(values)]
     )
-    table = summarize(runs, "fid_mean", baseline="base")
+    table = summarize(runs, "fid_mean", baseline="base", lower_better=True)
     assert list(table.index) == ["base", "deep", "wide"]
     assert table.loc["base", "mean"] == 12.0 and table.loc["base", "std"] == pytest.approx(2.0)
     assert table.loc["wide", "mean"] == 20.5 and table.loc["wide", "std"] == pytest.approx(math.sqrt(0.5))
@@ -145,9 +145,9 @@ def test_summary_statistics_match_a_hand_computed_example():
     assert "wide (incomplete: 2/3 seeds)" in text and "20.500 ± 0.707" in text and "+8.500 [" in text
     assert render(table, "fid_mean", "markdown").splitlines()[2] == "| 1 | base (baseline) | 12.000 ± 2.000 | [7.032, 16.968] | 3 |  |  | baseline |"
     with pytest.raises(UsageError, match="no metric 'fid' in the finished runs; available: fid_mean"):
-        summarize(runs, "fid", baseline="base")
+        summarize(runs, "fid", baseline="base", lower_better=True)
     runs["psnr"] = runs["fid_mean"]  # a metric where higher is better ranks the other way
-    assert list(summarize(runs, "psnr", baseline="base")["rank"]) == [1, 2, 2]
+    assert list(summarize(runs, "psnr", baseline="base", lower_better=False)["rank"]) == [1, 2, 2]
 
 
 def test_compare_command_reads_the_runs_from_mlflow(tmp_path):

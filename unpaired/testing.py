@@ -35,14 +35,14 @@ from unpaired import __version__, hookimpl
 from unpaired.config.overrides import merge, set_path
 from unpaired.config.resolved import ResolvedVariant, resolve_variant
 from unpaired.config.spec import component_slots
-from unpaired.evaluation.fid import FeatureExtractor
+from unpaired.evaluation.features import FeatureExtractor
 from unpaired.plugin_api.components import Choice, Component, ComponentKind, TrainingProgress
 from unpaired.plugin_api.data import Domain, Split, Transform, UnpairedData
 from unpaired.plugin_api.registry import Registry
 from unpaired.results.files import atomic_save, load_tensors
 from unpaired.training.contracts import ContractError, check_contracts, describe_component
-from unpaired.training.cyclegan import LOSS_TERMS
-from unpaired.training.parts import build_model
+from unpaired.training.parts import build_method, runtime_of
+from unpaired.training.watch import LossWatch
 
 PROBE_DATASET = "unpaired-testing-images"
 """The dataset the check trains on (unless it checks a dataset): two small images per split and domain."""
@@ -57,7 +57,7 @@ class ComponentCheck:
 
     component: Component
     losses: list[dict[str, float]]
-    """The loss terms of each training step (``LOSS_TERMS`` names); empty for a feature extractor."""
+    """The loss terms of each training step (the method's names); empty for a feature extractor or a metric."""
 
 
 def check_component(kind: ComponentKind, name: str, params: dict[str, Any] | None = None, *,
@@ -71,12 +71,12 @@ def check_component(kind: ComponentKind, name: str, params: dict[str, Any] | Non
     registry = Registry.from_entry_points()
     registry.add_plugin(_ProbePlugin(), f"unpaired:{PROBE_DATASET}", "unpaired", __version__)
     config = {"name": name, **(params or {})}
-    if kind == "feature_extractor":
+    if kind in ("feature_extractor", "metric"):
         choice = registry.resolve(kind, config)
-        _check_extractor(choice, size)
+        (_check_extractor if kind == "feature_extractor" else _check_metric)(choice, size)
         return ComponentCheck(choice.component, [])
     path = next(path for path, slot in component_slots().items() if slot.kind == kind and slot.fallback is None)
-    base = {"data": {"name": PROBE_DATASET, "size": size}, "samples": 1, "eval": {"fid": False},
+    base = {"data": {"name": PROBE_DATASET, "size": size}, "samples": 1, "eval": {"metrics": []},
             "train": {"device": "cpu", "num_workers": 0, "epochs": 1, "decay_epochs": 0}}
     spec = set_path(merge(base, variant or {}), path, config)
     resolved = resolve_variant(spec, registry, source=f"check_component({kind!r}, {name!r})")
@@ -93,19 +93,20 @@ def _train(variant: ResolvedVariant, data: UnpairedData, who: str) -> list[dict[
     """Two training steps on the first pairs, after the contract probe; every loss finite, every network changed."""
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        model = build_model(variant, torch.device("cpu"))
-        check_contracts(model, variant, data.transform.crop_size)
-        schedule, order = variant.loss_weights.build(), torch.Generator().manual_seed(0)
-        before = {name: [p.detach().clone() for p in net.parameters()] for name, net in model.networks.items()}
+        cpu = torch.device("cpu")
+        method = build_method(variant, cpu)
+        check_contracts(method, variant, data.transform.crop_size, runtime_of(variant, cpu))
+        watch, order = LossWatch(method.loss_terms, cpu, describe_component(variant.method, "method")), torch.Generator().manual_seed(0)
+        before = {name: [p.detach().clone() for p in net.parameters()] for name, net in method.networks.items()}
         losses = []
         for step in range(STEPS):
             real_A, real_B = (image[None] for image in data.train_pair(step, order))
-            weights = schedule.at_step(TrainingProgress(epoch=0, step=step + 1, steps_per_epoch=STEPS, total_epochs=1))
-            losses.append(dict(zip(LOSS_TERMS, model.train_step(real_A, real_B, weights).tolist())))
+            progress = TrainingProgress(epoch=0, step=step + 1, steps_per_epoch=STEPS, total_epochs=1)
+            losses.append(dict(zip(method.loss_terms, watch.record(method.train_step(real_A, real_B, progress)).tolist())))
     bad = [f"{term} at step {step + 1}" for step, terms in enumerate(losses) for term, value in terms.items() if not np.isfinite(value)]
     if bad:
         raise ContractError(f"training with {who} gave non-finite losses: {', '.join(bad)}")
-    for name, network in model.networks.items():
+    for name, network in method.networks.items():
         trainable = [(old, new) for old, new in zip(before[name], network.parameters()) if new.requires_grad]
         if trainable and all(torch.equal(old, new) for old, new in trainable):
             raise ContractError(f"training with {who} changed none of {name}'s parameters: its losses reach no weight "
@@ -162,6 +163,20 @@ def _check_extractor(choice: Choice, size: int) -> None:
         raise ContractError(f"{who} must give finite features (N, D), one row per image; it gave {tuple(together.shape)}")
     if not torch.allclose(together, apart, rtol=1e-3, atol=1e-4 * float(together.abs().max())):
         raise ContractError(f"{who} must give an image the same features alone as in a batch (use eval mode; no batch statistics)")
+
+
+def _check_metric(choice: Choice, size: int) -> None:
+    """A finite score of two sets of random inputs (features, or images when it compares images), the same twice."""
+    who = describe_component(choice, "metric")
+    metric = choice.build()
+    make = (lambda seed: torch.rand(8, 16, generator=torch.Generator().manual_seed(seed))) if metric.uses_features else \
+        (lambda seed: torch.randint(0, 256, (8, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed)))
+    real, fake = make(0), make(1)
+    first, second = metric.compute(real, fake), metric.compute(real, fake)
+    if not np.isfinite(first.value):
+        raise ContractError(f"{who} must give a finite score for ordinary inputs; it gave {first.value}")
+    if first != second:
+        raise ContractError(f"{who} must be deterministic: the same inputs gave {first.value} and then {second.value}")
 
 
 class _ProbeImagesParams(BaseModel):

@@ -68,7 +68,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     execution = study.spec.execution.model_copy(update={k: v for k, v in overrides.items() if v is not None})
     if args.address and execution.executor != "ray":
         raise UsageError("--address names a Ray cluster: add --executor ray (or execution: {executor: ray} in the study)")
-    with registry.listening(ReportWriter(registry, study.spec.tracking.metric)):  # report.html when the study ends
+    with registry.listening(ReportWriter(registry, study.metric or "fid_mean")):  # report.html when the study ends
         summary = run_study(study, out, registry, runs, jobs=args.jobs, show_progress=not args.quiet,
                             announce=lambda line: print(line, file=sys.stderr), execution=execution, rerun_stale=args.rerun_stale)
     print(summary)
@@ -106,18 +106,21 @@ def cmd_score(args: argparse.Namespace) -> int:
     failed = 0
     for folder in folders:  # one run that cannot be scored does not stop the others
         try:
-            metrics = rescore_run(folder, registry, device, args.epoch)
+            scores = rescore_run(folder, registry, device, args.epoch)
         except UnpairedError as error:
             print(f"error: {folder}: {error}", file=sys.stderr)
             failed += 1
             continue
-        print(f"{folder}: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if not k.endswith("_std")))
+        print(f"{folder}: " + "  ".join(f"{k} {v:.4f}" for k, v in scores.values.items() if not k.endswith("_std")))
+        if scores.problems:
+            print(f"error: {folder}: the scoring failed: {'; '.join(scores.problems)}", file=sys.stderr)
+            failed += 1
     return 1 if failed else 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Rank a study's variants by a metric over seeds, from its MLflow runs or its output folder."""
-    from unpaired.results.compare import finished_runs, plot, render, study_baseline
+    from unpaired.results.compare import finished_runs, lower_is_better, plot, render, study_baseline
     from unpaired.results.mlflow_store import tracking_uri
     from unpaired.results.statistics import summarize
     from unpaired.results.study_folder import is_study_folder
@@ -138,7 +141,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         runs = finished_runs(name, uri)
     if runs.empty:
         raise UsageError(f"study {name!r} has no finished runs yet")
-    table = summarize(runs, args.metric, baseline)
+    table = summarize(runs, args.metric, baseline, lower_is_better(runs, args.metric))
     print(render(table, args.metric, args.format), end="")
     if args.plot:
         plot(table, runs, args.metric, Path(args.plot))
@@ -172,7 +175,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     out = _study_folder(args.study)
     fmt = args.format or ("markdown" if args.out and Path(args.out).suffix.lower() == ".md" else "html")
-    metric = args.metric or read_json(out / INDEX).get("metric", "fid_mean")
+    metric = args.metric or read_json(out / INDEX).get("metric") or "fid_mean"
     path = write_report(out, plugin_registry(), Path(args.out) if args.out else None, fmt, metric, args.seed, pick_device(args.device))
     print(f"report written to {path}")
     return 0

@@ -99,17 +99,18 @@ def cmd_translate(args: argparse.Namespace) -> int:
 
 
 def cmd_fid(args: argparse.Namespace) -> int:
-    """FID and KID between two image folders, pre-processed like test images."""
-    from unpaired.evaluation.fid import FeatureExtractor, score_folders
+    """The default metrics (FID and KID) between two image folders, pre-processed like test images."""
+    from unpaired.config.resolved import ResolvedEval
+    from unpaired.evaluation.scoring import Scorer
     from unpaired.training.runtime import pick_device
 
     registry = plugin_registry()
     params = {**({"weights": args.weights} if args.weights else {}), **parse_params(args.param)}
     config = {"name": args.extractor or registry.default("feature_extractor"), **params}
-    device = pick_device(args.device)
-    extractor = FeatureExtractor(registry.resolve("feature_extractor", config, where="--extractor"), device, args.batch_size)
-    metrics = score_folders(Path(args.first), Path(args.second), args.size, extractor)
-    print(f"FID {metrics['fid']:.4f}   KID {metrics['kid']:.6f} ± {metrics['kid_std']:.6f}")
+    metrics = tuple(registry.resolve("metric", {"name": name}) for name in registry.defaults("metric"))
+    evaluation = ResolvedEval(metrics, 0, args.batch_size, registry.resolve("feature_extractor", config, where="--extractor"), None)
+    scores = Scorer(evaluation, pick_device(args.device)).score_folders(Path(args.first), Path(args.second), args.size)
+    print("   ".join(f"{name} {value:.6g}" for name, value in scores.items()))
     return 0
 
 

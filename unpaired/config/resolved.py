@@ -18,26 +18,42 @@ from typing import Any
 from pydantic import ValidationError
 
 from unpaired.config.documents import read_document
-from unpaired.config.spec import RUNTIME_ONLY_FIELDS, SpecError, TrainConfig, VariantSpec, component_slots
+from unpaired.config.spec import RUNTIME_ONLY_FIELDS, ComponentConfig, SpecError, TrainConfig, VariantSpec, component_slots
 from unpaired.plugin_api.components import Choice
+from unpaired.plugin_api.metrics import method_directions, score_columns
 from unpaired.errors import pydantic_problems
 from unpaired.plugin_api.registry import ComponentError, InvalidParamsError, Registry
 
 
 @dataclass(frozen=True)
 class ResolvedEval:
-    """How the trained generators are scored (see ``EvalConfig``), with the feature extractor chosen."""
+    """How the trained generators are scored (see ``EvalConfig``), with the metrics and the feature extractor chosen."""
 
-    fid: bool
+    metrics: tuple[Choice, ...]
     every: int
     batch_size: int
     feature_extractor: Choice
+    select_best_by: str | None
+    """The score column whose best epoch is kept (with ``every``); None when nothing is scored."""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"metrics": [m.as_dict() for m in self.metrics], "every": self.every, "batch_size": self.batch_size,
+                "select_best_by": self.select_best_by, "feature_extractor": self.feature_extractor.as_dict()}
+
+    def identity(self, extractor_identity: str) -> str:
+        """12 hex digits identifying how scores are made: each metric and the feature extractor, named by distribution
+        and component with all their parameters, and ``extractor_identity`` (what the built extractor says of itself,
+        e.g. its weights file). The test images follow from the data parameters, part of the run id."""
+        made_by = {"metrics": [m.identity() for m in self.metrics], "extractor": self.feature_extractor.identity(),
+                   "extractor_identity": extractor_identity}
+        return _hash(made_by)
 
 
 @dataclass(frozen=True)
 class ResolvedVariant:
     """A validated variant: each component slot with its chosen component and validated parameters."""
 
+    method: Choice
     data: Choice
     generator: Choice
     discriminator: Choice
@@ -50,29 +66,26 @@ class ResolvedVariant:
     samples: int
     eval: ResolvedEval
 
-    _SLOTS = ("data", "generator", "discriminator", "generator_norm", "discriminator_norm", "gan_loss", "loss_weights", "image_pool")
+    _SLOTS = ("method", "data", "generator", "discriminator", "generator_norm", "discriminator_norm", "gan_loss", "loss_weights", "image_pool")
 
     def as_dict(self) -> dict[str, Any]:
         """The resolved variant as plain data: what ``spec.json``, checkpoints and trackers hold, and what
         :func:`resolve_variant` turns back into the same variant."""
-        slots = self._SLOTS
-        evaluation = {"fid": self.eval.fid, "every": self.eval.every, "batch_size": self.eval.batch_size,
-                      "feature_extractor": self.eval.feature_extractor.as_dict()}
-        return {**{slot: getattr(self, slot).as_dict() for slot in slots},
-                "train": self.train.model_dump(mode="json"), "samples": self.samples, "eval": evaluation}
+        return {**{slot: getattr(self, slot).as_dict() for slot in self._SLOTS},
+                "train": self.train.model_dump(mode="json"), "samples": self.samples, "eval": self.eval.as_dict()}
 
     def plugins(self) -> dict[str, str]:
         """Distribution -> version of every package providing one of the variant's components (its provenance)."""
-        chosen = [getattr(self, slot) for slot in self._SLOTS] + [self.eval.feature_extractor]
+        chosen = [getattr(self, slot) for slot in self._SLOTS] + [self.eval.feature_extractor, *self.eval.metrics]
         return {c.component.distribution: c.component.version for c in sorted(chosen, key=lambda c: c.component.distribution)}
 
     def _digest(self, *train_fields_left_out: str) -> str:
-        resolved = self.as_dict()
+        """A hash of what training depends on: each component by distribution and name (so ``dist:name`` and a plain
+        name of the same component agree) with its parameters, and the train fields that change results. Scoring
+        settings are left out: they change the reported numbers, not the trained networks."""
         left_out = RUNTIME_ONLY_FIELDS.union(train_fields_left_out)
-        resolved["train"] = {k: v for k, v in resolved["train"].items() if k not in left_out}
-        del resolved["eval"]  # scoring settings change the reported numbers, not the trained networks
-        canonical = json.dumps(resolved, sort_keys=True, separators=(",", ":"), default=str)
-        return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+        train = {k: v for k, v in self.train.model_dump(mode="json").items() if k not in left_out}
+        return _hash({**{slot: getattr(self, slot).identity() for slot in self._SLOTS}, "train": train, "samples": self.samples})
 
     @property
     def run_id(self) -> str:
@@ -83,6 +96,11 @@ class ResolvedVariant:
     def variant_key(self) -> str:
         """12 hex digits identifying the configuration whatever the seed: the same for every seed of a variant."""
         return self._digest("seed")
+
+
+def _hash(data: Any) -> str:
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 
 def resolve_variant(data: Mapping[str, Any], registry: Registry, source: str = "<spec>", prefix: str = "") -> ResolvedVariant:
@@ -110,15 +128,44 @@ def resolve_variant(data: Mapping[str, Any], registry: Registry, source: str = "
             problems.extend(error.errors)
         except ComponentError as error:
             problems.append((f"{where}.name", str(error)))
+    evaluation, where = spec.eval, ".".join(filter(None, [prefix, "eval"]))
+    metrics = _resolve_metrics(evaluation.metrics, registry, f"{where}.metrics", problems)
+    select_best_by = evaluation.select_best_by
+    if "method" in chosen and metrics:
+        directions = method_directions(chosen["method"].component.factory)
+        columns = [column for metric in metrics for column in score_columns(metric.component.name, directions)]
+        if select_best_by is None:  # the first metric's mean over the directions, or its one direction
+            select_best_by = score_columns(metrics[0].component.name, directions)[-1]
+        elif select_best_by not in columns:
+            problems.append((f"{where}.select_best_by", f"{select_best_by!r} is not a score of this variant; its scores are {', '.join(columns)}"))
     if problems:
         raise SpecError(source, list(dict.fromkeys(problems)))
-    evaluation = spec.eval
+    resolved_eval = ResolvedEval(metrics, evaluation.every, evaluation.batch_size, chosen["eval.feature_extractor"], select_best_by)
     return ResolvedVariant(
         **{path: choice for path, choice in chosen.items() if "." not in path and path != "norm"},
         train=spec.train,
         samples=spec.samples,
-        eval=ResolvedEval(evaluation.fid, evaluation.every, evaluation.batch_size, chosen["eval.feature_extractor"]),
+        eval=resolved_eval,
     )
+
+
+def _resolve_metrics(configs: list[str | ComponentConfig] | None, registry: Registry, where: str,
+                     problems: list[tuple[str, str]]) -> tuple[Choice, ...]:
+    """The metrics ``eval.metrics`` names (each a name or ``{name, **params}``; None: every default metric)."""
+    if configs is None:
+        configs = [{"name": name} for name in registry.defaults("metric")]  # type: ignore[misc]
+    chosen = []
+    for index, config in enumerate(configs):
+        config = {"name": config} if isinstance(config, str) else config if isinstance(config, dict) else config.model_dump()
+        try:
+            chosen.append(registry.resolve("metric", config, where=f"{where}[{index}]"))
+        except InvalidParamsError as error:
+            problems.extend(error.errors)
+        except ComponentError as error:
+            problems.append((f"{where}[{index}]", str(error)))
+    names = [choice.component.name for choice in chosen]
+    problems += [(where, f"metric {name!r} is listed twice") for name in sorted({n for n in names if names.count(n) > 1})]
+    return tuple(chosen)
 
 
 def _get(spec: VariantSpec, path: str) -> Any:

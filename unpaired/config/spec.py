@@ -1,4 +1,4 @@
-"""The variant spec: every choice that defines one CycleGAN training run.
+"""The variant spec: every choice that defines one training run (the method and its components).
 
 A spec is plain data (YAML or JSON). Its own fields are checked by the pydantic models
 here; each component's parameters are checked by that component's own model when the
@@ -73,14 +73,21 @@ class TrainConfig(BaseModel):
 
 
 class EvalConfig(BaseModel):
-    """How trained generators are scored (FID/KID on the full test split, both directions)."""
+    """How trained generators are scored: each metric on the full test split, in each direction the method translates."""
 
     model_config = ConfigDict(extra="forbid")
-    fid: bool = Field(True, description="score FID and KID after training (false: no scoring)")
+    metrics: list[str | ComponentConfig] | None = Field(
+        None, description="the metrics scored after training, each a name or {name, **params}; [] scores nothing; "
+        "left out: every metric marked [default] by `unpaired plugins`"
+    )
     every: int = Field(0, ge=0, description="also score every N epochs and keep the best generators (0: only at the end)")
+    select_best_by: str | None = Field(
+        None, description="with `every`: the score column whose best epoch is kept, e.g. fid_mean (default: the first metric's "
+        "mean over directions, or its one direction)"
+    )
     batch_size: int = Field(25, ge=1, description="images per batch when translating and extracting features")
     feature_extractor: Annotated[ComponentConfig | None, Slot("feature_extractor")] = Field(
-        None, description="the network whose features FID and KID compare; " + DEFAULT_NOTE
+        None, description="the network whose features the metrics compare; " + DEFAULT_NOTE
     )
 
 
@@ -90,9 +97,10 @@ RUNTIME_ONLY_FIELDS = {"device", "num_workers", "checkpoint_every", "sample_ever
 
 
 class VariantSpec(BaseModel):
-    """One CycleGAN training run. Every field left out has the paper's value."""
+    """One training run. Every field left out has the paper's value."""
 
     model_config = ConfigDict(extra="forbid")
+    method: Annotated[ComponentConfig | None, Slot("method")] = Field(None, description="the training method; " + DEFAULT_NOTE)
     data: Annotated[ComponentConfig, Slot("dataset")] = Field(
         description="the two image domains, e.g. {name: folder, root: datasets/horse2zebra}"
     )

@@ -23,6 +23,7 @@ from unpaired.config.overrides import flatten, merge, set_path, with_default_com
 from unpaired.config.resolved import ResolvedVariant, resolve_variant
 from unpaired.config.spec import SpecError, TrainConfig, VariantSpec, component_slots
 from unpaired.errors import pydantic_problems
+from unpaired.plugin_api.metrics import method_directions, score_columns
 from unpaired.plugin_api.registry import ComponentError, Registry
 
 STUDY_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
@@ -35,7 +36,8 @@ class TrackingConfig(BaseModel):
     enabled: bool = Field(True, description="log the study to MLflow")
     uri: str | None = Field(None, description="tracking URI; $MLFLOW_TRACKING_URI wins; default: MLflow's (sqlite:///mlflow.db)")
     log_generators: bool = Field(True, description="attach the final generators to each run as artifacts")
-    metric: str = Field("fid_mean", description="the metric the study report ranks variants by")
+    metric: str | None = Field(None, description="the score the study report ranks variants by (default: the base's first "
+                               "metric, e.g. fid_mean, or the first score every variant has)")
 
 
 class ExecutionConfig(BaseModel):
@@ -100,6 +102,8 @@ class Study:
     source: str
     runs: list[PlannedRun]
     baseline: str
+    metric: str | None
+    """The score the report ranks by: ``tracking.metric``, else the first score the baseline and every variant have."""
 
     @property
     def variant_names(self) -> list[str]:
@@ -179,7 +183,26 @@ def plan_study(data: Any, registry: Registry, source: str = "<study>") -> Study:
     baseline = spec.baseline or names_by_key.get(base.variant_key, names[0])
     if baseline not in names:
         raise SpecError(source, [("baseline", f"no variant named {baseline!r}; the variants are {', '.join(names)}")])
-    return Study(spec, source, runs, baseline)
+    return Study(spec, source, runs, baseline, _ranking_metric(spec, runs, baseline, source))
+
+
+def _ranking_metric(spec: StudySpec, runs: list[PlannedRun], baseline: str, source: str) -> str | None:
+    """``tracking.metric``, or the first score of the baseline that every variant has; a score that only some variants
+    have cannot rank them all (a one-way method has no ``fid_mean``), which is a problem naming them."""
+    columns = {run.variant: score_columns_of(run.resolved) for run in runs}
+    shared = [column for column in columns[baseline] if all(column in have for have in columns.values())]
+    metric = spec.tracking.metric
+    lacking = [variant for variant, have in columns.items() if metric not in have]
+    if metric is not None and lacking and len(lacking) < len(columns):
+        raise SpecError(source, [("tracking.metric", f"{metric!r} is not a score of {', '.join(lacking)}, so it cannot rank every "
+                                  f"variant; the scores all variants have: {', '.join(shared) or 'none'}")])
+    return metric or (shared[0] if shared else None)
+
+
+def score_columns_of(resolved: ResolvedVariant) -> list[str]:
+    """The headline score columns a variant's runs record: each metric in each direction its method translates."""
+    directions = method_directions(resolved.method.component.factory)
+    return [column for metric in resolved.eval.metrics for column in score_columns(metric.component.name, directions)]
 
 
 def _expand(spec: StudySpec, grid: dict[str, list[Any]], registry: Registry, source: str) -> tuple[list[PlannedRun], dict[str, str]]:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from unpaired.config.resolved import resolve_variant
-from unpaired.evaluation.fid import EvaluationError, FeatureExtractor, score_generators
+from unpaired.config.resolved import ResolvedVariant, resolve_variant
+from unpaired.evaluation.features import EvaluationError
+from unpaired.evaluation.scoring import Scorer, Scores
+from unpaired.plugin_api.metrics import method_directions
 from unpaired.plugin_api.registry import Registry
 from unpaired.results.records import ExportedGenerator
 from unpaired.results.run_folder import RunFolder
-from unpaired.training.parts import rebuild_generator
 
 
 def _best_or_final(folder: RunFolder, epoch: int | None) -> bool:
@@ -17,7 +18,7 @@ def _best_or_final(folder: RunFolder, epoch: int | None) -> bool:
     raises when the folder keeps none of that epoch."""
     result = folder.read_result()
     final_epoch = result.epochs if result and result.finished else None
-    best_epoch = result.metrics.get("fid_best_epoch") if result else None
+    best_epoch = result.metrics.get("best_epoch") if result else None
     if epoch is None or epoch == final_epoch:
         best = False
     elif epoch == best_epoch:
@@ -25,24 +26,28 @@ def _best_or_final(folder: RunFolder, epoch: int | None) -> bool:
     else:
         kept = ", ".join(str(int(e)) for e in dict.fromkeys([final_epoch, best_epoch]) if e is not None) or "none (not finished)"
         raise EvaluationError(f"{folder} keeps generators of epoch(s) {kept}, not of epoch {epoch}")
-    if not all(folder.generator_path(direction, best).is_file() for direction in ("AtoB", "BtoA")):
+    if not any(folder.generator_path(direction, best).is_file() for direction in ("AtoB", "BtoA")):
         raise EvaluationError(f"{folder} has no saved generators{' of the best epoch' if best else ''}: has the run finished?")
     return best
 
 
-def rescore_run(folder: RunFolder, registry: Registry, device: torch.device, epoch: int | None = None) -> dict[str, float]:
-    """Score a run folder's saved generators again (e.g. after a crash while scoring, or with another
-    extractor set in its spec.json's eval section) and record the metrics in its result.json."""
+def rescore_run(folder: RunFolder, registry: Registry, device: torch.device, epoch: int | None = None,
+                variant: ResolvedVariant | None = None) -> Scores:
+    """Score a run folder's saved generators again and record the scores in its result.json: after a crash while
+    scoring, or under another evaluation (``variant``: the study's variant now, whose ``eval`` may differ from the
+    one in the folder's spec.json; default: that spec's)."""
     best = _best_or_final(folder, epoch)
-    variant = resolve_variant(folder.read_spec(), registry, source=str(folder.spec_file))
-    extractor = FeatureExtractor(variant.eval.feature_extractor, device, variant.eval.batch_size)
-    G_AB, G_BA = (rebuild_generator(ExportedGenerator.read(folder.generator_path(d, best), d), registry).to(device) for d in ("AtoB", "BtoA"))
-    metrics = score_generators(G_AB, G_BA, variant.data.build(), variant.data.as_dict(), extractor)
+    variant = variant or resolve_variant(folder.read_spec(), registry, source=str(folder.spec_file))
+    directions = method_directions(variant.method.component.factory)
+    generators = {d: ExportedGenerator.read(folder.generator_path(d, best), d).build(registry).to(device)  # type: ignore[arg-type]
+                  for d in directions}
+    scores = Scorer(variant.eval, device).score(generators, variant.data.build(), variant.data.as_dict())
     result = folder.read_result()
     assert result is not None  # _best_or_final found the generators of a run that ended
     if best:
-        result.rescored[str(epoch)] = metrics
+        result.rescored[str(epoch)] = scores.values
     else:
-        result.metrics = {**result.metrics, **metrics}
+        result.metrics = {**{k: v for k, v in result.metrics.items() if k.endswith("_best") or k == "best_epoch"}, **scores.values}
+        result.scoring, result.scoring_problems = scores.scoring, scores.problems
     folder.write_result(result)
-    return metrics
+    return scores

@@ -19,7 +19,7 @@ import torch
 
 from unpaired.config.study import ExecutionConfig, PlannedRun, Study
 from unpaired.errors import StopRequested, UnpairedError, UsageError
-from unpaired.evaluation.fid import FeatureExtractor
+from unpaired.evaluation.features import FeatureExtractor
 from unpaired.execution.local import LocalExecutor
 from unpaired.plugin_api.registry import Registry
 from unpaired.results.lease import LeaseHeld
@@ -86,6 +86,8 @@ class StudySummary:
             self.busy.append((run, f"pid {result.holder.get('pid')} on {result.holder.get('host')}"))
         elif result.reused:  # another process finished it meanwhile
             self.skipped.append(run)
+        elif result.status == "finished" and result.scoring_problems:  # trained, but its numbers cannot be used
+            self.failed.append((run, f"the scoring failed: {'; '.join(result.scoring_problems)}"))
         elif result.status == "finished":
             self.done.append(run)
         elif result.status == "interrupted":
@@ -109,7 +111,7 @@ class StudySummary:
 def preflight(runs: list[PlannedRun]) -> None:
     """Load each FID feature extractor the runs will need, so a missing one stops the study before training."""
     needed = {json.dumps(r.resolved.eval.feature_extractor.as_dict(), sort_keys=True): r.resolved.eval.feature_extractor
-              for r in runs if r.resolved.eval.fid}
+              for r in runs if r.resolved.eval.metrics}
     for key in sorted(needed):
         FeatureExtractor(needed[key], torch.device("cpu"), batch_size=1)
 

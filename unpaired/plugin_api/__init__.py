@@ -1,7 +1,8 @@
 """The contract between the framework and its plugins: everything a plugin author imports.
 
 ``hookspecs`` (the hooks and what each must do), ``components`` (the component kinds and
-the interfaces norms, GAN losses, image pools and loss weights implement), ``data`` (the
+the interfaces norms, GAN losses, image pools and loss weights implement), ``methods`` and
+``metrics`` (the interfaces training methods and metrics implement), ``data`` (the
 interface datasets implement, with image helpers), ``lifecycle`` (what lifecycle hooks
 receive) and ``registry`` (how plugins are found, and their components looked up and built).
 The names a plugin needs are exported here::
@@ -23,8 +24,11 @@ from unpaired.plugin_api.data import (
     load_image,
 )
 from unpaired.plugin_api.lifecycle import RunInfo
+from unpaired.plugin_api.methods import DIRECTIONS, Direction, Method, MethodParts, Runtime, forward_each
+from unpaired.plugin_api.metrics import Metric, Score
 
 __all__ = [
-    "IMAGE_EXTENSIONS", "DataError", "Domain", "GanLoss", "ImagePool", "LossWeightSchedule", "LossWeights", "Norm",
-    "RunInfo", "Split", "TrainingProgress", "Transform", "TransformParams", "UnpairedData", "hookimpl", "list_images", "load_image",
+    "DIRECTIONS", "IMAGE_EXTENSIONS", "DataError", "Direction", "Domain", "GanLoss", "ImagePool", "LossWeightSchedule", "LossWeights",
+    "Method", "MethodParts", "Metric", "Norm", "RunInfo", "Runtime", "Score", "Split", "TrainingProgress", "Transform",
+    "TransformParams", "UnpairedData", "forward_each", "hookimpl", "list_images", "load_image",
 ]

@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from torch import Tensor, nn
 
 REGISTER_HOOKS: dict[str, str] = {
+    "method": "unpaired_register_methods",
     "generator": "unpaired_register_generators",
     "discriminator": "unpaired_register_discriminators",
     "norm": "unpaired_register_norms",
@@ -27,6 +28,7 @@ REGISTER_HOOKS: dict[str, str] = {
     "loss_weights": "unpaired_register_loss_weights",
     "dataset": "unpaired_register_datasets",
     "feature_extractor": "unpaired_register_feature_extractors",
+    "metric": "unpaired_register_metrics",
 }
 """The component kinds (the one place they are listed), each with the hook that registers them."""
 
@@ -84,6 +86,11 @@ class Choice:
         """``{"name": ..., **every parameter}`` as plain data (what specs, checkpoints and trackers store)."""
         return {"name": self.name, **self.params.model_dump(mode="json")}
 
+    def identity(self) -> dict[str, Any]:
+        """What identifies this choice in a hash: ``distribution:name`` however the spec spelled it, and every parameter."""
+        component = self.component
+        return {"name": f"{component.distribution}:{component.name}", **self.params.model_dump(mode="json")}
+
 
 class Norm(ABC):
     """A normalization layer maker, returned by ``norm`` factories."""
@@ -126,6 +133,13 @@ class GanLoss(ABC):
     def regularizer(self, discriminator: nn.Module, real: Tensor, fake: Tensor) -> Tensor | None:
         """An extra discriminator term such as a gradient penalty; None when there is none."""
         return None
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a loss that keeps state (running averages, ...) needs to continue exactly; saved in checkpoints."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` returned (override both, or neither)."""
 
 
 class ImagePool(ABC):
@@ -192,7 +206,9 @@ class LossWeightSchedule(ABC):
         """The weights in force at one step; by default those of its epoch."""
         return self.at(progress.epoch, progress.total_epochs)
 
-    @property
-    def per_step(self) -> bool:
-        """True when the schedule overrides ``at_step``."""
-        return type(self).at_step is not LossWeightSchedule.at_step
+    def state_dict(self) -> dict[str, Any]:
+        """What a schedule that keeps state (e.g. one adapting to the losses) needs to continue exactly."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` returned (override both, or neither)."""

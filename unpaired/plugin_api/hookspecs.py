@@ -38,6 +38,18 @@ Register = Callable[..., None]
 
 
 @hookspec
+def unpaired_register_methods(register: Register) -> None:
+    """Register training methods (CycleGAN, ...): what a variant's ``method`` names.
+
+    ``factory(params, parts: unpaired.plugin_api.methods.MethodParts) -> unpaired.plugin_api.methods.Method``:
+    builds its networks, losses, pools and optimisers from ``parts`` (the spec's components, each
+    built anew per call, and the run's device and precision). The method names its loss terms,
+    returns them from ``train_step`` as a mapping, says which directions it translates and which of
+    its networks translates each, and lists every stateful part for the checkpoint (see ``Method``).
+    """
+
+
+@hookspec
 def unpaired_register_generators(register: Register) -> None:
     """Register generators.
 
@@ -119,6 +131,16 @@ def unpaired_register_feature_extractors(register: Register) -> None:
     weights are missing), the factory raises with a message that says how to get them.
     Real-image features are cached per extractor parameters; a module whose features depend
     on more (a weights file read from the environment) says what in ``cache_identity: str``.
+    """
+
+
+@hookspec
+def unpaired_register_metrics(register: Register) -> None:
+    """Register metrics of translated test images (FID, KID, ...): what ``eval.metrics`` names.
+
+    ``factory(params) -> unpaired.plugin_api.metrics.Metric``: says whether lower is better and whether it
+    compares feature rows (of ``eval.feature_extractor``, in float32) or uint8 images, and computes one
+    ``Score`` per direction the method translates, from the whole test split.
     """
 
 

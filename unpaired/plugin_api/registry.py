@@ -225,6 +225,11 @@ class Registry:
         raise UnknownComponentError(f"no plugin registers a default {kind}: name one in the spec; one of: "
                                     f"{', '.join(self.names(kind)) or '(none)'}.{self._not_loaded()}")
 
+    def defaults(self, kind: ComponentKind) -> list[str]:
+        """Every component of ``kind`` registered with ``default=True``, by name: for kinds a spec lists several
+        of (metrics), where each plugin may add its own to the defaults."""
+        return [c.name for c in self.components(kind) if c.default]
+
     def resolve(self, kind: ComponentKind, config: Mapping[str, Any], where: str | None = None) -> Choice:
         """Look up ``config['name']`` and validate the other keys with the component's parameter model.
 

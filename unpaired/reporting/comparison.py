@@ -10,11 +10,11 @@ from unpaired.plugin_api.data import to_uint8
 from unpaired.plugin_api.registry import Registry
 from unpaired.reporting.figures import image_grid
 from unpaired.results.files import CorruptFileError
-from unpaired.results.records import NETWORK_OF_DIRECTION, Direction, ExportedGenerator
+from unpaired.plugin_api.methods import DIRECTIONS, SOURCE_DOMAIN, Direction
+from unpaired.results.records import ExportedGenerator
 from unpaired.results.study_results import RunRecord, StudyResults
-from unpaired.training.parts import rebuild_generator
 from unpaired.training.runtime import stop_requested
-from unpaired.training.samples import SOURCE_DOMAIN, showcase_inputs, translate
+from unpaired.training.samples import showcase_inputs, translate
 
 
 @dataclass
@@ -38,7 +38,7 @@ def visual_comparison(results: StudyResults, registry: Registry, seed: int, devi
     if spec is None:
         return None
     data = registry.resolve("dataset", spec["data"], where="data").build()
-    inputs = {direction: showcase_inputs(data, direction) for direction in NETWORK_OF_DIRECTION}
+    inputs = {direction: showcase_inputs(data, direction) for direction in DIRECTIONS}
     sizes = {direction: data.size("test", source) for direction, source in SOURCE_DOMAIN.items()}
     comparison = VisualComparison(seed, {d: indices for d, (indices, _) in inputs.items()}, sizes)
     runs = {variant: next((r for r in results.of_variant(variant) if r.seed == seed and r.finished), None) for variant in results.variants}
@@ -70,5 +70,5 @@ def _translated(run: RunRecord, registry: Registry, direction: Direction, indice
         return None, "no generators"
     if stop_requested():
         return None, "not translated: a stop was requested"
-    generator = rebuild_generator(ExportedGenerator.read(folder.generator_path(direction), direction), registry).to(device)
+    generator = ExportedGenerator.read(folder.generator_path(direction), direction).build(registry).to(device)
     return translate(generator, images, device), ""

@@ -16,7 +16,7 @@ from unpaired.errors import UsageError
 from unpaired.plugin_api.registry import Registry
 from unpaired.reporting.comparison import VisualComparison, visual_comparison
 from unpaired.reporting.figures import metric_plot, training_curves
-from unpaired.results.compare import table_rows
+from unpaired.results.compare import lower_is_better, table_rows
 from unpaired.results.statistics import ALPHA, CONFIDENCE, RUN_COLUMNS, summarize
 from unpaired.results.study_results import StudyResults
 
@@ -89,7 +89,7 @@ def build_report(results: StudyResults, registry: Registry, metric: str = "fid_m
 
 
 def _section(runs: pd.DataFrame, metric: str, baseline: str | None) -> MetricSection:
-    table = summarize(runs, metric, baseline)
+    table = summarize(runs, metric, baseline, lower_is_better(runs, metric))
     header, rows = table_rows(table, metric)
     return MetricSection(metric, METRIC_TITLES.get(metric, metric), table, header, rows)
 

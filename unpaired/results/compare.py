@@ -37,7 +37,16 @@ def finished_runs(study_name: str, uri: str | None) -> pd.DataFrame:
     metrics = runs[[c for c in runs.columns if c.startswith("metrics.")]].rename(columns=lambda c: c.removeprefix("metrics."))
     table = pd.concat([table, metrics], axis=1)
     # a variant x seed trained twice (e.g. after its spec changed) counts once: the latest
-    return table.sort_values("start_time").drop_duplicates(["variant", "seed"], keep="last").drop(columns="start_time")
+    table = table.sort_values("start_time").drop_duplicates(["variant", "seed"], keep="last").drop(columns="start_time")
+    table.attrs["lower_is_better"] = {column: better for tags in runs.get("tags.unpaired.lower_is_better", pd.Series(dtype=object)).dropna()
+                                      for column, better in json.loads(tags).items()}
+    return table
+
+
+def lower_is_better(runs: pd.DataFrame, column: str) -> bool:
+    """Whether a smaller ``column`` is better, as the metric that made it says (``runs.attrs``); a column no metric
+    made is a loss term, which training minimises."""
+    return bool(runs.attrs.get("lower_is_better", {}).get(column, True))
 
 
 def _number(value: float, digits: int = 3) -> str:

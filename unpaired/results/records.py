@@ -13,16 +13,28 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from torch import nn
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from unpaired.errors import InputError, Interrupted, StopRequested, UnpairedError
+from unpaired.plugin_api.methods import Direction
+from unpaired.plugin_api.registry import Registry
 from unpaired.results.files import CorruptFileError, load_tensors
 
-CHECKPOINT_FORMAT = 2
+CHECKPOINT_FORMAT = 3
 GENERATOR_FORMAT = 2
-Direction = Literal["AtoB", "BtoA"]
-NETWORK_OF_DIRECTION: dict[Direction, str] = {"AtoB": "G_AB", "BtoA": "G_BA"}
-"""The network of each direction, as a checkpoint's ``model["networks"]`` names them."""
+
+
+class Scoring(BaseModel):
+    """What produced a run's scores: the evaluation's identity, its feature extractor, and which way each score is better."""
+
+    model_config = ConfigDict(extra="forbid")
+    identity: str
+    """Hash of the metrics and the feature extractor, with all their parameters (``ResolvedEval.identity``)."""
+    extractor: str
+    """The feature extractor by name, as reports head its scores."""
+    lower_is_better: dict[str, bool]
+    """Each headline score column (``fid_a2b``, ``fid_mean``, ...) -> whether smaller is better."""
 
 
 class RunResult(BaseModel):
@@ -40,7 +52,11 @@ class RunResult(BaseModel):
     final_losses: dict[str, float] = {}
     """The last epoch's mean loss terms."""
     metrics: dict[str, float] = {}
-    """FID/KID of the final generators (and the best epoch's when scored during training)."""
+    """The scores of the final generators (and the best epoch's when scored during training), by column."""
+    scoring: Scoring | None = None
+    """What produced ``metrics``; None when nothing was scored."""
+    scoring_problems: list[str] = []
+    """Scores that came out NaN or infinite: the scoring failed (the run trained)."""
     rescored: dict[str, dict[str, float]] = {}
     """Metrics of the best epoch's generators scored again by ``unpaired score --epoch``, by epoch."""
     threads: int | None = None
@@ -99,15 +115,17 @@ class Checkpoint:
     crop_size: int
     state: TrainingState
     model: dict[str, Any]
-    """``CycleGAN.state_dict()``: networks, optimisers, grad scaler, image pools."""
+    """``Method.state_dict()``: the method's networks and every other stateful part (optimisers, pools, losses, ...)."""
     rng: dict[str, Any]
     """Every global RNG's state."""
     threads: int
     """The CPU threads the run trained with: on a CPU the numbers depend on it, so a resume uses the same."""
+    translators: dict[str, str]
+    """Direction -> the name of the network in ``model["networks"]`` that translates it."""
 
     def to_file(self) -> dict[str, Any]:
-        content = {"run_id": self.run_id, "spec": self.spec, "crop_size": self.crop_size,
-                   "state": vars(self.state), "model": self.model, "rng": self.rng, "threads": self.threads}
+        content = {"run_id": self.run_id, "spec": self.spec, "crop_size": self.crop_size, "state": vars(self.state),
+                   "model": self.model, "rng": self.rng, "threads": self.threads, "translators": self.translators}
         return {"format": CHECKPOINT_FORMAT, "checksum": checksum(content), **content}
 
     @classmethod
@@ -122,7 +140,7 @@ class Checkpoint:
         _check_checksum(path, stored.get("checksum"), content, "checkpoint")
         try:
             return cls(content["run_id"], content["spec"], content["crop_size"], TrainingState(**content["state"]), content["model"],
-                       content["rng"], content["threads"])
+                       content["rng"], content["threads"], content["translators"])
         except (KeyError, TypeError) as error:
             raise CorruptFileError(path, f"is not a complete checkpoint ({type(error).__name__}: {error})") from None
 
@@ -139,6 +157,13 @@ class ExportedGenerator:
     crop_size: int
     state_dict: dict[str, torch.Tensor]
 
+    def build(self, registry: Registry) -> nn.Module:
+        """The trained generator, rebuilt from its component and weights, in eval mode on the CPU."""
+        norm = registry.build("norm", self.norm)
+        generator = registry.build("generator", self.generator, norm)
+        generator.load_state_dict(self.state_dict)
+        return generator.eval()
+
     def to_file(self) -> dict[str, Any]:
         return {"format": GENERATOR_FORMAT, "checksum": checksum(vars(self)), **vars(self)}
 
@@ -148,10 +173,11 @@ class ExportedGenerator:
         stored = _load(path, "exported generator or checkpoint")
         if isinstance(stored.get("model"), dict):
             checkpoint = Checkpoint.from_file(path, stored)
-            networks = checkpoint.model["networks"]
+            if direction not in checkpoint.translators:
+                raise InputError(f"{path} is a checkpoint of a method that translates only {', '.join(checkpoint.translators)}, not {direction}")
             spec = checkpoint.spec
             return cls(direction, checkpoint.run_id, spec["generator"], spec["generator_norm"], checkpoint.crop_size,
-                       networks[NETWORK_OF_DIRECTION[direction]])
+                       checkpoint.model["networks"][checkpoint.translators[direction]])
         _check_format(path, stored, GENERATOR_FORMAT, "exported generator")
         stored = {k: v for k, v in stored.items() if k != "format"}
         _check_checksum(path, stored.pop("checksum", None), stored, "exported generator")

@@ -21,14 +21,8 @@ from unpaired.errors import UsageError
 
 CONFIDENCE = 0.95
 ALPHA = 0.05
-LOWER_IS_BETTER = ("fid", "kid", "cycle", "idt", "G_adv", "D_")
-"""Metric name prefixes where lower is better; any other metric ranks higher first."""
-RUN_COLUMNS = ("variant", "seed", "run_id", "planned_seeds")
+RUN_COLUMNS = ("variant", "seed", "run_id", "planned_seeds", "scoring_failed")
 """The columns of a runs table besides its metrics."""
-
-
-def lower_is_better(metric: str) -> bool:
-    return metric.startswith(LOWER_IS_BETTER)
 
 
 def holm(p_values: Sequence[float]) -> list[float]:
@@ -74,34 +68,39 @@ def verdict(delta: float, p_adjusted: float, n: int, n_baseline: int, lower_bett
     return "better" if (delta < 0) == lower_better else "worse"
 
 
-def summarize(runs: pd.DataFrame, metric: str, baseline: str | None) -> pd.DataFrame:
-    """One row per variant that has ``metric`` in at least one finished run (``runs``: one row per run with
-    ``variant``, ``planned_seeds`` and metric columns), ranked best first; see the module docstring."""
+def summarize(runs: pd.DataFrame, metric: str, baseline: str | None, lower_better: bool) -> pd.DataFrame:
+    """One row per variant with a scored run (``runs``: one row per finished run with ``variant``, ``planned_seeds``,
+    ``scoring_failed`` and metric columns), ranked best first (``lower_better``: as the metric that made the column says; see the module
+    docstring). A NaN or infinite score is a failed scoring: it is left out of the statistics, and a variant with no
+    finite score stays in the table, last, with ``n`` 0 and the verdict saying so."""
     if metric not in runs.columns:
         available = sorted(c for c in runs.columns if c not in RUN_COLUMNS)
         raise UsageError(f"no metric {metric!r} in the finished runs; available: {', '.join(available) or 'none'}")
-    lower_better = lower_is_better(metric)
-    values = {name: group[metric].dropna().tolist() for name, group in runs.groupby("variant", sort=False)}
-    values = {name: v for name, v in values.items() if v}
+    finite = runs[metric].map(lambda v: isinstance(v, (int, float)) and math.isfinite(v))
+    failed = runs["scoring_failed"] if "scoring_failed" in runs.columns else pd.Series(False, index=runs.index)
+    values = {name: group.loc[finite[group.index], metric].tolist() for name, group in runs.groupby("variant", sort=False)
+              if finite[group.index].any() or failed[group.index].any()}  # a variant that was never scored is not in the table
     planned = runs.groupby("variant", sort=False)["planned_seeds"].max()
     rows = []
     for name, seeds in values.items():
         low, high = mean_interval(seeds)
-        rows.append({"variant": name, "baseline": name == baseline, "mean": float(np.mean(seeds)),
+        rows.append({"variant": name, "baseline": name == baseline, "mean": float(np.mean(seeds)) if seeds else math.nan,
                      "std": float(np.std(seeds, ddof=1)) if len(seeds) > 1 else math.nan, "ci_low": low, "ci_high": high,
                      "n": len(seeds), "planned": int(planned[name])})
+    if not rows:
+        raise UsageError(f"no finished run has a {metric!r} score")
     table = pd.DataFrame(rows).set_index("variant")
     table["complete"] = table["n"] >= table["planned"]
-    table["rank"] = table["mean"].rank(ascending=lower_better, method="min").astype(int)
-    tests = {name: welch(seeds, values[baseline]) if baseline in values and name != baseline else (math.nan,) * 3
-             for name, seeds in values.items()}
-    table["delta"] = table["mean"] - table.loc[baseline, "mean"] if baseline in values else math.nan
+    table["rank"] = table["mean"].rank(ascending=lower_better, method="min", na_option="bottom").astype(int)
+    has_baseline = bool(values.get(baseline))
+    tests = {name: welch(seeds, values[baseline]) if has_baseline and name != baseline else (math.nan,) * 3 for name, seeds in values.items()}
+    table["delta"] = table["mean"] - table.loc[baseline, "mean"] if has_baseline else math.nan
     table["delta_ci_low"] = [tests[name][0] for name in table.index]
     table["delta_ci_high"] = [tests[name][1] for name in table.index]
     table["p_value"] = [tests[name][2] for name in table.index]
     table["p_holm"] = holm(table["p_value"].tolist())
     n_baseline = len(values.get(baseline, []))
-    table["verdict"] = ["baseline" if name == baseline else
-                        verdict(row.delta, row.p_holm, row.n, n_baseline, lower_better) if baseline in values else "no baseline results"
+    table["verdict"] = ["no finite score: the scoring failed" if row.n == 0 else "baseline" if name == baseline else
+                        verdict(row.delta, row.p_holm, row.n, n_baseline, lower_better) if has_baseline else "no baseline results"
                         for name, row in table.iterrows()]
     return table.sort_values(["rank", "n"], ascending=[True, False])

@@ -43,7 +43,7 @@ def write_index(study: Study, out: Path) -> None:
         "baseline": study.baseline,
         "variants": study.variant_names,
         "seeds": spec.seeds,
-        "metric": spec.tracking.metric,
+        "metric": study.metric,
         "unpaired": __version__,
         "git_commit": git_commit(),
         "runs": [

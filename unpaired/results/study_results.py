@@ -82,9 +82,13 @@ class StudyResults:
         """One row per finished run: ``variant``, ``seed``, ``run_id``, ``planned_seeds`` and its metrics (what
         :func:`unpaired.results.statistics.summarize` takes)."""
         planned = {variant: len(self.of_variant(variant)) for variant in self.variants}
+        finished = [run.result for run in self.runs if run.finished and run.result is not None]
         rows = [{"variant": run.variant, "seed": run.seed, "run_id": run.run_id, "planned_seeds": planned[run.variant],
-                 **run.result.metrics} for run in self.runs if run.finished and run.result is not None]
-        return pd.DataFrame(rows, columns=None if rows else ["variant", "seed", "run_id", "planned_seeds"])
+                 "scoring_failed": bool(run.result.scoring_problems), **run.result.metrics}
+                for run in self.runs if run.finished and run.result is not None]
+        table = pd.DataFrame(rows, columns=None if rows else ["variant", "seed", "run_id", "planned_seeds", "scoring_failed"])
+        table.attrs["lower_is_better"] = {k: v for result in finished if result.scoring for k, v in result.scoring.lower_is_better.items()}
+        return table
 
     def status_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}

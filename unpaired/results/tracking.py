@@ -14,6 +14,7 @@ that processes which died left RUNNING.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import sys
@@ -191,6 +192,10 @@ class StudyTracker:
             if row["epoch"] not in logged:
                 self._log_metrics(child_id, {k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
         self._log_metrics(child_id, result.metrics, step=result.epochs)
+        if result.scoring is not None:  # what made the scores, so that compare never mixes or misranks them
+            for key, value in (("evaluation", result.scoring.identity), ("extractor", result.scoring.extractor),
+                               ("lower_is_better", json.dumps(result.scoring.lower_is_better, sort_keys=True))):
+                self.client.set_tag(child_id, f"unpaired.{key}", value)
         for path in folder.finished_files():
             self.client.log_artifact(child_id, str(path))
         if folder.samples.is_dir():

@@ -12,14 +12,13 @@ from unpaired.errors import InputError
 from unpaired.plugin_api.data import IMAGE_EXTENSIONS, Transform, list_images, load_image, save_grid
 from unpaired.plugin_api.registry import Registry
 from unpaired.results.records import Direction, ExportedGenerator
-from unpaired.training.parts import rebuild_generator
 
 
 def load_generator(path: Path, direction: Direction, registry: Registry) -> tuple[nn.Module, int]:
     """Rebuild the generator of ``direction`` and its test resolution from ``path``:
     ``generators/AtoB.pt``-style exports or any training checkpoint."""
     exported = ExportedGenerator.read(path, direction)
-    return rebuild_generator(exported, registry), exported.crop_size
+    return exported.build(registry), exported.crop_size
 
 
 @torch.inference_mode()

@@ -1,6 +1,6 @@
-"""Training one run: the CycleGAN update (``cyclegan``), the loop around it (``loop``), and what they need.
+"""Training one run: the method built from a resolved variant (``parts``), the loop around its update (``loop``).
 
-Belongs here: building the networks from a resolved variant, the update, epochs, checkpoints
-and resume, stop signals, devices and seeds, sample grids. ``run.train_run`` is the entry point
-every executor calls.
+Belongs here: building the method and its parts, epochs, checkpoints and resume, stop signals,
+devices and seeds, sample grids, the contract probes. The update itself is the method's (a plugin).
+``run.train_run`` is the entry point every executor calls.
 """

@@ -17,9 +17,9 @@ from torch import Tensor, nn
 
 from unpaired.config.resolved import ResolvedVariant
 from unpaired.errors import UnpairedError
-from unpaired.evaluation.fid import evaluating
+from unpaired.evaluation.features import evaluating
 from unpaired.plugin_api.components import Choice
-from unpaired.training.cyclegan import CycleGAN
+from unpaired.plugin_api.methods import Method, Runtime
 
 PER_IMAGE_TOLERANCE = 1e-4
 """Largest difference, relative to the output's scale, between batched and separate calls of a per-image network."""
@@ -35,23 +35,40 @@ def describe_component(choice: Choice, kind: str) -> str:
     return f"{kind} {component.name!r} of {component.distribution} {component.version}"
 
 
-def check_contracts(model: CycleGAN, variant: ResolvedVariant, size: int) -> None:
-    """Raise :class:`ContractError` for the first contract the run's generator, discriminator or norms break."""
-    device = model.device
-    images = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    images = model.to_device(images)
-    generator, discriminator = model.networks["G_AB"], model.networks["D_A"]
+def check_contracts(method: Method, variant: ResolvedVariant, size: int, runtime: Runtime) -> None:
+    """Raise :class:`ContractError` for the first contract the run's method, generator, discriminator or norms break."""
+    device = runtime.device
+    _check_method(method, variant)
+    images = runtime.to_device(torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1)
+    generator = method.networks[method.translator(method.directions[0])]
+    discriminators = [method.networks[name] for name in method.discriminators[:1]]
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
-        with evaluating([generator, discriminator]), model.autocast():
+        with evaluating([generator, *discriminators]), runtime.autocast():
             fake = generator(images).float()
             _check_generator(fake, images, describe_component(variant.generator, "generator"))
-            scores = discriminator(images).float()
-        if scores.ndim == 0 or scores.shape[0] != len(images) or not torch.isfinite(scores).all():
-            raise ContractError(f"{describe_component(variant.discriminator, 'discriminator')} must give finite scores with one row per image "
-                                f"(first dimension {len(images)}); it gave shape {tuple(scores.shape)}, finite: {bool(torch.isfinite(scores).all())}")
-        for network, norm, side in ((generator, variant.generator_norm, "generator networks"), (discriminator, variant.discriminator_norm, "discriminator networks")):
+            scores = [discriminator(images).float() for discriminator in discriminators]
+        for score in scores:
+            if score.ndim == 0 or score.shape[0] != len(images) or not torch.isfinite(score).all():
+                raise ContractError(f"{describe_component(variant.discriminator, 'discriminator')} must give finite scores with one row per "
+                                    f"image (first dimension {len(images)}); it gave shape {tuple(score.shape)}, finite: "
+                                    f"{bool(torch.isfinite(score).all())}")
+        checked = [(generator, variant.generator_norm, "generator networks")]
+        checked += [(discriminator, variant.discriminator_norm, "discriminator networks") for discriminator in discriminators]
+        for network, norm, side in checked:
             if getattr(norm.build(), "per_image", False):
                 _check_per_image(network, images, norm, side)
+
+
+def _check_method(method: Method, variant: ResolvedVariant) -> None:
+    """What a method declares must hold together: it is a Method, its directions are known and each has a network."""
+    who = describe_component(variant.method, "method")
+    if not isinstance(method, Method):
+        raise ContractError(f"{who} must return an unpaired.plugin_api.Method from its factory; it returned {type(method).__name__}")
+    if not method.directions or not set(method.directions) <= {"AtoB", "BtoA"}:
+        raise ContractError(f"{who} must translate AtoB, BtoA or both; it declares directions {method.directions!r}")
+    for name in [method.translator(d) for d in method.directions] + list(method.discriminators):
+        if name not in method.networks:
+            raise ContractError(f"{who} names the network {name!r}, which is not in its networks ({', '.join(method.networks)})")
 
 
 def _check_generator(fake: Tensor, images: Tensor, who: str) -> None:

@@ -2,12 +2,13 @@
 
 Everything the loop needs to continue is one :class:`TrainingState` plus the model and the
 RNGs, saved together as a checkpoint in the run folder: a rerun resumes exactly where the
-last checkpoint left off. The update itself is :class:`unpaired.training.cyclegan.CycleGAN`'s.
+last checkpoint left off. The update itself is the variant's method's (see ``plugin_api.methods``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import time
 import warnings
@@ -20,16 +21,16 @@ from tqdm import tqdm
 
 from unpaired.config.resolved import ResolvedVariant
 from unpaired.config.spec import TrainConfig
-from unpaired.evaluation.fid import FeatureExtractor, score_generators
+from unpaired.evaluation.scoring import Scorer, Scores
 from unpaired.plugin_api.components import TrainingProgress
 from unpaired.plugin_api.lifecycle import RunInfo
 from unpaired.results.files import CorruptFileError
-from unpaired.results.records import NETWORK_OF_DIRECTION, Checkpoint, ExportedGenerator, RunResult, TrainingState
+from unpaired.results.records import Checkpoint, ExportedGenerator, RunResult, TrainingState
 from unpaired.results.run_folder import RunFolder
 from unpaired.training.batches import EpochOrder, TrainPairs
-from unpaired.training.contracts import check_contracts
-from unpaired.training.cyclegan import LOSS_TERMS
-from unpaired.training.parts import build_model
+from unpaired.training.contracts import check_contracts, describe_component
+from unpaired.training.parts import build_method, runtime_of
+from unpaired.training.watch import LossWatch
 from unpaired.training.runtime import (
     TrainingError,
     TrainingInterrupted,
@@ -60,15 +61,15 @@ class Trainer:
         self.train = variant.train
         self.device = pick_device(self.train.device)
         self.data = variant.data.build()
-        self.extractor = None  # loaded now: a missing extractor must stop the run before training, not after
-        if variant.eval.fid:
-            self.extractor = FeatureExtractor(variant.eval.feature_extractor, self.device, variant.eval.batch_size)
+        # loaded now: a missing extractor must stop the run before training, not after
+        self.scorer = Scorer(variant.eval, self.device) if variant.eval.metrics else None
         seed_everything(self.train.seed)
-        self.model = build_model(variant, self.device)
-        check_contracts(self.model, variant, self.data.transform.crop_size)  # before a step trains on a broken plugin
-        self.schedule = variant.loss_weights.build()
+        self.method, self.runtime = build_method(variant, self.device), runtime_of(variant, self.device)
+        check_contracts(self.method, variant, self.data.transform.crop_size, self.runtime)  # before a step trains on a broken plugin
+        self.terms = self.method.loss_terms
+        self.watch = LossWatch(self.terms, self.device, describe_component(variant.method, "method"))
         self.steps_per_epoch = self.train.steps_per_epoch(self.data.train_length)
-        self.state = TrainingState(epoch_sums=torch.zeros(len(LOSS_TERMS), device=self.device))
+        self.state = TrainingState(epoch_sums=torch.zeros(len(self.terms), device=self.device))
         self.last_checkpoint = folder.latest_checkpoint()
         checkpoint = self.read_checkpoint(self.last_checkpoint) if self.last_checkpoint else None
         if checkpoint is not None:
@@ -100,12 +101,10 @@ class Trainer:
             print(f"note: {self.folder} resumes with {checkpoint.threads} CPU threads, as it started (this process had "
                   f"{torch.get_num_threads()}): a CPU run's numbers depend on the thread count", file=sys.stderr)
             torch.set_num_threads(checkpoint.threads)
-        self.model.load_state_dict(checkpoint.model)
+        self.method.load_state_dict(checkpoint.model)
         restore_rng(checkpoint.rng)
-        sums = checkpoint.state.epoch_sums  # padded: checkpoints from before D_reg_A/B were logged apart have 8 terms
-        sums = torch.cat([sums, sums.new_zeros(len(LOSS_TERMS) - len(sums))])
-        self.state = dataclasses.replace(checkpoint.state, epoch_sums=sums.to(self.device))
-        self.model.step_counter.fill_(self.state.global_step)
+        self.state = dataclasses.replace(checkpoint.state, epoch_sums=checkpoint.state.epoch_sums.to(self.device))
+        self.watch.step.fill_(self.state.global_step)
 
     def elapsed(self) -> float:
         """Training seconds over all invocations so far."""
@@ -113,16 +112,19 @@ class Trainer:
 
     def save_checkpoint(self) -> Path:
         state = dataclasses.replace(self.state, elapsed=self.elapsed(), epoch_sums=self.state.epoch_sums.cpu())
-        checkpoint = Checkpoint(self.variant.run_id, self.run.spec, self.data.transform.crop_size, state,
-                                self.model.state_dict(), capture_rng(), torch.get_num_threads())
+        checkpoint = Checkpoint(self.variant.run_id, self.run.spec, self.data.transform.crop_size, state, self.method.state_dict(),
+                                capture_rng(), torch.get_num_threads(), self.translators())
         self.last_checkpoint = self.folder.save_checkpoint(checkpoint)
         return self.last_checkpoint
 
+    def translators(self) -> dict[str, str]:
+        """Direction -> the name of the method's network that translates it."""
+        return {direction: self.method.translator(direction) for direction in self.method.directions}
+
     def check_finite(self) -> None:
         """Stop with the first non-finite loss term: its name, step and epoch (the one sync it needs)."""
-        bad = self.model.first_bad_step.tolist()
-        if any(step >= 0 for step in bad):
-            term, step = min(((t, s) for t, s in zip(LOSS_TERMS, bad) if s >= 0), key=lambda pair: pair[1])
+        if (bad := self.watch.first_bad()) is not None:
+            term, step = bad
             kept = f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint was written yet"
             raise TrainingError(
                 f"loss {term} became non-finite at step {step} (epoch {self.state.epoch + 1}, step "
@@ -130,24 +132,29 @@ class Trainer:
                 "Try a lower train.lr, train.precision: fp32, or another gan_loss."
             )
 
-    def score(self) -> dict[str, float]:
-        assert self.extractor is not None
+    def score(self, scorer: Scorer) -> Scores:
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            networks = self.model.networks
-            return score_generators(networks["G_AB"], networks["G_BA"], self.data, self.variant.data.as_dict(), self.extractor)
+            networks = {direction: self.method.networks[name] for direction, name in self.translators().items()}
+            return scorer.score(networks, self.data, self.variant.data.as_dict())
 
     def export_generators(self, best: bool = False) -> None:
-        for direction, network in NETWORK_OF_DIRECTION.items():
-            exported = ExportedGenerator(direction, self.variant.run_id, self.variant.generator.as_dict(),
+        for direction, network in self.translators().items():
+            exported = ExportedGenerator(direction, self.variant.run_id, self.variant.generator.as_dict(),  # type: ignore[arg-type]
                                          self.variant.generator_norm.as_dict(), self.data.transform.crop_size,
-                                         self.model.networks[network].state_dict())
+                                         self.method.networks[network].state_dict())
             self.folder.export_generator(exported, best)
 
-    def keep_if_best(self, fid_mean: float, ties_win: bool = False) -> None:
-        """Remember the epoch with the lowest FID so far and export its generators as best-*.pt."""
-        best = self.state.best
-        if not best or fid_mean < best["fid_mean"] or (ties_win and fid_mean == best["fid_mean"]):
-            self.state.best = {"fid_mean": fid_mean, "epoch": self.state.epoch}
+    def keep_if_best(self, scores: Scores, ties_win: bool = False) -> None:
+        """Remember the epoch with the best ``eval.select_best_by`` so far and export its generators as best-*.pt;
+        a non-finite score is never the best."""
+        key, best = self.variant.eval.select_best_by, self.state.best
+        assert key is not None and scores.scoring is not None  # resolving gives every scored variant one
+        value, lower = scores.values[key], scores.scoring.lower_is_better[key]
+        if not math.isfinite(value):
+            return
+        better = not best or (value < best["value"] if lower else value > best["value"])
+        if better or (ties_win and value == best["value"]):
+            self.state.best = {"column": key, "value": value, "epoch": self.state.epoch}
             self.export_generators(best=True)
 
     def run_to_end(self) -> RunResult:
@@ -170,10 +177,9 @@ class Trainer:
 
     def train_epoch(self, progress: tqdm) -> None:
         """The rest of the current epoch (all of it, unless resuming mid-epoch), then its records."""
-        train, state = self.train, self.state
+        train, state, method = self.train, self.state, self.method
         lr = learning_rate(state.epoch, train)
-        self.model.set_learning_rate(lr)
-        weights = self.schedule.at(state.epoch, train.total_epochs)
+        method.set_learning_rate(lr)
         order = EpochOrder(self.data.train_length, train.seed, state.epoch, start=state.step_in_epoch * train.batch_size)
         loader = DataLoader(
             TrainPairs(self.data), batch_size=train.batch_size, sampler=order, num_workers=train.num_workers,
@@ -181,16 +187,15 @@ class Trainer:
         )
         started, steps_before = time.perf_counter(), state.step_in_epoch
         for real_A, real_B in loader:
-            if self.schedule.per_step:
-                weights = self.schedule.at_step(TrainingProgress(state.epoch, state.global_step + 1, self.steps_per_epoch, train.total_epochs))
-            terms = self.model.train_step(self.model.to_device(real_A), self.model.to_device(real_B), weights)
+            progress_at = TrainingProgress(state.epoch, state.global_step + 1, self.steps_per_epoch, train.total_epochs)
+            terms = self.watch.record(method.train_step(self.runtime.to_device(real_A), self.runtime.to_device(real_B), progress_at))
             state.epoch_sums += terms
             state.global_step += 1
             state.step_in_epoch += 1
             progress.update()
             if state.global_step % train.log_every == 0:
                 self.check_finite()
-                losses = dict(zip(LOSS_TERMS, terms.tolist()))
+                losses = dict(zip(self.terms, terms.tolist()))
                 progress.set_postfix({k: f"{v:.3g}" for k, v in losses.items()}, refresh=False)
                 self.hook.unpaired_on_step(run=self.run, epoch=state.epoch, step=state.global_step, losses=losses, lr=lr)
             if (signum := stop_requested()) is not None:
@@ -206,17 +211,18 @@ class Trainer:
         train, state, evaluation = self.train, self.state, self.variant.eval
         means = (state.epoch_sums / max(state.step_in_epoch, 1)).tolist()
         state.epoch += 1
-        metrics = {"epoch": state.epoch, "lr": timing["lr"], **dict(zip(LOSS_TERMS, means)),
+        metrics = {"epoch": state.epoch, "lr": timing["lr"], **dict(zip(self.terms, means)),
                    "seconds": timing["seconds"], "it_per_s": timing["it_per_s"]}
-        if self.extractor is not None and evaluation.every and state.epoch % evaluation.every == 0 and state.epoch < train.total_epochs:
-            metrics.update(self.score())
-            self.keep_if_best(metrics["fid_mean"])
+        if self.scorer is not None and evaluation.every and state.epoch % evaluation.every == 0 and state.epoch < train.total_epochs:
+            scores = self.score(self.scorer)
+            metrics.update(scores.values)
+            self.keep_if_best(scores)
         state.history.append(metrics)
         state.epoch_sums.zero_()
         state.step_in_epoch = 0
         self.folder.write_history(state.history)
         if state.epoch % train.sample_every == 0 or state.epoch == train.total_epochs:
-            save_samples(self.model, self.data, self.variant.samples, self.folder.sample_path(state.epoch))
+            save_samples(self.method, self.runtime, self.data, self.variant.samples, self.folder.sample_path(state.epoch))
         if state.epoch % train.checkpoint_every == 0 or state.epoch == train.total_epochs:
             self.save_checkpoint()
         self.hook.unpaired_on_epoch_end(run=self.run, epoch=state.epoch, metrics={k: v for k, v in metrics.items() if k != "epoch"})
@@ -224,15 +230,17 @@ class Trainer:
     def finish(self) -> RunResult:
         """Export the final generators, score them, and return the result."""
         self.export_generators()
-        save_showcase(self.model, self.data, self.folder)  # the report's side-by-side pictures, from this run's device
+        save_showcase(self.method, self.runtime, self.data, self.folder)  # the report's side-by-side pictures, from this run's device
         state = self.state
         result = RunResult(status="finished", run_id=self.variant.run_id, epochs=state.epoch, steps=state.global_step,
-                           seconds=self.elapsed(), final_losses={k: state.history[-1][k] for k in LOSS_TERMS} if state.history else {},
+                           seconds=self.elapsed(), final_losses={k: state.history[-1][k] for k in self.terms} if state.history else {},
                            threads=torch.get_num_threads() if self.device.type == "cpu" else None, plugins=self.variant.plugins(),
                            device=describe_device(self.device))
-        if self.extractor is not None:
-            result.metrics = self.score()
+        if self.scorer is not None:
+            scores = self.score(self.scorer)
+            result.metrics, result.scoring, result.scoring_problems = scores.values, scores.scoring, scores.problems
             if self.variant.eval.every:
-                self.keep_if_best(result.metrics["fid_mean"], ties_win=True)  # a tie goes to the final epoch
-                result.metrics |= {"fid_mean_best": state.best["fid_mean"], "fid_best_epoch": state.best["epoch"]}
+                self.keep_if_best(scores, ties_win=True)  # a tie goes to the final epoch
+                if state.best:
+                    result.metrics |= {f"{state.best['column']}_best": state.best["value"], "best_epoch": state.best["epoch"]}
         return result

@@ -1,4 +1,4 @@
-"""Building the networks of a run: a CycleGAN from a resolved variant, a generator from its export."""
+"""Building the method of a run, with every part it trains, from a resolved variant."""
 
 from __future__ import annotations
 
@@ -6,37 +6,41 @@ import torch
 from torch import nn
 
 from unpaired.config.resolved import ResolvedVariant
-from unpaired.plugin_api.registry import Registry
-from unpaired.results.records import ExportedGenerator
-from unpaired.training.cyclegan import CycleGAN, CycleGANParts
+from unpaired.plugin_api.methods import Method, MethodParts, Runtime
 from unpaired.training.weight_init import init_weights
 
 
-def build_model(variant: ResolvedVariant, device: torch.device) -> CycleGAN:
-    """Both generators and discriminators (initialised with ``train.init``), the GAN loss and one image pool
-    per domain (seeded from ``train.seed``), as a :class:`CycleGAN` on ``device``. Draws on the global torch
-    RNG for the initial weights: seed it first."""
+def runtime_of(variant: ResolvedVariant, device: torch.device) -> Runtime:
+    train = variant.train
+    return Runtime(device, train.precision, train.channels_last, train.compile)
+
+
+def method_parts(variant: ResolvedVariant, device: torch.device) -> MethodParts:
+    """The spec's components as makers for the method: networks initialised with ``train.init``, image pools seeded
+    from ``train.seed`` (pool k of a run: ``2 * seed + k``, as CycleGAN's two pools always were)."""
     train = variant.train
     generator_norm, discriminator_norm = variant.generator_norm.build(), variant.discriminator_norm.build()
-    networks = [variant.generator.build(generator_norm), variant.generator.build(generator_norm),
-                variant.discriminator.build(discriminator_norm), variant.discriminator.build(discriminator_norm)]
-    for network in networks:
+
+    def initialised(network: nn.Module) -> nn.Module:
         init_weights(network, train.init, train.init_gain)
-    parts = CycleGANParts(
-        *networks,
-        gan_loss_A=variant.gan_loss.build(),  # one per discriminator: a loss with state never mixes the domains
-        gan_loss_B=variant.gan_loss.build(),
-        pool_A=variant.image_pool.build(train.seed * 2),
-        pool_B=variant.image_pool.build(train.seed * 2 + 1),
+        return network
+
+    return MethodParts(
+        generator=lambda: initialised(variant.generator.build(generator_norm)),
+        discriminator=lambda: initialised(variant.discriminator.build(discriminator_norm)),
+        gan_loss=variant.gan_loss.build,
+        image_pool=lambda k: variant.image_pool.build(train.seed * 2 + k),
+        loss_weights=variant.loss_weights.build,
         generators_per_image=generator_norm.per_image,
         discriminators_per_image=discriminator_norm.per_image,
+        lr=train.lr,
+        betas=train.betas,
+        runtime=runtime_of(variant, device),
     )
-    return CycleGAN(parts, train, device)
 
 
-def rebuild_generator(exported: ExportedGenerator, registry: Registry) -> nn.Module:
-    """The trained generator an export (or a checkpoint) holds, in eval mode on the CPU."""
-    norm = registry.build("norm", exported.norm)
-    generator = registry.build("generator", exported.generator, norm)
-    generator.load_state_dict(exported.state_dict)
-    return generator.eval()
+def build_method(variant: ResolvedVariant, device: torch.device) -> Method:
+    """The variant's method with every part it trains, on ``device``. Draws on the global torch RNG for the
+    initial weights: seed it first."""
+    return variant.method.build(method_parts(variant, device))
+

@@ -9,34 +9,38 @@ from rebuilding every generator.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from unpaired.evaluation.fid import evaluating
+from unpaired.evaluation.features import evaluating
 from unpaired.plugin_api.data import UnpairedData, save_grid, to_uint8
-from unpaired.results.records import NETWORK_OF_DIRECTION, Direction
+from unpaired.plugin_api.methods import SOURCE_DOMAIN, Direction, Method, Runtime
 from unpaired.results.run_folder import RunFolder
-from unpaired.training.cyclegan import CycleGAN
+
+REVERSE: dict[Direction, Direction] = {"AtoB": "BtoA", "BtoA": "AtoB"}
 
 
 @torch.inference_mode()
-def save_samples(model: CycleGAN, data: UnpairedData, count: int, path: Path) -> None:
-    """Grid of the first ``count`` test images per domain: real A | G_AB(A) | G_BA(G_AB(A)), then the same for B."""
+def save_samples(method: Method, runtime: Runtime, data: UnpairedData, count: int, path: Path) -> None:
+    """Grid of the first ``count`` test images of each direction's source domain: real A | G_AB(A) | G_BA(G_AB(A)),
+    then the same for B; without the reconstruction when the method translates one way only."""
     if count == 0:
         return
-    rows = []
-    for domain, forward, backward in (("A", model.G_AB, model.G_BA), ("B", model.G_BA, model.G_AB)):
-        real = torch.stack(list(data.test_images(domain, limit=count)))
-        with model.autocast(), evaluating(model.networks.values()):
-            fake = forward(model.to_device(real))
-            cycled = backward(fake)
-        rows += [torch.stack([real, fake.float().cpu(), cycled.float().cpu()], dim=1).flatten(0, 1)]
-    save_grid(torch.cat(rows), path, columns=3)
+    rows, translators = [], {d: method.networks[method.translator(d)] for d in method.directions}
+    for direction, forward in translators.items():
+        real = torch.stack(list(data.test_images(SOURCE_DOMAIN[direction], limit=count)))  # type: ignore[arg-type]
+        with runtime.autocast(), evaluating(method.networks.values()):
+            fake = forward(runtime.to_device(real))
+            shown = [real, fake.float().cpu()]
+            if REVERSE[direction] in translators:
+                shown.append(translators[REVERSE[direction]](fake).float().cpu())
+        rows += [torch.stack(shown, dim=1).flatten(0, 1)]
+    save_grid(torch.cat(rows), path, columns=len(shown))
 
 
 SHOWCASE_IMAGES = 6
-SOURCE_DOMAIN: dict[Direction, str] = {"AtoB": "A", "BtoA": "B"}
 
 
 def showcase_indices(available: int, count: int = SHOWCASE_IMAGES) -> list[int]:
@@ -49,7 +53,7 @@ def showcase_indices(available: int, count: int = SHOWCASE_IMAGES) -> list[int]:
 
 def showcase_inputs(data: UnpairedData, direction: Direction) -> tuple[list[int], Tensor]:
     """The showcase's test images of ``direction``'s source domain: their indices and the images (N, 3, H, W)."""
-    source = SOURCE_DOMAIN[direction]
+    source = SOURCE_DOMAIN[direction]  # type: Any
     indices = showcase_indices(data.size("test", source))
     return indices, torch.stack([data.test_image(source, index) for index in indices])
 
@@ -61,12 +65,12 @@ def translate(generator: nn.Module, images: Tensor, device: torch.device) -> Ten
         return to_uint8(generator(images.to(device)).float().cpu())
 
 
-def save_showcase(model: CycleGAN, data: UnpairedData, folder: RunFolder) -> None:
+def save_showcase(method: Method, runtime: Runtime, data: UnpairedData, folder: RunFolder) -> None:
     """Translate the showcase images with the final generators, as exported in ``folder``, and save them there."""
     showcase = {}
-    for direction, network in NETWORK_OF_DIRECTION.items():
+    for direction in method.directions:
         indices, images = showcase_inputs(data, direction)
-        with model.autocast():
-            translated = translate(model.networks[network], model.to_device(images), model.device)
+        with runtime.autocast():
+            translated = translate(method.networks[method.translator(direction)], runtime.to_device(images), runtime.device)
         showcase[direction] = {"indices": indices, "images": translated, "generator": folder.generator_stamp(direction)}
     folder.write_showcase(showcase)

@@ -1,0 +1,236 @@
+"""Methods and metrics are plugin kinds: a third-party method trains, resumes, scores, compares and reports."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+import torch
+import yaml
+
+from conftest import TINY_BASE, UNPAIRED, crash, write_distribution
+from unpaired import hookimpl
+from unpaired.config.overrides import merge
+from unpaired.config.resolved import resolve_variant
+from unpaired.plugin_api.registry import Registry
+from unpaired.results.run_folder import RunFolder
+from unpaired.training.run import train_run
+
+ONE_WAY = """
+    import torch
+    from pydantic import BaseModel, Field
+    from torch import nn
+    from unpaired.plugin_api import Method, Metric, Score, hookimpl
+
+
+    class OneWayParams(BaseModel):
+        adversarial: float = Field(1.0, gt=0)
+
+
+    class OneWayGAN(Method):
+        '''One generator A -> B against one discriminator: no cycle, no pool. Its GAN loss counts its calls (state).'''
+
+        loss_terms = ("G_adv", "D")
+        directions = ("AtoB",)
+        discriminators = ("D",)
+
+        def __init__(self, params, parts):
+            self.networks = {"G": parts.generator(), "D": parts.discriminator()}
+            self.G, self.D = (parts.runtime.place(net) for net in self.networks.values())
+            self.gan_loss, self.weight, self.runtime = parts.gan_loss(), params.adversarial, parts.runtime
+            self.opt_G = parts.runtime.adam(self.networks["G"].parameters(), parts.lr, parts.betas)
+            self.opt_D = parts.runtime.adam(self.networks["D"].parameters(), parts.lr, parts.betas)
+            self.steps = Counter()
+
+        def translator(self, direction):
+            return "G"
+
+        def optimizers(self):
+            return [self.opt_G, self.opt_D]
+
+        def stateful(self):
+            return {"opt_G": self.opt_G, "opt_D": self.opt_D, "steps": self.steps}
+
+        def train_step(self, real_A, real_B, progress):
+            self.steps.count += 1
+            fake_B = self.G(real_A)
+            self.D.requires_grad_(False)
+            g = self.weight * self.gan_loss.generator_loss(self.D(fake_B))
+            self.opt_G.zero_grad(set_to_none=True)
+            g.backward()
+            self.opt_G.step()
+            self.D.requires_grad_(True)
+            d = 0.5 * self.gan_loss.discriminator_loss(self.D(real_B), self.D(fake_B.detach()))
+            self.opt_D.zero_grad(set_to_none=True)
+            d.backward()
+            self.opt_D.step()
+            return {"G_adv": g, "D": d}
+
+
+    class Counter:
+        def __init__(self):
+            self.count = 0
+
+        def state_dict(self):
+            return {"count": self.count}
+
+        def load_state_dict(self, state):
+            self.count = state["count"]
+
+
+    class P(BaseModel):
+        pass
+
+
+    class MeanColour(nn.Module):
+        '''Each image's mean colour: a cheap stand-in for Inception.'''
+
+        def forward(self, images):
+            return images.float().mean(dim=(2, 3)) / 255
+
+
+    class Brightness(Metric):
+        '''How much brighter the translations are than the targets; higher is "better" (to test the ranking).'''
+
+        lower_is_better = False
+        uses_features = False
+
+        def compute(self, real, fake):
+            return Score(float(fake.float().mean() - real.float().mean()))
+
+
+    @hookimpl
+    def unpaired_register_methods(register):
+        register("oneway", OneWayGAN, OneWayParams, "a one-way GAN: one generator, one discriminator, no cycle")
+
+
+    class NanFeatures(nn.Module):
+        '''A broken extractor: NaN for every image.'''
+
+        def forward(self, images):
+            return torch.full((len(images), 3), float("nan"))
+
+
+    @hookimpl
+    def unpaired_register_feature_extractors(register):
+        register("mean_colour", lambda params: MeanColour(), P, "mean colour of each image")
+        register("nan_features", lambda params: NanFeatures(), P, "NaN features")
+
+
+    @hookimpl
+    def unpaired_register_metrics(register):
+        register("brightness", lambda params: Brightness(), P, "mean brightness difference, higher is better")
+"""
+
+BASE = merge(TINY_BASE, {"method": {"name": "oneway"}, "data": {"n_train": 4, "n_test": 3},
+                         "eval": {"metrics": ["fid", "brightness"], "feature_extractor": {"name": "mean_colour"}}})
+
+
+@pytest.fixture
+def one_way(site):
+    write_distribution(site, "oneway-gan", "0.2", {"oneway": "oneway_gan"}, {"oneway_gan.py": ONE_WAY})
+    return site
+
+
+def cli(*args, cwd=None):
+    env = {**os.environ, "PYTHONPATH": os.environ["PYTHONPATH"]}
+    return subprocess.run([UNPAIRED, *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
+
+
+def test_plugins_lists_the_method_and_metric_kinds_with_their_builtins(one_way):
+    listing = json.loads(cli("plugins", "--json").stdout)["components"]
+    found = {(c["kind"], c["name"]): c for c in listing}
+    assert found["method", "cyclegan"]["default"] and found["method", "cyclegan"]["distribution"] == "unpaired"
+    assert found["metric", "fid"]["default"] and found["metric", "kid"]["default"]
+    assert found["method", "oneway"]["distribution"] == "oneway-gan" and not found["metric", "brightness"]["default"]
+
+
+def test_a_one_way_method_trains_scores_compares_and_reports_through_the_cli(one_way, tmp_path):
+    study = tmp_path / "study.yaml"
+    study.write_text(yaml.safe_dump({"name": "oneway", "base": BASE, "variants": {"w1": {}, "w3": {"method": {"adversarial": 3.0}}},
+                                     "seeds": [0, 1], "tracking": {"enabled": False}}))
+    ran = cli("run", str(study), "--quiet", cwd=tmp_path)
+    assert ran.returncode == 0, ran.stderr
+    out = tmp_path / "runs" / "oneway"
+    index = json.loads((out / "study.json").read_text())
+    assert index["metric"] == "fid_a2b"  # the method translates A -> B only: no fid_mean
+    results = [json.loads(p.read_text()) for p in sorted(out.glob("*/seed*/result.json"))]
+    assert len(results) == 4 and all(r["status"] == "finished" for r in results)
+    assert all(set(r["metrics"]) == {"fid_a2b", "brightness_a2b"} for r in results)
+    assert all(set(r["final_losses"]) == {"G_adv", "D"} for r in results)
+    assert results[0]["scoring"]["lower_is_better"]["brightness_a2b"] is False and results[0]["scoring"]["extractor"] == "mean_colour"
+    folder = next(out.glob("w1/seed0-*"))
+    assert sorted(p.name for p in (folder / "generators").iterdir()) == ["AtoB.pt"]
+
+    scored = cli("score", str(folder))
+    assert scored.returncode == 0, scored.stderr
+    assert f"fid_a2b {results[0]['metrics']['fid_a2b']:.4f}" in scored.stdout and "b2a" not in scored.stdout
+
+    compared = json.loads(cli("compare", str(out), "--metric", "brightness_a2b", "--format", "json").stdout)
+    means = {row["variant"]: row["mean"] for row in compared}
+    assert [row["variant"] for row in compared] == sorted(means, key=means.get, reverse=True)  # higher is better, as the metric says
+
+    reported = cli("report", str(out))
+    assert reported.returncode == 0, reported.stderr
+    assert "fid_a2b" in (out / "report.html").read_text()
+
+
+class CrashAfterEpoch:
+    @hookimpl
+    def unpaired_on_epoch_end(self, run, epoch, metrics):
+        if epoch == 1:
+            crash()
+
+
+def test_a_method_s_every_stateful_part_resumes_exactly(one_way, tmp_path):
+    registry = Registry.from_entry_points()
+    spec = merge(BASE, {"eval": {"metrics": []}, "train": {"epochs": 1, "decay_epochs": 1}})
+    variant = resolve_variant(spec, registry)
+    straight = train_run(variant, RunFolder(tmp_path / "straight"), registry, show_progress=False)
+    with registry.listening(CrashAfterEpoch()):
+        assert train_run(variant, RunFolder(tmp_path / "resumed"), registry, show_progress=False).status == "failed"
+    resumed = train_run(variant, RunFolder(tmp_path / "resumed"), registry, show_progress=False)
+    assert straight.status == resumed.status == "finished" and straight.final_losses == resumed.final_losses
+    a, b = (RunFolder(tmp_path / name).load_checkpoint().model for name in ("straight", "resumed"))
+    assert a["parts"]["steps"] == b["parts"]["steps"] == {"count": 8}  # the method's own counter went through the checkpoint
+    assert all(torch.equal(a["networks"][n][k], b["networks"][n][k]) for n in a["networks"] for k in a["networks"][n])
+
+
+def test_a_nan_score_is_a_failed_scoring_everywhere_never_a_dropped_variant(one_way, tmp_path):
+    """It used to be a 'done' run with NaN metrics: exit 0, the variant silently gone from compare and the report."""
+    study = tmp_path / "study.yaml"
+    base = merge(TINY_BASE, {"data": {"n_test": 3}, "eval": {"metrics": ["fid"], "feature_extractor": {"name": "nan_features"}}})
+    study.write_text(yaml.safe_dump({"name": "nan", "base": base, "grid": {"generator.ngf": [4, 5]}, "tracking": {"enabled": False}}))
+    ran = cli("run", str(study), "--quiet", cwd=tmp_path)
+    assert ran.returncode == 1
+    assert "FAILED ngf=4 seed 0: the scoring failed: fid_a2b is nan; fid_b2a is nan" in ran.stdout
+    out = tmp_path / "runs" / "nan"
+    compared = cli("compare", str(out), "--format", "json")
+    assert compared.returncode == 0, compared.stderr
+    rows = json.loads(compared.stdout)
+    assert [(row["variant"], row["n"], row["verdict"]) for row in rows] == [
+        ("ngf=4", 0, "no finite score: the scoring failed"), ("ngf=5", 0, "no finite score: the scoring failed")]
+    reported = cli("report", str(out))
+    assert reported.returncode == 0, reported.stderr
+    assert "no finite score: the scoring failed" in (out / "report.html").read_text()
+
+
+def test_scores_are_computed_in_float32_whatever_autocast_the_caller_is_in(one_way):
+    """One precision policy: a run under bf16 autocast scores its generators exactly as an fp32 caller would."""
+    from unpaired.evaluation.scoring import Scorer
+    from unpaired.training.parts import build_method
+
+    registry = Registry.from_entry_points()
+    variant = resolve_variant(merge(TINY_BASE, {"data": {"n_test": 4}, "eval": {"metrics": ["fid", "brightness"],
+                                                                                 "feature_extractor": {"name": "mean_colour"}}}), registry)
+    torch.manual_seed(0)
+    method, data = build_method(variant, torch.device("cpu")), variant.data.build()
+    translators = {d: method.networks[method.translator(d)] for d in method.directions}
+    scorer = Scorer(variant.eval, torch.device("cpu"))
+    plain = scorer.score(translators, data, variant.data.as_dict())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_bf16 = scorer.score(translators, data, variant.data.as_dict())
+        assert translators["AtoB"](data.test_image("A", 0)[None]).dtype == torch.bfloat16  # the caller's autocast is real
+    assert plain.values == under_bf16.values and set(plain.values) >= {"fid_a2b", "fid_b2a", "fid_mean", "brightness_mean"}

@@ -1,0 +1,91 @@
+"""Scoring translators with a study's metrics: every metric in every direction, and what produced the scores.
+
+A metric that compares features gets the feature extractor's rows (real ones from the cache); one
+that compares images gets the uint8 images. Every score is checked: a NaN or infinite value is a
+failed scoring (:attr:`Scores.problems`), reported as such and never averaged or dropped silently.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from unpaired.config.resolved import ResolvedEval
+from unpaired.evaluation.features import FeatureExtractor, folder_images, real_features, translated
+from unpaired.plugin_api.data import UnpairedData, to_uint8
+from unpaired.plugin_api.methods import SOURCE_DOMAIN, TARGET_DOMAIN, Direction
+from unpaired.plugin_api.metrics import SHORT_DIRECTION, Metric, Score, score_columns
+from unpaired.results.records import Scoring
+
+
+@dataclass
+class Scores:
+    """A set of score columns (``fid_a2b``, ...) and what made them."""
+
+    values: dict[str, float] = field(default_factory=dict)
+    scoring: Scoring | None = None
+    problems: list[str] = field(default_factory=list)
+    """Columns whose value is NaN or infinite, each with what it was: a failed scoring."""
+
+
+class Scorer:
+    """A run's metrics, built, with the feature extractor they share (loaded once)."""
+
+    def __init__(self, evaluation: ResolvedEval, device: torch.device):
+        self.evaluation, self.device = evaluation, device
+        self.metrics: dict[str, Metric] = {choice.component.name: choice.build() for choice in evaluation.metrics}
+        self.extractor = FeatureExtractor(evaluation.feature_extractor, device, evaluation.batch_size)
+        self.identity = evaluation.identity(self.extractor.cache_identity())
+
+    def scoring(self) -> Scoring:
+        """What the scores this scorer makes carry: its identity, the extractor by name, and which way each column is better."""
+        better = {column: metric.lower_is_better for name, metric in self.metrics.items()
+                  for column in score_columns(name, ("AtoB", "BtoA"))}
+        return Scoring(identity=self.identity, extractor=self.evaluation.feature_extractor.name, lower_is_better=better)
+
+    def score(self, translators: Mapping[Direction, nn.Module], data: UnpairedData, dataset: dict[str, Any]) -> Scores:
+        """Every metric of the translations of each direction's test images (``dataset``: the data component's
+        ``{"name", **params}``, which keys the real-feature cache)."""
+        scores = Scores(scoring=self.scoring())
+        for direction, generator in translators.items():
+            source, target = SOURCE_DOMAIN[direction], TARGET_DOMAIN[direction]
+            fakes = list(translated(generator, data, source, self.evaluation.batch_size, self.device))
+            fake_features = real = None
+            for name, metric in self.metrics.items():
+                if metric.uses_features:
+                    real = real if real is not None else real_features(data, dataset, target, self.extractor)
+                    fake_features = fake_features if fake_features is not None else self.extractor(fakes)
+                    score = metric.compute(real, fake_features)
+                else:
+                    score = metric.compute(to_uint8(torch.stack(list(data.test_images(target)))), to_uint8(torch.stack(fakes)))
+                _record(scores, f"{name}_{SHORT_DIRECTION[direction]}", score)
+        for name in self.metrics:
+            columns = score_columns(name, tuple(translators))
+            if len(columns) > 1:
+                scores.values[columns[-1]] = sum(scores.values[c] for c in columns[:-1]) / (len(columns) - 1)
+        return scores
+
+    def score_folders(self, first: Path, second: Path, size: int) -> dict[str, float]:
+        """Each metric between the images of two folders, both pre-processed like test images (``unpaired fid``)."""
+        images = [list(folder_images(first, size)), list(folder_images(second, size))]
+        features = [self.extractor(batch) for batch in images]
+        values: dict[str, float] = {}
+        for name, metric in self.metrics.items():
+            real, fake = features if metric.uses_features else [to_uint8(torch.stack(batch)) for batch in images]
+            score = metric.compute(real, fake)
+            values |= {name: score.value, **{f"{name}_{detail}": v for detail, v in score.details.items()}}
+        return values
+
+
+def _record(scores: Scores, column: str, score: Score) -> None:
+    scores.values[column] = float(score.value)
+    scores.values |= {f"{column}_{detail}": float(value) for detail, value in score.details.items()}
+    if not math.isfinite(score.value):
+        scores.problems.append(f"{column} is {score.value}")
+

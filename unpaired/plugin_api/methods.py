@@ -1,0 +1,155 @@
+"""What a training method is: the networks it trains, its update step, and its complete state.
+
+A method (CycleGAN, a one-way GAN, CUT, ...) is registered like any component, through
+``unpaired_register_methods``. Its factory gets the validated parameters and :class:`MethodParts`:
+the spec's components, each built anew on request, and the :class:`Runtime` that places networks
+on the run's device and precision. The loop, checkpoints, exports, samples, contract probes,
+scoring, tracking and the report ask the method (its loss-term names, its directions, its
+translators, its state) and never name a method's parts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from unpaired.plugin_api.components import GanLoss, ImagePool, LossWeightSchedule, TrainingProgress
+
+Direction = Literal["AtoB", "BtoA"]
+DIRECTIONS: tuple[Direction, ...] = ("AtoB", "BtoA")
+SOURCE_DOMAIN: dict[Direction, str] = {"AtoB": "A", "BtoA": "B"}
+TARGET_DOMAIN: dict[Direction, str] = {"AtoB": "B", "BtoA": "A"}
+_AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how a run's networks run: its device, precision, memory format and compilation."""
+
+    device: torch.device
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+
+    def place(self, network: nn.Module) -> nn.Module:
+        """Move ``network`` to the device (in channels-last format when asked); return what to call: the
+        network itself, or its ``torch.compile``-d wrapper. Keep the network itself for its state."""
+        network.to(self.device, memory_format=torch.channels_last if self.channels_last else torch.preserve_format)
+        return torch.compile(network) if self.compile else network  # type: ignore[return-value]
+
+    def to_device(self, images: Tensor) -> Tensor:
+        """A batch of images on the device, in the networks' memory format."""
+        images = images.to(self.device, non_blocking=True)
+        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """The precision's autocast context (none for fp32)."""
+        dtype = _AUTOCAST_DTYPES[self.precision]
+        return contextlib.nullcontext() if dtype is None else torch.autocast(self.device.type, dtype=dtype)
+
+    def adam(self, parameters: Iterable[nn.Parameter], lr: float, betas: tuple[float, float]) -> torch.optim.Adam:
+        """Adam, fused on CUDA and foreach elsewhere (the fast paths; the same update)."""
+        fast = {"fused": True} if self.device.type == "cuda" else {"foreach": True}
+        return torch.optim.Adam(parameters, lr=lr, betas=betas, **fast)
+
+    def grad_scaler(self) -> torch.amp.GradScaler:
+        """A gradient scaler, active only for fp16 (a no-op otherwise)."""
+        return torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+
+
+@dataclass(frozen=True)
+class MethodParts:
+    """What a method's factory gets: the spec's components, built anew on each call, and the run's settings.
+
+    Networks come initialised (``train.init``) on the CPU: place them with ``runtime.place``. Call the
+    makers in a fixed order: each draws its initial weights from the global RNG, seeded per run.
+    """
+
+    generator: Callable[[], nn.Module]
+    discriminator: Callable[[], nn.Module]
+    gan_loss: Callable[[], GanLoss]
+    """A new GAN loss; make one per discriminator, so a loss with state never mixes the domains."""
+    image_pool: Callable[[int], ImagePool]
+    """``image_pool(k)``: the run's k-th pool, with its own seed derived from the run's seed and ``k``."""
+    loss_weights: Callable[[], LossWeightSchedule]
+    generators_per_image: bool
+    """The generators' norm treats each image on its own, so several inputs may share one call."""
+    discriminators_per_image: bool
+    lr: float
+    betas: tuple[float, float]
+    runtime: Runtime
+
+
+class Stateful(Protocol):
+    def state_dict(self) -> Any: ...
+    def load_state_dict(self, state: Any, /) -> Any: ...
+
+
+class Method(ABC):
+    """A training method, returned by ``method`` factories.
+
+    Declare ``loss_terms`` (the names ``train_step`` returns, in the order they are logged) and
+    ``directions`` (the translations it learns: ``("AtoB", "BtoA")`` or one of them), set
+    ``networks`` to every network it trains by name (as built, not compiled: checkpoints and exports
+    read their state), and list in :meth:`stateful` every part with state (networks, optimisers,
+    grad scaler, pools, GAN losses, schedules). The base class saves and restores all of them.
+    """
+
+    loss_terms: tuple[str, ...]
+    directions: tuple[Direction, ...]
+    networks: dict[str, nn.Module]
+    discriminators: tuple[str, ...] = ()
+    """The names of the networks in ``networks`` that judge images (probed against the discriminator contract)."""
+
+    @abstractmethod
+    def translator(self, direction: Direction) -> str:
+        """The name (in ``networks``) of the generator that translates ``direction``; scored, exported and shown."""
+
+    @abstractmethod
+    def train_step(self, real_A: Tensor, real_B: Tensor, progress: TrainingProgress) -> Mapping[str, Tensor]:
+        """One update on a batch of each domain (already on the device); return each of ``loss_terms`` as
+        a scalar tensor on the device, weighted as the optimiser saw it. Never synchronise with the host."""
+
+    @abstractmethod
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        """Every optimiser: the loop sets their learning rate (the schedule is the same for all)."""
+
+    @abstractmethod
+    def stateful(self) -> dict[str, Stateful]:
+        """Every part besides ``networks`` whose state a resume needs, by a name stable across versions."""
+
+    def set_learning_rate(self, lr: float) -> None:
+        for optimizer in self.optimizers():
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint holds: ``{"networks": {name: weights}, "parts": {name: state}}`` of every network and
+        of every part :meth:`stateful` lists."""
+        return {"networks": {name: network.state_dict() for name, network in self.networks.items()},
+                "parts": {name: part.state_dict() for name, part in self.stateful().items()}}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned; a network or part missing from ``state`` is an error, never skipped."""
+        groups = {"networks": self.networks, "parts": self.stateful()}
+        missing = sorted(f"{group}.{name}" for group, parts in groups.items() for name in set(parts) - set(state.get(group, {})))
+        if missing:
+            raise KeyError(f"the saved state has no {', '.join(missing)}")
+        for group, parts in groups.items():
+            for name, part in parts.items():
+                part.load_state_dict(state[group][name])
+
+
+def forward_each(network: nn.Module, *images: Tensor, batched: bool) -> tuple[Tensor, ...]:
+    """``network(x)`` for each of ``images``. ``batched``: in one call on the images stacked into one batch,
+    which gives the same results (up to rounding) when the network's norm is per-image and is faster (fewer,
+    larger kernels); pass ``MethodParts.generators_per_image`` (or ``discriminators_per_image``)."""
+    if batched and len(images) > 1:
+        return tuple(network(torch.cat(images)).split([len(image) for image in images]))
+    return tuple(network(image) for image in images)
