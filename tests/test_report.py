@@ -96,7 +96,7 @@ def finished(tmp_path_factory):
     write_distribution(site, "pixel-features", "1.0", {"pixel": "pixel_features"}, {"pixel_features.py": PIXEL_FEATURES})
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env["PYTHONPATH"] = os.pathsep.join([str(site), env.get("PYTHONPATH", "")])
-    base = merge(TINY_BASE, {"data": {"n_train": 4, "n_test": N_TEST}, "eval": {"every": 1, "feature_extractor": {"name": "mean_colour"}}})
+    base = merge(TINY_BASE, {"data": {"n_train": 4, "n_test": N_TEST}, "eval": {"metrics": ["fid", "kid"], "every": 1, "feature_extractor": {"name": "mean_colour"}}})
     study = root / "study.yaml"
     study.write_text(yaml.safe_dump({"name": "report-study", "question": QUESTION, "description": "Generator depth, tiny.", "base": base,
                                      "grid": {"generator.n_blocks": [1, 2]}, "seeds": [0, 1, 2],

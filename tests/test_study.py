@@ -68,8 +68,8 @@ def test_ids_are_stable_for_the_same_file(registry, tmp_path):
     (tmp_path / "b.json").write_text(json.dumps(yaml.safe_load(text)))
     first, second = load_study(tmp_path / "a.yaml", registry), load_study(tmp_path / "b.json", registry)
     assert [(r.variant_key, r.run_id) for r in first.runs] == [(r.variant_key, r.run_id) for r in second.runs] == [
-        ("ec91602e3bdf", "17781fce2855"), ("ec91602e3bdf", "6512d45ae836"),
-        ("0a43db1d43dd", "21d4d75f099f"), ("0a43db1d43dd", "b4e19ff4f06e"),
+        ("cdd89620b06c", "45c4b0f3ac4d"), ("cdd89620b06c", "7c572a5402be"),
+        ("ad6813aec35a", "3bb257ea837d"), ("ad6813aec35a", "1d4a52c63936"),
     ]
 
 

@@ -187,10 +187,12 @@ def plan_study(data: Any, registry: Registry, source: str = "<study>") -> Study:
 
 
 def _ranking_metric(spec: StudySpec, runs: list[PlannedRun], baseline: str, source: str) -> str | None:
-    """``tracking.metric``, or the first score of the baseline that every variant has; a score that only some variants
+    """``tracking.metric``, or the baseline's headline score (its first metric's mean, e.g. ``fid_mean``) when every variant
+    has it, else the first score of the baseline that every variant has; a score that only some variants
     have cannot rank them all (a one-way method has no ``fid_mean``), which is a problem naming them."""
     columns = {run.variant: score_columns_of(run.resolved) for run in runs}
-    shared = [column for column in columns[baseline] if all(column in have for have in columns.values())]
+    headline = next(run.resolved.eval.select_best_by for run in runs if run.variant == baseline)  # e.g. fid_mean
+    shared = [column for column in [headline, *columns[baseline]] if all(column in have for have in columns.values())]
     metric = spec.tracking.metric
     lacking = [variant for variant, have in columns.items() if metric not in have]
     if metric is not None and lacking and len(lacking) < len(columns):
