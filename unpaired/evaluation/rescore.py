@@ -4,21 +4,20 @@ from __future__ import annotations
 
 import torch
 
-from unpaired.config.resolved import ResolvedVariant, resolve_variant
+from unpaired.config.resolved import resolve_variant
 from unpaired.evaluation.features import EvaluationError
 from unpaired.evaluation.scoring import Scorer, Scores
-from unpaired.plugin_api.metrics import method_directions
+from unpaired.plugin_api.methods import DIRECTIONS
+from unpaired.plugin_api.metrics import best_columns, method_directions
 from unpaired.plugin_api.registry import Registry
-from unpaired.results.records import ExportedGenerator
+from unpaired.results.records import ExportedGenerator, RunResult
 from unpaired.results.run_folder import RunFolder
 
 
-def _best_or_final(folder: RunFolder, epoch: int | None) -> bool:
+def _best_or_final(folder: RunFolder, result: RunResult | None, best_epoch: float | None, epoch: int | None) -> bool:
     """Whether the generators to score for ``epoch`` are the best epoch's (True) or the final ones (False);
     raises when the folder keeps none of that epoch."""
-    result = folder.read_result()
     final_epoch = result.epochs if result and result.finished else None
-    best_epoch = result.metrics.get("best_epoch") if result else None
     if epoch is None or epoch == final_epoch:
         best = False
     elif epoch == best_epoch:
@@ -26,28 +25,28 @@ def _best_or_final(folder: RunFolder, epoch: int | None) -> bool:
     else:
         kept = ", ".join(str(int(e)) for e in dict.fromkeys([final_epoch, best_epoch]) if e is not None) or "none (not finished)"
         raise EvaluationError(f"{folder} keeps generators of epoch(s) {kept}, not of epoch {epoch}")
-    if not any(folder.generator_path(direction, best).is_file() for direction in ("AtoB", "BtoA")):
+    if not any(folder.generator_path(direction, best).is_file() for direction in DIRECTIONS):
         raise EvaluationError(f"{folder} has no saved generators{' of the best epoch' if best else ''}: has the run finished?")
     return best
 
 
-def rescore_run(folder: RunFolder, registry: Registry, device: torch.device, epoch: int | None = None,
-                variant: ResolvedVariant | None = None) -> Scores:
-    """Score a run folder's saved generators again and record the scores in its result.json: after a crash while
-    scoring, or under another evaluation (``variant``: the study's variant now, whose ``eval`` may differ from the
-    one in the folder's spec.json; default: that spec's)."""
-    best = _best_or_final(folder, epoch)
-    variant = variant or resolve_variant(folder.read_spec(), registry, source=str(folder.spec_file))
+def rescore_run(folder: RunFolder, registry: Registry, device: torch.device, epoch: int | None = None) -> Scores:
+    """Score a run folder's saved generators again (e.g. after a crash while scoring, or with another evaluation
+    set in its spec.json's eval section) and record the scores in its result.json."""
+    variant = resolve_variant(folder.read_spec(), registry, source=str(folder.spec_file))
+    kept_best = best_columns(variant.eval.select_best_by) if variant.eval.select_best_by else ()  # training's choice stays
+    result = folder.read_result()
+    best_epoch = result.metrics.get(kept_best[1]) if result and kept_best else None
+    best = _best_or_final(folder, result, best_epoch, epoch)
+    assert result is not None  # _best_or_final found the generators of a run that ended
     directions = method_directions(variant.method.component.factory)
     generators = {d: ExportedGenerator.read(folder.generator_path(d, best), d).build(registry).to(device)  # type: ignore[arg-type]
                   for d in directions}
     scores = Scorer(variant.eval, device).score(generators, variant.data.build(), variant.data.as_dict())
-    result = folder.read_result()
-    assert result is not None  # _best_or_final found the generators of a run that ended
     if best:
         result.rescored[str(epoch)] = scores.values
     else:
-        result.metrics = {**{k: v for k, v in result.metrics.items() if k.endswith("_best") or k == "best_epoch"}, **scores.values}
+        result.metrics = {**{k: v for k, v in result.metrics.items() if k in kept_best}, **scores.values}
         result.scoring, result.scoring_problems = scores.scoring, scores.problems
     folder.write_result(result)
     return scores

@@ -55,3 +55,8 @@ def method_directions(factory: object) -> tuple[str, ...]:
     """The directions a method's factory translates, read before it is built: a ``Method`` subclass registered as
     its own factory declares them as a class attribute (both directions when a factory does not say)."""
     return tuple(getattr(factory, "directions", ("AtoB", "BtoA")))
+
+
+def best_columns(column: str) -> tuple[str, str]:
+    """The result's columns of the best epoch scored during training by ``column``: its score, and its epoch."""
+    return f"{column}_best", f"{column}_best_epoch"

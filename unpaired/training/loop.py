@@ -24,6 +24,7 @@ from unpaired.config.spec import TrainConfig
 from unpaired.evaluation.scoring import Scorer, Scores
 from unpaired.plugin_api.components import TrainingProgress
 from unpaired.plugin_api.lifecycle import RunInfo
+from unpaired.plugin_api.metrics import best_columns
 from unpaired.results.files import CorruptFileError
 from unpaired.results.records import Checkpoint, ExportedGenerator, RunResult, TrainingState
 from unpaired.results.run_folder import RunFolder
@@ -242,5 +243,6 @@ class Trainer:
             if self.variant.eval.every:
                 self.keep_if_best(scores, ties_win=True)  # a tie goes to the final epoch
                 if state.best:
-                    result.metrics |= {f"{state.best['column']}_best": state.best["value"], "best_epoch": state.best["epoch"]}
+                    score, epoch = best_columns(state.best["column"])
+                    result.metrics |= {score: state.best["value"], epoch: state.best["epoch"]}
         return result
