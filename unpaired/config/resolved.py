@@ -88,6 +88,11 @@ class ResolvedVariant:
         return _hash({**{slot: getattr(self, slot).identity() for slot in self._SLOTS}, "train": train, "samples": self.samples})
 
     @property
+    def score_columns(self) -> list[str]:
+        """The headline score columns its runs record: each metric in each direction its method translates."""
+        return _variant_score_columns(self.method, self.eval.metrics)
+
+    @property
     def run_id(self) -> str:
         """12 hex digits identifying the run's result: a hash of every field that can change it, the seed included."""
         return self._digest()
@@ -96,6 +101,11 @@ class ResolvedVariant:
     def variant_key(self) -> str:
         """12 hex digits identifying the configuration whatever the seed: the same for every seed of a variant."""
         return self._digest("seed")
+
+
+def _variant_score_columns(method: Choice, metrics: tuple[Choice, ...]) -> list[str]:
+    directions = method_directions(method.component.factory)
+    return [column for metric in metrics for column in score_columns(metric.component.name, directions)]
 
 
 def _hash(data: Any) -> str:
@@ -133,7 +143,7 @@ def resolve_variant(data: Mapping[str, Any], registry: Registry, source: str = "
     select_best_by = evaluation.select_best_by
     if "method" in chosen and metrics:
         directions = method_directions(chosen["method"].component.factory)
-        columns = [column for metric in metrics for column in score_columns(metric.component.name, directions)]
+        columns = _variant_score_columns(chosen["method"], metrics)
         if select_best_by is None:  # the first metric's mean over the directions, or its one direction
             select_best_by = score_columns(metrics[0].component.name, directions)[-1]
         elif select_best_by not in columns:

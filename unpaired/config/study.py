@@ -23,7 +23,6 @@ from unpaired.config.overrides import flatten, merge, set_path, with_default_com
 from unpaired.config.resolved import ResolvedVariant, resolve_variant
 from unpaired.config.spec import SpecError, TrainConfig, VariantSpec, component_slots
 from unpaired.errors import pydantic_problems
-from unpaired.plugin_api.metrics import method_directions, score_columns
 from unpaired.plugin_api.registry import ComponentError, Registry
 
 STUDY_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
@@ -190,7 +189,7 @@ def _ranking_metric(spec: StudySpec, runs: list[PlannedRun], baseline: str, sour
     """``tracking.metric``, or the baseline's headline score (its first metric's mean, e.g. ``fid_mean``) when every variant
     has it, else the first score of the baseline that every variant has; a score that only some variants
     have cannot rank them all (a one-way method has no ``fid_mean``), which is a problem naming them."""
-    columns = {run.variant: score_columns_of(run.resolved) for run in runs}
+    columns = {run.variant: run.resolved.score_columns for run in runs}
     headline = next(run.resolved.eval.select_best_by for run in runs if run.variant == baseline)  # e.g. fid_mean
     shared = [column for column in [headline, *columns[baseline]] if all(column in have for have in columns.values())]
     metric = spec.tracking.metric
@@ -200,11 +199,6 @@ def _ranking_metric(spec: StudySpec, runs: list[PlannedRun], baseline: str, sour
                                   f"variant; the scores all variants have: {', '.join(shared) or 'none'}")])
     return metric or (shared[0] if shared else None)
 
-
-def score_columns_of(resolved: ResolvedVariant) -> list[str]:
-    """The headline score columns a variant's runs record: each metric in each direction its method translates."""
-    directions = method_directions(resolved.method.component.factory)
-    return [column for metric in resolved.eval.metrics for column in score_columns(metric.component.name, directions)]
 
 
 def _expand(spec: StudySpec, grid: dict[str, list[Any]], registry: Registry, source: str) -> tuple[list[PlannedRun], dict[str, str]]:

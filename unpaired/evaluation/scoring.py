@@ -8,13 +8,13 @@ failed scoring (:attr:`Scores.problems`), reported as such and never averaged or
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from unpaired.config.resolved import ResolvedEval
 from unpaired.evaluation.features import FeatureExtractor, folder_images, real_features, translated
@@ -43,27 +43,21 @@ class Scorer:
         self.extractor = FeatureExtractor(evaluation.feature_extractor, device, evaluation.batch_size)
         self.identity = evaluation.identity(self.extractor.cache_identity())
 
-    def scoring(self) -> Scoring:
-        """What the scores this scorer makes carry: its identity, the extractor by name, and which way each column is better."""
-        better = {column: metric.lower_is_better for name, metric in self.metrics.items()
-                  for column in score_columns(name, ("AtoB", "BtoA"))}
+    def scoring(self, directions: tuple[Direction, ...]) -> Scoring:
+        """What the scores of ``directions`` carry: this scorer's identity, the extractor by name, and which way each
+        headline column is better."""
+        better = {column: metric.lower_is_better for name, metric in self.metrics.items() for column in score_columns(name, directions)}
         return Scoring(identity=self.identity, extractor=self.evaluation.feature_extractor.name, lower_is_better=better)
 
     def score(self, translators: Mapping[Direction, nn.Module], data: UnpairedData, dataset: dict[str, Any]) -> Scores:
         """Every metric of the translations of each direction's test images (``dataset``: the data component's
         ``{"name", **params}``, which keys the real-feature cache)."""
-        scores = Scores(scoring=self.scoring())
+        scores = Scores(scoring=self.scoring(tuple(translators)))
         for direction, generator in translators.items():
             source, target = SOURCE_DOMAIN[direction], TARGET_DOMAIN[direction]
             fakes = list(translated(generator, data, source, self.evaluation.batch_size, self.device))
-            fake_features = real = None
-            for name, metric in self.metrics.items():
-                if metric.uses_features:
-                    real = real if real is not None else real_features(data, dataset, target, self.extractor)
-                    fake_features = fake_features if fake_features is not None else self.extractor(fakes)
-                    score = metric.compute(real, fake_features)
-                else:
-                    score = metric.compute(to_uint8(torch.stack(list(data.test_images(target)))), to_uint8(torch.stack(fakes)))
+            compared = self._compare(lambda: list(data.test_images(target)), fakes, lambda: real_features(data, dataset, target, self.extractor))
+            for name, score in compared.items():
                 _record(scores, f"{name}_{SHORT_DIRECTION[direction]}", score)
         for name in self.metrics:
             columns = score_columns(name, tuple(translators))
@@ -73,14 +67,22 @@ class Scorer:
 
     def score_folders(self, first: Path, second: Path, size: int) -> dict[str, float]:
         """Each metric between the images of two folders, both pre-processed like test images (``unpaired fid``)."""
-        images = [list(folder_images(first, size)), list(folder_images(second, size))]
-        features = [self.extractor(batch) for batch in images]
+        real, fake = list(folder_images(first, size)), list(folder_images(second, size))
         values: dict[str, float] = {}
-        for name, metric in self.metrics.items():
-            real, fake = features if metric.uses_features else [to_uint8(torch.stack(batch)) for batch in images]
-            score = metric.compute(real, fake)
+        for name, score in self._compare(lambda: real, fake, lambda: self.extractor(real)).items():
             values |= {name: score.value, **{f"{name}_{detail}": v for detail, v in score.details.items()}}
         return values
+
+    def _compare(self, real: Callable[[], list[Tensor]], fake: list[Tensor], real_features: Callable[[], Tensor]) -> dict[str, Score]:
+        """Each metric of ``fake`` against ``real`` (images in [-1, 1]); features and uint8 images are made once each,
+        and only when a metric compares them."""
+        needed = {metric.uses_features for metric in self.metrics.values()}
+        inputs = {}
+        if True in needed:
+            inputs[True] = (real_features(), self.extractor(fake))
+        if False in needed:
+            inputs[False] = (to_uint8(torch.stack(real())), to_uint8(torch.stack(fake)))
+        return {name: metric.compute(*inputs[metric.uses_features]) for name, metric in self.metrics.items()}
 
 
 def _record(scores: Scores, column: str, score: Score) -> None:

@@ -20,11 +20,12 @@ import torch
 from torch import Tensor, nn
 
 from unpaired.plugin_api.components import GanLoss, ImagePool, LossWeightSchedule, TrainingProgress
+from unpaired.plugin_api.data import Domain
 
 Direction = Literal["AtoB", "BtoA"]
 DIRECTIONS: tuple[Direction, ...] = ("AtoB", "BtoA")
-SOURCE_DOMAIN: dict[Direction, str] = {"AtoB": "A", "BtoA": "B"}
-TARGET_DOMAIN: dict[Direction, str] = {"AtoB": "B", "BtoA": "A"}
+SOURCE_DOMAIN: dict[Direction, Domain] = {"AtoB": "A", "BtoA": "B"}
+TARGET_DOMAIN: dict[Direction, Domain] = {"AtoB": "B", "BtoA": "A"}
 _AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -97,8 +98,9 @@ class Method(ABC):
     Declare ``loss_terms`` (the names ``train_step`` returns, in the order they are logged) and
     ``directions`` (the translations it learns: ``("AtoB", "BtoA")`` or one of them), set
     ``networks`` to every network it trains by name (as built, not compiled: checkpoints and exports
-    read their state), and list in :meth:`stateful` every part with state (networks, optimisers,
-    grad scaler, pools, GAN losses, schedules). The base class saves and restores all of them.
+    read their state), and list in :meth:`stateful` every other part with state (optimisers, grad
+    scaler, pools, GAN losses, schedules). The base class saves and restores all of them.
+    Register the subclass itself as the factory: its ``directions`` are read before it is built.
     """
 
     loss_terms: tuple[str, ...]

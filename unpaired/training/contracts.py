@@ -20,6 +20,7 @@ from unpaired.errors import UnpairedError
 from unpaired.evaluation.features import evaluating
 from unpaired.plugin_api.components import Choice
 from unpaired.plugin_api.methods import Method, Runtime
+from unpaired.plugin_api.metrics import method_directions
 
 PER_IMAGE_TOLERANCE = 1e-4
 """Largest difference, relative to the output's scale, between batched and separate calls of a per-image network."""
@@ -66,6 +67,10 @@ def _check_method(method: Method, variant: ResolvedVariant) -> None:
         raise ContractError(f"{who} must return an unpaired.plugin_api.Method from its factory; it returned {type(method).__name__}")
     if not method.directions or not set(method.directions) <= {"AtoB", "BtoA"}:
         raise ContractError(f"{who} must translate AtoB, BtoA or both; it declares directions {method.directions!r}")
+    declared = method_directions(variant.method.component.factory)  # what validation planned the scores by
+    if tuple(method.directions) != declared:
+        raise ContractError(f"{who} translates {', '.join(method.directions)}, but its registered factory says {', '.join(declared)}: "
+                            "register the Method subclass itself, whose class attribute `directions` is read before it is built")
     for name in [method.translator(d) for d in method.directions] + list(method.discriminators):
         if name not in method.networks:
             raise ContractError(f"{who} names the network {name!r}, which is not in its networks ({', '.join(method.networks)})")

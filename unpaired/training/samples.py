@@ -9,7 +9,6 @@ from rebuilding every generator.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -30,7 +29,7 @@ def save_samples(method: Method, runtime: Runtime, data: UnpairedData, count: in
         return
     rows, translators = [], {d: method.networks[method.translator(d)] for d in method.directions}
     for direction, forward in translators.items():
-        real = torch.stack(list(data.test_images(SOURCE_DOMAIN[direction], limit=count)))  # type: ignore[arg-type]
+        real = torch.stack(list(data.test_images(SOURCE_DOMAIN[direction], limit=count)))
         with runtime.autocast(), evaluating(method.networks.values()):
             fake = forward(runtime.to_device(real))
             shown = [real, fake.float().cpu()]
@@ -53,7 +52,7 @@ def showcase_indices(available: int, count: int = SHOWCASE_IMAGES) -> list[int]:
 
 def showcase_inputs(data: UnpairedData, direction: Direction) -> tuple[list[int], Tensor]:
     """The showcase's test images of ``direction``'s source domain: their indices and the images (N, 3, H, W)."""
-    source = SOURCE_DOMAIN[direction]  # type: Any
+    source = SOURCE_DOMAIN[direction]
     indices = showcase_indices(data.size("test", source))
     return indices, torch.stack([data.test_image(source, index) for index in indices])
 
