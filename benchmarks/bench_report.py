@@ -46,7 +46,7 @@ def make_study(out: Path, variants: int, seeds: int, size: int, epochs: int) -> 
             "grid": {"train.lr": [round(2e-4 * (1 + i / 10), 6) for i in range(variants)]}, "seeds": list(range(seeds)),
             "tracking": {"enabled": False}}
     study = plan_study(spec, registry, "bench")
-    write_index(study, out)
+    write_index(study, out, {})
     first = study.runs[0].resolved
     model, runtime, data = build_method(first, torch.device("cpu")), runtime_of(first, torch.device("cpu")), first.data.build()
     exported: dict[str, Path] = {}

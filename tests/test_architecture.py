@@ -90,3 +90,17 @@ def test_every_package_is_installed():
     declared = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     found = {".".join(p.parent.relative_to(REPO).parts) for p in PACKAGE.rglob("__init__.py")}
     assert found <= declared
+
+
+def test_lifecycle_hooks_are_typed_with_what_the_plugin_api_exports():
+    """A listener used to get ``Any`` and had to introspect internal classes to read the study name."""
+    import typing
+
+    import unpaired.plugin_api as api
+
+    names = {name: getattr(api, name) for name in ("RunInfo", "RunResult", "Study", "StudySummary")}
+    hooks = [getattr(hookspecs, name) for name in dir(hookspecs) if name.startswith("unpaired_on_") or name == "unpaired_study_listeners"]
+    typed = {param: hint for hook in hooks for param, hint in typing.get_type_hints(hook, {**vars(hookspecs), **names}).items()}
+    assert typed["run"] is api.RunInfo and typed["result"] is api.RunResult
+    assert typed["study"] is api.Study and typed["summary"] is api.StudySummary
+    assert typing.Any not in typed.values()

@@ -234,3 +234,42 @@ def test_scores_are_computed_in_float32_whatever_autocast_the_caller_is_in(one_w
         under_bf16 = scorer.score(translators, data, variant.data.as_dict())
         assert translators["AtoB"](data.test_image("A", 0)[None]).dtype == torch.bfloat16  # the caller's autocast is real
     assert plain.values == under_bf16.values and set(plain.values) >= {"fid_a2b", "fid_b2a", "fid_mean", "brightness_mean"}
+
+
+def test_finished_work_is_found_by_run_id_rescored_when_the_evaluation_changes_and_old_configurations_are_named(one_way, tmp_path):
+    """Renaming variants (``[0, 5]`` -> ``[0.0, 5.0]``) used to retrain everything into new folders; a changed metric or
+    extractor used to leave the old numbers in place under the new heading; changed configurations were mixed silently."""
+    study = tmp_path / "study.yaml"
+    base = merge(TINY_BASE, {"data": {"n_test": 3}, "eval": {"metrics": ["brightness"], "feature_extractor": {"name": "mean_colour"}}})
+    spec = {"name": "ids", "base": base, "grid": {"loss_weights.identity": [0, 5]}, "tracking": {"enabled": False}}
+    study.write_text(yaml.safe_dump(spec))
+    assert cli("run", str(study), "--quiet", cwd=tmp_path).returncode == 0
+    out = tmp_path / "runs" / "ids"
+    trained = {p.parent.name: p.read_bytes() for p in out.glob("*/seed*/history.json")}  # folder name -> what training wrote
+
+    spec["grid"] = {"loss_weights.identity": [0.0, 5.0]}  # the same runs, spelt otherwise: other variant names
+    study.write_text(yaml.safe_dump(spec))
+    planned = cli("plan", str(study), cwd=tmp_path).stdout
+    assert "done (in identity=0/seed0-" in planned and "`run` moves it)" in planned
+    rerun = cli("run", str(study), "--quiet", cwd=tmp_path)
+    assert rerun.returncode == 0 and "skipped 2" in rerun.stdout and "moved to runs/ids/identity=0.0/seed0-" in rerun.stderr
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["identity=0.0", "identity=5.0"]
+    assert {p.parent.name: p.read_bytes() for p in out.glob("*/seed*/history.json")} == trained  # nothing trained again
+
+    spec["base"]["eval"]["metrics"] = ["brightness", "fid"]  # another evaluation: the runs are scored again, not trained
+    study.write_text(yaml.safe_dump(spec))
+    assert cli("plan", str(study), cwd=tmp_path).stdout.count(" rescore ") == 2
+    rescored = cli("run", str(study), "--quiet", cwd=tmp_path)
+    assert rescored.returncode == 0 and "2 finished run(s) have no scores of this study's evaluation" in rescored.stderr
+    assert {p.parent.name: p.read_bytes() for p in out.glob("*/seed*/history.json")} == trained
+    assert all({"fid_mean", "brightness_mean"} <= set(json.loads(p.read_text())["metrics"]) for p in out.glob("*/seed*/result.json"))
+    assert cli("plan", str(study), cwd=tmp_path).stdout.count(" done ") == 2
+
+    spec["base"]["generator"]["ngf"] = 5  # another configuration: the old runs are named, never mixed in
+    study.write_text(yaml.safe_dump(spec))
+    planned = cli("plan", str(study), cwd=tmp_path).stdout
+    assert planned.count("not planned any more: identity=") == 2 and "generator.ngf: 4 -> 5" in planned
+    assert cli("run", str(study), "--quiet", cwd=tmp_path).returncode == 0
+    compared = cli("compare", str(out), "--metric", "fid_mean", "--format", "json")
+    assert "note: 2 finished run(s) of configurations the study no longer plans are left out" in compared.stderr
+    assert [row["n"] for row in json.loads(compared.stdout)] == [1, 1]

@@ -32,26 +32,65 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    """Show every run of a study with its overrides, id, steps and state on disk."""
-    from unpaired.execution.runner import steps_per_run
-    from unpaired.results.study_folder import run_folder
+    """Show every run of a study with its overrides, id, steps and state on disk, and finished runs it no longer has."""
+    from unpaired.execution.runner import expected_evaluations, steps_per_run
+    from unpaired.results.study_folder import moved_run, run_folder
 
     study = load_study(args.study, plugin_registry())
     out = _out_dir(args.out, study)
-    steps = steps_per_run(study)
+    steps, unchecked = steps_per_run(study), None
+    try:
+        evaluations = expected_evaluations(study.runs)
+    except UnpairedError as error:  # plan still shows what it can; run stops on this before training
+        evaluations, unchecked = {}, f"scores not checked against the study's evaluation: {error}"
     rows = [("variant", "seed", "run id", "steps", "status", "overrides")]
     for run in study.runs:
         overrides = ", ".join(f"{k}={v}" for k, v in run.overrides.items()) or "(base)"
         count = steps[run.run_id]
-        status = run_folder(out, run).status(run.run_id, run.resolved.plugins())
+        moved = moved_run(out, run)
+        status = (moved or run_folder(out, run)).status(run.run_id, run.resolved.plugins(), evaluations.get(run.run_id))
+        status += f" (in {moved.path.relative_to(out)}: `run` moves it)" if moved else ""
         rows.append((run.variant, str(run.seed), run.run_id, str(count) if isinstance(count, int) else "?", status, overrides))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
     for reason in dict.fromkeys(v for v in steps.values() if isinstance(v, str)):
         print(f"steps unknown: {reason}")
+    for line in _other_runs(study, out) + ([unchecked] if unchecked else []):
+        print(line)
     print(f"\n{study.spec.name}: {_describe(study)}; output folder {out}")
     return 0
+
+
+def _other_runs(study: Study, out: Path) -> list[str]:
+    """One line per finished run folder in ``out`` of a run id the study no longer plans, saying what changed against
+    the planned run of the same variant folder and seed: spec fields and plugin versions."""
+    from unpaired.config.overrides import flatten
+    from unpaired.results.study_folder import run_folder
+
+    planned = {run.run_id for run in study.runs}
+    by_place = {(run_folder(out, run).path.parent.name, run.seed): run for run in study.runs}
+    lines = []
+    for folder in RunFolder.in_output(out):
+        try:
+            result = folder.read_result()
+        except UnpairedError:
+            continue
+        if result is None or not result.finished or result.run_id in planned:
+            continue
+        spec = folder.read_spec()
+        current, changes = by_place.get((folder.path.parent.name, spec.get("train", {}).get("seed"))), []
+        if current is not None:
+            then, now = flatten(spec), flatten(current.resolved.as_dict())
+            changes = [f"{key}: {then.get(key)!r} -> {now.get(key)!r}" for key in sorted(set(then) | set(now))
+                       if then.get(key) != now.get(key) and not key.startswith("eval.")]
+            changes += [f"{dist} {result.plugins.get(dist)} -> {version}" for dist, version in current.resolved.plugins().items()
+                        if result.plugins.get(dist) not in (None, version)]
+        lines.append(f"not planned any more: {folder.path.relative_to(out)} (finished, run {result.run_id})"
+                     + (f": {'; '.join(changes)}" if changes else ""))
+    if lines:
+        lines.insert(0, "\nfinished runs this study no longer plans (compare and the report leave them out):")
+    return lines
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -96,7 +135,7 @@ def _run_folders(target: Path) -> list[RunFolder]:
 
 def cmd_score(args: argparse.Namespace) -> int:
     """Score saved generators again and record the metrics."""
-    from unpaired.evaluation.rescore import rescore_run
+    from unpaired.evaluation.rescore import rescore_folder
     from unpaired.training.runtime import pick_device
 
     registry, device = plugin_registry(), pick_device(args.device)
@@ -106,7 +145,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     failed = 0
     for folder in folders:  # one run that cannot be scored does not stop the others
         try:
-            scores = rescore_run(folder, registry, device, args.epoch)
+            scores = rescore_folder(folder, registry, device, args.epoch)
         except UnpairedError as error:
             print(f"error: {folder}: {error}", file=sys.stderr)
             failed += 1
@@ -131,14 +170,22 @@ def cmd_compare(args: argparse.Namespace) -> int:
         study = load_study(target, plugin_registry())
     if is_study_folder(target) or (study is not None and not study.spec.tracking.enabled):  # the run folders: no MLflow
         results = read_study_results(_study_folder(args.study))
-        name, baseline, runs = results.name, results.baseline, results.metrics()
+        name, baseline, runs, left_out = results.name, results.baseline, results.metrics(), results.left_out
     else:
         if study is not None:
             name, baseline, uri = study.spec.name, study.baseline, tracking_uri(study.spec.tracking.uri)
         else:
             name, uri = args.study, tracking_uri(None)
             baseline = study_baseline(name, uri)
-        runs = finished_runs(name, uri)
+        runs, left_out = finished_runs(name, uri), []
+        if study is not None:  # only the runs the study plans now: a changed default or plugin is another configuration
+            planned = runs["run_id"].isin({run.run_id for run in study.runs})
+            if not planned.all():
+                left_out = [f"{int((~planned).sum())} finished MLflow run(s) of configurations the study no longer plans are left out "
+                            "(`unpaired plan` says what changed)"]
+            runs = runs[planned]
+    for line in left_out:
+        print(f"note: {line}", file=sys.stderr)
     if runs.empty:
         raise UsageError(f"study {name!r} has no finished runs yet")
     table = summarize(runs, args.metric, baseline, lower_is_better(runs, args.metric))

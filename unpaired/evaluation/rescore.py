@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from unpaired.config.resolved import resolve_variant
+from unpaired.config.resolved import ResolvedVariant, resolve_variant
 from unpaired.evaluation.features import EvaluationError
 from unpaired.evaluation.scoring import Scorer, Scores
 from unpaired.plugin_api.methods import DIRECTIONS
@@ -30,19 +30,19 @@ def _best_or_final(folder: RunFolder, result: RunResult | None, best_epoch: floa
     return best
 
 
-def rescore_run(folder: RunFolder, registry: Registry, device: torch.device, epoch: int | None = None) -> Scores:
-    """Score a run folder's saved generators again (e.g. after a crash while scoring, or with another evaluation
-    set in its spec.json's eval section) and record the scores in its result.json."""
-    variant = resolve_variant(folder.read_spec(), registry, source=str(folder.spec_file))
-    kept_best = best_columns(variant.eval.select_best_by) if variant.eval.select_best_by else ()  # training's choice stays
+def rescore_run(folder: RunFolder, registry: Registry, scorer: Scorer, variant: ResolvedVariant, epoch: int | None = None) -> Scores:
+    """Score a run folder's saved generators again with ``scorer`` (made from ``variant.eval``, which may differ from
+    the evaluation the run was scored with) and record the scores in its result.json. ``epoch``: the best epoch's
+    generators instead of the final ones (their scores go to ``rescored``). What training chose as its best epoch stays."""
+    kept_best = best_columns(variant.eval.select_best_by) if variant.eval.select_best_by else ()
     result = folder.read_result()
     best_epoch = result.metrics.get(kept_best[1]) if result and kept_best else None
     best = _best_or_final(folder, result, best_epoch, epoch)
     assert result is not None  # _best_or_final found the generators of a run that ended
     directions = method_directions(variant.method.component.factory)
-    generators = {d: ExportedGenerator.read(folder.generator_path(d, best), d).build(registry).to(device)  # type: ignore[arg-type]
+    generators = {d: ExportedGenerator.read(folder.generator_path(d, best), d).build(registry).to(scorer.device)  # type: ignore[arg-type]
                   for d in directions}
-    scores = Scorer(variant.eval, device).score(generators, variant.data.build(), variant.data.as_dict())
+    scores = scorer.score(generators, variant.data.build(), variant.data.as_dict())
     if best:
         result.rescored[str(epoch)] = scores.values
     else:
@@ -50,3 +50,10 @@ def rescore_run(folder: RunFolder, registry: Registry, device: torch.device, epo
         result.scoring, result.scoring_problems = scores.scoring, scores.problems
     folder.write_result(result)
     return scores
+
+
+def rescore_folder(folder: RunFolder, registry: Registry, device: torch.device, epoch: int | None = None) -> Scores:
+    """Score a run folder's saved generators again with the evaluation its spec.json holds (``unpaired score``: e.g.
+    after a crash while scoring, or after editing that eval section)."""
+    variant = resolve_variant(folder.read_spec(), registry, source=str(folder.spec_file))
+    return rescore_run(folder, registry, Scorer(variant.eval, device), variant, epoch)

@@ -8,6 +8,7 @@ the study (the MLflow tracker, ...) does so through the lifecycle hooks.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 from collections.abc import Callable, Sequence
@@ -24,7 +25,7 @@ from unpaired.execution.local import LocalExecutor
 from unpaired.plugin_api.registry import Registry
 from unpaired.results.lease import LeaseHeld
 from unpaired.results.records import RunResult
-from unpaired.results.study_folder import run_folder, write_index
+from unpaired.results.study_folder import moved_run, run_folder, write_index
 from unpaired.training.runtime import deferred_signals, stop_on_signals, stop_requested
 
 
@@ -108,12 +109,19 @@ class StudySummary:
         return "\n".join(lines)
 
 
-def preflight(runs: list[PlannedRun]) -> None:
-    """Load each FID feature extractor the runs will need, so a missing one stops the study before training."""
-    needed = {json.dumps(r.resolved.eval.feature_extractor.as_dict(), sort_keys=True): r.resolved.eval.feature_extractor
-              for r in runs if r.resolved.eval.metrics}
-    for key in sorted(needed):
-        FeatureExtractor(needed[key], torch.device("cpu"), batch_size=1)
+def expected_evaluations(runs: list[PlannedRun]) -> dict[str, str]:
+    """Run id -> the evaluation identity its scores must carry (runs that score nothing are left out). Loads each
+    feature extractor the runs need once, on the CPU, so a missing one also stops the study before training."""
+    extractors: dict[str, str] = {}
+    expected = {}
+    for run in runs:
+        evaluation = run.resolved.eval
+        if evaluation.metrics:
+            key = json.dumps(evaluation.feature_extractor.as_dict(), sort_keys=True)
+            if key not in extractors:
+                extractors[key] = FeatureExtractor(evaluation.feature_extractor, torch.device("cpu"), batch_size=1).cache_identity()
+            expected[run.run_id] = evaluation.identity(extractors[key])
+    return expected
 
 
 def run_study(
@@ -129,7 +137,7 @@ def run_study(
 ) -> StudySummary:
     """Train every run of ``runs`` that is not done and return what became of each.
 
-    Before any training the FID extractors load, the executor starts (``execution``, default the
+    Before any training the feature extractors load, the executor starts (``execution``, default the
     study's: this machine, or a Ray cluster) and the study's listeners (see the
     ``unpaired_study_listeners`` hook) start. A failing run is recorded and the others go on.
     Locally, ``jobs`` > 1 trains that many runs at once in separate processes: spread over the
@@ -139,38 +147,64 @@ def run_study(
     """
     out, execution = Path(out), execution or study.spec.execution
     summary = StudySummary()
-    todo = _runs_to_train(runs, out, rerun_stale, summary, announce)
-    preflight(todo)
+    _gather_moved(runs, out, announce)
+    evaluations = expected_evaluations(study.runs)  # of every run: the index records them for compare and the report
+    todo = _runs_to_train(runs, out, evaluations, rerun_stale, summary, announce)
     listeners = [listener for found in registry.hook.unpaired_study_listeners(study=study) for listener in found]
     with stop_on_signals():
         executor = _executor(execution, jobs, registry, listeners, out, announce)
         try:
             with registry.listening(*listeners):
-                _run(study, out, registry, executor, todo, summary, announce, show_progress)
+                _run(study, out, evaluations, registry, executor, todo, summary, announce, show_progress)
         finally:
             executor.close()
     return summary
 
 
-def _runs_to_train(runs: list[PlannedRun], out: Path, rerun_stale: bool, summary: StudySummary,
+def _gather_moved(runs: list[PlannedRun], out: Path, announce: Callable[[str], None]) -> None:
+    """Move each run found under another variant name (the same run id) to where the study puts it, so finished work
+    is found, and resumed work resumes, whatever the variant is called now. A folder being trained stays."""
+    for run in runs:
+        moved = moved_run(out, run)
+        if moved is None or moved.is_leased():
+            continue
+        target = run_folder(out, run).path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):  # another invocation moved it first
+            moved.path.rename(target)
+            with contextlib.suppress(OSError):  # the old variant folder, when nothing else is left in it
+                moved.path.parent.rmdir()
+            announce(f"{moved} holds the same run as {run.variant} seed {run.seed} (run id {run.run_id}): moved to {target}")
+
+
+def _runs_to_train(runs: list[PlannedRun], out: Path, evaluations: dict[str, str], rerun_stale: bool, summary: StudySummary,
                    announce: Callable[[str], None]) -> list[PlannedRun]:
-    """The runs not done yet; a stale one (finished by other versions of its plugins) is skipped and noted, or, with
-    ``rerun_stale``, its folder is moved aside and it trains again."""
-    todo, stale = [], []
+    """The runs not done yet, and the finished ones to score again (scores missing or made under another evaluation
+    than ``evaluations`` says: they train nothing). A run whose scores are NaN or infinite counts as failed; a stale one
+    (finished by other versions of its plugins) is skipped and noted, or, with ``rerun_stale``, its folder is moved
+    aside and it trains again."""
+    todo, stale, rescore = [], [], []
     for run in runs:
         folder = run_folder(out, run)
-        status = folder.status(run.run_id, run.resolved.plugins())
+        status = folder.status(run.run_id, run.resolved.plugins(), evaluations.get(run.run_id))
         if status == "stale" and rerun_stale:
             announce(f"{run.variant} seed {run.seed} was trained by other plugin versions: moved to {folder.retire()}, training again")
             status = "pending"
         if status in ("done", "stale"):
             summary.skipped.append(run)
             stale += [run] if status == "stale" else []
+        elif status == "score-failed":
+            result = folder.read_result()
+            summary.failed.append((run, f"the scoring failed: {'; '.join(result.scoring_problems if result else [])}"))
         else:
             todo.append(run)
+            rescore += [run] if status == "rescore" else []
     if stale:
         summary.notes.append(f"{len(stale)} finished run(s) were trained by other versions of their plugins than those installed "
                              "(`plan` marks them stale); `unpaired run --rerun-stale` trains them again")
+    if rescore:
+        announce(f"{len(rescore)} finished run(s) have no scores of this study's evaluation (metrics or feature extractor changed): "
+                 "they are scored again, not trained")
     return todo
 
 
@@ -183,11 +217,11 @@ def _executor(execution: ExecutionConfig, jobs: int, registry: Registry, listene
     return LocalExecutor(jobs, registry, listeners)
 
 
-def _run(study: Study, out: Path, registry: Registry, executor: Executor, todo: list[PlannedRun], summary: StudySummary,
-         announce: Callable[[str], None], show_progress: bool) -> None:
+def _run(study: Study, out: Path, evaluations: dict[str, str], registry: Registry, executor: Executor, todo: list[PlannedRun],
+         summary: StudySummary, announce: Callable[[str], None], show_progress: bool) -> None:
     registry.hook.unpaired_on_study_start(study=study, out=out, machines=executor.machines)
     try:
-        write_index(study, out)
+        write_index(study, out, evaluations)
         executor.run(todo, out, summary, announce, show_progress)
         if summary.interrupted:
             summary.stopped_by = stop_requested() or signal.SIGINT

@@ -27,8 +27,22 @@ from unpaired.plugin_api.lifecycle import RunInfo
 from unpaired.plugin_api.methods import DIRECTIONS, Direction, Method, MethodParts, Runtime, forward_each
 from unpaired.plugin_api.metrics import Metric, Score
 
+_FRAMEWORK_TYPES = {"RunResult": "unpaired.results.records", "Study": "unpaired.config.study",
+                    "StudySummary": "unpaired.execution.runner"}
+"""What lifecycle hooks receive besides ``RunInfo``: defined in the framework's own layers, imported on first use."""
+
+
+def __getattr__(name: str) -> object:
+    if name in _FRAMEWORK_TYPES:
+        import importlib
+
+        return getattr(importlib.import_module(_FRAMEWORK_TYPES[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "DIRECTIONS", "IMAGE_EXTENSIONS", "DataError", "Direction", "Domain", "GanLoss", "ImagePool", "LossWeightSchedule", "LossWeights",
-    "Method", "MethodParts", "Metric", "Norm", "RunInfo", "Runtime", "Score", "Split", "TrainingProgress", "Transform",
+    "Method", "MethodParts", "Metric", "Norm", "RunInfo", "RunResult", "Runtime", "Score", "Split", "Study", "StudySummary",
+    "TrainingProgress", "Transform",
     "TransformParams", "UnpairedData", "forward_each", "hookimpl", "list_images", "load_image",
 ]

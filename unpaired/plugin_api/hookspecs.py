@@ -25,11 +25,17 @@ a while with ``Registry.listening`` (see :func:`unpaired_study_listeners`).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 import pluggy
 
 from unpaired import PROJECT_NAME
+from unpaired.plugin_api.lifecycle import RunInfo
+
+if TYPE_CHECKING:  # the framework's types that lifecycle hooks receive (exported from unpaired.plugin_api)
+    from unpaired.config.study import Study
+    from unpaired.execution.runner import StudySummary
+    from unpaired.results.records import RunResult
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 
@@ -144,13 +150,12 @@ def unpaired_register_metrics(register: Register) -> None:
     """
 
 
-# Lifecycle hooks. ``run`` is an ``unpaired.plugin_api.lifecycle.RunInfo`` (run id, variant,
-# seed, folder, resolved spec); ``result`` an ``unpaired.results.run_folder.RunResult``;
-# ``study`` an ``unpaired.config.study.Study``.
+# Lifecycle hooks. ``run`` is a ``RunInfo`` (run id, variant, seed, folder, resolved spec), ``result`` a
+# ``RunResult``, ``study`` a ``Study`` and ``summary`` a ``StudySummary``: all importable from unpaired.plugin_api.
 
 
 @hookspec
-def unpaired_study_listeners(study: Any) -> list[object]:
+def unpaired_study_listeners(study: Study) -> list[object]:
     """Return objects whose lifecycle hook implementations should follow this study (e.g. a tracker).
 
     Called once when ``unpaired run`` starts a study, before anything is trained. The objects
@@ -160,37 +165,37 @@ def unpaired_study_listeners(study: Any) -> list[object]:
 
 
 @hookspec
-def unpaired_on_study_start(study: Any, out: Path, machines: int) -> None:
+def unpaired_on_study_start(study: Study, out: Path, machines: int) -> None:
     """Called once before a study's first run trains, after its runs were checked; ``out`` is its output folder,
     ``machines`` how many machines its runs may train on (1 but on a cluster). An exception here stops the
     study before anything trains."""
 
 
 @hookspec
-def unpaired_on_variant_start(run: Any) -> None:
+def unpaired_on_variant_start(run: RunInfo) -> None:
     """Called when a run starts or resumes, in the process that trains it, before its data and networks
     are loaded (so a run that cannot even start is seen too)."""
 
 
 @hookspec
-def unpaired_on_step(run: Any, epoch: int, step: int, losses: dict[str, float], lr: float) -> None:
+def unpaired_on_step(run: RunInfo, epoch: int, step: int, losses: dict[str, float], lr: float) -> None:
     """Called every ``train.log_every`` steps with that step's loss terms (already on the host)
     and the learning rate. ``epoch`` is 0-based, ``step`` counts steps since the run began."""
 
 
 @hookspec
-def unpaired_on_epoch_end(run: Any, epoch: int, metrics: dict[str, float]) -> None:
+def unpaired_on_epoch_end(run: RunInfo, epoch: int, metrics: dict[str, float]) -> None:
     """Called after each epoch with its mean loss terms, ``lr``, ``seconds`` and ``it_per_s`` (always
     present), and FID/KID when that epoch was scored. ``epoch`` is 1-based: the number of epochs completed."""
 
 
 @hookspec
-def unpaired_on_variant_end(run: Any, result: Any) -> None:
+def unpaired_on_variant_end(run: RunInfo, result: RunResult) -> None:
     """Called once when a run stops: ``result.status`` is ``finished``, ``failed`` or
     ``interrupted``; a failure carries ``result.error``. ``result.json`` is written by then."""
 
 
 @hookspec
-def unpaired_on_study_end(study: Any, out: Path, summary: Any) -> None:
-    """Called once when a study's runs have been tried (or a signal stopped them); ``summary`` (an
-    ``unpaired.execution.runner.StudySummary``) says which finished, failed, were interrupted or skipped."""
+def unpaired_on_study_end(study: Study, out: Path, summary: StudySummary) -> None:
+    """Called once when a study's runs have been tried (or a signal stopped them); ``summary`` says which
+    finished, failed, were interrupted or skipped."""

@@ -26,7 +26,7 @@ from unpaired.results.files import CorruptFileError, atomic_save, atomic_write_j
 from unpaired.results.lease import Lease
 from unpaired.results.records import Checkpoint, Direction, ExportedGenerator, RunResult, validate_result
 
-Status = Literal["done", "stale", "running", "partial", "failed", "pending"]
+Status = Literal["done", "stale", "rescore", "score-failed", "running", "partial", "failed", "pending"]
 _CHECKPOINT = re.compile(r"^epoch-(\d+)-step-(\d+)\.pt$")
 
 
@@ -40,6 +40,12 @@ class RunFolder:
     def in_study(cls, out: Path, variant: str, seed: int, run_id: str) -> RunFolder:
         """A study's run folder: ``OUT/<variant>/seed<k>-<run id>`` (characters a file name cannot hold become ``_``)."""
         return cls(Path(out) / re.sub(r"[^A-Za-z0-9_.=+-]", "_", variant) / f"seed{seed}-{run_id}")
+
+    @classmethod
+    def in_output(cls, out: Path) -> list[RunFolder]:
+        """Every run folder of a study output folder that started training, whatever variant or run id it is of
+        (folders moved aside, ``.old-N``, are not)."""
+        return [cls(path) for path in sorted(Path(out).glob("*/seed*-*")) if ".old-" not in path.name and cls.holds_run(path)]
 
     @classmethod
     def holds_run(cls, path: Path) -> bool:
@@ -174,16 +180,21 @@ class RunFolder:
     def error_file(self) -> Path:
         return self.path / "error.txt"
 
-    def status(self, run_id: str, plugins: dict[str, str] | None = None) -> Status:
+    def status(self, run_id: str, plugins: dict[str, str] | None = None, evaluation: str | None = None) -> Status:
         """``done`` (finished as ``run_id``), ``stale`` (done, but by other versions of the ``plugins`` that provide
-        its components: distribution -> version), ``running`` (a live process holds its lease), ``failed``,
-        ``partial`` (has a checkpoint) or ``pending``."""
+        its components: distribution -> version), ``rescore`` (done, but its scores are missing or carry another
+        identity than ``evaluation``; None: scores are not checked), ``score-failed`` (done, a score is NaN or
+        infinite), ``running`` (a live process holds its lease), ``failed``, ``partial`` (has a checkpoint) or ``pending``."""
         try:
             result = self.read_result()
         except CorruptFileError:  # training it again will rewrite it
             result = None
         if result is not None and result.finished and result.run_id == run_id:
-            return "stale" if plugins is not None and result.plugins and result.plugins != plugins else "done"
+            if plugins is not None and result.plugins and result.plugins != plugins:
+                return "stale"
+            if evaluation is not None and (result.scoring is None or result.scoring.identity != evaluation):
+                return "rescore"
+            return "score-failed" if result.scoring_problems else "done"
         if self.is_leased():
             return "running"
         if result is not None and result.status == "failed":

@@ -22,6 +22,15 @@ def run_folder(out: Path, run: PlannedRun) -> RunFolder:
     return RunFolder.in_study(Path(out), run.variant, run.seed, run.run_id)
 
 
+def moved_run(out: Path, run: PlannedRun) -> RunFolder | None:
+    """This very run's folder (the same seed and run id) elsewhere in ``out``, when it is not where the study puts it:
+    the run of a variant renamed since, or of a value spelt differently (``0`` for ``0.0``)."""
+    expected = run_folder(out, run)
+    if expected.path.exists():
+        return None
+    return next((f for f in RunFolder.in_output(out) if f.path.name == expected.path.name), None)
+
+
 def git_commit() -> str | None:
     """The commit checked out in the working directory, if it is a git checkout."""
     try:
@@ -31,9 +40,10 @@ def git_commit() -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
-def write_index(study: Study, out: Path) -> None:
+def write_index(study: Study, out: Path, evaluations: dict[str, str]) -> None:
     """Record the study and its runs in ``OUT/study.json`` (what ``score``, ``report`` and other readers of the
-    folder use), with the ``unpaired`` version and git commit of this invocation."""
+    folder use), with the ``unpaired`` version and git commit of this invocation, and the evaluation identity each
+    run's scores must carry (``evaluations``, by run id) for its scores to be compared."""
     spec = study.spec
     index = {
         "name": spec.name,
@@ -48,7 +58,7 @@ def write_index(study: Study, out: Path) -> None:
         "git_commit": git_commit(),
         "runs": [
             {"variant": r.variant, "seed": r.seed, "run_id": r.run_id, "variant_key": r.variant_key,
-             "folder": str(run_folder(out, r).path.relative_to(out)), "overrides": r.overrides}
+             "folder": str(run_folder(out, r).path.relative_to(out)), "overrides": r.overrides, "evaluation": evaluations.get(r.run_id)}
             for r in study.runs
         ],
     }

@@ -7,6 +7,7 @@ is gone, reads the same. A run that has not finished is reported with what its f
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,8 @@ class RunRecord:
     status: str
     """``finished``, ``failed``, ``running``, ``partial`` (has a checkpoint) or ``pending``."""
     result: RunResult | None
+    scored_elsewhere: bool = False
+    """Finished, but its scores were made under another evaluation than the study's: not compared with the others."""
 
     @property
     def finished(self) -> bool:
@@ -61,6 +64,8 @@ class StudyResults:
     runs: list[RunRecord]
     problems: list[str]
     """Files that could not be read (their runs count as not finished): each path with what is wrong."""
+    left_out: list[str]
+    """Finished runs that the comparison leaves out, one line per reason (with what to do)."""
 
     @property
     def name(self) -> str:
@@ -82,10 +87,10 @@ class StudyResults:
         """One row per finished run: ``variant``, ``seed``, ``run_id``, ``planned_seeds`` and its metrics (what
         :func:`unpaired.results.statistics.summarize` takes)."""
         planned = {variant: len(self.of_variant(variant)) for variant in self.variants}
-        finished = [run.result for run in self.runs if run.finished and run.result is not None]
+        compared = [run for run in self.runs if run.finished and run.result is not None and not run.scored_elsewhere]
+        finished = [run.result for run in compared if run.result is not None]
         rows = [{"variant": run.variant, "seed": run.seed, "run_id": run.run_id, "planned_seeds": planned[run.variant],
-                 "scoring_failed": bool(run.result.scoring_problems), **run.result.metrics}
-                for run in self.runs if run.finished and run.result is not None]
+                 "scoring_failed": bool(run.result.scoring_problems), **run.result.metrics} for run in compared if run.result is not None]
         table = pd.DataFrame(rows, columns=None if rows else ["variant", "seed", "run_id", "planned_seeds", "scoring_failed"])
         table.attrs["lower_is_better"] = {k: v for result in finished if result.scoring for k, v in result.scoring.lower_is_better.items()}
         return table
@@ -98,7 +103,8 @@ class StudyResults:
 
 
 def read_study_results(out: Path) -> StudyResults:
-    """Read the study output folder ``out`` (raises ``UsageError`` when it has no ``study.json``)."""
+    """Read the study output folder ``out`` (raises ``UsageError`` when it has no ``study.json``). Only the runs the
+    index lists, scored under the evaluation it records, are compared; the rest are named in ``left_out``."""
     runs, problems = [], []
     for entry in indexed_runs(out):
         folder: RunFolder = entry["folder"]
@@ -107,8 +113,27 @@ def read_study_results(out: Path) -> StudyResults:
         except CorruptFileError as error:
             result = None
             problems.append(str(error))
-        status = folder.status(entry["run_id"])
-        status = "finished" if status in ("done", "stale") else status
-        runs.append(RunRecord(entry["variant"], int(entry["seed"]), entry["run_id"], folder, entry.get("overrides", {}), status,
-                              result if result is not None and result.run_id == entry["run_id"] else None))
-    return StudyResults(Path(out), read_json(Path(out) / INDEX), runs, problems)
+        status = folder.status(entry["run_id"], evaluation=entry.get("evaluation"))
+        runs.append(RunRecord(entry["variant"], int(entry["seed"]), entry["run_id"], folder, entry.get("overrides", {}),
+                              "finished" if status in ("done", "stale", "rescore", "score-failed") else status,
+                              result if result is not None and result.run_id == entry["run_id"] else None, status == "rescore"))
+    return StudyResults(Path(out), read_json(Path(out) / INDEX), runs, problems, _left_out(out, runs))
+
+
+def _left_out(out: Path, runs: list[RunRecord]) -> list[str]:
+    lines = []
+    elsewhere = [run for run in runs if run.scored_elsewhere]
+    if elsewhere:
+        lines.append(f"{len(elsewhere)} finished run(s) scored under another evaluation than the study's (metrics or feature "
+                     "extractor changed) are left out: `unpaired run` scores them again")
+    listed = {run.folder.path for run in runs}
+    others = []
+    for folder in RunFolder.in_output(out):
+        with contextlib.suppress(CorruptFileError):
+            result = folder.read_result()
+            if folder.path not in listed and result is not None and result.finished:
+                others.append(folder)
+    if others:
+        lines.append(f"{len(others)} finished run(s) of configurations the study no longer plans are left out "
+                     "(`unpaired plan` says what changed)")
+    return lines

@@ -5,14 +5,16 @@ from __future__ import annotations
 import warnings
 
 from unpaired.config.resolved import ResolvedVariant
-from unpaired.errors import StopRequested
+from unpaired.errors import StopRequested, UnpairedError
+from unpaired.evaluation.rescore import rescore_run
+from unpaired.evaluation.scoring import Scorer
 from unpaired.plugin_api.lifecycle import RunInfo
 from unpaired.plugin_api.registry import Registry
 from unpaired.results.files import CorruptFileError, StorageError
 from unpaired.results.records import RunResult, describe_failure
 from unpaired.results.run_folder import RunFolder
 from unpaired.training.loop import Trainer
-from unpaired.training.runtime import thread_count_kept
+from unpaired.training.runtime import pick_device, thread_count_kept
 
 
 def train_run(variant: ResolvedVariant, folder: RunFolder, registry: Registry, variant_name: str | None = None,
@@ -22,7 +24,8 @@ def train_run(variant: ResolvedVariant, folder: RunFolder, registry: Registry, v
     This is the one place where an exception becomes a run's status: a signal makes the run
     ``interrupted`` (a checkpoint was written; nothing else is recorded), any other exception
     ``failed`` (``result.json`` says why, ``error.txt`` holds the details). A finished run is not
-    trained again: its stored result is returned. The lifecycle hooks are told of the start
+    trained again: its stored result is returned, or, when its scores are missing or were made under another
+    evaluation than ``variant.eval``, its final generators are scored again (a failed rescoring keeps its result). The lifecycle hooks are told of the start
     (before anything is loaded) and of the end. All of it happens while holding the run folder's
     lease: when another live process holds it (still, after ``lease_wait`` seconds), :class:`LeaseHeld` is
     raised and nothing is done.
@@ -31,17 +34,25 @@ def train_run(variant: ResolvedVariant, folder: RunFolder, registry: Registry, v
     lease.acquire(wait=lease_wait)  # raises LeaseHeld while another live process trains this run
     try:
         with thread_count_kept():
-            previous = _previous_result(folder)
+            previous, scorer = _previous_result(folder), None
             if previous is not None and previous.finished and previous.run_id == variant.run_id:
-                return previous.model_copy(update={"reused": True})
+                try:
+                    scorer = Scorer(variant.eval, pick_device(variant.train.device)) if variant.eval.metrics else None
+                except UnpairedError as error:  # e.g. the extractor cannot load here: the finished result stays as it is
+                    return RunResult.from_exception(variant.run_id, error)
+                if scorer is None or (previous.scoring is not None and previous.scoring.identity == scorer.identity):
+                    return previous.model_copy(update={"reused": True})
             run = RunInfo(variant.run_id, variant.variant_key, variant_name, variant.train.seed, folder.path, variant.as_dict())
             try:
                 registry.hook.unpaired_on_variant_start(run=run)
-                result = Trainer(variant, folder, run, registry.hook, show_progress).run_to_end()
+                if scorer is not None:  # trained, but scored under another evaluation (or not at all): score, train nothing
+                    result = _rescored(folder, registry, scorer, variant)
+                else:
+                    result = Trainer(variant, folder, run, registry.hook, show_progress).run_to_end()
                 failure = None
             except (Exception, StopRequested) as error:  # a signal outside the training loop: interrupted, resumable
                 result, failure = RunResult.from_exception(variant.run_id, error), describe_failure(error)
-            if result.status != "interrupted":
+            if result.status != "interrupted" and (scorer is None or result.finished):  # a failed rescoring keeps the result
                 try:
                     folder.write_result(result, failure)
                 except StorageError as error:  # e.g. the disk filled up: the run is not recorded, a rerun redoes its end
@@ -50,6 +61,16 @@ def train_run(variant: ResolvedVariant, folder: RunFolder, registry: Registry, v
             return result
     finally:
         lease.release()
+
+
+def _rescored(folder: RunFolder, registry: Registry, scorer: Scorer, variant: ResolvedVariant) -> RunResult:
+    """The finished run's result after scoring its final generators under ``variant``'s evaluation, which its spec
+    now records."""
+    rescore_run(folder, registry, scorer, variant)
+    folder.write_spec(variant.as_dict())
+    result = folder.read_result()
+    assert result is not None  # rescore_run wrote it
+    return result
 
 
 def _previous_result(folder: RunFolder) -> RunResult | None:
