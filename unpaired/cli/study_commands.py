@@ -66,19 +66,15 @@ def _other_runs(study: Study, out: Path) -> list[str]:
     """One line per finished run folder in ``out`` of a run id the study no longer plans, saying what changed against
     the planned run of the same variant folder and seed: spec fields and plugin versions."""
     from unpaired.config.overrides import flatten
-    from unpaired.results.study_folder import run_folder
+    from unpaired.results.study_folder import run_folder, unplanned_runs
 
-    planned = {run.run_id for run in study.runs}
     by_place = {(run_folder(out, run).path.parent.name, run.seed): run for run in study.runs}
     lines = []
-    for folder in RunFolder.in_output(out):
+    for folder, result in unplanned_runs(out, {run.run_id for run in study.runs}):
         try:
-            result = folder.read_result()
-        except UnpairedError:
-            continue
-        if result is None or not result.finished or result.run_id in planned:
-            continue
-        spec = folder.read_spec()
+            spec = folder.read_spec()
+        except UnpairedError:  # an unreadable spec: the run is still named, without what changed
+            spec = {}
         current, changes = by_place.get((folder.path.parent.name, spec.get("train", {}).get("seed"))), []
         if current is not None:
             then, now = flatten(spec), flatten(current.resolved.as_dict())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from unpaired import __version__
 from unpaired.config.study import PlannedRun, Study
 from unpaired.errors import UsageError
 from unpaired.results.files import CorruptFileError, atomic_write_json, read_json
+from unpaired.results.records import RunResult
 from unpaired.results.run_folder import RunFolder
 
 INDEX = "study.json"
@@ -29,6 +31,18 @@ def moved_run(out: Path, run: PlannedRun) -> RunFolder | None:
     if expected.path.exists():
         return None
     return next((f for f in RunFolder.in_output(out) if f.path.name == expected.path.name), None)
+
+
+def unplanned_runs(out: Path, run_ids: set[str]) -> list[tuple[RunFolder, RunResult]]:
+    """The finished run folders in ``out`` whose run id is none of ``run_ids``: runs of configurations a study no longer
+    plans (a result that cannot be read is not counted)."""
+    found = []
+    for folder in RunFolder.in_output(out):
+        with contextlib.suppress(CorruptFileError):
+            result = folder.read_result()
+            if result is not None and result.finished and result.run_id not in run_ids:
+                found.append((folder, result))
+    return found
 
 
 def git_commit() -> str | None:

@@ -7,7 +7,6 @@ is gone, reads the same. A run that has not finished is reported with what its f
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ import pandas as pd
 from unpaired.results.files import CorruptFileError, read_json
 from unpaired.results.records import RunResult
 from unpaired.results.run_folder import RunFolder
-from unpaired.results.study_folder import INDEX, indexed_runs
+from unpaired.results.study_folder import INDEX, indexed_runs, unplanned_runs
 
 
 @dataclass
@@ -126,13 +125,7 @@ def _left_out(out: Path, runs: list[RunRecord]) -> list[str]:
     if elsewhere:
         lines.append(f"{len(elsewhere)} finished run(s) scored under another evaluation than the study's (metrics or feature "
                      "extractor changed) are left out: `unpaired run` scores them again")
-    listed = {run.folder.path for run in runs}
-    others = []
-    for folder in RunFolder.in_output(out):
-        with contextlib.suppress(CorruptFileError):
-            result = folder.read_result()
-            if folder.path not in listed and result is not None and result.finished:
-                others.append(folder)
+    others = unplanned_runs(out, {run.run_id for run in runs})
     if others:
         lines.append(f"{len(others)} finished run(s) of configurations the study no longer plans are left out "
                      "(`unpaired plan` says what changed)")
