@@ -172,9 +172,11 @@ def test_a_one_way_method_trains_scores_compares_and_reports_through_the_cli(one
     means = {row["variant"]: row["mean"] for row in compared}
     assert [row["variant"] for row in compared] == sorted(means, key=means.get, reverse=True)  # higher is better, as the metric says
 
+    assert "fid_a2b (mean_colour) mean ± std" in cli("compare", str(out), "--metric", "fid_a2b").stdout  # the extractor is named
+
     reported = cli("report", str(out))
     assert reported.returncode == 0, reported.stderr
-    assert "fid_a2b" in (out / "report.html").read_text()
+    assert "fid_a2b, mean_colour features" in (out / "report.html").read_text()
 
 
 class CrashAfterEpoch:

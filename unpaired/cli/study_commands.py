@@ -155,7 +155,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Rank a study's variants by a metric over seeds, from its MLflow runs or its output folder."""
-    from unpaired.results.compare import finished_runs, lower_is_better, plot, render, study_baseline
+    from unpaired.results.compare import finished_runs, heading, lower_is_better, plot, render, study_baseline
     from unpaired.results.mlflow_store import tracking_uri
     from unpaired.results.statistics import summarize
     from unpaired.results.study_folder import is_study_folder
@@ -185,7 +185,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if runs.empty:
         raise UsageError(f"study {name!r} has no finished runs yet")
     table = summarize(runs, args.metric, baseline, lower_is_better(runs, args.metric))
-    print(render(table, args.metric, args.format), end="")
+    print(render(table, heading(runs, args.metric), args.format), end="")
     if args.plot:
         plot(table, runs, args.metric, Path(args.plot))
         print(f"plot written to {args.plot}", file=sys.stderr)

@@ -16,7 +16,7 @@ from unpaired.errors import UsageError
 from unpaired.plugin_api.registry import Registry
 from unpaired.reporting.comparison import VisualComparison, visual_comparison
 from unpaired.reporting.figures import metric_plot, training_curves
-from unpaired.results.compare import lower_is_better, table_rows
+from unpaired.results.compare import heading, lower_is_better, table_rows
 from unpaired.results.statistics import ALPHA, CONFIDENCE, RUN_COLUMNS, summarize
 from unpaired.results.study_results import StudyResults
 
@@ -91,8 +91,10 @@ def build_report(results: StudyResults, registry: Registry, metric: str = "fid_m
 
 def _section(runs: pd.DataFrame, metric: str, baseline: str | None) -> MetricSection:
     table = summarize(runs, metric, baseline, lower_is_better(runs, metric))
-    header, rows = table_rows(table, metric)
-    return MetricSection(metric, METRIC_TITLES.get(metric, metric), table, header, rows)
+    header, rows = table_rows(table, heading(runs, metric))
+    extractors = ", ".join(runs.attrs.get("extractors", []))
+    title = METRIC_TITLES.get(metric, metric) + (f", {extractors} features" if extractors else "")
+    return MetricSection(metric, title, table, header, rows)
 
 
 def _facts(results: StudyResults) -> list[tuple[str, str]]:

@@ -40,7 +40,14 @@ def finished_runs(study_name: str, uri: str | None) -> pd.DataFrame:
     table = table.sort_values("start_time").drop_duplicates(["variant", "seed"], keep="last").drop(columns="start_time")
     table.attrs["lower_is_better"] = {column: better for tags in runs.get("tags.unpaired.lower_is_better", pd.Series(dtype=object)).dropna()
                                       for column, better in json.loads(tags).items()}
+    table.attrs["extractors"] = sorted(set(runs.get("tags.unpaired.extractor", pd.Series(dtype=object)).dropna()))
     return table
+
+
+def heading(runs: pd.DataFrame, column: str) -> str:
+    """``column`` as tables head it: a score with the feature extractor that made it (``fid_mean (inception)``)."""
+    extractors = runs.attrs.get("extractors", [])
+    return f"{column} ({', '.join(extractors)})" if extractors and column in runs.attrs.get("lower_is_better", {}) else column
 
 
 def lower_is_better(runs: pd.DataFrame, column: str) -> bool:

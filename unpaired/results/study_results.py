@@ -92,6 +92,7 @@ class StudyResults:
                  "scoring_failed": bool(run.result.scoring_problems), **run.result.metrics} for run in compared if run.result is not None]
         table = pd.DataFrame(rows, columns=None if rows else ["variant", "seed", "run_id", "planned_seeds", "scoring_failed"])
         table.attrs["lower_is_better"] = {k: v for result in finished if result.scoring for k, v in result.scoring.lower_is_better.items()}
+        table.attrs["extractors"] = sorted({result.scoring.extractor for result in finished if result.scoring})
         return table
 
     def status_counts(self) -> dict[str, int]:
