@@ -206,7 +206,7 @@ def test_a_nan_score_is_a_failed_scoring_everywhere_never_a_dropped_variant(one_
     base = merge(TINY_BASE, {"data": {"n_test": 3}, "eval": {"metrics": ["fid"], "feature_extractor": {"name": "nan_features"}}})
     study.write_text(yaml.safe_dump({"name": "nan", "base": base, "grid": {"generator.ngf": [4, 5]}, "tracking": {"enabled": False}}))
     ran = cli("run", str(study), "--quiet", cwd=tmp_path)
-    assert ran.returncode == 1
+    assert ran.returncode == 1, ran.stderr[:6000]
     assert "FAILED ngf=4 seed 0: the scoring failed: fid_a2b is nan; fid_b2a is nan" in ran.stdout
     out = tmp_path / "runs" / "nan"
     compared = cli("compare", str(out), "--format", "json")

@@ -82,7 +82,11 @@ class Scorer:
             inputs[True] = (real_features(), self.extractor(fake))
         if False in needed:
             inputs[False] = (to_uint8(torch.stack(real())), to_uint8(torch.stack(fake)))
-        return {name: metric.compute(*inputs[metric.uses_features]) for name, metric in self.metrics.items()}
+        # a NaN in its inputs makes a score NaN, so a metric is not asked (FID's matrix square root crashes the process on
+        # some CPUs' LAPACK given NaN): the failed scoring is reported as such
+        usable = {kind: all(bool(torch.isfinite(tensor.float()).all()) for tensor in pair) for kind, pair in inputs.items()}
+        return {name: metric.compute(*inputs[metric.uses_features]) if usable[metric.uses_features] else Score(math.nan)
+                for name, metric in self.metrics.items()}
 
 
 def _record(scores: Scores, column: str, score: Score) -> None:
