@@ -8,7 +8,7 @@ from pathlib import Path
 from PIL import Image
 from pydantic import Field
 
-from unpaired.plugin_api import IMAGE_EXTENSIONS, DataError, Domain, Split, Transform, TransformParams, UnpairedData, hookimpl, list_images, load_image
+from unpaired.plugin_api import IMAGE_EXTENSIONS, DataError, Domain, Notice, Split, Transform, TransformParams, UnpairedData, hookimpl, list_images, load_image
 
 
 class FolderParams(TransformParams):
@@ -49,7 +49,7 @@ class ImageFolders(UnpairedData):
                 if params.cache:
                     self.decoded[split, domain] = decoded
         if unreadable:
-            warnings.warn(f"skipping {len(unreadable)} unreadable image(s): " + "; ".join(unreadable), stacklevel=2)
+            warnings.warn(f"skipping {len(unreadable)} unreadable image(s): " + "; ".join(unreadable), Notice, stacklevel=2)
 
     def size(self, split: Split, domain: Domain) -> int:
         return len(self.files[split, domain])

@@ -34,6 +34,97 @@ TINY_BASE = {  # the base variant of the small studies the tests run: seconds pe
 }
 
 
+# A distribution whose components each break one contract of their kind.
+BROKEN_COMPONENTS = """
+    import torch
+    from pydantic import BaseModel
+    from torch import nn
+    from unpaired.plugin_api import GanLoss, Norm, hookimpl
+    from unpaired_plugins.synthetic import SyntheticData, SyntheticParams
+
+    class P(BaseModel):
+        pass
+
+    class Scale(nn.Module):
+        '''A 1x1 conv (so it trains), then a fixed operation that breaks a contract.'''
+
+        def __init__(self, channels_out, after):
+            super().__init__()
+            self.conv, self.after = nn.Conv2d(3, channels_out, 1), after
+
+        def forward(self, x):
+            return self.after(self.conv(x))
+
+    class CoupledNorm(Norm):
+        '''Batch norm that wrongly claims to treat each image alone.'''
+
+        has_affine_shift = True
+        per_image = True
+
+        def __init__(self, params):
+            pass
+
+        def __call__(self, channels):
+            return nn.BatchNorm2d(channels)
+
+    class FloatLoss(GanLoss):
+        # LSGAN computed in Python floats: no gradient reaches the networks
+
+        def __init__(self, params):
+            pass
+
+        def generator_loss(self, fake_pred, real_pred=None):
+            return float(((fake_pred - 1) ** 2).mean())
+
+        def discriminator_loss(self, real_pred, fake_pred):
+            return float(((real_pred - 1) ** 2).mean() + (fake_pred**2).mean())
+
+    class NoTestB(SyntheticData):
+        # synthetic images, but none in the test split of domain B
+
+        def __init__(self, params):
+            super().__init__(SyntheticParams(size=32, n_train=4, n_test=2))
+
+        def size(self, split, domain):
+            return 0 if (split, domain) == ("test", "B") else super().size(split, domain)
+
+    @hookimpl
+    def unpaired_register_gan_losses(register):
+        register("float_loss", FloatLoss, P, "returns floats")
+
+    @hookimpl
+    def unpaired_register_datasets(register):
+        register("no_test_b", NoTestB, P, "an empty test split of B")
+
+    @hookimpl
+    def unpaired_register_generators(register):
+        register("one_channel", lambda params, norm: Scale(1, torch.tanh), P, "gives 1 channel")
+        register("unbounded", lambda params, norm: Scale(3, lambda y: torch.tanh(y) + 1.5), P, "gives values in [0.5, 2.5]")
+
+    @hookimpl
+    def unpaired_register_norms(register):
+        register("coupled", CoupledNorm, P, "batch norm claiming per_image")
+"""
+# A feature extractor that scores a test study in no time.
+PIXEL_FEATURES = """
+    from pydantic import BaseModel
+    from torch import nn
+    from unpaired.plugin_api import hookimpl
+
+    class P(BaseModel):
+        pass
+
+    class MeanColour(nn.Module):
+        '''Each image's mean colour: a cheap stand-in for Inception, so that a test study is scored in no time.'''
+
+        def forward(self, images):
+            return images.float().mean(dim=(2, 3)) / 255
+
+    @hookimpl
+    def unpaired_register_feature_extractors(register):
+        register("mean_colour", lambda params: MeanColour(), P, "mean colour of each image")
+"""
+
 # Every test (and every CLI it starts) uses the offline FID weights and a private feature cache.
 os.environ["UNPAIRED_FID_WEIGHTS"] = str(FID_WEIGHTS)
 os.environ["UNPAIRED_CACHE"] = tempfile.mkdtemp(prefix="unpaired-test-cache-")

@@ -392,7 +392,8 @@ class NanAfter:
 
 def test_a_non_finite_loss_stops_the_variant_naming_term_step_and_epoch(tmp_path):
     registry = Registry.from_entry_points()
-    registry.add_plugin(NanAfter(2 * 11), "nan", "tests", "0")  # two generator_loss calls per step: NaN from step 12
+    # one generator_loss call by the contract probe, then two per step: NaN from step 12
+    registry.add_plugin(NanAfter(1 + 2 * 11), "nan", "tests", "0")
     variant = tiny(registry, gan_loss={"name": "flaky"}, train={"log_every": 4})
     result = train(variant, tmp_path, registry)
     assert result.status == "failed" and result.error.startswith("TrainingError: ")

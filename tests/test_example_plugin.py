@@ -10,7 +10,7 @@ import pytest
 import yaml
 import torch
 
-from conftest import REPO, TINY_BASE, run_cli, write_distribution
+from conftest import BROKEN_COMPONENTS, REPO, TINY_BASE, run_cli, write_distribution
 from unpaired.config.resolved import resolve_variant
 from unpaired.plugin_api.registry import Registry
 from unpaired.results.run_folder import RunFolder
@@ -77,55 +77,17 @@ def test_the_example_package_s_own_tests_check_its_components_with_unpaired_test
     assert "2 passed" in result.stdout
 
 
-BROKEN_COMPONENTS = """
-    import torch
-    from pydantic import BaseModel
-    from torch import nn
-    from unpaired.plugin_api import Norm, hookimpl
-
-    class P(BaseModel):
-        pass
-
-    class Scale(nn.Module):
-        '''A 1x1 conv (so it trains), then a fixed operation that breaks a contract.'''
-
-        def __init__(self, channels_out, after):
-            super().__init__()
-            self.conv, self.after = nn.Conv2d(3, channels_out, 1), after
-
-        def forward(self, x):
-            return self.after(self.conv(x))
-
-    class CoupledNorm(Norm):
-        '''Batch norm that wrongly claims to treat each image alone.'''
-
-        has_affine_shift = True
-        per_image = True
-
-        def __init__(self, params):
-            pass
-
-        def __call__(self, channels):
-            return nn.BatchNorm2d(channels)
-
-    @hookimpl
-    def unpaired_register_generators(register):
-        register("one_channel", lambda params, norm: Scale(1, torch.tanh), P, "gives 1 channel")
-        register("unbounded", lambda params, norm: Scale(3, lambda y: torch.tanh(y) + 1.5), P, "gives values in [0.5, 2.5]")
-
-    @hookimpl
-    def unpaired_register_norms(register):
-        register("coupled", CoupledNorm, P, "batch norm claiming per_image")
-"""
-
-
 @pytest.mark.parametrize(("changes", "message"), [
     ({"generator": {"name": "one_channel"}}, "generator 'one_channel' of broken-parts 1.0 must map images (N, 3, H, W) to the same shape; "
                                              "it turned (2, 3, 32, 32) into (2, 1, 32, 32)"),
     ({"generator": {"name": "unbounded"}}, "generator 'unbounded' of broken-parts 1.0 must give images in [-1, 1]"),
     ({"norm": {"name": "coupled"}}, "norm 'coupled' of broken-parts 1.0 claims per_image = True, but the generator networks it normalises"),
+    ({"gan_loss": {"name": "float_loss"}}, "gan_loss 'float_loss' of broken-parts 1.0: generator_loss must return a finite scalar tensor "
+                                           "computed from the scores it is given (with torch operations, so that gradients flow); it returned a float"),
+    ({"data": {"name": "no_test_b"}}, "dataset 'no_test_b' of broken-parts 1.0 has no images in testB: every split of both domains needs at least one"),
 ])
 def test_a_component_breaking_its_contract_is_named_before_any_training_step(make_distribution, tmp_path, changes, message):
+    """Each would otherwise fail deep in training (a dataset with an empty split: after a whole epoch), naming neither."""
     make_distribution("broken-parts", "1.0", {"broken": "broken_parts"}, {"broken_parts.py": BROKEN_COMPONENTS})
     registry = Registry.from_entry_points()
     spec = {"data": {"name": "synthetic", "size": 32, "n_train": 4, "n_test": 2}, "generator": {"name": "resnet", "n_blocks": 1, "ngf": 4},
@@ -208,6 +170,7 @@ def test_a_run_trained_by_another_plugin_version_is_marked_stale_and_can_be_trai
     (site / "acme_gen-1.1.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-gen\nVersion: 1.1\n")
     plan = run_cli("plan", str(study), *out).stdout
     assert plan.splitlines()[1].split()[2:5] == [folder.name.split("-")[1], "12", "stale"]  # same run id, now stale
+    assert "stale (acme-gen 1.0 -> 1.1)" in plan.splitlines()[1]  # which plugin changed decides whether to retrain
     again = run_cli("run", str(study), *out, "--quiet")
     assert "skipped 1" in again.stdout and "trained by other versions of their plugins" in again.stdout
     rerun = run_cli("run", str(study), *out, "--quiet", "--rerun-stale")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from conftest import BROKEN_COMPONENTS
 from unpaired.testing import ContractError, check_component
 
 SMALL = {"generator": {"name": "resnet", "n_blocks": 1, "ngf": 4}, "discriminator": {"name": "patchgan", "ndf": 4, "n_layers": 2}}
@@ -100,8 +101,6 @@ def test_a_component_that_would_give_silently_wrong_results_fails_its_check(misb
 
 
 def test_the_contract_probe_is_part_of_the_check(make_distribution):
-    from test_example_plugin import BROKEN_COMPONENTS
-
     make_distribution("broken-parts", "1.0", {"broken": "broken_parts"}, {"broken_parts.py": BROKEN_COMPONENTS})
     with pytest.raises(ContractError, match=r"norm 'coupled' of broken-parts 1.0 claims per_image = True"):
         check_component("norm", "coupled", variant=SMALL)

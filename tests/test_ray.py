@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -14,7 +16,10 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import TINY_BASE, UNPAIRED, run_cli
+from conftest import TINY_BASE, UNPAIRED, free_port, run_cli
+from unpaired.config.study import load_study
+from unpaired.plugin_api.registry import Registry
+from unpaired.results.run_folder import RunFolder
 
 pytest.importorskip("ray")
 
@@ -71,6 +76,9 @@ def test_a_study_on_a_two_node_cluster_equals_the_local_executor(ray_cluster, ml
     assert {c.info.status for c in mlflow_children} == {"FINISHED"}
     again = run("run", str(study), "--out", str(tmp_path / "ray"), "--quiet", "--executor", "ray", "--address", ray_cluster, env=env)
     assert "done 0, failed 0, skipped 4" in again.stdout  # finished runs are never resubmitted
+    results = [json.loads(path.read_text()) for path in (tmp_path / "ray").glob("*/*/result.json")]
+    assert {r["host"] for r in results} == {socket.gethostname()} and all(len(r["ray_node"]) > 20 for r in results)  # who trained it
+    assert {c.data.tags["unpaired.ray_node"] for c in mlflow_children} == {r["ray_node"] for r in results}
 
 
 def test_a_worker_killed_mid_run_is_retried_and_resumes_to_the_same_result(ray_cluster, mlflow_server, tmp_path):
@@ -110,7 +118,8 @@ def test_a_ray_driver_and_a_local_one_at_once_train_each_run_once(ray_cluster, m
         assert [m.step for m in MlflowClient(mlflow_server).get_metric_history(child.info.run_id, "cycle_A")] == [1, 2]
 
 
-def test_a_sqlite_store_is_refused_on_several_machines_and_a_missing_ray_says_how_to_install_it(ray_cluster, tmp_path):
+def test_what_ray_cannot_do_is_refused_at_once_naming_what_to_do(ray_cluster, tmp_path):
+    """A SQLite store on several machines, Ray missing, an address nothing answers at, a run no node can hold."""
     study = write_study(tmp_path / "refused.yaml", "refused")
     refused = run("run", str(study), "--out", str(tmp_path / "out"), "--executor", "ray", "--address", ray_cluster,
                   env=one_thread(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/mlflow.db"))
@@ -125,23 +134,39 @@ def test_a_sqlite_store_is_refused_on_several_machines_and_a_missing_ray_says_ho
     assert not list((tmp_path / "out").glob("*/*"))
     assert run_cli("run", str(study), "--address", ray_cluster).returncode == 1  # an address needs the Ray executor
 
+    started = time.monotonic()
+    env = one_thread()
+    nobody = run("run", str(study), "--out", str(tmp_path / "out"), "--executor", "ray", "--address", f"127.0.0.1:{free_port()}", env=env)
+    assert nobody.returncode == 2 and "no Ray cluster answers at 127.0.0.1:" in nobody.stderr, nobody.stderr
+    assert time.monotonic() - started < 30  # Ray itself waits for minutes
+    too_big = write_study(tmp_path / "big.yaml", "big", execution={"cpus_per_run": 2}, tracking={"enabled": False})
+    refused = run("run", str(too_big), "--out", str(tmp_path / "out"), "--executor", "ray", "--address", ray_cluster, env=env)
+    assert refused.returncode == 2, refused.stderr  # Ray would keep the task pending for ever
+    assert "no node of the Ray cluster has the 2 CPU and 0 GPU each run asks for" in refused.stderr
+    assert "the largest has 1 CPU and 0 GPU" in refused.stderr and not list((tmp_path / "out").glob("*/*"))
 
-def test_ctrl_c_cancels_the_ray_tasks_which_checkpoint_and_a_rerun_resumes_them(ray_cluster, mlflow_server, tmp_path):
-    from unpaired.results.run_folder import RunFolder
 
-    study = write_study(tmp_path / "cancelled.yaml", "cancelled", base=LONGER, grid={"generator.n_blocks": [1, 2, 3]})
-    env = one_thread(MLFLOW_TRACKING_URI=mlflow_server)
-    command = [UNPAIRED, "run", str(study), "--out", str(tmp_path / "out"), "--quiet", "--executor", "ray", "--address", ray_cluster]
-    driver = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
-    deadline = time.monotonic() + 120
-    while len(list((tmp_path / "out").glob("*/*/history.json"))) < 2 and time.monotonic() < deadline:  # both nodes into epoch 2
-        time.sleep(0.1)
-    driver.send_signal(signal.SIGINT)
-    stdout, stderr = driver.communicate(timeout=120)
-    assert driver.returncode == 130 and "Traceback" not in stderr, stderr
-    assert "interrupted 2" in stdout and "stopped by signal 2" in stdout
-    started = [RunFolder(p.parent.parent) for p in (tmp_path / "out").glob("*/*/checkpoints/*.pt")]
-    assert len(started) == 2 and all(folder.load_checkpoint().state.step_in_epoch > 0 for folder in started)
-    assert not list((tmp_path / "out").glob("*/*/lease.json"))
-    rerun = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
-    assert rerun.returncode == 0 and "done 3, failed 0" in rerun.stdout, rerun.stderr
+def test_the_tasks_use_the_drivers_lease_timeout_to_take_over_a_lease_a_dead_host_left(ray_cluster, tmp_path):
+    """The nodes' environment says 5 s; the driver's 2 s is what every task must use, or it gives up on the lease as busy."""
+    study = write_study(tmp_path / "orphan.yaml", "orphan", tracking={"enabled": False})
+    env = one_thread(UNPAIRED_LEASE_TIMEOUT="2")
+    (planned,) = load_study(study, Registry.from_entry_points()).runs
+    lease = RunFolder.in_study(tmp_path / "out", planned.variant, 0, planned.run_id).lease().path
+    lease.parent.mkdir(parents=True)
+    lease.write_text(json.dumps({"host": "dead-host", "pid": 1, "token": "gone", "since": 0}))
+    beating = threading.Event()  # the dead host's heartbeat goes on until the run is submitted, then stops
+
+    def beat():
+        while not beating.wait(0.2):
+            os.utime(lease)
+
+    threading.Thread(target=beat, daemon=True).start()
+    driver = subprocess.Popen([UNPAIRED, "run", str(study), "--out", str(tmp_path / "out"), "--quiet", "--executor", "ray",
+                               "--address", ray_cluster], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    lines = []
+    for line in driver.stdout:
+        lines.append(line)
+        if line.startswith("submitted"):
+            beating.set()
+    beating.set()
+    assert driver.wait(timeout=300) == 0 and "done 1, failed 0" in "".join(lines), "".join(lines)

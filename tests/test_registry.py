@@ -254,3 +254,16 @@ def test_a_qualified_name_of_the_same_component_gives_the_same_run_id(make_distr
     assert plain.run_id == qualified.run_id and qualified.generator.name == "acme-gans:tiny"
     builtin, theirs = (resolve_variant({**base, "generator": {"name": f"{d}:resnet"}}, registry) for d in ("unpaired", "acme-gans"))
     assert builtin.run_id != theirs.run_id  # two components of one name are two identities
+
+
+def test_register_takes_default_as_its_fifth_argument_as_the_hookspec_documents(make_distribution):
+    make_distribution("positional", "1.0", {"positional": "positional_metric"}, {"positional_metric.py": """
+        from unpaired.plugin_api import hookimpl
+        from unpaired_plugins.metrics import FID, FidParams
+
+        @hookimpl
+        def unpaired_register_metrics(register):
+            register("fid_again", FID, FidParams, "FID under another name", True)
+    """})
+    registry = Registry.from_entry_points()
+    assert registry.get("metric", "fid_again").default and "fid_again" in registry.defaults("metric")

@@ -19,7 +19,7 @@ import yaml
 from PIL import Image
 from scipy import stats
 
-from conftest import TINY_BASE, UNPAIRED, write_distribution
+from conftest import PIXEL_FEATURES, TINY_BASE, UNPAIRED, write_distribution
 from unpaired.config.overrides import merge
 from unpaired.plugin_api.data import to_uint8
 from unpaired.plugin_api.registry import Registry
@@ -60,25 +60,6 @@ def test_holm_adjustment_matches_the_textbook():
     adjusted = holm([0.2, math.nan, 0.9])
     assert adjusted[0] == pytest.approx(0.4) and math.isnan(adjusted[1]) and adjusted[2] == pytest.approx(0.9)
 
-
-PIXEL_FEATURES = """
-    from pydantic import BaseModel
-    from torch import nn
-    from unpaired.plugin_api import hookimpl
-
-    class P(BaseModel):
-        pass
-
-    class MeanColour(nn.Module):
-        '''Each image's mean colour: a cheap stand-in for Inception, so that a test study is scored in no time.'''
-
-        def forward(self, images):
-            return images.float().mean(dim=(2, 3)) / 255
-
-    @hookimpl
-    def unpaired_register_feature_extractors(register):
-        register("mean_colour", lambda params: MeanColour(), P, "mean colour of each image")
-"""
 
 QUESTION = "Do two residual blocks beat one?"
 N_TEST = 7

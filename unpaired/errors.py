@@ -8,6 +8,8 @@ the exit code the command line ends with. Anything else that escapes is a bug (i
 from __future__ import annotations
 
 import difflib
+import sys
+import warnings
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -33,6 +35,25 @@ class Interrupted(UnpairedError):
     """SIGINT or SIGTERM stopped the work after saving what it needs to resume; running the same command again resumes."""
 
     exit_code = 130
+
+
+class Notice(UserWarning):
+    """Something the user should know that did not stop the work (a corrupt file set aside, a lease taken over):
+    the command line prints it as one ``warning:`` line, not as a Python warning with its source line."""
+
+
+def print_notices_plainly() -> None:
+    """Show every :class:`Notice` of this process as ``warning: <message>`` on stderr; other warnings as Python shows them."""
+    shown = warnings.showwarning
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None, line: str | None = None) -> None:
+        if issubclass(category, Notice):
+            print(f"warning: {message}", file=sys.stderr, flush=True)
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    if getattr(shown, "__name__", "") != "show":
+        warnings.showwarning = show
 
 
 class StopRequested(BaseException):

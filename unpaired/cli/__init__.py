@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from unpaired import __version__
 from unpaired.cli.study_commands import cmd_compare, cmd_plan, cmd_report, cmd_run, cmd_schema, cmd_score, cmd_validate
 from unpaired.cli.tool_commands import cmd_data_download, cmd_data_export, cmd_fid, cmd_plugins, cmd_train, cmd_translate
-from unpaired.errors import Interrupted, StopRequested, UnpairedError
+from unpaired.errors import Interrupted, StopRequested, UnpairedError, print_notices_plainly
 from unpaired.tools.download import DATASETS
 from unpaired.training.runtime import stop_on_signals
 
@@ -126,6 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     (exit 130 and 143), training checkpoints first.
     """
     args = build_parser().parse_args(argv)
+    print_notices_plainly()
     try:
         with stop_on_signals():
             return args.handler(args)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from unpaired.config.schema import study_json_schema
+from unpaired.config.spec import SpecError
 from unpaired.config.study import Study, load_study
 from unpaired.errors import InputError, UnpairedError, UsageError
 from unpaired.cli.plugins import registry as plugin_registry
@@ -26,8 +27,15 @@ def _out_dir(out: str | None, study: Study) -> Path:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """Check a study file completely without training anything."""
+    from unpaired.execution.runner import check_datasets
+
     study = load_study(args.study, plugin_registry())
-    print(f"{args.study}: valid: {_describe(study)}")
+    broken, unopened = check_datasets(study)  # the data is opened and counted too
+    if broken:
+        raise SpecError(args.study, broken)
+    for line in unopened:
+        print(f"warning: {line}", file=sys.stderr)
+    print(f"{args.study}: valid: {_describe(study)}" + (" (its data not checked)" if unopened else ""))
     return 0
 
 
@@ -48,7 +56,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
         overrides = ", ".join(f"{k}={v}" for k, v in run.overrides.items()) or "(base)"
         count = steps[run.run_id]
         moved = moved_run(out, run)
-        status = (moved or run_folder(out, run)).status(run.run_id, run.resolved.plugins(), evaluations.get(run.run_id))
+        folder = moved or run_folder(out, run)
+        status = folder.status(run.run_id, run.resolved.plugins(), evaluations.get(run.run_id))
+        if status == "stale":  # which plugin changed is what decides whether to retrain (--rerun-stale)
+            trained = folder.read_result()
+            status += f" ({'; '.join(plugin_changes(trained.plugins if trained else {}, run.resolved.plugins()))})"
         status += f" (in {moved.path.relative_to(out)}: `run` moves it)" if moved else ""
         rows.append((run.variant, str(run.seed), run.run_id, str(count) if isinstance(count, int) else "?", status, overrides))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
@@ -60,6 +72,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(line)
     print(f"\n{study.spec.name}: {_describe(study)}; output folder {out}")
     return 0
+
+
+def plugin_changes(then: dict[str, str], now: dict[str, str]) -> list[str]:
+    """``unpaired-unet 0.1.0 -> 0.2.0`` for each distribution whose version differs between two runs' ``plugins``."""
+    return [f"{dist} {then.get(dist, '(none)')} -> {now.get(dist, '(none)')}" for dist in sorted(set(then) | set(now))
+            if then.get(dist) != now.get(dist)]
 
 
 def _other_runs(study: Study, out: Path) -> list[str]:
@@ -80,8 +98,7 @@ def _other_runs(study: Study, out: Path) -> list[str]:
             then, now = flatten(spec), flatten(current.resolved.as_dict())
             changes = [f"{key}: {then.get(key)!r} -> {now.get(key)!r}" for key in sorted(set(then) | set(now))
                        if then.get(key) != now.get(key) and not key.startswith("eval.")]
-            changes += [f"{dist} {result.plugins.get(dist)} -> {version}" for dist, version in current.resolved.plugins().items()
-                        if result.plugins.get(dist) not in (None, version)]
+            changes += plugin_changes(result.plugins, current.resolved.plugins())
         lines.append(f"not planned any more: {folder.path.relative_to(out)} (finished, run {result.run_id})"
                      + (f": {'; '.join(changes)}" if changes else ""))
     if lines:
@@ -118,7 +135,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 def _run_folders(target: Path) -> list[RunFolder]:
     """Run folders that ended, named by a run folder, a study output folder, or a study file (its default output folder)."""
-    from unpaired.results.study_folder import indexed_runs, is_study_folder
+    from unpaired.results.study_folder import is_study_folder, read_index
 
     if RunFolder.holds_run(target):
         return [RunFolder(target)]
@@ -126,7 +143,11 @@ def _run_folders(target: Path) -> list[RunFolder]:
         target = _out_dir(None, load_study(target, plugin_registry()))
     if not is_study_folder(target):
         raise InputError(f"{target} is neither the folder of a run that started training nor a study output folder")
-    return [run["folder"] for run in indexed_runs(target) if run["folder"].read_result() is not None]
+    index, problem = read_index(target)
+    if problem:
+        print(f"note: {problem}", file=sys.stderr)
+    folders = [RunFolder(target / entry["folder"]) for entry in index["runs"]]
+    return [folder for folder in folders if folder.read_result() is not None]
 
 
 def cmd_score(args: argparse.Namespace) -> int:
@@ -167,6 +188,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if is_study_folder(target) or (study is not None and not study.spec.tracking.enabled):  # the run folders: no MLflow
         results = read_study_results(_study_folder(args.study))
         name, baseline, runs, left_out = results.name, results.baseline, results.metrics(), results.left_out
+        left_out = [results.index_problem, *left_out] if results.index_problem else left_out
     else:
         if study is not None:
             name, baseline, uri = study.spec.name, study.baseline, tracking_uri(study.spec.tracking.uri)
@@ -212,13 +234,12 @@ def _study_folder(target: str) -> Path:
 def cmd_report(args: argparse.Namespace) -> int:
     """Write the study report (HTML or Markdown) from the study's output folder."""
     from unpaired.reporting import write_report
-    from unpaired.results.files import read_json
-    from unpaired.results.study_folder import INDEX
+    from unpaired.results.study_folder import read_index
     from unpaired.training.runtime import pick_device
 
     out = _study_folder(args.study)
     fmt = args.format or ("markdown" if args.out and Path(args.out).suffix.lower() == ".md" else "html")
-    metric = args.metric or read_json(out / INDEX).get("metric") or "fid_mean"
+    metric = args.metric or read_index(out)[0].get("metric") or "fid_mean"
     path = write_report(out, plugin_registry(), Path(args.out) if args.out else None, fmt, metric, args.seed, pick_device(args.device))
     print(f"report written to {path}")
     return 0

@@ -36,10 +36,17 @@ def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return dict(pairs)
 
 
+MAX_DOCUMENT_BYTES = 256 * 1024
+"""The largest spec file read: anything bigger is not a study (and parsing it could take minutes)."""
+
+
 def read_document(path: str | Path) -> Any:
     """Parse a YAML (.yaml/.yml) or JSON (.json) file; syntax errors and duplicate keys name the line and column."""
     path = Path(path)
     try:
+        if (size := path.stat().st_size) > MAX_DOCUMENT_BYTES:
+            raise SpecError(str(path), [("", f"is {size // 1024} KiB; a spec is at most {MAX_DOCUMENT_BYTES // 1024} KiB "
+                                         "(a study is a few KiB: name the file you meant)")])
         text = path.read_text()
     except OSError as error:
         raise SpecError(str(path), [("", f"cannot read the file: {error.strerror or error}")]) from None

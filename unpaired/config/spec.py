@@ -135,6 +135,10 @@ def component_slots(model: type[BaseModel] = VariantSpec, prefix: str = "") -> d
     return slots
 
 
+SHOWN_PROBLEMS = 20
+"""How many of a spec's problems its error lists; the rest are counted."""
+
+
 class SpecError(UnpairedError):
     """A spec is invalid. ``problems`` holds ``(dotted_path, message)`` pairs; ``source`` names the file."""
 
@@ -142,7 +146,9 @@ class SpecError(UnpairedError):
 
     def __init__(self, source: str, problems: list[tuple[str, str]]):
         self.source, self.problems = source, problems
-        lines = [f"  {path}: {message}" if path else f"  {message}" for path, message in problems]
+        lines = [f"  {path}: {message}" if path else f"  {message}" for path, message in problems[:SHOWN_PROBLEMS]]
+        if len(problems) > SHOWN_PROBLEMS:
+            lines.append(f"  ... and {len(problems) - SHOWN_PROBLEMS} more (fix these first)")
         count = f"{len(problems)} problem" + ("s" if len(problems) != 1 else "")
         super().__init__(f"{source}: {count}:\n" + "\n".join(lines))
 

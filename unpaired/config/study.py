@@ -37,6 +37,8 @@ class TrackingConfig(BaseModel):
     log_generators: bool = Field(True, description="attach the final generators to each run as artifacts")
     metric: str | None = Field(None, description="the score the study report ranks variants by (default: the base's first "
                                "metric, e.g. fid_mean, or the first score every variant has)")
+    timeout: float = Field(10.0, ge=2, description="seconds a run may wait on the tracking server: one that does not answer "
+                           "by then is given up for that run, and training goes on (the next `unpaired run` logs what is missing)")
 
 
 class ExecutionConfig(BaseModel):
@@ -217,6 +219,10 @@ def _expand(spec: StudySpec, grid: dict[str, list[Any]], registry: Registry, sou
         for path, value in combination.items():
             merged = set_path(merged, path, value, registry)
         where = f"variants.{variant_name}" if variant_name and not combination else f"variant[{name}]"
+        if name.strip(".") == "":
+            problems.append(("variants", f"{name!r} cannot name a variant: it names a folder outside the output folder; "
+                             "give it a name with a letter or digit"))
+            continue
         try:
             resolved = resolve_variant(merged, registry, source, prefix=where)
         except SpecError as error:

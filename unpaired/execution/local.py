@@ -13,7 +13,7 @@ import torch
 
 from unpaired.config.resolved import resolve_variant
 from unpaired.config.study import PlannedRun
-from unpaired.errors import StopRequested
+from unpaired.errors import StopRequested, print_notices_plainly
 from unpaired.plugin_api.registry import Registry, default_registry
 from unpaired.results.lease import LeaseHeld
 from unpaired.results.records import RunResult
@@ -112,6 +112,7 @@ def _collect(run: PlannedRun, future: Future, summary: StudySummary, announce: C
 
 
 def _start_worker(threads: int, stop: Any) -> None:
+    print_notices_plainly()
     torch.set_num_threads(threads)
     listen_for_stop(stop)
 

@@ -9,7 +9,10 @@ at once. Run folders must be on storage every node sees: the executor checks tha
 
 from __future__ import annotations
 
+import os
 import secrets
+import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,9 +22,9 @@ from tqdm import tqdm
 
 from unpaired.config.resolved import resolve_variant
 from unpaired.config.study import ExecutionConfig, PlannedRun
-from unpaired.errors import StopRequested, UnpairedError, UsageError
+from unpaired.errors import StopRequested, UnpairedError, UsageError, print_notices_plainly
 from unpaired.plugin_api.registry import default_registry
-from unpaired.results.lease import LeaseHeld, lease_timeout
+from unpaired.results.lease import TIMEOUT_ENV, LeaseHeld, heartbeat_interval, lease_timeout
 from unpaired.results.records import RunResult
 from unpaired.results.run_folder import RunFolder
 from unpaired.results.study_folder import run_folder
@@ -34,6 +37,12 @@ if TYPE_CHECKING:
 
 class RayUnavailable(UnpairedError):
     """``--executor ray`` without Ray installed."""
+
+    exit_code = 2
+
+
+class ClusterUnusable(UnpairedError):
+    """No Ray cluster answers at the address given, or none of its nodes can hold a run as the study asks."""
 
     exit_code = 2
 
@@ -51,16 +60,30 @@ class RayExecutor:
 
     def __init__(self, settings: ExecutionConfig, out: Path, listeners: list[object], announce: Callable[[str], None]):
         self.ray, self.settings, self.listeners = _import_ray(), settings, listeners
+        _check_answers(settings.address)
         try:
             context = self.ray.init(address=settings.address, logging_level="WARNING")
         except ConnectionError as error:
-            raise UsageError(f"no Ray cluster answers at {settings.address} ({error}); start one with `ray start --head`, "
+            raise ClusterUnusable(f"no Ray cluster answers at {settings.address} ({error}); start one with `ray start --head`, "
                              "or leave execution.address out to start Ray on this machine") from None
         self.nodes = [node for node in self.ray.nodes() if node["Alive"]]
         self.machines = len(self.nodes)
         dashboard = getattr(context, "dashboard_url", None)
         announce(f"Ray: {self.machines} node(s)" + (f", dashboard http://{dashboard}" if dashboard else ""))
+        self.check_fits()
         self.check_storage(out)
+        self.silent_holders: set[str] = set()
+        """Lease tokens of holders already said to be silent."""
+
+    def check_fits(self) -> None:
+        """Refuse a run request no node can meet (Ray would keep it pending for ever), naming what the largest node has."""
+        cpus, gpus = self.settings.cpus_per_run, self.settings.gpus_per_run
+        have = [(node["Resources"].get("GPU", 0.0), node["Resources"].get("CPU", 0.0)) for node in self.nodes]
+        if not any(node_cpus >= cpus and node_gpus >= gpus for node_gpus, node_cpus in have):
+            largest_gpus, largest_cpus = max(have, default=(0.0, 0.0))
+            raise ClusterUnusable(f"no node of the Ray cluster has the {cpus:g} CPU and {gpus:g} GPU each run asks for "
+                             f"(execution.cpus_per_run, gpus_per_run); the largest has {largest_cpus:g} CPU and {largest_gpus:g} GPU. "
+                             "Ask for less, or join a node that has them (ray start --num-cpus/--num-gpus)")
 
     def check_storage(self, out: Path) -> None:
         """Every node writes and reads a probe file in ``out``: the run folders must be on storage they all see."""
@@ -90,7 +113,7 @@ class RayExecutor:
                                                     max_retries=settings.max_retries, retry_exceptions=False)
         threads = max(1, int(settings.cpus_per_run))
         pending = {task.remote(run.resolved.as_dict(), str(run_folder(out, run)), run.variant, self.listeners, threads,
-                               1.5 * lease_timeout()): run for run in todo}
+                               lease_timeout()): run for run in todo}
         announce(f"submitted {len(todo)} run(s) to Ray, {settings.cpus_per_run:g} CPU and {settings.gpus_per_run:g} GPU each")
         progress = tqdm(total=len(todo), unit="run", disable=not show_progress, dynamic_ncols=True, desc="runs")
         say = progress.write if show_progress else announce  # lines above the bar, not through it
@@ -102,6 +125,7 @@ class RayExecutor:
                         self._collect(pending.pop(ref), ref, summary, say)
                         progress.update()
                     running = sum(run_folder(out, run).is_leased() for run in pending.values())
+                    self._say_silent_holders(out, list(pending.values()), say)
                     progress.set_postfix(done=len(summary.done), running=running, failed=len(summary.failed),
                                          pending=len(pending) - running, refresh=True)
                 if pending:
@@ -114,6 +138,19 @@ class RayExecutor:
                     raise StopRequested(signum)
         finally:
             progress.close()
+
+    def _say_silent_holders(self, out: Path, runs: list[PlannedRun], say: Callable[[str], None]) -> None:
+        """Name, once each, a run whose lease holder has gone silent (its node died?): the retry waits for it until then."""
+        for run in runs:
+            lease = run_folder(out, run).lease()
+            holder, silent = lease.read_holder(), lease.silence()
+            if holder is None or silent is None or silent < 3 * heartbeat_interval() or str(holder.get("token")) in self.silent_holders:
+                continue
+            self.silent_holders.add(str(holder.get("token")))
+            until = time.strftime("%H:%M:%S", time.localtime(time.time() + max(0.0, lease_timeout() - silent)))
+            say(f"waiting: {run.variant} seed {run.seed} is held by pid {holder['pid']} on {holder['host']}, silent for "
+                f"{silent:.0f} s (its node died?); a retry takes it over at {until} unless it beats again "
+                f"(after {lease_timeout():g} s of silence, {TIMEOUT_ENV})")
 
     def _collect(self, run: PlannedRun, ref: Any, summary: StudySummary, announce: Callable[[str], None]) -> None:
         try:
@@ -141,15 +178,30 @@ def _probe(path: str, token: str) -> bool:
         return False
 
 
+def _check_answers(address: str | None) -> None:
+    """Within seconds, refuse a ``HOST:PORT`` (or ``ray://HOST:PORT``) nothing listens on: Ray itself waits minutes."""
+    if address is None or address == "auto":
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except (OSError, ValueError) as error:
+        raise ClusterUnusable(f"no Ray cluster answers at {address} ({getattr(error, 'strerror', None) or error}): give the head "
+                         "node's HOST:PORT as `ray start --head` printed it (default port 6379), or ray://HOST:10001") from None
+
+
 def _train_task(spec: dict[str, Any], folder: str, variant: str, listeners: list[object], threads: int,
-                lease_wait: float) -> RunResult | LeaseHeld:
-    """A Ray task: train one run in this worker, with the study's listeners. A cancel (SIGINT) makes the run
-    checkpoint and stop; a run another process holds comes back as :class:`LeaseHeld`."""
+                lease_timeout_s: float) -> RunResult | LeaseHeld:
+    """A Ray task: train one run in this worker, with the study's listeners and the driver's lease timeout. A cancel
+    (SIGINT) makes the run checkpoint and stop; a run another process holds comes back as :class:`LeaseHeld`."""
+    os.environ[TIMEOUT_ENV] = str(lease_timeout_s)  # the driver's setting, not this node's environment
+    node = _import_ray().get_runtime_context().get_node_id()
     torch.set_num_threads(threads)
+    print_notices_plainly()
     registry = default_registry()
     with stop_on_signals(), registry.listening(*listeners):
         try:
-            return train_run(resolve_variant(spec, registry), RunFolder(Path(folder)), registry, variant,
-                             show_progress=False, lease_wait=lease_wait)
+            return train_run(resolve_variant(spec, registry), RunFolder(Path(folder)), registry, variant, show_progress=False,
+                             lease_wait=1.5 * lease_timeout_s, ray_node=node)
         except LeaseHeld as busy:
             return busy

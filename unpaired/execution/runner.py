@@ -26,7 +26,29 @@ from unpaired.plugin_api.registry import Registry
 from unpaired.results.lease import LeaseHeld
 from unpaired.results.records import RunResult
 from unpaired.results.study_folder import moved_run, run_folder, write_index
+from unpaired.training.contracts import ContractError, check_data
 from unpaired.training.runtime import deferred_signals, stop_on_signals, stop_requested
+
+
+def check_datasets(study: Study) -> tuple[list[tuple[str, str]], list[str]]:
+    """Open each distinct dataset of the study once: ``(where, what)`` for each that breaks its contract (an empty split),
+    and a line for each that cannot be opened here (not downloaded yet, say: training would stop on it)."""
+    broken, unopened, seen = [], [], set()
+    for run in study.runs:
+        key = json.dumps(run.resolved.data.as_dict(), sort_keys=True)
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            data = run.resolved.data.build()
+        except (UnpairedError, OSError) as error:
+            unopened.append(f"variant[{run.variant}].data cannot be opened here, so it was not checked: {error}")
+            continue
+        try:
+            check_data(data, run.resolved.data)
+        except ContractError as error:
+            broken.append((f"variant[{run.variant}].data", str(error)))
+    return broken, unopened
 
 
 def steps_per_run(study: Study) -> dict[str, int | str]:

@@ -11,6 +11,7 @@ The names a plugin needs are exported here::
 """
 
 from unpaired import hookimpl
+from unpaired.errors import Notice
 from unpaired.plugin_api.components import GanLoss, ImagePool, LossWeights, LossWeightSchedule, Norm, TrainingProgress
 from unpaired.plugin_api.data import (
     IMAGE_EXTENSIONS,
@@ -42,7 +43,7 @@ def __getattr__(name: str) -> object:
 
 __all__ = [
     "DIRECTIONS", "IMAGE_EXTENSIONS", "DataError", "Direction", "Domain", "GanLoss", "ImagePool", "LossWeightSchedule", "LossWeights",
-    "Method", "MethodParts", "Metric", "Norm", "RunInfo", "RunResult", "Runtime", "Score", "Split", "Study", "StudySummary",
+    "Method", "MethodParts", "Metric", "Norm", "Notice", "RunInfo", "RunResult", "Runtime", "Score", "Split", "Study", "StudySummary",
     "TrainingProgress", "Transform",
     "TransformParams", "UnpairedData", "forward_each", "hookimpl", "list_images", "load_image",
 ]

@@ -140,7 +140,7 @@ class Registry:
                     self._call_register_hook(impl, kind, plugin_name, distribution, version)
 
     def _call_register_hook(self, impl: Any, kind: ComponentKind, plugin_name: str, distribution: str, version: str) -> None:
-        def register(name: str, factory: Any, params_model: type[BaseModel], description: str = "", *, default: bool = False) -> None:
+        def register(name: str, factory: Any, params_model: type[BaseModel], description: str = "", default: bool = False) -> None:
             where = f"plugin {plugin_name} ({distribution} {version}) registering {kind} {name!r}"
             if not isinstance(name, str) or not _VALID_NAME.match(name):
                 raise ValueError(f"{where}: the name must be letters, digits, '_', '.' or '-'")

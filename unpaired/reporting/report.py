@@ -65,6 +65,7 @@ def build_report(results: StudyResults, registry: Registry, metric: str = "fid_m
     """Gather a report of ``results``, ranking by ``metric``; the visual comparison uses the generators of ``seed``
     (default: the study's first seed), run on ``device`` (default: the CPU)."""
     runs, notes = results.metrics(), [f"Unreadable, so counted as not finished: {problem}" for problem in results.problems]
+    notes = [results.index_problem, *notes] if results.index_problem else notes
     notes += [line[0].upper() + line[1:] + "." for line in results.left_out]
     sections = [_section(runs, name, results.baseline) for name in dict.fromkeys([metric, *SECONDARY]) if name in runs.columns]
     scored = [column for column in runs.columns if column not in RUN_COLUMNS]

@@ -7,8 +7,11 @@ import errno
 import io
 import json
 import os
+import pickle
+import re
 import shutil
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +103,18 @@ def read_json(path: Path) -> Any:
         raise CorruptFileError(path, f"is not valid JSON ({error}); delete it or restore it from a backup") from None
 
 
-def load_tensors(path: Path) -> dict[str, Any]:
-    """What :func:`atomic_save` wrote, loaded onto the CPU with ``weights_only=True`` (no code runs from the file)."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+def load_tensors(path: Path) -> Any:
+    """What :func:`atomic_save` wrote, loaded onto the CPU with ``weights_only=True`` (no code runs from the file).
+    A file that is not a torch archive, or one holding Python objects besides tensors and plain values, raises
+    :class:`CorruptFileError` saying so (torch's own advice, to load it with ``weights_only=False``, is unsafe)."""
+    if not zipfile.is_zipfile(path):
+        with open(path, "rb") as file:
+            torn = file.read(4) == b"PK\x03\x04"  # began as one: cut short or damaged since
+        raise CorruptFileError(path, "is a torn torch archive (cut short or damaged)" if torn else
+                               "is not a torch file (torch.save writes a zip archive; this is not one): name a file unpaired wrote")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        holds = f"a {found[1]} object" if found else "Python objects besides tensors and plain values"
+        raise CorruptFileError(path, f"holds {holds}, which unpaired does not load (no code may run from a file it reads)") from None

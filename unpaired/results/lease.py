@@ -16,14 +16,18 @@ import secrets
 import socket
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
-from unpaired.errors import UnpairedError
+from unpaired.errors import Notice, UnpairedError
 
 TIMEOUT_ENV = "UNPAIRED_LEASE_TIMEOUT"
 DEFAULT_TIMEOUT = 120.0
 """Seconds without a heartbeat after which a lease held from another host is considered abandoned."""
+WRITE_GRACE = 2.0
+"""Seconds a lease file may be unreadable because its holder is writing it (a few bytes, right after creating it):
+one unreadable for longer is corrupt, and is taken over."""
 
 
 class LeaseHeld(UnpairedError):
@@ -31,7 +35,8 @@ class LeaseHeld(UnpairedError):
 
     def __init__(self, path: Path, holder: dict[str, Any]):
         self.path, self.holder = path, holder
-        super().__init__(f"{path.parent} is being worked on by pid {holder.get('pid')} on {holder.get('host')}")
+        who = f"pid {holder.get('pid')} on {holder.get('host')}" if holder else "a process whose lease file was being written"
+        super().__init__(f"{path.parent} is being worked on by {who}")
 
     def __reduce__(self) -> tuple[Any, ...]:  # crosses process boundaries (worker -> study)
         return type(self), (self.path, self.holder)
@@ -40,6 +45,11 @@ class LeaseHeld(UnpairedError):
 def lease_timeout() -> float:
     """Seconds without a heartbeat after which another host's lease is taken over ($UNPAIRED_LEASE_TIMEOUT)."""
     return float(os.environ.get(TIMEOUT_ENV) or DEFAULT_TIMEOUT)
+
+
+def heartbeat_interval() -> float:
+    """Seconds between a holder's heartbeats."""
+    return max(0.5, min(10.0, lease_timeout() / 6))
 
 
 def process_alive(pid: int) -> bool:
@@ -63,22 +73,33 @@ class Lease:
         self._beating: threading.Thread | None = None
 
     def read_holder(self) -> dict[str, Any] | None:
-        """Who holds the lease now (None when nobody does, or the file is unreadable)."""
+        """Who holds the lease now: ``{"host", "pid", "token", "since"}``; None when nobody does, or the file does not
+        name a holder (being written this instant, or corrupt)."""
         try:
             holder = json.loads(self.path.read_text())
         except (OSError, ValueError):
             return None
-        return holder if isinstance(holder, dict) else None
+        valid = isinstance(holder, dict) and isinstance(holder.get("host"), str) and isinstance(holder.get("pid"), int)
+        return holder if valid else None
+
+    def silence(self) -> float | None:
+        """Seconds since the holder's last heartbeat; None when nobody holds the lease."""
+        try:
+            return time.time() - self.path.stat().st_mtime
+        except FileNotFoundError:
+            return None
 
     def is_stale(self, holder: dict[str, Any] | None) -> bool:
-        """True when ``holder`` (read from the file) can no longer be working: its process is gone."""
-        try:
-            silent = time.time() - self.path.stat().st_mtime
-        except FileNotFoundError:
+        """True when ``holder`` (read from the file) can no longer be working: its process is gone, or the file names nobody
+        and has not been written for :data:`WRITE_GRACE` seconds (corrupt)."""
+        silent = self.silence()
+        if silent is None:
             return True
-        if holder is not None and holder.get("host") == self.holder["host"]:
-            return not process_alive(int(holder.get("pid", -1)))
-        return silent > lease_timeout()  # another host's, or one still being written
+        if holder is None:
+            return silent > WRITE_GRACE
+        if holder["host"] == self.holder["host"]:
+            return not process_alive(holder["pid"])
+        return silent > lease_timeout()
 
     def acquire(self, wait: float = 0.0) -> None:
         """Take the lease, taking over a stale one; raise :class:`LeaseHeld` when a live process has it.
@@ -95,6 +116,8 @@ class Lease:
                 holder = self.read_holder()
                 if not self.is_stale(holder):
                     break
+                if holder is None and self.path.is_file():
+                    warnings.warn(f"{self.path} is corrupt (it names no holder); it is taken over", Notice, stacklevel=2)
                 self._take_over(holder)
             if time.monotonic() >= deadline:
                 raise LeaseHeld(self.path, self.read_holder() or {})
@@ -120,13 +143,14 @@ class Lease:
                 marker.unlink(missing_ok=True)
             return
         try:
-            if self.read_holder() == stale:  # still the stale one we looked at
+            unreadable_still = stale is None and (self.silence() or 0.0) > WRITE_GRACE  # not a new lease being written
+            if self.read_holder() == stale and (stale is not None or unreadable_still):  # still the stale one we looked at
                 self.path.unlink(missing_ok=True)
         finally:
             marker.unlink(missing_ok=True)
 
     def _start_heartbeat(self) -> None:
-        interval = max(0.5, min(10.0, lease_timeout() / 6))
+        interval = heartbeat_interval()
         self._stop.clear()
         self._beating = threading.Thread(target=self._beat, args=(interval,), daemon=True, name=f"lease {self.path}")
         self._beating.start()

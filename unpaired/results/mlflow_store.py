@@ -18,9 +18,20 @@ from unpaired import ENTRY_POINT_GROUP
 from unpaired.config.overrides import flatten
 from unpaired.errors import UnpairedError
 
-BOUNDED_REQUESTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
-"""MLflow's HTTP retry settings used unless the user set them: a call to a server that is gone gives up after
-seconds, not MLflow's default of about four minutes."""
+_REQUEST_SETTINGS = ("MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
+                     "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER")
+_SET_BY_USER = {name for name in _REQUEST_SETTINGS if name in os.environ}
+"""MLflow's HTTP settings the user set in the environment: those are kept as they are."""
+
+
+def bound_requests(timeout: float) -> None:
+    """Make every MLflow HTTP call give up within about ``timeout`` seconds (two tries of half of it each, no back-off),
+    instead of MLflow's default of minutes, unless the user set MLflow's own ``MLFLOW_HTTP_REQUEST_*`` variables."""
+    bounded = {"MLFLOW_HTTP_REQUEST_TIMEOUT": str(max(1, int(timeout // 2))), "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+               "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0", "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0"}
+    for name, value in bounded.items():
+        if name not in _SET_BY_USER:
+            os.environ[name] = value
 
 
 class TrackingError(UnpairedError):
@@ -46,12 +57,12 @@ def check_shareable(uri: str | None, machines: int) -> None:
         )
 
 
-def check_reachable(uri: str | None) -> None:
-    """Fail fast, naming the URI, when an HTTP tracking server does not answer its health check."""
+def check_reachable(uri: str | None, timeout: float) -> None:
+    """Fail fast, naming the URI, when an HTTP tracking server does not answer its health check within ``timeout`` seconds."""
     if not uri or not uri.startswith(("http://", "https://")):
         return
     try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10) as response:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as response:
             response.read()
     except (urllib.error.URLError, OSError) as error:
         raise TrackingError(
@@ -81,12 +92,11 @@ def first_use_serialised(uri: str | None) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def client(uri: str | None) -> Any:
-    """An MlflowClient for ``uri`` whose HTTP requests give up in bounded time (see :data:`BOUNDED_REQUESTS`)."""
+def client(uri: str | None, timeout: float) -> Any:
+    """An MlflowClient for ``uri`` whose HTTP calls give up after about ``timeout`` seconds (see :func:`bound_requests`)."""
     from mlflow.tracking import MlflowClient  # imported here: mlflow takes a while to import
 
-    for name, value in BOUNDED_REQUESTS.items():
-        os.environ.setdefault(name, value)
+    bound_requests(timeout)
     return MlflowClient(tracking_uri=uri)
 
 

@@ -65,6 +65,10 @@ class RunResult(BaseModel):
     """Distribution -> version of every package whose components the run used (its provenance)."""
     device: str = ""
     """What it trained on, e.g. ``cuda (NVIDIA H200)`` or ``cpu (x86_64, 2 threads)``."""
+    host: str = ""
+    """The machine that trained it (its host name)."""
+    ray_node: str | None = None
+    """The Ray node id of that machine, when a Ray cluster trained it."""
     reused: bool = Field(False, exclude=True)
     """True when this is an earlier result handed back because the run had already finished (never stored)."""
 
@@ -138,6 +142,7 @@ class Checkpoint:
         _check_format(path, stored, CHECKPOINT_FORMAT, "checkpoint")
         content = {k: v for k, v in stored.items() if k not in ("format", "checksum")}
         _check_checksum(path, stored.get("checksum"), content, "checkpoint")
+        _check_finite(path, content.get("model"), "checkpoint")
         try:
             return cls(content["run_id"], content["spec"], content["crop_size"], TrainingState(**content["state"]), content["model"],
                        content["rng"], content["threads"], content["translators"])
@@ -181,6 +186,7 @@ class ExportedGenerator:
         _check_format(path, stored, GENERATOR_FORMAT, "exported generator")
         stored = {k: v for k, v in stored.items() if k != "format"}
         _check_checksum(path, stored.pop("checksum", None), stored, "exported generator")
+        _check_finite(path, stored.get("state_dict"), "exported generator")
         if stored.get("direction") != direction:
             raise InputError(f"{path} holds the {stored.get('direction')} generator, not {direction}; use the {direction} one")
         try:
@@ -194,7 +200,9 @@ def _load(path: Path, what: str) -> dict[str, Any]:
         raise InputError(f"{path} is not a file: name a run's {what} file")
     try:
         stored = load_tensors(path)
-    except Exception as error:  # torch raises many types for a file that is not one of its archives
+    except CorruptFileError:
+        raise
+    except Exception as error:  # torch raises many types for a torn archive
         raise CorruptFileError(path, f"is not a readable {what} ({type(error).__name__}: {str(error).splitlines()[0]})") from None
     if not isinstance(stored, dict):
         raise CorruptFileError(path, f"is not an unpaired {what}")
@@ -222,6 +230,25 @@ def checksum(tree: Any) -> int:
 def _check_checksum(path: Path, stored: Any, content: Any, what: str) -> None:
     if stored != checksum(content):
         raise CorruptFileError(path, f"is corrupt: its contents do not match the checksum written with this {what}")
+
+
+def non_finite(tree: Any, where: str = "") -> str | None:
+    """The key path of the first floating-point tensor in ``tree`` holding a NaN or an infinity, or None when all are finite."""
+    if isinstance(tree, dict):
+        items: Any = tree.items()
+    elif isinstance(tree, (list, tuple)):
+        items = enumerate(tree)
+    else:
+        bad = isinstance(tree, torch.Tensor) and tree.is_floating_point() and not bool(torch.isfinite(tree).all())
+        return where if bad else None
+    return next((found for key, value in items if (found := non_finite(value, f"{where}.{key}" if where else str(key)))), None)
+
+
+def _check_finite(path: Path, tree: Any, what: str) -> None:
+    """Non-finite weights: nothing can be trained or translated from them (a run stops at its first non-finite loss, so
+    the file was changed on disk or copied from a broken run)."""
+    if (where := non_finite(tree)) is not None:
+        raise CorruptFileError(path, f"is corrupt: {where} holds NaN or infinite values, so no {what} can be used from it")
 
 
 def _check_format(path: Path, stored: dict[str, Any], expected: int, what: str) -> None:

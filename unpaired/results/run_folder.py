@@ -30,6 +30,11 @@ Status = Literal["done", "stale", "rescore", "score-failed", "running", "partial
 _CHECKPOINT = re.compile(r"^epoch-(\d+)-step-(\d+)\.pt$")
 
 
+def variant_folder_name(variant: str) -> str:
+    """The folder name of a variant's runs: letters, digits and ``_.=+-`` only, never starting with ``.``."""
+    return re.sub(r"^\.|[^A-Za-z0-9_.=+-]", "_", variant) or "_"
+
+
 @dataclass(frozen=True)
 class RunFolder:
     """The folder of one run (a variant trained with one seed) and every file in it."""
@@ -38,8 +43,9 @@ class RunFolder:
 
     @classmethod
     def in_study(cls, out: Path, variant: str, seed: int, run_id: str) -> RunFolder:
-        """A study's run folder: ``OUT/<variant>/seed<k>-<run id>`` (characters a file name cannot hold become ``_``)."""
-        return cls(Path(out) / re.sub(r"[^A-Za-z0-9_.=+-]", "_", variant) / f"seed{seed}-{run_id}")
+        """A study's run folder: ``OUT/<variant>/seed<k>-<run id>``, always inside ``OUT`` (characters a file name cannot
+        hold become ``_``, and so does a leading ``.``: no name is ``.`` or ``..`` or a hidden folder)."""
+        return cls(Path(out) / variant_folder_name(variant) / f"seed{seed}-{run_id}")
 
     @classmethod
     def in_output(cls, out: Path) -> list[RunFolder]:

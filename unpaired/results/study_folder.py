@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import subprocess
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from unpaired import __version__
 from unpaired.config.study import PlannedRun, Study
 from unpaired.errors import UsageError
-from unpaired.results.files import CorruptFileError, atomic_write_json, read_json
+from unpaired.results.files import CorruptFileError, atomic_write_json
 from unpaired.results.records import RunResult
 from unpaired.results.run_folder import RunFolder
 
@@ -83,15 +85,46 @@ def is_study_folder(path: Path) -> bool:
     return (Path(path) / INDEX).is_file()
 
 
-def indexed_runs(out: Path) -> list[dict[str, Any]]:
-    """The runs ``OUT/study.json`` lists, each with its ``folder`` as a :class:`RunFolder`."""
+def read_index(out: Path) -> tuple[dict[str, Any], str | None]:
+    """``OUT/study.json`` and None; when it cannot be read, an index rebuilt from the run folders alone and what was
+    wrong with it (raises ``UsageError`` when ``out`` has no index at all: it is not a study output folder)."""
     path = Path(out) / INDEX
     if not path.is_file():
         raise UsageError(f"{out} is not a study output folder (it has no {INDEX})")
-    index = read_json(path)
-    if not isinstance(index, dict) or not isinstance(index.get("runs"), list):
-        raise CorruptFileError(path, "is not a study index (no list of runs); run the study again to rewrite it")
-    return [{**run, "folder": RunFolder(Path(out) / run["folder"])} for run in index["runs"]]
+    try:
+        index = json.loads(path.read_text())
+        valid = isinstance(index, dict) and isinstance(index.get("runs"), list) and all(_is_entry(run) for run in index["runs"])
+        problem = None if valid else "it is not a study index: no list of runs with their variant, seed, run id and folder"
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        problem = f"it is not valid JSON: {error}"
+    if problem is not None:
+        return rebuilt_index(Path(out)), (f"{path} cannot be read ({problem}). The runs were read from the run folders instead "
+                                          "(each variant named as its folder; the baseline is unknown); `unpaired run` with the "
+                                          "study file rewrites it")
+    return index, None
+
+
+def _is_entry(run: Any) -> bool:
+    fields = {"variant": str, "seed": int, "run_id": str, "folder": str}
+    return isinstance(run, dict) and all(isinstance(run.get(key), kind) for key, kind in fields.items())
+
+
+def rebuilt_index(out: Path) -> dict[str, Any]:
+    """What ``study.json`` can be known to say from the run folders in ``out``: every run that started, named by its
+    folders; scores are compared under the evaluation most of the finished runs were scored with."""
+    runs, identities = [], Counter[str]()
+    for folder in RunFolder.in_output(out):
+        seed, _, run_id = folder.path.name.removeprefix("seed").partition("-")
+        with contextlib.suppress(CorruptFileError):
+            if (result := folder.read_result()) is not None and result.finished and result.scoring is not None:
+                identities[result.scoring.identity] += 1
+        if seed.isdigit():
+            runs.append({"variant": folder.path.parent.name, "seed": int(seed), "run_id": run_id,
+                         "folder": str(folder.path.relative_to(out)), "overrides": {}})
+    evaluation = identities.most_common(1)[0][0] if identities else None
+    return {"name": Path(out).resolve().name, "description": "", "question": "", "baseline": None,
+            "variants": list(dict.fromkeys(run["variant"] for run in runs)), "seeds": sorted({run["seed"] for run in runs}),
+            "metric": None, "runs": [{**run, "evaluation": evaluation} for run in runs]}
 
 
 def report_path(out: Path, fmt: str = "html") -> Path:

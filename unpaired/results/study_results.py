@@ -13,10 +13,10 @@ from typing import Any
 
 import pandas as pd
 
-from unpaired.results.files import CorruptFileError, read_json
+from unpaired.results.files import CorruptFileError
 from unpaired.results.records import RunResult
 from unpaired.results.run_folder import RunFolder
-from unpaired.results.study_folder import INDEX, indexed_runs, unplanned_runs
+from unpaired.results.study_folder import read_index, unplanned_runs
 
 
 @dataclass
@@ -65,6 +65,8 @@ class StudyResults:
     """Files that could not be read (their runs count as not finished): each path with what is wrong."""
     left_out: list[str]
     """Finished runs that the comparison leaves out, one line per reason (with what to do)."""
+    index_problem: str | None = None
+    """Why ``study.json`` could not be read, when the runs were found from the run folders instead."""
 
     @property
     def name(self) -> str:
@@ -105,9 +107,10 @@ class StudyResults:
 def read_study_results(out: Path) -> StudyResults:
     """Read the study output folder ``out`` (raises ``UsageError`` when it has no ``study.json``). Only the runs the
     index lists, scored under the evaluation it records, are compared; the rest are named in ``left_out``."""
+    index, index_problem = read_index(out)
     runs, problems = [], []
-    for entry in indexed_runs(out):
-        folder: RunFolder = entry["folder"]
+    for entry in index["runs"]:
+        folder = RunFolder(Path(out) / entry["folder"])
         try:
             result = folder.read_result()
         except CorruptFileError as error:
@@ -117,7 +120,7 @@ def read_study_results(out: Path) -> StudyResults:
         runs.append(RunRecord(entry["variant"], int(entry["seed"]), entry["run_id"], folder, entry.get("overrides", {}),
                               "finished" if status in ("done", "stale", "rescore", "score-failed") else status,
                               result if result is not None and result.run_id == entry["run_id"] else None, status == "rescore"))
-    return StudyResults(Path(out), read_json(Path(out) / INDEX), runs, problems, _left_out(out, runs))
+    return StudyResults(Path(out), index, runs, problems, _left_out(out, runs), index_problem)
 
 
 def _left_out(out: Path, runs: list[RunRecord]) -> list[str]:

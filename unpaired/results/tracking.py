@@ -27,7 +27,7 @@ from unpaired import hookimpl
 from unpaired.plugin_api.lifecycle import RunInfo
 from unpaired.results.files import CorruptFileError
 from unpaired.results.lease import process_alive
-from unpaired.results.mlflow_store import check_reachable, check_shareable, client, first_use_serialised, flatten_params, plugin_versions, tracking_uri
+from unpaired.results.mlflow_store import TrackingError, check_reachable, check_shareable, client, first_use_serialised, flatten_params, plugin_versions, tracking_uri
 from unpaired.results.run_folder import RunFolder
 from unpaired.results.study_folder import git_commit, report_path, run_folder
 
@@ -38,8 +38,9 @@ EPOCH_MARKER = "lr"
 class StudyTracker:
     """Logs one study invocation to MLflow through the lifecycle hooks: the parent MLflow run, a child per run."""
 
-    def __init__(self, uri: str | None, study: str, source: str, baseline: str, planned_seeds: int, log_generators: bool):
-        self.uri, self.study, self.source, self.baseline = uri, study, source, baseline
+    def __init__(self, uri: str | None, study: str, source: str, baseline: str, planned_seeds: int, log_generators: bool,
+                 timeout: float):
+        self.uri, self.study, self.source, self.baseline, self.timeout = uri, study, source, baseline, timeout
         self.planned_seeds, self.log_generators = planned_seeds, log_generators
         self.experiment_id: str | None = None
         self.parent_run_id: str | None = None
@@ -57,7 +58,7 @@ class StudyTracker:
     @property
     def client(self) -> Any:
         if self._client is None:
-            self._client = client(self.uri)
+            self._client = client(self.uri, self.timeout)
         return self._client
 
     @contextlib.contextmanager
@@ -75,10 +76,17 @@ class StudyTracker:
         """Check that the store suits the machines and answers; open a parent run holding the study file; close what
         dead processes left RUNNING; complete the tracking of finished runs whose logging was cut short."""
         check_shareable(self.uri, machines)
-        check_reachable(self.uri)
-        with first_use_serialised(self.uri):
-            experiment = self.client.get_experiment_by_name(self.study)
-            self.experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(self.study)
+        check_reachable(self.uri, self.timeout)
+        try:
+            with first_use_serialised(self.uri):
+                experiment = self.client.get_experiment_by_name(self.study)
+                self.experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(self.study)
+        except Exception as error:  # it answers its health check, yet not this: stuck, or not an MLflow server
+            raise TrackingError(
+                f"the MLflow tracking server {self.uri} answers, but not to MLflow's calls within tracking.timeout "
+                f"({self.timeout:g} s): {str(error).splitlines()[0][:300]}. Check the server (its database?), raise "
+                "tracking.timeout, or set tracking: {enabled: false}."
+            ) from None
         self._close_abandoned()
         tags = {"unpaired.study": self.study, "unpaired.role": "study", "unpaired.baseline": self.baseline,
                 "unpaired.plugins": plugin_versions(), "unpaired.owner": f"{socket.gethostname()}:{os.getpid()}"}
@@ -118,7 +126,8 @@ class StudyTracker:
             with contextlib.suppress(Exception):  # deleted, or from another store: look further
                 self.client.update_run(link["run_id"], status="RUNNING")
                 return link["run_id"]
-        found = [] if "'" in str(folder) else self._search(f"tags.`unpaired.run_id` = '{run.run_id}' and tags.`unpaired.folder` = '{folder}'")
+        where = _folder_tag(folder)
+        found = [] if "'" in where else self._search(f"tags.`unpaired.run_id` = '{run.run_id}' and tags.`unpaired.folder` = '{where}'")
         child_id = found[0].info.run_id if found else self._new_child(run, folder)
         self.client.update_run(child_id, status="RUNNING")
         folder.write_tracking_link(self.uri, child_id, complete=False)
@@ -130,13 +139,13 @@ class StudyTracker:
         tags = {"mlflow.parentRunId": self.parent_run_id, "unpaired.study": self.study, "unpaired.role": "variant",
                 "unpaired.variant": run.variant, "unpaired.run_id": run.run_id, "unpaired.variant_key": run.variant_key,
                 "unpaired.seed": str(run.seed), "unpaired.planned_seeds": str(self.planned_seeds), "unpaired.status": "running",
-                "unpaired.plugins": plugin_versions(), "unpaired.folder": str(folder)}
+                "unpaired.plugins": plugin_versions(), "unpaired.folder": _folder_tag(folder)}
         if commit := git_commit():
             tags["unpaired.git_commit"] = commit
         child_id = self.client.create_run(self.experiment_id, run_name=f"{run.variant} seed{run.seed}", tags=tags).info.run_id
         params = [Param(k, v[:6000]) for k, v in flatten_params(run.spec).items()]
         for start in range(0, len(params), 100):
-            self.client.log_batch(child_id, params=params[start : start + 100], tags=[RunTag("unpaired.folder", str(folder))] if start == 0 else [])
+            self.client.log_batch(child_id, params=params[start : start + 100], tags=[RunTag("unpaired.folder", _folder_tag(folder))] if start == 0 else [])
         return child_id
 
     def _log_metrics(self, child_id: str, values: dict[str, float], step: int) -> None:
@@ -147,15 +156,23 @@ class StudyTracker:
         if metrics:
             self.client.log_batch(child_id, metrics=metrics)
 
-    def _logged_epochs(self, child_id: str) -> set[int]:
-        return {m.step for m in self.client.get_metric_history(child_id, EPOCH_MARKER)}
+    def _log_history(self, child_id: str, folder: RunFolder) -> set[int]:
+        """Log the epochs of the folder's history that the child lacks, in order; return every epoch it has now."""
+        logged = {m.step for m in self.client.get_metric_history(child_id, EPOCH_MARKER)}
+        for row in folder.read_history():
+            if row["epoch"] not in logged:
+                self._log_metrics(child_id, {k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
+                logged.add(row["epoch"])
+        return logged
 
     @hookimpl
     def unpaired_on_variant_start(self, run: Any) -> None:
         with self.guarded(run.run_id):
-            child_id = self._child(run, RunFolder(Path(run.folder)))
-            # epochs after the last checkpoint are trained (identically) again: log each once
-            self.logged_epochs[run.run_id] = self._logged_epochs(child_id)
+            folder = RunFolder(Path(run.folder))
+            child_id = self._child(run, folder)
+            # epochs a crash kept from MLflow are logged now, so that the history stays in epoch order; those after the
+            # last checkpoint are then trained (identically) again, and not logged twice
+            self.logged_epochs[run.run_id] = self._log_history(child_id, folder)
             self.children[run.run_id] = child_id
 
     @hookimpl
@@ -187,15 +204,16 @@ class StudyTracker:
         """Log what a finished run left in its folder and MLflow lacks (epochs, final metrics, artifacts); close it FINISHED."""
         result = folder.read_result()
         assert result is not None and result.finished
-        logged = self._logged_epochs(child_id)
-        for row in folder.read_history():
-            if row["epoch"] not in logged:
-                self._log_metrics(child_id, {k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
+        self._log_history(child_id, folder)
         self._log_metrics(child_id, result.metrics, step=result.epochs)
         if result.scoring is not None:  # what made the scores, so that compare never mixes or misranks them
             for key, value in (("evaluation", result.scoring.identity), ("extractor", result.scoring.extractor),
                                ("lower_is_better", json.dumps(result.scoring.lower_is_better, sort_keys=True))):
                 self.client.set_tag(child_id, f"unpaired.{key}", value)
+        if result.host:  # which machine trained it: where its logs are
+            self.client.set_tag(child_id, "unpaired.host", result.host)
+        if result.ray_node:
+            self.client.set_tag(child_id, "unpaired.ray_node", result.ray_node)
         for path in folder.finished_files():
             self.client.log_artifact(child_id, str(path))
         if folder.samples.is_dir():
@@ -232,6 +250,11 @@ class StudyTracker:
             self.client.set_terminated(self.parent_run_id, status)
 
 
+def _folder_tag(folder: RunFolder) -> str:
+    """The run folder as its MLflow child records it: an absolute path, however ``--out`` was spelt."""
+    return str(folder.path.resolve())
+
+
 def _link(folder: RunFolder) -> dict[str, Any] | None:
     try:
         return folder.read_tracking_link()
@@ -259,4 +282,4 @@ def unpaired_study_listeners(study: Any) -> list[object]:
     if not settings.enabled:
         return []
     return [StudyTracker(tracking_uri(settings.uri), study.spec.name, study.source, study.baseline, len(study.spec.seeds),
-                         settings.log_generators)]
+                         settings.log_generators, settings.timeout)]

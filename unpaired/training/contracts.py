@@ -1,11 +1,13 @@
 """Checking a run's plugin networks against their contracts before its first training step.
 
-One forward pass on a tiny batch at the run's image size: a generator must map (N, 3, H, W) in
-[-1, 1] to the same shape in [-1, 1]; a discriminator must give finite scores whose first
-dimension is N; a norm that claims ``per_image`` must give the same outputs for a batch of two as
-for two separate calls. A broken contract stops the run with a message naming the plugin's
-distribution, the component and the rule, instead of a tensor error deep in training or,
-worse, silently wrong numbers. Nothing here changes the networks or any RNG.
+A dataset must have images in every split of both domains. One forward pass on a tiny batch at
+the run's image size: a generator must map (N, 3, H, W) in [-1, 1] to the same shape in [-1, 1];
+a discriminator must give finite scores whose first dimension is N; a GAN loss must give finite
+scalar tensors that depend on the scores it is given; a norm that claims ``per_image`` must give
+the same outputs for a batch of two as for two separate calls. A broken contract stops the run
+with a message naming the plugin's distribution, the component and the rule, instead of a tensor
+error deep in training or, worse, silently wrong numbers. Nothing here changes the networks or
+any RNG.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from torch import Tensor, nn
 from unpaired.config.resolved import ResolvedVariant
 from unpaired.errors import UnpairedError
 from unpaired.evaluation.features import evaluating
-from unpaired.plugin_api.components import Choice
+from unpaired.plugin_api.components import Choice, GanLoss
+from unpaired.plugin_api.data import UnpairedData
 from unpaired.plugin_api.methods import Method, Runtime
 from unpaired.plugin_api.metrics import method_directions
 
@@ -36,10 +39,37 @@ def describe_component(choice: Choice, kind: str) -> str:
     return f"{kind} {component.name!r} of {component.distribution} {component.version}"
 
 
+def check_data(data: UnpairedData, choice: Choice) -> None:
+    """Raise :class:`ContractError` when a split of a domain of the dataset ``choice`` built has no image."""
+    empty = [f"{split}{domain}" for split in ("train", "test") for domain in ("A", "B") if data.size(split, domain) < 1]
+    if empty:
+        raise ContractError(f"{describe_component(choice, 'dataset')} has no images in {', '.join(empty)}: every split of both "
+                            f"domains needs at least one ({choice.as_dict()})")
+
+
+def check_gan_loss(choice: Choice) -> None:
+    """Raise :class:`ContractError` when a fresh instance of the GAN loss ``choice`` does not return finite scalar tensors
+    that depend on the discriminator scores it is given (what backpropagation needs)."""
+    loss: GanLoss = choice.build()
+    who = describe_component(choice, "gan_loss")
+    scores = [torch.linspace(-1.0, 1.0, 32).reshape(2, 1, 4, 4).requires_grad_() for _ in range(2)]
+    generator_loss = loss.generator_loss(scores[0], scores[1]) if loss.compares_with_real else loss.generator_loss(scores[0])
+    results = {"generator_loss": generator_loss,
+               "discriminator_loss": loss.discriminator_loss(scores[1], scores[0])}
+    for call, value in results.items():
+        if not isinstance(value, Tensor) or value.numel() != 1 or not value.requires_grad or not torch.isfinite(value).all():
+            got = f"a {type(value).__name__}" if not isinstance(value, Tensor) else (
+                f"a tensor of shape {tuple(value.shape)}, requires_grad={value.requires_grad}, finite={bool(torch.isfinite(value).all())}")
+            raise ContractError(f"{who}: {call} must return a finite scalar tensor computed from the scores it is given "
+                                f"(with torch operations, so that gradients flow); it returned {got}")
+
+
 def check_contracts(method: Method, variant: ResolvedVariant, size: int, runtime: Runtime) -> None:
-    """Raise :class:`ContractError` for the first contract the run's method, generator, discriminator or norms break."""
+    """Raise :class:`ContractError` for the first contract the run's method, generator, discriminator, GAN loss or norms break."""
     device = runtime.device
     _check_method(method, variant)
+    with torch.random.fork_rng(devices=[]):
+        check_gan_loss(variant.gan_loss)
     images = runtime.to_device(torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1)
     generator = method.networks[method.translator(method.directions[0])]
     discriminators = [method.networks[name] for name in method.discriminators[:1]]

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from unpaired.config.resolved import ResolvedVariant
 from unpaired.config.spec import TrainConfig
+from unpaired.errors import Notice
 from unpaired.evaluation.scoring import Scorer, Scores
 from unpaired.plugin_api.components import TrainingProgress
 from unpaired.plugin_api.lifecycle import RunInfo
@@ -29,7 +30,7 @@ from unpaired.results.files import CorruptFileError
 from unpaired.results.records import Checkpoint, ExportedGenerator, RunResult, TrainingState
 from unpaired.results.run_folder import RunFolder
 from unpaired.training.batches import EpochOrder, TrainPairs
-from unpaired.training.contracts import check_contracts, describe_component
+from unpaired.training.contracts import check_contracts, check_data, describe_component
 from unpaired.training.parts import build_method, runtime_of
 from unpaired.training.watch import LossWatch
 from unpaired.training.runtime import (
@@ -62,6 +63,7 @@ class Trainer:
         self.train = variant.train
         self.device = pick_device(self.train.device)
         self.data = variant.data.build()
+        check_data(self.data, variant.data)  # an empty split fails now, not an epoch later
         # loaded now: a missing extractor must stop the run before training, not after
         self.scorer = Scorer(variant.eval, self.device) if variant.eval.metrics else None
         seed_everything(self.train.seed)
@@ -88,7 +90,7 @@ class Trainer:
                 raise
             aside = self.folder.set_aside(path)
             warnings.warn(f"{error}. It was renamed {aside.name} and {self.folder} starts again from the beginning "
-                          "(set train.on_corrupt_checkpoint: stop to stop instead)", stacklevel=2)
+                          "(set train.on_corrupt_checkpoint: stop to stop instead)", Notice, stacklevel=2)
             self.last_checkpoint = None
             return None
 

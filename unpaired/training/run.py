@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import socket
 import warnings
 
 from unpaired.config.resolved import ResolvedVariant
-from unpaired.errors import StopRequested, UnpairedError
+from unpaired.errors import Notice, StopRequested, UnpairedError
 from unpaired.evaluation.rescore import rescore_run
 from unpaired.evaluation.scoring import Scorer
 from unpaired.plugin_api.lifecycle import RunInfo
@@ -18,7 +19,7 @@ from unpaired.training.runtime import pick_device, thread_count_kept
 
 
 def train_run(variant: ResolvedVariant, folder: RunFolder, registry: Registry, variant_name: str | None = None,
-              show_progress: bool = True, lease_wait: float = 0.0) -> RunResult:
+              show_progress: bool = True, lease_wait: float = 0.0, ray_node: str | None = None) -> RunResult:
     """Train ``variant`` in ``folder``, resuming from its latest checkpoint there, and return how it ended.
 
     This is the one place where an exception becomes a run's status: a signal makes the run
@@ -28,7 +29,7 @@ def train_run(variant: ResolvedVariant, folder: RunFolder, registry: Registry, v
     evaluation than ``variant.eval``, its final generators are scored again (a failed rescoring keeps its result). The lifecycle hooks are told of the start
     (before anything is loaded) and of the end. All of it happens while holding the run folder's
     lease: when another live process holds it (still, after ``lease_wait`` seconds), :class:`LeaseHeld` is
-    raised and nothing is done.
+    raised and nothing is done. A run trained here records this host (and ``ray_node``, the Ray node id, if any).
     """
     lease = folder.lease()
     lease.acquire(wait=lease_wait)  # raises LeaseHeld while another live process trains this run
@@ -49,6 +50,7 @@ def train_run(variant: ResolvedVariant, folder: RunFolder, registry: Registry, v
                     result = _rescored(folder, registry, scorer, variant)
                 else:
                     result = Trainer(variant, folder, run, registry.hook, show_progress).run_to_end()
+                    result = result.model_copy(update={"host": socket.gethostname(), "ray_node": ray_node})
                 failure = None
             except (Exception, StopRequested) as error:  # a signal outside the training loop: interrupted, resumable
                 result, failure = RunResult.from_exception(variant.run_id, error), describe_failure(error)
@@ -79,5 +81,5 @@ def _previous_result(folder: RunFolder) -> RunResult | None:
     try:
         return folder.read_result()
     except CorruptFileError as error:
-        warnings.warn(f"{error}; it was renamed {folder.set_aside(error.path).name} and the run resumes from its checkpoint", stacklevel=2)
+        warnings.warn(f"{error}; it was renamed {folder.set_aside(error.path).name} and the run resumes from its checkpoint", Notice, stacklevel=2)
         return None

@@ -1,0 +1,271 @@
+"""What a hostile user or a broken machine does to a study: names that escape the output folder, tampered
+checkpoints, corrupt leases and indexes, a hung tracking server, oversized specs, files of the wrong kind."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+import yaml
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from conftest import BROKEN_COMPONENTS, PIXEL_FEATURES, TINY_BASE, AtStep, crash, run_cli
+from unpaired.config.overrides import merge
+from unpaired.config.study import load_study
+from unpaired.errors import Notice
+from unpaired.execution.runner import run_study, select_runs
+from unpaired.plugin_api.registry import Registry
+from unpaired.results.files import CorruptFileError, atomic_save
+from unpaired.results.lease import Lease
+from unpaired.results.mlflow_store import TrackingError
+from unpaired.results.records import Checkpoint, ExportedGenerator
+from unpaired.results.run_folder import RunFolder
+
+TWO_EPOCHS = merge(TINY_BASE, {"train": {"epochs": 2, "decay_epochs": 0, "checkpoint_every": 1, "log_every": 1}})
+
+
+def write_study(path: Path, name: str, base: dict = TINY_BASE, **fields) -> Path:
+    path.write_text(yaml.safe_dump({"name": name, "base": base, **fields}, sort_keys=False))
+    return path
+
+
+def study_run(study_file: Path, out: Path, *listeners: object):
+    registry = Registry.from_entry_points()
+    study = load_study(study_file, registry)
+    with registry.listening(*listeners):
+        return run_study(study, out, registry, select_runs(study, None, None), show_progress=False, announce=lambda _: None)
+
+
+def test_a_variant_name_that_would_leave_the_output_folder_is_refused_and_no_name_maps_outside(tmp_path):
+    study = write_study(tmp_path / "dots.yaml", "dots", variants={"..": {"train": {"lr": 0.001}}, ".": {}, "ok": {"samples": 2}})
+    result = run_cli("validate", str(study))
+    assert result.returncode == 2
+    assert "variants: '..' cannot name a variant: it names a folder outside the output folder" in result.stderr
+    assert "variants: '.' cannot name a variant" in result.stderr and "'ok'" not in result.stderr
+    out = tmp_path / "out"
+    for name in ("..", ".", "...", ".hidden", "../../etc", "a/../..", ""):
+        folder = RunFolder.in_study(out, name, 0, "abc").path
+        assert folder.resolve().parent.parent == out.resolve() and not folder.parent.name.startswith("."), name
+
+
+def test_a_checkpoint_with_infinite_weights_and_a_matching_checksum_is_set_aside_and_the_run_starts_again(tmp_path):
+    study = write_study(tmp_path / "tampered.yaml", "tampered", base=TWO_EPOCHS, tracking={"enabled": False})
+    out = tmp_path / "out"
+    assert len(study_run(study, out, AtStep(8, crash)).failed) == 1  # epoch 1 (6 steps) checkpointed, then a crash
+    (path,) = out.glob("*/*/checkpoints/*.pt")
+    checkpoint = Checkpoint.read(path)
+    weights = next(iter(checkpoint.model["networks"].values()))
+    next(iter(weights.values())).view(-1)[0] = float("inf")
+    atomic_save(checkpoint.to_file(), path)  # a checksum that matches the tampered weights
+    with pytest.raises(CorruptFileError, match=r"holds NaN or infinite values, so no checkpoint can be used from it"):
+        Checkpoint.read(path)
+
+    rerun = run_cli("run", str(study), "--out", str(out), "--quiet")
+    assert rerun.returncode == 0 and "done 1, failed 0" in rerun.stdout, rerun.stderr
+    # a notice is one line, as the command's other warnings are: no Python warning with its source line
+    assert f"warning: {path} is corrupt: " in rerun.stderr and "starts again from the beginning" in rerun.stderr
+    assert "UserWarning" not in rerun.stderr and ".py:" not in rerun.stderr
+    assert path.with_name(path.name + ".corrupt").is_file()
+    folder = RunFolder(path.parent.parent)
+    assert [row["epoch"] for row in folder.read_history()] == [1, 2]
+
+    generator = folder.generator_path("AtoB")
+    exported = ExportedGenerator.read(generator, "AtoB")
+    next(iter(exported.state_dict.values())).view(-1)[0] = float("nan")
+    atomic_save(exported.to_file(), generator)
+    with pytest.raises(CorruptFileError, match=r"NaN or infinite values, so no exported generator can be used"):
+        ExportedGenerator.read(generator, "AtoB")
+
+
+def test_a_file_that_is_not_a_torch_archive_is_named_as_such_without_torchs_unsafe_advice(tmp_path):
+    png = tmp_path / "AtoB.pt"
+    Image.new("RGB", (8, 8)).save(png, format="PNG")
+    with pytest.raises(CorruptFileError) as error:
+        ExportedGenerator.read(png, "AtoB")
+    assert "is not a torch file" in str(error.value) and "weights_only" not in str(error.value)
+    pickled = tmp_path / "pickled.pt"
+    torch.save({"object": SimpleNamespace(a=1)}, pickled)
+    with pytest.raises(CorruptFileError, match=r"holds a types.SimpleNamespace object, which unpaired does not load") as error:
+        ExportedGenerator.read(pickled, "AtoB")
+    assert "weights_only" not in str(error.value)
+    translated = run_cli("translate", str(png), "--checkpoint", str(png), "--out", str(tmp_path / "t"))
+    assert translated.returncode == 2 and "is not a torch file" in translated.stderr and "weights_only" not in translated.stderr
+
+
+def test_a_corrupt_lease_is_named_and_taken_over_at_once_but_one_being_written_is_not(tmp_path):
+    path = tmp_path / "lease.json"
+    path.write_text('{"host": "elsewhere", "pid"')  # torn
+    assert not Lease(path).is_stale(Lease(path).read_holder())  # written this instant: its writer may be finishing
+    old = time.time() - 5
+    os.utime(path, (old, old))
+    lease = Lease(path)
+    started = time.monotonic()
+    with pytest.warns(Notice, match=r"lease.json is corrupt \(it names no holder\); it is taken over"):
+        lease.acquire()
+    try:
+        assert time.monotonic() - started < 1 and lease.read_holder() == lease.holder
+    finally:
+        lease.release()
+    path.write_text('["not", "a", "holder"]')
+    os.utime(path, (old, old))
+    assert RunFolder(tmp_path).is_leased() is False
+
+
+def test_a_rerun_that_spells_the_output_folder_otherwise_finds_the_same_mlflow_child(tmp_path, monkeypatch):
+    """A kill between creating the MLflow child and recording it in mlflow_run.json: the rerun finds the child by its
+    tags, whether --out was given relative or absolute."""
+    study = write_study(tmp_path / "spelt.yaml", "spelt")
+    monkeypatch.chdir(tmp_path)
+    assert len(study_run(study, Path("out")).done) == 1
+    (link,) = (tmp_path / "out").glob("*/*/mlflow_run.json")
+    link.unlink()  # as if killed before recording the child it created
+    assert len(study_run(study, tmp_path / "out").skipped) == 1
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("spelt").experiment_id
+    (child,) = client.search_runs([experiment], filter_string="tags.`unpaired.role` = 'variant'")
+    assert child.info.status == "FINISHED" and child.data.tags["unpaired.folder"] == str(link.parent.resolve())
+    assert child.data.tags["unpaired.host"] == socket.gethostname()
+
+
+def test_epochs_mlflow_missed_are_logged_before_training_continues_so_the_history_is_in_order(tmp_path):
+    """Epochs trained while tracking was away (here: off) are logged when the run resumes, not after later epochs."""
+    base = merge(TWO_EPOCHS, {"train": {"epochs": 3}})
+    out = tmp_path / "out"
+    untracked = write_study(tmp_path / "ordered.yaml", "ordered", base=base, tracking={"enabled": False})
+    assert len(study_run(untracked, out, AtStep(14, crash)).failed) == 1  # epochs 1, 2 checkpointed, then a crash
+    tracked = write_study(tmp_path / "ordered.yaml", "ordered", base=base)
+    assert len(study_run(tracked, out).done) == 1
+    client = MlflowClient()
+    (child,) = client.search_runs([client.get_experiment_by_name("ordered").experiment_id], "tags.`unpaired.role` = 'variant'")
+    history = client.get_metric_history(child.info.run_id, "cycle_A")
+    assert [m.step for m in sorted(history, key=lambda m: (m.timestamp, m.step))] == [1, 2, 3]
+
+
+def test_a_corrupt_study_index_leaves_compare_and_the_report_working_from_the_run_folders(make_distribution, tmp_path):
+    make_distribution("pixel-features", "1.0", {"pixel": "pixel_features"}, {"pixel_features.py": PIXEL_FEATURES})
+    scored = merge(TINY_BASE, {"data": {"n_test": 7}, "eval": {"metrics": ["fid"], "feature_extractor": {"name": "mean_colour"}}})
+    study = write_study(tmp_path / "indexed.yaml", "indexed", base=scored, variants={"narrow": {}, "wide": {"generator": {"ngf": 8}}},
+                        tracking={"enabled": False})
+    out = tmp_path / "out"
+    assert len(study_run(study, out).done) == 2
+    (out / "study.json").write_text('{"runs": [{"variant": 1}')
+    compared = run_cli("compare", str(out), "--format", "json")
+    assert compared.returncode == 0, compared.stderr
+    assert "study.json cannot be read (it is not valid JSON:" in compared.stderr and "read from the run folders instead" in compared.stderr
+    assert {row["variant"] for row in json.loads(compared.stdout)} == {"narrow", "wide"}
+    report = run_cli("report", str(out), "--format", "markdown")
+    assert report.returncode == 0, report.stderr
+    text = (out / "report.md").read_text()
+    assert "read from the run folders instead" in text and "narrow" in text and "wide" in text
+
+
+class SwitchableProxy(http.server.BaseHTTPRequestHandler):
+    """Forwards every request to a real MLflow server until ``hang`` is set; from then on it hangs, as a server stuck on
+    its database does (the connection stays open, no answer comes)."""
+
+    upstream = ""
+    hang = threading.Event()
+
+    def forward(self):
+        if self.hang.is_set() and not self.path.startswith("/health"):  # up, as its health check says, but stuck
+            time.sleep(60)
+            return
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        request = urllib.request.Request(self.upstream + self.path, data=body or None, method=self.command,
+                                         headers={k: v for k, v in self.headers.items() if k.lower() in ("content-type", "accept")})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                status, headers, payload = response.status, response.headers, response.read()
+        except urllib.error.HTTPError as error:
+            status, headers, payload = error.code, error.headers, error.read()
+        self.send_response(status)
+        self.send_header("Content-Type", headers.get("Content-Type", "application/json"))
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = forward
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_tracking_server_that_hangs_mid_study_holds_each_run_up_at_most_the_tracking_timeout(mlflow_server, tmp_path, monkeypatch):
+    """It hangs at the first training step: the run in training, the next run and the study's end each wait about
+    tracking.timeout (2 s) for it, then tracking leaves them alone and training goes on (MLflow's own retries: minutes)."""
+    for name in ("MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
+                 "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER"):
+        monkeypatch.delenv(name, raising=False)  # what the tracker sets for this test is undone after it
+    SwitchableProxy.upstream, SwitchableProxy.hang = mlflow_server, threading.Event()
+    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), SwitchableProxy)
+    proxy.daemon_threads = True
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{proxy.server_address[1]}")
+    study = write_study(tmp_path / "hung.yaml", "hung", base=merge(TINY_BASE, {"train": {"log_every": 1}}), grid={"generator.ngf": [4, 8]},
+                        tracking={"timeout": 2})
+    try:
+        SwitchableProxy.hang.set()  # stuck from the start: the study stops before training, saying so
+        with pytest.raises(TrackingError, match=r"answers, but not to MLflow's calls within tracking.timeout \(2 s\)"):
+            study_run(study, tmp_path / "out")
+        SwitchableProxy.hang.clear()
+        started = time.monotonic()
+        summary = study_run(study, tmp_path / "out", AtStep(1, SwitchableProxy.hang.set))
+        elapsed = time.monotonic() - started
+    finally:
+        proxy.shutdown()
+    assert len(summary.done) == 2 and not summary.failed
+    assert any("MLflow tracking is incomplete for" in note for note in summary.notes)
+    assert elapsed < 40, f"the hung server held the study up {elapsed:.0f} s"
+
+
+def test_a_spec_with_thousands_of_problems_lists_the_first_and_a_huge_file_is_refused_before_parsing(tmp_path):
+    many = tmp_path / "many.yaml"
+    many.write_text(yaml.safe_dump({"name": "many", "base": {**TINY_BASE, **{f"k{i}": 1 for i in range(2000)}}}))
+    started = time.monotonic()
+    result = run_cli("validate", str(many))
+    assert result.returncode == 2 and time.monotonic() - started < 30
+    assert "2000 problems" in result.stderr and "... and 1980 more (fix these first)" in result.stderr
+    assert len(result.stderr.splitlines()) < 30
+    huge = tmp_path / "huge.json"
+    huge.write_text(json.dumps({"name": "huge", "base": TINY_BASE, "description": "x" * 300_000}))
+    result = run_cli("validate", str(huge))
+    assert result.returncode == 2 and "is 293 KiB; a spec is at most 256 KiB" in result.stderr
+
+
+def test_a_dataset_with_an_empty_split_is_refused_by_validate(make_distribution, tmp_path):
+    make_distribution("broken-parts", "1.0", {"broken": "broken_parts"}, {"broken_parts.py": BROKEN_COMPONENTS})
+    study = write_study(tmp_path / "empty.yaml", "empty", base={**TINY_BASE, "data": {"name": "no_test_b"}})
+    result = run_cli("validate", str(study))
+    assert result.returncode == 2
+    assert "variant[base].data: dataset 'no_test_b' of broken-parts 1.0 has no images in testB" in result.stderr
+
+
+def test_the_ray_driver_names_a_run_held_by_a_silent_lease_and_when_it_is_taken_over(tmp_path, monkeypatch):
+    from unpaired.execution.ray_executor import RayExecutor
+
+    monkeypatch.setenv("UNPAIRED_LEASE_TIMEOUT", "60")
+    registry = Registry.from_entry_points()
+    study = load_study(write_study(tmp_path / "held.yaml", "held"), registry)
+    folder = RunFolder.in_study(tmp_path, study.runs[0].variant, 0, study.runs[0].run_id)
+    folder.path.mkdir(parents=True)
+    folder.lease().path.write_text(json.dumps({"host": "node-7", "pid": 4242, "token": "t", "since": 0}))
+    old = time.time() - 45
+    os.utime(folder.lease().path, (old, old))
+    said: list[str] = []
+    driver = SimpleNamespace(silent_holders=set())
+    for _ in range(2):
+        RayExecutor._say_silent_holders(driver, tmp_path, study.runs, said.append)
+    (line,) = said  # once per holder
+    assert line.startswith("waiting: base seed 0 is held by pid 4242 on node-7, silent for 45 s (its node died?)")
+    assert "a retry takes it over at" in line and "after 60 s of silence, UNPAIRED_LEASE_TIMEOUT" in line
