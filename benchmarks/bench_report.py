@@ -54,7 +54,8 @@ def make_study(out: Path, variants: int, seeds: int, size: int, epochs: int) -> 
         folder = run_folder(out, run)
         folder.path.mkdir(parents=True)
         folder.write_spec(run.resolved.as_dict())
-        folder.write_history([{"epoch": e, "lr": 2e-4, **{t: 2 / e + rng.random() for t in ("cycle_A", "cycle_B", "G_adv_A", "G_adv_B", "D_A", "D_B")},
+        folder.write_history([{"epoch": e, "lr": 2e-4, **{t: 2 / e + rng.random() for t in ("cycle_A", "cycle_B", "G_adv_A", "G_adv_B", "D_A",
+                                                                                            "D_B")},
                                **({"fid_mean": 300 / e + rng.random()} if e % 10 == 0 else {})} for e in range(1, epochs + 1)])
         if run.seed == 0:
             for direction in model.directions:

@@ -215,7 +215,8 @@ def main() -> None:
             "peak_mib": timer.peak_mib(), "losses": [round(v.item(), 4) for v in timer.terms.values()],
         })
     report = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda"
+        else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
         "torch": torch.__version__,
         "size": args.size, "blocks": args.blocks, "disc": args.disc, "batch": args.batch, "iters": args.iters, "rounds": rounds,
         "engine_with_data": args.with_data,

@@ -9,6 +9,7 @@ it has none, never halved). Each is weighted as in the total the optimiser sees.
 from __future__ import annotations
 
 import itertools
+from typing import cast
 
 import torch.nn.functional as F
 from pydantic import BaseModel
@@ -78,7 +79,7 @@ class CycleGAN(Method):
                  "idt_A": w.identity * F.l1_loss(same_A[0], real_A) if idt else real_A.new_zeros(()),  # λ_idt |G_BA(A) - A|
                  "idt_B": w.identity * F.l1_loss(same_B[0], real_B) if idt else real_A.new_zeros(())}  # λ_idt |G_AB(B) - B|
         self.opt_G.zero_grad(set_to_none=True)
-        self.scaler.scale(sum(t.values())).backward()
+        self.scaler.scale(cast(Tensor, sum(t.values()))).backward()
         self.scaler.step(self.opt_G)
         self.freeze_discriminators(False)
         return fake_A.detach(), fake_B.detach(), t
@@ -88,7 +89,8 @@ class CycleGAN(Method):
         pooled_A, pooled_B = self.pool_A.query(fake_A), self.pool_B.query(fake_B)
         t = {}
         with self.runtime.autocast():
-            for name, D, gan_loss, real, fake in (("A", self.D_A, self.gan_loss_A, real_A, pooled_A), ("B", self.D_B, self.gan_loss_B, real_B, pooled_B)):
+            sides = (("A", self.D_A, self.gan_loss_A, real_A, pooled_A), ("B", self.D_B, self.gan_loss_B, real_B, pooled_B))
+            for name, D, gan_loss, real, fake in sides:
                 judged_real, judged_fake = forward_each(D, real, fake, batched=self.batch_discriminator_calls)
                 t[f"D_{name}"] = 0.5 * gan_loss.discriminator_loss(judged_real, judged_fake)  # ½ L_D(real, pool(fake))
                 penalty = gan_loss.regularizer(D, real, fake)

@@ -29,7 +29,7 @@ class LeastSquares(GanLoss):
     def __init__(self, params: LabelParams):
         self.real, self.fake = params.real_label, params.fake_label
 
-    def generator_loss(self, fake_pred: Tensor) -> Tensor:
+    def generator_loss(self, fake_pred: Tensor, real_pred: Tensor | None = None) -> Tensor:
         return F.mse_loss(fake_pred, torch.full_like(fake_pred, self.real))
 
     def discriminator_loss(self, real_pred: Tensor, fake_pred: Tensor) -> Tensor:
@@ -44,7 +44,7 @@ class Vanilla(GanLoss):
     def __init__(self, params: LabelParams):
         self.real, self.fake = params.real_label, params.fake_label
 
-    def generator_loss(self, fake_pred: Tensor) -> Tensor:
+    def generator_loss(self, fake_pred: Tensor, real_pred: Tensor | None = None) -> Tensor:
         return F.binary_cross_entropy_with_logits(fake_pred, torch.full_like(fake_pred, self.real))
 
     def discriminator_loss(self, real_pred: Tensor, fake_pred: Tensor) -> Tensor:
@@ -59,7 +59,7 @@ class Hinge(GanLoss):
     def __init__(self, params: NoParams):
         pass
 
-    def generator_loss(self, fake_pred: Tensor) -> Tensor:
+    def generator_loss(self, fake_pred: Tensor, real_pred: Tensor | None = None) -> Tensor:
         return -fake_pred.mean()
 
     def discriminator_loss(self, real_pred: Tensor, fake_pred: Tensor) -> Tensor:
@@ -72,7 +72,7 @@ class WganGp(GanLoss):
     def __init__(self, params: WganGpParams):
         self.gp_weight = params.gp_weight
 
-    def generator_loss(self, fake_pred: Tensor) -> Tensor:
+    def generator_loss(self, fake_pred: Tensor, real_pred: Tensor | None = None) -> Tensor:
         return -fake_pred.mean()
 
     def discriminator_loss(self, real_pred: Tensor, fake_pred: Tensor) -> Tensor:

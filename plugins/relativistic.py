@@ -22,7 +22,8 @@ class RelativisticAverageLS(GanLoss):
         pass
 
     def generator_loss(self, fake_pred: Tensor, real_pred: Tensor | None = None) -> Tensor:
-        assert real_pred is not None  # compares_with_real: the engine passes it
+        if real_pred is None:
+            raise ValueError("the relativistic generator loss needs the discriminator's scores on real images (compares_with_real)")
         return ((fake_pred - real_pred.mean() - 1) ** 2).mean() + ((real_pred - fake_pred.mean() + 1) ** 2).mean()
 
     def discriminator_loss(self, real_pred: Tensor, fake_pred: Tensor) -> Tensor:

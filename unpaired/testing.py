@@ -116,7 +116,7 @@ def _train(variant: ResolvedVariant, data: UnpairedData, who: str) -> list[dict[
 
 def _check_dataset(data: UnpairedData, who: str) -> None:
     crop = data.transform.crop_size
-    empty = [f"{split}{domain}" for split in ("train", "test") for domain in "AB" if data.size(split, domain) < 1]
+    empty = [f"{split}{domain}" for split in ("train", "test") for domain in ("A", "B") if data.size(split, domain) < 1]
     if empty:
         raise ContractError(f"{who} must hold images in every split and domain; {', '.join(empty)} is/are empty")
     images = {"training pair": torch.stack(data.train_pair(0, torch.Generator().manual_seed(0))),

@@ -57,7 +57,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         count = steps[run.run_id]
         moved = moved_run(out, run)
         folder = moved or run_folder(out, run)
-        status = folder.status(run.run_id, run.resolved.plugins(), evaluations.get(run.run_id))
+        status: str = folder.status(run.run_id, run.resolved.plugins(), evaluations.get(run.run_id))
         if status == "stale":  # which plugin changed is what decides whether to retrain (--rerun-stale)
             trained = folder.read_result()
             status += f" ({'; '.join(plugin_changes(trained.plugins if trained else {}, run.resolved.plugins()))})"

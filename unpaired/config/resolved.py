@@ -165,8 +165,8 @@ def _resolve_metrics(configs: list[str | ComponentConfig] | None, registry: Regi
     if configs is None:
         configs = [{"name": name} for name in registry.defaults("metric")]  # type: ignore[misc]
     chosen = []
-    for index, config in enumerate(configs):
-        config = {"name": config} if isinstance(config, str) else config if isinstance(config, dict) else config.model_dump()
+    for index, given in enumerate(configs):
+        config = {"name": given} if isinstance(given, str) else given if isinstance(given, dict) else given.model_dump()
         try:
             chosen.append(registry.resolve("metric", config, where=f"{where}[{index}]"))
         except InvalidParamsError as error:

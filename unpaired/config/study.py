@@ -141,7 +141,7 @@ def _check_grid_path(path: str, base: Mapping[str, Any], registry: Registry) -> 
     filled = with_default_components(base, registry)
     config = filled.get(head) or filled.get(slot.fallback or "") or {"name": None}
     try:
-        component = registry.get(slot.kind, config.get("name"))
+        component = registry.get(slot.kind, str(config.get("name")))
     except ComponentError:
         return None  # the unknown component itself is reported when the variants resolve
     params = list(component.params_model.model_fields)
@@ -177,7 +177,7 @@ def plan_study(data: Any, registry: Registry, source: str = "<study>") -> Study:
             runs, names_by_key = _expand(spec, axes, registry, source)
         except SpecError as error:
             problems.extend(error.problems)
-    if problems:
+    if problems or base is None:
         raise SpecError(source, list(dict.fromkeys(problems)))
 
     names = list(names_by_key.values())
@@ -193,7 +193,7 @@ def _ranking_metric(spec: StudySpec, runs: list[PlannedRun], baseline: str, sour
     have cannot rank them all (a one-way method has no ``fid_mean``), which is a problem naming them."""
     columns = {run.variant: run.resolved.score_columns for run in runs}
     headline = next(run.resolved.eval.select_best_by for run in runs if run.variant == baseline)  # e.g. fid_mean
-    shared = [column for column in [headline, *columns[baseline]] if all(column in have for have in columns.values())]
+    shared = [column for column in [headline, *columns[baseline]] if column is not None and all(column in have for have in columns.values())]
     metric = spec.tracking.metric
     lacking = [variant for variant, have in columns.items() if metric not in have]
     if metric is not None and lacking and len(lacking) < len(columns):

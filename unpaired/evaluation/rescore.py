@@ -14,10 +14,10 @@ from unpaired.results.records import ExportedGenerator, RunResult
 from unpaired.results.run_folder import RunFolder
 
 
-def _best_or_final(folder: RunFolder, result: RunResult | None, best_epoch: float | None, epoch: int | None) -> bool:
+def _best_or_final(folder: RunFolder, result: RunResult, best_epoch: float | None, epoch: int | None) -> bool:
     """Whether the generators to score for ``epoch`` are the best epoch's (True) or the final ones (False);
     raises when the folder keeps none of that epoch."""
-    final_epoch = result.epochs if result and result.finished else None
+    final_epoch = result.epochs if result.finished else None
     if epoch is None or epoch == final_epoch:
         best = False
     elif epoch == best_epoch:
@@ -36,11 +36,12 @@ def rescore_run(folder: RunFolder, registry: Registry, scorer: Scorer, variant: 
     generators instead of the final ones (their scores go to ``rescored``). What training chose as its best epoch stays."""
     kept_best = best_columns(variant.eval.select_best_by) if variant.eval.select_best_by else ()
     result = folder.read_result()
-    best_epoch = result.metrics.get(kept_best[1]) if result and kept_best else None
+    if result is None:
+        raise EvaluationError(f"{folder} has not finished (it records no result), so there is nothing to score")
+    best_epoch = result.metrics.get(kept_best[1]) if kept_best else None
     best = _best_or_final(folder, result, best_epoch, epoch)
-    assert result is not None  # _best_or_final found the generators of a run that ended
     directions = method_directions(variant.method.component.factory)
-    generators = {d: ExportedGenerator.read(folder.generator_path(d, best), d).build(registry).to(scorer.device)  # type: ignore[arg-type]
+    generators = {d: ExportedGenerator.read(folder.generator_path(d, best), d).build(registry).to(scorer.device)
                   for d in directions}
     scores = scorer.score(generators, variant.data.build(), variant.data.as_dict())
     if best:

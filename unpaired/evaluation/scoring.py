@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from unpaired.config.resolved import ResolvedEval
 from unpaired.evaluation.features import FeatureExtractor, folder_images, real_features, translated
-from unpaired.plugin_api.data import UnpairedData, to_uint8
+from unpaired.plugin_api.data import Domain, UnpairedData, to_uint8
 from unpaired.plugin_api.methods import SOURCE_DOMAIN, TARGET_DOMAIN, Direction
 from unpaired.plugin_api.metrics import SHORT_DIRECTION, Metric, Score, score_columns
 from unpaired.results.records import Scoring
@@ -56,7 +56,8 @@ class Scorer:
         for direction, generator in translators.items():
             source, target = SOURCE_DOMAIN[direction], TARGET_DOMAIN[direction]
             fakes = list(translated(generator, data, source, self.evaluation.batch_size, self.device))
-            compared = self._compare(lambda: list(data.test_images(target)), fakes, lambda: real_features(data, dataset, target, self.extractor))
+            real_images, real_feature_rows = self._reals(data, dataset, target)
+            compared = self._compare(real_images, fakes, real_feature_rows)
             for name, score in compared.items():
                 _record(scores, f"{name}_{SHORT_DIRECTION[direction]}", score)
         for name in self.metrics:
@@ -64,6 +65,10 @@ class Scorer:
             if len(columns) > 1:
                 scores.values[columns[-1]] = sum(scores.values[c] for c in columns[:-1]) / (len(columns) - 1)
         return scores
+
+    def _reals(self, data: UnpairedData, dataset: dict[str, Any], domain: Domain) -> tuple[Callable[[], list[Tensor]], Callable[[], Tensor]]:
+        """The real test images of ``domain`` and their features, each made only when a metric asks for it."""
+        return (lambda: list(data.test_images(domain))), (lambda: real_features(data, dataset, domain, self.extractor))
 
     def score_folders(self, first: Path, second: Path, size: int) -> dict[str, float]:
         """Each metric between the images of two folders, both pre-processed like test images (``unpaired fid``)."""

@@ -128,8 +128,7 @@ class RayExecutor:
                     self._say_silent_holders(out, list(pending.values()), say)
                     progress.set_postfix(done=len(summary.done), running=running, failed=len(summary.failed),
                                          pending=len(pending) - running, refresh=True)
-                if pending:
-                    signum = stop_requested()
+                if pending and (signum := stop_requested()) is not None:
                     say(f"signal {signum}: the running runs checkpoint and stop; the queued ones are cancelled")
                     for ref in pending:
                         self.ray.cancel(ref)

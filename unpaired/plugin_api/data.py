@@ -114,7 +114,7 @@ class Transform:
         """Resize to load_size, random crop (or resize) to crop_size, random flip; then to [-1, 1]."""
         size = self.crop_size
         if self.load_size is not None:
-            image = image.resize((self.load_size, self.load_size), Image.BICUBIC)
+            image = image.resize((self.load_size, self.load_size), Image.Resampling.BICUBIC)
         if self.crop:
             width, height = image.size
             if width < size or height < size:
@@ -123,14 +123,14 @@ class Transform:
             top = int(torch.randint(0, height - size + 1, (1,), generator=rng))
             image = image.crop((left, top, left + size, top + size))
         else:
-            image = image.resize((size, size), Image.BICUBIC)
+            image = image.resize((size, size), Image.Resampling.BICUBIC)
         if self.flip and float(torch.rand((), generator=rng)) < 0.5:
-            image = image.transpose(Image.FLIP_LEFT_RIGHT)
+            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         return to_tensor(image)
 
     def test(self, image: Image.Image) -> Tensor:
         """Resize to crop_size x crop_size; then to [-1, 1]."""
-        return to_tensor(image.resize((self.crop_size, self.crop_size), Image.BICUBIC))
+        return to_tensor(image.resize((self.crop_size, self.crop_size), Image.Resampling.BICUBIC))
 
 
 class UnpairedData(ABC):

@@ -25,7 +25,8 @@ a while with ``Registry.listening`` (see :func:`unpaired_study_listeners`).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import pluggy
 

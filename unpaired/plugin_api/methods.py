@@ -41,7 +41,7 @@ class Runtime:
     def place(self, network: nn.Module) -> nn.Module:
         """Move ``network`` to the device (in channels-last format when asked); return what to call: the
         network itself, or its ``torch.compile``-d wrapper. Keep the network itself for its state."""
-        network.to(self.device, memory_format=torch.channels_last if self.channels_last else torch.preserve_format)
+        network.to(self.device, memory_format=torch.channels_last if self.channels_last else torch.preserve_format)  # type: ignore[call-overload]
         return torch.compile(network) if self.compile else network  # type: ignore[return-value]
 
     def to_device(self, images: Tensor) -> Tensor:
@@ -139,7 +139,7 @@ class Method(ABC):
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned; a network or part missing from ``state`` is an error, never skipped."""
-        groups = {"networks": self.networks, "parts": self.stateful()}
+        groups: dict[str, Mapping[str, Any]] = {"networks": self.networks, "parts": self.stateful()}
         missing = sorted(f"{group}.{name}" for group, parts in groups.items() for name in set(parts) - set(state.get(group, {})))
         if missing:
             raise KeyError(f"the saved state has no {', '.join(missing)}")

@@ -11,8 +11,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from unpaired.plugin_api.methods import Direction
 
 
 @dataclass(frozen=True)
@@ -51,7 +55,7 @@ def score_columns(metric: str, directions: tuple[str, ...]) -> list[str]:
     return columns + [f"{metric}_mean"] if len(columns) > 1 else columns
 
 
-def method_directions(factory: object) -> tuple[str, ...]:
+def method_directions(factory: object) -> tuple[Direction, ...]:
     """The directions a method's factory translates, read before it is built: a ``Method`` subclass registered as
     its own factory declares them as a class attribute (both directions when a factory does not say)."""
     return tuple(getattr(factory, "directions", ("AtoB", "BtoA")))

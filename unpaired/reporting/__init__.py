@@ -8,12 +8,14 @@ file nor MLflow.
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from unpaired import hookimpl
+from unpaired.errors import Notice
 from unpaired.plugin_api.registry import Registry
 from unpaired.reporting.render import render_html, render_markdown
 from unpaired.reporting.report import build_report
@@ -55,7 +57,7 @@ class ReportWriter:
         try:
             path = write_report(out, self.registry, metric=self.metric)
         except Exception as error:  # the runs are done and recorded: a report that cannot be drawn must not hide that
-            print(f"warning: the study report could not be written ({type(error).__name__}: {error}); "
-                  f"`unpaired report {out}` tries again", file=sys.stderr)
+            warnings.warn(f"the study report could not be written ({type(error).__name__}: {error}); "
+                          f"`unpaired report {out}` tries again", Notice, stacklevel=2)
             return
         print(f"report: {path}", file=sys.stderr)

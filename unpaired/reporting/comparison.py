@@ -34,7 +34,8 @@ def visual_comparison(results: StudyResults, registry: Registry, seed: int, devi
     """The showcase images of the baseline's dataset (the first variant's when the baseline has not started),
     translated by the final generators of each variant's run with ``seed``: as the run saved them when it
     ended, else by its generators rebuilt here. None when no run has started."""
-    spec = next((s for v in [results.baseline, *results.variants] for run in results.of_variant(v) if (s := run.spec())), None)
+    order = [results.baseline, *results.variants] if results.baseline else results.variants
+    spec = next((s for v in order for run in results.of_variant(v) if (s := run.spec())), None)
     if spec is None:
         return None
     data = registry.resolve("dataset", spec["data"], where="data").build()
@@ -43,7 +44,7 @@ def visual_comparison(results: StudyResults, registry: Registry, seed: int, devi
     comparison = VisualComparison(seed, {d: indices for d, (indices, _) in inputs.items()}, sizes)
     runs = {variant: next((r for r in results.of_variant(variant) if r.seed == seed and r.finished), None) for variant in results.variants}
     for direction, (indices, images) in inputs.items():
-        columns = [(f"input ({SOURCE_DOMAIN[direction]})", to_uint8(images))]
+        columns: list[tuple[str, torch.Tensor | None]] = [(f"input ({SOURCE_DOMAIN[direction]})", to_uint8(images))]
         for variant, run in runs.items():
             translated, why = None, "not finished"
             if run is not None:

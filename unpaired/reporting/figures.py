@@ -75,14 +75,14 @@ def _history(run: RunRecord) -> pd.DataFrame:
     return history
 
 
-def _font(size: int = 11) -> ImageFont.ImageFont:
+def _font(size: int = 11) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1 has only the fixed bitmap font
         return ImageFont.load_default()
 
 
-def _label_lines(label: str, font: ImageFont.ImageFont, width: int) -> list[str]:
+def _label_lines(label: str, font: ImageFont.ImageFont | ImageFont.FreeTypeFont, width: int) -> list[str]:
     """``label`` broken after its commas, and within a part where it is wider than ``width`` px."""
     lines = []
     for part in label.replace(",", ",\n").splitlines():
@@ -118,7 +118,7 @@ def image_grid(columns: list[tuple[str, torch.Tensor | None]], side: int) -> byt
                 draw.rectangle([image_left, top, image_left + side - 1, top + side - 1], fill=(200, 200, 200))
                 continue
             picture = Image.fromarray(np.ascontiguousarray(images[row].permute(1, 2, 0).numpy()))
-            canvas.paste(picture.resize((side, side), Image.NEAREST), (image_left, top))
+            canvas.paste(picture.resize((side, side), Image.Resampling.NEAREST), (image_left, top))
     buffer = io.BytesIO()
     canvas.save(buffer, format="PNG")
     return buffer.getvalue()

@@ -7,9 +7,11 @@ import html
 import io
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
+from unpaired.plugin_api.methods import Direction
 from unpaired.reporting.report import Report, format_value
 
 STYLE = """
@@ -90,7 +92,7 @@ def render_markdown(report: Report, folder: Path, link: str) -> str:
     return "\n\n".join(lines) + "\n"
 
 
-def _outline(report: Report) -> Iterator[tuple[str, object]]:
+def _outline(report: Report) -> Iterator[tuple[str, Any]]:
     """The report as a sequence of blocks, the same for every format."""
     yield "title", report.name
     if report.question:
@@ -123,7 +125,7 @@ def _outline(report: Report) -> Iterator[tuple[str, object]]:
             yield "table", (["variant", "seed", "error"], [[v, str(s), e] for v, s, e in report.failures])
 
 
-def _comparison_blocks(report: Report) -> Iterator[tuple[str, object]]:
+def _comparison_blocks(report: Report) -> Iterator[tuple[str, Any]]:
     comparison = report.comparison
     if comparison is None:
         return
@@ -133,7 +135,8 @@ def _comparison_blocks(report: Report) -> Iterator[tuple[str, object]]:
                    "Images under 96 px are shown enlarged (nearest neighbour).")
     if comparison.missing:
         yield "note", f"No final generators of seed {comparison.seed} to show (grey): {'; '.join(comparison.missing)}."
-    for direction, title in (("AtoB", "A → B"), ("BtoA", "B → A")):
+    titles: dict[Direction, str] = {"AtoB": "A → B", "BtoA": "B → A"}
+    for direction, title in titles.items():
         indices = ", ".join(map(str, comparison.indices[direction]))
         yield "subheading", f"{title}: test images {indices} of {comparison.test_sizes[direction]}"
         yield "image", (f"translations-{direction}", comparison.figures[direction], f"{title} translations by every variant")

@@ -54,7 +54,7 @@ class Report:
     comparison: VisualComparison | None
     differences: dict[str, list[tuple[str, Any, Any]]]
     """Per variant (but the baseline): ``(dotted path, baseline value, its value)`` for each field that differs."""
-    failures: list[tuple[str, int, str]]
+    failures: list[tuple[str, int, str | None]]
     """``(variant, seed, error)`` of every failed run."""
     incomplete: list[str]
     notes: list[str] = field(default_factory=list)
@@ -107,7 +107,7 @@ def _facts(results: StudyResults) -> list[tuple[str, str]]:
     order = ("finished", "failed", "running", "partial", "pending")
     states = ", ".join(f"{counts[state]} {state}" for state in order if counts.get(state))
     return [
-        ("generated", datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")),
+        ("generated", datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")),
         ("git commit", results.index.get("git_commit") or "not recorded (not run from a git checkout)"),
         ("unpaired", results.index.get("unpaired", "?")),
         ("plugins used", ", ".join(plugins) or "none recorded yet"),

@@ -105,7 +105,7 @@ class TrainingState:
     """``{"fid_mean", "epoch"}`` of the best-scored epoch so far, when scored during training."""
     elapsed: float = 0.0
     """Training seconds over all invocations so far."""
-    epoch_sums: torch.Tensor | None = None
+    epoch_sums: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
     """Sums of the current epoch's loss terms so far (on the CPU in a checkpoint)."""
 
 
@@ -221,7 +221,7 @@ def checksum(tree: Any) -> int:
         elif isinstance(value, (list, tuple)):
             stack.extend(reversed(value))
         elif isinstance(value, torch.Tensor):
-            crc = zlib.crc32(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy(), crc)
+            crc = zlib.crc32(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy(), crc)  # type: ignore[arg-type]
         else:
             crc = zlib.crc32(repr(value).encode(), crc)
     return crc

@@ -17,17 +17,19 @@ import contextlib
 import json
 import os
 import socket
-import sys
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from unpaired import hookimpl
+from unpaired.errors import Notice
 from unpaired.plugin_api.lifecycle import RunInfo
 from unpaired.results.files import CorruptFileError
 from unpaired.results.lease import process_alive
-from unpaired.results.mlflow_store import TrackingError, check_reachable, check_shareable, client, first_use_serialised, flatten_params, plugin_versions, tracking_uri
+from unpaired.results.mlflow_store import (TrackingError, check_reachable, check_shareable, client, first_use_serialised, flatten_params,
+                                           plugin_versions, tracking_uri)
 from unpaired.results.run_folder import RunFolder
 from unpaired.results.study_folder import git_commit, report_path, run_folder
 
@@ -68,8 +70,8 @@ class StudyTracker:
             yield
         except Exception as error:
             self.lost.add(run_id)
-            print(f"warning: MLflow tracking of run {run_id} stopped ({type(error).__name__}: {str(error).splitlines()[0][:300]}); "
-                  "training goes on, and the next `unpaired run` of the study logs what is missing", file=sys.stderr)
+            warnings.warn(f"MLflow tracking of run {run_id} stopped ({type(error).__name__}: {str(error).splitlines()[0][:300]}); "
+                          "training goes on, and the next `unpaired run` of the study logs what is missing", Notice, stacklevel=2)
 
     @hookimpl
     def unpaired_on_study_start(self, study: Any, out: Path, machines: int) -> None:
@@ -145,7 +147,8 @@ class StudyTracker:
         child_id = self.client.create_run(self.experiment_id, run_name=f"{run.variant} seed{run.seed}", tags=tags).info.run_id
         params = [Param(k, v[:6000]) for k, v in flatten_params(run.spec).items()]
         for start in range(0, len(params), 100):
-            self.client.log_batch(child_id, params=params[start : start + 100], tags=[RunTag("unpaired.folder", _folder_tag(folder))] if start == 0 else [])
+            folder_tag = [RunTag("unpaired.folder", _folder_tag(folder))] if start == 0 else []
+            self.client.log_batch(child_id, params=params[start : start + 100], tags=folder_tag)
         return child_id
 
     def _log_metrics(self, child_id: str, values: dict[str, float], step: int) -> None:
@@ -161,8 +164,8 @@ class StudyTracker:
         logged = {m.step for m in self.client.get_metric_history(child_id, EPOCH_MARKER)}
         for row in folder.read_history():
             if row["epoch"] not in logged:
-                self._log_metrics(child_id, {k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
-                logged.add(row["epoch"])
+                self._log_metrics(child_id, {k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
+                logged.add(int(row["epoch"]))
         return logged
 
     @hookimpl
@@ -203,7 +206,8 @@ class StudyTracker:
     def _complete(self, child_id: str, folder: RunFolder) -> None:
         """Log what a finished run left in its folder and MLflow lacks (epochs, final metrics, artifacts); close it FINISHED."""
         result = folder.read_result()
-        assert result is not None and result.finished
+        if result is None or not result.finished:  # nothing finished to complete: it stays open for its next attempt
+            return
         self._log_history(child_id, folder)
         self._log_metrics(child_id, result.metrics, step=result.epochs)
         if result.scoring is not None:  # what made the scores, so that compare never mixes or misranks them

@@ -137,7 +137,7 @@ class Trainer:
 
     def score(self, scorer: Scorer) -> Scores:
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            networks = {direction: self.method.networks[name] for direction, name in self.translators().items()}
+            networks = {direction: self.method.networks[self.method.translator(direction)] for direction in self.method.directions}
             return scorer.score(networks, self.data, self.variant.data.as_dict())
 
     def export_generators(self, best: bool = False) -> None:
@@ -151,7 +151,8 @@ class Trainer:
         """Remember the epoch with the best ``eval.select_best_by`` so far and export its generators as best-*.pt;
         a non-finite score is never the best."""
         key, best = self.variant.eval.select_best_by, self.state.best
-        assert key is not None and scores.scoring is not None  # resolving gives every scored variant one
+        if key is None or scores.scoring is None:  # nothing to choose by (resolving gives every scored variant a key)
+            return
         value, lower = scores.values[key], scores.scoring.lower_is_better[key]
         if not math.isfinite(value):
             return
@@ -204,7 +205,8 @@ class Trainer:
             if (signum := stop_requested()) is not None:
                 self.check_finite()
                 path = self.save_checkpoint()
-                raise TrainingInterrupted(f"stopped by signal {signum} at epoch {state.epoch + 1}, step {state.global_step}; rerun to resume from {path}")
+                raise TrainingInterrupted(f"stopped by signal {signum} at epoch {state.epoch + 1}, step {state.global_step}; "
+                                          f"rerun to resume from {path}")
         self.check_finite()
         seconds = time.perf_counter() - started
         self.end_epoch({"lr": lr, "seconds": seconds, "it_per_s": (state.step_in_epoch - steps_before) / max(seconds, 1e-9)})

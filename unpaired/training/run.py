@@ -7,6 +7,7 @@ import warnings
 
 from unpaired.config.resolved import ResolvedVariant
 from unpaired.errors import Notice, StopRequested, UnpairedError
+from unpaired.evaluation.features import EvaluationError
 from unpaired.evaluation.rescore import rescore_run
 from unpaired.evaluation.scoring import Scorer
 from unpaired.plugin_api.lifecycle import RunInfo
@@ -26,8 +27,8 @@ def train_run(variant: ResolvedVariant, folder: RunFolder, registry: Registry, v
     ``interrupted`` (a checkpoint was written; nothing else is recorded), any other exception
     ``failed`` (``result.json`` says why, ``error.txt`` holds the details). A finished run is not
     trained again: its stored result is returned, or, when its scores are missing or were made under another
-    evaluation than ``variant.eval``, its final generators are scored again (a failed rescoring keeps its result). The lifecycle hooks are told of the start
-    (before anything is loaded) and of the end. All of it happens while holding the run folder's
+    evaluation than ``variant.eval``, its final generators are scored again (a failed rescoring keeps its
+    result). The lifecycle hooks are told of the start (before anything is loaded) and of the end. All of it happens while holding the run folder's
     lease: when another live process holds it (still, after ``lease_wait`` seconds), :class:`LeaseHeld` is
     raised and nothing is done. A run trained here records this host (and ``ray_node``, the Ray node id, if any).
     """
@@ -71,7 +72,8 @@ def _rescored(folder: RunFolder, registry: Registry, scorer: Scorer, variant: Re
     rescore_run(folder, registry, scorer, variant)
     folder.write_spec(variant.as_dict())
     result = folder.read_result()
-    assert result is not None  # rescore_run wrote it
+    if result is None:
+        raise EvaluationError(f"{folder}: its result went missing while the run was scored again; run the study again")
     return result
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -66,7 +68,7 @@ def translate(generator: nn.Module, images: Tensor, device: torch.device) -> Ten
 
 def save_showcase(method: Method, runtime: Runtime, data: UnpairedData, folder: RunFolder) -> None:
     """Translate the showcase images with the final generators, as exported in ``folder``, and save them there."""
-    showcase = {}
+    showcase: dict[str, dict[str, Any]] = {}
     for direction in method.directions:
         indices, images = showcase_inputs(data, direction)
         with runtime.autocast():
