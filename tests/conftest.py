@@ -14,11 +14,13 @@ import textwrap
 import time
 import urllib.request
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
+import yaml
 
 from unpaired import hookimpl
+from unpaired.plugin_api.registry import Registry
 
 REPO = Path(__file__).resolve().parents[1]
 UNPAIRED = str(Path(sys.executable).with_name("unpaired"))
@@ -216,6 +218,18 @@ def make_distribution(site: Path) -> Callable[..., Path]:
         return site
 
     return make
+
+
+@pytest.fixture
+def registry() -> Registry:
+    """The components of every installed distribution (a fresh registry per test: tests may add plugins to it)."""
+    return Registry.from_entry_points()
+
+
+def write_study(path: Path, name: str, base: dict = TINY_BASE, **fields: object) -> Path:
+    """A study file ``path`` named ``name`` with ``base`` (default: the tiny base) and any other top-level fields."""
+    path.write_text(yaml.safe_dump({"name": name, "base": base, **fields}, sort_keys=False))
+    return path
 
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

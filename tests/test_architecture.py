@@ -47,7 +47,8 @@ def string_literals(path: Path, keys: bool = True) -> list[str]:
 
 
 def test_the_framework_imports_no_plugin_and_names_no_builtin_component(site):
-    builtins = {c.name for c in Registry.from_entry_points().components() if c.distribution == "unpaired"} - {"none", "fid"}  # also words (fid: a command)
+    builtins = {c.name for c in Registry.from_entry_points().components() if c.distribution == "unpaired"} - {"none",
+                                                                                                              "fid"}  # also words (fid: a command)
     assert {"cyclegan", "kid", "resnet", "patchgan", "instance", "lsgan", "history", "folder", "synthetic", "inception"} <= builtins
     for path in MODULES:
         tree = parsed(path)

@@ -16,6 +16,7 @@ from unpaired_plugins.cyclegan import CycleGAN
 REFERENCE = REPO.parent / "shared" / "bench" / "reference_cyclegan.py"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not REFERENCE.is_file(), reason=f"the reference step is not at {REFERENCE}")
 def test_bench_train_reports_per_round_ratios_against_the_reference(tmp_path):
     out = tmp_path / "bench.json"

@@ -10,13 +10,8 @@ import torch
 from torch import nn
 
 from unpaired.plugin_api.components import LossWeights
-from unpaired.plugin_api.registry import Registry
 from unpaired.training.weight_init import init_weights
 
-
-@pytest.fixture(scope="module")
-def registry() -> Registry:
-    return Registry.from_entry_points()
 
 
 def norm(registry, name="instance", **params):

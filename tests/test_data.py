@@ -15,14 +15,10 @@ from PIL import Image
 
 from conftest import run_cli
 from unpaired.plugin_api.data import DataError
-from unpaired.plugin_api.registry import InvalidParamsError, Registry
+from unpaired.plugin_api.registry import InvalidParamsError
 from unpaired.tools.download import DownloadError, download_dataset
 from unpaired.training.batches import EpochOrder, TrainPairs
 
-
-@pytest.fixture(scope="module")
-def registry():
-    return Registry.from_entry_points()
 
 
 def rgb(size=(40, 30), value=128) -> Image.Image:

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import REPO, AtStep, crash, run_cli, send_sigint, write_synthetic_folder
+from conftest import REPO, TINY_BASE, AtStep, crash, run_cli, send_sigint, write_synthetic_folder
 from unpaired import hookimpl
 from unpaired.config.resolved import resolve_variant
 from unpaired.config.spec import TrainConfig
@@ -24,28 +24,19 @@ from unpaired.results.run_folder import RunFolder
 from unpaired.plugin_api.components import TrainingProgress
 from unpaired.training.loop import learning_rate
 from unpaired.training.parts import build_method
+from unpaired.training.run import train_run
 from unpaired_plugins.cyclegan import CycleGAN
 
 LOSS_TERMS = CycleGAN.loss_terms
 FIRST_STEP = TrainingProgress(epoch=0, step=1, steps_per_epoch=4, total_epochs=4)
-from unpaired.training.run import train_run
 
 CPU = torch.device("cpu")
 
-TINY = {
-    "data": {"name": "synthetic", "size": 32, "n_train": 8, "n_test": 2},
-    "generator": {"name": "resnet", "n_blocks": 1, "ngf": 4, "dropout": 0.5},
-    "discriminator": {"name": "patchgan", "ndf": 4, "n_layers": 2},
-    "image_pool": {"name": "history", "size": 5},
-    "train": {"epochs": 2, "decay_epochs": 2, "num_workers": 0, "log_every": 1},
-    "samples": 2,
-    "eval": {"metrics": []},
-}
+TINY = merge(TINY_BASE, {  # what a resume must restore exactly: dropout, a filling image pool, decay, every step logged
+    "data": {"n_train": 8}, "generator": {"dropout": 0.5}, "image_pool": {"name": "history", "size": 5},
+    "train": {"epochs": 2, "decay_epochs": 2, "log_every": 1}, "samples": 2,
+})
 
-
-@pytest.fixture
-def registry():
-    return Registry.from_entry_points()
 
 
 def tiny(registry, **changes):
@@ -417,6 +408,7 @@ def test_out_of_memory_suggests_what_to_change(registry, tmp_path, monkeypatch, 
     assert f"out of memory on cpu at epoch 1: {hint}, lower train.batch_size, or set train.precision: bf16" in result.error
 
 
+@pytest.mark.slow
 def test_a_64px_run_visibly_learns(registry, tmp_path):
     variant = tiny(
         registry,
@@ -452,13 +444,15 @@ def test_train_and_translate_from_the_command_line(tmp_path):
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["status"] == "finished"
     run = tmp_path / "run"
-    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "generators", "history.csv", "history.json", "result.json", "samples", "showcase.pt", "spec.json"]
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "generators", "history.csv", "history.json", "result.json", "samples",
+                                                     "showcase.pt", "spec.json"]
     assert sorted(p.name for p in (run / "samples").iterdir()) == ["epoch-0001.png", "epoch-0002.png"]
     assert (run / "history.csv").read_text().splitlines()[0] == "epoch,lr," + ",".join(LOSS_TERMS) + ",seconds,it_per_s"
 
     run_cli("data", "export", "synthetic", str(tmp_path / "syn"), "size=32", "n_train=1", "n_test=3")
     out = tmp_path / "translated"
-    result = run_cli("translate", "--checkpoint", str(run / "generators" / "AtoB.pt"), "--direction", "AtoB", str(tmp_path / "syn" / "testA"), "--out", str(out))
+    result = run_cli("translate", "--checkpoint", str(run / "generators" / "AtoB.pt"), "--direction", "AtoB", str(tmp_path / "syn" / "testA"),
+                     "--out", str(out))
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in out.iterdir()) == ["00000.png", "00001.png", "00002.png"]
     from PIL import Image

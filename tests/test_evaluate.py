@@ -16,6 +16,9 @@ from unpaired import hookimpl
 from unpaired.config.resolved import resolve_variant
 from unpaired.evaluation.features import FeatureExtractor
 from unpaired_plugins.metrics import FID, KID, FidParams, KidParams
+from unpaired.plugin_api.registry import Registry
+from unpaired.results.run_folder import RunFolder
+from unpaired.training.run import train_run
 
 
 def fid_from_features(real, fake):
@@ -25,16 +28,9 @@ def fid_from_features(real, fake):
 def kid_from_features(real, fake):
     score = KID(KidParams()).compute(real, fake)
     return score.value, score.details["std"]
-from unpaired.plugin_api.registry import Registry
-from unpaired.results.run_folder import RunFolder
-from unpaired.training.run import train_run
 
 CPU = torch.device("cpu")
 
-
-@pytest.fixture(scope="module")
-def registry():
-    return Registry.from_entry_points()
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +52,7 @@ def scipy_frechet(a: np.ndarray, b: np.ndarray) -> float:
     return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean.real))
 
 
+@pytest.mark.slow
 def test_real_inception_fid_is_zero_against_itself_matches_scipy_and_grows_with_a_shift(registry, inception):
     stripes = inception(synthetic_images(registry, "B", 24))
     assert stripes.shape == (24, 2048)
@@ -148,6 +145,7 @@ def test_periodic_evaluation_records_fid_per_epoch_and_keeps_the_best_generators
     assert (tmp_path / "run" / "generators" / "best-AtoB.pt").is_file()
 
 
+@pytest.mark.slow
 def test_score_command_reproduces_the_stored_fid(tmp_path):
     write_synthetic_folder(tmp_path / "data", n_train=4, n_test=4)
     spec = tmp_path / "variant.yaml"
@@ -166,6 +164,7 @@ def test_score_command_reproduces_the_stored_fid(tmp_path):
     assert json.loads((tmp_path / "run" / "result.json").read_text())["metrics"] == pytest.approx(stored, rel=1e-9)
 
 
+@pytest.mark.slow
 def test_fid_command_between_two_folders(tmp_path):
     write_synthetic_folder(tmp_path / "data", n_train=3, n_test=3)
     same = run_cli("fid", str(tmp_path / "data" / "testA"), str(tmp_path / "data" / "testA"), "--size", "32")

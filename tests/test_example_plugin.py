@@ -82,9 +82,10 @@ def test_the_example_package_s_own_tests_check_its_components_with_unpaired_test
                                              "it turned (2, 3, 32, 32) into (2, 1, 32, 32)"),
     ({"generator": {"name": "unbounded"}}, "generator 'unbounded' of broken-parts 1.0 must give images in [-1, 1]"),
     ({"norm": {"name": "coupled"}}, "norm 'coupled' of broken-parts 1.0 claims per_image = True, but the generator networks it normalises"),
-    ({"gan_loss": {"name": "float_loss"}}, "gan_loss 'float_loss' of broken-parts 1.0: generator_loss must return a finite scalar tensor "
-                                           "computed from the scores it is given (with torch operations, so that gradients flow); it returned a float"),
-    ({"data": {"name": "no_test_b"}}, "dataset 'no_test_b' of broken-parts 1.0 has no images in testB: every split of both domains needs at least one"),
+    ({"gan_loss": {"name": "float_loss"}}, "gan_loss 'float_loss' of broken-parts 1.0: generator_loss must return a finite scalar tensor computed "
+                                           "from the scores it is given (with torch operations, so that gradients flow); it returned a float"),
+    ({"data": {"name": "no_test_b"}},
+     "dataset 'no_test_b' of broken-parts 1.0 has no images in testB: every split of both domains needs at least one"),
 ])
 def test_a_component_breaking_its_contract_is_named_before_any_training_step(make_distribution, tmp_path, changes, message):
     """Each would otherwise fail deep in training (a dataset with an empty split: after a whole epoch), naming neither."""
@@ -157,6 +158,7 @@ ACME_GENERATOR = """
 """
 
 
+@pytest.mark.slow
 def test_a_run_trained_by_another_plugin_version_is_marked_stale_and_can_be_trained_again(make_distribution, site, tmp_path):
     make_distribution("acme-gen", "1.0", {"acme": "acme_gen"}, {"acme_gen.py": ACME_GENERATOR})
     study = tmp_path / "acme.yaml"

@@ -147,6 +147,7 @@ def test_plugins_lists_the_method_and_metric_kinds_with_their_builtins(one_way):
     assert found["method", "oneway"]["distribution"] == "oneway-gan" and not found["metric", "brightness"]["default"]
 
 
+@pytest.mark.slow
 def test_a_one_way_method_trains_scores_compares_and_reports_through_the_cli(one_way, tmp_path):
     study = tmp_path / "study.yaml"
     study.write_text(yaml.safe_dump({"name": "oneway", "base": BASE, "variants": {"w1": {}, "w3": {"method": {"adversarial": 3.0}}},
@@ -200,6 +201,7 @@ def test_a_method_s_every_stateful_part_resumes_exactly(one_way, tmp_path):
     assert all(torch.equal(a["networks"][n][k], b["networks"][n][k]) for n in a["networks"] for k in a["networks"][n])
 
 
+@pytest.mark.slow
 def test_a_nan_score_is_a_failed_scoring_everywhere_never_a_dropped_variant(one_way, tmp_path):
     """It used to be a 'done' run with NaN metrics: exit 0, the variant silently gone from compare and the report."""
     study = tmp_path / "study.yaml"
@@ -238,6 +240,7 @@ def test_scores_are_computed_in_float32_whatever_autocast_the_caller_is_in(one_w
     assert plain.values == under_bf16.values and set(plain.values) >= {"fid_a2b", "fid_b2a", "fid_mean", "brightness_mean"}
 
 
+@pytest.mark.slow
 def test_finished_work_is_found_by_run_id_rescored_when_the_evaluation_changes_and_old_configurations_are_named(one_way, tmp_path):
     """Renaming variants (``[0, 5]`` -> ``[0.0, 5.0]``) used to retrain everything into new folders; a changed metric or
     extractor used to leave the old numbers in place under the new heading; changed configurations were mixed silently."""

@@ -13,22 +13,18 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import TINY_BASE, UNPAIRED, free_port, run_cli
+from conftest import TINY_BASE, UNPAIRED, free_port, run_cli, write_study
 from unpaired.config.study import load_study
 from unpaired.plugin_api.registry import Registry
 from unpaired.results.run_folder import RunFolder
 
 pytest.importorskip("ray")
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 LONGER = {**TINY_BASE, "data": {**TINY_BASE["data"], "n_train": 120}, "train": {**TINY_BASE["train"], "epochs": 3, "decay_epochs": 0}}
 
-
-def write_study(path: Path, name: str, base: dict = TINY_BASE, **fields) -> Path:
-    path.write_text(yaml.safe_dump({"name": name, "base": base, **fields}, sort_keys=False))
-    return path
 
 
 def one_thread(**env: str) -> dict[str, str]:
@@ -47,7 +43,8 @@ def assert_same_runs(first: Path, second: Path) -> list[dict]:
         a, b = (torch.load(next((out / entry["folder"] / "checkpoints").glob("*.pt")), weights_only=True)["model"]["networks"]
                 for out in (first, second))
         assert all(torch.equal(a[n][k], b[n][k]) for n in a for k in a[n]), entry["folder"]
-        rows = [[{k: v for k, v in r.items() if k not in ("seconds", "it_per_s")} for r in json.loads((out / entry["folder"] / "history.json").read_text())]
+        rows = [[{k: v for k, v in r.items() if k not in ("seconds",
+                                                          "it_per_s")} for r in json.loads((out / entry["folder"] / "history.json").read_text())]
                 for out in (first, second)]
         assert rows[0] == rows[1], entry["folder"]
     return index

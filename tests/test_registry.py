@@ -73,7 +73,8 @@ def test_invalid_params_name_the_dotted_path_and_the_bad_value():
 
 
 def test_unknown_params_are_rejected_even_if_the_plugin_model_allows_extras(make_distribution):
-    make_distribution("lenient-plugin", "1.0", {"lenient": "lenient_plugin"}, {"lenient_plugin.py": PLUGIN_WITH_RESNET.replace('"resnet"', '"loose"')})
+    make_distribution("lenient-plugin", "1.0", {"lenient": "lenient_plugin"}, {"lenient_plugin.py": PLUGIN_WITH_RESNET.replace('"resnet"',
+                                                                                                                               '"loose"')})
     registry = Registry.from_entry_points()
     with pytest.raises(InvalidParamsError) as error:
         registry.resolve("generator", {"name": "loose", "widht": 3})
@@ -133,7 +134,8 @@ def test_a_misspelt_hook_is_reported_not_silently_ignored(make_distribution):
 
 
 def test_a_bad_registration_is_reported(make_distribution):
-    source = "from unpaired import hookimpl\n\n@hookimpl\ndef unpaired_register_norms(register):\n    register('odd', print, dict, 'params_model is not pydantic')\n"
+    source = ("from unpaired import hookimpl\n\n@hookimpl\ndef unpaired_register_norms(register):\n"
+              "    register('odd', print, dict, 'params_model is not pydantic')\n")
     make_distribution("bad-reg", "1.0", {"bad": "bad_reg"}, {"bad_reg.py": source})
     registry = Registry.from_entry_points()
     assert any("registering norm 'odd'" in p and "pydantic BaseModel" in p for p in registry.problems)
@@ -170,7 +172,8 @@ def test_plugins_command_lists_every_builtin_with_origin_parameters_and_descript
     assert "n_blocks=9  ngf=64  dropout=0.0  padding='reflect'" in out
     assert "size=50  swap_probability=0.5" in out
     defaults = [line.split()[0] for line in out.splitlines() if line.endswith("[default]")]
-    assert defaults == ["cyclegan", "resnet", "patchgan", "instance", "lsgan", "history", "constant", "inception", "fid", "kid"]  # the paper's choices
+    assert defaults == ["cyclegan", "resnet", "patchgan", "instance", "lsgan", "history", "constant", "inception", "fid",
+                        "kid"]  # the paper's choices
 
     listing = json.loads(run_cli("plugins", "--json").stdout)
     found = {(c["kind"], c["name"]) for c in listing["components"]}

@@ -17,7 +17,7 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import TINY_BASE, UNPAIRED, run_cli, start_mlflow_server, stop_mlflow_server, write_synthetic_folder
+from conftest import TINY_BASE, UNPAIRED, run_cli, start_mlflow_server, stop_mlflow_server, write_study, write_synthetic_folder
 from unpaired.cli import main
 from unpaired.results.lease import Lease, LeaseHeld
 from unpaired.results.run_folder import RunFolder
@@ -51,11 +51,8 @@ def test_a_lease_from_another_host_is_stale_only_after_its_heartbeat_stops(tmp_p
         assert path.stat().st_mtime > before
 
 
-def write_study(path: Path, name: str, **fields) -> Path:
-    path.write_text(yaml.safe_dump({"name": name, "base": TINY_BASE, **fields}, sort_keys=False))
-    return path
 
-
+@pytest.mark.slow
 def test_two_invocations_at_once_train_each_run_exactly_once(tmp_path, monkeypatch):
     """Both start on a fresh SQLite store (whose first use must be serialised), then share the runs:
     each run is trained once, has one MLflow child, and each epoch is logged once."""
@@ -65,7 +62,7 @@ def test_two_invocations_at_once_train_each_run_exactly_once(tmp_path, monkeypat
     first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     second = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     outputs = [process.communicate(timeout=600) for process in (first, second)]
-    for process, (out, err) in zip((first, second), outputs):
+    for process, (_, err) in zip((first, second), outputs):
         assert process.returncode == 0, err
     done = [int(out.split("done ")[1].split(",")[0]) for out, _ in outputs]
     assert sum(done) == 4, outputs
@@ -93,6 +90,7 @@ def group_is_gone(pgid: int, within: float = 10.0) -> bool:
     return False
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("signum", "whole_group", "jobs"), [(signal.SIGINT, True, 2), (signal.SIGINT, False, 2), (signal.SIGTERM, False, 2),
                                                          (signal.SIGTERM, False, 1)],
                          ids=["ctrl-c", "sigint-to-main", "sigterm-to-main", "sigterm-without-workers"])
@@ -195,7 +193,8 @@ def small_disk(tmp_path):
 
 def test_files_written_atomically_get_the_permissions_open_would_give_them(tmp_path):
     """mkstemp makes its files private to their owner: results a group shares (a cluster's storage) must not be."""
-    write = f"from pathlib import Path; from unpaired.results.files import atomic_write_text; atomic_write_text(Path({str(tmp_path)!r}) / 'report.html', 'x')"
+    write = (f"from pathlib import Path; from unpaired.results.files import atomic_write_text; "
+             f"atomic_write_text(Path({str(tmp_path)!r}) / 'report.html', 'x')")
     subprocess.run(["bash", "-c", f'umask 027 && {sys.executable} -c "{write}"'], check=True)
     assert (tmp_path / "report.html").stat().st_mode & 0o777 == 0o640
 
@@ -263,6 +262,7 @@ def children_of(client: MlflowClient, study: str) -> list:
     return client.search_runs([experiment], filter_string="tags.`unpaired.role` = 'variant'")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("point", ["after-result", "after-child"])
 def test_a_kill_at_either_mlflow_window_leaves_no_duplicate_and_the_rerun_completes_the_tracking(tmp_path, monkeypatch, make_distribution, point):
     """after-result: the run finished but its MLflow child never got its metrics (the rerun skips the run as done);
@@ -292,6 +292,7 @@ def test_a_kill_at_either_mlflow_window_leaves_no_duplicate_and_the_rerun_comple
     assert json.loads((folder / "mlflow_run.json").read_text())["complete"] is True
 
 
+@pytest.mark.slow
 def test_a_tracking_server_that_dies_mid_study_does_not_stop_training(tmp_path):
     """The runs after the server went away train and finish in bounded time; the summary names the runs whose
     tracking is incomplete; once the server is back, the same command completes their MLflow runs."""
@@ -351,7 +352,8 @@ def test_a_corrupt_checkpoint_is_named_set_aside_and_the_run_starts_again(tmp_pa
         assert train_run(variant, folder, registry, show_progress=False).status == "failed"
     checkpoint = folder.latest_checkpoint()
     corrupt(checkpoint, how)
-    with pytest.warns(UserWarning, match=rf"{re.escape(str(checkpoint))} is (corrupt|a torn torch archive|not a torch file).*starts again from the beginning"):
+    with pytest.warns(UserWarning,
+                      match=rf"{re.escape(str(checkpoint))} is (corrupt|a torn torch archive|not a torch file).*starts again from the beginning"):
         result = train_run(variant, folder, registry, show_progress=False)
     assert result.status == "finished" and result.final_losses == straight.final_losses
     assert (checkpoint.parent / f"{checkpoint.name}.corrupt").is_file()
@@ -359,6 +361,7 @@ def test_a_corrupt_checkpoint_is_named_set_aside_and_the_run_starts_again(tmp_pa
     assert all(torch.equal(a["networks"][n][k], b["networks"][n][k]) for n in a["networks"] for k in a["networks"][n])
 
 
+@pytest.mark.slow
 def test_a_corrupt_checkpoint_stops_the_run_when_asked_and_corrupt_records_never_stop_a_study(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     base = {**TINY_BASE, "train": {**TINY_BASE["train"], "on_corrupt_checkpoint": "stop"}}
@@ -397,7 +400,8 @@ def test_a_cpu_run_resumes_with_the_thread_count_it_started_with(tmp_path, capfd
     from unpaired.training.run import train_run
 
     registry = Registry.from_entry_points()
-    variant = resolve_variant({**TINY_BASE, "generator": {"name": "resnet", "n_blocks": 1, "ngf": 8}, "train": {**TINY_BASE["train"], "log_every": 1}}, registry)
+    variant = resolve_variant({**TINY_BASE, "generator": {"name": "resnet", "n_blocks": 1, "ngf": 8}, "train": {**TINY_BASE["train"],
+                                                                                                                "log_every": 1}}, registry)
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(2)

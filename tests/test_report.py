@@ -77,7 +77,8 @@ def finished(tmp_path_factory):
     write_distribution(site, "pixel-features", "1.0", {"pixel": "pixel_features"}, {"pixel_features.py": PIXEL_FEATURES})
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env["PYTHONPATH"] = os.pathsep.join([str(site), env.get("PYTHONPATH", "")])
-    base = merge(TINY_BASE, {"data": {"n_train": 4, "n_test": N_TEST}, "eval": {"metrics": ["fid", "kid"], "every": 1, "feature_extractor": {"name": "mean_colour"}}})
+    base = merge(TINY_BASE, {"data": {"n_train": 4, "n_test": N_TEST}, "eval": {"metrics": ["fid", "kid"], "every": 1,
+                                                                                "feature_extractor": {"name": "mean_colour"}}})
     study = root / "study.yaml"
     study.write_text(yaml.safe_dump({"name": "report-study", "question": QUESTION, "description": "Generator depth, tiny.", "base": base,
                                      "grid": {"generator.n_blocks": [1, 2]}, "seeds": [0, 1, 2],
@@ -98,6 +99,7 @@ class Images(HTMLParser):
             self.images.append(dict(attrs))
 
 
+@pytest.mark.slow
 def test_the_run_writes_an_offline_html_report_whose_images_are_embedded_pngs_of_their_stated_size(finished):
     html = (finished["out"] / "report.html").read_text()
     assert "report: runs/report-study/report.html" in finished["run"].stderr
@@ -117,6 +119,7 @@ def test_the_run_writes_an_offline_html_report_whose_images_are_embedded_pngs_of
     assert "generator.n_blocks</td><td>1</td><td>2" in html and "Failed and incomplete" not in html
 
 
+@pytest.mark.slow
 def test_the_tables_are_compares_and_the_markdown_report_has_its_pictures_beside_it(finished):
     env, out = finished["env"], finished["out"]
     markdown = cli(env, "report", str(out), "--format", "markdown")
@@ -136,6 +139,7 @@ def test_the_tables_are_compares_and_the_markdown_report_has_its_pictures_beside
         assert f"(report_files/{name}.png)" in text and Image.open(out / "report_files" / f"{name}.png").format == "PNG"
 
 
+@pytest.mark.slow
 def test_the_visual_comparison_shows_the_real_inputs_then_one_column_per_variant(finished):
     registry = Registry.from_entry_points()
     data = registry.build("dataset", {"name": "synthetic", "size": 32, "n_train": 4, "n_test": N_TEST})
@@ -168,6 +172,7 @@ def test_the_visual_comparison_shows_the_real_inputs_then_one_column_per_variant
         assert np.abs(np.asarray(figure.crop((left, top, left + side, top + side)), dtype=int) - crop).max() <= 1
 
 
+@pytest.mark.slow  # the trained study it reads
 def test_the_report_needs_only_the_run_folders(finished):
     (finished["root"] / "mlflow.db").unlink()  # the MLflow store is gone
     before = (finished["out"] / "report.md").read_text().splitlines()
@@ -177,6 +182,7 @@ def test_the_report_needs_only_the_run_folders(finished):
     assert [line for line in after if "generated" not in line] == [line for line in before if "generated" not in line]
 
 
+@pytest.mark.slow  # the trained study it reads
 def test_the_fid_curve_ends_with_the_final_generators_score(finished):
     from unpaired.reporting.figures import _history
     from unpaired.results.study_results import read_study_results
@@ -187,6 +193,7 @@ def test_the_fid_curve_ends_with_the_final_generators_score(finished):
         assert history["fid_mean"].iloc[-1] == run.result.metrics["fid_mean"]
 
 
+@pytest.mark.slow  # the trained study it reads
 def test_a_stop_signal_during_the_report_skips_rebuilding_generators(finished, monkeypatch):
     import unpaired.reporting.comparison as comparison
     from unpaired.results.study_results import read_study_results
@@ -198,6 +205,7 @@ def test_a_stop_signal_during_the_report_skips_rebuilding_generators(finished, m
     assert shown.missing == [f"{v} (not translated: a stop was requested)" for v in ("n_blocks=1", "n_blocks=2")]
 
 
+@pytest.mark.slow
 def test_a_partial_study_with_a_failed_run_says_what_is_missing(tmp_path):
     study = tmp_path / "partial.yaml"
     study.write_text(yaml.safe_dump({

@@ -8,14 +8,9 @@ import pytest
 
 from unpaired.config.resolved import load_variant, resolve_variant
 from unpaired.config.spec import SpecError
-from unpaired.plugin_api.registry import Registry
 
 DATA = {"name": "synthetic", "size": 32}
 
-
-@pytest.fixture(scope="module")
-def registry():
-    return Registry.from_entry_points()
 
 
 def test_every_default_is_the_papers(registry):

@@ -15,17 +15,13 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, TINY_BASE, UNPAIRED, run_cli
+from conftest import REPO, TINY_BASE, UNPAIRED, run_cli, write_study
 from unpaired.cli import main
 from unpaired.config.spec import SpecError
 from unpaired.config.overrides import merge
 from unpaired.config.study import load_study, plan_study
 from unpaired.plugin_api.registry import Registry
 from unpaired.results.run_folder import RunFolder
-
-@pytest.fixture(scope="module")
-def registry():
-    return Registry.from_entry_points()
 
 
 def study(registry, **fields):
@@ -168,14 +164,10 @@ def test_the_committed_schema_is_current(monkeypatch):
     assert {"type": "null"} in generator_options  # left out: the default generator
 
 
-def write_study(tmp_path: Path, **fields) -> Path:
-    path = tmp_path / "study.yaml"
-    path.write_text(yaml.safe_dump({"name": "tiny", "base": TINY_BASE, **fields}, sort_keys=False))
-    return path
-
-
+@pytest.mark.slow
 def test_run_selection_and_a_failing_variant_does_not_stop_the_study(tmp_path):
-    path = write_study(tmp_path, variants={"ok": {}, "broken": {"data": {"name": "folder", "root": str(tmp_path / "nowhere")}}}, seeds=[0, 1])
+    path = write_study(tmp_path / "study.yaml", "tiny", variants={"ok": {}, "broken": {"data": {"name": "folder",
+                                                                                                "root": str(tmp_path / "nowhere")}}}, seeds=[0, 1])
     result = run_cli("run", str(path), "--out", str(tmp_path / "out"), "--only", "nope")
     assert result.returncode == 1 and "no variant named 'nope' in study 'tiny'; the variants are ok, broken" in result.stderr
     result = run_cli("run", str(path), "--out", str(tmp_path / "out"), "--seeds", "0", "--quiet")
@@ -188,10 +180,11 @@ def test_run_selection_and_a_failing_variant_does_not_stop_the_study(tmp_path):
     assert again.returncode == 0 and "done 1, failed 0, skipped 1 (finished earlier)" in again.stdout
 
 
+@pytest.mark.slow
 def test_parallel_jobs_train_every_run_and_track_it_from_the_workers(tmp_path):
     from mlflow.tracking import MlflowClient
 
-    path = write_study(tmp_path, name="parallel", grid={"generator.n_blocks": [1, 2]})
+    path = write_study(tmp_path / "study.yaml", "parallel", grid={"generator.n_blocks": [1, 2]})
     result = run_cli("run", str(path), "--out", str(tmp_path / "out"), "--jobs", "2", "--quiet")
     assert result.returncode == 0, result.stderr
     assert "done 2, failed 0" in result.stdout
@@ -223,6 +216,11 @@ def quickstart_copy(tmp_path: Path) -> Path:
     return path
 
 
+def timeless_history(folder: Path) -> list[dict]:
+    """A run's history without its timings (which differ between any two runs)."""
+    return [{k: v for k, v in row.items() if k not in ("seconds", "it_per_s")} for row in json.loads((folder / "history.json").read_text())]
+
+
 def progress_of(out: Path) -> set[tuple[str, int]]:
     """What a study has written so far: each lease, history, checkpoint and result file with its modification time."""
     patterns = ("*/*/lease.json", "*/*/history.json", "*/*/checkpoints/*.pt", "*/*/result.json")
@@ -244,10 +242,12 @@ def wait_for_progress(out: Path, process: subprocess.Popen, moments: random.Rand
     return process.poll() is None
 
 
+@pytest.mark.slow
 def test_quickstart_killed_at_random_moments_then_rerun_equals_an_uninterrupted_study(tmp_path, monkeypatch):
-    """SIGKILL to the whole process group at 5 random moments, each a little after the study wrote something (with --jobs 1 and 2 alternately: while
-    training, writing a checkpoint, scoring FID, between runs), then one more run: the same weights and
-    histories as an uninterrupted study. One thread everywhere, since a CPU run's numbers depend on it."""
+    """SIGKILL to the whole process group at 5 random moments, each a little after the study wrote something (with
+    --jobs 1 and 2 alternately: while loading, training, writing a checkpoint, scoring FID, between runs), then one more
+    run: the same weights and histories as an uninterrupted study. One thread everywhere, since a CPU run's numbers
+    depend on it."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     path = quickstart_copy(tmp_path)
     reference = run_cli("run", str(path), "--out", str(tmp_path / "straight"), "--quiet", "--jobs", "2")
@@ -277,9 +277,9 @@ def test_quickstart_killed_at_random_moments_then_rerun_equals_an_uninterrupted_
         straight, resumed = tmp_path / "straight" / run["folder"], out / run["folder"]
         a, b = final_weights(straight), final_weights(resumed)
         assert all(torch.equal(a[n][k], b[n][k]) for n in a for k in a[n]), run["folder"]
-        history = lambda folder: [{k: v for k, v in row.items() if k not in ("seconds", "it_per_s")} for row in json.loads((folder / "history.json").read_text())]  # noqa: E731
-        assert history(straight) == history(resumed)
-        assert json.loads((straight / "result.json").read_text())["metrics"] == json.loads((resumed / "result.json").read_text())["metrics"]
+        assert timeless_history(straight) == timeless_history(resumed)
+        result = lambda folder: json.loads((folder / "result.json").read_text())  # noqa: E731
+        assert result(straight)["metrics"] == result(resumed)["metrics"]
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()  # one MLflow child per run, FINISHED, each epoch logged once, whatever the kills did

@@ -9,11 +9,10 @@ import os
 import pandas as pd
 import pytest
 from scipy import stats
-import yaml
 from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient
 
-from conftest import AtStep, crash, run_cli, send_sigint
+from conftest import AtStep, crash, run_cli, send_sigint, write_study
 from unpaired.config.overrides import merge
 from unpaired.config.study import load_study
 from unpaired.errors import UsageError
@@ -31,18 +30,20 @@ BASE = {
 }
 
 
-def write_study(path, name, base=None, **fields):
-    path.write_text(yaml.safe_dump({"name": name, "base": merge(BASE, base or {}), **fields}, sort_keys=False))
-    return path
+def tracked_study(path, name, base=None, **fields):
+    """A study of ``BASE`` (scored with FID: these tests check what is logged of it) changed by ``base``."""
+    return write_study(path, name, merge(BASE, base or {}), **fields)
 
 
 def children(client, experiment_id):
     return client.search_runs([experiment_id], filter_string="tags.`unpaired.role` = 'variant'")
 
 
+@pytest.mark.slow
 def test_a_study_logged_to_a_real_tracking_server(mlflow_server, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
-    study = write_study(tmp_path / "served.yaml", "served", variants={"ok": {}, "broken": {"data": {"name": "folder", "root": str(tmp_path / "nowhere")}}})
+    study = tracked_study(tmp_path / "served.yaml", "served", variants={"ok": {}, "broken": {"data": {"name": "folder",
+                                                                                                      "root": str(tmp_path / "nowhere")}}})
     result = run_cli("run", str(study), "--out", str(tmp_path / "out"), "--quiet")
     assert result.returncode == 1 and "done 1, failed 1" in result.stdout, result.stderr
 
@@ -74,7 +75,8 @@ def test_a_study_logged_to_a_real_tracking_server(mlflow_server, tmp_path, monke
 
 
 def test_an_interrupted_run_resumes_into_the_same_mlflow_run(tmp_path):
-    study = load_study(write_study(tmp_path / "resumed.yaml", "resumed", base={"eval": {"metrics": []}, "train": {"epochs": 2, "log_every": 1}}), Registry.from_entry_points())
+    study = load_study(tracked_study(tmp_path / "resumed.yaml", "resumed", base={"eval": {"metrics": []}, "train": {"epochs": 2, "log_every": 1}}),
+                       Registry.from_entry_points())
     out = tmp_path / "out"
     registry = Registry.from_entry_points()
     with registry.listening(AtStep(6, send_sigint)):
@@ -98,9 +100,11 @@ def test_an_interrupted_run_resumes_into_the_same_mlflow_run(tmp_path):
 def test_epochs_trained_again_after_a_crash_are_logged_once(tmp_path):
     """With checkpoint_every: 2 a crash in epoch 2 loses epoch 1; it is trained again (identically) but not logged twice."""
     base = {"eval": {"metrics": []}, "train": {"epochs": 2, "log_every": 1, "checkpoint_every": 2}}
-    study = load_study(write_study(tmp_path / "relogged.yaml", "relogged", base=base), Registry.from_entry_points())
+    study = load_study(tracked_study(tmp_path / "relogged.yaml", "relogged", base=base), Registry.from_entry_points())
     registry = Registry.from_entry_points()
-    run = lambda: run_study(study, tmp_path / "out", registry, select_runs(study, None, None), show_progress=False, announce=lambda _: None)  # noqa: E731
+    def run():
+        return run_study(study, tmp_path / "out", registry, select_runs(study, None, None), show_progress=False, announce=lambda _: None)
+
     with registry.listening(AtStep(6, crash)):
         assert len(run().failed) == 1
     client = MlflowClient()
@@ -115,7 +119,7 @@ def test_epochs_trained_again_after_a_crash_are_logged_once(tmp_path):
 
 def test_an_unreachable_server_stops_the_study_before_training(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
-    result = run_cli("run", str(write_study(tmp_path / "s.yaml", "offline", base={"eval": {"metrics": []}})), "--out", str(tmp_path / "out"))
+    result = run_cli("run", str(tracked_study(tmp_path / "s.yaml", "offline", base={"eval": {"metrics": []}})), "--out", str(tmp_path / "out"))
     assert result.returncode == 1
     assert "the MLflow tracking server http://127.0.0.1:9 is unreachable" in result.stderr
     assert not (tmp_path / "out").exists()
@@ -150,6 +154,7 @@ def test_summary_statistics_match_a_hand_computed_example():
     assert list(summarize(runs, "psnr", baseline="base", lower_better=False)["rank"]) == [1, 2, 2]
 
 
+@pytest.mark.slow
 def test_compare_command_reads_the_runs_from_mlflow(tmp_path):
     client = MlflowClient()
     experiment_id = client.create_experiment("hand-made")

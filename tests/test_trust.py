@@ -20,7 +20,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from conftest import BROKEN_COMPONENTS, PIXEL_FEATURES, TINY_BASE, AtStep, crash, run_cli
+from conftest import BROKEN_COMPONENTS, PIXEL_FEATURES, TINY_BASE, AtStep, crash, run_cli, write_study
 from unpaired.config.overrides import merge
 from unpaired.config.study import load_study
 from unpaired.errors import Notice
@@ -34,10 +34,6 @@ from unpaired.results.run_folder import RunFolder
 
 TWO_EPOCHS = merge(TINY_BASE, {"train": {"epochs": 2, "decay_epochs": 0, "checkpoint_every": 1, "log_every": 1}})
 
-
-def write_study(path: Path, name: str, base: dict = TINY_BASE, **fields) -> Path:
-    path.write_text(yaml.safe_dump({"name": name, "base": base, **fields}, sort_keys=False))
-    return path
 
 
 def study_run(study_file: Path, out: Path, *listeners: object):
@@ -152,6 +148,7 @@ def test_epochs_mlflow_missed_are_logged_before_training_continues_so_the_histor
     assert [m.step for m in sorted(history, key=lambda m: (m.timestamp, m.step))] == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_a_corrupt_study_index_leaves_compare_and_the_report_working_from_the_run_folders(make_distribution, tmp_path):
     make_distribution("pixel-features", "1.0", {"pixel": "pixel_features"}, {"pixel_features.py": PIXEL_FEATURES})
     scored = merge(TINY_BASE, {"data": {"n_test": 7}, "eval": {"metrics": ["fid"], "feature_extractor": {"name": "mean_colour"}}})
@@ -201,6 +198,7 @@ class SwitchableProxy(http.server.BaseHTTPRequestHandler):
         pass
 
 
+@pytest.mark.slow
 def test_a_tracking_server_that_hangs_mid_study_holds_each_run_up_at_most_the_tracking_timeout(mlflow_server, tmp_path, monkeypatch):
     """It hangs at the first training step: the run in training, the next run and the study's end each wait about
     tracking.timeout (2 s) for it, then tracking leaves them alone and training goes on (MLflow's own retries: minutes)."""
