@@ -59,6 +59,44 @@ def test_the_framework_imports_no_plugin_and_names_no_builtin_component(site):
         assert not named, f"{path.relative_to(REPO)} spells the built-in component name(s) {named}"
 
 
+LAYERS = [  # README's "How the code is organised", top to bottom: a module imports only from its layer or those above
+    ["unpaired.errors"],
+    ["unpaired.plugin_api"],
+    ["unpaired.config"],
+    ["unpaired.results.files", "unpaired.results.lease", "unpaired.results.records", "unpaired.results.run_folder"],
+    ["unpaired.evaluation"],
+    ["unpaired.training"],
+    ["unpaired.results"],  # the rest of it: the study folder, tracking, statistics, comparison
+    ["unpaired.execution"],
+    ["unpaired.reporting"],
+    ["unpaired.tools", "unpaired.testing", "unpaired.cli"],
+]
+
+
+def layer_of(module: str) -> int:
+    """The layer of a module: the one whose longest prefix names it (``unpaired`` itself is the top)."""
+    matches = [(len(prefix), index) for index, prefixes in enumerate(LAYERS) for prefix in prefixes
+               if module == prefix or module.startswith(prefix + ".")]
+    return max(matches)[1] if matches else 0
+
+
+def runtime_imports(tree: ast.Module) -> list[tuple[str, int]]:
+    """``(module, line)`` of each import of an ``unpaired`` module that runs (not those only for type checking)."""
+    typing_only = {id(node) for block in ast.walk(tree) if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.unparse(block.test)
+                   for node in ast.walk(block)}
+    return [(node.module, node.lineno) for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module
+            and node.module.startswith("unpaired") and id(node) not in typing_only]
+
+
+def test_no_module_imports_from_a_layer_below_its_own():
+    wrong = []
+    for path in MODULES:
+        module = ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+        wrong += [f"{path.relative_to(REPO)}:{line} ({module}, layer {layer_of(module)}) imports {imported} (layer {layer_of(imported)})"
+                  for imported, line in runtime_imports(parsed(path)) if layer_of(imported) > layer_of(module)]
+    assert not wrong, "\n".join(wrong)
+
+
 def test_only_the_run_folder_module_spells_run_folder_file_names():
     owner = PACKAGE / "results" / "run_folder.py"
     for path in MODULES:
