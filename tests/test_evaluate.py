@@ -34,8 +34,9 @@ CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
-def inception(registry):
-    choice = registry.resolve("feature_extractor", {"name": "inception", "weights": str(FID_WEIGHTS)})
+def inception():
+    """The real Inception, loaded once for the module."""
+    choice = Registry.from_entry_points().resolve("feature_extractor", {"name": "inception", "weights": str(FID_WEIGHTS)})
     return FeatureExtractor(choice, CPU, batch_size=20)
 
 
