@@ -167,3 +167,22 @@ def test_the_tasks_use_the_drivers_lease_timeout_to_take_over_a_lease_a_dead_hos
             beating.set()
     beating.set()
     assert driver.wait(timeout=300) == 0 and "done 1, failed 0" in "".join(lines), "".join(lines)
+
+
+def test_ctrl_c_cancels_the_ray_tasks_which_checkpoint_and_a_rerun_resumes_them(ray_cluster, mlflow_server, tmp_path):
+    study = write_study(tmp_path / "cancelled.yaml", "cancelled", base=LONGER, grid={"generator.n_blocks": [1, 2, 3]})
+    env = one_thread(MLFLOW_TRACKING_URI=mlflow_server)
+    command = [UNPAIRED, "run", str(study), "--out", str(tmp_path / "out"), "--quiet", "--executor", "ray", "--address", ray_cluster]
+    driver = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while len(list((tmp_path / "out").glob("*/*/history.json"))) < 2 and time.monotonic() < deadline:  # both nodes into epoch 2
+        time.sleep(0.1)
+    driver.send_signal(signal.SIGINT)
+    stdout, stderr = driver.communicate(timeout=120)
+    assert driver.returncode == 130 and "Traceback" not in stderr, stderr
+    assert "interrupted 2" in stdout and "stopped by signal 2" in stdout
+    started = [RunFolder(p.parent.parent) for p in (tmp_path / "out").glob("*/*/checkpoints/*.pt")]
+    assert len(started) == 2 and all(folder.load_checkpoint().state.step_in_epoch > 0 for folder in started)
+    assert not list((tmp_path / "out").glob("*/*/lease.json"))
+    rerun = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert rerun.returncode == 0 and "done 3, failed 0" in rerun.stdout, rerun.stderr
