@@ -27,10 +27,10 @@ def _out_dir(out: str | None, study: Study) -> Path:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """Check a study file completely without training anything."""
-    from unpaired.execution.runner import check_datasets
+    from unpaired.execution.runner import check_datasets, open_datasets
 
     study = load_study(args.study, plugin_registry())
-    broken, unopened = check_datasets(study)  # the data is opened and counted too
+    broken, unopened = check_datasets(study, open_datasets(study))  # the data is opened and counted too
     if broken:
         raise SpecError(args.study, broken)
     for line in unopened:
@@ -41,12 +41,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     """Show every run of a study with its overrides, id, steps and state on disk, and finished runs it no longer has."""
-    from unpaired.execution.runner import expected_evaluations, steps_per_run
+    from unpaired.execution.runner import expected_evaluations, open_datasets, steps_per_run
     from unpaired.results.study_folder import moved_run, run_folder
 
     study = load_study(args.study, plugin_registry())
     out = _out_dir(args.out, study)
-    steps, unchecked = steps_per_run(study), None
+    steps, unchecked = steps_per_run(study, open_datasets(study)), None
     try:
         evaluations = expected_evaluations(study.runs)
     except UnpairedError as error:  # plan still shows what it can; run stops on this before training

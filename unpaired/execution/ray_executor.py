@@ -65,7 +65,7 @@ class RayExecutor:
             context = self.ray.init(address=settings.address, logging_level="WARNING")
         except ConnectionError as error:
             raise ClusterUnusable(f"no Ray cluster answers at {settings.address} ({error}); start one with `ray start --head`, "
-                             "or leave execution.address out to start Ray on this machine") from None
+                                  "or leave execution.address out to start Ray on this machine") from None
         self.nodes = [node for node in self.ray.nodes() if node["Alive"]]
         self.machines = len(self.nodes)
         dashboard = getattr(context, "dashboard_url", None)
@@ -82,8 +82,8 @@ class RayExecutor:
         if not any(node_cpus >= cpus and node_gpus >= gpus for node_gpus, node_cpus in have):
             largest_gpus, largest_cpus = max(have, default=(0.0, 0.0))
             raise ClusterUnusable(f"no node of the Ray cluster has the {cpus:g} CPU and {gpus:g} GPU each run asks for "
-                             f"(execution.cpus_per_run, gpus_per_run); the largest has {largest_cpus:g} CPU and {largest_gpus:g} GPU. "
-                             "Ask for less, or join a node that has them (ray start --num-cpus/--num-gpus)")
+                                  f"(execution.cpus_per_run, gpus_per_run); the largest has {largest_cpus:g} CPU and {largest_gpus:g} GPU. "
+                                  "Ask for less, or join a node that has them (ray start --num-cpus/--num-gpus)")
 
     def check_storage(self, out: Path) -> None:
         """Every node writes and reads a probe file in ``out``: the run folders must be on storage they all see."""
@@ -124,8 +124,7 @@ class RayExecutor:
                     for ref in ready:
                         self._collect(pending.pop(ref), ref, summary, say)
                         progress.update()
-                    running = sum(run_folder(out, run).is_leased() for run in pending.values())
-                    self._say_silent_holders(out, list(pending.values()), say)
+                    running = self._watch_leases(out, list(pending.values()), say)
                     progress.set_postfix(done=len(summary.done), running=running, failed=len(summary.failed),
                                          pending=len(pending) - running, refresh=True)
                 if pending and (signum := stop_requested()) is not None:
@@ -138,11 +137,14 @@ class RayExecutor:
         finally:
             progress.close()
 
-    def _say_silent_holders(self, out: Path, runs: list[PlannedRun], say: Callable[[str], None]) -> None:
-        """Name, once each, a run whose lease holder has gone silent (its node died?): the retry waits for it until then."""
+    def _watch_leases(self, out: Path, runs: list[PlannedRun], say: Callable[[str], None]) -> int:
+        """How many of ``runs`` a live process holds (each lease read once); and name, once each, a run whose lease holder
+        has gone silent (its node died?): the retry waits for it until then."""
+        running = 0
         for run in runs:
             lease = run_folder(out, run).lease()
             holder, silent = lease.read_holder(), lease.silence()
+            running += silent is not None and not lease.is_stale(holder)
             if holder is None or silent is None or silent < 3 * heartbeat_interval() or str(holder.get("token")) in self.silent_holders:
                 continue
             self.silent_holders.add(str(holder.get("token")))
@@ -150,6 +152,7 @@ class RayExecutor:
             say(f"waiting: {run.variant} seed {run.seed} is held by pid {holder['pid']} on {holder['host']}, silent for "
                 f"{silent:.0f} s (its node died?); a retry takes it over at {until} unless it beats again "
                 f"(after {lease_timeout():g} s of silence, {TIMEOUT_ENV})")
+        return running
 
     def _collect(self, run: PlannedRun, ref: Any, summary: StudySummary, announce: Callable[[str], None]) -> None:
         try:
@@ -186,7 +189,7 @@ def _check_answers(address: str | None) -> None:
         socket.create_connection((host, int(port)), timeout=5).close()
     except (OSError, ValueError) as error:
         raise ClusterUnusable(f"no Ray cluster answers at {address} ({getattr(error, 'strerror', None) or error}): give the head "
-                         "node's HOST:PORT as `ray start --head` printed it (default port 6379), or ray://HOST:10001") from None
+                              "node's HOST:PORT as `ray start --head` printed it (default port 6379), or ray://HOST:10001") from None
 
 
 def _train_task(spec: dict[str, Any], folder: str, variant: str, listeners: list[object], threads: int,

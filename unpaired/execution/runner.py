@@ -22,6 +22,7 @@ from unpaired.config.study import ExecutionConfig, PlannedRun, Study
 from unpaired.errors import StopRequested, UnpairedError, UsageError
 from unpaired.evaluation.features import FeatureExtractor
 from unpaired.execution.local import LocalExecutor
+from unpaired.plugin_api.data import UnpairedData
 from unpaired.plugin_api.registry import Registry
 from unpaired.results.lease import LeaseHeld
 from unpaired.results.records import RunResult
@@ -30,19 +31,30 @@ from unpaired.training.contracts import ContractError, check_data
 from unpaired.training.runtime import deferred_signals, stop_on_signals, stop_requested
 
 
-def check_datasets(study: Study) -> tuple[list[tuple[str, str]], list[str]]:
-    """Open each distinct dataset of the study once: ``(where, what)`` for each that breaks its contract (an empty split),
-    and a line for each that cannot be opened here (not downloaded yet, say: training would stop on it)."""
-    broken, unopened, seen = [], [], set()
+def open_datasets(study: Study) -> dict[str, UnpairedData | str]:
+    """Each run's dataset (by run id), built once per distinct dataset; the reason instead where it cannot be opened here."""
+    by_data: dict[str, UnpairedData | str] = {}
     for run in study.runs:
         key = json.dumps(run.resolved.data.as_dict(), sort_keys=True)
-        if key in seen:
+        if key not in by_data:
+            try:
+                by_data[key] = run.resolved.data.build()
+            except (UnpairedError, OSError) as error:
+                by_data[key] = str(error)
+    return {run.run_id: by_data[json.dumps(run.resolved.data.as_dict(), sort_keys=True)] for run in study.runs}
+
+
+def check_datasets(study: Study, datasets: dict[str, UnpairedData | str]) -> tuple[list[tuple[str, str]], list[str]]:
+    """``(where, what)`` for each distinct dataset (:func:`open_datasets`) that breaks its contract (an empty split), and a
+    line for each that cannot be opened here (not downloaded yet, say: training would stop on it)."""
+    broken, unopened, seen = [], [], set()
+    for run in study.runs:
+        data = datasets[run.run_id]
+        if id(data) in seen:
             continue
-        seen.add(key)
-        try:
-            data = run.resolved.data.build()
-        except (UnpairedError, OSError) as error:
-            unopened.append(f"variant[{run.variant}].data cannot be opened here, so it was not checked: {error}")
+        seen.add(id(data))
+        if not isinstance(data, UnpairedData):
+            unopened.append(f"variant[{run.variant}].data cannot be opened here, so it was not checked: {data}")
             continue
         try:
             check_data(data, run.resolved.data)
@@ -51,20 +63,12 @@ def check_datasets(study: Study) -> tuple[list[tuple[str, str]], list[str]]:
     return broken, unopened
 
 
-def steps_per_run(study: Study) -> dict[str, int | str]:
-    """Training steps of each run (by run id); the reason instead where the data cannot be opened."""
-    by_data: dict[str, int | str] = {}
+def steps_per_run(study: Study, datasets: dict[str, UnpairedData | str]) -> dict[str, int | str]:
+    """Training steps of each run (by run id), from its dataset (:func:`open_datasets`); the reason where it cannot be opened."""
     steps: dict[str, int | str] = {}
     for run in study.runs:
-        key = json.dumps(run.resolved.data.as_dict(), sort_keys=True)
-        if key not in by_data:
-            try:
-                by_data[key] = run.resolved.data.build().train_length
-            except (UnpairedError, OSError) as error:
-                by_data[key] = str(error)
-        length = by_data[key]
-        train = run.resolved.train
-        steps[run.run_id] = train.steps_per_epoch(length) * train.total_epochs if isinstance(length, int) else length
+        data, train = datasets[run.run_id], run.resolved.train
+        steps[run.run_id] = train.steps_per_epoch(data.train_length) * train.total_epochs if isinstance(data, UnpairedData) else data
     return steps
 
 

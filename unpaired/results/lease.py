@@ -143,8 +143,8 @@ class Lease:
                 marker.unlink(missing_ok=True)
             return
         try:
-            unreadable_still = stale is None and (self.silence() or 0.0) > WRITE_GRACE  # not a new lease being written
-            if self.read_holder() == stale and (stale is not None or unreadable_still):  # still the stale one we looked at
+            # still the stale one we looked at (an unreadable one must still be stale: not a new lease being written)
+            if self.read_holder() == stale and (stale is not None or self.is_stale(None)):
                 self.path.unlink(missing_ok=True)
         finally:
             marker.unlink(missing_ok=True)

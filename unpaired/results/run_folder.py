@@ -47,6 +47,11 @@ class RunFolder:
         hold become ``_``, and so does a leading ``.``: no name is ``.`` or ``..`` or a hidden folder)."""
         return cls(Path(out) / variant_folder_name(variant) / f"seed{seed}-{run_id}")
 
+    def seed_and_run_id(self) -> tuple[int, str] | None:
+        """The seed and run id this folder's name says (``seed<k>-<run id>``), or None for a name of another form."""
+        seed, _, run_id = self.path.name.removeprefix("seed").partition("-")
+        return (int(seed), run_id) if self.path.name.startswith("seed") and seed.isdigit() and run_id else None
+
     @classmethod
     def in_output(cls, out: Path) -> list[RunFolder]:
         """Every run folder of a study output folder that started training, whatever variant or run id it is of

@@ -114,12 +114,11 @@ def rebuilt_index(out: Path) -> dict[str, Any]:
     folders; scores are compared under the evaluation most of the finished runs were scored with."""
     runs, identities = [], Counter[str]()
     for folder in RunFolder.in_output(out):
-        seed, _, run_id = folder.path.name.removeprefix("seed").partition("-")
         with contextlib.suppress(CorruptFileError):
             if (result := folder.read_result()) is not None and result.finished and result.scoring is not None:
                 identities[result.scoring.identity] += 1
-        if seed.isdigit():
-            runs.append({"variant": folder.path.parent.name, "seed": int(seed), "run_id": run_id,
+        if (named := folder.seed_and_run_id()) is not None:
+            runs.append({"variant": folder.path.parent.name, "seed": named[0], "run_id": named[1],
                          "folder": str(folder.path.relative_to(out)), "overrides": {}})
     evaluation = identities.most_common(1)[0][0] if identities else None
     return {"name": Path(out).resolve().name, "description": "", "question": "", "baseline": None,
