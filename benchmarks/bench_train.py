@@ -40,7 +40,8 @@ from unpaired.plugin_api.registry import default_registry
 from unpaired.tools.export import export_folder_layout
 from unpaired.training.batches import EpochOrder, TrainPairs
 from unpaired.training.parts import build_method, runtime_of
-from unpaired.training.runtime import pick_device, seed_everything
+from unpaired.devices import pick_device
+from unpaired.training.runtime import seed_everything
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "bench" / "reference_cyclegan.py"
 

@@ -59,14 +59,15 @@ def test_the_framework_imports_no_plugin_and_names_no_builtin_component(site):
         assert not named, f"{path.relative_to(REPO)} spells the built-in component name(s) {named}"
 
 
-LAYERS = [  # README's "How the code is organised", top to bottom: a module imports only from its layer or those above
+LAYERS = [  # CONTRIBUTING.md's "How the code is organised", top to bottom: a module imports only from its layer or those above
     ["unpaired.errors"],
+    ["unpaired.signals", "unpaired.devices"],
     ["unpaired.plugin_api"],
     ["unpaired.config"],
-    ["unpaired.results.files", "unpaired.results.lease", "unpaired.results.records", "unpaired.results.run_folder"],
+    ["unpaired.storage"],
     ["unpaired.evaluation"],
     ["unpaired.training"],
-    ["unpaired.results"],  # the rest of it: the study folder, tracking, statistics, comparison
+    ["unpaired.results"],
     ["unpaired.execution"],
     ["unpaired.reporting"],
     ["unpaired.tools", "unpaired.testing", "unpaired.cli"],
@@ -97,8 +98,33 @@ def test_no_module_imports_from_a_layer_below_its_own():
     assert not wrong, "\n".join(wrong)
 
 
+def test_no_import_circle_even_for_type_checking():
+    """The framework's modules import each other without a circle, counting imports for type checking too; only the
+    plugin contract (``plugin_api``) may name, for type checking alone, the framework types its hooks receive."""
+    imports: dict[str, set[str]] = {}
+    for path in MODULES:
+        module = ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+        found = {node.module for node in ast.walk(parsed(path)) if isinstance(node, ast.ImportFrom) and node.module
+                 and node.module.startswith("unpaired.")}
+        runtime = {imported for imported, _ in runtime_imports(parsed(path))}
+        imports[module] = runtime if module.startswith("unpaired.plugin_api") else found
+    def circle_from(start: str) -> list[str] | None:
+        stack, seen = [(start, [start])], set()
+        while stack:
+            module, path = stack.pop()
+            for imported in imports.get(module, ()):
+                if imported == start:
+                    return path + [start]
+                if imported not in seen:
+                    seen.add(imported)
+                    stack.append((imported, path + [imported]))
+        return None
+    circles = [" -> ".join(circle) for module in imports if (circle := circle_from(module))]
+    assert not circles, "\n".join(circles)
+
+
 def test_only_the_run_folder_module_spells_run_folder_file_names():
-    owner = PACKAGE / "results" / "run_folder.py"
+    owner = PACKAGE / "storage" / "run_folder.py"
     for path in MODULES:
         if path != owner:
             texts = string_literals(path)

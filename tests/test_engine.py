@@ -18,9 +18,9 @@ from unpaired.config.spec import TrainConfig
 from unpaired.config.overrides import merge
 from unpaired.plugin_api.components import LossWeights
 from unpaired.plugin_api.registry import Registry
-from unpaired.results.files import atomic_save
-from unpaired.results.records import Checkpoint, RunResult
-from unpaired.results.run_folder import RunFolder
+from unpaired.storage.files import atomic_save
+from unpaired.storage.records import Checkpoint, RunResult
+from unpaired.storage.run_folder import RunFolder
 from unpaired.plugin_api.components import TrainingProgress
 from unpaired.training.loop import learning_rate
 from unpaired.training.parts import build_method
@@ -44,7 +44,7 @@ def tiny(registry, **changes):
 
 
 def train(variant, out: Path, registry: Registry) -> RunResult:
-    return train_run(variant, RunFolder(out), registry, show_progress=False)
+    return train_run(variant, RunFolder(out), registry, show_progress=False).result
 
 
 def test_learning_rate_is_constant_then_decays_linearly():
@@ -330,8 +330,8 @@ def test_a_finished_variant_is_not_trained_again(registry, tmp_path):
             steps.append(step)
 
     with registry.listening(Count()):
-        again = train(variant, tmp_path, registry)
-    assert again.reused and again.model_dump() == first.model_dump()
+        again = train_run(variant, RunFolder(tmp_path), registry, show_progress=False)
+    assert again.outcome == "skipped" and again.result.model_dump() == first.model_dump()
     assert steps == []
 
 

@@ -17,7 +17,7 @@ from unpaired.config.resolved import resolve_variant
 from unpaired.evaluation.features import FeatureExtractor
 from unpaired_plugins.metrics import FID, KID, FidParams, KidParams
 from unpaired.plugin_api.registry import Registry
-from unpaired.results.run_folder import RunFolder
+from unpaired.storage.run_folder import RunFolder
 from unpaired.training.run import train_run
 
 
@@ -121,7 +121,7 @@ def test_real_features_are_extracted_once_per_test_set_and_again_when_a_file_cha
     monkeypatch.setenv("UNPAIRED_CACHE", str(tmp_path / "cache"))
     write_synthetic_folder(tmp_path / "data", n_train=4, n_test=5)
     TinyExtractor.seen = 0
-    first = train_run(variant(tiny_registry, tmp_path / "data"), RunFolder(tmp_path / "one"), tiny_registry, show_progress=False)
+    first = train_run(variant(tiny_registry, tmp_path / "data"), RunFolder(tmp_path / "one"), tiny_registry, show_progress=False).result
     assert TinyExtractor.seen == 1 + 10 + 10  # preflight image, real testA + testB, fakes both ways
     assert set(first.metrics) == {"fid_a2b", "fid_b2a", "fid_mean", "kid_a2b", "kid_a2b_std", "kid_b2a", "kid_b2a_std", "kid_mean"}
 
@@ -137,7 +137,7 @@ def test_real_features_are_extracted_once_per_test_set_and_again_when_a_file_cha
 
 def test_periodic_evaluation_records_fid_per_epoch_and_keeps_the_best_generators(tiny_registry, tmp_path):
     write_synthetic_folder(tmp_path / "data", n_train=4, n_test=3)
-    result = train_run(variant(tiny_registry, tmp_path / "data", every=1), RunFolder(tmp_path / "run"), tiny_registry, show_progress=False)
+    result = train_run(variant(tiny_registry, tmp_path / "data", every=1), RunFolder(tmp_path / "run"), tiny_registry, show_progress=False).result
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     assert "fid_mean" in history[0] and "fid_mean" not in history[1]  # the last epoch is scored as the final result
     metrics = result.metrics
@@ -233,7 +233,7 @@ def test_a_plugin_dataset_without_describe_gets_cached_features_per_parameter_va
         spec = variant(registry, tmp_path).as_dict() | {"data": {"name": "flat", "brightness": brightness}}
         spec["train"] |= {"seed": seed}
         TinyExtractor.seen = 0
-        result = train_run(resolve_variant(spec, registry), RunFolder(tmp_path / f"run-{seed}-{brightness}"), registry, show_progress=False)
+        result = train_run(resolve_variant(spec, registry), RunFolder(tmp_path / f"run-{seed}-{brightness}"), registry, show_progress=False).result
         assert result.status == "finished", result.error
         seen.append(TinyExtractor.seen)
     assert seen == [1 + 8 + 8, 1 + 8 + 8, 1 + 8]  # new brightness: real features again; the same one again: cached

@@ -13,7 +13,7 @@ import torch
 from conftest import BROKEN_COMPONENTS, REPO, TINY_BASE, run_cli, write_distribution
 from unpaired.config.resolved import resolve_variant
 from unpaired.plugin_api.registry import Registry
-from unpaired.results.run_folder import RunFolder
+from unpaired.storage.run_folder import RunFolder
 from unpaired.tools.translate import load_generator
 from unpaired.training.parts import build_method
 from unpaired.training.run import train_run
@@ -55,7 +55,7 @@ def test_example_components_build_and_train(example_installed, tmp_path):
             "generator": {"name": "unet", "depth": 5, "ngf": 8}, "discriminator": {"name": "sn_patchgan", "ndf": 8, "n_layers": 2},
             "train": {"epochs": 2, "decay_epochs": 0, "num_workers": 0, "log_every": 1}, "samples": 1, "eval": {"metrics": []}}
     variant = resolve_variant(spec, registry)
-    result = train_run(variant, RunFolder(tmp_path), registry, show_progress=False)
+    result = train_run(variant, RunFolder(tmp_path), registry, show_progress=False).result
     assert result.status == "finished" and result.steps == 8, result.error
     history = RunFolder(tmp_path).read_history()
     assert [row["epoch"] for row in history] == [1, 2] and all(0 < row["cycle_A"] < 100 for row in history)
@@ -94,7 +94,7 @@ def test_a_component_breaking_its_contract_is_named_before_any_training_step(mak
     spec = {"data": {"name": "synthetic", "size": 32, "n_train": 4, "n_test": 2}, "generator": {"name": "resnet", "n_blocks": 1, "ngf": 4},
             "discriminator": {"name": "patchgan", "ndf": 4, "n_layers": 2}, "train": {"epochs": 1, "decay_epochs": 0, "num_workers": 0},
             "samples": 1, "eval": {"metrics": []}, **changes}
-    result = train_run(resolve_variant(spec, registry), RunFolder(tmp_path), registry, show_progress=False)
+    result = train_run(resolve_variant(spec, registry), RunFolder(tmp_path), registry, show_progress=False).result
     assert result.status == "failed" and result.error.startswith("ContractError: ") and message in result.error, result.error
     assert RunFolder(tmp_path).latest_checkpoint() is None and not (tmp_path / "history.json").exists()
 

@@ -15,7 +15,7 @@ from unpaired import hookimpl
 from unpaired.config.overrides import merge
 from unpaired.config.resolved import resolve_variant
 from unpaired.plugin_api.registry import Registry
-from unpaired.results.run_folder import RunFolder
+from unpaired.storage.run_folder import RunFolder
 from unpaired.training.run import train_run
 
 ONE_WAY = """
@@ -191,10 +191,10 @@ def test_a_method_s_every_stateful_part_resumes_exactly(one_way, tmp_path):
     registry = Registry.from_entry_points()
     spec = merge(BASE, {"eval": {"metrics": []}, "train": {"epochs": 1, "decay_epochs": 1}})
     variant = resolve_variant(spec, registry)
-    straight = train_run(variant, RunFolder(tmp_path / "straight"), registry, show_progress=False)
+    straight = train_run(variant, RunFolder(tmp_path / "straight"), registry, show_progress=False).result
     with registry.listening(CrashAfterEpoch()):
-        assert train_run(variant, RunFolder(tmp_path / "resumed"), registry, show_progress=False).status == "failed"
-    resumed = train_run(variant, RunFolder(tmp_path / "resumed"), registry, show_progress=False)
+        assert train_run(variant, RunFolder(tmp_path / "resumed"), registry, show_progress=False).result.status == "failed"
+    resumed = train_run(variant, RunFolder(tmp_path / "resumed"), registry, show_progress=False).result
     assert straight.status == resumed.status == "finished" and straight.final_losses == resumed.final_losses
     a, b = (RunFolder(tmp_path / name).load_checkpoint().model for name in ("straight", "resumed"))
     assert a["parts"]["steps"] == b["parts"]["steps"] == {"count": 8}  # the method's own counter went through the checkpoint

@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from conftest import TINY_BASE, UNPAIRED, free_port, run_cli, write_study
 from unpaired.config.study import load_study
 from unpaired.plugin_api.registry import Registry
-from unpaired.results.run_folder import RunFolder
+from unpaired.storage.run_folder import RunFolder
 
 pytest.importorskip("ray")
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -53,7 +53,7 @@ def assert_same_runs(first: Path, second: Path) -> list[dict]:
 def children(uri: str, study: str, out: Path) -> list:
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name(study).experiment_id
-    found = client.search_runs([experiment], filter_string="tags.`unpaired.role` = 'variant'")
+    found = client.search_runs([experiment], filter_string="tags.`unpaired.role` = 'run'")
     return [c for c in found if c.data.tags["unpaired.folder"].startswith(str(out))]
 
 

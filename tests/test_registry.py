@@ -25,6 +25,7 @@ BUILTINS = {
     "dataset": {"folder", "synthetic"},
     "feature_extractor": {"inception"},
     "metric": {"fid", "kid"},
+    "executor": {"local", "ray"},
 }
 
 PLUGIN_WITH_RESNET = """
@@ -173,7 +174,7 @@ def test_plugins_command_lists_every_builtin_with_origin_parameters_and_descript
     assert "size=50  swap_probability=0.5" in out
     defaults = [line.split()[0] for line in out.splitlines() if line.endswith("[default]")]
     assert defaults == ["cyclegan", "resnet", "patchgan", "instance", "lsgan", "history", "constant", "inception", "fid",
-                        "kid"]  # the paper's choices
+                        "kid", "local"]  # the paper's choices, and training on this machine
 
     listing = json.loads(run_cli("plugins", "--json").stdout)
     found = {(c["kind"], c["name"]) for c in listing["components"]}

@@ -19,8 +19,9 @@ from mlflow.tracking import MlflowClient
 
 from conftest import TINY_BASE, UNPAIRED, run_cli, start_mlflow_server, stop_mlflow_server, write_study, write_synthetic_folder
 from unpaired.cli import main
-from unpaired.results.lease import Lease, LeaseHeld
-from unpaired.results.run_folder import RunFolder
+from unpaired.errors import Note
+from unpaired.storage.lease import Lease, LeaseHeld
+from unpaired.storage.run_folder import RunFolder
 
 def test_a_lease_is_exclusive_while_its_holder_lives_and_taken_over_when_it_dies(tmp_path):
     path = tmp_path / "run" / "lease.json"
@@ -73,7 +74,7 @@ def test_two_invocations_at_once_train_each_run_exactly_once(tmp_path, monkeypat
         assert not (tmp_path / "out" / run["folder"] / "lease.json").exists()
     client = MlflowClient()
     experiment = client.get_experiment_by_name("twice").experiment_id
-    children = client.search_runs([experiment], filter_string="tags.`unpaired.role` = 'variant'")
+    children = client.search_runs([experiment], filter_string="tags.`unpaired.role` = 'run'")
     assert sorted(c.data.tags["unpaired.run_id"] for c in children) == sorted(r["run_id"] for r in index["runs"])
     for child in children:
         assert [m.step for m in client.get_metric_history(child.info.run_id, "cycle_A")] == [1, 2]
@@ -120,15 +121,15 @@ def test_a_signal_stops_every_worker_with_a_checkpoint_and_leaves_no_process(tmp
     client = MlflowClient()
     experiment = client.get_experiment_by_name("stopped").experiment_id
     (parent,) = client.search_runs([experiment], filter_string="tags.`unpaired.role` = 'study'")
-    children = client.search_runs([experiment], filter_string="tags.`unpaired.role` = 'variant'")
+    children = client.search_runs([experiment], filter_string="tags.`unpaired.role` = 'run'")
     assert parent.info.status == "KILLED" and [c.info.status for c in children] == ["KILLED"] * jobs
 
 
 def exported_generator(path: Path) -> Path:
     """A (untrained) tiny exported generator, as training writes one."""
     from unpaired.plugin_api.registry import default_registry
-    from unpaired.results.files import atomic_save
-    from unpaired.results.records import ExportedGenerator
+    from unpaired.storage.files import atomic_save
+    from unpaired.storage.records import ExportedGenerator
 
     config, norm = {"name": "resnet", "n_blocks": 1, "ngf": 4}, {"name": "instance"}
     registry = default_registry()
@@ -193,14 +194,14 @@ def small_disk(tmp_path):
 
 def test_files_written_atomically_get_the_permissions_open_would_give_them(tmp_path):
     """mkstemp makes its files private to their owner: results a group shares (a cluster's storage) must not be."""
-    write = (f"from pathlib import Path; from unpaired.results.files import atomic_write_text; "
+    write = (f"from pathlib import Path; from unpaired.storage.files import atomic_write_text; "
              f"atomic_write_text(Path({str(tmp_path)!r}) / 'report.html', 'x')")
     subprocess.run(["bash", "-c", f'umask 027 && {sys.executable} -c "{write}"'], check=True)
     assert (tmp_path / "report.html").stat().st_mode & 0o777 == 0o640
 
 
 def test_a_full_disk_names_the_file_the_space_needed_and_keeps_the_previous_version(small_disk):
-    from unpaired.results.files import StorageError, atomic_save, load_tensors
+    from unpaired.storage.files import StorageError, atomic_save, load_tensors
 
     folder, leave_free = small_disk
     path = folder / "checkpoints" / "state.pt"
@@ -223,11 +224,11 @@ def test_a_run_on_a_full_disk_fails_with_the_reason_and_resumes_once_there_is_ro
     registry = default_registry()
     variant = resolve_variant({**TINY_BASE, "generator": {"name": "resnet", "n_blocks": 2, "ngf": 8}}, registry)
     leave_free(48 * 1024)
-    result = train_run(variant, RunFolder(folder / "run"), registry, show_progress=False)
+    result = train_run(variant, RunFolder(folder / "run"), registry, show_progress=False).result
     assert result.status == "failed" and result.error.startswith("StorageError: no space left to write ")
     assert "/run/checkpoints/epoch-0001-step-" in result.error
     (folder / "filler").unlink()
-    assert train_run(variant, RunFolder(folder / "run"), registry, show_progress=False).status == "finished"
+    assert train_run(variant, RunFolder(folder / "run"), registry, show_progress=False).result.status == "finished"
 
 
 KILLER = """
@@ -259,7 +260,7 @@ KILLER = """
 
 def children_of(client: MlflowClient, study: str) -> list:
     experiment = client.get_experiment_by_name(study).experiment_id
-    return client.search_runs([experiment], filter_string="tags.`unpaired.role` = 'variant'")
+    return client.search_runs([experiment], filter_string="tags.`unpaired.role` = 'run'")
 
 
 @pytest.mark.slow
@@ -346,15 +347,15 @@ def test_a_corrupt_checkpoint_is_named_set_aside_and_the_run_starts_again(tmp_pa
 
     registry = Registry.from_entry_points()
     variant = resolve_variant({**TINY_BASE, "train": {**TINY_BASE["train"], "log_every": 1}}, registry)
-    straight = train_run(variant, RunFolder(tmp_path / "straight"), registry, show_progress=False)
+    straight = train_run(variant, RunFolder(tmp_path / "straight"), registry, show_progress=False).result
     folder = RunFolder(tmp_path / "run")
     with registry.listening(AtStep(8, crash)):  # in epoch 2, after the epoch-1 checkpoint
-        assert train_run(variant, folder, registry, show_progress=False).status == "failed"
+        assert train_run(variant, folder, registry, show_progress=False).result.status == "failed"
     checkpoint = folder.latest_checkpoint()
     corrupt(checkpoint, how)
     with pytest.warns(UserWarning,
                       match=rf"{re.escape(str(checkpoint))} is (corrupt|a torn torch archive|not a torch file).*starts again from the beginning"):
-        result = train_run(variant, folder, registry, show_progress=False)
+        result = train_run(variant, folder, registry, show_progress=False).result
     assert result.status == "finished" and result.final_losses == straight.final_losses
     assert (checkpoint.parent / f"{checkpoint.name}.corrupt").is_file()
     a, b = RunFolder(tmp_path / "straight").load_checkpoint().model, folder.load_checkpoint().model
@@ -391,7 +392,7 @@ def test_a_corrupt_checkpoint_stops_the_run_when_asked_and_corrupt_records_never
     assert f"error: {two.path}: {two.spec_file} is not valid JSON" in scored.stderr
 
 
-def test_a_cpu_run_resumes_with_the_thread_count_it_started_with(tmp_path, capfd):
+def test_a_cpu_run_resumes_with_the_thread_count_it_started_with(tmp_path):
     """On a CPU the numbers depend on the thread count (1 vs 2 threads give different weights here), so a run
     interrupted under --jobs 1 (2 threads) and resumed under --jobs 2 (1 thread per worker) would match neither."""
     from conftest import AtStep, crash
@@ -405,16 +406,17 @@ def test_a_cpu_run_resumes_with_the_thread_count_it_started_with(tmp_path, capfd
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
-        straight = train_run(variant, RunFolder(tmp_path / "straight"), registry, show_progress=False)
+        straight = train_run(variant, RunFolder(tmp_path / "straight"), registry, show_progress=False).result
         folder = RunFolder(tmp_path / "run")
         with registry.listening(AtStep(8, crash)):
-            assert train_run(variant, folder, registry, show_progress=False).status == "failed"
+            assert train_run(variant, folder, registry, show_progress=False).result.status == "failed"
         torch.set_num_threads(1)
-        resumed = train_run(variant, folder, registry, show_progress=False)
+        with pytest.warns(Note) as notes:
+            resumed = train_run(variant, folder, registry, show_progress=False).result
         assert torch.get_num_threads() == 1  # as it was before the run
     finally:
         torch.set_num_threads(before)
-    assert f"note: {folder} resumes with 2 CPU threads, as it started (this process had 1)" in capfd.readouterr().err
+    assert f"{folder} resumes with 2 CPU threads, as it started (this process had 1)" in str(notes[0].message)
     assert resumed.final_losses == straight.final_losses and resumed.threads == straight.threads == 2
     a, b = RunFolder(tmp_path / "straight").load_checkpoint().model, folder.load_checkpoint().model
     assert all(torch.equal(a["networks"][n][k], b["networks"][n][k]) for n in a["networks"] for k in a["networks"][n])

@@ -21,7 +21,7 @@ from unpaired.config.spec import SpecError
 from unpaired.config.overrides import merge
 from unpaired.config.study import load_study, plan_study
 from unpaired.plugin_api.registry import Registry
-from unpaired.results.run_folder import RunFolder
+from unpaired.storage.run_folder import RunFolder
 
 
 def study(registry, **fields):
@@ -194,7 +194,7 @@ def test_parallel_jobs_train_every_run_and_track_it_from_the_workers(tmp_path):
     client = MlflowClient()  # the tracker followed the runs into the worker processes
     experiment = client.get_experiment_by_name("parallel").experiment_id
     (parent,) = client.search_runs([experiment], filter_string="tags.`unpaired.role` = 'study'")
-    children = client.search_runs([experiment], filter_string="tags.`unpaired.role` = 'variant'")
+    children = client.search_runs([experiment], filter_string="tags.`unpaired.role` = 'run'")
     assert sorted(c.data.tags["unpaired.run_id"] for c in children) == sorted(run["run_id"] for run in index["runs"])
     for child in children:
         assert child.info.status == "FINISHED" and child.data.tags["mlflow.parentRunId"] == parent.info.run_id
@@ -284,7 +284,7 @@ def test_quickstart_killed_at_random_moments_then_rerun_equals_an_uninterrupted_
 
     client = MlflowClient()  # one MLflow child per run, FINISHED, each epoch logged once, whatever the kills did
     experiment = client.get_experiment_by_name("quickstart").experiment_id
-    children = [c for c in client.search_runs([experiment], filter_string="tags.`unpaired.role` = 'variant'")
+    children = [c for c in client.search_runs([experiment], filter_string="tags.`unpaired.role` = 'run'")
                 if c.data.tags["unpaired.folder"].startswith(str(out.resolve()))]
     assert sorted(c.data.tags["unpaired.run_id"] for c in children) == sorted(r["run_id"] for r in index["runs"])
     for child in children:

@@ -36,7 +36,7 @@ def tracked_study(path, name, base=None, **fields):
 
 
 def children(client, experiment_id):
-    return client.search_runs([experiment_id], filter_string="tags.`unpaired.role` = 'variant'")
+    return client.search_runs([experiment_id], filter_string="tags.`unpaired.role` = 'run'")
 
 
 @pytest.mark.slow
@@ -162,7 +162,8 @@ def test_compare_command_reads_the_runs_from_mlflow(tmp_path):
     for variant, values in HAND_MADE.items():
         for seed, value in enumerate(values):
             run = client.create_run(experiment_id, tags={
-                "mlflow.parentRunId": parent.info.run_id, "unpaired.role": "variant", "unpaired.variant": variant,
+                "mlflow.parentRunId": parent.info.run_id, "unpaired.variant": variant,
+                "unpaired.role": "variant" if variant == "base" else "run",  # the role 0.1 wrote, and the current one
                 "unpaired.seed": str(seed), "unpaired.run_id": variant, "unpaired.planned_seeds": "3"})
             client.log_batch(run.info.run_id, metrics=[Metric("fid_mean", value, 0, 2)], tags=[RunTag("unpaired.status", "finished")])
             client.set_terminated(run.info.run_id, "FINISHED")

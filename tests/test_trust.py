@@ -24,13 +24,14 @@ from conftest import BROKEN_COMPONENTS, PIXEL_FEATURES, TINY_BASE, AtStep, crash
 from unpaired.config.overrides import merge
 from unpaired.config.study import load_study
 from unpaired.errors import Notice
+from unpaired.execution.jobs import make_jobs
 from unpaired.execution.runner import run_study, select_runs
 from unpaired.plugin_api.registry import Registry
-from unpaired.results.files import CorruptFileError, atomic_save
-from unpaired.results.lease import Lease
+from unpaired.storage.files import CorruptFileError, atomic_save
+from unpaired.storage.lease import Lease
 from unpaired.results.mlflow_store import TrackingError
-from unpaired.results.records import Checkpoint, ExportedGenerator
-from unpaired.results.run_folder import RunFolder
+from unpaired.storage.records import Checkpoint, ExportedGenerator
+from unpaired.storage.run_folder import RunFolder
 
 TWO_EPOCHS = merge(TINY_BASE, {"train": {"epochs": 2, "decay_epochs": 0, "checkpoint_every": 1, "log_every": 1}})
 
@@ -129,7 +130,7 @@ def test_a_rerun_that_spells_the_output_folder_otherwise_finds_the_same_mlflow_c
     assert len(study_run(study, tmp_path / "out").skipped) == 1
     client = MlflowClient()
     experiment = client.get_experiment_by_name("spelt").experiment_id
-    (child,) = client.search_runs([experiment], filter_string="tags.`unpaired.role` = 'variant'")
+    (child,) = client.search_runs([experiment], filter_string="tags.`unpaired.role` = 'run'")
     assert child.info.status == "FINISHED" and child.data.tags["unpaired.folder"] == str(link.parent.resolve())
     assert child.data.tags["unpaired.host"] == socket.gethostname()
 
@@ -143,7 +144,7 @@ def test_epochs_mlflow_missed_are_logged_before_training_continues_so_the_histor
     tracked = write_study(tmp_path / "ordered.yaml", "ordered", base=base)
     assert len(study_run(tracked, out).done) == 1
     client = MlflowClient()
-    (child,) = client.search_runs([client.get_experiment_by_name("ordered").experiment_id], "tags.`unpaired.role` = 'variant'")
+    (child,) = client.search_runs([client.get_experiment_by_name("ordered").experiment_id], "tags.`unpaired.role` = 'run'")
     history = client.get_metric_history(child.info.run_id, "cycle_A")
     assert [m.step for m in sorted(history, key=lambda m: (m.timestamp, m.step))] == [1, 2, 3]
 
@@ -261,9 +262,10 @@ def test_the_ray_driver_names_a_run_held_by_a_silent_lease_and_when_it_is_taken_
     old = time.time() - 45
     os.utime(folder.lease().path, (old, old))
     said: list[str] = []
-    driver = SimpleNamespace(silent_holders=set())
+    driver = SimpleNamespace(silent_holders=set(), context=SimpleNamespace(announce=said.append))
+    jobs = make_jobs(study.runs, lambda run: RunFolder.in_study(tmp_path, run.variant, run.seed, run.run_id).path, [])
     for _ in range(2):
-        assert RayExecutor._watch_leases(driver, tmp_path, study.runs, said.append) == 1  # still counted as running
+        assert RayExecutor._watch_leases(driver, jobs) == 1  # still counted as running
     (line,) = said  # once per holder
     assert line.startswith("waiting: base seed 0 is held by pid 4242 on node-7, silent for 45 s (its node died?)")
     assert "a retry takes it over at" in line and "after 60 s of silence, UNPAIRED_LEASE_TIMEOUT" in line

@@ -39,21 +39,31 @@ class Interrupted(UnpairedError):
 
 class Notice(UserWarning):
     """Something the user should know that did not stop the work (a corrupt file set aside, a lease taken over):
-    the command line prints it as one ``warning:`` line, not as a Python warning with its source line."""
+    the command line prints it as one ``warning:`` line, not as a Python warning with its source line.
+
+    This is how the library tells the user anything outside a command's own output: ``warnings.warn(text, Notice)``
+    (or :class:`Note`), in any process. Progress lines go to the ``announce`` callback a study runs with, what a study
+    adds up to into its summary (``summary.notes``); only the command line prints."""
+
+
+class Note(Notice):
+    """A notice that is information, not a problem: printed as one ``note:`` line."""
 
 
 def print_notices_plainly() -> None:
-    """Show every :class:`Notice` of this process as ``warning: <message>`` on stderr; other warnings as Python shows them."""
+    """Show every :class:`Notice` of this process as ``warning: <message>`` (``note:`` for a :class:`Note`) on stderr, each
+    time it is warned; other warnings as Python shows them."""
     shown = warnings.showwarning
 
     def show(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None, line: str | None = None) -> None:
         if issubclass(category, Notice):
-            print(f"warning: {message}", file=sys.stderr, flush=True)
+            print(f"{'note' if issubclass(category, Note) else 'warning'}: {message}", file=sys.stderr, flush=True)
         else:
             shown(message, category, filename, lineno, file, line)
 
     if getattr(shown, "__name__", "") != "show":
         warnings.showwarning = show
+        warnings.simplefilter("always", Notice)
 
 
 class StopRequested(BaseException):

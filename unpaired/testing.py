@@ -39,7 +39,7 @@ from unpaired.evaluation.features import FeatureExtractor
 from unpaired.plugin_api.components import Choice, Component, ComponentKind, TrainingProgress
 from unpaired.plugin_api.data import Domain, Split, Transform, UnpairedData
 from unpaired.plugin_api.registry import Registry
-from unpaired.results.files import atomic_save, load_tensors
+from unpaired.storage.files import atomic_save, load_tensors
 from unpaired.training.contracts import ContractError, check_contracts, describe_component
 from unpaired.training.parts import build_method, runtime_of
 from unpaired.training.watch import LossWatch

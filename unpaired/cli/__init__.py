@@ -9,11 +9,12 @@ import traceback
 from collections.abc import Sequence
 
 from unpaired import __version__
+from unpaired.cli.executor_options import add_executor_options
 from unpaired.cli.study_commands import cmd_compare, cmd_plan, cmd_report, cmd_run, cmd_schema, cmd_score, cmd_validate
 from unpaired.cli.tool_commands import cmd_data_download, cmd_data_export, cmd_fid, cmd_plugins, cmd_train, cmd_translate
 from unpaired.errors import Interrupted, StopRequested, UnpairedError, print_notices_plainly
 from unpaired.tools.download import DATASETS
-from unpaired.training.runtime import stop_on_signals
+from unpaired.signals import stop_on_signals
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,11 +42,9 @@ def _add_study_commands(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--out", help="output folder (default: runs/<study name>)")
     run.add_argument("--only", nargs="+", metavar="NAME", help="only these variants")
     run.add_argument("--seeds", nargs="+", type=int, metavar="SEED", help="only these seeds")
-    run.add_argument("--jobs", type=int, default=1, help="runs trained at once, as separate processes (local executor)")
-    run.add_argument("--executor", choices=["local", "ray"], help="where runs train (default: the study's execution.executor, local)")
-    run.add_argument("--address", help="the Ray cluster: auto, HOST:PORT or ray://HOST:PORT (default: Ray on this machine)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.add_argument("--rerun-stale", action="store_true", help="train again the finished runs whose plugins have other versions now")
+    add_executor_options(run)  # last: a setting named like an option above is left to the study file
     run.set_defaults(handler=cmd_run)
 
     compare = commands.add_parser("compare", help="rank a study's variants: mean, 95 %% CI, Δ vs baseline, Welch's test")

@@ -12,7 +12,7 @@ from unpaired.config.spec import SpecError
 from unpaired.config.study import Study, load_study
 from unpaired.errors import InputError, UnpairedError, UsageError
 from unpaired.cli.plugins import registry as plugin_registry
-from unpaired.results.run_folder import RunFolder
+from unpaired.storage.run_folder import RunFolder
 
 
 def _describe(study: Study) -> str:
@@ -33,7 +33,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     broken, unopened = check_datasets(study, open_datasets(study))  # the data is opened and counted too
     if broken:
         raise SpecError(args.study, broken)
-    for line in unopened:
+    for line in [*study.execution_set_aside, *unopened]:
         print(f"warning: {line}", file=sys.stderr)
     print(f"{args.study}: valid: {_describe(study)}" + (" (its data not checked)" if unopened else ""))
     return 0
@@ -108,6 +108,9 @@ def _other_runs(study: Study, out: Path) -> list[str]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Train every pending run of a study; finished runs are skipped, interrupted ones resume."""
+    from tqdm import tqdm
+
+    from unpaired.cli.executor_options import chosen_execution
     from unpaired.execution.runner import run_study, select_runs
     from unpaired.reporting import ReportWriter
 
@@ -116,13 +119,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = _out_dir(args.out, study)
     runs = select_runs(study, args.only, args.seeds)
     print(f"{study.spec.name}: {_describe(study)}; {len(runs)} selected; output folder {out}", file=sys.stderr)
-    overrides = {"executor": args.executor, "address": args.address}
-    execution = study.spec.execution.model_copy(update={k: v for k, v in overrides.items() if v is not None})
-    if args.address and execution.executor != "ray":
-        raise UsageError("--address names a Ray cluster: add --executor ray (or execution: {executor: ray} in the study)")
+    execution = chosen_execution(args, study)
     with registry.listening(ReportWriter(registry, study.metric or "fid_mean")):  # report.html when the study ends
-        summary = run_study(study, out, registry, runs, jobs=args.jobs, show_progress=not args.quiet,
-                            announce=lambda line: print(line, file=sys.stderr), execution=execution, rerun_stale=args.rerun_stale)
+        summary = run_study(study, out, registry, runs, show_progress=not args.quiet, announce=lambda line: tqdm.write(line, file=sys.stderr),
+                            execution=execution, rerun_stale=args.rerun_stale)
     print(summary)
     return summary.exit_code
 
@@ -153,7 +153,7 @@ def _run_folders(target: Path) -> list[RunFolder]:
 def cmd_score(args: argparse.Namespace) -> int:
     """Score saved generators again and record the metrics."""
     from unpaired.evaluation.rescore import rescore_folder
-    from unpaired.training.runtime import pick_device
+    from unpaired.devices import pick_device
 
     registry, device = plugin_registry(), pick_device(args.device)
     folders = _run_folders(Path(args.target))
@@ -235,7 +235,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     """Write the study report (HTML or Markdown) from the study's output folder."""
     from unpaired.reporting import write_report
     from unpaired.results.study_folder import read_index
-    from unpaired.training.runtime import pick_device
+    from unpaired.devices import pick_device
 
     out = _study_folder(args.study)
     fmt = args.format or ("markdown" if args.out and Path(args.out).suffix.lower() == ".md" else "html")

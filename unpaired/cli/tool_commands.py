@@ -63,15 +63,19 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     """Train one variant spec into an output folder (resuming if it holds a checkpoint of it)."""
     from unpaired.config.resolved import load_variant
-    from unpaired.results.run_folder import RunFolder
+    from unpaired.storage.run_folder import RunFolder
     from unpaired.training.run import train_run
-    from unpaired.training.runtime import stop_requested
+    from unpaired.signals import stop_requested
 
     registry = plugin_registry()
     variant = load_variant(args.spec, registry)
     folder = RunFolder(Path(args.out))
     print(f"training run {variant.run_id} into {folder}", file=sys.stderr)
-    result = train_run(variant, folder, registry, show_progress=not args.quiet)
+    outcome = train_run(variant, folder, registry, show_progress=not args.quiet)
+    if outcome.result is None:  # another live process trains it
+        print(f"error: {folder} is being worked on by {outcome.detail}", file=sys.stderr)
+        return 1
+    result = outcome.result
     print(json.dumps(result.model_dump(mode="json"), indent=1))
     if result.status == "interrupted":
         print(f"interrupted: {result.error}", file=sys.stderr)
@@ -88,7 +92,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_translate(args: argparse.Namespace) -> int:
     """Translate an image or a folder of images with a trained generator."""
     from unpaired.tools.translate import collect_inputs, load_generator, translate
-    from unpaired.training.runtime import pick_device
+    from unpaired.devices import pick_device
 
     generator, size = load_generator(Path(args.checkpoint), args.direction, plugin_registry())
     written, skipped = translate(generator, collect_inputs(Path(args.input)), Path(args.out), args.size or size, pick_device(args.device))
@@ -102,7 +106,7 @@ def cmd_fid(args: argparse.Namespace) -> int:
     """The default metrics (FID and KID) between two image folders, pre-processed like test images."""
     from unpaired.config.resolved import ResolvedEval
     from unpaired.evaluation.scoring import Scorer
-    from unpaired.training.runtime import pick_device
+    from unpaired.devices import pick_device
 
     registry = plugin_registry()
     params = {**({"weights": args.weights} if args.weights else {}), **parse_params(args.param)}

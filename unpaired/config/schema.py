@@ -6,10 +6,13 @@ from typing import Any
 
 from unpaired.config.spec import VariantSpec, component_slots
 from unpaired.config.study import StudySpec
+from unpaired.plugin_api.components import ComponentKind
 from unpaired.plugin_api.registry import Registry
 
 
-def _component_options(registry: Registry, kind: str, definitions: dict[str, Any], require: bool) -> list[dict[str, Any]]:
+def _component_options(registry: Registry, kind: ComponentKind, definitions: dict[str, Any], require: bool,
+                       key: str = "name") -> list[dict[str, Any]]:
+    """One object schema per component of ``kind``: ``key`` (the name) and its parameters."""
     options = []
     for component in registry.components(kind):
         params = component.params_model.model_json_schema()
@@ -17,8 +20,8 @@ def _component_options(registry: Registry, kind: str, definitions: dict[str, Any
         options.append({
             "type": "object",
             "description": component.description,
-            "properties": {"name": {"const": component.name}, **params.get("properties", {})},
-            "required": ["name", *params.get("required", [])] if require else [],
+            "properties": {key: {"const": component.name}, **params.get("properties", {})},
+            "required": [key, *params.get("required", [])] if require else [],
             "additionalProperties": False,
         })
     return options
@@ -49,4 +52,6 @@ def study_json_schema(registry: Registry) -> dict[str, Any]:
     schema["$defs"] = definitions
     schema["properties"]["base"] = {"$ref": "#/$defs/Variant", "description": schema["properties"]["base"]["description"]}
     schema["properties"]["variants"]["additionalProperties"] = {"$ref": "#/$defs/VariantOverride"}
+    schema["properties"]["execution"] = {"description": schema["properties"]["execution"]["description"],
+                                         "anyOf": _component_options(registry, "executor", definitions, require=False, key="executor")}
     return schema

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from unpaired.errors import UnpairedError
+from unpaired.plugin_api.components import ComponentKind
 
 Precision = Literal["fp32", "bf16", "fp16"]
 InitScheme = Literal["normal", "xavier", "kaiming", "orthogonal"]
@@ -27,7 +28,7 @@ class Slot:
     """Marks a spec field that names a component of ``kind``. Left out, it gets the choice of the field
     ``fallback`` when there is one (``generator_norm`` -> ``norm``), else the kind's default component."""
 
-    kind: str
+    kind: ComponentKind
     fallback: str | None = None
 
 

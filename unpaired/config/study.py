@@ -14,7 +14,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
@@ -23,7 +23,8 @@ from unpaired.config.overrides import flatten, merge, set_path, with_default_com
 from unpaired.config.resolved import ResolvedVariant, resolve_variant
 from unpaired.config.spec import SpecError, TrainConfig, VariantSpec, component_slots
 from unpaired.errors import pydantic_problems
-from unpaired.plugin_api.registry import ComponentError, Registry
+from unpaired.plugin_api.components import Choice
+from unpaired.plugin_api.registry import ComponentError, InvalidParamsError, Registry
 
 STUDY_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
@@ -39,17 +40,6 @@ class TrackingConfig(BaseModel):
                                "metric, e.g. fid_mean, or the first score every variant has)")
     timeout: float = Field(10.0, ge=2, description="seconds a run may wait on the tracking server: one that does not answer "
                            "by then is given up for that run, and training goes on (the next `unpaired run` logs what is missing)")
-
-
-class ExecutionConfig(BaseModel):
-    """Where the study's runs train: processes on this machine, or tasks on a Ray cluster."""
-
-    model_config = ConfigDict(extra="forbid")
-    executor: Literal["local", "ray"] = Field("local", description="local: this machine (--jobs N at once); ray: a Ray cluster")
-    address: str | None = Field(None, description="Ray: auto, HOST:PORT or ray://HOST:PORT (default: a Ray instance on this machine)")
-    cpus_per_run: float = Field(1.0, gt=0, description="Ray: CPUs each run reserves (also its torch thread count, rounded down)")
-    gpus_per_run: float = Field(0.0, ge=0, description="Ray: GPUs each run reserves; fractions let small runs share a GPU")
-    max_retries: int = Field(3, ge=0, description="Ray: times a run is started again after its worker or node died")
 
 
 class StudySpec(BaseModel):
@@ -71,7 +61,8 @@ class StudySpec(BaseModel):
     )
     baseline: str | None = Field(None, description="the variant differences are measured against (default: the base)")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
-    execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
+    execution: dict[str, Any] = Field(default_factory=dict, description="where the runs train: {executor: NAME, ...its settings} "
+                                      "(`unpaired plugins` lists the executors; default: this machine, one run at a time)")
 
 
 @dataclass(frozen=True)
@@ -105,6 +96,10 @@ class Study:
     baseline: str
     metric: str | None
     """The score the report ranks by: ``tracking.metric``, else the first score the baseline and every variant have."""
+    execution: Choice
+    """The executor that trains the runs (``execution.executor``, else the default one), its settings validated."""
+    execution_set_aside: list[str]
+    """A line for each setting of ``execution`` that belongs to another executor than that one (see :func:`resolve_execution`)."""
 
     @property
     def variant_names(self) -> list[str]:
@@ -170,6 +165,10 @@ def plan_study(data: Any, registry: Registry, source: str = "<study>") -> Study:
             problems.append((f"grid.{path}", reason))
         else:
             axes[path] = values
+    try:
+        execution, set_aside = resolve_execution(spec.execution, registry)
+    except SpecError as error:
+        problems.extend(error.problems)
     if len(set(spec.seeds)) != len(spec.seeds):
         problems.append(("seeds", f"each seed may appear once (got {spec.seeds})"))
     if base is not None:  # the variants are checked too (along the valid axes): all problems at once
@@ -184,7 +183,30 @@ def plan_study(data: Any, registry: Registry, source: str = "<study>") -> Study:
     baseline = spec.baseline or names_by_key.get(base.variant_key, names[0])
     if baseline not in names:
         raise SpecError(source, [("baseline", f"no variant named {baseline!r}; the variants are {', '.join(names)}")])
-    return Study(spec, source, runs, baseline, _ranking_metric(spec, runs, baseline, source))
+    return Study(spec, source, runs, baseline, _ranking_metric(spec, runs, baseline, source), execution, set_aside)
+
+
+def resolve_execution(settings: Mapping[str, Any], registry: Registry, source: str = "<study>",
+                      executor: str | None = None) -> tuple[Choice, list[str]]:
+    """The executor ``executor`` names (default: ``settings["executor"]``, else the one registered as default), with the
+    other keys of ``settings`` validated as its parameters; and a line for each key it sets aside because it is another
+    executor's setting (``cpus_per_run`` of a study trained locally: it applies when that executor trains the study).
+    A key that no executor has, or a value that does not fit, is a :class:`SpecError` at ``execution.*``."""
+    config = dict(settings)
+    named = config.pop("executor", None)
+    try:
+        name = executor or named or registry.default("executor")
+        component = registry.get("executor", name)
+    except ComponentError as error:
+        raise SpecError(source, [("execution.executor", str(error))]) from None
+    others = {field: c.name for c in registry.components("executor") if c is not component for field in c.params_model.model_fields}
+    ignored = [key for key in config if key not in component.params_model.model_fields and key in others]
+    try:
+        choice = registry.resolve("executor", {"name": name, **{k: v for k, v in config.items() if k not in ignored}}, where="execution")
+    except InvalidParamsError as error:
+        raise SpecError(source, error.errors) from None
+    return choice, [f"execution.{key} is a setting of the {others[key]} executor; {component.name}, which trains the study "
+                    "here, leaves it aside" for key in ignored]
 
 
 def _ranking_metric(spec: StudySpec, runs: list[PlannedRun], baseline: str, source: str) -> str | None:

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from unpaired.errors import UnpairedError
 from unpaired.plugin_api.components import Choice
 from unpaired.plugin_api.data import Domain, Transform, UnpairedData, list_images, load_image, to_uint8
-from unpaired.results.files import atomic_save, load_tensors
+from unpaired.storage.files import atomic_save, load_tensors
 
 CACHE_ENV = "UNPAIRED_CACHE"
 

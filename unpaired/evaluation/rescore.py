@@ -10,8 +10,8 @@ from unpaired.evaluation.scoring import Scorer, Scores
 from unpaired.plugin_api.methods import DIRECTIONS
 from unpaired.plugin_api.metrics import best_columns, method_directions
 from unpaired.plugin_api.registry import Registry
-from unpaired.results.records import ExportedGenerator, RunResult
-from unpaired.results.run_folder import RunFolder
+from unpaired.storage.records import ExportedGenerator, RunResult
+from unpaired.storage.run_folder import RunFolder
 
 
 def _best_or_final(folder: RunFolder, result: RunResult, best_epoch: float | None, epoch: int | None) -> bool:

@@ -9,30 +9,20 @@ at once. Run folders must be on storage every node sees: the executor checks tha
 
 from __future__ import annotations
 
-import os
 import secrets
 import socket
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import torch
 from tqdm import tqdm
 
-from unpaired.config.resolved import resolve_variant
-from unpaired.config.study import ExecutionConfig, PlannedRun
-from unpaired.errors import StopRequested, UnpairedError, UsageError, print_notices_plainly
-from unpaired.plugin_api.registry import default_registry
-from unpaired.results.lease import TIMEOUT_ENV, LeaseHeld, heartbeat_interval, lease_timeout
-from unpaired.results.records import RunResult
-from unpaired.results.run_folder import RunFolder
-from unpaired.results.study_folder import run_folder
-from unpaired.training.run import train_run
-from unpaired.training.runtime import deferred_signals, stop_on_signals, stop_requested
-
-if TYPE_CHECKING:
-    from unpaired.execution.runner import StudySummary
+from unpaired.errors import StopRequested, UnpairedError, UsageError
+from unpaired.execution.jobs import Collect, ExecutorContext, RunJob, train_job
+from unpaired.signals import deferred_signals, stop_on_signals, stop_requested
+from unpaired.storage.lease import TIMEOUT_ENV, heartbeat_interval, lease_timeout
+from unpaired.storage.lifecycle import RunOutcome
+from unpaired.storage.run_folder import RunFolder
 
 
 class RayUnavailable(UnpairedError):
@@ -56,28 +46,31 @@ def _import_ray() -> Any:
 
 
 class RayExecutor:
-    """A connection to a Ray cluster that trains runs as tasks; :attr:`machines` is how many nodes it has."""
+    """A connection to a Ray cluster (``address``; None: Ray on this machine) that trains each run as a task reserving
+    ``cpus_per_run`` CPUs and ``gpus_per_run`` GPUs, started again up to ``max_retries`` times when its worker or node
+    dies; :attr:`machines` is how many nodes it has."""
 
-    def __init__(self, settings: ExecutionConfig, out: Path, listeners: list[object], announce: Callable[[str], None]):
-        self.ray, self.settings, self.listeners = _import_ray(), settings, listeners
-        _check_answers(settings.address)
+    def __init__(self, address: str | None, cpus_per_run: float, gpus_per_run: float, max_retries: int, context: ExecutorContext):
+        self.ray, self.context = _import_ray(), context
+        self.cpus_per_run, self.gpus_per_run, self.max_retries = cpus_per_run, gpus_per_run, max_retries
+        _check_answers(address)
         try:
-            context = self.ray.init(address=settings.address, logging_level="WARNING")
+            connected = self.ray.init(address=address, logging_level="WARNING")
         except ConnectionError as error:
-            raise ClusterUnusable(f"no Ray cluster answers at {settings.address} ({error}); start one with `ray start --head`, "
+            raise ClusterUnusable(f"no Ray cluster answers at {address} ({error}); start one with `ray start --head`, "
                                   "or leave execution.address out to start Ray on this machine") from None
         self.nodes = [node for node in self.ray.nodes() if node["Alive"]]
         self.machines = len(self.nodes)
-        dashboard = getattr(context, "dashboard_url", None)
-        announce(f"Ray: {self.machines} node(s)" + (f", dashboard http://{dashboard}" if dashboard else ""))
+        dashboard = getattr(connected, "dashboard_url", None)
+        context.announce(f"Ray: {self.machines} node(s)" + (f", dashboard http://{dashboard}" if dashboard else ""))
         self.check_fits()
-        self.check_storage(out)
+        self.check_storage(context.out)
         self.silent_holders: set[str] = set()
         """Lease tokens of holders already said to be silent."""
 
     def check_fits(self) -> None:
         """Refuse a run request no node can meet (Ray would keep it pending for ever), naming what the largest node has."""
-        cpus, gpus = self.settings.cpus_per_run, self.settings.gpus_per_run
+        cpus, gpus = self.cpus_per_run, self.gpus_per_run
         have = [(node["Resources"].get("GPU", 0.0), node["Resources"].get("CPU", 0.0)) for node in self.nodes]
         if not any(node_cpus >= cpus and node_gpus >= gpus for node_gpus, node_cpus in have):
             largest_gpus, largest_cpus = max(have, default=(0.0, 0.0))
@@ -106,63 +99,64 @@ class RayExecutor:
             raise UsageError(f"node(s) {', '.join(blind)} cannot read and write {out}: the output folder must be on storage "
                              "every node of the Ray cluster sees (a shared file system), e.g. --out /shared/runs")
 
-    def run(self, todo: list[PlannedRun], out: Path, summary: StudySummary, announce: Callable[[str], None], show_progress: bool) -> None:
+    def run(self, jobs: list[RunJob], collect: Collect) -> None:
         """One task per run; progress until all have ended. A stop signal cancels them: running ones checkpoint first."""
-        settings = self.settings
-        task = self.ray.remote(_train_task).options(num_cpus=settings.cpus_per_run, num_gpus=settings.gpus_per_run,
-                                                    max_retries=settings.max_retries, retry_exceptions=False)
-        threads = max(1, int(settings.cpus_per_run))
-        pending = {task.remote(run.resolved.as_dict(), str(run_folder(out, run)), run.variant, self.listeners, threads,
-                               lease_timeout()): run for run in todo}
-        announce(f"submitted {len(todo)} run(s) to Ray, {settings.cpus_per_run:g} CPU and {settings.gpus_per_run:g} GPU each")
-        progress = tqdm(total=len(todo), unit="run", disable=not show_progress, dynamic_ncols=True, desc="runs")
-        say = progress.write if show_progress else announce  # lines above the bar, not through it
+        task = self.ray.remote(_train_task).options(num_cpus=self.cpus_per_run, num_gpus=self.gpus_per_run,
+                                                    max_retries=self.max_retries, retry_exceptions=False)
+        threads = max(1, int(self.cpus_per_run))
+        pending = {task.remote(job, threads): job for job in jobs}
+        say = self.context.announce
+        say(f"submitted {len(jobs)} run(s) to Ray, {self.cpus_per_run:g} CPU and {self.gpus_per_run:g} GPU each")
+        progress = tqdm(total=len(jobs), unit="run", disable=not self.context.show_progress, dynamic_ncols=True, desc="runs")
+        ended: dict[str, int] = {}
         try:
             with deferred_signals():  # a signal must not raise inside Ray's own waiting: the loop looks for it
                 while pending and stop_requested() is None:
                     ready, _ = self.ray.wait(list(pending), num_returns=1, timeout=1.0)
                     for ref in ready:
-                        self._collect(pending.pop(ref), ref, summary, say)
+                        job = pending.pop(ref)
+                        outcome = self._outcome(job, ref)
+                        ended[outcome.outcome] = ended.get(outcome.outcome, 0) + 1
+                        collect(job, outcome)
                         progress.update()
-                    running = self._watch_leases(out, list(pending.values()), say)
-                    progress.set_postfix(done=len(summary.done), running=running, failed=len(summary.failed),
+                    running = self._watch_leases(list(pending.values()))
+                    progress.set_postfix(trained=ended.get("trained", 0), running=running, failed=ended.get("failed", 0),
                                          pending=len(pending) - running, refresh=True)
                 if pending and (signum := stop_requested()) is not None:
                     say(f"signal {signum}: the running runs checkpoint and stop; the queued ones are cancelled")
                     for ref in pending:
                         self.ray.cancel(ref)
-                    for ref, run in pending.items():
-                        self._collect(run, ref, summary, say)
+                    for ref, job in pending.items():
+                        collect(job, self._outcome(job, ref))
                     raise StopRequested(signum)
         finally:
             progress.close()
 
-    def _watch_leases(self, out: Path, runs: list[PlannedRun], say: Callable[[str], None]) -> int:
-        """How many of ``runs`` a live process holds (each lease read once); and name, once each, a run whose lease holder
+    def _watch_leases(self, jobs: list[RunJob]) -> int:
+        """How many of ``jobs`` a live process holds (each lease read once); and name, once each, a run whose lease holder
         has gone silent (its node died?): the retry waits for it until then."""
         running = 0
-        for run in runs:
-            lease = run_folder(out, run).lease()
+        for job in jobs:
+            lease = RunFolder(job.folder).lease()
             holder, silent = lease.read_holder(), lease.silence()
             running += silent is not None and not lease.is_stale(holder)
             if holder is None or silent is None or silent < 3 * heartbeat_interval() or str(holder.get("token")) in self.silent_holders:
                 continue
             self.silent_holders.add(str(holder.get("token")))
             until = time.strftime("%H:%M:%S", time.localtime(time.time() + max(0.0, lease_timeout() - silent)))
-            say(f"waiting: {run.variant} seed {run.seed} is held by pid {holder['pid']} on {holder['host']}, silent for "
-                f"{silent:.0f} s (its node died?); a retry takes it over at {until} unless it beats again "
-                f"(after {lease_timeout():g} s of silence, {TIMEOUT_ENV})")
+            self.context.announce(f"waiting: {job.label} is held by pid {holder['pid']} on {holder['host']}, silent for "
+                                  f"{silent:.0f} s (its node died?); a retry takes it over at {until} unless it beats again "
+                                  f"(after {lease_timeout():g} s of silence, {TIMEOUT_ENV})")
         return running
 
-    def _collect(self, run: PlannedRun, ref: Any, summary: StudySummary, announce: Callable[[str], None]) -> None:
+    def _outcome(self, job: RunJob, ref: Any) -> RunOutcome:
         try:
-            result: RunResult | LeaseHeld = self.ray.get(ref)
+            outcome: RunOutcome = self.ray.get(ref)
         except self.ray.exceptions.TaskCancelledError:  # cancelled before it started: still pending
-            return
+            return RunOutcome("not-started")
         except Exception as error:  # the task failed for good (retries spent, or Ray itself failed)
-            result = RunResult.from_exception(run.run_id, error)
-        summary.record(run, result)
-        announce(f"{'busy' if isinstance(result, LeaseHeld) else result.status}: {run.variant} seed {run.seed}")
+            return RunOutcome.of_exception(job.run_id, error)
+        return outcome
 
     def close(self) -> None:
         self.ray.shutdown()
@@ -192,18 +186,9 @@ def _check_answers(address: str | None) -> None:
                               "node's HOST:PORT as `ray start --head` printed it (default port 6379), or ray://HOST:10001") from None
 
 
-def _train_task(spec: dict[str, Any], folder: str, variant: str, listeners: list[object], threads: int,
-                lease_timeout_s: float) -> RunResult | LeaseHeld:
-    """A Ray task: train one run in this worker, with the study's listeners and the driver's lease timeout. A cancel
-    (SIGINT) makes the run checkpoint and stop; a run another process holds comes back as :class:`LeaseHeld`."""
-    os.environ[TIMEOUT_ENV] = str(lease_timeout_s)  # the driver's setting, not this node's environment
+def _train_task(job: RunJob, threads: int) -> RunOutcome:
+    """A Ray task: train one job in this worker (see :func:`train_job`). A cancel (SIGINT) makes the run checkpoint and
+    stop; a retry after a dead attempt waits up to 1.5 lease timeouts for that attempt's lease to go stale."""
     node = _import_ray().get_runtime_context().get_node_id()
-    torch.set_num_threads(threads)
-    print_notices_plainly()
-    registry = default_registry()
-    with stop_on_signals(), registry.listening(*listeners):
-        try:
-            return train_run(resolve_variant(spec, registry), RunFolder(Path(folder)), registry, variant, show_progress=False,
-                             lease_wait=1.5 * lease_timeout_s, ray_node=node)
-        except LeaseHeld as busy:
-            return busy
+    with stop_on_signals():
+        return train_job(job, threads=threads, lease_wait=1.5 * job.lease_timeout, ray_node=node)

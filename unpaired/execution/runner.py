@@ -1,4 +1,4 @@
-"""Running a study: which runs are left, checks before training, executing them, and a summary.
+"""Running a study: which runs are left, checks before training, handing them to its executor, and what became of them.
 
 Everything a run needs to continue lives in its folder, so the study itself keeps no
 state: rerunning the same command after a crash (even kill -9) skips finished runs,
@@ -12,23 +12,21 @@ import contextlib
 import json
 import signal
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 import torch
 
-from unpaired.config.study import ExecutionConfig, PlannedRun, Study
+from unpaired.config.study import PlannedRun, Study
 from unpaired.errors import StopRequested, UnpairedError, UsageError
 from unpaired.evaluation.features import FeatureExtractor
-from unpaired.execution.local import LocalExecutor
+from unpaired.execution.jobs import Executor, ExecutorContext, RunJob, make_jobs
+from unpaired.plugin_api.components import Choice
 from unpaired.plugin_api.data import UnpairedData
 from unpaired.plugin_api.registry import Registry
-from unpaired.results.lease import LeaseHeld
-from unpaired.results.records import RunResult
 from unpaired.results.study_folder import moved_run, run_folder, write_index
+from unpaired.signals import deferred_signals, stop_on_signals, stop_requested
+from unpaired.storage.lifecycle import TO_TRAIN, RunOutcome, StudySummary
 from unpaired.training.contracts import ContractError, check_data
-from unpaired.training.runtime import deferred_signals, stop_on_signals, stop_requested
 
 
 def open_datasets(study: Study) -> dict[str, UnpairedData | str]:
@@ -84,57 +82,6 @@ def select_runs(study: Study, only: Sequence[str] | None, seeds: Sequence[int] |
     return [r for r in study.runs if (not only or r.variant in only) and (seeds is None or r.seed in seeds)]
 
 
-@dataclass
-class StudySummary:
-    """What one ``unpaired run`` did."""
-
-    done: list[PlannedRun] = field(default_factory=list)
-    skipped: list[PlannedRun] = field(default_factory=list)
-    failed: list[tuple[PlannedRun, str]] = field(default_factory=list)
-    interrupted: list[PlannedRun] = field(default_factory=list)
-    busy: list[tuple[PlannedRun, str]] = field(default_factory=list)
-    """Runs another live process was training (its lease was held), with who it is."""
-    stopped_by: int | None = None
-    """The signal that stopped the study (queued runs were not started), or None."""
-    aborted: str | None = None
-    """Why the study itself stopped with an error (a bug, an unreachable service), or None."""
-    notes: list[str] = field(default_factory=list)
-    """What listeners add when the study ends (e.g. runs whose tracking is incomplete)."""
-
-    @property
-    def exit_code(self) -> int:
-        """What ``unpaired run`` exits with: 128 + the signal when stopped, 1 when a run failed, else 0."""
-        if self.stopped_by is not None:
-            return 128 + self.stopped_by
-        return 1 if self.failed or self.aborted else 0
-
-    def record(self, run: PlannedRun, result: RunResult | LeaseHeld) -> None:
-        if isinstance(result, LeaseHeld):
-            self.busy.append((run, f"pid {result.holder.get('pid')} on {result.holder.get('host')}"))
-        elif result.reused:  # another process finished it meanwhile
-            self.skipped.append(run)
-        elif result.status == "finished" and result.scoring_problems:  # trained, but its numbers cannot be used
-            self.failed.append((run, f"the scoring failed: {'; '.join(result.scoring_problems)}"))
-        elif result.status == "finished":
-            self.done.append(run)
-        elif result.status == "interrupted":
-            self.interrupted.append(run)
-        else:
-            self.failed.append((run, result.error or ""))
-
-    def __str__(self) -> str:
-        lines = [f"done {len(self.done)}, failed {len(self.failed)}, skipped {len(self.skipped)} (finished earlier)"
-                 + (f", interrupted {len(self.interrupted)}" if self.interrupted else "")
-                 + (f", busy {len(self.busy)} (being trained by another process)" if self.busy else "")]
-        if self.stopped_by is not None:
-            lines.append(f"stopped by signal {self.stopped_by}: run the same command again to resume")
-        lines += [f"note: {note}" for note in self.notes]
-        lines += [f"  FAILED {run.variant} seed {run.seed}: {error}" for run, error in self.failed]
-        lines += [f"  BUSY {run.variant} seed {run.seed}: trained by {holder}; rerun later to pick up what it leaves"
-                  for run, holder in self.busy]
-        return "\n".join(lines)
-
-
 def expected_evaluations(runs: list[PlannedRun]) -> dict[str, str]:
     """Run id -> the evaluation identity its scores must carry (runs that score nothing are left out). Loads each
     feature extractor the runs need once, on the CPU, so a missing one also stops the study before training."""
@@ -155,33 +102,31 @@ def run_study(
     out: Path,
     registry: Registry,
     runs: list[PlannedRun],
-    jobs: int = 1,
     show_progress: bool = True,
     announce: Callable[[str], None] = print,
-    execution: ExecutionConfig | None = None,
+    execution: Choice | None = None,
     rerun_stale: bool = False,
 ) -> StudySummary:
     """Train every run of ``runs`` that is not done and return what became of each.
 
-    Before any training the feature extractors load, the executor starts (``execution``, default the
-    study's: this machine, or a Ray cluster) and the study's listeners (see the
+    Before any training the feature extractors load, the executor starts (``execution``, an ``executor``
+    component with its settings; default the study's ``execution``) and the study's listeners (see the
     ``unpaired_study_listeners`` hook) start. A failing run is recorded and the others go on.
-    Locally, ``jobs`` > 1 trains that many runs at once in separate processes: spread over the
-    visible GPUs, or on the CPU with the cores divided between them. SIGINT or SIGTERM stops the
-    study: running runs checkpoint, queued ones are not started, and the summary says so
-    (``summary.stopped_by``); the listeners always hear of the end.
+    SIGINT or SIGTERM stops the study: running runs checkpoint, queued ones are not started, and the
+    summary says so (``summary.stopped_by``); the listeners always hear of the end.
     """
-    out, execution = Path(out), execution or study.spec.execution
+    out = Path(out)
     summary = StudySummary()
     _gather_moved(runs, out, announce)
     evaluations = expected_evaluations(study.runs)  # of every run: the index records them for compare and the report
     todo = _runs_to_train(runs, out, evaluations, rerun_stale, summary, announce)
     listeners = [listener for found in registry.hook.unpaired_study_listeners(study=study) for listener in found]
     with stop_on_signals():
-        executor = _executor(execution, jobs, registry, listeners, out, announce)
+        executor: Executor = (execution or study.execution).build(ExecutorContext(out, registry, announce, show_progress))
         try:
             with registry.listening(*listeners):
-                _run(study, out, evaluations, registry, executor, todo, summary, announce, show_progress)
+                _run(study, out, evaluations, registry, executor, make_jobs(todo, lambda run: run_folder(out, run).path, listeners),
+                     summary, announce)
         finally:
             executor.close()
     return summary
@@ -222,7 +167,7 @@ def _runs_to_train(runs: list[PlannedRun], out: Path, evaluations: dict[str, str
         elif status == "score-failed":
             result = folder.read_result()
             summary.failed.append((run, f"the scoring failed: {'; '.join(result.scoring_problems if result else [])}"))
-        else:
+        elif status in TO_TRAIN:
             todo.append(run)
             rescore += [run] if status == "rescore" else []
     if stale:
@@ -234,21 +179,19 @@ def _runs_to_train(runs: list[PlannedRun], out: Path, evaluations: dict[str, str
     return todo
 
 
-def _executor(execution: ExecutionConfig, jobs: int, registry: Registry, listeners: list[object], out: Path,
-              announce: Callable[[str], None]) -> Executor:
-    if execution.executor == "ray":
-        from unpaired.execution.ray_executor import RayExecutor  # Ray is optional and slow to import
+def _run(study: Study, out: Path, evaluations: dict[str, str], registry: Registry, executor: Executor, jobs: list[RunJob],
+         summary: StudySummary, announce: Callable[[str], None]) -> None:
+    runs = {run.run_id: run for run in study.runs}
 
-        return RayExecutor(execution, out, listeners, announce)
-    return LocalExecutor(jobs, registry, listeners)
+    def collect(job: RunJob, outcome: RunOutcome) -> None:
+        summary.record(runs[job.run_id], outcome)
+        if outcome.outcome != "not-started":
+            announce(f"{outcome.outcome}: {job.label}" + (f" ({outcome.detail})" if outcome.outcome == "busy" else ""))
 
-
-def _run(study: Study, out: Path, evaluations: dict[str, str], registry: Registry, executor: Executor, todo: list[PlannedRun],
-         summary: StudySummary, announce: Callable[[str], None], show_progress: bool) -> None:
     registry.hook.unpaired_on_study_start(study=study, out=out, machines=executor.machines)
     try:
         write_index(study, out, evaluations)
-        executor.run(todo, out, summary, announce, show_progress)
+        executor.run(jobs, collect)
         if summary.interrupted:
             summary.stopped_by = stop_requested() or signal.SIGINT
     except StopRequested as stop:
@@ -260,14 +203,3 @@ def _run(study: Study, out: Path, evaluations: dict[str, str], registry: Registr
         with deferred_signals():
             registry.hook.unpaired_on_study_end(study=study, out=out, summary=summary)
 
-
-class Executor(Protocol):
-    """Trains a study's runs somewhere; ``machines``: how many machines the runs may land on."""
-
-    machines: int
-
-    def run(self, todo: list[PlannedRun], out: Path, summary: StudySummary, announce: Callable[[str], None], show_progress: bool) -> None:
-        """Train ``todo``, recording each run's outcome in ``summary``; raise StopRequested when a signal stopped it."""
-
-    def close(self) -> None:
-        """Release what the executor holds (a cluster connection)."""

@@ -11,7 +11,7 @@ The names a plugin needs are exported here::
 """
 
 from unpaired import hookimpl
-from unpaired.errors import Notice
+from unpaired.errors import Notice, StopRequested
 from unpaired.plugin_api.components import GanLoss, ImagePool, LossWeights, LossWeightSchedule, Norm, TrainingProgress
 from unpaired.plugin_api.data import (
     IMAGE_EXTENSIONS,
@@ -27,10 +27,15 @@ from unpaired.plugin_api.data import (
 from unpaired.plugin_api.lifecycle import RunInfo
 from unpaired.plugin_api.methods import DIRECTIONS, Direction, Method, MethodParts, Runtime, forward_each
 from unpaired.plugin_api.metrics import Metric, Score
+from unpaired.signals import deferred_signals, stop_requested
 
-_FRAMEWORK_TYPES = {"RunResult": "unpaired.results.records", "Study": "unpaired.config.study",
-                    "StudySummary": "unpaired.execution.runner"}
-"""What lifecycle hooks receive besides ``RunInfo``: defined in the framework's own layers, imported on first use."""
+_FRAMEWORK_TYPES = {"RunResult": "unpaired.storage.records", "Study": "unpaired.config.study",
+                    "StudySummary": "unpaired.storage.lifecycle", "RunOutcome": "unpaired.storage.lifecycle",
+                    "Executor": "unpaired.execution.jobs", "ExecutorContext": "unpaired.execution.jobs", "RunJob": "unpaired.execution.jobs",
+                    "train_job": "unpaired.execution.jobs", "write_job": "unpaired.execution.worker",
+                    "worker_command": "unpaired.execution.worker", "read_outcome": "unpaired.execution.worker"}
+"""What lifecycle hooks receive besides ``RunInfo``, and what executors use: defined in the framework's own layers,
+imported on first use."""
 
 
 def __getattr__(name: str) -> object:
@@ -42,8 +47,9 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [
-    "DIRECTIONS", "IMAGE_EXTENSIONS", "DataError", "Direction", "Domain", "GanLoss", "ImagePool", "LossWeightSchedule", "LossWeights",
-    "Method", "MethodParts", "Metric", "Norm", "Notice", "RunInfo", "RunResult", "Runtime", "Score", "Split", "Study", "StudySummary",
-    "TrainingProgress", "Transform",
-    "TransformParams", "UnpairedData", "forward_each", "hookimpl", "list_images", "load_image",
+    "DIRECTIONS", "IMAGE_EXTENSIONS", "DataError", "Direction", "Domain", "Executor", "ExecutorContext", "GanLoss", "ImagePool",
+    "LossWeightSchedule", "LossWeights", "Method", "MethodParts", "Metric", "Norm", "Notice", "RunInfo", "RunJob", "RunOutcome",
+    "RunResult", "Runtime", "Score", "Split", "StopRequested", "Study", "StudySummary", "TrainingProgress", "Transform",
+    "TransformParams", "UnpairedData", "deferred_signals", "forward_each", "hookimpl", "list_images", "load_image", "read_outcome",
+    "stop_requested", "train_job", "worker_command", "write_job",
 ]

@@ -14,12 +14,16 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel
 from torch import Tensor, nn
 
-REGISTER_HOOKS: dict[str, str] = {
+ComponentKind = Literal["method", "generator", "discriminator", "norm", "gan_loss", "image_pool", "loss_weights", "dataset",
+                        "feature_extractor", "metric", "executor"]
+"""The component kinds: what a plugin can register (each with its own hook, :data:`REGISTER_HOOKS`)."""
+
+REGISTER_HOOKS: dict[ComponentKind, str] = {
     "method": "unpaired_register_methods",
     "generator": "unpaired_register_generators",
     "discriminator": "unpaired_register_discriminators",
@@ -30,13 +34,12 @@ REGISTER_HOOKS: dict[str, str] = {
     "dataset": "unpaired_register_datasets",
     "feature_extractor": "unpaired_register_feature_extractors",
     "metric": "unpaired_register_metrics",
+    "executor": "unpaired_register_executors",
 }
-"""The component kinds (the one place they are listed), each with the hook that registers them."""
+"""Each component kind with the hook that registers it (a test checks that they match :data:`ComponentKind`)."""
 
-ComponentKind = str
-"""One of :data:`KINDS`."""
-
-KINDS: tuple[ComponentKind, ...] = tuple(REGISTER_HOOKS)
+KINDS: tuple[ComponentKind, ...] = get_args(ComponentKind)
+"""The kinds in their order (listings sort by it)."""
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ receives a ``register`` callback and calls it once per component it provides::
 - ``default``: True makes it the component a spec gets when it leaves this kind
   out. The built-ins mark the paper's choices; at most one component per kind may.
 
-Built-in components are registered the same way by ``unpaired_plugins``.
+``unpaired.plugin_api.factories`` types ``register`` (:class:`Register`) and each kind's factory
+(``GeneratorFactory``, ...). Built-in components are registered the same way by ``unpaired_plugins``.
 A plugin's own tests check each of its components with ``unpaired.testing.check_component``.
 
 The lifecycle hooks below are called on plugins and on *listeners*, objects added for
@@ -25,23 +26,20 @@ a while with ``Registry.listening`` (see :func:`unpaired_study_listeners`).
 from __future__ import annotations
 
 from pathlib import Path
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import pluggy
 
 from unpaired import PROJECT_NAME
+from unpaired.plugin_api.factories import Register
 from unpaired.plugin_api.lifecycle import RunInfo
 
 if TYPE_CHECKING:  # the framework's types that lifecycle hooks receive (exported from unpaired.plugin_api)
     from unpaired.config.study import Study
-    from unpaired.execution.runner import StudySummary
-    from unpaired.results.records import RunResult
+    from unpaired.storage.lifecycle import StudySummary
+    from unpaired.storage.records import RunResult
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
-
-Register = Callable[..., None]
-"""``register(name, factory, params_model, description, default=False)``, passed to every registration hook."""
 
 
 @hookspec
@@ -151,6 +149,19 @@ def unpaired_register_metrics(register: Register) -> None:
     """
 
 
+@hookspec
+def unpaired_register_executors(register: Register) -> None:
+    """Register executors: where a study's runs train, what ``execution: {executor: NAME, ...}`` names (its other
+    keys are the executor's parameters; ``unpaired run`` offers each parameter as an option, ``--NAME-WITH-DASHES``).
+
+    ``factory(params, context: unpaired.execution.jobs.ExecutorContext) -> unpaired.execution.jobs.Executor``: connects
+    to wherever the runs train and checks what it can before anything trains (raise an ``UnpairedError`` naming what
+    to do). Its ``run(jobs, collect)`` trains each ``RunJob`` through ``unpaired.execution.jobs.train_job`` in some worker
+    (a process per run can use ``python -m unpaired.execution.worker``), calls ``collect(job, outcome)`` with each
+    ``RunOutcome``, and on a stop signal stops its workers (they checkpoint), collects them and raises ``StopRequested``.
+    """
+
+
 # Lifecycle hooks. ``run`` is a ``RunInfo`` (run id, variant, seed, folder, resolved spec), ``result`` a
 # ``RunResult``, ``study`` a ``Study`` and ``summary`` a ``StudySummary``: all importable from unpaired.plugin_api.
 
@@ -173,7 +184,7 @@ def unpaired_on_study_start(study: Study, out: Path, machines: int) -> None:
 
 
 @hookspec
-def unpaired_on_variant_start(run: RunInfo) -> None:
+def unpaired_on_run_start(run: RunInfo) -> None:
     """Called when a run starts or resumes, in the process that trains it, before its data and networks
     are loaded (so a run that cannot even start is seen too)."""
 
@@ -191,9 +202,25 @@ def unpaired_on_epoch_end(run: RunInfo, epoch: int, metrics: dict[str, float]) -
 
 
 @hookspec
-def unpaired_on_variant_end(run: RunInfo, result: RunResult) -> None:
+def unpaired_on_run_end(run: RunInfo, result: RunResult) -> None:
     """Called once when a run stops: ``result.status`` is ``finished``, ``failed`` or
     ``interrupted``; a failure carries ``result.error``. ``result.json`` is written by then."""
+
+
+# The names these two hooks had in 0.1, still called (right after unpaired_on_run_start, right before
+# unpaired_on_run_end) for the plugins that implement them, with a DeprecationWarning when they register.
+
+
+@hookspec(warn_on_impl=DeprecationWarning("unpaired_on_variant_start is deprecated: implement unpaired_on_run_start, "
+                                          "the same hook under its new name; the old one goes in the next release"))
+def unpaired_on_variant_start(run: RunInfo) -> None:
+    """Deprecated: :func:`unpaired_on_run_start`."""
+
+
+@hookspec(warn_on_impl=DeprecationWarning("unpaired_on_variant_end is deprecated: implement unpaired_on_run_end, "
+                                          "the same hook under its new name; the old one goes in the next release"))
+def unpaired_on_variant_end(run: RunInfo, result: RunResult) -> None:
+    """Deprecated: :func:`unpaired_on_run_end`."""
 
 
 @hookspec

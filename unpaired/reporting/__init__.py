@@ -19,10 +19,10 @@ from unpaired.errors import Notice
 from unpaired.plugin_api.registry import Registry
 from unpaired.reporting.render import render_html, render_markdown
 from unpaired.reporting.report import build_report
-from unpaired.results.files import atomic_write_text
+from unpaired.storage.files import atomic_write_text
 from unpaired.results.study_folder import report_path
 from unpaired.results.study_results import read_study_results
-from unpaired.training.runtime import stop_requested
+from unpaired.signals import stop_requested
 
 
 def write_report(out: Path, registry: Registry, target: Path | None = None, fmt: str = "html", metric: str = "fid_mean",

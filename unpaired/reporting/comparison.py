@@ -9,11 +9,11 @@ import torch
 from unpaired.plugin_api.data import to_uint8
 from unpaired.plugin_api.registry import Registry
 from unpaired.reporting.figures import image_grid
-from unpaired.results.files import CorruptFileError
+from unpaired.storage.files import CorruptFileError
 from unpaired.plugin_api.methods import DIRECTIONS, SOURCE_DOMAIN, Direction
-from unpaired.results.records import ExportedGenerator
+from unpaired.storage.records import ExportedGenerator
 from unpaired.results.study_results import RunRecord, StudyResults
-from unpaired.training.runtime import stop_requested
+from unpaired.signals import stop_requested
 from unpaired.training.samples import showcase_inputs, translate
 
 

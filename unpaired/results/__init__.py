@@ -1,3 +1,3 @@
-"""What runs leave behind and how it is read: the run folder (the one owner of its files and their
-formats), the study folder, MLflow tracking (a hook plugin) and the comparison of variants.
+"""What a study's runs add up to: the study folder and its index, MLflow tracking (a hook plugin),
+the study's results as a table, and the statistics that compare its variants.
 """

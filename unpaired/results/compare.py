@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from unpaired.errors import UsageError
+from unpaired.results.mlflow_store import RUN_ROLES
 
 def finished_runs(study_name: str, uri: str | None) -> pd.DataFrame:
     """One row per finished variant x seed run of the study's experiment: variant, seed, run id and all metrics."""
@@ -20,11 +21,9 @@ def finished_runs(study_name: str, uri: str | None) -> pd.DataFrame:
         mlflow.set_tracking_uri(uri)
     if mlflow.MlflowClient(tracking_uri=uri).get_experiment_by_name(study_name) is None:
         raise UsageError(f"no MLflow experiment named {study_name!r} at {mlflow.get_tracking_uri()}; run the study first")
-    runs = mlflow.search_runs(
-        experiment_names=[study_name],
-        filter_string="tags.`unpaired.role` = 'variant' and attributes.status = 'FINISHED'",
-        output_format="pandas",
-    )
+    found = [table for role in RUN_ROLES if not (table := mlflow.search_runs(experiment_names=[study_name], output_format="pandas",
+             filter_string=f"tags.`unpaired.role` = '{role}' and attributes.status = 'FINISHED'")).empty]
+    runs = pd.concat(found, ignore_index=True) if found else pd.DataFrame()
     if runs.empty:
         return pd.DataFrame(columns=["variant", "seed", "run_id", "planned_seeds"])
     table = pd.DataFrame({

@@ -18,6 +18,10 @@ from unpaired import ENTRY_POINT_GROUP
 from unpaired.config.overrides import flatten
 from unpaired.errors import UnpairedError
 
+RUN_ROLE = "run"
+"""The ``unpaired.role`` tag of a run's MLflow run (a study's is ``study``)."""
+RUN_ROLES = (RUN_ROLE, "variant")
+"""The role tags a run's MLflow run may carry: ``variant`` is what 0.1 wrote, still read."""
 _REQUEST_SETTINGS = ("MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
                      "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER")
 _SET_BY_USER = {name for name in _REQUEST_SETTINGS if name in os.environ}

@@ -12,9 +12,9 @@ from typing import Any
 from unpaired import __version__
 from unpaired.config.study import PlannedRun, Study
 from unpaired.errors import UsageError
-from unpaired.results.files import CorruptFileError, atomic_write_json
-from unpaired.results.records import RunResult
-from unpaired.results.run_folder import RunFolder
+from unpaired.storage.files import CorruptFileError, atomic_write_json
+from unpaired.storage.records import RunResult
+from unpaired.storage.run_folder import RunFolder
 
 INDEX = "study.json"
 REPORTS = {"html": "report.html", "markdown": "report.md"}

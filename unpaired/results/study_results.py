@@ -13,9 +13,9 @@ from typing import Any
 
 import pandas as pd
 
-from unpaired.results.files import CorruptFileError
-from unpaired.results.records import RunResult
-from unpaired.results.run_folder import RunFolder
+from unpaired.storage.files import CorruptFileError
+from unpaired.storage.records import RunResult
+from unpaired.storage.run_folder import RunFolder
 from unpaired.results.study_folder import read_index, unplanned_runs
 
 

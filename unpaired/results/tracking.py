@@ -26,11 +26,11 @@ from typing import Any
 from unpaired import hookimpl
 from unpaired.errors import Notice
 from unpaired.plugin_api.lifecycle import RunInfo
-from unpaired.results.files import CorruptFileError
-from unpaired.results.lease import process_alive
-from unpaired.results.mlflow_store import (TrackingError, check_reachable, check_shareable, client, first_use_serialised, flatten_params,
-                                           plugin_versions, tracking_uri)
-from unpaired.results.run_folder import RunFolder
+from unpaired.storage.files import CorruptFileError
+from unpaired.storage.lease import process_alive
+from unpaired.results.mlflow_store import (RUN_ROLE, RUN_ROLES, TrackingError, check_reachable, check_shareable, client,
+                                           first_use_serialised, flatten_params, plugin_versions, tracking_uri)
+from unpaired.storage.run_folder import RunFolder
 from unpaired.results.study_folder import git_commit, report_path, run_folder
 
 EPOCH_MARKER = "lr"
@@ -112,7 +112,7 @@ class StudyTracker:
             owner_host, _, pid = parent.data.tags.get("unpaired.owner", "").partition(":")
             if owner_host == host and pid.isdigit() and not process_alive(int(pid)):
                 self.client.set_terminated(parent.info.run_id, "KILLED")
-        for child in self._search("tags.`unpaired.role` = 'variant' and attributes.status = 'RUNNING'"):
+        for child in [run for role in RUN_ROLES for run in self._search(f"tags.`unpaired.role` = '{role}' and attributes.status = 'RUNNING'")]:
             folder = child.data.tags.get("unpaired.folder")
             if folder and not RunFolder(Path(folder)).is_leased():
                 self.client.set_terminated(child.info.run_id, "KILLED")
@@ -138,7 +138,7 @@ class StudyTracker:
     def _new_child(self, run: RunInfo, folder: RunFolder) -> str:
         from mlflow.entities import Param, RunTag
 
-        tags = {"mlflow.parentRunId": self.parent_run_id, "unpaired.study": self.study, "unpaired.role": "variant",
+        tags = {"mlflow.parentRunId": self.parent_run_id, "unpaired.study": self.study, "unpaired.role": RUN_ROLE,
                 "unpaired.variant": run.variant, "unpaired.run_id": run.run_id, "unpaired.variant_key": run.variant_key,
                 "unpaired.seed": str(run.seed), "unpaired.planned_seeds": str(self.planned_seeds), "unpaired.status": "running",
                 "unpaired.plugins": plugin_versions(), "unpaired.folder": _folder_tag(folder)}
@@ -169,7 +169,7 @@ class StudyTracker:
         return logged
 
     @hookimpl
-    def unpaired_on_variant_start(self, run: Any) -> None:
+    def unpaired_on_run_start(self, run: Any) -> None:
         with self.guarded(run.run_id):
             folder = RunFolder(Path(run.folder))
             child_id = self._child(run, folder)
@@ -185,7 +185,7 @@ class StudyTracker:
                 self._log_metrics(self.children[run.run_id], metrics, step=epoch)
 
     @hookimpl
-    def unpaired_on_variant_end(self, run: Any, result: Any) -> None:
+    def unpaired_on_run_end(self, run: Any, result: Any) -> None:
         child_id = self.children.get(run.run_id)
         if child_id is None or run.run_id in self.lost:
             return

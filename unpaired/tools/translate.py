@@ -11,7 +11,7 @@ from torch import nn
 from unpaired.errors import InputError
 from unpaired.plugin_api.data import IMAGE_EXTENSIONS, Transform, list_images, load_image, save_grid
 from unpaired.plugin_api.registry import Registry
-from unpaired.results.records import Direction, ExportedGenerator
+from unpaired.storage.records import Direction, ExportedGenerator
 
 
 def load_generator(path: Path, direction: Direction, registry: Registry) -> tuple[nn.Module, int]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -21,29 +20,21 @@ from tqdm import tqdm
 
 from unpaired.config.resolved import ResolvedVariant
 from unpaired.config.spec import TrainConfig
-from unpaired.errors import Notice
+from unpaired.errors import Note, Notice
 from unpaired.evaluation.scoring import Scorer, Scores
 from unpaired.plugin_api.components import TrainingProgress
 from unpaired.plugin_api.lifecycle import RunInfo
 from unpaired.plugin_api.metrics import best_columns
-from unpaired.results.files import CorruptFileError
-from unpaired.results.records import Checkpoint, ExportedGenerator, RunResult, TrainingState
-from unpaired.results.run_folder import RunFolder
+from unpaired.storage.files import CorruptFileError
+from unpaired.storage.records import Checkpoint, ExportedGenerator, RunResult, TrainingState
+from unpaired.storage.run_folder import RunFolder
 from unpaired.training.batches import EpochOrder, TrainPairs
 from unpaired.training.contracts import check_contracts, check_data, describe_component
 from unpaired.training.parts import build_method, runtime_of
 from unpaired.training.watch import LossWatch
-from unpaired.training.runtime import (
-    TrainingError,
-    TrainingInterrupted,
-    capture_rng,
-    deferred_signals,
-    describe_device,
-    pick_device,
-    restore_rng,
-    seed_everything,
-    stop_requested,
-)
+from unpaired.devices import describe_device, pick_device
+from unpaired.signals import deferred_signals, stop_requested
+from unpaired.training.runtime import TrainingError, TrainingInterrupted, capture_rng, restore_rng, seed_everything
 from unpaired.training.samples import save_samples, save_showcase
 
 
@@ -101,8 +92,8 @@ class Trainer:
                 f"{self.variant.run_id}); train into another output folder or delete {self.folder.checkpoints}"
             )
         if self.device.type == "cpu" and checkpoint.threads != torch.get_num_threads():
-            print(f"note: {self.folder} resumes with {checkpoint.threads} CPU threads, as it started (this process had "
-                  f"{torch.get_num_threads()}): a CPU run's numbers depend on the thread count", file=sys.stderr)
+            warnings.warn(f"{self.folder} resumes with {checkpoint.threads} CPU threads, as it started (this process had "
+                          f"{torch.get_num_threads()}): a CPU run's numbers depend on the thread count", Note, stacklevel=1)
             torch.set_num_threads(checkpoint.threads)
         self.method.load_state_dict(checkpoint.model)
         restore_rng(checkpoint.rng)

@@ -12,28 +12,33 @@ from unpaired.evaluation.rescore import rescore_run
 from unpaired.evaluation.scoring import Scorer
 from unpaired.plugin_api.lifecycle import RunInfo
 from unpaired.plugin_api.registry import Registry
-from unpaired.results.files import CorruptFileError, StorageError
-from unpaired.results.records import RunResult, describe_failure
-from unpaired.results.run_folder import RunFolder
+from unpaired.storage.files import CorruptFileError, StorageError
+from unpaired.storage.lease import LeaseHeld
+from unpaired.storage.lifecycle import RunOutcome
+from unpaired.storage.records import RunResult, describe_failure
+from unpaired.storage.run_folder import RunFolder
 from unpaired.training.loop import Trainer
-from unpaired.training.runtime import pick_device, thread_count_kept
+from unpaired.devices import pick_device, thread_count_kept
 
 
 def train_run(variant: ResolvedVariant, folder: RunFolder, registry: Registry, variant_name: str | None = None,
-              show_progress: bool = True, lease_wait: float = 0.0, ray_node: str | None = None) -> RunResult:
-    """Train ``variant`` in ``folder``, resuming from its latest checkpoint there, and return how it ended.
+              show_progress: bool = True, lease_wait: float = 0.0, ray_node: str | None = None) -> RunOutcome:
+    """Train ``variant`` in ``folder``, resuming from its latest checkpoint there, and return what became of it.
 
-    This is the one place where an exception becomes a run's status: a signal makes the run
+    This is the one place where an exception becomes a run's status (the words of :mod:`unpaired.storage.lifecycle`): a signal makes the run
     ``interrupted`` (a checkpoint was written; nothing else is recorded), any other exception
     ``failed`` (``result.json`` says why, ``error.txt`` holds the details). A finished run is not
     trained again: its stored result is returned, or, when its scores are missing or were made under another
     evaluation than ``variant.eval``, its final generators are scored again (a failed rescoring keeps its
     result). The lifecycle hooks are told of the start (before anything is loaded) and of the end. All of it happens while holding the run folder's
-    lease: when another live process holds it (still, after ``lease_wait`` seconds), :class:`LeaseHeld` is
-    raised and nothing is done. A run trained here records this host (and ``ray_node``, the Ray node id, if any).
+    lease: when another live process holds it (still, after ``lease_wait`` seconds), nothing is done and the
+    outcome is ``busy``. A run trained here records this host (and ``ray_node``, the Ray node id, if any).
     """
     lease = folder.lease()
-    lease.acquire(wait=lease_wait)  # raises LeaseHeld while another live process trains this run
+    try:
+        lease.acquire(wait=lease_wait)
+    except LeaseHeld as held:  # another live process trains this run
+        return RunOutcome.busy(held)
     try:
         with thread_count_kept():
             previous, scorer = _previous_result(folder), None
@@ -41,12 +46,13 @@ def train_run(variant: ResolvedVariant, folder: RunFolder, registry: Registry, v
                 try:
                     scorer = Scorer(variant.eval, pick_device(variant.train.device)) if variant.eval.metrics else None
                 except UnpairedError as error:  # e.g. the extractor cannot load here: the finished result stays as it is
-                    return RunResult.from_exception(variant.run_id, error)
+                    return RunOutcome.of_exception(variant.run_id, error)
                 if scorer is None or (previous.scoring is not None and previous.scoring.identity == scorer.identity):
-                    return previous.model_copy(update={"reused": True})
+                    return RunOutcome.of_result(previous, reused=True)
             run = RunInfo(variant.run_id, variant.variant_key, variant_name, variant.train.seed, folder.path, variant.as_dict())
             try:
-                registry.hook.unpaired_on_variant_start(run=run)
+                registry.hook.unpaired_on_run_start(run=run)
+                registry.hook.unpaired_on_variant_start(run=run)  # its name in 0.1, deprecated
                 if scorer is not None:  # trained, but scored under another evaluation (or not at all): score, train nothing
                     result = _rescored(folder, registry, scorer, variant)
                 else:
@@ -60,8 +66,9 @@ def train_run(variant: ResolvedVariant, folder: RunFolder, registry: Registry, v
                     folder.write_result(result, failure)
                 except StorageError as error:  # e.g. the disk filled up: the run is not recorded, a rerun redoes its end
                     result = RunResult.from_exception(variant.run_id, error)
-            registry.hook.unpaired_on_variant_end(run=run, result=result)
-            return result
+            registry.hook.unpaired_on_variant_end(run=run, result=result)  # its name in 0.1, deprecated
+            registry.hook.unpaired_on_run_end(run=run, result=result)
+            return RunOutcome.of_result(result)
     finally:
         lease.release()
 

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from unpaired.evaluation.features import evaluating
 from unpaired.plugin_api.data import UnpairedData, save_grid, to_uint8
 from unpaired.plugin_api.methods import SOURCE_DOMAIN, Direction, Method, Runtime
-from unpaired.results.run_folder import RunFolder
+from unpaired.storage.run_folder import RunFolder
 
 REVERSE: dict[Direction, Direction] = {"AtoB": "BtoA", "BtoA": "AtoB"}
 

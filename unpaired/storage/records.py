@@ -1,7 +1,7 @@
 """What a run folder's files hold, as types: the result, the checkpoint, an exported generator.
 
 Each type knows its file format (and its version) and checks it when a file is read back;
-:class:`unpaired.results.run_folder.RunFolder` knows where each file lives.
+:class:`unpaired.storage.run_folder.RunFolder` knows where each file lives.
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from unpaired.errors import InputError, Interrupted, StopRequested, UnpairedError
 from unpaired.plugin_api.methods import Direction
 from unpaired.plugin_api.registry import Registry
-from unpaired.results.files import CorruptFileError, load_tensors
+from unpaired.storage.files import CorruptFileError, load_tensors
 
 CHECKPOINT_FORMAT = 3
 GENERATOR_FORMAT = 2
@@ -37,11 +37,15 @@ class Scoring(BaseModel):
     """Each headline score column (``fid_a2b``, ``fid_mean``, ...) -> whether smaller is better."""
 
 
+Ending = Literal["finished", "failed", "interrupted"]
+"""How one attempt at a run ends (see :mod:`unpaired.storage.lifecycle`)."""
+
+
 class RunResult(BaseModel):
     """How a run ended (``result.json``): finished with its numbers, failed with its error, or interrupted."""
 
     model_config = ConfigDict(extra="forbid")
-    status: Literal["finished", "failed", "interrupted"]
+    status: Ending
     run_id: str
     error: str | None = None
     """One line: the exception's type and message (the traceback goes to ``error.txt``)."""
@@ -69,8 +73,6 @@ class RunResult(BaseModel):
     """The machine that trained it (its host name)."""
     ray_node: str | None = None
     """The Ray node id of that machine, when a Ray cluster trained it."""
-    reused: bool = Field(False, exclude=True)
-    """True when this is an earlier result handed back because the run had already finished (never stored)."""
 
     @property
     def finished(self) -> bool:

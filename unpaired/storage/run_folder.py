@@ -8,9 +8,9 @@
     result.json                    how the run ended
     error.txt                      what made it fail
     mlflow_run.json                the MLflow run that tracks it
-    lease.json                     who is training it now (see :mod:`unpaired.results.lease`)
+    lease.json                     who is training it now (see :mod:`unpaired.storage.lease`)
 
-No other module spells these names. What the files hold is typed in :mod:`unpaired.results.records`.
+No other module spells these names. What the files hold is typed in :mod:`unpaired.storage.records`.
 """
 
 from __future__ import annotations
@@ -20,13 +20,13 @@ import io
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from unpaired.results.files import CorruptFileError, atomic_save, atomic_write_json, atomic_write_text, load_tensors, read_json
-from unpaired.results.lease import Lease
-from unpaired.results.records import Checkpoint, Direction, ExportedGenerator, RunResult, validate_result
+from unpaired.storage.files import CorruptFileError, atomic_save, atomic_write_json, atomic_write_text, load_tensors, read_json
+from unpaired.storage.lease import Lease
+from unpaired.storage.lifecycle import RunStatus
+from unpaired.storage.records import Checkpoint, Direction, ExportedGenerator, RunResult, validate_result
 
-Status = Literal["done", "stale", "rescore", "score-failed", "running", "partial", "failed", "pending"]
 _CHECKPOINT = re.compile(r"^epoch-(\d+)-step-(\d+)\.pt$")
 
 
@@ -191,11 +191,12 @@ class RunFolder:
     def error_file(self) -> Path:
         return self.path / "error.txt"
 
-    def status(self, run_id: str, plugins: dict[str, str] | None = None, evaluation: str | None = None) -> Status:
+    def status(self, run_id: str, plugins: dict[str, str] | None = None, evaluation: str | None = None) -> RunStatus:
         """``done`` (finished as ``run_id``), ``stale`` (done, but by other versions of the ``plugins`` that provide
         its components: distribution -> version), ``rescore`` (done, but its scores are missing or carry another
         identity than ``evaluation``; None: scores are not checked), ``score-failed`` (done, a score is NaN or
-        infinite), ``running`` (a live process holds its lease), ``failed``, ``partial`` (has a checkpoint) or ``pending``."""
+        infinite), ``running`` (a live process holds its lease), ``failed``, ``partial`` (has a checkpoint) or ``pending``:
+        the vocabulary of :mod:`unpaired.storage.lifecycle`."""
         try:
             result = self.read_result()
         except CorruptFileError:  # training it again will rewrite it

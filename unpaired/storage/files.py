@@ -85,6 +85,11 @@ def atomic_save(state: dict[str, Any], path: Path) -> None:
     _atomic_write(path, buffer.getvalue())
 
 
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically."""
+    _atomic_write(path, data)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Replace ``path`` with ``text`` atomically."""
     _atomic_write(path, text.encode())

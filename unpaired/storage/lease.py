@@ -35,8 +35,9 @@ class LeaseHeld(UnpairedError):
 
     def __init__(self, path: Path, holder: dict[str, Any]):
         self.path, self.holder = path, holder
-        who = f"pid {holder.get('pid')} on {holder.get('host')}" if holder else "a process whose lease file was being written"
-        super().__init__(f"{path.parent} is being worked on by {who}")
+        self.who = f"pid {holder.get('pid')} on {holder.get('host')}" if holder else "a process whose lease file was being written"
+        """Who holds it, for people."""
+        super().__init__(f"{path.parent} is being worked on by {self.who}")
 
     def __reduce__(self) -> tuple[Any, ...]:  # crosses process boundaries (worker -> study)
         return type(self), (self.path, self.holder)

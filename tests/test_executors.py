@@ -1,0 +1,98 @@
+"""Executors are a component kind: chosen and validated like any other, their settings offered as `unpaired run` options,
+and what every executor collects is one `RunOutcome`, whose words are the run lifecycle's."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+from conftest import run_cli, write_study
+from unpaired.config.study import load_study
+from unpaired.execution.jobs import make_jobs
+from unpaired.execution.worker import outcome_path, read_outcome, write_job
+from unpaired.storage.lease import LeaseHeld
+from unpaired.storage.lifecycle import RunOutcome, StudySummary
+from unpaired.storage.records import RunResult
+
+
+def test_a_study_chooses_its_executor_and_settings_validated_by_that_executor(registry, tmp_path):
+    study = load_study(write_study(tmp_path / "ray.yaml", "ray-study", execution={"executor": "ray", "cpus_per_run": 2}), registry)
+    assert study.execution.component.name == "ray" and study.execution.params.cpus_per_run == 2.0
+    assert load_study(write_study(tmp_path / "plain.yaml", "plain"), registry).execution.as_dict() == {"name": "local", "jobs": 1}
+
+    unknown = write_study(tmp_path / "unknown.yaml", "unknown", execution={"executor": "slurm"})
+    result = run_cli("validate", str(unknown))
+    assert result.returncode == 2 and "execution.executor: unknown executor 'slurm'." in result.stderr
+    assert "Available: local, ray" in result.stderr
+    misspelt = write_study(tmp_path / "misspelt.yaml", "misspelt", execution={"executor": "ray", "cpus_per_runn": 2}, seeds=[0, 0])
+    result = run_cli("validate", str(misspelt))
+    assert result.returncode == 2 and "execution.cpus_per_runn" in result.stderr and "cpus_per_run" in result.stderr
+    assert "seeds: each seed may appear once" in result.stderr  # with every other problem, at once
+    local_only = write_study(tmp_path / "local.yaml", "local-only", execution={"jobs": 0})
+    result = run_cli("validate", str(local_only))
+    assert result.returncode == 2 and "execution.jobs" in result.stderr
+
+    kept_for_ray = write_study(tmp_path / "kept.yaml", "kept", execution={"cpus_per_run": 2, "jobs": 2})
+    study = load_study(kept_for_ray, registry)
+    assert study.execution.as_dict() == {"name": "local", "jobs": 2}
+    result = run_cli("validate", str(kept_for_ray))
+    assert result.returncode == 0
+    assert "warning: execution.cpus_per_run is a setting of the ray executor; local, which trains the study here, leaves it aside" \
+        in result.stderr
+
+
+def test_run_offers_every_executor_setting_and_refuses_one_the_chosen_executor_lacks(tmp_path):
+    helped = " ".join(run_cli("run", "--help").stdout.split())  # unwrapped
+    for option in ("--executor {local,ray}", "--jobs", "--address", "--cpus-per-run", "--gpus-per-run", "--max-retries"):
+        assert option in helped, option
+    assert "(ray executor)" in helped and "(local executor)" in helped
+
+    study = write_study(tmp_path / "s.yaml", "s", tracking={"enabled": False})
+    refused = run_cli("run", str(study), "--out", str(tmp_path / "out"), "--cpus-per-run", "2")
+    assert refused.returncode == 1
+    assert "--cpus-per-run is a setting of the ray executor, not of local: add --executor ray" in refused.stderr
+    bad = run_cli("run", str(study), "--out", str(tmp_path / "out"), "--jobs", "none")
+    assert bad.returncode == 1 and "--jobs: " in bad.stderr and "valid integer" in bad.stderr
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").glob("*/*"))  # refused before anything trained
+
+
+def test_the_outcome_of_a_result_is_the_lifecycle_s_transition(registry, tmp_path):
+    finished = RunResult(status="finished", run_id="r")
+    assert RunOutcome.of_result(finished).outcome == "trained"
+    assert RunOutcome.of_result(finished, reused=True).outcome == "skipped"
+    unusable = RunOutcome.of_result(finished.model_copy(update={"scoring_problems": ["fid_a2b is nan"]}))
+    assert (unusable.outcome, unusable.detail) == ("failed", "the scoring failed: fid_a2b is nan")
+    assert RunOutcome.of_exception("r", KeyboardInterrupt()).outcome == "failed"
+    assert RunOutcome.of_exception("r", LeaseHeld(tmp_path / "lease.json", {"pid": 7, "host": "h"})).detail == "pid 7 on h"
+
+    summary = StudySummary()
+    runs = load_study(write_study(tmp_path / "g.yaml", "g", grid={"generator.n_blocks": [1, 2, 3]}, seeds=[0, 1]), registry).runs
+    outcomes = ["trained", "skipped", "failed", "interrupted", "busy", "not-started"]
+    for run, outcome in zip(runs, outcomes):
+        summary.record(run, RunOutcome(outcome, detail="why"))
+    assert [len(summary.done), len(summary.skipped), len(summary.failed), len(summary.interrupted), len(summary.busy)] == [1] * 5
+    assert str(summary).startswith("done 1, failed 1, skipped 1 (finished earlier), interrupted 1, busy 1")
+
+
+def test_a_worker_process_s_outcome_is_read_back_and_a_missing_one_names_the_exit_status(registry, tmp_path):
+    study = load_study(write_study(tmp_path / "w.yaml", "w"), registry)
+    (job,) = make_jobs(study.runs, lambda run: tmp_path / "run", [])
+    job_file = write_job(job, tmp_path / "jobs" / "one.job")
+    assert pickle.loads(job_file.read_bytes()) == job
+
+    outcome_path(job_file).write_bytes(pickle.dumps(RunOutcome("trained", RunResult(status="finished", run_id=job.run_id))))
+    assert read_outcome(job_file, job, 0).outcome == "trained"
+    assert not job_file.exists() and not outcome_path(job_file).exists()  # consumed
+
+    write_job(job, job_file)
+    died = read_outcome(job_file, job, -9)
+    assert died.outcome == "failed" and died.detail.startswith("RuntimeError: its worker exited with status -9 before recording")
+    outcome_path(job_file).write_bytes(b"torn")
+    assert read_outcome(job_file, job, 0).outcome == "failed"
+
+
+@pytest.mark.parametrize("name", ["local", "ray"])
+def test_the_built_in_executors_are_plugins_registered_like_any_component(registry, name):
+    component = registry.get("executor", name)
+    assert component.distribution == "unpaired" and component.factory.__module__ == "unpaired_plugins.executors"

@@ -1,0 +1,79 @@
+"""Stop signals: SIGINT and SIGTERM never kill work half-written.
+
+Inside a training loop they are deferred to the next step, which writes a checkpoint and stops;
+elsewhere they raise :class:`unpaired.errors.StopRequested`, and a rerun resumes from the last
+checkpoint. A worker process hears of them from the process that started it (:func:`listen_for_stop`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from unpaired.errors import StopRequested
+
+
+class _StopState:
+    """The stop signal received by this process (if any), whether the current code defers it, and
+    (in a worker process) a shared value through which the process that started it asks it to stop."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self.deferring = 0
+        self.shared: Any = None  # a multiprocessing.Value("i"): nonzero = the signal to stop for
+
+
+_stop = _StopState()
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _handle(signum: int, frame: Any) -> None:
+    _stop.received = signum
+    if not _stop.deferring:
+        raise StopRequested(signum)
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """Within the block SIGINT and SIGTERM stop the work: they raise :class:`StopRequested` at once, or,
+    inside :func:`deferred_signals`, only record themselves. Only the main thread can install signal
+    handlers; elsewhere, and when already installed, nothing changes."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is _handle:
+        yield
+        return
+    previous = {signum: signal.signal(signum, _handle) for signum in _SIGNALS}
+    _stop.received = None
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+@contextlib.contextmanager
+def deferred_signals() -> Iterator[None]:
+    """Within the block a stop signal only records itself, for a loop that asks :func:`stop_requested` between steps."""
+    _stop.deferring += 1
+    try:
+        with stop_on_signals():
+            yield
+    finally:
+        _stop.deferring -= 1
+
+
+def stop_requested() -> int | None:
+    """The signal this process was asked to stop for, directly or by the process that started it; None when not."""
+    if _stop.received is None and _stop.shared is not None and _stop.shared.value:
+        _stop.received = _stop.shared.value
+    return _stop.received
+
+
+def listen_for_stop(shared: Any) -> None:
+    """In a worker process: stop when ``shared.value`` (a ``multiprocessing.Value("i")``) becomes a signal number,
+    and leave SIGINT/SIGTERM to the process that started this one, except inside a training loop."""
+    _stop.shared = shared
+    for signum in _SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
