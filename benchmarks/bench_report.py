@@ -41,10 +41,14 @@ from unpaired.training.samples import save_showcase
 def make_study(out: Path, variants: int, seeds: int, size: int, epochs: int) -> None:
     """The folders of a finished study with ``variants`` x ``seeds`` runs (see the module docstring)."""
     registry, rng = default_registry(), random.Random(0)
-    spec = {"name": "bench-report", "question": "How fast is the report?",
-            "base": {"data": {"name": "synthetic", "size": size, "n_train": 10, "n_test": 50}, "eval": {"every": 10}},
-            "grid": {"train.lr": [round(2e-4 * (1 + i / 10), 6) for i in range(variants)]}, "seeds": list(range(seeds)),
-            "tracking": {"enabled": False}}
+    spec = {
+        "name": "bench-report",
+        "question": "How fast is the report?",
+        "base": {"data": {"name": "synthetic", "size": size, "n_train": 10, "n_test": 50}, "eval": {"every": 10}},
+        "grid": {"train.lr": [round(2e-4 * (1 + i / 10), 6) for i in range(variants)]},
+        "seeds": list(range(seeds)),
+        "tracking": {"enabled": False},
+    }
     study = plan_study(spec, registry, "bench")
     write_index(study, out, {})
     first = study.runs[0].resolved
@@ -54,23 +58,48 @@ def make_study(out: Path, variants: int, seeds: int, size: int, epochs: int) -> 
         folder = run_folder(out, run)
         folder.path.mkdir(parents=True)
         folder.write_spec(run.resolved.as_dict())
-        folder.write_history([{"epoch": e, "lr": 2e-4, **{t: 2 / e + rng.random() for t in ("cycle_A", "cycle_B", "G_adv_A", "G_adv_B", "D_A",
-                                                                                            "D_B")},
-                               **({"fid_mean": 300 / e + rng.random()} if e % 10 == 0 else {})} for e in range(1, epochs + 1)])
+        folder.write_history(
+            [
+                {
+                    "epoch": e,
+                    "lr": 2e-4,
+                    **{t: 2 / e + rng.random() for t in ("cycle_A", "cycle_B", "G_adv_A", "G_adv_B", "D_A", "D_B")},
+                    **({"fid_mean": 300 / e + rng.random()} if e % 10 == 0 else {}),
+                }
+                for e in range(1, epochs + 1)
+            ]
+        )
         if run.seed == 0:
             for direction in model.directions:
                 network = model.translator(direction)
                 if direction not in exported:  # one set of weights, linked into every folder: the same bytes to read
-                    folder.export_generator(ExportedGenerator(direction, run.run_id, run.resolved.generator.as_dict(),
-                                                              run.resolved.generator_norm.as_dict(), size, model.networks[network].state_dict()))
+                    folder.export_generator(
+                        ExportedGenerator(
+                            direction,
+                            run.run_id,
+                            run.resolved.generator.as_dict(),
+                            run.resolved.generator_norm.as_dict(),
+                            size,
+                            model.networks[network].state_dict(),
+                        )
+                    )
                     exported[direction] = folder.generator_path(direction)
                 else:
                     folder.generator_path(direction).parent.mkdir(parents=True, exist_ok=True)
                     os.link(exported[direction], folder.generator_path(direction))
             save_showcase(model, runtime, data, folder)  # as a trained run does when it ends
         fid = 60 + rng.gauss(0, 3)
-        folder.write_result(RunResult(status="finished", run_id=run.run_id, epochs=epochs, steps=epochs * 1000, seconds=3600.0,
-                                      metrics={"fid_mean": fid, "kid_mean": fid / 4000, "fid_mean_best": fid - 2}, device="cpu"))
+        folder.write_result(
+            RunResult(
+                status="finished",
+                run_id=run.run_id,
+                epochs=epochs,
+                steps=epochs * 1000,
+                seconds=3600.0,
+                metrics={"fid_mean": fid, "kid_mean": fid / 4000, "fid_mean_best": fid - 2},
+                device="cpu",
+            )
+        )
 
 
 def timed(action) -> float:
@@ -98,13 +127,25 @@ def main() -> int:
         for showcase in out.glob("*/*/showcase.pt"):  # runs trained before showcases were saved: generators rebuilt
             showcase.unlink()
         rebuilding = timed(lambda: visual_comparison(read_study_results(out), default_registry(), 0, device))
-    figures = {"runs": args.variants * args.seeds, "variants": args.variants, "size": args.size, "epochs": args.epochs,
-               "device": str(device), "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
-               "html_s": round(html, 2), "markdown_s": round(markdown, 2), "visual_comparison_rebuilding_s": round(rebuilding, 2),
-               "html_mib": round(size_mib, 2), "setup_s": round(made, 2)}
-    print(f"{figures['runs']} runs ({args.variants} variants), {args.size} px, {args.epochs} epochs, {device}, "
-          f"{figures['threads']} threads: HTML report {html:.1f} s ({size_mib:.1f} MiB), Markdown {markdown:.1f} s; "
-          f"without the runs' saved showcases, the visual comparison alone takes {rebuilding:.1f} s (every generator rebuilt)")
+    figures = {
+        "runs": args.variants * args.seeds,
+        "variants": args.variants,
+        "size": args.size,
+        "epochs": args.epochs,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+        "html_s": round(html, 2),
+        "markdown_s": round(markdown, 2),
+        "visual_comparison_rebuilding_s": round(rebuilding, 2),
+        "html_mib": round(size_mib, 2),
+        "setup_s": round(made, 2),
+    }
+    print(
+        f"{figures['runs']} runs ({args.variants} variants), {args.size} px, {args.epochs} epochs, {device}, "
+        f"{figures['threads']} threads: HTML report {html:.1f} s ({size_mib:.1f} MiB), Markdown {markdown:.1f} s; "
+        f"without the runs' saved showcases, the visual comparison alone takes {rebuilding:.1f} s (every generator rebuilt)"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=1))
     return 0

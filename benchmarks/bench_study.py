@@ -59,12 +59,21 @@ def local_ray_cluster(folder: Path, nodes: int = 2):
     ray, started = str(Path(sys.executable).with_name("ray")), []
     try:
         for index in range(nodes):
-            role = ["--head", "--port", str(port), "--temp-dir", str(folder / "ray"), "--include-dashboard", "false"] if index == 0 \
+            role = (
+                ["--head", "--port", str(port), "--temp-dir", str(folder / "ray"), "--include-dashboard", "false"]
+                if index == 0
                 else ["--address", f"127.0.0.1:{port}"]
+            )
             log = folder / f"ray-node-{index}.log"
-            started.append(subprocess.Popen([ray, "start", *role, "--node-ip-address", "127.0.0.1", "--num-cpus", "1",
-                                             "--disable-usage-stats", "--block"], stdout=open(log, "w"), stderr=subprocess.STDOUT,
-                                            start_new_session=True, env=env))
+            started.append(
+                subprocess.Popen(
+                    [ray, "start", *role, "--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--disable-usage-stats", "--block"],
+                    stdout=open(log, "w"),
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    env=env,
+                )
+            )
             while "Ray runtime started" not in log.read_text():
                 if started[-1].poll() is not None:
                     raise RuntimeError(log.read_text()[-2000:])
@@ -96,8 +105,10 @@ def main() -> None:
                 on_ray = timed_run(study, folder / "ray", "--executor", "ray", "--address", address)
             overhead = (on_ray - parallel) / (runs / args.jobs)
             report |= {"ray_s": on_ray, "ray_vs_jobs": parallel / on_ray, "ray_overhead_s_per_run": overhead}
-            print(f"Ray, {args.jobs} nodes of 1 CPU: {on_ray:.1f} s, throughput {parallel / on_ray:.2f}x --jobs {args.jobs}'s, "
-                  f"{overhead:+.1f} s per run")
+            print(
+                f"Ray, {args.jobs} nodes of 1 CPU: {on_ray:.1f} s, throughput {parallel / on_ray:.2f}x --jobs {args.jobs}'s, "
+                f"{overhead:+.1f} s per run"
+            )
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
 

@@ -79,8 +79,12 @@ class EngineTimer:
             data = folder_dataset(args, Path(self.folder.name), cache=False)
             workers = TrainConfig().num_workers
             loader = torch.utils.data.DataLoader(
-                TrainPairs(data), batch_size=args.batch, sampler=EpochOrder(data.train_length, 0, 0), num_workers=workers,
-                pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+                TrainPairs(data),
+                batch_size=args.batch,
+                sampler=EpochOrder(data.train_length, 0, 0),
+                num_workers=workers,
+                pin_memory=device.type == "cuda",
+                persistent_workers=workers > 0,
             )
             self.batches = (batch for _ in itertools.count() for batch in loader)
         else:
@@ -105,8 +109,22 @@ class EngineTimer:
 
 
 def time_reference(args: argparse.Namespace, device: torch.device) -> dict:
-    command = [sys.executable, str(args.reference), "--size", str(args.size), "--blocks", str(args.blocks),
-               "--batch", str(args.batch), "--iters", str(args.iters), "--warmup", str(args.warmup), "--device", str(device)]
+    command = [
+        sys.executable,
+        str(args.reference),
+        "--size",
+        str(args.size),
+        "--blocks",
+        str(args.blocks),
+        "--batch",
+        str(args.batch),
+        "--iters",
+        str(args.iters),
+        "--warmup",
+        str(args.warmup),
+        "--device",
+        str(device),
+    ]
     if device.type == "cuda":  # the reference does not report memory: measure it in a child that imports it
         command = [sys.executable, "-c", _REFERENCE_WITH_MEMORY, *command[1:]]
     return json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
@@ -170,8 +188,9 @@ def native_settings(device: torch.device, gflops: dict[str, float]) -> list[str]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true",
-                        help="128 px, ResNet-9, batch 1, 2 rounds of 3 timed steps: fp32, and bf16 where the device runs it natively")
+    parser.add_argument(
+        "--quick", action="store_true", help="128 px, ResNet-9, batch 1, 2 rounds of 3 timed steps: fp32, and bf16 where the device runs it natively"
+    )
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--blocks", type=int, default=9)
     parser.add_argument("--disc", default="patchgan", choices=["patchgan", "pooled"])
@@ -199,7 +218,7 @@ def main() -> None:
     rounds, reference_peak = [], None
     for index in range(args.rounds):
         times = {}
-        for name in order[index % len(order):] + order[: index % len(order)]:
+        for name in order[index % len(order) :] + order[: index % len(order)]:
             if name == "reference":
                 reference_run = time_reference(args, device)
                 times[name], reference_peak = reference_run["s_per_iter"], reference_run.get("peak_mib")
@@ -210,18 +229,30 @@ def main() -> None:
     rows = []
     for timer in timers.values():
         speedups = [r["reference"] / r[timer.setting] for r in rounds]
-        rows.append({
-            "setting": timer.setting, "s_per_iter": statistics.median(r[timer.setting] for r in rounds),
-            "speedup": statistics.median(speedups), "speedup_range": [min(speedups), max(speedups)],
-            "peak_mib": timer.peak_mib(), "losses": [round(v.item(), 4) for v in timer.terms.values()],
-        })
+        rows.append(
+            {
+                "setting": timer.setting,
+                "s_per_iter": statistics.median(r[timer.setting] for r in rounds),
+                "speedup": statistics.median(speedups),
+                "speedup_range": [min(speedups), max(speedups)],
+                "peak_mib": timer.peak_mib(),
+                "losses": [round(v.item(), 4) for v in timer.terms.values()],
+            }
+        )
     report = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda"
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
         else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
         "torch": torch.__version__,
-        "size": args.size, "blocks": args.blocks, "disc": args.disc, "batch": args.batch, "iters": args.iters, "rounds": rounds,
+        "size": args.size,
+        "blocks": args.blocks,
+        "disc": args.disc,
+        "batch": args.batch,
+        "iters": args.iters,
+        "rounds": rounds,
         "engine_with_data": args.with_data,
-        "reference_s_per_iter": reference, "reference_peak_mib": reference_peak,
+        "reference_s_per_iter": reference,
+        "reference_peak_mib": reference_peak,
         "engine": rows,
         "matmul_gflops": gflops,
         "max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -229,19 +260,25 @@ def main() -> None:
     if args.loader:
         report["loader"] = loader_rate(args)
 
-    print(f"{report['device']}, torch {report['torch']}, {args.size} px, ResNet-{args.blocks}, {args.disc}, batch {args.batch}, "
-          f"{args.rounds} rounds x {args.iters} steps, engine {'with data from files' if args.with_data else 'on in-memory batches'}")
+    print(
+        f"{report['device']}, torch {report['torch']}, {args.size} px, ResNet-{args.blocks}, {args.disc}, batch {args.batch}, "
+        f"{args.rounds} rounds x {args.iters} steps, engine {'with data from files' if args.with_data else 'on in-memory batches'}"
+    )
     print(f"{'setting':<18}{'s/iter':>10}{'it/s':>8}{'speedup':>9}{'(range)':>14}{'peak MiB':>10}")
     print(f"{'reference':<18}{reference:>10.4f}{1 / reference:>8.2f}{1.0:>9.2f}{'':>14}{reference_peak or float('nan'):>10.0f}")
     for row in rows:
         low, high = row["speedup_range"]
-        print(f"{row['setting']:<18}{row['s_per_iter']:>10.4f}{1 / row['s_per_iter']:>8.2f}{row['speedup']:>9.2f}"
-              f"{f'({low:.2f}-{high:.2f})':>14}{row['peak_mib'] or float('nan'):>10.0f}")
+        print(
+            f"{row['setting']:<18}{row['s_per_iter']:>10.4f}{1 / row['s_per_iter']:>8.2f}{row['speedup']:>9.2f}"
+            f"{f'({low:.2f}-{high:.2f})':>14}{row['peak_mib'] or float('nan'):>10.0f}"
+        )
     print(f"matmul GFLOP/s: fp32 {gflops['fp32']:.0f}, bf16 {gflops['bf16']:.0f} (bf16 can only pay off where it is clearly higher)")
     if args.loader:
         rates = report["loader"]["pairs_per_s"]
-        print(f"loader, {report['loader']['workers']} workers, {args.size} px: {rates['from_files']:.1f} pairs/s from files, "
-              f"{rates['cached']:.1f} pairs/s cached (training steps: {1 / min(r['s_per_iter'] for r in rows):.2f}/s)")
+        print(
+            f"loader, {report['loader']['workers']} workers, {args.size} px: {rates['from_files']:.1f} pairs/s from files, "
+            f"{rates['cached']:.1f} pairs/s cached (training steps: {1 / min(r['s_per_iter'] for r in rows):.2f}/s)"
+        )
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
 

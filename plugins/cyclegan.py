@@ -45,8 +45,16 @@ class CycleGAN(Method):
         return [self.opt_G, self.opt_D]
 
     def stateful(self) -> dict:
-        return {"opt_G": self.opt_G, "opt_D": self.opt_D, "scaler": self.scaler, "pool_A": self.pool_A,
-                "pool_B": self.pool_B, "gan_loss_A": self.gan_loss_A, "gan_loss_B": self.gan_loss_B, "loss_weights": self.schedule}
+        return {
+            "opt_G": self.opt_G,
+            "opt_D": self.opt_D,
+            "scaler": self.scaler,
+            "pool_A": self.pool_A,
+            "pool_B": self.pool_B,
+            "gan_loss_A": self.gan_loss_A,
+            "gan_loss_B": self.gan_loss_B,
+            "loss_weights": self.schedule,
+        }
 
     def freeze_discriminators(self, frozen: bool) -> None:
         for name in self.discriminators:
@@ -72,12 +80,14 @@ class CycleGAN(Method):
             fake_B, *same_B = forward_each(self.G_AB, real_A, *keep_B, batched=G_batched)  # G_AB(A), G_AB(B)
             fake_A, *same_A, rec_A = forward_each(self.G_BA, real_B, *keep_A, fake_B, batched=G_batched)  # G_BA(B), G_BA(A), G_BA(G_AB(A))
             (rec_B,) = forward_each(self.G_AB, fake_A, batched=G_batched)  # G_AB(G_BA(B))
-            t = {"G_adv_A": w.adversarial * self.fool(self.D_A, self.gan_loss_A, fake_A, real_A),  # L_GAN(G_BA, D_A)
-                 "G_adv_B": w.adversarial * self.fool(self.D_B, self.gan_loss_B, fake_B, real_B),  # L_GAN(G_AB, D_B)
-                 "cycle_A": w.cycle * F.l1_loss(rec_A, real_A),  # λ |G_BA(G_AB(A)) - A|
-                 "cycle_B": w.cycle * F.l1_loss(rec_B, real_B),  # λ |G_AB(G_BA(B)) - B|
-                 "idt_A": w.identity * F.l1_loss(same_A[0], real_A) if idt else real_A.new_zeros(()),  # λ_idt |G_BA(A) - A|
-                 "idt_B": w.identity * F.l1_loss(same_B[0], real_B) if idt else real_A.new_zeros(())}  # λ_idt |G_AB(B) - B|
+            t = {
+                "G_adv_A": w.adversarial * self.fool(self.D_A, self.gan_loss_A, fake_A, real_A),  # L_GAN(G_BA, D_A)
+                "G_adv_B": w.adversarial * self.fool(self.D_B, self.gan_loss_B, fake_B, real_B),  # L_GAN(G_AB, D_B)
+                "cycle_A": w.cycle * F.l1_loss(rec_A, real_A),  # λ |G_BA(G_AB(A)) - A|
+                "cycle_B": w.cycle * F.l1_loss(rec_B, real_B),  # λ |G_AB(G_BA(B)) - B|
+                "idt_A": w.identity * F.l1_loss(same_A[0], real_A) if idt else real_A.new_zeros(()),  # λ_idt |G_BA(A) - A|
+                "idt_B": w.identity * F.l1_loss(same_B[0], real_B) if idt else real_A.new_zeros(()),
+            }  # λ_idt |G_AB(B) - B|
         self.opt_G.zero_grad(set_to_none=True)
         self.scaler.scale(cast(Tensor, sum(t.values()))).backward()
         self.scaler.step(self.opt_G)

@@ -8,8 +8,19 @@ from pathlib import Path
 from PIL import Image
 from pydantic import Field
 
-from unpaired.plugin_api import (IMAGE_EXTENSIONS, DataError, Domain, Notice, Split, Transform, TransformParams, UnpairedData, hookimpl,
-                                 list_images, load_image)
+from unpaired.plugin_api import (
+    IMAGE_EXTENSIONS,
+    DataError,
+    Domain,
+    Notice,
+    Split,
+    Transform,
+    TransformParams,
+    UnpairedData,
+    hookimpl,
+    list_images,
+    load_image,
+)
 
 
 class FolderParams(TransformParams):

@@ -33,9 +33,7 @@ class LeastSquares(GanLoss):
         return F.mse_loss(fake_pred, torch.full_like(fake_pred, self.real))
 
     def discriminator_loss(self, real_pred: Tensor, fake_pred: Tensor) -> Tensor:
-        return F.mse_loss(real_pred, torch.full_like(real_pred, self.real)) + F.mse_loss(
-            fake_pred, torch.full_like(fake_pred, self.fake)
-        )
+        return F.mse_loss(real_pred, torch.full_like(real_pred, self.real)) + F.mse_loss(fake_pred, torch.full_like(fake_pred, self.fake))
 
 
 class Vanilla(GanLoss):
@@ -48,9 +46,9 @@ class Vanilla(GanLoss):
         return F.binary_cross_entropy_with_logits(fake_pred, torch.full_like(fake_pred, self.real))
 
     def discriminator_loss(self, real_pred: Tensor, fake_pred: Tensor) -> Tensor:
-        return F.binary_cross_entropy_with_logits(
-            real_pred, torch.full_like(real_pred, self.real)
-        ) + F.binary_cross_entropy_with_logits(fake_pred, torch.full_like(fake_pred, self.fake))
+        return F.binary_cross_entropy_with_logits(real_pred, torch.full_like(real_pred, self.real)) + F.binary_cross_entropy_with_logits(
+            fake_pred, torch.full_like(fake_pred, self.fake)
+        )
 
 
 class Hinge(GanLoss):

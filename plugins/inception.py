@@ -39,8 +39,9 @@ class InceptionFeatures(nn.Module):
         from torchmetrics.image.fid import NoTrainInceptionV3  # imported here: torchmetrics takes seconds to import
 
         try:
-            self.network = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
-                                              feature_extractor_weights_path=None if path is None else str(path))
+            self.network = NoTrainInceptionV3(
+                name="inception-v3-compat", features_list=["2048"], feature_extractor_weights_path=None if path is None else str(path)
+            )
         except Exception as error:  # typically: no internet to download the weights
             raise RuntimeError(f"{type(error).__name__}: {error}. {WHERE_TO_GET_WEIGHTS}") from error
         self.cache_identity = str(path or "torch-fidelity download")

@@ -156,9 +156,23 @@ def start_mlflow_server(root: Path, port: int | None = None) -> tuple[subprocess
     port = port or free_port()
     log = open(root / "server.log", "a")
     server = subprocess.Popen(
-        [str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri", f"sqlite:///{root}/store.db",
-         "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            str(Path(sys.executable).with_name("mlflow")),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{root}/store.db",
+            "--artifacts-destination",
+            str(root / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     uri = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -268,8 +282,13 @@ def write_synthetic_folder(root: Path, size: int = 32, n_train: int = 4, n_test:
 
 
 def _start_ray_node(ray: str, args: list[str], log: Path, env: dict[str, str], deadline: float) -> subprocess.Popen:
-    node = subprocess.Popen([ray, "start", *args, "--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--disable-usage-stats", "--block"],
-                            stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True, env=env)
+    node = subprocess.Popen(
+        [ray, "start", *args, "--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--disable-usage-stats", "--block"],
+        stdout=open(log, "w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env=env,
+    )
     while "Ray runtime started" not in log.read_text():
         if node.poll() is not None or time.monotonic() > deadline:
             _stop_process_groups([node])
@@ -301,8 +320,13 @@ def ray_cluster(tmp_path_factory):
     env = {**os.environ, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0", "UNPAIRED_LEASE_TIMEOUT": "5"}
     ray, port, deadline = str(Path(sys.executable).with_name("ray")), free_port(), time.monotonic() + 120
     address = f"127.0.0.1:{port}"
-    head = _start_ray_node(ray, ["--head", "--port", str(port), "--temp-dir", str(root / "tmp"), "--include-dashboard", "false",
-                                 "--resources", '{"node_a": 1}'], root / "head.log", env, deadline)
+    head = _start_ray_node(
+        ray,
+        ["--head", "--port", str(port), "--temp-dir", str(root / "tmp"), "--include-dashboard", "false", "--resources", '{"node_a": 1}'],
+        root / "head.log",
+        env,
+        deadline,
+    )
     nodes = [head]
     try:
         nodes.append(_start_ray_node(ray, ["--address", address, "--resources", '{"node_b": 1}'], root / "node.log", env, deadline))

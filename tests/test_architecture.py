@@ -47,8 +47,10 @@ def string_literals(path: Path, keys: bool = True) -> list[str]:
 
 
 def test_the_framework_imports_no_plugin_and_names_no_builtin_component(site):
-    builtins = {c.name for c in Registry.from_entry_points().components() if c.distribution == "unpaired"} - {"none",
-                                                                                                              "fid"}  # also words (fid: a command)
+    builtins = {c.name for c in Registry.from_entry_points().components() if c.distribution == "unpaired"} - {
+        "none",
+        "fid",
+    }  # also words (fid: a command)
     assert {"cyclegan", "kid", "resnet", "patchgan", "instance", "lsgan", "history", "folder", "synthetic", "inception"} <= builtins
     for path in MODULES:
         tree = parsed(path)
@@ -76,25 +78,33 @@ LAYERS = [  # CONTRIBUTING.md's "How the code is organised", top to bottom: a mo
 
 def layer_of(module: str) -> int:
     """The layer of a module: the one whose longest prefix names it (``unpaired`` itself is the top)."""
-    matches = [(len(prefix), index) for index, prefixes in enumerate(LAYERS) for prefix in prefixes
-               if module == prefix or module.startswith(prefix + ".")]
+    matches = [
+        (len(prefix), index) for index, prefixes in enumerate(LAYERS) for prefix in prefixes if module == prefix or module.startswith(prefix + ".")
+    ]
     return max(matches)[1] if matches else 0
 
 
 def runtime_imports(tree: ast.Module) -> list[tuple[str, int]]:
     """``(module, line)`` of each import of an ``unpaired`` module that runs (not those only for type checking)."""
-    typing_only = {id(node) for block in ast.walk(tree) if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.unparse(block.test)
-                   for node in ast.walk(block)}
-    return [(node.module, node.lineno) for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module
-            and node.module.startswith("unpaired") and id(node) not in typing_only]
+    typing_only = {
+        id(node) for block in ast.walk(tree) if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.unparse(block.test) for node in ast.walk(block)
+    }
+    return [
+        (node.module, node.lineno)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("unpaired") and id(node) not in typing_only
+    ]
 
 
 def test_no_module_imports_from_a_layer_below_its_own():
     wrong = []
     for path in MODULES:
         module = ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
-        wrong += [f"{path.relative_to(REPO)}:{line} ({module}, layer {layer_of(module)}) imports {imported} (layer {layer_of(imported)})"
-                  for imported, line in runtime_imports(parsed(path)) if layer_of(imported) > layer_of(module)]
+        wrong += [
+            f"{path.relative_to(REPO)}:{line} ({module}, layer {layer_of(module)}) imports {imported} (layer {layer_of(imported)})"
+            for imported, line in runtime_imports(parsed(path))
+            if layer_of(imported) > layer_of(module)
+        ]
     assert not wrong, "\n".join(wrong)
 
 
@@ -104,10 +114,12 @@ def test_no_import_circle_even_for_type_checking():
     imports: dict[str, set[str]] = {}
     for path in MODULES:
         module = ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
-        found = {node.module for node in ast.walk(parsed(path)) if isinstance(node, ast.ImportFrom) and node.module
-                 and node.module.startswith("unpaired.")}
+        found = {
+            node.module for node in ast.walk(parsed(path)) if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("unpaired.")
+        }
         runtime = {imported for imported, _ in runtime_imports(parsed(path))}
         imports[module] = runtime if module.startswith("unpaired.plugin_api") else found
+
     def circle_from(start: str) -> list[str] | None:
         stack, seen = [(start, [start])], set()
         while stack:
@@ -119,6 +131,7 @@ def test_no_import_circle_even_for_type_checking():
                     seen.add(imported)
                     stack.append((imported, path + [imported]))
         return None
+
     circles = [" -> ".join(circle) for module in imports if (circle := circle_from(module))]
     assert not circles, "\n".join(circles)
 

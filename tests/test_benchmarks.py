@@ -20,8 +20,29 @@ REFERENCE = REPO.parent / "shared" / "bench" / "reference_cyclegan.py"
 @pytest.mark.skipif(not REFERENCE.is_file(), reason=f"the reference step is not at {REFERENCE}")
 def test_bench_train_reports_per_round_ratios_against_the_reference(tmp_path):
     out = tmp_path / "bench.json"
-    command = [sys.executable, str(REPO / "benchmarks" / "bench_train.py"), "--size", "32", "--blocks", "1", "--iters", "1",
-               "--warmup", "1", "--rounds", "3", "--settings", "fp32", "bf16", "--device", "cpu", "--with-data", "--loader", "--json", str(out)]
+    command = [
+        sys.executable,
+        str(REPO / "benchmarks" / "bench_train.py"),
+        "--size",
+        "32",
+        "--blocks",
+        "1",
+        "--iters",
+        "1",
+        "--warmup",
+        "1",
+        "--rounds",
+        "3",
+        "--settings",
+        "fp32",
+        "bf16",
+        "--device",
+        "cpu",
+        "--with-data",
+        "--loader",
+        "--json",
+        str(out),
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 0, result.stderr
     report = json.loads(out.read_text())
@@ -53,8 +74,20 @@ def test_quick_times_bf16_only_where_the_device_runs_it_natively():
 
 def test_bench_report_times_a_made_up_study_and_reports_its_figures(tmp_path):
     out = tmp_path / "report-bench.json"
-    command = [sys.executable, str(REPO / "benchmarks" / "bench_report.py"), "--variants", "2", "--seeds", "2", "--size", "32",
-               "--epochs", "3", "--json", str(out)]
+    command = [
+        sys.executable,
+        str(REPO / "benchmarks" / "bench_report.py"),
+        "--variants",
+        "2",
+        "--seeds",
+        "2",
+        "--size",
+        "32",
+        "--epochs",
+        "3",
+        "--json",
+        str(out),
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 0, result.stderr
     figures = json.loads(out.read_text())

@@ -13,7 +13,6 @@ from unpaired.plugin_api.components import LossWeights
 from unpaired.training.weight_init import init_weights
 
 
-
 def norm(registry, name="instance", **params):
     return registry.build("norm", {"name": name, **params})
 

@@ -20,7 +20,6 @@ from unpaired.tools.download import DownloadError, download_dataset
 from unpaired.training.batches import EpochOrder, TrainPairs
 
 
-
 def rgb(size=(40, 30), value=128) -> Image.Image:
     return Image.new("RGB", size, (value, value // 2, 255 - value))
 

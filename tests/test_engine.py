@@ -32,11 +32,16 @@ FIRST_STEP = TrainingProgress(epoch=0, step=1, steps_per_epoch=4, total_epochs=4
 
 CPU = torch.device("cpu")
 
-TINY = merge(TINY_BASE, {  # what a resume must restore exactly: dropout, a filling image pool, decay, every step logged
-    "data": {"n_train": 8}, "generator": {"dropout": 0.5}, "image_pool": {"name": "history", "size": 5},
-    "train": {"epochs": 2, "decay_epochs": 2, "log_every": 1}, "samples": 2,
-})
-
+TINY = merge(
+    TINY_BASE,
+    {  # what a resume must restore exactly: dropout, a filling image pool, decay, every step logged
+        "data": {"n_train": 8},
+        "generator": {"dropout": 0.5},
+        "image_pool": {"name": "history", "size": 5},
+        "train": {"epochs": 2, "decay_epochs": 2, "log_every": 1},
+        "samples": 2,
+    },
+)
 
 
 def tiny(registry, **changes):
@@ -397,6 +402,7 @@ def test_a_non_finite_loss_stops_the_variant_naming_term_step_and_epoch(tmp_path
 @pytest.mark.parametrize(("data", "hint"), [({}, "lower data.size"), ({"name": "folder"}, "lower data.crop_size")])
 def test_out_of_memory_suggests_what_to_change(registry, tmp_path, monkeypatch, data, hint):
     """The dataset says which of its parameters shrinks the images."""
+
     def no_memory(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
@@ -444,15 +450,24 @@ def test_train_and_translate_from_the_command_line(tmp_path):
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["status"] == "finished"
     run = tmp_path / "run"
-    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "generators", "history.csv", "history.json", "result.json", "samples",
-                                                     "showcase.pt", "spec.json"]
+    assert sorted(p.name for p in run.iterdir()) == [
+        "checkpoints",
+        "generators",
+        "history.csv",
+        "history.json",
+        "result.json",
+        "samples",
+        "showcase.pt",
+        "spec.json",
+    ]
     assert sorted(p.name for p in (run / "samples").iterdir()) == ["epoch-0001.png", "epoch-0002.png"]
     assert (run / "history.csv").read_text().splitlines()[0] == "epoch,lr," + ",".join(LOSS_TERMS) + ",seconds,it_per_s"
 
     run_cli("data", "export", "synthetic", str(tmp_path / "syn"), "size=32", "n_train=1", "n_test=3")
     out = tmp_path / "translated"
-    result = run_cli("translate", "--checkpoint", str(run / "generators" / "AtoB.pt"), "--direction", "AtoB", str(tmp_path / "syn" / "testA"),
-                     "--out", str(out))
+    result = run_cli(
+        "translate", "--checkpoint", str(run / "generators" / "AtoB.pt"), "--direction", "AtoB", str(tmp_path / "syn" / "testA"), "--out", str(out)
+    )
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in out.iterdir()) == ["00000.png", "00001.png", "00002.png"]
     from PIL import Image

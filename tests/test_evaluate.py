@@ -29,8 +29,8 @@ def kid_from_features(real, fake):
     score = KID(KidParams()).compute(real, fake)
     return score.value, score.details["std"]
 
-CPU = torch.device("cpu")
 
+CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
@@ -107,14 +107,17 @@ def tiny_registry():
 
 
 def variant(registry, root, seed=0, **eval_fields):
-    return resolve_variant({
-        "data": {"name": "folder", "root": str(root), "load_size": None, "crop_size": 32},
-        "generator": {"name": "resnet", "n_blocks": 1, "ngf": 4},
-        "discriminator": {"name": "patchgan", "ndf": 4, "n_layers": 2},
-        "train": {"epochs": 1, "decay_epochs": 1, "num_workers": 0, "seed": seed},
-        "samples": 1,
-        "eval": {"feature_extractor": {"name": "tiny"}, **eval_fields},
-    }, registry)
+    return resolve_variant(
+        {
+            "data": {"name": "folder", "root": str(root), "load_size": None, "crop_size": 32},
+            "generator": {"name": "resnet", "n_blocks": 1, "ngf": 4},
+            "discriminator": {"name": "patchgan", "ndf": 4, "n_layers": 2},
+            "train": {"epochs": 1, "decay_epochs": 1, "num_workers": 0, "seed": seed},
+            "samples": 1,
+            "eval": {"feature_extractor": {"name": "tiny"}, **eval_fields},
+        },
+        registry,
+    )
 
 
 def test_real_features_are_extracted_once_per_test_set_and_again_when_a_file_changes(tiny_registry, tmp_path, monkeypatch):

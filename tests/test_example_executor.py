@@ -47,8 +47,13 @@ def test_the_example_executor_is_listed_and_trains_every_run_through_its_launche
     (launcher,) = [c for c in listing["components"] if c["kind"] == "executor" and c["name"] == "launcher"]
     assert launcher["distribution"] == "unpaired-launcher" and set(launcher["parameters"]) == {"launcher", "parallel", "machines"}
 
-    study = write_study(tmp_path / "launched.yaml", "launched", grid={"generator.n_blocks": [1, 2]}, tracking={"enabled": False},
-                        execution={"executor": "launcher", "launcher": f"sh {launcher_installed}"})
+    study = write_study(
+        tmp_path / "launched.yaml",
+        "launched",
+        grid={"generator.n_blocks": [1, 2]},
+        tracking={"enabled": False},
+        execution={"executor": "launcher", "launcher": f"sh {launcher_installed}"},
+    )
     result = run_cli("run", str(study), "--out", str(tmp_path / "out"), "--quiet", "--parallel", "2")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("done 2, failed 0"), result.stdout
@@ -66,20 +71,28 @@ def test_the_example_executor_is_listed_and_trains_every_run_through_its_launche
 def test_a_worker_that_dies_is_a_failed_run_naming_its_exit_status(launcher_installed, tmp_path):
     dying = launcher_installed.with_name("die.sh")
     dying.write_text("#!/bin/sh\nkill -9 $$\n")
-    study = write_study(tmp_path / "dies.yaml", "dies", tracking={"enabled": False},
-                        execution={"executor": "launcher", "launcher": f"sh {dying}"})
+    study = write_study(tmp_path / "dies.yaml", "dies", tracking={"enabled": False}, execution={"executor": "launcher", "launcher": f"sh {dying}"})
     result = run_cli("run", str(study), "--out", str(tmp_path / "out"), "--quiet")
     assert result.returncode == 1
     assert "FAILED base seed 0: RuntimeError: its worker exited with status -9 before recording how the run ended" in result.stdout
 
 
 def test_a_stop_signal_reaches_the_launched_workers_which_checkpoint_and_resume(launcher_installed, tmp_path):
-    study = write_study(tmp_path / "stopped.yaml", "stopped", tracking={"enabled": False},
-                        base={**TINY_BASE, "train": {**TINY_BASE["train"], "epochs": 30, "decay_epochs": 0}},
-                        execution={"executor": "launcher", "launcher": f"sh {launcher_installed}"})
+    study = write_study(
+        tmp_path / "stopped.yaml",
+        "stopped",
+        tracking={"enabled": False},
+        base={**TINY_BASE, "train": {**TINY_BASE["train"], "epochs": 30, "decay_epochs": 0}},
+        execution={"executor": "launcher", "launcher": f"sh {launcher_installed}"},
+    )
     out = tmp_path / "out"
-    driver = subprocess.Popen([UNPAIRED, "run", str(study), "--out", str(out), "--quiet"], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    driver = subprocess.Popen(
+        [UNPAIRED, "run", str(study), "--out", str(out), "--quiet"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     deadline = time.monotonic() + 120
     while not list(out.glob("*/*/checkpoints/*.pt")) and time.monotonic() < deadline:  # the first epoch's checkpoint
         time.sleep(0.2)
@@ -93,4 +106,3 @@ def test_a_stop_signal_reaches_the_launched_workers_which_checkpoint_and_resume(
     resumed = run_cli("run", str(study), "--out", str(out), "--quiet")
     assert resumed.returncode == 0 and resumed.stdout.startswith("done 1"), resumed.stdout
     assert folder.read_result().status == "finished"
-

@@ -51,9 +51,14 @@ def test_example_components_build_and_train(example_installed, tmp_path):
     assert y.shape == x.shape and y.abs().max() <= 1
     assert discriminator(y).shape == (2, 1, 2, 2)
 
-    spec = {"data": {"name": "synthetic", "size": 32, "n_train": 4, "n_test": 2},
-            "generator": {"name": "unet", "depth": 5, "ngf": 8}, "discriminator": {"name": "sn_patchgan", "ndf": 8, "n_layers": 2},
-            "train": {"epochs": 2, "decay_epochs": 0, "num_workers": 0, "log_every": 1}, "samples": 1, "eval": {"metrics": []}}
+    spec = {
+        "data": {"name": "synthetic", "size": 32, "n_train": 4, "n_test": 2},
+        "generator": {"name": "unet", "depth": 5, "ngf": 8},
+        "discriminator": {"name": "sn_patchgan", "ndf": 8, "n_layers": 2},
+        "train": {"epochs": 2, "decay_epochs": 0, "num_workers": 0, "log_every": 1},
+        "samples": 1,
+        "eval": {"metrics": []},
+    }
     variant = resolve_variant(spec, registry)
     result = train_run(variant, RunFolder(tmp_path), registry, show_progress=False).result
     assert result.status == "finished" and result.steps == 8, result.error
@@ -71,29 +76,47 @@ def test_the_example_package_s_own_tests_check_its_components_with_unpaired_test
     import subprocess
     import sys
 
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(EXAMPLE)],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(EXAMPLE)], capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "2 passed" in result.stdout
 
 
-@pytest.mark.parametrize(("changes", "message"), [
-    ({"generator": {"name": "one_channel"}}, "generator 'one_channel' of broken-parts 1.0 must map images (N, 3, H, W) to the same shape; "
-                                             "it turned (2, 3, 32, 32) into (2, 1, 32, 32)"),
-    ({"generator": {"name": "unbounded"}}, "generator 'unbounded' of broken-parts 1.0 must give images in [-1, 1]"),
-    ({"norm": {"name": "coupled"}}, "norm 'coupled' of broken-parts 1.0 claims per_image = True, but the generator networks it normalises"),
-    ({"gan_loss": {"name": "float_loss"}}, "gan_loss 'float_loss' of broken-parts 1.0: generator_loss must return a finite scalar tensor computed "
-                                           "from the scores it is given (with torch operations, so that gradients flow); it returned a float"),
-    ({"data": {"name": "no_test_b"}},
-     "dataset 'no_test_b' of broken-parts 1.0 has no images in testB: every split of both domains needs at least one"),
-])
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        (
+            {"generator": {"name": "one_channel"}},
+            "generator 'one_channel' of broken-parts 1.0 must map images (N, 3, H, W) to the same shape; "
+            "it turned (2, 3, 32, 32) into (2, 1, 32, 32)",
+        ),
+        ({"generator": {"name": "unbounded"}}, "generator 'unbounded' of broken-parts 1.0 must give images in [-1, 1]"),
+        ({"norm": {"name": "coupled"}}, "norm 'coupled' of broken-parts 1.0 claims per_image = True, but the generator networks it normalises"),
+        (
+            {"gan_loss": {"name": "float_loss"}},
+            "gan_loss 'float_loss' of broken-parts 1.0: generator_loss must return a finite scalar tensor computed "
+            "from the scores it is given (with torch operations, so that gradients flow); it returned a float",
+        ),
+        (
+            {"data": {"name": "no_test_b"}},
+            "dataset 'no_test_b' of broken-parts 1.0 has no images in testB: every split of both domains needs at least one",
+        ),
+    ],
+)
 def test_a_component_breaking_its_contract_is_named_before_any_training_step(make_distribution, tmp_path, changes, message):
     """Each would otherwise fail deep in training (a dataset with an empty split: after a whole epoch), naming neither."""
     make_distribution("broken-parts", "1.0", {"broken": "broken_parts"}, {"broken_parts.py": BROKEN_COMPONENTS})
     registry = Registry.from_entry_points()
-    spec = {"data": {"name": "synthetic", "size": 32, "n_train": 4, "n_test": 2}, "generator": {"name": "resnet", "n_blocks": 1, "ngf": 4},
-            "discriminator": {"name": "patchgan", "ndf": 4, "n_layers": 2}, "train": {"epochs": 1, "decay_epochs": 0, "num_workers": 0},
-            "samples": 1, "eval": {"metrics": []}, **changes}
+    spec = {
+        "data": {"name": "synthetic", "size": 32, "n_train": 4, "n_test": 2},
+        "generator": {"name": "resnet", "n_blocks": 1, "ngf": 4},
+        "discriminator": {"name": "patchgan", "ndf": 4, "n_layers": 2},
+        "train": {"epochs": 1, "decay_epochs": 0, "num_workers": 0},
+        "samples": 1,
+        "eval": {"metrics": []},
+        **changes,
+    }
     result = train_run(resolve_variant(spec, registry), RunFolder(tmp_path), registry, show_progress=False).result
     assert result.status == "failed" and result.error.startswith("ContractError: ") and message in result.error, result.error
     assert RunFolder(tmp_path).latest_checkpoint() is None and not (tmp_path / "history.json").exists()

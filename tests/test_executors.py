@@ -38,8 +38,7 @@ def test_a_study_chooses_its_executor_and_settings_validated_by_that_executor(re
     assert study.execution.as_dict() == {"name": "local", "jobs": 2}
     result = run_cli("validate", str(kept_for_ray))
     assert result.returncode == 0
-    assert "warning: execution.cpus_per_run is a setting of the ray executor; local, which trains the study here, leaves it aside" \
-        in result.stderr
+    assert "warning: execution.cpus_per_run is a setting of the ray executor; local, which trains the study here, leaves it aside" in result.stderr
 
 
 def test_run_offers_every_executor_setting_and_refuses_one_the_chosen_executor_lacks(tmp_path):

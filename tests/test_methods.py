@@ -124,8 +124,14 @@ ONE_WAY = """
         register("brightness", lambda params: Brightness(), P, "mean brightness difference, higher is better")
 """
 
-BASE = merge(TINY_BASE, {"method": {"name": "oneway"}, "data": {"n_train": 4, "n_test": 3},
-                         "eval": {"metrics": ["fid", "brightness"], "feature_extractor": {"name": "mean_colour"}}})
+BASE = merge(
+    TINY_BASE,
+    {
+        "method": {"name": "oneway"},
+        "data": {"n_train": 4, "n_test": 3},
+        "eval": {"metrics": ["fid", "brightness"], "feature_extractor": {"name": "mean_colour"}},
+    },
+)
 
 
 @pytest.fixture
@@ -150,8 +156,17 @@ def test_plugins_lists_the_method_and_metric_kinds_with_their_builtins(one_way):
 @pytest.mark.slow
 def test_a_one_way_method_trains_scores_compares_and_reports_through_the_cli(one_way, tmp_path):
     study = tmp_path / "study.yaml"
-    study.write_text(yaml.safe_dump({"name": "oneway", "base": BASE, "variants": {"w1": {}, "w3": {"method": {"adversarial": 3.0}}},
-                                     "seeds": [0, 1], "tracking": {"enabled": False}}))
+    study.write_text(
+        yaml.safe_dump(
+            {
+                "name": "oneway",
+                "base": BASE,
+                "variants": {"w1": {}, "w3": {"method": {"adversarial": 3.0}}},
+                "seeds": [0, 1],
+                "tracking": {"enabled": False},
+            }
+        )
+    )
     ran = cli("run", str(study), "--quiet", cwd=tmp_path)
     assert ran.returncode == 0, ran.stderr
     out = tmp_path / "runs" / "oneway"
@@ -215,7 +230,9 @@ def test_a_nan_score_is_a_failed_scoring_everywhere_never_a_dropped_variant(one_
     assert compared.returncode == 0, compared.stderr
     rows = json.loads(compared.stdout)
     assert [(row["variant"], row["n"], row["verdict"]) for row in rows] == [
-        ("ngf=4", 0, "no finite score: the scoring failed"), ("ngf=5", 0, "no finite score: the scoring failed")]
+        ("ngf=4", 0, "no finite score: the scoring failed"),
+        ("ngf=5", 0, "no finite score: the scoring failed"),
+    ]
     reported = cli("report", str(out))
     assert reported.returncode == 0, reported.stderr
     assert "no finite score: the scoring failed" in (out / "report.html").read_text()
@@ -227,8 +244,9 @@ def test_scores_are_computed_in_float32_whatever_autocast_the_caller_is_in(one_w
     from unpaired.training.parts import build_method
 
     registry = Registry.from_entry_points()
-    variant = resolve_variant(merge(TINY_BASE, {"data": {"n_test": 4}, "eval": {"metrics": ["fid", "brightness"],
-                                                                                 "feature_extractor": {"name": "mean_colour"}}}), registry)
+    variant = resolve_variant(
+        merge(TINY_BASE, {"data": {"n_test": 4}, "eval": {"metrics": ["fid", "brightness"], "feature_extractor": {"name": "mean_colour"}}}), registry
+    )
     torch.manual_seed(0)
     method, data = build_method(variant, torch.device("cpu")), variant.data.build()
     translators = {d: method.networks[method.translator(d)] for d in method.directions}

@@ -86,14 +86,23 @@ def misbehaving(make_distribution):
     make_distribution("odd-parts", "0.3", {"odd": "odd_parts"}, {"odd_parts.py": MISBEHAVING})
 
 
-@pytest.mark.parametrize(("kind", "name", "message"), [
-    ("generator", "frozen", "training with generator 'frozen' of odd-parts 0.3 changed none of G_AB's parameters"),
-    ("image_pool", "global_random", "image_pool 'global_random' of odd-parts 0.3: a pool restored with load_state_dict(state_dict()) "
-                                    "must continue exactly"),
-    ("dataset", "no_test_b", "dataset 'no_test_b' of odd-parts 0.3 must hold images in every split and domain; testB"),
-    ("feature_extractor", "batch_centred", "feature_extractor 'batch_centred' of odd-parts 0.3 must give an image the same features "
-                                           "alone as in a batch"),
-])
+@pytest.mark.parametrize(
+    ("kind", "name", "message"),
+    [
+        ("generator", "frozen", "training with generator 'frozen' of odd-parts 0.3 changed none of G_AB's parameters"),
+        (
+            "image_pool",
+            "global_random",
+            "image_pool 'global_random' of odd-parts 0.3: a pool restored with load_state_dict(state_dict()) must continue exactly",
+        ),
+        ("dataset", "no_test_b", "dataset 'no_test_b' of odd-parts 0.3 must hold images in every split and domain; testB"),
+        (
+            "feature_extractor",
+            "batch_centred",
+            "feature_extractor 'batch_centred' of odd-parts 0.3 must give an image the same features alone as in a batch",
+        ),
+    ],
+)
 def test_a_component_that_would_give_silently_wrong_results_fails_its_check(misbehaving, kind, name, message):
     with pytest.raises(ContractError) as error:
         check_component(kind, name, variant=SMALL)

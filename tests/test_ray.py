@@ -26,7 +26,6 @@ pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 LONGER = {**TINY_BASE, "data": {**TINY_BASE["data"], "n_train": 120}, "train": {**TINY_BASE["train"], "epochs": 3, "decay_epochs": 0}}
 
 
-
 def one_thread(**env: str) -> dict[str, str]:
     """The environment of a local run comparable with Ray's tasks (1 CPU each: one torch thread)."""
     return {**os.environ, "OMP_NUM_THREADS": "1", **env}
@@ -40,12 +39,17 @@ def assert_same_runs(first: Path, second: Path) -> list[dict]:
     """Every run of two outputs of one study: identical final weights and loss histories."""
     index = json.loads((first / "study.json").read_text())["runs"]
     for entry in index:
-        a, b = (torch.load(next((out / entry["folder"] / "checkpoints").glob("*.pt")), weights_only=True)["model"]["networks"]
-                for out in (first, second))
+        a, b = (
+            torch.load(next((out / entry["folder"] / "checkpoints").glob("*.pt")), weights_only=True)["model"]["networks"] for out in (first, second)
+        )
         assert all(torch.equal(a[n][k], b[n][k]) for n in a for k in a[n]), entry["folder"]
-        rows = [[{k: v for k, v in r.items() if k not in ("seconds",
-                                                          "it_per_s")} for r in json.loads((out / entry["folder"] / "history.json").read_text())]
-                for out in (first, second)]
+        rows = [
+            [
+                {k: v for k, v in r.items() if k not in ("seconds", "it_per_s")}
+                for r in json.loads((out / entry["folder"] / "history.json").read_text())
+            ]
+            for out in (first, second)
+        ]
         assert rows[0] == rows[1], entry["folder"]
     return index
 
@@ -81,8 +85,13 @@ def test_a_study_on_a_two_node_cluster_equals_the_local_executor(ray_cluster, ml
 def test_a_worker_killed_mid_run_is_retried_and_resumes_to_the_same_result(ray_cluster, mlflow_server, tmp_path):
     study = write_study(tmp_path / "retried.yaml", "retried", base=LONGER)
     env = one_thread(MLFLOW_TRACKING_URI=mlflow_server)
-    process = subprocess.Popen([UNPAIRED, "run", str(study), "--out", str(tmp_path / "ray"), "--quiet", "--executor", "ray",
-                                "--address", ray_cluster], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    process = subprocess.Popen(
+        [UNPAIRED, "run", str(study), "--out", str(tmp_path / "ray"), "--quiet", "--executor", "ray", "--address", ray_cluster],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     deadline = time.monotonic() + 120
     while not list((tmp_path / "ray").glob("*/*/history.json")) and time.monotonic() < deadline:  # into epoch 2
         time.sleep(0.1)
@@ -102,9 +111,12 @@ def test_a_ray_driver_and_a_local_one_at_once_train_each_run_once(ray_cluster, m
     study = write_study(tmp_path / "shared.yaml", "shared", grid={"generator.n_blocks": [1, 2, 3]})
     env = one_thread(MLFLOW_TRACKING_URI=mlflow_server)
     out = str(tmp_path / "out")
-    drivers = [subprocess.Popen([UNPAIRED, "run", str(study), "--out", out, "--quiet", *extra], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, env=env)
-               for extra in (["--executor", "ray", "--address", ray_cluster], ["--jobs", "2"])]
+    drivers = [
+        subprocess.Popen(
+            [UNPAIRED, "run", str(study), "--out", out, "--quiet", *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        )
+        for extra in (["--executor", "ray", "--address", ray_cluster], ["--jobs", "2"])
+    ]
     outputs = [driver.communicate(timeout=600) for driver in drivers]
     assert [driver.returncode for driver in drivers] == [0, 0], outputs
     done = [int(stdout.split("done ")[1].split(",")[0]) for stdout, _ in outputs]
@@ -118,15 +130,23 @@ def test_a_ray_driver_and_a_local_one_at_once_train_each_run_once(ray_cluster, m
 def test_what_ray_cannot_do_is_refused_at_once_naming_what_to_do(ray_cluster, tmp_path):
     """A SQLite store on several machines, Ray missing, an address nothing answers at, a run no node can hold."""
     study = write_study(tmp_path / "refused.yaml", "refused")
-    refused = run("run", str(study), "--out", str(tmp_path / "out"), "--executor", "ray", "--address", ray_cluster,
-                  env=one_thread(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/mlflow.db"))
+    refused = run(
+        "run",
+        str(study),
+        "--out",
+        str(tmp_path / "out"),
+        "--executor",
+        "ray",
+        "--address",
+        ray_cluster,
+        env=one_thread(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/mlflow.db"),
+    )
     assert refused.returncode == 1 and "cannot be written safely from the 2 machines of this cluster" in refused.stderr
     assert "mlflow server" in refused.stderr and not list((tmp_path / "out").glob("*/*"))
 
     (tmp_path / "site" / "ray").mkdir(parents=True)
     (tmp_path / "site" / "ray" / "__init__.py").write_text("raise ImportError(\"No module named 'ray'\")\n")
-    missing = run("run", str(study), "--out", str(tmp_path / "out"), "--executor", "ray",
-                  env={**os.environ, "PYTHONPATH": str(tmp_path / "site")})
+    missing = run("run", str(study), "--out", str(tmp_path / "out"), "--executor", "ray", env={**os.environ, "PYTHONPATH": str(tmp_path / "site")})
     assert missing.returncode == 2 and "pip install 'unpaired[ray]'" in missing.stderr
     assert not list((tmp_path / "out").glob("*/*"))
     assert run_cli("run", str(study), "--address", ray_cluster).returncode == 1  # an address needs the Ray executor
@@ -158,8 +178,13 @@ def test_the_tasks_use_the_drivers_lease_timeout_to_take_over_a_lease_a_dead_hos
             os.utime(lease)
 
     threading.Thread(target=beat, daemon=True).start()
-    driver = subprocess.Popen([UNPAIRED, "run", str(study), "--out", str(tmp_path / "out"), "--quiet", "--executor", "ray",
-                               "--address", ray_cluster], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    driver = subprocess.Popen(
+        [UNPAIRED, "run", str(study), "--out", str(tmp_path / "out"), "--quiet", "--executor", "ray", "--address", ray_cluster],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
     lines = []
     for line in driver.stdout:
         lines.append(line)

@@ -74,8 +74,9 @@ def test_invalid_params_name_the_dotted_path_and_the_bad_value():
 
 
 def test_unknown_params_are_rejected_even_if_the_plugin_model_allows_extras(make_distribution):
-    make_distribution("lenient-plugin", "1.0", {"lenient": "lenient_plugin"}, {"lenient_plugin.py": PLUGIN_WITH_RESNET.replace('"resnet"',
-                                                                                                                               '"loose"')})
+    make_distribution(
+        "lenient-plugin", "1.0", {"lenient": "lenient_plugin"}, {"lenient_plugin.py": PLUGIN_WITH_RESNET.replace('"resnet"', '"loose"')}
+    )
     registry = Registry.from_entry_points()
     with pytest.raises(InvalidParamsError) as error:
         registry.resolve("generator", {"name": "loose", "widht": 3})
@@ -135,8 +136,10 @@ def test_a_misspelt_hook_is_reported_not_silently_ignored(make_distribution):
 
 
 def test_a_bad_registration_is_reported(make_distribution):
-    source = ("from unpaired import hookimpl\n\n@hookimpl\ndef unpaired_register_norms(register):\n"
-              "    register('odd', print, dict, 'params_model is not pydantic')\n")
+    source = (
+        "from unpaired import hookimpl\n\n@hookimpl\ndef unpaired_register_norms(register):\n"
+        "    register('odd', print, dict, 'params_model is not pydantic')\n"
+    )
     make_distribution("bad-reg", "1.0", {"bad": "bad_reg"}, {"bad_reg.py": source})
     registry = Registry.from_entry_points()
     assert any("registering norm 'odd'" in p and "pydantic BaseModel" in p for p in registry.problems)
@@ -160,9 +163,7 @@ def test_env_var_restricts_which_distributions_load(make_distribution, monkeypat
 def test_env_var_naming_a_missing_distribution_is_reported(site, monkeypatch):
     monkeypatch.setenv("UNPAIRED_PLUGINS", "unpaired,not-installed")
     registry = Registry.from_entry_points()
-    assert registry.problems == [
-        "UNPAIRED_PLUGINS names 'not-installed', but no installed distribution of that name provides 'unpaired' plugins"
-    ]
+    assert registry.problems == ["UNPAIRED_PLUGINS names 'not-installed', but no installed distribution of that name provides 'unpaired' plugins"]
 
 
 def test_plugins_command_lists_every_builtin_with_origin_parameters_and_description(site):
@@ -173,8 +174,19 @@ def test_plugins_command_lists_every_builtin_with_origin_parameters_and_descript
     assert "n_blocks=9  ngf=64  dropout=0.0  padding='reflect'" in out
     assert "size=50  swap_probability=0.5" in out
     defaults = [line.split()[0] for line in out.splitlines() if line.endswith("[default]")]
-    assert defaults == ["cyclegan", "resnet", "patchgan", "instance", "lsgan", "history", "constant", "inception", "fid",
-                        "kid", "local"]  # the paper's choices, and training on this machine
+    assert defaults == [
+        "cyclegan",
+        "resnet",
+        "patchgan",
+        "instance",
+        "lsgan",
+        "history",
+        "constant",
+        "inception",
+        "fid",
+        "kid",
+        "local",
+    ]  # the paper's choices, and training on this machine
 
     listing = json.loads(run_cli("plugins", "--json").stdout)
     found = {(c["kind"], c["name"]) for c in listing["components"]}
@@ -261,13 +273,20 @@ def test_a_qualified_name_of_the_same_component_gives_the_same_run_id(make_distr
 
 
 def test_register_takes_default_as_its_fifth_argument_as_the_hookspec_documents(make_distribution):
-    make_distribution("positional", "1.0", {"positional": "positional_metric"}, {"positional_metric.py": """
+    make_distribution(
+        "positional",
+        "1.0",
+        {"positional": "positional_metric"},
+        {
+            "positional_metric.py": """
         from unpaired.plugin_api import hookimpl
         from unpaired_plugins.metrics import FID, FidParams
 
         @hookimpl
         def unpaired_register_metrics(register):
             register("fid_again", FID, FidParams, "FID under another name", True)
-    """})
+    """
+        },
+    )
     registry = Registry.from_entry_points()
     assert registry.get("metric", "fid_again").default and "fid_again" in registry.defaults("metric")

@@ -23,6 +23,7 @@ from unpaired.errors import Note
 from unpaired.storage.lease import Lease, LeaseHeld
 from unpaired.storage.run_folder import RunFolder
 
+
 def test_a_lease_is_exclusive_while_its_holder_lives_and_taken_over_when_it_dies(tmp_path):
     path = tmp_path / "run" / "lease.json"
     with Lease(path) as first:
@@ -50,7 +51,6 @@ def test_a_lease_from_another_host_is_stale_only_after_its_heartbeat_stops(tmp_p
         before = path.stat().st_mtime
         time.sleep(1.2)  # the holder's thread refreshes the heartbeat every timeout / 6 (at least 0.5 s)
         assert path.stat().st_mtime > before
-
 
 
 @pytest.mark.slow
@@ -92,17 +92,24 @@ def group_is_gone(pgid: int, within: float = 10.0) -> bool:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("signum", "whole_group", "jobs"), [(signal.SIGINT, True, 2), (signal.SIGINT, False, 2), (signal.SIGTERM, False, 2),
-                                                         (signal.SIGTERM, False, 1)],
-                         ids=["ctrl-c", "sigint-to-main", "sigterm-to-main", "sigterm-without-workers"])
+@pytest.mark.parametrize(
+    ("signum", "whole_group", "jobs"),
+    [(signal.SIGINT, True, 2), (signal.SIGINT, False, 2), (signal.SIGTERM, False, 2), (signal.SIGTERM, False, 1)],
+    ids=["ctrl-c", "sigint-to-main", "sigterm-to-main", "sigterm-without-workers"],
+)
 def test_a_signal_stops_every_worker_with_a_checkpoint_and_leaves_no_process(tmp_path, monkeypatch, signum, whole_group, jobs):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     base = {**TINY_BASE, "data": {**TINY_BASE["data"], "n_train": 200}, "train": {**TINY_BASE["train"], "epochs": 3, "decay_epochs": 0}}
     study = tmp_path / "stopped.yaml"
     study.write_text(yaml.safe_dump({"name": "stopped", "base": base, "grid": {"generator.n_blocks": [1, 2, 3]}}))
     out = tmp_path / "out"
-    process = subprocess.Popen([UNPAIRED, "run", str(study), "--out", str(out), "--jobs", str(jobs), "--quiet"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    process = subprocess.Popen(
+        [UNPAIRED, "run", str(study), "--out", str(out), "--jobs", str(jobs), "--quiet"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 120
     while len(list(out.glob("*/*/history.json"))) < jobs and time.monotonic() < deadline:  # each worker is into epoch 2
         time.sleep(0.1)
@@ -194,8 +201,10 @@ def small_disk(tmp_path):
 
 def test_files_written_atomically_get_the_permissions_open_would_give_them(tmp_path):
     """mkstemp makes its files private to their owner: results a group shares (a cluster's storage) must not be."""
-    write = (f"from pathlib import Path; from unpaired.storage.files import atomic_write_text; "
-             f"atomic_write_text(Path({str(tmp_path)!r}) / 'report.html', 'x')")
+    write = (
+        f"from pathlib import Path; from unpaired.storage.files import atomic_write_text; "
+        f"atomic_write_text(Path({str(tmp_path)!r}) / 'report.html', 'x')"
+    )
     subprocess.run(["bash", "-c", f'umask 027 && {sys.executable} -c "{write}"'], check=True)
     assert (tmp_path / "report.html").stat().st_mode & 0o777 == 0o640
 
@@ -209,8 +218,11 @@ def test_a_full_disk_names_the_file_the_space_needed_and_keeps_the_previous_vers
     leave_free(64 * 1024)
     with pytest.raises(StorageError) as error:
         atomic_save({"weights": torch.zeros(100_000)}, path)  # about 391 KiB
-    assert re.match(rf"no space left to write {re.escape(str(path))}: it needs 39\d\.\d KiB, 6\d\.\d KiB are free there \(the previous"
-                    r" version, if any, is intact\)\. Free some space, then run the same command again\.$", str(error.value)), str(error.value)
+    assert re.match(
+        rf"no space left to write {re.escape(str(path))}: it needs 39\d\.\d KiB, 6\d\.\d KiB are free there \(the previous"
+        r" version, if any, is intact\)\. Free some space, then run the same command again\.$",
+        str(error.value),
+    ), str(error.value)
     assert torch.equal(load_tensors(path)["weights"], torch.zeros(1000))
     assert sorted(p.name for p in path.parent.iterdir()) == ["state.pt"]  # no temporary file left
 
@@ -353,8 +365,9 @@ def test_a_corrupt_checkpoint_is_named_set_aside_and_the_run_starts_again(tmp_pa
         assert train_run(variant, folder, registry, show_progress=False).result.status == "failed"
     checkpoint = folder.latest_checkpoint()
     corrupt(checkpoint, how)
-    with pytest.warns(UserWarning,
-                      match=rf"{re.escape(str(checkpoint))} is (corrupt|a torn torch archive|not a torch file).*starts again from the beginning"):
+    with pytest.warns(
+        UserWarning, match=rf"{re.escape(str(checkpoint))} is (corrupt|a torn torch archive|not a torch file).*starts again from the beginning"
+    ):
         result = train_run(variant, folder, registry, show_progress=False).result
     assert result.status == "finished" and result.final_losses == straight.final_losses
     assert (checkpoint.parent / f"{checkpoint.name}.corrupt").is_file()
@@ -401,8 +414,9 @@ def test_a_cpu_run_resumes_with_the_thread_count_it_started_with(tmp_path):
     from unpaired.training.run import train_run
 
     registry = Registry.from_entry_points()
-    variant = resolve_variant({**TINY_BASE, "generator": {"name": "resnet", "n_blocks": 1, "ngf": 8}, "train": {**TINY_BASE["train"],
-                                                                                                                "log_every": 1}}, registry)
+    variant = resolve_variant(
+        {**TINY_BASE, "generator": {"name": "resnet", "n_blocks": 1, "ngf": 8}, "train": {**TINY_BASE["train"], "log_every": 1}}, registry
+    )
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(2)

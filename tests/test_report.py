@@ -31,8 +31,9 @@ BASELINE, BETTER, SAME, SINGLE = [30.1, 31.5, 29.8], [26.0, 26.5, 25.9], [30.5, 
 
 
 def table_of(values: dict[str, list[float]]) -> pd.DataFrame:
-    runs = pd.DataFrame([{"variant": v, "seed": s, "run_id": f"{v}{s}", "planned_seeds": 3, "fid_mean": x}
-                         for v, xs in values.items() for s, x in enumerate(xs)])
+    runs = pd.DataFrame(
+        [{"variant": v, "seed": s, "run_id": f"{v}{s}", "planned_seeds": 3, "fid_mean": x} for v, xs in values.items() for s, x in enumerate(xs)]
+    )
     return summarize(runs, "fid_mean", "base", lower_better=True)
 
 
@@ -77,12 +78,24 @@ def finished(tmp_path_factory):
     write_distribution(site, "pixel-features", "1.0", {"pixel": "pixel_features"}, {"pixel_features.py": PIXEL_FEATURES})
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env["PYTHONPATH"] = os.pathsep.join([str(site), env.get("PYTHONPATH", "")])
-    base = merge(TINY_BASE, {"data": {"n_train": 4, "n_test": N_TEST}, "eval": {"metrics": ["fid", "kid"], "every": 1,
-                                                                                "feature_extractor": {"name": "mean_colour"}}})
+    base = merge(
+        TINY_BASE,
+        {"data": {"n_train": 4, "n_test": N_TEST}, "eval": {"metrics": ["fid", "kid"], "every": 1, "feature_extractor": {"name": "mean_colour"}}},
+    )
     study = root / "study.yaml"
-    study.write_text(yaml.safe_dump({"name": "report-study", "question": QUESTION, "description": "Generator depth, tiny.", "base": base,
-                                     "grid": {"generator.n_blocks": [1, 2]}, "seeds": [0, 1, 2],
-                                     "tracking": {"uri": f"sqlite:///{root}/mlflow.db"}}))
+    study.write_text(
+        yaml.safe_dump(
+            {
+                "name": "report-study",
+                "question": QUESTION,
+                "description": "Generator depth, tiny.",
+                "base": base,
+                "grid": {"generator.n_blocks": [1, 2]},
+                "seeds": [0, 1, 2],
+                "tracking": {"uri": f"sqlite:///{root}/mlflow.db"},
+            }
+        )
+    )
     result = cli(env, "run", str(study), "--quiet", "--jobs", "2", cwd=root)  # into its default output folder
     assert result.returncode == 0, result.stderr
     return {"root": root, "study": study, "out": root / "runs" / "report-study", "env": env, "run": result}
@@ -110,10 +123,18 @@ def test_the_run_writes_an_offline_html_report_whose_images_are_embedded_pngs_of
     for image in parser.images:
         prefix = "data:image/png;base64,"
         assert image["src"].startswith(prefix)
-        picture = Image.open(io.BytesIO(base64.b64decode(image["src"][len(prefix):])))
+        picture = Image.open(io.BytesIO(base64.b64decode(image["src"][len(prefix) :])))
         assert picture.format == "PNG" and picture.size == (int(image["width"]), int(image["height"]))
-    order = [QUESTION, "6 planned: 6 finished", "FID, final generators", "KID, final generators", "FID, best epoch",
-             "Training curves", "Visual comparison", "What each variant changes"]
+    order = [
+        QUESTION,
+        "6 planned: 6 finished",
+        "FID, final generators",
+        "KID, final generators",
+        "FID, best epoch",
+        "Training curves",
+        "Visual comparison",
+        "What each variant changes",
+    ]
     positions = [html.index(text) for text in order]
     assert positions == sorted(positions)
     assert "generator.n_blocks</td><td>1</td><td>2" in html and "Failed and incomplete" not in html
@@ -208,9 +229,18 @@ def test_a_stop_signal_during_the_report_skips_rebuilding_generators(finished, m
 @pytest.mark.slow
 def test_a_partial_study_with_a_failed_run_says_what_is_missing(tmp_path):
     study = tmp_path / "partial.yaml"
-    study.write_text(yaml.safe_dump({
-        "name": "partial", "base": TINY_BASE, "seeds": [0, 1], "baseline": "ok", "tracking": {"enabled": False},
-        "variants": {"ok": {}, "broken": {"data": {"name": "folder", "root": str(tmp_path / "nowhere")}}}}))
+    study.write_text(
+        yaml.safe_dump(
+            {
+                "name": "partial",
+                "base": TINY_BASE,
+                "seeds": [0, 1],
+                "baseline": "ok",
+                "tracking": {"enabled": False},
+                "variants": {"ok": {}, "broken": {"data": {"name": "folder", "root": str(tmp_path / "nowhere")}}},
+            }
+        )
+    )
     env, out = {**os.environ}, tmp_path / "runs" / "partial"
     run = cli(env, "run", str(study), "--seeds", "0", "--quiet", cwd=tmp_path)  # into runs/partial
     assert run.returncode == 1 and "done 1, failed 1" in run.stdout, run.stderr

@@ -12,7 +12,6 @@ from unpaired.config.spec import SpecError
 DATA = {"name": "synthetic", "size": 32}
 
 
-
 def test_every_default_is_the_papers(registry):
     resolved = resolve_variant({"data": DATA}, registry).as_dict()
     assert resolved["generator"] == {"name": "resnet", "n_blocks": 9, "ngf": 64, "dropout": 0.0, "padding": "reflect"}

@@ -42,10 +42,14 @@ def test_grid_and_named_variants_expand_into_readable_runs(registry):
         seeds=[0, 3],
     )
     assert planned.variant_names == [
-        "plain,n_blocks=1,discriminator=patchgan", "plain,n_blocks=1,discriminator=pooled",
-        "plain,n_blocks=2,discriminator=patchgan", "plain,n_blocks=2,discriminator=pooled",
-        "no-idt,n_blocks=1,discriminator=patchgan", "no-idt,n_blocks=1,discriminator=pooled",
-        "no-idt,n_blocks=2,discriminator=patchgan", "no-idt,n_blocks=2,discriminator=pooled",
+        "plain,n_blocks=1,discriminator=patchgan",
+        "plain,n_blocks=1,discriminator=pooled",
+        "plain,n_blocks=2,discriminator=patchgan",
+        "plain,n_blocks=2,discriminator=pooled",
+        "no-idt,n_blocks=1,discriminator=patchgan",
+        "no-idt,n_blocks=1,discriminator=pooled",
+        "no-idt,n_blocks=2,discriminator=patchgan",
+        "no-idt,n_blocks=2,discriminator=pooled",
     ]
     assert len(planned.runs) == 16 and [r.seed for r in planned.runs[:2]] == [0, 3]
     last = planned.runs[-1]
@@ -65,15 +69,20 @@ def test_ids_are_stable_for_the_same_file(registry, tmp_path):
     (tmp_path / "a.yaml").write_text(text)
     (tmp_path / "b.json").write_text(json.dumps(yaml.safe_load(text)))
     first, second = load_study(tmp_path / "a.yaml", registry), load_study(tmp_path / "b.json", registry)
-    assert [(r.variant_key, r.run_id) for r in first.runs] == [(r.variant_key, r.run_id) for r in second.runs] == [
-        ("cdd89620b06c", "45c4b0f3ac4d"), ("cdd89620b06c", "7c572a5402be"),
-        ("ad6813aec35a", "3bb257ea837d"), ("ad6813aec35a", "1d4a52c63936"),
-    ]
+    assert (
+        [(r.variant_key, r.run_id) for r in first.runs]
+        == [(r.variant_key, r.run_id) for r in second.runs]
+        == [
+            ("cdd89620b06c", "45c4b0f3ac4d"),
+            ("cdd89620b06c", "7c572a5402be"),
+            ("ad6813aec35a", "3bb257ea837d"),
+            ("ad6813aec35a", "1d4a52c63936"),
+        ]
+    )
 
 
 def test_renaming_a_component_keeps_only_the_parameters_the_new_one_has(registry):
-    base = {"image_pool": {"name": "history", "size": 50}, "generator": {"name": "resnet", "ngf": 8},
-            "discriminator": {"name": "patchgan", "ndf": 8}}
+    base = {"image_pool": {"name": "history", "size": 50}, "generator": {"name": "resnet", "ngf": 8}, "discriminator": {"name": "patchgan", "ndf": 8}}
     changes = {"image_pool": {"name": "none"}, "generator": {"n_blocks": 6}, "discriminator": {"name": "pooled", "n_layers": 2}}
     assert merge(base, changes, registry) == {
         "image_pool": {"name": "none"},
@@ -166,8 +175,9 @@ def test_the_committed_schema_is_current(monkeypatch):
 
 @pytest.mark.slow
 def test_run_selection_and_a_failing_variant_does_not_stop_the_study(tmp_path):
-    path = write_study(tmp_path / "study.yaml", "tiny", variants={"ok": {}, "broken": {"data": {"name": "folder",
-                                                                                                "root": str(tmp_path / "nowhere")}}}, seeds=[0, 1])
+    path = write_study(
+        tmp_path / "study.yaml", "tiny", variants={"ok": {}, "broken": {"data": {"name": "folder", "root": str(tmp_path / "nowhere")}}}, seeds=[0, 1]
+    )
     result = run_cli("run", str(path), "--out", str(tmp_path / "out"), "--only", "nope")
     assert result.returncode == 1 and "no variant named 'nope' in study 'tiny'; the variants are ok, broken" in result.stderr
     result = run_cli("run", str(path), "--out", str(tmp_path / "out"), "--seeds", "0", "--quiet")
@@ -256,8 +266,12 @@ def test_quickstart_killed_at_random_moments_then_rerun_equals_an_uninterrupted_
 
     out, moments, kills = tmp_path / "killed", random.Random(0), 0
     for attempt in range(10):
-        process = subprocess.Popen([UNPAIRED, "run", str(path), "--out", str(out), "--quiet", "--jobs", str(1 + attempt % 2)],
-                                   start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        process = subprocess.Popen(
+            [UNPAIRED, "run", str(path), "--out", str(out), "--quiet", "--jobs", str(1 + attempt % 2)],
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         if wait_for_progress(out, process, moments):
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
@@ -284,8 +298,11 @@ def test_quickstart_killed_at_random_moments_then_rerun_equals_an_uninterrupted_
 
     client = MlflowClient()  # one MLflow child per run, FINISHED, each epoch logged once, whatever the kills did
     experiment = client.get_experiment_by_name("quickstart").experiment_id
-    children = [c for c in client.search_runs([experiment], filter_string="tags.`unpaired.role` = 'run'")
-                if c.data.tags["unpaired.folder"].startswith(str(out.resolve()))]
+    children = [
+        c
+        for c in client.search_runs([experiment], filter_string="tags.`unpaired.role` = 'run'")
+        if c.data.tags["unpaired.folder"].startswith(str(out.resolve()))
+    ]
     assert sorted(c.data.tags["unpaired.run_id"] for c in children) == sorted(r["run_id"] for r in index["runs"])
     for child in children:
         assert child.info.status == "FINISHED" and [m.step for m in client.get_metric_history(child.info.run_id, "cycle_A")] == [1, 2, 3]

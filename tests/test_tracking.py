@@ -42,8 +42,9 @@ def children(client, experiment_id):
 @pytest.mark.slow
 def test_a_study_logged_to_a_real_tracking_server(mlflow_server, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
-    study = tracked_study(tmp_path / "served.yaml", "served", variants={"ok": {}, "broken": {"data": {"name": "folder",
-                                                                                                      "root": str(tmp_path / "nowhere")}}})
+    study = tracked_study(
+        tmp_path / "served.yaml", "served", variants={"ok": {}, "broken": {"data": {"name": "folder", "root": str(tmp_path / "nowhere")}}}
+    )
     result = run_cli("run", str(study), "--out", str(tmp_path / "out"), "--quiet")
     assert result.returncode == 1 and "done 1, failed 1" in result.stdout, result.stderr
 
@@ -75,8 +76,10 @@ def test_a_study_logged_to_a_real_tracking_server(mlflow_server, tmp_path, monke
 
 
 def test_an_interrupted_run_resumes_into_the_same_mlflow_run(tmp_path):
-    study = load_study(tracked_study(tmp_path / "resumed.yaml", "resumed", base={"eval": {"metrics": []}, "train": {"epochs": 2, "log_every": 1}}),
-                       Registry.from_entry_points())
+    study = load_study(
+        tracked_study(tmp_path / "resumed.yaml", "resumed", base={"eval": {"metrics": []}, "train": {"epochs": 2, "log_every": 1}}),
+        Registry.from_entry_points(),
+    )
     out = tmp_path / "out"
     registry = Registry.from_entry_points()
     with registry.listening(AtStep(6, send_sigint)):
@@ -102,6 +105,7 @@ def test_epochs_trained_again_after_a_crash_are_logged_once(tmp_path):
     base = {"eval": {"metrics": []}, "train": {"epochs": 2, "log_every": 1, "checkpoint_every": 2}}
     study = load_study(tracked_study(tmp_path / "relogged.yaml", "relogged", base=base), Registry.from_entry_points())
     registry = Registry.from_entry_points()
+
     def run():
         return run_study(study, tmp_path / "out", registry, select_runs(study, None, None), show_progress=False, announce=lambda _: None)
 
@@ -134,8 +138,7 @@ HAND_MADE = {  # variant -> metric per seed; planned 3 seeds each
 
 def test_summary_statistics_match_a_hand_computed_example():
     runs = pd.DataFrame(
-        [{"variant": v, "seed": s, "run_id": v, "planned_seeds": 3, "fid_mean": x}
-         for v, values in HAND_MADE.items() for s, x in enumerate(values)]
+        [{"variant": v, "seed": s, "run_id": v, "planned_seeds": 3, "fid_mean": x} for v, values in HAND_MADE.items() for s, x in enumerate(values)]
     )
     table = summarize(runs, "fid_mean", baseline="base", lower_better=True)
     assert list(table.index) == ["base", "deep", "wide"]
@@ -161,14 +164,23 @@ def test_compare_command_reads_the_runs_from_mlflow(tmp_path):
     parent = client.create_run(experiment_id, tags={"unpaired.role": "study", "unpaired.baseline": "base"})
     for variant, values in HAND_MADE.items():
         for seed, value in enumerate(values):
-            run = client.create_run(experiment_id, tags={
-                "mlflow.parentRunId": parent.info.run_id, "unpaired.variant": variant,
-                "unpaired.role": "variant" if variant == "base" else "run",  # the role 0.1 wrote, and the current one
-                "unpaired.seed": str(seed), "unpaired.run_id": variant, "unpaired.planned_seeds": "3"})
+            run = client.create_run(
+                experiment_id,
+                tags={
+                    "mlflow.parentRunId": parent.info.run_id,
+                    "unpaired.variant": variant,
+                    "unpaired.role": "variant" if variant == "base" else "run",  # the role 0.1 wrote, and the current one
+                    "unpaired.seed": str(seed),
+                    "unpaired.run_id": variant,
+                    "unpaired.planned_seeds": "3",
+                },
+            )
             client.log_batch(run.info.run_id, metrics=[Metric("fid_mean", value, 0, 2)], tags=[RunTag("unpaired.status", "finished")])
             client.set_terminated(run.info.run_id, "FINISHED")
-    unfinished = client.create_run(experiment_id, tags={"unpaired.role": "variant", "unpaired.variant": "base", "unpaired.seed": "9",
-                                                        "unpaired.run_id": "base", "unpaired.planned_seeds": "3"})
+    unfinished = client.create_run(
+        experiment_id,
+        tags={"unpaired.role": "variant", "unpaired.variant": "base", "unpaired.seed": "9", "unpaired.run_id": "base", "unpaired.planned_seeds": "3"},
+    )
     client.log_batch(unfinished.info.run_id, metrics=[Metric("fid_mean", 1000.0, 0, 1)])  # still running: not counted
 
     result = run_cli("compare", "hand-made", "--format", "json", "--plot", str(tmp_path / "plot.png"))

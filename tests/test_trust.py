@@ -36,7 +36,6 @@ from unpaired.storage.run_folder import RunFolder
 TWO_EPOCHS = merge(TINY_BASE, {"train": {"epochs": 2, "decay_epochs": 0, "checkpoint_every": 1, "log_every": 1}})
 
 
-
 def study_run(study_file: Path, out: Path, *listeners: object):
     registry = Registry.from_entry_points()
     study = load_study(study_file, registry)
@@ -153,8 +152,9 @@ def test_epochs_mlflow_missed_are_logged_before_training_continues_so_the_histor
 def test_a_corrupt_study_index_leaves_compare_and_the_report_working_from_the_run_folders(make_distribution, tmp_path):
     make_distribution("pixel-features", "1.0", {"pixel": "pixel_features"}, {"pixel_features.py": PIXEL_FEATURES})
     scored = merge(TINY_BASE, {"data": {"n_test": 7}, "eval": {"metrics": ["fid"], "feature_extractor": {"name": "mean_colour"}}})
-    study = write_study(tmp_path / "indexed.yaml", "indexed", base=scored, variants={"narrow": {}, "wide": {"generator": {"ngf": 8}}},
-                        tracking={"enabled": False})
+    study = write_study(
+        tmp_path / "indexed.yaml", "indexed", base=scored, variants={"narrow": {}, "wide": {"generator": {"ngf": 8}}}, tracking={"enabled": False}
+    )
     out = tmp_path / "out"
     assert len(study_run(study, out).done) == 2
     (out / "study.json").write_text('{"runs": [{"variant": 1}')
@@ -180,8 +180,12 @@ class SwitchableProxy(http.server.BaseHTTPRequestHandler):
             time.sleep(60)
             return
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        request = urllib.request.Request(self.upstream + self.path, data=body or None, method=self.command,
-                                         headers={k: v for k, v in self.headers.items() if k.lower() in ("content-type", "accept")})
+        request = urllib.request.Request(
+            self.upstream + self.path,
+            data=body or None,
+            method=self.command,
+            headers={k: v for k, v in self.headers.items() if k.lower() in ("content-type", "accept")},
+        )
         try:
             with urllib.request.urlopen(request, timeout=30) as response:
                 status, headers, payload = response.status, response.headers, response.read()
@@ -203,16 +207,21 @@ class SwitchableProxy(http.server.BaseHTTPRequestHandler):
 def test_a_tracking_server_that_hangs_mid_study_holds_each_run_up_at_most_the_tracking_timeout(mlflow_server, tmp_path, monkeypatch):
     """It hangs at the first training step: the run in training, the next run and the study's end each wait about
     tracking.timeout (2 s) for it, then tracking leaves them alone and training goes on (MLflow's own retries: minutes)."""
-    for name in ("MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
-                 "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER"):
+    for name in (
+        "MLFLOW_HTTP_REQUEST_TIMEOUT",
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
+        "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER",
+    ):
         monkeypatch.delenv(name, raising=False)  # what the tracker sets for this test is undone after it
     SwitchableProxy.upstream, SwitchableProxy.hang = mlflow_server, threading.Event()
     proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), SwitchableProxy)
     proxy.daemon_threads = True
     threading.Thread(target=proxy.serve_forever, daemon=True).start()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{proxy.server_address[1]}")
-    study = write_study(tmp_path / "hung.yaml", "hung", base=merge(TINY_BASE, {"train": {"log_every": 1}}), grid={"generator.ngf": [4, 8]},
-                        tracking={"timeout": 2})
+    study = write_study(
+        tmp_path / "hung.yaml", "hung", base=merge(TINY_BASE, {"train": {"log_every": 1}}), grid={"generator.ngf": [4, 8]}, tracking={"timeout": 2}
+    )
     try:
         SwitchableProxy.hang.set()  # stuck from the start: the study stops before training, saying so
         with pytest.raises(TrackingError, match=r"answers, but not to MLflow's calls within tracking.timeout \(2 s\)"):

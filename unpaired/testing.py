@@ -60,8 +60,9 @@ class ComponentCheck:
     """The loss terms of each training step (the method's names); empty for a feature extractor or a metric."""
 
 
-def check_component(kind: ComponentKind, name: str, params: dict[str, Any] | None = None, *,
-                    variant: dict[str, Any] | None = None, size: int = 32) -> ComponentCheck:
+def check_component(
+    kind: ComponentKind, name: str, params: dict[str, Any] | None = None, *, variant: dict[str, Any] | None = None, size: int = 32
+) -> ComponentCheck:
     """Build, probe and train two steps of the installed component ``name`` of ``kind`` with ``params``.
 
     ``variant`` is a partial variant spec for everything else (e.g. a smaller default generator beside
@@ -76,8 +77,12 @@ def check_component(kind: ComponentKind, name: str, params: dict[str, Any] | Non
         (_check_extractor if kind == "feature_extractor" else _check_metric)(choice, size)
         return ComponentCheck(choice.component, [])
     path = next(path for path, slot in component_slots().items() if slot.kind == kind and slot.fallback is None)
-    base = {"data": {"name": PROBE_DATASET, "size": size}, "samples": 1, "eval": {"metrics": []},
-            "train": {"device": "cpu", "num_workers": 0, "epochs": 1, "decay_epochs": 0}}
+    base = {
+        "data": {"name": PROBE_DATASET, "size": size},
+        "samples": 1,
+        "eval": {"metrics": []},
+        "train": {"device": "cpu", "num_workers": 0, "epochs": 1, "decay_epochs": 0},
+    }
     spec = set_path(merge(base, variant or {}), path, config)
     resolved = resolve_variant(spec, registry, source=f"check_component({kind!r}, {name!r})")
     choice = resolved.generator_norm if kind == "norm" else getattr(resolved, path)
@@ -109,8 +114,10 @@ def _train(variant: ResolvedVariant, data: UnpairedData, who: str) -> list[dict[
     for name, network in method.networks.items():
         trainable = [(old, new) for old, new in zip(before[name], network.parameters()) if new.requires_grad]
         if trainable and all(torch.equal(old, new) for old, new in trainable):
-            raise ContractError(f"training with {who} changed none of {name}'s parameters: its losses reach no weight "
-                                "(a detach, a constant output, or a discriminator score that does not depend on the image?)")
+            raise ContractError(
+                f"training with {who} changed none of {name}'s parameters: its losses reach no weight "
+                "(a detach, a constant output, or a discriminator score that does not depend on the image?)"
+            )
     return losses
 
 
@@ -119,12 +126,16 @@ def _check_dataset(data: UnpairedData, who: str) -> None:
     empty = [f"{split}{domain}" for split in ("train", "test") for domain in ("A", "B") if data.size(split, domain) < 1]
     if empty:
         raise ContractError(f"{who} must hold images in every split and domain; {', '.join(empty)} is/are empty")
-    images = {"training pair": torch.stack(data.train_pair(0, torch.Generator().manual_seed(0))),
-              "test image": torch.stack([data.test_image("A", 0), data.test_image("B", 0)])}
+    images = {
+        "training pair": torch.stack(data.train_pair(0, torch.Generator().manual_seed(0))),
+        "test image": torch.stack([data.test_image("A", 0), data.test_image("B", 0)]),
+    }
     for what, batch in images.items():
         if batch.shape[1:] != (3, crop, crop) or batch.min() < -1 or batch.max() > 1:
-            raise ContractError(f"{who}: a {what} must be 3 x {crop} x {crop} (the crop size) in [-1, 1]; got "
-                                f"{tuple(batch.shape[1:])} in [{float(batch.min()):.3g}, {float(batch.max()):.3g}]")
+            raise ContractError(
+                f"{who}: a {what} must be 3 x {crop} x {crop} (the crop size) in [-1, 1]; got "
+                f"{tuple(batch.shape[1:])} in [{float(batch.min()):.3g}, {float(batch.max()):.3g}]"
+            )
     if data.describe("test", "A") == data.describe("test", "B"):
         raise ContractError(f"{who}: describe() must tell the test domains apart (cached FID features are keyed by it)")
 
@@ -141,14 +152,18 @@ def _check_pool(choice: Choice, size: int) -> None:
         try:
             state = load_tensors(Path(folder) / "pool.pt")["pool"]
         except Exception as error:
-            raise ContractError(f"{who}: state_dict() must hold only tensors and plain Python values (checkpoints are "
-                                f"loaded with weights_only=True); loading it failed: {error}") from error
+            raise ContractError(
+                f"{who}: state_dict() must hold only tensors and plain Python values (checkpoints are "
+                f"loaded with weights_only=True); loading it failed: {error}"
+            ) from error
     resumed = choice.build(1)  # another seed: everything must come from the state
     resumed.load_state_dict(state)
     got += [resumed.query(batch) for batch in fakes[4:]]
     if any(a.shape != b.shape or not torch.equal(a, b) for a, b in zip(expected, got)):
-        raise ContractError(f"{who}: a pool restored with load_state_dict(state_dict()) must continue exactly as the "
-                            "original (stored images, fill level and its own RNG's state in the state; no global RNG)")
+        raise ContractError(
+            f"{who}: a pool restored with load_state_dict(state_dict()) must continue exactly as the "
+            "original (stored images, fill level and its own RNG's state in the state; no global RNG)"
+        )
 
 
 def _check_extractor(choice: Choice, size: int) -> None:
@@ -169,8 +184,11 @@ def _check_metric(choice: Choice, size: int) -> None:
     """A finite score of two sets of random inputs (features, or images when it compares images), the same twice."""
     who = describe_component(choice, "metric")
     metric = choice.build()
-    make = (lambda seed: torch.rand(8, 16, generator=torch.Generator().manual_seed(seed))) if metric.uses_features else \
-        (lambda seed: torch.randint(0, 256, (8, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed)))
+    make = (
+        (lambda seed: torch.rand(8, 16, generator=torch.Generator().manual_seed(seed)))
+        if metric.uses_features
+        else (lambda seed: torch.randint(0, 256, (8, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed)))
+    )
     real, fake = make(0), make(1)
     first, second = metric.compute(real, fake), metric.compute(real, fake)
     if not np.isfinite(first.value):
@@ -195,8 +213,9 @@ class ProbeImages(UnpairedData):
 
     def image(self, split: Split, domain: Domain, index: int) -> Image.Image:
         key = (("train", "test").index(split) * 2 + "AB".index(domain)) * 2 + index
-        field = F.interpolate(torch.rand(1, 3, 4, 4, generator=torch.Generator().manual_seed(key)), size=(self.side, self.side),
-                              mode="bilinear", align_corners=False)[0]
+        field = F.interpolate(
+            torch.rand(1, 3, 4, 4, generator=torch.Generator().manual_seed(key)), size=(self.side, self.side), mode="bilinear", align_corners=False
+        )[0]
         if domain == "B":
             field = field * (0.5 + 0.5 * torch.sin(torch.arange(self.side) * 1.3)).view(1, 1, -1)
         return Image.fromarray((field.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8), mode="RGB")

@@ -48,8 +48,11 @@ def _add_study_commands(commands: argparse._SubParsersAction) -> None:
     run.set_defaults(handler=cmd_run)
 
     compare = commands.add_parser("compare", help="rank a study's variants: mean, 95 %% CI, Δ vs baseline, Welch's test")
-    compare.add_argument("study", help="study name (MLflow experiment), study file (its MLflow runs; its output folder when tracking is off) "
-                         "or study output folder (its run folders)")
+    compare.add_argument(
+        "study",
+        help="study name (MLflow experiment), study file (its MLflow runs; its output folder when tracking is off) "
+        "or study output folder (its run folders)",
+    )
     compare.add_argument("--metric", default="fid_mean", help="metric to rank by (default fid_mean; lower is better for fid/kid/losses)")
     compare.add_argument("--format", choices=["table", "markdown", "csv", "json"], default="table")
     compare.add_argument("--plot", help="also write a plot of every seed and each variant's 95 %% CI to this PNG")

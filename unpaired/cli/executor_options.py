@@ -21,8 +21,9 @@ def add_executor_options(parser: argparse.ArgumentParser) -> None:
     named like an option ``parser`` already has (only the study file sets that one)."""
     registry = plugin_registry()
     executors = registry.components("executor")
-    parser.add_argument("--executor", choices=[c.name for c in executors],
-                        help=f"where runs train (default: the study's execution.executor, else {_default_name()})")
+    parser.add_argument(
+        "--executor", choices=[c.name for c in executors], help=f"where runs train (default: the study's execution.executor, else {_default_name()})"
+    )
     owners: dict[str, list[str]] = {}
     helps: dict[str, str] = {}
     for component in executors:
@@ -31,8 +32,9 @@ def add_executor_options(parser: argparse.ArgumentParser) -> None:
             helps.setdefault(field, info.description or "")
     for field, names in owners.items():
         try:
-            parser.add_argument(f"--{field.replace('_', '-')}", dest=_PREFIX + field, metavar=field.upper(),
-                                help=f"{helps[field]} ({', '.join(names)} executor)")
+            parser.add_argument(
+                f"--{field.replace('_', '-')}", dest=_PREFIX + field, metavar=field.upper(), help=f"{helps[field]} ({', '.join(names)} executor)"
+            )
         except argparse.ArgumentError:  # a setting named like one of run's own options (--out): the study file sets it
             continue
 
@@ -55,8 +57,10 @@ def chosen_execution(args: argparse.Namespace, study: Study) -> Choice:
         if field not in fields:
             owners = [c.name for c in plugin_registry().components("executor") if field in c.params_model.model_fields]
             option = "--" + field.replace("_", "-")
-            raise UsageError(f"{option} is a setting of the {' or '.join(owners)} executor, not of {chosen}: add --executor "
-                             f"{owners[0]} (or execution: {{executor: {owners[0]}}} in the study)")
+            raise UsageError(
+                f"{option} is a setting of the {' or '.join(owners)} executor, not of {chosen}: add --executor "
+                f"{owners[0]} (or execution: {{executor: {owners[0]}}} in the study)"
+            )
     try:
         execution, set_aside = resolve_execution({**study.spec.execution, **given}, plugin_registry(), "the command line", chosen)
     except SpecError as error:

@@ -76,8 +76,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def plugin_changes(then: dict[str, str], now: dict[str, str]) -> list[str]:
     """``unpaired-unet 0.1.0 -> 0.2.0`` for each distribution whose version differs between two runs' ``plugins``."""
-    return [f"{dist} {then.get(dist, '(none)')} -> {now.get(dist, '(none)')}" for dist in sorted(set(then) | set(now))
-            if then.get(dist) != now.get(dist)]
+    return [
+        f"{dist} {then.get(dist, '(none)')} -> {now.get(dist, '(none)')}" for dist in sorted(set(then) | set(now)) if then.get(dist) != now.get(dist)
+    ]
 
 
 def _other_runs(study: Study, out: Path) -> list[str]:
@@ -96,11 +97,15 @@ def _other_runs(study: Study, out: Path) -> list[str]:
         current, changes = by_place.get((folder.path.parent.name, spec.get("train", {}).get("seed"))), []
         if current is not None:
             then, now = flatten(spec), flatten(current.resolved.as_dict())
-            changes = [f"{key}: {then.get(key)!r} -> {now.get(key)!r}" for key in sorted(set(then) | set(now))
-                       if then.get(key) != now.get(key) and not key.startswith("eval.")]
+            changes = [
+                f"{key}: {then.get(key)!r} -> {now.get(key)!r}"
+                for key in sorted(set(then) | set(now))
+                if then.get(key) != now.get(key) and not key.startswith("eval.")
+            ]
             changes += plugin_changes(result.plugins, current.resolved.plugins())
-        lines.append(f"not planned any more: {folder.path.relative_to(out)} (finished, run {result.run_id})"
-                     + (f": {'; '.join(changes)}" if changes else ""))
+        lines.append(
+            f"not planned any more: {folder.path.relative_to(out)} (finished, run {result.run_id})" + (f": {'; '.join(changes)}" if changes else "")
+        )
     if lines:
         lines.insert(0, "\nfinished runs this study no longer plans (compare and the report leave them out):")
     return lines
@@ -121,8 +126,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"{study.spec.name}: {_describe(study)}; {len(runs)} selected; output folder {out}", file=sys.stderr)
     execution = chosen_execution(args, study)
     with registry.listening(ReportWriter(registry, study.metric or "fid_mean")):  # report.html when the study ends
-        summary = run_study(study, out, registry, runs, show_progress=not args.quiet, announce=lambda line: tqdm.write(line, file=sys.stderr),
-                            execution=execution, rerun_stale=args.rerun_stale)
+        summary = run_study(
+            study,
+            out,
+            registry,
+            runs,
+            show_progress=not args.quiet,
+            announce=lambda line: tqdm.write(line, file=sys.stderr),
+            execution=execution,
+            rerun_stale=args.rerun_stale,
+        )
     print(summary)
     return summary.exit_code
 
@@ -199,8 +212,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
         if study is not None:  # only the runs the study plans now: a changed default or plugin is another configuration
             planned = runs["run_id"].isin({run.run_id for run in study.runs})
             if not planned.all():
-                left_out = [f"{int((~planned).sum())} finished MLflow run(s) of configurations the study no longer plans are left out "
-                            "(`unpaired plan` says what changed)"]
+                left_out = [
+                    f"{int((~planned).sum())} finished MLflow run(s) of configurations the study no longer plans are left out "
+                    "(`unpaired plan` says what changed)"
+                ]
             runs = runs[planned]
     for line in left_out:
         print(f"note: {line}", file=sys.stderr)
@@ -226,8 +241,7 @@ def _study_folder(target: str) -> Path:
     elif not path.exists():
         path = Path("runs") / target
     if not is_study_folder(path):
-        raise InputError(f"{target}: no study output folder there ({path} has no study.json); run the study first, "
-                         "or name its output folder")
+        raise InputError(f"{target}: no study output folder there ({path} has no study.json); run the study first, or name its output folder")
     return path
 
 

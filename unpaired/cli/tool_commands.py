@@ -39,8 +39,16 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     claimed = {(c.kind, c.name) for c in components if sum((o.kind, o.name) == (c.kind, c.name) for o in components) > 1}
     if args.json:
         rows = [
-            {"kind": c.kind, "name": c.name, "distribution": c.distribution, "version": c.version, "description": c.description,
-             "default": c.default, "parameters": _parameters_json(c), "conflict": (c.kind, c.name) in claimed}
+            {
+                "kind": c.kind,
+                "name": c.name,
+                "distribution": c.distribution,
+                "version": c.version,
+                "description": c.description,
+                "default": c.default,
+                "parameters": _parameters_json(c),
+                "conflict": (c.kind, c.name) in claimed,
+            }
             for c in components
         ]
         print(json.dumps({"components": rows, "problems": registry.problems + conflicts}, indent=2, default=str))

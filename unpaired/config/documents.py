@@ -45,8 +45,10 @@ def read_document(path: str | Path) -> Any:
     path = Path(path)
     try:
         if (size := path.stat().st_size) > MAX_DOCUMENT_BYTES:
-            raise SpecError(str(path), [("", f"is {size // 1024} KiB; a spec is at most {MAX_DOCUMENT_BYTES // 1024} KiB "
-                                         "(a study is a few KiB: name the file you meant)")])
+            raise SpecError(
+                str(path),
+                [("", f"is {size // 1024} KiB; a spec is at most {MAX_DOCUMENT_BYTES // 1024} KiB (a study is a few KiB: name the file you meant)")],
+            )
         text = path.read_text()
     except OSError as error:
         raise SpecError(str(path), [("", f"cannot read the file: {error.strerror or error}")]) from None

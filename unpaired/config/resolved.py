@@ -37,15 +37,23 @@ class ResolvedEval:
     """The score column whose best epoch is kept (with ``every``); None when nothing is scored."""
 
     def as_dict(self) -> dict[str, Any]:
-        return {"metrics": [m.as_dict() for m in self.metrics], "every": self.every, "batch_size": self.batch_size,
-                "select_best_by": self.select_best_by, "feature_extractor": self.feature_extractor.as_dict()}
+        return {
+            "metrics": [m.as_dict() for m in self.metrics],
+            "every": self.every,
+            "batch_size": self.batch_size,
+            "select_best_by": self.select_best_by,
+            "feature_extractor": self.feature_extractor.as_dict(),
+        }
 
     def identity(self, extractor_identity: str) -> str:
         """12 hex digits identifying how scores are made: each metric and the feature extractor, named by distribution
         and component with all their parameters, and ``extractor_identity`` (what the built extractor says of itself,
         e.g. its weights file). The test images follow from the data parameters, part of the run id."""
-        made_by = {"metrics": [m.identity() for m in self.metrics], "extractor": self.feature_extractor.identity(),
-                   "extractor_identity": extractor_identity}
+        made_by = {
+            "metrics": [m.identity() for m in self.metrics],
+            "extractor": self.feature_extractor.identity(),
+            "extractor_identity": extractor_identity,
+        }
         return _hash(made_by)
 
 
@@ -71,8 +79,12 @@ class ResolvedVariant:
     def as_dict(self) -> dict[str, Any]:
         """The resolved variant as plain data: what ``spec.json``, checkpoints and trackers hold, and what
         :func:`resolve_variant` turns back into the same variant."""
-        return {**{slot: getattr(self, slot).as_dict() for slot in self._SLOTS},
-                "train": self.train.model_dump(mode="json"), "samples": self.samples, "eval": self.eval.as_dict()}
+        return {
+            **{slot: getattr(self, slot).as_dict() for slot in self._SLOTS},
+            "train": self.train.model_dump(mode="json"),
+            "samples": self.samples,
+            "eval": self.eval.as_dict(),
+        }
 
     def plugins(self) -> dict[str, str]:
         """Distribution -> version of every package providing one of the variant's components (its provenance)."""
@@ -159,8 +171,9 @@ def resolve_variant(data: Mapping[str, Any], registry: Registry, source: str = "
     )
 
 
-def _resolve_metrics(configs: list[str | ComponentConfig] | None, registry: Registry, where: str,
-                     problems: list[tuple[str, str]]) -> tuple[Choice, ...]:
+def _resolve_metrics(
+    configs: list[str | ComponentConfig] | None, registry: Registry, where: str, problems: list[tuple[str, str]]
+) -> tuple[Choice, ...]:
     """The metrics ``eval.metrics`` names (each a name or ``{name, **params}``; None: every default metric)."""
     if configs is None:
         configs = [{"name": name} for name in registry.defaults("metric")]  # type: ignore[misc]

@@ -10,20 +10,23 @@ from unpaired.plugin_api.components import ComponentKind
 from unpaired.plugin_api.registry import Registry
 
 
-def _component_options(registry: Registry, kind: ComponentKind, definitions: dict[str, Any], require: bool,
-                       key: str = "name") -> list[dict[str, Any]]:
+def _component_options(
+    registry: Registry, kind: ComponentKind, definitions: dict[str, Any], require: bool, key: str = "name"
+) -> list[dict[str, Any]]:
     """One object schema per component of ``kind``: ``key`` (the name) and its parameters."""
     options = []
     for component in registry.components(kind):
         params = component.params_model.model_json_schema()
         definitions.update(params.pop("$defs", {}))
-        options.append({
-            "type": "object",
-            "description": component.description,
-            "properties": {key: {"const": component.name}, **params.get("properties", {})},
-            "required": [key, *params.get("required", [])] if require else [],
-            "additionalProperties": False,
-        })
+        options.append(
+            {
+                "type": "object",
+                "description": component.description,
+                "properties": {key: {"const": component.name}, **params.get("properties", {})},
+                "required": [key, *params.get("required", [])] if require else [],
+                "additionalProperties": False,
+            }
+        )
     return options
 
 
@@ -46,12 +49,16 @@ def study_json_schema(registry: Registry) -> dict[str, Any]:
         variant["title"] = title
         definitions[title] = variant
     extractor = definitions["EvalConfig"]["properties"]["feature_extractor"]
-    extractor["anyOf"] = [*_component_options(registry, component_slots()["eval.feature_extractor"].kind, definitions, require=False),
-                          {"type": "null"}]
+    extractor["anyOf"] = [
+        *_component_options(registry, component_slots()["eval.feature_extractor"].kind, definitions, require=False),
+        {"type": "null"},
+    ]
     definitions.pop("ComponentConfig", None)
     schema["$defs"] = definitions
     schema["properties"]["base"] = {"$ref": "#/$defs/Variant", "description": schema["properties"]["base"]["description"]}
     schema["properties"]["variants"]["additionalProperties"] = {"$ref": "#/$defs/VariantOverride"}
-    schema["properties"]["execution"] = {"description": schema["properties"]["execution"]["description"],
-                                         "anyOf": _component_options(registry, "executor", definitions, require=False, key="executor")}
+    schema["properties"]["execution"] = {
+        "description": schema["properties"]["execution"]["description"],
+        "anyOf": _component_options(registry, "executor", definitions, require=False, key="executor"),
+    }
     return schema

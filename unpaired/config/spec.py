@@ -60,8 +60,9 @@ class TrainConfig(BaseModel):
     sample_every: int = Field(1, ge=1, description="epochs between sample grids")
     log_every: int = Field(100, ge=1, description="steps between loss readings (the only host syncs of the loop)")
     on_corrupt_checkpoint: Literal["restart", "stop"] = Field(
-        "restart", description="a checkpoint that fails its checks: restart the run from the beginning (the file is kept "
-        "beside it as .corrupt, with a warning), or stop the run with the error"
+        "restart",
+        description="a checkpoint that fails its checks: restart the run from the beginning (the file is kept "
+        "beside it as .corrupt, with a warning), or stop the run with the error",
     )
 
     @property
@@ -78,13 +79,15 @@ class EvalConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     metrics: list[str | ComponentConfig] | None = Field(
-        None, description="the metrics scored after training, each a name or {name, **params}; [] scores nothing; "
-        "left out: every metric marked [default] by `unpaired plugins`"
+        None,
+        description="the metrics scored after training, each a name or {name, **params}; [] scores nothing; "
+        "left out: every metric marked [default] by `unpaired plugins`",
     )
     every: int = Field(0, ge=0, description="also score every N epochs and keep the best generators (0: only at the end)")
     select_best_by: str | None = Field(
-        None, description="with `every`: the score column whose best epoch is kept, e.g. fid_mean (default: the first metric's "
-        "mean over directions, or its one direction)"
+        None,
+        description="with `every`: the score column whose best epoch is kept, e.g. fid_mean (default: the first metric's "
+        "mean over directions, or its one direction)",
     )
     batch_size: int = Field(25, ge=1, description="images per batch when translating and extracting features")
     feature_extractor: Annotated[ComponentConfig | None, Slot("feature_extractor")] = Field(
@@ -92,8 +95,7 @@ class EvalConfig(BaseModel):
     )
 
 
-RUNTIME_ONLY_FIELDS = {"device", "num_workers", "checkpoint_every", "sample_every", "log_every", "compile", "channels_last",
-                       "on_corrupt_checkpoint"}
+RUNTIME_ONLY_FIELDS = {"device", "num_workers", "checkpoint_every", "sample_every", "log_every", "compile", "channels_last", "on_corrupt_checkpoint"}
 """Train fields that change how fast or where a run goes, not its result; they are left out of the run id."""
 
 
@@ -102,9 +104,7 @@ class VariantSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     method: Annotated[ComponentConfig | None, Slot("method")] = Field(None, description="the training method; " + DEFAULT_NOTE)
-    data: Annotated[ComponentConfig, Slot("dataset")] = Field(
-        description="the two image domains, e.g. {name: folder, root: datasets/horse2zebra}"
-    )
+    data: Annotated[ComponentConfig, Slot("dataset")] = Field(description="the two image domains, e.g. {name: folder, root: datasets/horse2zebra}")
     generator: Annotated[ComponentConfig | None, Slot("generator")] = Field(None, description=DEFAULT_NOTE)
     discriminator: Annotated[ComponentConfig | None, Slot("discriminator")] = Field(None, description=DEFAULT_NOTE)
     norm: Annotated[ComponentConfig | None, Slot("norm")] = Field(None, description="norm of both sides; " + DEFAULT_NOTE)

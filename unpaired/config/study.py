@@ -36,10 +36,17 @@ class TrackingConfig(BaseModel):
     enabled: bool = Field(True, description="log the study to MLflow")
     uri: str | None = Field(None, description="tracking URI; $MLFLOW_TRACKING_URI wins; default: MLflow's (sqlite:///mlflow.db)")
     log_generators: bool = Field(True, description="attach the final generators to each run as artifacts")
-    metric: str | None = Field(None, description="the score the study report ranks variants by (default: the base's first "
-                               "metric, e.g. fid_mean, or the first score every variant has)")
-    timeout: float = Field(10.0, ge=2, description="seconds a run may wait on the tracking server: one that does not answer "
-                           "by then is given up for that run, and training goes on (the next `unpaired run` logs what is missing)")
+    metric: str | None = Field(
+        None,
+        description="the score the study report ranks variants by (default: the base's first "
+        "metric, e.g. fid_mean, or the first score every variant has)",
+    )
+    timeout: float = Field(
+        10.0,
+        ge=2,
+        description="seconds a run may wait on the tracking server: one that does not answer "
+        "by then is given up for that run, and training goes on (the next `unpaired run` logs what is missing)",
+    )
 
 
 class StudySpec(BaseModel):
@@ -53,16 +60,17 @@ class StudySpec(BaseModel):
     grid: dict[str, Annotated[list[Any], Field(min_length=1)]] = Field(
         default_factory=dict, description="dotted path -> values; every combination is a variant"
     )
-    variants: dict[str, dict[str, Any]] = Field(
-        default_factory=dict, description="named overrides of the base, merged deeply (combinable with grid)"
-    )
+    variants: dict[str, dict[str, Any]] = Field(default_factory=dict, description="named overrides of the base, merged deeply (combinable with grid)")
     seeds: Annotated[list[Annotated[StrictInt, Field(ge=0)]], Field(min_length=1)] = Field(
         default_factory=lambda: [0], description="each variant is trained once per seed (train.seed)"
     )
     baseline: str | None = Field(None, description="the variant differences are measured against (default: the base)")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
-    execution: dict[str, Any] = Field(default_factory=dict, description="where the runs train: {executor: NAME, ...its settings} "
-                                      "(`unpaired plugins` lists the executors; default: this machine, one run at a time)")
+    execution: dict[str, Any] = Field(
+        default_factory=dict,
+        description="where the runs train: {executor: NAME, ...its settings} "
+        "(`unpaired plugins` lists the executors; default: this machine, one run at a time)",
+    )
 
 
 @dataclass(frozen=True)
@@ -186,8 +194,9 @@ def plan_study(data: Any, registry: Registry, source: str = "<study>") -> Study:
     return Study(spec, source, runs, baseline, _ranking_metric(spec, runs, baseline, source), execution, set_aside)
 
 
-def resolve_execution(settings: Mapping[str, Any], registry: Registry, source: str = "<study>",
-                      executor: str | None = None) -> tuple[Choice, list[str]]:
+def resolve_execution(
+    settings: Mapping[str, Any], registry: Registry, source: str = "<study>", executor: str | None = None
+) -> tuple[Choice, list[str]]:
     """The executor ``executor`` names (default: ``settings["executor"]``, else the one registered as default), with the
     other keys of ``settings`` validated as its parameters; and a line for each key it sets aside because it is another
     executor's setting (``cpus_per_run`` of a study trained locally: it applies when that executor trains the study).
@@ -205,8 +214,10 @@ def resolve_execution(settings: Mapping[str, Any], registry: Registry, source: s
         choice = registry.resolve("executor", {"name": name, **{k: v for k, v in config.items() if k not in ignored}}, where="execution")
     except InvalidParamsError as error:
         raise SpecError(source, error.errors) from None
-    return choice, [f"execution.{key} is a setting of the {others[key]} executor; {component.name}, which trains the study "
-                    "here, leaves it aside" for key in ignored]
+    return choice, [
+        f"execution.{key} is a setting of the {others[key]} executor; {component.name}, which trains the study here, leaves it aside"
+        for key in ignored
+    ]
 
 
 def _ranking_metric(spec: StudySpec, runs: list[PlannedRun], baseline: str, source: str) -> str | None:
@@ -219,10 +230,17 @@ def _ranking_metric(spec: StudySpec, runs: list[PlannedRun], baseline: str, sour
     metric = spec.tracking.metric
     lacking = [variant for variant, have in columns.items() if metric not in have]
     if metric is not None and lacking and len(lacking) < len(columns):
-        raise SpecError(source, [("tracking.metric", f"{metric!r} is not a score of {', '.join(lacking)}, so it cannot rank every "
-                                  f"variant; the scores all variants have: {', '.join(shared) or 'none'}")])
+        raise SpecError(
+            source,
+            [
+                (
+                    "tracking.metric",
+                    f"{metric!r} is not a score of {', '.join(lacking)}, so it cannot rank every "
+                    f"variant; the scores all variants have: {', '.join(shared) or 'none'}",
+                )
+            ],
+        )
     return metric or (shared[0] if shared else None)
-
 
 
 def _expand(spec: StudySpec, grid: dict[str, list[Any]], registry: Registry, source: str) -> tuple[list[PlannedRun], dict[str, str]]:
@@ -242,8 +260,9 @@ def _expand(spec: StudySpec, grid: dict[str, list[Any]], registry: Registry, sou
             merged = set_path(merged, path, value, registry)
         where = f"variants.{variant_name}" if variant_name and not combination else f"variant[{name}]"
         if name.strip(".") == "":
-            problems.append(("variants", f"{name!r} cannot name a variant: it names a folder outside the output folder; "
-                             "give it a name with a letter or digit"))
+            problems.append(
+                ("variants", f"{name!r} cannot name a variant: it names a folder outside the output folder; give it a name with a letter or digit")
+            )
             continue
         try:
             resolved = resolve_variant(merged, registry, source, prefix=where)

@@ -41,8 +41,7 @@ def rescore_run(folder: RunFolder, registry: Registry, scorer: Scorer, variant: 
     best_epoch = result.metrics.get(kept_best[1]) if kept_best else None
     best = _best_or_final(folder, result, best_epoch, epoch)
     directions = method_directions(variant.method.component.factory)
-    generators = {d: ExportedGenerator.read(folder.generator_path(d, best), d).build(registry).to(scorer.device)
-                  for d in directions}
+    generators = {d: ExportedGenerator.read(folder.generator_path(d, best), d).build(registry).to(scorer.device) for d in directions}
     scores = scorer.score(generators, variant.data.build(), variant.data.as_dict())
     if best:
         result.rescored[str(epoch)] = scores.values

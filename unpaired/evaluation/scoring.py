@@ -90,8 +90,10 @@ class Scorer:
         # a NaN in its inputs makes a score NaN, so a metric is not asked (FID's matrix square root crashes the process on
         # some CPUs' LAPACK given NaN): the failed scoring is reported as such
         usable = {kind: all(bool(torch.isfinite(tensor.float()).all()) for tensor in pair) for kind, pair in inputs.items()}
-        return {name: metric.compute(*inputs[metric.uses_features]) if usable[metric.uses_features] else Score(math.nan)
-                for name, metric in self.metrics.items()}
+        return {
+            name: metric.compute(*inputs[metric.uses_features]) if usable[metric.uses_features] else Score(math.nan)
+            for name, metric in self.metrics.items()
+        }
 
 
 def _record(scores: Scores, column: str, score: Score) -> None:
@@ -99,4 +101,3 @@ def _record(scores: Scores, column: str, score: Score) -> None:
     scores.values |= {f"{column}_{detail}": float(value) for detail, value in score.details.items()}
     if not math.isfinite(score.value):
         scores.problems.append(f"{column} is {score.value}")
-

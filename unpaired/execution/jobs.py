@@ -87,12 +87,17 @@ class Executor(Protocol):
 
 def make_jobs(runs: list[PlannedRun], folder_of: Callable[[PlannedRun], Path], listeners: list[object]) -> list[RunJob]:
     """One job per planned run, in order, with its folder and the study's listeners."""
-    return [RunJob(run.run_id, run.variant, run.seed, run.resolved.as_dict(), folder_of(run), tuple(listeners), lease_timeout())
-            for run in runs]
+    return [RunJob(run.run_id, run.variant, run.seed, run.resolved.as_dict(), folder_of(run), tuple(listeners), lease_timeout()) for run in runs]
 
 
-def train_job(job: RunJob, registry: Registry | None = None, threads: int | None = None, show_progress: bool = False,
-              lease_wait: float = 0.0, ray_node: str | None = None) -> RunOutcome:
+def train_job(
+    job: RunJob,
+    registry: Registry | None = None,
+    threads: int | None = None,
+    show_progress: bool = False,
+    lease_wait: float = 0.0,
+    ray_node: str | None = None,
+) -> RunOutcome:
     """Train one job here and return its outcome; ``not-started`` when a stop was asked for before it began.
 
     In a worker (``registry`` None) the installed plugins load once per process and the job's listeners follow the
@@ -115,5 +120,12 @@ def train_job(job: RunJob, registry: Registry | None = None, threads: int | None
 
 
 def _train(job: RunJob, registry: Registry, show_progress: bool, lease_wait: float, ray_node: str | None) -> RunOutcome:
-    return train_run(resolve_variant(job.spec, registry), RunFolder(Path(job.folder)), registry, job.variant,
-                     show_progress=show_progress, lease_wait=lease_wait, ray_node=ray_node)
+    return train_run(
+        resolve_variant(job.spec, registry),
+        RunFolder(Path(job.folder)),
+        registry,
+        job.variant,
+        show_progress=show_progress,
+        lease_wait=lease_wait,
+        ray_node=ray_node,
+    )

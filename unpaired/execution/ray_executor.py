@@ -57,8 +57,10 @@ class RayExecutor:
         try:
             connected = self.ray.init(address=address, logging_level="WARNING")
         except ConnectionError as error:
-            raise ClusterUnusable(f"no Ray cluster answers at {address} ({error}); start one with `ray start --head`, "
-                                  "or leave execution.address out to start Ray on this machine") from None
+            raise ClusterUnusable(
+                f"no Ray cluster answers at {address} ({error}); start one with `ray start --head`, "
+                "or leave execution.address out to start Ray on this machine"
+            ) from None
         self.nodes = [node for node in self.ray.nodes() if node["Alive"]]
         self.machines = len(self.nodes)
         dashboard = getattr(connected, "dashboard_url", None)
@@ -74,9 +76,11 @@ class RayExecutor:
         have = [(node["Resources"].get("GPU", 0.0), node["Resources"].get("CPU", 0.0)) for node in self.nodes]
         if not any(node_cpus >= cpus and node_gpus >= gpus for node_gpus, node_cpus in have):
             largest_gpus, largest_cpus = max(have, default=(0.0, 0.0))
-            raise ClusterUnusable(f"no node of the Ray cluster has the {cpus:g} CPU and {gpus:g} GPU each run asks for "
-                                  f"(execution.cpus_per_run, gpus_per_run); the largest has {largest_cpus:g} CPU and {largest_gpus:g} GPU. "
-                                  "Ask for less, or join a node that has them (ray start --num-cpus/--num-gpus)")
+            raise ClusterUnusable(
+                f"no node of the Ray cluster has the {cpus:g} CPU and {gpus:g} GPU each run asks for "
+                f"(execution.cpus_per_run, gpus_per_run); the largest has {largest_cpus:g} CPU and {largest_gpus:g} GPU. "
+                "Ask for less, or join a node that has them (ray start --num-cpus/--num-gpus)"
+            )
 
     def check_storage(self, out: Path) -> None:
         """Every node writes and reads a probe file in ``out``: the run folders must be on storage they all see."""
@@ -87,22 +91,28 @@ class RayExecutor:
         probe = out / f".unpaired-probe-{token}"
         probe.write_text(token)
         probe_task = self.ray.remote(num_cpus=0)(_probe)
-        refs = {node["NodeManagerAddress"] + " " + node["NodeID"][:8]: probe_task.options(
-            scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)).remote(str(probe), token)
-            for node in self.nodes}
+        refs = {
+            node["NodeManagerAddress"] + " " + node["NodeID"][:8]: probe_task.options(
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
+            ).remote(str(probe), token)
+            for node in self.nodes
+        }
         try:
             blind = [name for name, ref in refs.items() if not self.ray.get(ref)]
         finally:
             for path in out.glob(f".unpaired-probe-{token}*"):
                 path.unlink(missing_ok=True)
         if blind:
-            raise UsageError(f"node(s) {', '.join(blind)} cannot read and write {out}: the output folder must be on storage "
-                             "every node of the Ray cluster sees (a shared file system), e.g. --out /shared/runs")
+            raise UsageError(
+                f"node(s) {', '.join(blind)} cannot read and write {out}: the output folder must be on storage "
+                "every node of the Ray cluster sees (a shared file system), e.g. --out /shared/runs"
+            )
 
     def run(self, jobs: list[RunJob], collect: Collect) -> None:
         """One task per run; progress until all have ended. A stop signal cancels them: running ones checkpoint first."""
-        task = self.ray.remote(_train_task).options(num_cpus=self.cpus_per_run, num_gpus=self.gpus_per_run,
-                                                    max_retries=self.max_retries, retry_exceptions=False)
+        task = self.ray.remote(_train_task).options(
+            num_cpus=self.cpus_per_run, num_gpus=self.gpus_per_run, max_retries=self.max_retries, retry_exceptions=False
+        )
         threads = max(1, int(self.cpus_per_run))
         pending = {task.remote(job, threads): job for job in jobs}
         say = self.context.announce
@@ -120,8 +130,9 @@ class RayExecutor:
                         collect(job, outcome)
                         progress.update()
                     running = self._watch_leases(list(pending.values()))
-                    progress.set_postfix(trained=ended.get("trained", 0), running=running, failed=ended.get("failed", 0),
-                                         pending=len(pending) - running, refresh=True)
+                    progress.set_postfix(
+                        trained=ended.get("trained", 0), running=running, failed=ended.get("failed", 0), pending=len(pending) - running, refresh=True
+                    )
                 if pending and (signum := stop_requested()) is not None:
                     say(f"signal {signum}: the running runs checkpoint and stop; the queued ones are cancelled")
                     for ref in pending:
@@ -144,9 +155,11 @@ class RayExecutor:
                 continue
             self.silent_holders.add(str(holder.get("token")))
             until = time.strftime("%H:%M:%S", time.localtime(time.time() + max(0.0, lease_timeout() - silent)))
-            self.context.announce(f"waiting: {job.label} is held by pid {holder['pid']} on {holder['host']}, silent for "
-                                  f"{silent:.0f} s (its node died?); a retry takes it over at {until} unless it beats again "
-                                  f"(after {lease_timeout():g} s of silence, {TIMEOUT_ENV})")
+            self.context.announce(
+                f"waiting: {job.label} is held by pid {holder['pid']} on {holder['host']}, silent for "
+                f"{silent:.0f} s (its node died?); a retry takes it over at {until} unless it beats again "
+                f"(after {lease_timeout():g} s of silence, {TIMEOUT_ENV})"
+            )
         return running
 
     def _outcome(self, job: RunJob, ref: Any) -> RunOutcome:
@@ -182,8 +195,10 @@ def _check_answers(address: str | None) -> None:
     try:
         socket.create_connection((host, int(port)), timeout=5).close()
     except (OSError, ValueError) as error:
-        raise ClusterUnusable(f"no Ray cluster answers at {address} ({getattr(error, 'strerror', None) or error}): give the head "
-                              "node's HOST:PORT as `ray start --head` printed it (default port 6379), or ray://HOST:10001") from None
+        raise ClusterUnusable(
+            f"no Ray cluster answers at {address} ({getattr(error, 'strerror', None) or error}): give the head "
+            "node's HOST:PORT as `ray start --head` printed it (default port 6379), or ray://HOST:10001"
+        ) from None
 
 
 def _train_task(job: RunJob, threads: int) -> RunOutcome:

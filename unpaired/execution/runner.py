@@ -125,8 +125,9 @@ def run_study(
         executor: Executor = (execution or study.execution).build(ExecutorContext(out, registry, announce, show_progress))
         try:
             with registry.listening(*listeners):
-                _run(study, out, evaluations, registry, executor, make_jobs(todo, lambda run: run_folder(out, run).path, listeners),
-                     summary, announce)
+                _run(
+                    study, out, evaluations, registry, executor, make_jobs(todo, lambda run: run_folder(out, run).path, listeners), summary, announce
+                )
         finally:
             executor.close()
     return summary
@@ -148,8 +149,9 @@ def _gather_moved(runs: list[PlannedRun], out: Path, announce: Callable[[str], N
             announce(f"{moved} holds the same run as {run.variant} seed {run.seed} (run id {run.run_id}): moved to {target}")
 
 
-def _runs_to_train(runs: list[PlannedRun], out: Path, evaluations: dict[str, str], rerun_stale: bool, summary: StudySummary,
-                   announce: Callable[[str], None]) -> list[PlannedRun]:
+def _runs_to_train(
+    runs: list[PlannedRun], out: Path, evaluations: dict[str, str], rerun_stale: bool, summary: StudySummary, announce: Callable[[str], None]
+) -> list[PlannedRun]:
     """The runs not done yet, and the finished ones to score again (scores missing or made under another evaluation
     than ``evaluations`` says: they train nothing). A run whose scores are NaN or infinite counts as failed; a stale one
     (finished by other versions of its plugins) is skipped and noted, or, with ``rerun_stale``, its folder is moved
@@ -171,16 +173,28 @@ def _runs_to_train(runs: list[PlannedRun], out: Path, evaluations: dict[str, str
             todo.append(run)
             rescore += [run] if status == "rescore" else []
     if stale:
-        summary.notes.append(f"{len(stale)} finished run(s) were trained by other versions of their plugins than those installed "
-                             "(`plan` marks them stale); `unpaired run --rerun-stale` trains them again")
+        summary.notes.append(
+            f"{len(stale)} finished run(s) were trained by other versions of their plugins than those installed "
+            "(`plan` marks them stale); `unpaired run --rerun-stale` trains them again"
+        )
     if rescore:
-        announce(f"{len(rescore)} finished run(s) have no scores of this study's evaluation (metrics or feature extractor changed): "
-                 "they are scored again, not trained")
+        announce(
+            f"{len(rescore)} finished run(s) have no scores of this study's evaluation (metrics or feature extractor changed): "
+            "they are scored again, not trained"
+        )
     return todo
 
 
-def _run(study: Study, out: Path, evaluations: dict[str, str], registry: Registry, executor: Executor, jobs: list[RunJob],
-         summary: StudySummary, announce: Callable[[str], None]) -> None:
+def _run(
+    study: Study,
+    out: Path,
+    evaluations: dict[str, str],
+    registry: Registry,
+    executor: Executor,
+    jobs: list[RunJob],
+    summary: StudySummary,
+    announce: Callable[[str], None],
+) -> None:
     runs = {run.run_id: run for run in study.runs}
 
     def collect(job: RunJob, outcome: RunOutcome) -> None:
@@ -202,4 +216,3 @@ def _run(study: Study, out: Path, evaluations: dict[str, str], registry: Registr
     finally:  # the listeners hear of the end however it comes (MLflow's parent run is closed)
         with deferred_signals():
             registry.hook.unpaired_on_study_end(study=study, out=out, summary=summary)
-

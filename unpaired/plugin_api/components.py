@@ -19,8 +19,9 @@ from typing import Any, Literal, get_args
 from pydantic import BaseModel
 from torch import Tensor, nn
 
-ComponentKind = Literal["method", "generator", "discriminator", "norm", "gan_loss", "image_pool", "loss_weights", "dataset",
-                        "feature_extractor", "metric", "executor"]
+ComponentKind = Literal[
+    "method", "generator", "discriminator", "norm", "gan_loss", "image_pool", "loss_weights", "dataset", "feature_extractor", "metric", "executor"
+]
 """The component kinds: what a plugin can register (each with its own hook, :data:`REGISTER_HOOKS`)."""
 
 REGISTER_HOOKS: dict[ComponentKind, str] = {

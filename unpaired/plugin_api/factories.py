@@ -31,8 +31,9 @@ class Register(Protocol):
     factory's parameters (unknown keys are always rejected); ``default``: the component a spec gets when it leaves
     the kind out (at most one per kind, or several for metrics)."""
 
-    def __call__(self, name: str, factory: Callable[..., Any], params_model: type[BaseModel], description: str = "",
-                 default: bool = False) -> None: ...
+    def __call__(
+        self, name: str, factory: Callable[..., Any], params_model: type[BaseModel], description: str = "", default: bool = False
+    ) -> None: ...
 
 
 class MethodFactory(Protocol[P]):

@@ -211,14 +211,21 @@ def unpaired_on_run_end(run: RunInfo, result: RunResult) -> None:
 # unpaired_on_run_end) for the plugins that implement them, with a DeprecationWarning when they register.
 
 
-@hookspec(warn_on_impl=DeprecationWarning("unpaired_on_variant_start is deprecated: implement unpaired_on_run_start, "
-                                          "the same hook under its new name; the old one goes in the next release"))
+@hookspec(
+    warn_on_impl=DeprecationWarning(
+        "unpaired_on_variant_start is deprecated: implement unpaired_on_run_start, "
+        "the same hook under its new name; the old one goes in the next release"
+    )
+)
 def unpaired_on_variant_start(run: RunInfo) -> None:
     """Deprecated: :func:`unpaired_on_run_start`."""
 
 
-@hookspec(warn_on_impl=DeprecationWarning("unpaired_on_variant_end is deprecated: implement unpaired_on_run_end, "
-                                          "the same hook under its new name; the old one goes in the next release"))
+@hookspec(
+    warn_on_impl=DeprecationWarning(
+        "unpaired_on_variant_end is deprecated: implement unpaired_on_run_end, the same hook under its new name; the old one goes in the next release"
+    )
+)
 def unpaired_on_variant_end(run: RunInfo, result: RunResult) -> None:
     """Deprecated: :func:`unpaired_on_run_end`."""
 

@@ -134,8 +134,10 @@ class Method(ABC):
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint holds: ``{"networks": {name: weights}, "parts": {name: state}}`` of every network and
         of every part :meth:`stateful` lists."""
-        return {"networks": {name: network.state_dict() for name, network in self.networks.items()},
-                "parts": {name: part.state_dict() for name, part in self.stateful().items()}}
+        return {
+            "networks": {name: network.state_dict() for name, network in self.networks.items()},
+            "parts": {name: part.state_dict() for name, part in self.stateful().items()},
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned; a network or part missing from ``state`` is an error, never skipped."""

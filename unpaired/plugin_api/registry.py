@@ -111,15 +111,13 @@ class Registry:
                 plugin = entry_point.load()
             except Exception as error:  # a broken plugin must not take the others down
                 registry.problems.append(
-                    f"plugin {entry_point.name!r} of {dist_name} {version} failed to import "
-                    f"({entry_point.value}): {type(error).__name__}: {error}"
+                    f"plugin {entry_point.name!r} of {dist_name} {version} failed to import ({entry_point.value}): {type(error).__name__}: {error}"
                 )
                 continue
             registry.add_plugin(plugin, f"{dist_name}:{entry_point.name}", dist_name, version)
         for missing in sorted((wanted or set()) - seen):
             registry.problems.append(
-                f"{PLUGINS_ENV} names {missing!r}, but no installed distribution of that name "
-                f"provides '{ENTRY_POINT_GROUP}' plugins"
+                f"{PLUGINS_ENV} names {missing!r}, but no installed distribution of that name provides '{ENTRY_POINT_GROUP}' plugins"
             )
         return registry
 
@@ -196,11 +194,15 @@ class Registry:
         kind, name = claims[0].kind, claims[0].name
         owners = sorted({f"{c.distribution} {c.version}" for c in claims})
         if len(owners) == 1:
-            return (f"{kind} {name!r} is registered {len(claims)} times by {owners[0]}: a bug in that package "
-                    "(two register calls, or two of its plugins, with one name); report it to its authors.")
+            return (
+                f"{kind} {name!r} is registered {len(claims)} times by {owners[0]}: a bug in that package "
+                "(two register calls, or two of its plugins, with one name); report it to its authors."
+            )
         choices = " or ".join(sorted(f"{c.distribution}:{name}" for c in claims))
-        return (f"{kind} {name!r} is registered by more than one plugin: {' and '.join(owners)}. Say which with name: "
-                f"{choices}; or uninstall one of them, or choose which load with {PLUGINS_ENV}=dist1,dist2.")
+        return (
+            f"{kind} {name!r} is registered by more than one plugin: {' and '.join(owners)}. Say which with name: "
+            f"{choices}; or uninstall one of them, or choose which load with {PLUGINS_ENV}=dist1,dist2."
+        )
 
     def _not_loaded(self) -> str:
         """Why a component may be missing: plugins that failed to load, distributions left out."""
@@ -222,8 +224,9 @@ class Registry:
                 f"more than one plugin registers a default {kind} ({claims}): name the {kind} in the spec, "
                 f"or choose which plugins load with {PLUGINS_ENV}=dist1,dist2."
             )
-        raise UnknownComponentError(f"no plugin registers a default {kind}: name one in the spec; one of: "
-                                    f"{', '.join(self.names(kind)) or '(none)'}.{self._not_loaded()}")
+        raise UnknownComponentError(
+            f"no plugin registers a default {kind}: name one in the spec; one of: {', '.join(self.names(kind)) or '(none)'}.{self._not_loaded()}"
+        )
 
     def defaults(self, kind: ComponentKind) -> list[str]:
         """Every component of ``kind`` registered with ``default=True``, by name: for kinds a spec lists several

@@ -25,8 +25,15 @@ from unpaired.results.study_results import read_study_results
 from unpaired.signals import stop_requested
 
 
-def write_report(out: Path, registry: Registry, target: Path | None = None, fmt: str = "html", metric: str = "fid_mean",
-                 seed: int | None = None, device: torch.device | None = None) -> Path:
+def write_report(
+    out: Path,
+    registry: Registry,
+    target: Path | None = None,
+    fmt: str = "html",
+    metric: str = "fid_mean",
+    seed: int | None = None,
+    device: torch.device | None = None,
+) -> Path:
     """Write the report of the study whose output folder is ``out`` to ``target`` (default: ``report.html`` or
     ``report.md`` in ``out``; Markdown's PNGs go into ``<target stem>_files/`` beside it). Returns ``target``."""
     target = Path(target) if target is not None else report_path(out, fmt)
@@ -57,7 +64,8 @@ class ReportWriter:
         try:
             path = write_report(out, self.registry, metric=self.metric)
         except Exception as error:  # the runs are done and recorded: a report that cannot be drawn must not hide that
-            warnings.warn(f"the study report could not be written ({type(error).__name__}: {error}); "
-                          f"`unpaired report {out}` tries again", Notice, stacklevel=2)
+            warnings.warn(
+                f"the study report could not be written ({type(error).__name__}: {error}); `unpaired report {out}` tries again", Notice, stacklevel=2
+            )
             return
         print(f"report: {path}", file=sys.stderr)

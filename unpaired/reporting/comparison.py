@@ -59,8 +59,9 @@ def visual_comparison(results: StudyResults, registry: Registry, seed: int, devi
     return comparison
 
 
-def _translated(run: RunRecord, registry: Registry, direction: Direction, indices: list[int], images: torch.Tensor,
-                device: torch.device) -> tuple[torch.Tensor | None, str]:
+def _translated(
+    run: RunRecord, registry: Registry, direction: Direction, indices: list[int], images: torch.Tensor, device: torch.device
+) -> tuple[torch.Tensor | None, str]:
     """The run's translations of ``images`` as uint8: those it saved when they match its generator, else computed
     (unless a stop signal arrived: rebuilding generators may take a while). None, and why, when there are none."""
     folder = run.folder

@@ -39,15 +39,21 @@ def training_curves(results: StudyResults) -> bytes | None:
 
     histories = {variant: [_history(run) for run in results.of_variant(variant)] for variant in results.variants}
     histories = {variant: [h for h in frames if not h.empty] for variant, frames in histories.items()}
-    panels = [(title, columns) for title, columns in CURVES.items()
-              if any(set(columns) <= set(h.columns) and h[list(columns)].notna().any().all() for frames in histories.values() for h in frames)]
+    panels = [
+        (title, columns)
+        for title, columns in CURVES.items()
+        if any(set(columns) <= set(h.columns) and h[list(columns)].notna().any().all() for frames in histories.values() for h in frames)
+    ]
     if not panels:
         return None
     figure, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.2), squeeze=False)
     for axis, (title, columns) in zip(axes[0], panels):
         for index, (variant, frames) in enumerate(histories.items()):
-            curves = [h.set_index("epoch")[list(columns)].sum(axis=1, min_count=len(columns)).rename(i)
-                      for i, h in enumerate(frames) if set(columns) <= set(h.columns)]
+            curves = [
+                h.set_index("epoch")[list(columns)].sum(axis=1, min_count=len(columns)).rename(i)
+                for i, h in enumerate(frames)
+                if set(columns) <= set(h.columns)
+            ]
             if not curves:
                 continue
             table = pd.concat(curves, axis=1).dropna(how="all")

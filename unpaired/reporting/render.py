@@ -34,13 +34,17 @@ def render_html(report: Report) -> str:
     def image(stem: str, png: bytes, alt: str) -> str:
         width, height = Image.open(io.BytesIO(png)).size
         data = base64.b64encode(png).decode("ascii")
-        return (f'<div class="figure"><img src="data:image/png;base64,{data}" width="{width}" height="{height}" '
-                f'alt="{html.escape(alt)}" data-name="{stem}"></div>')
+        return (
+            f'<div class="figure"><img src="data:image/png;base64,{data}" width="{width}" height="{height}" '
+            f'alt="{html.escape(alt)}" data-name="{stem}"></div>'
+        )
 
     title = html.escape(report.name)
     body = "\n".join(_html_blocks(report, image))
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}: study report</title>'
-            f"<style>{STYLE}</style></head>\n<body>\n{body}\n</body></html>\n")
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}: study report</title>'
+        f"<style>{STYLE}</style></head>\n<body>\n{body}\n</body></html>\n"
+    )
 
 
 def _html_table(header: list[str], rows: list[list[str]], css: str = "") -> str:
@@ -49,8 +53,14 @@ def _html_table(header: list[str], rows: list[list[str]], css: str = "") -> str:
     return f'<table class="{css}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
-HTML_TEXT = {"title": "<h1>{}</h1>", "question": '<p class="question">{}</p>', "heading": "<h2>{}</h2>",
-             "subheading": "<h3>{}</h3>", "text": "<p>{}</p>", "note": '<p class="note">{}</p>'}
+HTML_TEXT = {
+    "title": "<h1>{}</h1>",
+    "question": '<p class="question">{}</p>',
+    "heading": "<h2>{}</h2>",
+    "subheading": "<h3>{}</h3>",
+    "text": "<p>{}</p>",
+    "note": '<p class="note">{}</p>',
+}
 MARKDOWN_TEXT = {"title": "# {}", "question": "*{}*", "heading": "## {}", "subheading": "### {}", "text": "{}", "note": "{}"}
 
 
@@ -59,7 +69,7 @@ def _html_blocks(report: Report, image: Images) -> Iterator[str]:
         if kind in HTML_TEXT:
             yield HTML_TEXT[kind].format(html.escape(content))
         elif kind == "facts":
-            yield "<table class=\"facts\">" + "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in content) + "</table>"
+            yield '<table class="facts">' + "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in content) + "</table>"
         elif kind == "table":
             yield _html_table(*content)
         elif kind == "image":
@@ -85,8 +95,14 @@ def render_markdown(report: Report, folder: Path, link: str) -> str:
             lines.append("| | |\n|---|---|\n" + "\n".join(f"| {cell(k)} | {cell(v)} |" for k, v in content))
         elif kind == "table":
             header, rows = content
-            lines.append("| " + " | ".join(map(cell, header)) + " |\n|" + "---|" * len(header) + "\n"
-                         + "\n".join("| " + " | ".join(map(cell, row)) + " |" for row in rows))
+            lines.append(
+                "| "
+                + " | ".join(map(cell, header))
+                + " |\n|"
+                + "---|" * len(header)
+                + "\n"
+                + "\n".join("| " + " | ".join(map(cell, row)) + " |" for row in rows)
+            )
         elif kind == "image":
             lines.append(image(*content))
     return "\n\n".join(lines) + "\n"
@@ -114,8 +130,11 @@ def _outline(report: Report) -> Iterator[tuple[str, Any]]:
     yield from _comparison_blocks(report)
     if report.differences:
         yield "heading", "What each variant changes"
-        rows = [[variant, path, format_value(base), format_value(value)] for variant, changes in report.differences.items()
-                for path, base, value in changes]
+        rows = [
+            [variant, path, format_value(base), format_value(value)]
+            for variant, changes in report.differences.items()
+            for path, base, value in changes
+        ]
         yield "table", (["variant", "field", "baseline", "variant's value"], rows)
     if report.failures or report.incomplete:
         yield "heading", "Failed and incomplete"
@@ -130,9 +149,14 @@ def _comparison_blocks(report: Report) -> Iterator[tuple[str, Any]]:
     if comparison is None:
         return
     yield "heading", "Visual comparison"
-    yield "text", (f"The final generators of seed {comparison.seed} of every variant on the same test images (the first "
-                   "column is the real input); the images are spread evenly over the test split, the same in every report. "
-                   "Images under 96 px are shown enlarged (nearest neighbour).")
+    yield (
+        "text",
+        (
+            f"The final generators of seed {comparison.seed} of every variant on the same test images (the first "
+            "column is the real input); the images are spread evenly over the test split, the same in every report. "
+            "Images under 96 px are shown enlarged (nearest neighbour)."
+        ),
+    )
     if comparison.missing:
         yield "note", f"No final generators of seed {comparison.seed} to show (grey): {'; '.join(comparison.missing)}."
     titles: dict[Direction, str] = {"AtoB": "A → B", "BtoA": "B → A"}

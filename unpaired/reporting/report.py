@@ -60,8 +60,9 @@ class Report:
     notes: list[str] = field(default_factory=list)
 
 
-def build_report(results: StudyResults, registry: Registry, metric: str = "fid_mean", seed: int | None = None,
-                 device: torch.device | None = None) -> Report:
+def build_report(
+    results: StudyResults, registry: Registry, metric: str = "fid_mean", seed: int | None = None, device: torch.device | None = None
+) -> Report:
     """Gather a report of ``results``, ranking by ``metric``; the visual comparison uses the generators of ``seed``
     (default: the study's first seed), run on ``device`` (default: the CPU)."""
     runs, notes = results.metrics(), [f"Unreadable, so counted as not finished: {problem}" for problem in results.problems]
@@ -80,13 +81,22 @@ def build_report(results: StudyResults, registry: Registry, metric: str = "fid_m
     seed = seeds[0] if seed is None else seed
     comparison = visual_comparison(results, registry, seed, device or torch.device("cpu"))
     return Report(
-        name=results.name, description=results.index.get("description", ""), question=results.index.get("question", ""),
-        facts=_facts(results), sections=sections,
+        name=results.name,
+        description=results.index.get("description", ""),
+        question=results.index.get("question", ""),
+        facts=_facts(results),
+        sections=sections,
         metric_plot=metric_plot(primary.table, runs, metric) if primary is not None else None,
-        curves=training_curves(results), comparison=comparison, differences=_differences(results),
-        failures=[(run.variant, run.seed, run.result.error if run.result else "(its result could not be read)")
-                  for run in results.runs if run.status == "failed"],
-        incomplete=_incomplete(results), notes=notes,
+        curves=training_curves(results),
+        comparison=comparison,
+        differences=_differences(results),
+        failures=[
+            (run.variant, run.seed, run.result.error if run.result else "(its result could not be read)")
+            for run in results.runs
+            if run.status == "failed"
+        ],
+        incomplete=_incomplete(results),
+        notes=notes,
     )
 
 
@@ -115,8 +125,10 @@ def _facts(results: StudyResults) -> list[tuple[str, str]]:
         ("total compute", f"{seconds / 3600:.2f} h ({seconds:.0f} s of training over {len(ended)} run(s))"),
         ("runs", f"{len(results.runs)} planned: {states}"),
         ("variants x seeds", f"{len(results.variants)} x {len(results.index.get('seeds', []))}, baseline {results.baseline}"),
-        ("statistics", f"{CONFIDENCE:.0%} CIs (Student's t); Welch's t-test vs the baseline, Holm-Bonferroni "
-                       f"adjusted over the variants, α = {ALPHA}"),
+        (
+            "statistics",
+            f"{CONFIDENCE:.0%} CIs (Student's t); Welch's t-test vs the baseline, Holm-Bonferroni adjusted over the variants, α = {ALPHA}",
+        ),
     ]
 
 

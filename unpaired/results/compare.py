@@ -13,6 +13,7 @@ import pandas as pd
 from unpaired.errors import UsageError
 from unpaired.results.mlflow_store import RUN_ROLES
 
+
 def finished_runs(study_name: str, uri: str | None) -> pd.DataFrame:
     """One row per finished variant x seed run of the study's experiment: variant, seed, run id and all metrics."""
     import mlflow
@@ -21,24 +22,38 @@ def finished_runs(study_name: str, uri: str | None) -> pd.DataFrame:
         mlflow.set_tracking_uri(uri)
     if mlflow.MlflowClient(tracking_uri=uri).get_experiment_by_name(study_name) is None:
         raise UsageError(f"no MLflow experiment named {study_name!r} at {mlflow.get_tracking_uri()}; run the study first")
-    found = [table for role in RUN_ROLES if not (table := mlflow.search_runs(experiment_names=[study_name], output_format="pandas",
-             filter_string=f"tags.`unpaired.role` = '{role}' and attributes.status = 'FINISHED'")).empty]
+    found = [
+        table
+        for role in RUN_ROLES
+        if not (
+            table := mlflow.search_runs(
+                experiment_names=[study_name],
+                output_format="pandas",
+                filter_string=f"tags.`unpaired.role` = '{role}' and attributes.status = 'FINISHED'",
+            )
+        ).empty
+    ]
     runs = pd.concat(found, ignore_index=True) if found else pd.DataFrame()
     if runs.empty:
         return pd.DataFrame(columns=["variant", "seed", "run_id", "planned_seeds"])
-    table = pd.DataFrame({
-        "variant": runs["tags.unpaired.variant"],
-        "seed": runs["tags.unpaired.seed"].astype(int),
-        "run_id": runs["tags.unpaired.run_id"],
-        "planned_seeds": runs["tags.unpaired.planned_seeds"].astype(int),
-        "start_time": runs["start_time"],
-    })
+    table = pd.DataFrame(
+        {
+            "variant": runs["tags.unpaired.variant"],
+            "seed": runs["tags.unpaired.seed"].astype(int),
+            "run_id": runs["tags.unpaired.run_id"],
+            "planned_seeds": runs["tags.unpaired.planned_seeds"].astype(int),
+            "start_time": runs["start_time"],
+        }
+    )
     metrics = runs[[c for c in runs.columns if c.startswith("metrics.")]].rename(columns=lambda c: c.removeprefix("metrics."))
     table = pd.concat([table, metrics], axis=1)
     # a variant x seed trained twice (e.g. after its spec changed) counts once: the latest
     table = table.sort_values("start_time").drop_duplicates(["variant", "seed"], keep="last").drop(columns="start_time")
-    table.attrs["lower_is_better"] = {column: better for tags in runs.get("tags.unpaired.lower_is_better", pd.Series(dtype=object)).dropna()
-                                      for column, better in json.loads(tags).items()}
+    table.attrs["lower_is_better"] = {
+        column: better
+        for tags in runs.get("tags.unpaired.lower_is_better", pd.Series(dtype=object)).dropna()
+        for column, better in json.loads(tags).items()
+    }
     table.attrs["extractors"] = sorted(set(runs.get("tags.unpaired.extractor", pd.Series(dtype=object)).dropna()))
     return table
 
@@ -73,9 +88,18 @@ def table_rows(table: pd.DataFrame, metric: str) -> tuple[list[str], list[list[s
         delta = "" if row["baseline"] or math.isnan(row["delta"]) else f"{row['delta']:+.3f}"
         if delta and not math.isnan(row["delta_ci_low"]):
             delta += f" [{row['delta_ci_low']:+.3f}, {row['delta_ci_high']:+.3f}]"
-        rows.append([str(row["rank"]), f"{variant}{mark}{incomplete}", f"{row['mean']:.3f} ± {_number(row['std'])}",
-                     f"[{_number(row['ci_low'])}, {_number(row['ci_high'])}]", str(row["n"]), delta,
-                     "" if row["baseline"] else _p(row["p_holm"]), row["verdict"]])
+        rows.append(
+            [
+                str(row["rank"]),
+                f"{variant}{mark}{incomplete}",
+                f"{row['mean']:.3f} ± {_number(row['std'])}",
+                f"[{_number(row['ci_low'])}, {_number(row['ci_high'])}]",
+                str(row["n"]),
+                delta,
+                "" if row["baseline"] else _p(row["p_holm"]),
+                row["verdict"],
+            ]
+        )
     return header, rows
 
 
@@ -106,8 +130,9 @@ def plot(table: pd.DataFrame, runs: pd.DataFrame, metric: str, target: Path | Bi
         row, color = table.loc[name], "tab:orange" if table.loc[name, "baseline"] else "tab:blue"
         low, high = row["ci_low"], row["ci_high"]
         if not math.isnan(low):
-            axes.errorbar(position, row["mean"], yerr=[[row["mean"] - low], [high - row["mean"]]], fmt="_", markersize=18,
-                          capsize=6, color=color, linewidth=2)
+            axes.errorbar(
+                position, row["mean"], yerr=[[row["mean"] - low], [high - row["mean"]]], fmt="_", markersize=18, capsize=6, color=color, linewidth=2
+            )
         else:
             axes.plot(position, row["mean"], "_", markersize=18, color=color)
         values = runs.loc[runs["variant"] == name, metric].dropna()
@@ -130,6 +155,11 @@ def study_baseline(study_name: str, uri: str | None) -> str | None:
 
     if uri:
         mlflow.set_tracking_uri(uri)
-    parents = mlflow.search_runs(experiment_names=[study_name], filter_string="tags.`unpaired.role` = 'study'",
-                                 order_by=["attributes.start_time DESC"], max_results=1, output_format="pandas")
+    parents = mlflow.search_runs(
+        experiment_names=[study_name],
+        filter_string="tags.`unpaired.role` = 'study'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+        output_format="pandas",
+    )
     return None if parents.empty else parents.iloc[0]["tags.unpaired.baseline"]

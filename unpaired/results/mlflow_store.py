@@ -1,5 +1,5 @@
 """Talking to an MLflow tracking store: where it is, whether it answers, requests that give up in bounded time,
-and what a tracked run records about its code."""
+and what a tracked run records about its code and its run folder."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import contextlib
 import fcntl
 import json
 import os
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -17,13 +18,19 @@ from typing import Any
 from unpaired import ENTRY_POINT_GROUP
 from unpaired.config.overrides import flatten
 from unpaired.errors import UnpairedError
+from unpaired.storage.files import CorruptFileError
+from unpaired.storage.run_folder import RunFolder
 
 RUN_ROLE = "run"
 """The ``unpaired.role`` tag of a run's MLflow run (a study's is ``study``)."""
 RUN_ROLES = (RUN_ROLE, "variant")
 """The role tags a run's MLflow run may carry: ``variant`` is what 0.1 wrote, still read."""
-_REQUEST_SETTINGS = ("MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
-                     "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER")
+_REQUEST_SETTINGS = (
+    "MLFLOW_HTTP_REQUEST_TIMEOUT",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER",
+)
 _SET_BY_USER = {name for name in _REQUEST_SETTINGS if name in os.environ}
 """MLflow's HTTP settings the user set in the environment: those are kept as they are."""
 
@@ -31,8 +38,12 @@ _SET_BY_USER = {name for name in _REQUEST_SETTINGS if name in os.environ}
 def bound_requests(timeout: float) -> None:
     """Make every MLflow HTTP call give up within about ``timeout`` seconds (two tries of half of it each, no back-off),
     instead of MLflow's default of minutes, unless the user set MLflow's own ``MLFLOW_HTTP_REQUEST_*`` variables."""
-    bounded = {"MLFLOW_HTTP_REQUEST_TIMEOUT": str(max(1, int(timeout // 2))), "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
-               "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0", "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0"}
+    bounded = {
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": str(max(1, int(timeout // 2))),
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0",
+        "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0",
+    }
     for name, value in bounded.items():
         if name not in _SET_BY_USER:
             os.environ[name] = value
@@ -113,3 +124,53 @@ def plugin_versions() -> str:
     """``dist version`` of every installed distribution providing unpaired plugins."""
     found = {f"{ep.dist.metadata['Name']} {ep.dist.version}" for ep in metadata.entry_points(group=ENTRY_POINT_GROUP) if ep.dist}
     return ", ".join(sorted(found))
+
+
+def folder_tag(folder: RunFolder) -> str:
+    """The run folder as its MLflow child records it: an absolute path, however ``--out`` was spelt."""
+    return str(folder.path.resolve())
+
+
+def tracking_link(folder: RunFolder) -> dict[str, Any] | None:
+    """The MLflow run the folder records (``mlflow_run.json``), or None (none, or corrupt: it is rewritten once the child
+    is found or created again)."""
+    try:
+        return folder.read_tracking_link()
+    except CorruptFileError:  # rewritten once the child is found or created again
+        return None
+
+
+def finished_here(folder: RunFolder) -> bool:
+    """Whether the folder holds a finished result (a corrupt one is not)."""
+    try:
+        result = folder.read_result()
+    except CorruptFileError:
+        return False
+    return result is not None and result.finished
+
+
+def tracking_complete(folder: RunFolder, uri: str | None) -> bool:
+    """Whether the folder's MLflow run at ``uri`` holds everything the folder does."""
+    link = tracking_link(folder)
+    return bool(link and link.get("tracking_uri") == uri and link.get("complete"))
+
+
+def log_spec(mlflow_client: Any, run_id: str, spec: dict[str, Any], folder: RunFolder) -> None:
+    """Log a run's resolved spec as the params of its MLflow run, 100 a batch (MLflow's limit), the folder tag again
+    with the first (a create and its first batch are the window a kill may split)."""
+    from mlflow.entities import Param, RunTag
+
+    params = [Param(k, v[:6000]) for k, v in flatten_params(spec).items()]
+    for start in range(0, len(params), 100):
+        tag = [RunTag("unpaired.folder", folder_tag(folder))] if start == 0 else []
+        mlflow_client.log_batch(run_id, params=params[start : start + 100], tags=tag)
+
+
+def log_metrics(mlflow_client: Any, run_id: str, values: dict[str, float], step: int) -> None:
+    """Log the numeric ``values`` at ``step``, in one batch."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    metrics = [Metric(k, float(v), now, step) for k, v in values.items() if isinstance(v, (int, float))]
+    if metrics:
+        mlflow_client.log_batch(run_id, metrics=metrics)

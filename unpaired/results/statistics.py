@@ -78,15 +78,27 @@ def summarize(runs: pd.DataFrame, metric: str, baseline: str | None, lower_bette
         raise UsageError(f"no metric {metric!r} in the finished runs; available: {', '.join(available) or 'none'}")
     finite = runs[metric].map(lambda v: isinstance(v, (int, float)) and math.isfinite(v))
     failed = runs["scoring_failed"] if "scoring_failed" in runs.columns else pd.Series(False, index=runs.index)
-    values = {name: group.loc[finite[group.index], metric].tolist() for name, group in runs.groupby("variant", sort=False)
-              if finite[group.index].any() or failed[group.index].any()}  # a variant that was never scored is not in the table
+    values = {
+        name: group.loc[finite[group.index], metric].tolist()
+        for name, group in runs.groupby("variant", sort=False)
+        if finite[group.index].any() or failed[group.index].any()
+    }  # a variant that was never scored is not in the table
     planned = runs.groupby("variant", sort=False)["planned_seeds"].max()
     rows = []
     for name, seeds in values.items():
         low, high = mean_interval(seeds)
-        rows.append({"variant": name, "baseline": name == baseline, "mean": float(np.mean(seeds)) if seeds else math.nan,
-                     "std": float(np.std(seeds, ddof=1)) if len(seeds) > 1 else math.nan, "ci_low": low, "ci_high": high,
-                     "n": len(seeds), "planned": int(planned[name])})
+        rows.append(
+            {
+                "variant": name,
+                "baseline": name == baseline,
+                "mean": float(np.mean(seeds)) if seeds else math.nan,
+                "std": float(np.std(seeds, ddof=1)) if len(seeds) > 1 else math.nan,
+                "ci_low": low,
+                "ci_high": high,
+                "n": len(seeds),
+                "planned": int(planned[name]),
+            }
+        )
     if not rows:
         raise UsageError(f"no finished run has a {metric!r} score")
     table = pd.DataFrame(rows).set_index("variant")
@@ -100,7 +112,14 @@ def summarize(runs: pd.DataFrame, metric: str, baseline: str | None, lower_bette
     table["p_value"] = [tests[name][2] for name in table.index]
     table["p_holm"] = holm(table["p_value"].tolist())
     n_baseline = len(values.get(baseline, []))
-    table["verdict"] = ["no finite score: the scoring failed" if row.n == 0 else "baseline" if name == baseline else
-                        verdict(row.delta, row.p_holm, row.n, n_baseline, lower_better) if has_baseline else "no baseline results"
-                        for name, row in table.iterrows()]
+    table["verdict"] = [
+        "no finite score: the scoring failed"
+        if row.n == 0
+        else "baseline"
+        if name == baseline
+        else verdict(row.delta, row.p_holm, row.n, n_baseline, lower_better)
+        if has_baseline
+        else "no baseline results"
+        for name, row in table.iterrows()
+    ]
     return table.sort_values(["rank", "n"], ascending=[True, False])

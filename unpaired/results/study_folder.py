@@ -73,8 +73,15 @@ def write_index(study: Study, out: Path, evaluations: dict[str, str]) -> None:
         "unpaired": __version__,
         "git_commit": git_commit(),
         "runs": [
-            {"variant": r.variant, "seed": r.seed, "run_id": r.run_id, "variant_key": r.variant_key,
-             "folder": str(run_folder(out, r).path.relative_to(out)), "overrides": r.overrides, "evaluation": evaluations.get(r.run_id)}
+            {
+                "variant": r.variant,
+                "seed": r.seed,
+                "run_id": r.run_id,
+                "variant_key": r.variant_key,
+                "folder": str(run_folder(out, r).path.relative_to(out)),
+                "overrides": r.overrides,
+                "evaluation": evaluations.get(r.run_id),
+            }
             for r in study.runs
         ],
     }
@@ -98,9 +105,11 @@ def read_index(out: Path) -> tuple[dict[str, Any], str | None]:
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         problem = f"it is not valid JSON: {error}"
     if problem is not None:
-        return rebuilt_index(Path(out)), (f"{path} cannot be read ({problem}). The runs were read from the run folders instead "
-                                          "(each variant named as its folder; the baseline is unknown); `unpaired run` with the "
-                                          "study file rewrites it")
+        return rebuilt_index(Path(out)), (
+            f"{path} cannot be read ({problem}). The runs were read from the run folders instead "
+            "(each variant named as its folder; the baseline is unknown); `unpaired run` with the "
+            "study file rewrites it"
+        )
     return index, None
 
 
@@ -118,12 +127,26 @@ def rebuilt_index(out: Path) -> dict[str, Any]:
             if (result := folder.read_result()) is not None and result.finished and result.scoring is not None:
                 identities[result.scoring.identity] += 1
         if (named := folder.seed_and_run_id()) is not None:
-            runs.append({"variant": folder.path.parent.name, "seed": named[0], "run_id": named[1],
-                         "folder": str(folder.path.relative_to(out)), "overrides": {}})
+            runs.append(
+                {
+                    "variant": folder.path.parent.name,
+                    "seed": named[0],
+                    "run_id": named[1],
+                    "folder": str(folder.path.relative_to(out)),
+                    "overrides": {},
+                }
+            )
     evaluation = identities.most_common(1)[0][0] if identities else None
-    return {"name": Path(out).resolve().name, "description": "", "question": "", "baseline": None,
-            "variants": list(dict.fromkeys(run["variant"] for run in runs)), "seeds": sorted({run["seed"] for run in runs}),
-            "metric": None, "runs": [{**run, "evaluation": evaluation} for run in runs]}
+    return {
+        "name": Path(out).resolve().name,
+        "description": "",
+        "question": "",
+        "baseline": None,
+        "variants": list(dict.fromkeys(run["variant"] for run in runs)),
+        "seeds": sorted({run["seed"] for run in runs}),
+        "metric": None,
+        "runs": [{**run, "evaluation": evaluation} for run in runs],
+    }
 
 
 def report_path(out: Path, fmt: str = "html") -> Path:

@@ -90,8 +90,18 @@ class StudyResults:
         planned = {variant: len(self.of_variant(variant)) for variant in self.variants}
         compared = [run for run in self.runs if run.finished and run.result is not None and not run.scored_elsewhere]
         finished = [run.result for run in compared if run.result is not None]
-        rows = [{"variant": run.variant, "seed": run.seed, "run_id": run.run_id, "planned_seeds": planned[run.variant],
-                 "scoring_failed": bool(run.result.scoring_problems), **run.result.metrics} for run in compared if run.result is not None]
+        rows = [
+            {
+                "variant": run.variant,
+                "seed": run.seed,
+                "run_id": run.run_id,
+                "planned_seeds": planned[run.variant],
+                "scoring_failed": bool(run.result.scoring_problems),
+                **run.result.metrics,
+            }
+            for run in compared
+            if run.result is not None
+        ]
         table = pd.DataFrame(rows, columns=None if rows else ["variant", "seed", "run_id", "planned_seeds", "scoring_failed"])
         table.attrs["lower_is_better"] = {k: v for result in finished if result.scoring for k, v in result.scoring.lower_is_better.items()}
         table.attrs["extractors"] = sorted({result.scoring.extractor for result in finished if result.scoring})
@@ -117,9 +127,18 @@ def read_study_results(out: Path) -> StudyResults:
             result = None
             problems.append(str(error))
         status = folder.status(entry["run_id"], evaluation=entry.get("evaluation"))
-        runs.append(RunRecord(entry["variant"], int(entry["seed"]), entry["run_id"], folder, entry.get("overrides", {}),
-                              "finished" if status in ("done", "stale", "rescore", "score-failed") else status,
-                              result if result is not None and result.run_id == entry["run_id"] else None, status == "rescore"))
+        runs.append(
+            RunRecord(
+                entry["variant"],
+                int(entry["seed"]),
+                entry["run_id"],
+                folder,
+                entry.get("overrides", {}),
+                "finished" if status in ("done", "stale", "rescore", "score-failed") else status,
+                result if result is not None and result.run_id == entry["run_id"] else None,
+                status == "rescore",
+            )
+        )
     return StudyResults(Path(out), index, runs, problems, _left_out(out, runs), index_problem)
 
 
@@ -127,10 +146,11 @@ def _left_out(out: Path, runs: list[RunRecord]) -> list[str]:
     lines = []
     elsewhere = [run for run in runs if run.scored_elsewhere]
     if elsewhere:
-        lines.append(f"{len(elsewhere)} finished run(s) scored under another evaluation than the study's (metrics or feature "
-                     "extractor changed) are left out: `unpaired run` scores them again")
+        lines.append(
+            f"{len(elsewhere)} finished run(s) scored under another evaluation than the study's (metrics or feature "
+            "extractor changed) are left out: `unpaired run` scores them again"
+        )
     others = unplanned_runs(out, {run.run_id for run in runs})
     if others:
-        lines.append(f"{len(others)} finished run(s) of configurations the study no longer plans are left out "
-                     "(`unpaired plan` says what changed)")
+        lines.append(f"{len(others)} finished run(s) of configurations the study no longer plans are left out (`unpaired plan` says what changed)")
     return lines

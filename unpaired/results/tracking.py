@@ -26,10 +26,24 @@ from typing import Any
 from unpaired import hookimpl
 from unpaired.errors import Notice
 from unpaired.plugin_api.lifecycle import RunInfo
-from unpaired.storage.files import CorruptFileError
 from unpaired.storage.lease import process_alive
-from unpaired.results.mlflow_store import (RUN_ROLE, RUN_ROLES, TrackingError, check_reachable, check_shareable, client,
-                                           first_use_serialised, flatten_params, plugin_versions, tracking_uri)
+from unpaired.results.mlflow_store import (
+    RUN_ROLE,
+    RUN_ROLES,
+    TrackingError,
+    check_reachable,
+    check_shareable,
+    client,
+    finished_here,
+    first_use_serialised,
+    folder_tag,
+    log_metrics,
+    log_spec,
+    plugin_versions,
+    tracking_complete,
+    tracking_link,
+    tracking_uri,
+)
 from unpaired.storage.run_folder import RunFolder
 from unpaired.results.study_folder import git_commit, report_path, run_folder
 
@@ -40,8 +54,7 @@ EPOCH_MARKER = "lr"
 class StudyTracker:
     """Logs one study invocation to MLflow through the lifecycle hooks: the parent MLflow run, a child per run."""
 
-    def __init__(self, uri: str | None, study: str, source: str, baseline: str, planned_seeds: int, log_generators: bool,
-                 timeout: float):
+    def __init__(self, uri: str | None, study: str, source: str, baseline: str, planned_seeds: int, log_generators: bool, timeout: float):
         self.uri, self.study, self.source, self.baseline, self.timeout = uri, study, source, baseline, timeout
         self.planned_seeds, self.log_generators = planned_seeds, log_generators
         self.experiment_id: str | None = None
@@ -70,8 +83,12 @@ class StudyTracker:
             yield
         except Exception as error:
             self.lost.add(run_id)
-            warnings.warn(f"MLflow tracking of run {run_id} stopped ({type(error).__name__}: {str(error).splitlines()[0][:300]}); "
-                          "training goes on, and the next `unpaired run` of the study logs what is missing", Notice, stacklevel=2)
+            warnings.warn(
+                f"MLflow tracking of run {run_id} stopped ({type(error).__name__}: {str(error).splitlines()[0][:300]}); "
+                "training goes on, and the next `unpaired run` of the study logs what is missing",
+                Notice,
+                stacklevel=2,
+            )
 
     @hookimpl
     def unpaired_on_study_start(self, study: Any, out: Path, machines: int) -> None:
@@ -90,8 +107,13 @@ class StudyTracker:
                 "tracking.timeout, or set tracking: {enabled: false}."
             ) from None
         self._close_abandoned()
-        tags = {"unpaired.study": self.study, "unpaired.role": "study", "unpaired.baseline": self.baseline,
-                "unpaired.plugins": plugin_versions(), "unpaired.owner": f"{socket.gethostname()}:{os.getpid()}"}
+        tags = {
+            "unpaired.study": self.study,
+            "unpaired.role": "study",
+            "unpaired.baseline": self.baseline,
+            "unpaired.plugins": plugin_versions(),
+            "unpaired.owner": f"{socket.gethostname()}:{os.getpid()}",
+        }
         if commit := git_commit():
             tags["unpaired.git_commit"] = commit
         parent = self.client.create_run(self.experiment_id, run_name=f"{self.study} ({time.strftime('%Y-%m-%d %H:%M')})", tags=tags)
@@ -100,7 +122,7 @@ class StudyTracker:
             self.client.log_artifact(self.parent_run_id, self.source)
         for planned in study.runs:
             folder = run_folder(out, planned)
-            if _finished(folder) and not _tracking_complete(folder, self.uri):
+            if finished_here(folder) and not tracking_complete(folder, self.uri):
                 info = RunInfo(planned.run_id, planned.variant_key, planned.variant, planned.seed, folder.path, planned.resolved.as_dict())
                 with self.guarded(planned.run_id):
                     self._complete(self._child(info, folder), folder)
@@ -123,12 +145,12 @@ class StudyTracker:
     def _child(self, run: RunInfo, folder: RunFolder) -> str:
         """The MLflow run of ``run``: the one its folder records, else one a process created but could not record
         (found by its tags), else a new child of the parent."""
-        link = _link(folder)
+        link = tracking_link(folder)
         if link and link.get("tracking_uri") == self.uri:
             with contextlib.suppress(Exception):  # deleted, or from another store: look further
                 self.client.update_run(link["run_id"], status="RUNNING")
                 return link["run_id"]
-        where = _folder_tag(folder)
+        where = folder_tag(folder)
         found = [] if "'" in where else self._search(f"tags.`unpaired.run_id` = '{run.run_id}' and tags.`unpaired.folder` = '{where}'")
         child_id = found[0].info.run_id if found else self._new_child(run, folder)
         self.client.update_run(child_id, status="RUNNING")
@@ -136,35 +158,31 @@ class StudyTracker:
         return child_id
 
     def _new_child(self, run: RunInfo, folder: RunFolder) -> str:
-        from mlflow.entities import Param, RunTag
-
-        tags = {"mlflow.parentRunId": self.parent_run_id, "unpaired.study": self.study, "unpaired.role": RUN_ROLE,
-                "unpaired.variant": run.variant, "unpaired.run_id": run.run_id, "unpaired.variant_key": run.variant_key,
-                "unpaired.seed": str(run.seed), "unpaired.planned_seeds": str(self.planned_seeds), "unpaired.status": "running",
-                "unpaired.plugins": plugin_versions(), "unpaired.folder": _folder_tag(folder)}
+        tags = {
+            "mlflow.parentRunId": self.parent_run_id,
+            "unpaired.study": self.study,
+            "unpaired.role": RUN_ROLE,
+            "unpaired.variant": run.variant,
+            "unpaired.run_id": run.run_id,
+            "unpaired.variant_key": run.variant_key,
+            "unpaired.seed": str(run.seed),
+            "unpaired.planned_seeds": str(self.planned_seeds),
+            "unpaired.status": "running",
+            "unpaired.plugins": plugin_versions(),
+            "unpaired.folder": folder_tag(folder),
+        }
         if commit := git_commit():
             tags["unpaired.git_commit"] = commit
         child_id = self.client.create_run(self.experiment_id, run_name=f"{run.variant} seed{run.seed}", tags=tags).info.run_id
-        params = [Param(k, v[:6000]) for k, v in flatten_params(run.spec).items()]
-        for start in range(0, len(params), 100):
-            folder_tag = [RunTag("unpaired.folder", _folder_tag(folder))] if start == 0 else []
-            self.client.log_batch(child_id, params=params[start : start + 100], tags=folder_tag)
+        log_spec(self.client, child_id, run.spec, folder)
         return child_id
-
-    def _log_metrics(self, child_id: str, values: dict[str, float], step: int) -> None:
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        metrics = [Metric(k, float(v), now, step) for k, v in values.items() if isinstance(v, (int, float))]
-        if metrics:
-            self.client.log_batch(child_id, metrics=metrics)
 
     def _log_history(self, child_id: str, folder: RunFolder) -> set[int]:
         """Log the epochs of the folder's history that the child lacks, in order; return every epoch it has now."""
         logged = {m.step for m in self.client.get_metric_history(child_id, EPOCH_MARKER)}
         for row in folder.read_history():
             if row["epoch"] not in logged:
-                self._log_metrics(child_id, {k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
+                log_metrics(self.client, child_id, {k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
                 logged.add(int(row["epoch"]))
         return logged
 
@@ -182,7 +200,7 @@ class StudyTracker:
     def unpaired_on_epoch_end(self, run: Any, epoch: int, metrics: dict[str, float]) -> None:
         if run.run_id in self.children and run.run_id not in self.lost and epoch not in self.logged_epochs[run.run_id]:
             with self.guarded(run.run_id):
-                self._log_metrics(self.children[run.run_id], metrics, step=epoch)
+                log_metrics(self.client, self.children[run.run_id], metrics, step=epoch)
 
     @hookimpl
     def unpaired_on_run_end(self, run: Any, result: Any) -> None:
@@ -209,10 +227,13 @@ class StudyTracker:
         if result is None or not result.finished:  # nothing finished to complete: it stays open for its next attempt
             return
         self._log_history(child_id, folder)
-        self._log_metrics(child_id, result.metrics, step=result.epochs)
+        log_metrics(self.client, child_id, result.metrics, step=result.epochs)
         if result.scoring is not None:  # what made the scores, so that compare never mixes or misranks them
-            for key, value in (("evaluation", result.scoring.identity), ("extractor", result.scoring.extractor),
-                               ("lower_is_better", json.dumps(result.scoring.lower_is_better, sort_keys=True))):
+            for key, value in (
+                ("evaluation", result.scoring.identity),
+                ("extractor", result.scoring.extractor),
+                ("lower_is_better", json.dumps(result.scoring.lower_is_better, sort_keys=True)),
+            ):
                 self.client.set_tag(child_id, f"unpaired.{key}", value)
         if result.host:  # which machine trained it: where its logs are
             self.client.set_tag(child_id, "unpaired.host", result.host)
@@ -235,10 +256,12 @@ class StudyTracker:
         """Attach the study report to the parent run and close it: KILLED when a signal stopped the study,
         FAILED (with the reason) when it broke off or a run failed, else FINISHED. Name the runs whose
         tracking is incomplete."""
-        incomplete = [f"{run.variant} seed {run.seed}" for run in summary.done if not _tracking_complete(run_folder(out, run), self.uri)]
+        incomplete = [f"{run.variant} seed {run.seed}" for run in summary.done if not tracking_complete(run_folder(out, run), self.uri)]
         if incomplete:
-            summary.notes.append(f"MLflow tracking is incomplete for {', '.join(incomplete)}: run the same command again "
-                                 "once the tracking server answers, and it logs what is missing")
+            summary.notes.append(
+                f"MLflow tracking is incomplete for {', '.join(incomplete)}: run the same command again "
+                "once the tracking server answers, and it logs what is missing"
+            )
         if self.parent_run_id is None:
             return
         with self.guarded("study"):
@@ -254,36 +277,20 @@ class StudyTracker:
             self.client.set_terminated(self.parent_run_id, status)
 
 
-def _folder_tag(folder: RunFolder) -> str:
-    """The run folder as its MLflow child records it: an absolute path, however ``--out`` was spelt."""
-    return str(folder.path.resolve())
-
-
-def _link(folder: RunFolder) -> dict[str, Any] | None:
-    try:
-        return folder.read_tracking_link()
-    except CorruptFileError:  # rewritten once the child is found or created again
-        return None
-
-
-def _finished(folder: RunFolder) -> bool:
-    try:
-        result = folder.read_result()
-    except CorruptFileError:
-        return False
-    return result is not None and result.finished
-
-
-def _tracking_complete(folder: RunFolder, uri: str | None) -> bool:
-    link = _link(folder)
-    return bool(link and link.get("tracking_uri") == uri and link.get("complete"))
-
-
 @hookimpl
 def unpaired_study_listeners(study: Any) -> list[object]:
     """A :class:`StudyTracker` for a study whose ``tracking`` is enabled."""
     settings = study.spec.tracking
     if not settings.enabled:
         return []
-    return [StudyTracker(tracking_uri(settings.uri), study.spec.name, study.source, study.baseline, len(study.spec.seeds),
-                         settings.log_generators, settings.timeout)]
+    return [
+        StudyTracker(
+            tracking_uri(settings.uri),
+            study.spec.name,
+            study.source,
+            study.baseline,
+            len(study.spec.seeds),
+            settings.log_generators,
+            settings.timeout,
+        )
+    ]

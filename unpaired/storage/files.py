@@ -46,8 +46,10 @@ def _size(count: float) -> str:
 def _write_failed(path: Path, size: int, error: OSError) -> StorageError:
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
         free = shutil.disk_usage(path.parent).free if path.parent.exists() else 0
-        return StorageError(f"no space left to write {path}: it needs {_size(size)}, {_size(free)} are free there "
-                            "(the previous version, if any, is intact). Free some space, then run the same command again.")
+        return StorageError(
+            f"no space left to write {path}: it needs {_size(size)}, {_size(free)} are free there "
+            "(the previous version, if any, is intact). Free some space, then run the same command again."
+        )
     return StorageError(f"cannot write {path}: {error.strerror or error} (the previous version, if any, is intact)")
 
 
@@ -115,8 +117,12 @@ def load_tensors(path: Path) -> Any:
     if not zipfile.is_zipfile(path):
         with open(path, "rb") as file:
             torn = file.read(4) == b"PK\x03\x04"  # began as one: cut short or damaged since
-        raise CorruptFileError(path, "is a torn torch archive (cut short or damaged)" if torn else
-                               "is not a torch file (torch.save writes a zip archive; this is not one): name a file unpaired wrote")
+        raise CorruptFileError(
+            path,
+            "is a torn torch archive (cut short or damaged)"
+            if torn
+            else "is not a torch file (torch.save writes a zip archive; this is not one): name a file unpaired wrote",
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:

@@ -108,15 +108,16 @@ class StudySummary:
             self.failed.append((run, outcome.detail))
 
     def __str__(self) -> str:
-        lines = [f"done {len(self.done)}, failed {len(self.failed)}, skipped {len(self.skipped)} (finished earlier)"
-                 + (f", interrupted {len(self.interrupted)}" if self.interrupted else "")
-                 + (f", busy {len(self.busy)} (being trained by another process)" if self.busy else "")]
+        lines = [
+            f"done {len(self.done)}, failed {len(self.failed)}, skipped {len(self.skipped)} (finished earlier)"
+            + (f", interrupted {len(self.interrupted)}" if self.interrupted else "")
+            + (f", busy {len(self.busy)} (being trained by another process)" if self.busy else "")
+        ]
         if self.stopped_by is not None:
             lines.append(f"stopped by signal {self.stopped_by}: run the same command again to resume")
         lines += [f"note: {note}" for note in self.notes]
         lines += [f"  FAILED {run.variant} seed {run.seed}: {error}" for run, error in self.failed]
-        lines += [f"  BUSY {run.variant} seed {run.seed}: trained by {holder}; rerun later to pick up what it leaves"
-                  for run, holder in self.busy]
+        lines += [f"  BUSY {run.variant} seed {run.seed}: trained by {holder}; rerun later to pick up what it leaves" for run, holder in self.busy]
         return "\n".join(lines)
 
 

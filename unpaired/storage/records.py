@@ -130,8 +130,16 @@ class Checkpoint:
     """Direction -> the name of the network in ``model["networks"]`` that translates it."""
 
     def to_file(self) -> dict[str, Any]:
-        content = {"run_id": self.run_id, "spec": self.spec, "crop_size": self.crop_size, "state": vars(self.state),
-                   "model": self.model, "rng": self.rng, "threads": self.threads, "translators": self.translators}
+        content = {
+            "run_id": self.run_id,
+            "spec": self.spec,
+            "crop_size": self.crop_size,
+            "state": vars(self.state),
+            "model": self.model,
+            "rng": self.rng,
+            "threads": self.threads,
+            "translators": self.translators,
+        }
         return {"format": CHECKPOINT_FORMAT, "checksum": checksum(content), **content}
 
     @classmethod
@@ -146,8 +154,16 @@ class Checkpoint:
         _check_checksum(path, stored.get("checksum"), content, "checkpoint")
         _check_finite(path, content.get("model"), "checkpoint")
         try:
-            return cls(content["run_id"], content["spec"], content["crop_size"], TrainingState(**content["state"]), content["model"],
-                       content["rng"], content["threads"], content["translators"])
+            return cls(
+                content["run_id"],
+                content["spec"],
+                content["crop_size"],
+                TrainingState(**content["state"]),
+                content["model"],
+                content["rng"],
+                content["threads"],
+                content["translators"],
+            )
         except (KeyError, TypeError) as error:
             raise CorruptFileError(path, f"is not a complete checkpoint ({type(error).__name__}: {error})") from None
 
@@ -183,8 +199,14 @@ class ExportedGenerator:
             if direction not in checkpoint.translators:
                 raise InputError(f"{path} is a checkpoint of a method that translates only {', '.join(checkpoint.translators)}, not {direction}")
             spec = checkpoint.spec
-            return cls(direction, checkpoint.run_id, spec["generator"], spec["generator_norm"], checkpoint.crop_size,
-                       checkpoint.model["networks"][checkpoint.translators[direction]])
+            return cls(
+                direction,
+                checkpoint.run_id,
+                spec["generator"],
+                spec["generator_norm"],
+                checkpoint.crop_size,
+                checkpoint.model["networks"][checkpoint.translators[direction]],
+            )
         _check_format(path, stored, GENERATOR_FORMAT, "exported generator")
         stored = {k: v for k, v in stored.items() if k != "format"}
         _check_checksum(path, stored.pop("checksum", None), stored, "exported generator")
@@ -256,8 +278,9 @@ def _check_finite(path: Path, tree: Any, what: str) -> None:
 def _check_format(path: Path, stored: dict[str, Any], expected: int, what: str) -> None:
     if stored.get("format", 1) != expected:  # files without a format number are the first format
         raise CorruptFileError(
-            path, f"is a {what} of format {stored.get('format', 1)}; this version of unpaired reads format {expected}. "
-            "Retrain the run, or use the version of unpaired that wrote it."
+            path,
+            f"is a {what} of format {stored.get('format', 1)}; this version of unpaired reads format {expected}. "
+            "Retrain the run, or use the version of unpaired that wrote it.",
         )
 
 

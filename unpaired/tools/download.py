@@ -16,8 +16,17 @@ from unpaired.errors import UnpairedError
 DEFAULT_URL = "https://efrosgans.eecs.berkeley.edu/cyclegan/datasets"
 URL_ENV = "UNPAIRED_DATASETS_URL"
 DATASETS = (
-    "apple2orange", "summer2winter_yosemite", "horse2zebra", "monet2photo", "cezanne2photo", "ukiyoe2photo",
-    "vangogh2photo", "maps", "facades", "iphone2dslr_flower", "ae_photos",
+    "apple2orange",
+    "summer2winter_yosemite",
+    "horse2zebra",
+    "monet2photo",
+    "cezanne2photo",
+    "ukiyoe2photo",
+    "vangogh2photo",
+    "maps",
+    "facades",
+    "iphone2dslr_flower",
+    "ae_photos",
 )
 LAYOUT = ("trainA", "trainB", "testA", "testB")
 
@@ -52,9 +61,10 @@ def _fetch(url: str, part: Path, show_progress: bool) -> None:
             have = 0
         length = response.headers.get("Content-Length")
         total = have + int(length) if length is not None else None
-        with open(part, "ab" if have else "wb") as file, tqdm(
-            total=total, initial=have, unit="B", unit_scale=True, disable=not show_progress, desc=part.name
-        ) as bar:
+        with (
+            open(part, "ab" if have else "wb") as file,
+            tqdm(total=total, initial=have, unit="B", unit_scale=True, disable=not show_progress, desc=part.name) as bar,
+        ):
             while chunk := response.read(1 << 20):
                 file.write(chunk)
                 bar.update(len(chunk))

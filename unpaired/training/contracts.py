@@ -43,8 +43,10 @@ def check_data(data: UnpairedData, choice: Choice) -> None:
     """Raise :class:`ContractError` when a split of a domain of the dataset ``choice`` built has no image."""
     empty = [f"{split}{domain}" for split in ("train", "test") for domain in ("A", "B") if data.size(split, domain) < 1]
     if empty:
-        raise ContractError(f"{describe_component(choice, 'dataset')} has no images in {', '.join(empty)}: every split of both "
-                            f"domains needs at least one ({choice.as_dict()})")
+        raise ContractError(
+            f"{describe_component(choice, 'dataset')} has no images in {', '.join(empty)}: every split of both "
+            f"domains needs at least one ({choice.as_dict()})"
+        )
 
 
 def check_gan_loss(choice: Choice) -> None:
@@ -54,14 +56,18 @@ def check_gan_loss(choice: Choice) -> None:
     who = describe_component(choice, "gan_loss")
     scores = [torch.linspace(-1.0, 1.0, 32).reshape(2, 1, 4, 4).requires_grad_() for _ in range(2)]
     generator_loss = loss.generator_loss(scores[0], scores[1]) if loss.compares_with_real else loss.generator_loss(scores[0])
-    results = {"generator_loss": generator_loss,
-               "discriminator_loss": loss.discriminator_loss(scores[1], scores[0])}
+    results = {"generator_loss": generator_loss, "discriminator_loss": loss.discriminator_loss(scores[1], scores[0])}
     for call, value in results.items():
         if not isinstance(value, Tensor) or value.numel() != 1 or not value.requires_grad or not torch.isfinite(value).all():
-            got = f"a {type(value).__name__}" if not isinstance(value, Tensor) else (
-                f"a tensor of shape {tuple(value.shape)}, requires_grad={value.requires_grad}, finite={bool(torch.isfinite(value).all())}")
-            raise ContractError(f"{who}: {call} must return a finite scalar tensor computed from the scores it is given "
-                                f"(with torch operations, so that gradients flow); it returned {got}")
+            got = (
+                f"a {type(value).__name__}"
+                if not isinstance(value, Tensor)
+                else (f"a tensor of shape {tuple(value.shape)}, requires_grad={value.requires_grad}, finite={bool(torch.isfinite(value).all())}")
+            )
+            raise ContractError(
+                f"{who}: {call} must return a finite scalar tensor computed from the scores it is given "
+                f"(with torch operations, so that gradients flow); it returned {got}"
+            )
 
 
 def check_contracts(method: Method, variant: ResolvedVariant, size: int, runtime: Runtime) -> None:
@@ -80,9 +86,11 @@ def check_contracts(method: Method, variant: ResolvedVariant, size: int, runtime
             scores = [discriminator(images).float() for discriminator in discriminators]
         for score in scores:
             if score.ndim == 0 or score.shape[0] != len(images) or not torch.isfinite(score).all():
-                raise ContractError(f"{describe_component(variant.discriminator, 'discriminator')} must give finite scores with one row per "
-                                    f"image (first dimension {len(images)}); it gave shape {tuple(score.shape)}, finite: "
-                                    f"{bool(torch.isfinite(score).all())}")
+                raise ContractError(
+                    f"{describe_component(variant.discriminator, 'discriminator')} must give finite scores with one row per "
+                    f"image (first dimension {len(images)}); it gave shape {tuple(score.shape)}, finite: "
+                    f"{bool(torch.isfinite(score).all())}"
+                )
         checked = [(generator, variant.generator_norm, "generator networks")]
         checked += [(discriminator, variant.discriminator_norm, "discriminator networks") for discriminator in discriminators]
         for network, norm, side in checked:
@@ -99,8 +107,10 @@ def _check_method(method: Method, variant: ResolvedVariant) -> None:
         raise ContractError(f"{who} must translate AtoB, BtoA or both; it declares directions {method.directions!r}")
     declared = method_directions(variant.method.component.factory)  # what validation planned the scores by
     if tuple(method.directions) != declared:
-        raise ContractError(f"{who} translates {', '.join(method.directions)}, but its registered factory says {', '.join(declared)}: "
-                            "register the Method subclass itself, whose class attribute `directions` is read before it is built")
+        raise ContractError(
+            f"{who} translates {', '.join(method.directions)}, but its registered factory says {', '.join(declared)}: "
+            "register the Method subclass itself, whose class attribute `directions` is read before it is built"
+        )
     for name in [method.translator(d) for d in method.directions] + list(method.discriminators):
         if name not in method.networks:
             raise ContractError(f"{who} names the network {name!r}, which is not in its networks ({', '.join(method.networks)})")
@@ -131,6 +141,8 @@ def _check_per_image(network: nn.Module, images: Tensor, norm: Choice, side: str
     apart = torch.cat([fresh()(image[None]) for image in images]).float()
     scale = max(float(together.abs().max()), 1e-6)
     if float((together - apart).abs().max()) > PER_IMAGE_TOLERANCE * scale:
-        raise ContractError(f"{describe_component(norm, 'norm')} claims per_image = True, but the {side} it normalises give different outputs "
-                            "for a batch of two than for each image alone: its statistics couple the images of a batch. "
-                            "Set per_image = False (the engine then gives each image its own call).")
+        raise ContractError(
+            f"{describe_component(norm, 'norm')} claims per_image = True, but the {side} it normalises give different outputs "
+            "for a batch of two than for each image alone: its statistics couple the images of a batch. "
+            "Set per_image = False (the engine then gives each image its own call)."
+        )

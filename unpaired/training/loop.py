@@ -80,8 +80,12 @@ class Trainer:
             if self.train.on_corrupt_checkpoint == "stop":
                 raise
             aside = self.folder.set_aside(path)
-            warnings.warn(f"{error}. It was renamed {aside.name} and {self.folder} starts again from the beginning "
-                          "(set train.on_corrupt_checkpoint: stop to stop instead)", Notice, stacklevel=2)
+            warnings.warn(
+                f"{error}. It was renamed {aside.name} and {self.folder} starts again from the beginning "
+                "(set train.on_corrupt_checkpoint: stop to stop instead)",
+                Notice,
+                stacklevel=2,
+            )
             self.last_checkpoint = None
             return None
 
@@ -92,8 +96,12 @@ class Trainer:
                 f"{self.variant.run_id}); train into another output folder or delete {self.folder.checkpoints}"
             )
         if self.device.type == "cpu" and checkpoint.threads != torch.get_num_threads():
-            warnings.warn(f"{self.folder} resumes with {checkpoint.threads} CPU threads, as it started (this process had "
-                          f"{torch.get_num_threads()}): a CPU run's numbers depend on the thread count", Note, stacklevel=1)
+            warnings.warn(
+                f"{self.folder} resumes with {checkpoint.threads} CPU threads, as it started (this process had "
+                f"{torch.get_num_threads()}): a CPU run's numbers depend on the thread count",
+                Note,
+                stacklevel=1,
+            )
             torch.set_num_threads(checkpoint.threads)
         self.method.load_state_dict(checkpoint.model)
         restore_rng(checkpoint.rng)
@@ -106,8 +114,16 @@ class Trainer:
 
     def save_checkpoint(self) -> Path:
         state = dataclasses.replace(self.state, elapsed=self.elapsed(), epoch_sums=self.state.epoch_sums.cpu())
-        checkpoint = Checkpoint(self.variant.run_id, self.run.spec, self.data.transform.crop_size, state, self.method.state_dict(),
-                                capture_rng(), torch.get_num_threads(), self.translators())
+        checkpoint = Checkpoint(
+            self.variant.run_id,
+            self.run.spec,
+            self.data.transform.crop_size,
+            state,
+            self.method.state_dict(),
+            capture_rng(),
+            torch.get_num_threads(),
+            self.translators(),
+        )
         self.last_checkpoint = self.folder.save_checkpoint(checkpoint)
         return self.last_checkpoint
 
@@ -133,9 +149,14 @@ class Trainer:
 
     def export_generators(self, best: bool = False) -> None:
         for direction, network in self.translators().items():
-            exported = ExportedGenerator(direction, self.variant.run_id, self.variant.generator.as_dict(),  # type: ignore[arg-type]
-                                         self.variant.generator_norm.as_dict(), self.data.transform.crop_size,
-                                         self.method.networks[network].state_dict())
+            exported = ExportedGenerator(
+                direction,  # type: ignore[arg-type]
+                self.variant.run_id,
+                self.variant.generator.as_dict(),
+                self.variant.generator_norm.as_dict(),
+                self.data.transform.crop_size,
+                self.method.networks[network].state_dict(),
+            )
             self.folder.export_generator(exported, best)
 
     def keep_if_best(self, scores: Scores, ties_win: bool = False) -> None:
@@ -155,8 +176,14 @@ class Trainer:
     def run_to_end(self) -> RunResult:
         """Train the remaining epochs, then export and score the final generators."""
         self.folder.write_spec(self.run.spec)
-        progress = tqdm(total=self.steps_per_epoch * self.train.total_epochs, initial=self.state.global_step, unit="it",
-                        disable=not self.show_progress, dynamic_ncols=True, desc=self.variant.run_id)
+        progress = tqdm(
+            total=self.steps_per_epoch * self.train.total_epochs,
+            initial=self.state.global_step,
+            unit="it",
+            disable=not self.show_progress,
+            dynamic_ncols=True,
+            desc=self.variant.run_id,
+        )
         try:
             with deferred_signals():
                 while self.state.epoch < self.train.total_epochs:
@@ -177,8 +204,12 @@ class Trainer:
         method.set_learning_rate(lr)
         order = EpochOrder(self.data.train_length, train.seed, state.epoch, start=state.step_in_epoch * train.batch_size)
         loader = DataLoader(
-            TrainPairs(self.data), batch_size=train.batch_size, sampler=order, num_workers=train.num_workers,
-            pin_memory=self.device.type == "cuda", generator=self.loader_rng,
+            TrainPairs(self.data),
+            batch_size=train.batch_size,
+            sampler=order,
+            num_workers=train.num_workers,
+            pin_memory=self.device.type == "cuda",
+            generator=self.loader_rng,
         )
         started, steps_before = time.perf_counter(), state.step_in_epoch
         for real_A, real_B in loader:
@@ -196,8 +227,9 @@ class Trainer:
             if (signum := stop_requested()) is not None:
                 self.check_finite()
                 path = self.save_checkpoint()
-                raise TrainingInterrupted(f"stopped by signal {signum} at epoch {state.epoch + 1}, step {state.global_step}; "
-                                          f"rerun to resume from {path}")
+                raise TrainingInterrupted(
+                    f"stopped by signal {signum} at epoch {state.epoch + 1}, step {state.global_step}; rerun to resume from {path}"
+                )
         self.check_finite()
         seconds = time.perf_counter() - started
         self.end_epoch({"lr": lr, "seconds": seconds, "it_per_s": (state.step_in_epoch - steps_before) / max(seconds, 1e-9)})
@@ -207,8 +239,13 @@ class Trainer:
         train, state, evaluation = self.train, self.state, self.variant.eval
         means = (state.epoch_sums / max(state.step_in_epoch, 1)).tolist()
         state.epoch += 1
-        metrics = {"epoch": state.epoch, "lr": timing["lr"], **dict(zip(self.terms, means)),
-                   "seconds": timing["seconds"], "it_per_s": timing["it_per_s"]}
+        metrics = {
+            "epoch": state.epoch,
+            "lr": timing["lr"],
+            **dict(zip(self.terms, means)),
+            "seconds": timing["seconds"],
+            "it_per_s": timing["it_per_s"],
+        }
         if self.scorer is not None and evaluation.every and state.epoch % evaluation.every == 0 and state.epoch < train.total_epochs:
             scores = self.score(self.scorer)
             metrics.update(scores.values)
@@ -228,10 +265,17 @@ class Trainer:
         self.export_generators()
         save_showcase(self.method, self.runtime, self.data, self.folder)  # the report's side-by-side pictures, from this run's device
         state = self.state
-        result = RunResult(status="finished", run_id=self.variant.run_id, epochs=state.epoch, steps=state.global_step,
-                           seconds=self.elapsed(), final_losses={k: state.history[-1][k] for k in self.terms} if state.history else {},
-                           threads=torch.get_num_threads() if self.device.type == "cpu" else None, plugins=self.variant.plugins(),
-                           device=describe_device(self.device))
+        result = RunResult(
+            status="finished",
+            run_id=self.variant.run_id,
+            epochs=state.epoch,
+            steps=state.global_step,
+            seconds=self.elapsed(),
+            final_losses={k: state.history[-1][k] for k in self.terms} if state.history else {},
+            threads=torch.get_num_threads() if self.device.type == "cpu" else None,
+            plugins=self.variant.plugins(),
+            device=describe_device(self.device),
+        )
         if self.scorer is not None:
             scores = self.score(self.scorer)
             result.metrics, result.scoring, result.scoring_problems = scores.values, scores.scoring, scores.problems

@@ -43,4 +43,3 @@ def build_method(variant: ResolvedVariant, device: torch.device) -> Method:
     """The variant's method with every part it trains, on ``device``. Draws on the global torch RNG for the
     initial weights: seed it first."""
     return variant.method.build(method_parts(variant, device))
-

@@ -21,8 +21,15 @@ from unpaired.training.loop import Trainer
 from unpaired.devices import pick_device, thread_count_kept
 
 
-def train_run(variant: ResolvedVariant, folder: RunFolder, registry: Registry, variant_name: str | None = None,
-              show_progress: bool = True, lease_wait: float = 0.0, ray_node: str | None = None) -> RunOutcome:
+def train_run(
+    variant: ResolvedVariant,
+    folder: RunFolder,
+    registry: Registry,
+    variant_name: str | None = None,
+    show_progress: bool = True,
+    lease_wait: float = 0.0,
+    ray_node: str | None = None,
+) -> RunOutcome:
     """Train ``variant`` in ``folder``, resuming from its latest checkpoint there, and return what became of it.
 
     This is the one place where an exception becomes a run's status (the words of :mod:`unpaired.storage.lifecycle`): a signal makes the run

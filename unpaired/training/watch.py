@@ -22,8 +22,10 @@ class LossWatch:
     def record(self, terms: Mapping[str, Tensor]) -> Tensor:
         """The step's terms as one detached float vector in ``names`` order; notes any that are non-finite."""
         if terms.keys() != set(self.names):
-            raise ContractError(f"{self.who} declares the loss terms {', '.join(self.names)} but its train_step returned "
-                                f"{', '.join(terms)}: return exactly the declared terms")
+            raise ContractError(
+                f"{self.who} declares the loss terms {', '.join(self.names)} but its train_step returned "
+                f"{', '.join(terms)}: return exactly the declared terms"
+            )
         values = torch.stack([terms[name].detach().float() for name in self.names])
         self.step += 1
         newly_bad = ~torch.isfinite(values) & (self.first_bad_step < 0)

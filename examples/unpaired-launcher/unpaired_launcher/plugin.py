@@ -17,7 +17,15 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from unpaired.plugin_api import (
-    ExecutorContext, RunJob, StopRequested, deferred_signals, hookimpl, read_outcome, stop_requested, worker_command, write_job,
+    ExecutorContext,
+    RunJob,
+    StopRequested,
+    deferred_signals,
+    hookimpl,
+    read_outcome,
+    stop_requested,
+    worker_command,
+    write_job,
 )
 
 
