@@ -52,7 +52,8 @@ def make_study(out: Path, variants: int, seeds: int, size: int, epochs: int) -> 
     study = plan_study(spec, registry, "bench")
     write_index(study, out, {})
     first = study.runs[0].resolved
-    model, runtime, data = build_method(first, torch.device("cpu")), runtime_of(first, torch.device("cpu")), first.data.build()
+    data = first.data.build()
+    model, runtime = build_method(first, torch.device("cpu"), data.transform.crop_size), runtime_of(first, torch.device("cpu"))
     exported: dict[str, Path] = {}
     for run in study.runs:
         folder = run_folder(out, run)

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Training-step speed of the engine against the reference CycleGAN step, measured in one invocation.
 
-Times ``CycleGAN.train_step`` (the code path ``unpaired run`` uses) for each chosen setting, and
+Times each method's ``train_step`` (the code path ``unpaired run`` uses; CycleGAN, CUT and FastCUT by default) for
+each chosen setting, and
 ``../shared/bench/reference_cyclegan.py`` (a plain eager fp32 step with the official per-step
 work) in alternating rounds, on random batches of the same shape (or, with ``--with-data``, the engine
 on images read from files by the training loader). Warm-up steps are excluded.
@@ -13,7 +14,8 @@ on images read from files by the training loader). Warm-up steps are excluded.
 
 A setting is ``fp32``, ``bf16`` or ``fp16``, optionally with ``+cl`` (channels_last) and
 ``+compile``. ``speedup`` is reference s/iter divided by the engine's (above 1 is faster), the
-median over rounds of each round's ratio, with its range.
+median over rounds of each round's ratio, with its range; ``time_vs_cyclegan`` is a method's s/iter over CycleGAN's
+at the same setting, the median of the rounds' ratios (the CUT paper: about 0.6 for CUT on a GPU).
 """
 
 from __future__ import annotations
@@ -46,9 +48,17 @@ from unpaired.training.runtime import seed_everything
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "bench" / "reference_cyclegan.py"
 
 
-def variant_for(args: argparse.Namespace, setting: str) -> dict:
+def method_for(args: argparse.Namespace, method: str) -> dict:
+    """The method at its paper's settings; CUT's PatchNCE layers end at the last block the generator has (paper: block5)."""
+    if method == "cyclegan":
+        return {"name": method}
+    return {"name": method, "nce_layers": ["input", "down1", "down2", *dict.fromkeys(["block1", f"block{min(args.blocks, 5)}"])]}
+
+
+def variant_for(args: argparse.Namespace, setting: str, method: str = "cyclegan") -> dict:
     precision, *flags = setting.split("+")
     return {
+        "method": method_for(args, method),
         "data": {"name": "synthetic", "size": args.size, "n_train": 8, "n_test": 2},
         "generator": {"name": "resnet", "n_blocks": args.blocks},
         "discriminator": {"name": args.disc},
@@ -67,12 +77,13 @@ class EngineTimer:
     ``args.with_data`` every step's images come from the folder dataset through the training
     loader (files decoded, resized, cropped and flipped by its workers) as in ``unpaired run``."""
 
-    def __init__(self, args: argparse.Namespace, setting: str, device: torch.device):
+    def __init__(self, args: argparse.Namespace, method: str, setting: str, device: torch.device):
         registry = default_registry()
         seed_everything(0)
-        self.setting, self.device = setting, device
-        variant = resolve_variant(variant_for(args, setting), registry)
-        self.model, self.runtime = build_method(variant, device), runtime_of(variant, device)
+        self.method, self.setting, self.device = method, setting, device
+        self.name = f"{method} {setting}"
+        variant = resolve_variant(variant_for(args, setting, method), registry)
+        self.model, self.runtime = build_method(variant, device, args.size), runtime_of(variant, device)
         self.progress = TrainingProgress(epoch=0, step=1, steps_per_epoch=1, total_epochs=1)
         if args.with_data:
             self.folder = tempfile.TemporaryDirectory()  # removed with the timer
@@ -196,6 +207,7 @@ def main() -> None:
     parser.add_argument("--disc", default="patchgan", choices=["patchgan", "pooled"])
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--settings", nargs="+", default=["fp32", "bf16", "bf16+cl"])
+    parser.add_argument("--methods", nargs="+", default=["cyclegan", "cut", "fastcut"], help="methods timed in the same rounds")
     parser.add_argument("--iters", type=int, default=8, help="timed steps per round")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of (reference, each setting); medians are reported")
     parser.add_argument("--warmup", type=int, default=2)
@@ -213,7 +225,8 @@ def main() -> None:
 
     # Rounds alternate the reference and every setting, in an order rotated each round, so that a
     # shared machine's drifting load touches all of them alike; a speedup is the median of per-round ratios.
-    timers = {setting: EngineTimer(args, setting, device) for setting in args.settings}
+    timers = {(method, setting): EngineTimer(args, method, setting, device) for method in args.methods for setting in args.settings}
+    timers = {timer.name: timer for timer in timers.values()}
     order = ["reference", *timers]
     rounds, reference_peak = [], None
     for index in range(args.rounds):
@@ -228,11 +241,14 @@ def main() -> None:
     reference = statistics.median(r["reference"] for r in rounds)
     rows = []
     for timer in timers.values():
-        speedups = [r["reference"] / r[timer.setting] for r in rounds]
+        speedups = [r["reference"] / r[timer.name] for r in rounds]
+        cyclegan = f"cyclegan {timer.setting}"
         rows.append(
             {
+                "method": timer.method,
                 "setting": timer.setting,
-                "s_per_iter": statistics.median(r[timer.setting] for r in rounds),
+                "s_per_iter": statistics.median(r[timer.name] for r in rounds),
+                "time_vs_cyclegan": statistics.median(r[timer.name] / r[cyclegan] for r in rounds) if cyclegan in timers else None,
                 "speedup": statistics.median(speedups),
                 "speedup_range": [min(speedups), max(speedups)],
                 "peak_mib": timer.peak_mib(),
@@ -264,13 +280,13 @@ def main() -> None:
         f"{report['device']}, torch {report['torch']}, {args.size} px, ResNet-{args.blocks}, {args.disc}, batch {args.batch}, "
         f"{args.rounds} rounds x {args.iters} steps, engine {'with data from files' if args.with_data else 'on in-memory batches'}"
     )
-    print(f"{'setting':<18}{'s/iter':>10}{'it/s':>8}{'speedup':>9}{'(range)':>14}{'peak MiB':>10}")
-    print(f"{'reference':<18}{reference:>10.4f}{1 / reference:>8.2f}{1.0:>9.2f}{'':>14}{reference_peak or float('nan'):>10.0f}")
+    print(f"{'method':<10}{'setting':<18}{'s/iter':>10}{'it/s':>8}{'speedup':>9}{'(range)':>14}{'peak MiB':>10}{'x CycleGAN time':>17}")
+    print(f"{'reference':<28}{reference:>10.4f}{1 / reference:>8.2f}{1.0:>9.2f}{'':>14}{reference_peak or float('nan'):>10.0f}")
     for row in rows:
         low, high = row["speedup_range"]
         print(
-            f"{row['setting']:<18}{row['s_per_iter']:>10.4f}{1 / row['s_per_iter']:>8.2f}{row['speedup']:>9.2f}"
-            f"{f'({low:.2f}-{high:.2f})':>14}{row['peak_mib'] or float('nan'):>10.0f}"
+            f"{row['method']:<10}{row['setting']:<18}{row['s_per_iter']:>10.4f}{1 / row['s_per_iter']:>8.2f}{row['speedup']:>9.2f}"
+            f"{f'({low:.2f}-{high:.2f})':>14}{row['peak_mib'] or float('nan'):>10.0f}{row['time_vs_cyclegan'] or float('nan'):>17.2f}"
         )
     print(f"matmul GFLOP/s: fp32 {gflops['fp32']:.0f}, bf16 {gflops['bf16']:.0f} (bf16 can only pay off where it is clearly higher)")
     if args.loader:

@@ -13,9 +13,9 @@ from typing import cast
 
 import torch.nn.functional as F
 from pydantic import BaseModel
-from torch import Tensor, nn
+from torch import Tensor
 
-from unpaired.plugin_api import GanLoss, LossWeights, Method, MethodParts, TrainingProgress, forward_each, hookimpl
+from unpaired.plugin_api import LossWeights, Method, MethodParts, TrainingProgress, fool, forward_each, hookimpl
 
 
 class CycleGANParams(BaseModel):
@@ -60,13 +60,6 @@ class CycleGAN(Method):
         for name in self.discriminators:
             self.networks[name].requires_grad_(not frozen)
 
-    def fool(self, D: nn.Module, gan_loss: GanLoss, fake: Tensor, real: Tensor) -> Tensor:
-        """The generator's adversarial loss on ``fake``; a relativistic loss also gets D(real), from the same call."""
-        if not gan_loss.compares_with_real:
-            return gan_loss.generator_loss(D(fake))
-        judged_fake, judged_real = forward_each(D, fake, real, batched=self.batch_discriminator_calls)
-        return gan_loss.generator_loss(judged_fake, judged_real)
-
     def train_step(self, real_A: Tensor, real_B: Tensor, progress: TrainingProgress) -> dict[str, Tensor]:
         fake_A, fake_B, terms = self.generator_step(real_A, real_B, self.schedule.at_step(progress))
         return terms | self.discriminator_step(real_A, real_B, fake_A, fake_B)
@@ -81,8 +74,8 @@ class CycleGAN(Method):
             fake_A, *same_A, rec_A = forward_each(self.G_BA, real_B, *keep_A, fake_B, batched=G_batched)  # G_BA(B), G_BA(A), G_BA(G_AB(A))
             (rec_B,) = forward_each(self.G_AB, fake_A, batched=G_batched)  # G_AB(G_BA(B))
             t = {
-                "G_adv_A": w.adversarial * self.fool(self.D_A, self.gan_loss_A, fake_A, real_A),  # L_GAN(G_BA, D_A)
-                "G_adv_B": w.adversarial * self.fool(self.D_B, self.gan_loss_B, fake_B, real_B),  # L_GAN(G_AB, D_B)
+                "G_adv_A": w.adversarial * fool(self.D_A, self.gan_loss_A, fake_A, real_A, self.batch_discriminator_calls),  # L_GAN(G_BA, D_A)
+                "G_adv_B": w.adversarial * fool(self.D_B, self.gan_loss_B, fake_B, real_B, self.batch_discriminator_calls),  # L_GAN(G_AB, D_B)
                 "cycle_A": w.cycle * F.l1_loss(rec_A, real_A),  # λ |G_BA(G_AB(A)) - A|
                 "cycle_B": w.cycle * F.l1_loss(rec_B, real_B),  # λ |G_AB(G_BA(B)) - B|
                 "idt_A": w.identity * F.l1_loss(same_A[0], real_A) if idt else real_A.new_zeros(()),  # λ_idt |G_BA(A) - A|

@@ -36,6 +36,9 @@ def test_bench_train_reports_per_round_ratios_against_the_reference(tmp_path):
         "--settings",
         "fp32",
         "bf16",
+        "--methods",
+        "cyclegan",
+        "cut",
         "--device",
         "cpu",
         "--with-data",
@@ -46,14 +49,23 @@ def test_bench_train_reports_per_round_ratios_against_the_reference(tmp_path):
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 0, result.stderr
     report = json.loads(out.read_text())
-    assert [row["setting"] for row in report["engine"]] == ["fp32", "bf16"]
+    assert [(row["method"], row["setting"]) for row in report["engine"]] == [
+        ("cyclegan", "fp32"),
+        ("cyclegan", "bf16"),
+        ("cut", "fp32"),
+        ("cut", "bf16"),
+    ]
     assert len(report["rounds"]) == 3
     assert report["reference_s_per_iter"] == statistics.median(r["reference"] for r in report["rounds"])
     for row in report["engine"]:
-        ratios = [r["reference"] / r[row["setting"]] for r in report["rounds"]]
+        name = f"{row['method']} {row['setting']}"
+        ratios = [r["reference"] / r[name] for r in report["rounds"]]
         assert row["speedup"] == pytest.approx(statistics.median(ratios))
         assert row["speedup_range"] == pytest.approx([min(ratios), max(ratios)])
-        assert len(row["losses"]) == len(CycleGAN.loss_terms) and all(v == v and abs(v) < 1e3 for v in row["losses"])  # finite, sane
+        against = statistics.median(r[name] / r[f"cyclegan {row['setting']}"] for r in report["rounds"])
+        assert row["time_vs_cyclegan"] == pytest.approx(against) and (row["method"] != "cyclegan" or against == 1)
+        terms = len(CycleGAN.loss_terms) if row["method"] == "cyclegan" else len(("G_adv", "NCE", "NCE_idt", "D", "D_reg"))
+        assert len(row["losses"]) == terms and all(v == v and abs(v) < 1e3 for v in row["losses"])  # finite, sane
     assert report["matmul_gflops"]["fp32"] > 0 and report["matmul_gflops"]["bf16"] > 0
     assert report["engine_with_data"] is True and report["loader"]["pairs_per_s"]["cached"] > 0
     assert "speedup" in result.stdout and "fp32" in result.stdout

@@ -76,7 +76,7 @@ def discriminators(model):
 
 
 def test_generator_step_gives_discriminators_no_gradient_and_vice_versa(registry):
-    model = build_method(tiny(registry), CPU)
+    model = build_method(tiny(registry), CPU, 32)
     real_A, real_B = batch()
     fake_A, fake_B, _ = model.generator_step(real_A, real_B, LossWeights(1.0, 10.0, 5.0))
     assert all(p.grad is None for d in discriminators(model) for p in d.parameters())
@@ -91,7 +91,7 @@ def test_generator_step_gives_discriminators_no_gradient_and_vice_versa(registry
 
 def test_loss_terms_follow_the_paper(registry):
     variant = tiny(registry, generator={"dropout": 0.0}, image_pool={"name": "none"})
-    model = build_method(variant, CPU)
+    model = build_method(variant, CPU, 32)
     G_AB, G_BA, D_A, D_B = (copy.deepcopy(model.networks[n]) for n in ("G_AB", "G_BA", "D_A", "D_B"))
     real_A, real_B = batch(1)
     terms = step(model, real_A, real_B)
@@ -115,7 +115,7 @@ def test_loss_terms_follow_the_paper(registry):
 
 def test_a_relativistic_loss_gets_the_real_scores_in_the_generator_step_and_trains(registry, tmp_path):
     variant = tiny(registry, gan_loss={"name": "ralsgan"}, generator={"dropout": 0.0}, image_pool={"name": "none"})
-    model = build_method(variant, CPU)
+    model = build_method(variant, CPU, 32)
     G_AB, D_B = copy.deepcopy(model.networks["G_AB"]), copy.deepcopy(model.networks["D_B"])
     real_A, real_B = batch(3)
     terms = step(model, real_A, real_B)
@@ -129,7 +129,7 @@ def test_a_relativistic_loss_gets_the_real_scores_in_the_generator_step_and_trai
 
 def test_a_regulariser_is_logged_as_its_own_unhalved_term(registry):
     variant = tiny(registry, gan_loss={"name": "wgangp"}, generator={"dropout": 0.0}, image_pool={"name": "none"})
-    model = build_method(variant, CPU)
+    model = build_method(variant, CPU, 32)
     G_BA, D_A = copy.deepcopy(model.networks["G_BA"]), copy.deepcopy(model.networks["D_A"])
     real_A, real_B = batch(4)
     torch.manual_seed(7)  # the penalty's interpolation is the only random draw of the step; D_A's comes first
@@ -188,7 +188,7 @@ def test_a_loss_weight_schedule_can_change_within_an_epoch(tmp_path):
 
 
 def test_each_discriminator_has_its_own_gan_loss_instance(registry):
-    model = build_method(tiny(registry), CPU)
+    model = build_method(tiny(registry), CPU, 32)
     assert model.gan_loss_A is not model.gan_loss_B and type(model.gan_loss_A) is type(model.gan_loss_B)
 
 
@@ -201,7 +201,7 @@ def count_generator_images(model) -> dict[str, int]:
 
 
 def test_identity_loss_is_skipped_when_its_weight_is_zero(registry):
-    model = build_method(tiny(registry), CPU)
+    model = build_method(tiny(registry), CPU, 32)
     seen = count_generator_images(model)
     real_A, real_B = batch()
     terms = {name: value.item() for name, value in model.generator_step(real_A, real_B, LossWeights(1.0, 10.0, 0.0))[2].items()}
@@ -218,7 +218,7 @@ def test_per_image_norms_share_calls_and_give_the_same_update_as_separate_calls(
     rounding (1e-5 of the network's largest gradient entry). Gradients, not updated weights: Adam turns the
     ~1e-9 rounding noise in the gradient of a bias that instance norm cancels into steps of up to lr."""
     variant = tiny(registry, generator={"dropout": 0.0})
-    models = [build_method(variant, CPU) for _ in range(2)]
+    models = [build_method(variant, CPU, 32) for _ in range(2)]
     models[1].load_state_dict(models[0].state_dict())
     models[1].batch_generator_calls = models[1].batch_discriminator_calls = False
     seen = [count_generator_images(model) for model in models]
@@ -237,7 +237,7 @@ def test_per_image_norms_share_calls_and_give_the_same_update_as_separate_calls(
 def test_a_training_step_reads_nothing_back_to_the_host(registry, monkeypatch):
     """On a GPU, .item(), .tolist(), .cpu(), .numpy() and bool/float/int of a tensor wait for the device.
     The project's code must not call them inside a step (losses are read only at log points)."""
-    model = build_method(tiny(registry, image_pool={"name": "history", "size": 1}), CPU)
+    model = build_method(tiny(registry, image_pool={"name": "history", "size": 1}), CPU, 32)
     ours = (str(REPO / "unpaired"), str(REPO / "plugins"))
     calls = []
 
@@ -261,7 +261,7 @@ def test_a_training_step_reads_nothing_back_to_the_host(registry, monkeypatch):
 
 
 def test_batch_norm_keeps_one_call_per_image(registry):
-    model = build_method(tiny(registry, generator_norm={"name": "batch"}, discriminator_norm={"name": "batch"}), CPU)
+    model = build_method(tiny(registry, generator_norm={"name": "batch"}, discriminator_norm={"name": "batch"}), CPU, 32)
     seen = count_generator_images(model)
     real_A, real_B = batch()
     step(model, real_A, real_B)

@@ -67,7 +67,7 @@ def test_example_components_build_and_train(example_installed, tmp_path):
     trained, crop = load_generator(RunFolder(tmp_path).generator_path("AtoB"), "AtoB", registry)
     assert trained.__class__.__module__ == "unpaired_unet.plugin" and crop == 32
     torch.manual_seed(0)
-    initial = build_method(variant, torch.device("cpu")).networks["G_AB"].state_dict()  # the same seed's starting weights
+    initial = build_method(variant, torch.device("cpu"), 32).networks["G_AB"].state_dict()  # the same seed's starting weights
     changed = [key for key, value in trained.state_dict().items() if value.is_floating_point() and not torch.equal(value, initial[key])]
     assert changed, "training did not change the U-Net's weights"
 
@@ -158,7 +158,7 @@ def test_a_plugin_network_part_can_keep_its_initial_weights(make_distribution):
     for keep in (True, False):
         spec = {"data": {"name": "synthetic", "size": 32}, "generator": {"name": "pretrained", "keep": keep}}
         torch.manual_seed(0)
-        generator = build_method(resolve_variant(spec, registry), torch.device("cpu")).networks["G_AB"]
+        generator = build_method(resolve_variant(spec, registry), torch.device("cpu"), 32).networks["G_AB"]
         assert torch.equal(generator.backbone.weight, torch.full_like(generator.backbone.weight, 0.5)) == keep
         assert generator.head.weight.abs().max() < 0.1 and (generator.head.bias == 0).all()  # N(0, 0.02), not PyTorch's init
 

@@ -248,7 +248,8 @@ def test_scores_are_computed_in_float32_whatever_autocast_the_caller_is_in(one_w
         merge(TINY_BASE, {"data": {"n_test": 4}, "eval": {"metrics": ["fid", "brightness"], "feature_extractor": {"name": "mean_colour"}}}), registry
     )
     torch.manual_seed(0)
-    method, data = build_method(variant, torch.device("cpu")), variant.data.build()
+    data = variant.data.build()
+    method = build_method(variant, torch.device("cpu"), data.transform.crop_size)
     translators = {d: method.networks[method.translator(d)] for d in method.directions}
     scorer = Scorer(variant.eval, torch.device("cpu"))
     plain = scorer.score(translators, data, variant.data.as_dict())
@@ -296,3 +297,36 @@ def test_finished_work_is_found_by_run_id_rescored_when_the_evaluation_changes_a
     compared = cli("compare", str(out), "--metric", "fid_mean", "--format", "json")
     assert "note: 2 finished run(s) of configurations the study no longer plans are left out" in compared.stderr
     assert [row["n"] for row in json.loads(compared.stdout)] == [1, 1]
+
+
+@pytest.mark.slow
+def test_a_study_of_cyclegan_against_cut_ranks_both_on_the_direction_they_share(one_way, tmp_path):
+    study = tmp_path / "study.yaml"
+    base = merge(BASE, {"method": {"name": "cut", "nce_layers": ["input", "down1", "down2", "block1"], "num_patches": 16}})
+    base["eval"]["metrics"] = ["fid"]
+    spec = {"name": "methods", "base": base, "grid": {"method.name": ["cyclegan", "cut"]}, "baseline": "method=cyclegan", "seeds": [0, 1]}
+    study.write_text(yaml.safe_dump({**spec, "tracking": {"enabled": False}}))
+    checked = cli("validate", str(study), cwd=tmp_path)
+    assert checked.returncode == 0, checked.stderr
+    assert "baseline 'method=cyclegan', ranked by fid_a2b" in checked.stdout
+    assert "note: the variants are ranked by fid_a2b: fid_mean, the baseline's headline score, is not a score of method=cut" in checked.stderr
+    ran = cli("run", str(study), "--quiet", cwd=tmp_path)
+    assert ran.returncode == 0, ran.stderr
+    out = tmp_path / "runs" / "methods"
+    folders = {p.parent.parent.name: sorted(g.name for g in (p.parent / "generators").iterdir()) for p in out.glob("*/seed0-*/result.json")}
+    assert folders == {"method=cyclegan": ["AtoB.pt", "BtoA.pt"], "method=cut": ["AtoB.pt"]}
+
+    for metric in ("fid_a2b", None):  # by default, the study's ranking score
+        compared = cli("compare", str(out), "--format", "json", *(["--metric", metric] if metric else []))
+        assert compared.returncode == 0 and compared.stderr == "", compared.stderr
+        assert sorted((row["variant"], row["n"]) for row in json.loads(compared.stdout)) == [("method=cut", 2), ("method=cyclegan", 2)]
+    by_mean = cli("compare", str(out), "--format", "json", "--metric", "fid_mean")
+    assert [row["variant"] for row in json.loads(by_mean.stdout)] == ["method=cyclegan"]
+    assert "note: method=cut has no fid_mean (not scored so: a method that translates one direction" in by_mean.stderr
+    assert "every variant has: fid_a2b" in by_mean.stderr
+
+    reported = cli("report", str(out))
+    assert reported.returncode == 0, reported.stderr
+    html = (out / "report.html").read_text()
+    assert "fid_a2b, mean_colour features" in html and "method=cut" in html and "A → B: test images" in html
+    assert "B → A: test images" in html and "No final generators" not in html  # CUT has no B -> A column, and is not missing from it

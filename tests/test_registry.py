@@ -15,7 +15,7 @@ from unpaired.plugin_api.registry import (
 )
 
 BUILTINS = {
-    "method": {"cyclegan"},
+    "method": {"cyclegan", "cut", "fastcut"},
     "generator": {"resnet"},
     "discriminator": {"patchgan", "pooled"},
     "norm": {"instance", "batch", "none"},

@@ -36,11 +36,11 @@ from unpaired.config.overrides import merge, set_path
 from unpaired.config.resolved import ResolvedVariant, resolve_variant
 from unpaired.config.spec import component_slots
 from unpaired.evaluation.features import FeatureExtractor
-from unpaired.plugin_api.components import Choice, Component, ComponentKind, TrainingProgress
+from unpaired.plugin_api.components import describe, Choice, Component, ComponentKind, TrainingProgress
 from unpaired.plugin_api.data import Domain, Split, Transform, UnpairedData
 from unpaired.plugin_api.registry import Registry
 from unpaired.storage.files import atomic_save, load_tensors
-from unpaired.training.contracts import ContractError, check_contracts, describe_component
+from unpaired.training.contracts import ContractError, check_contracts
 from unpaired.training.parts import build_method, runtime_of
 from unpaired.training.watch import LossWatch
 
@@ -88,10 +88,10 @@ def check_component(
     choice = resolved.generator_norm if kind == "norm" else getattr(resolved, path)
     data = resolved.data.build()
     if kind == "dataset":
-        _check_dataset(data, describe_component(choice, kind))
+        _check_dataset(data, describe(choice, kind))
     if kind == "image_pool":
         _check_pool(choice, data.transform.crop_size)
-    return ComponentCheck(choice.component, _train(resolved, data, describe_component(choice, kind)))
+    return ComponentCheck(choice.component, _train(resolved, data, describe(choice, kind)))
 
 
 def _train(variant: ResolvedVariant, data: UnpairedData, who: str) -> list[dict[str, float]]:
@@ -99,9 +99,9 @@ def _train(variant: ResolvedVariant, data: UnpairedData, who: str) -> list[dict[
     with torch.random.fork_rng():
         torch.manual_seed(0)
         cpu = torch.device("cpu")
-        method = build_method(variant, cpu)
+        method = build_method(variant, cpu, data.transform.crop_size)
         check_contracts(method, variant, data.transform.crop_size, runtime_of(variant, cpu))
-        watch, order = LossWatch(method.loss_terms, cpu, describe_component(variant.method, "method")), torch.Generator().manual_seed(0)
+        watch, order = LossWatch(method.loss_terms, cpu, describe(variant.method, "method")), torch.Generator().manual_seed(0)
         before = {name: [p.detach().clone() for p in net.parameters()] for name, net in method.networks.items()}
         losses = []
         for step in range(STEPS):
@@ -143,7 +143,7 @@ def _check_dataset(data: UnpairedData, who: str) -> None:
 def _check_pool(choice: Choice, size: int) -> None:
     """The same seed gives the same choices, and a pool restored from a checkpoint file continues exactly."""
     fakes = [torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(i)) * 2 - 1 for i in range(8)]
-    who = describe_component(choice, "image_pool")
+    who = describe(choice, "image_pool")
     straight, interrupted = choice.build(0), choice.build(0)
     expected = [straight.query(batch) for batch in fakes]
     got = [interrupted.query(batch) for batch in fakes[:4]]
@@ -168,7 +168,7 @@ def _check_pool(choice: Choice, size: int) -> None:
 
 def _check_extractor(choice: Choice, size: int) -> None:
     """One finite feature row per image, the same whether an image comes alone or in a batch."""
-    who = describe_component(choice, "feature_extractor")
+    who = describe(choice, "feature_extractor")
     images = [torch.rand(3, size, size, generator=torch.Generator().manual_seed(i)) * 2 - 1 for i in range(4)]
     extractor = FeatureExtractor(choice, torch.device("cpu"), batch_size=4)
     together = extractor(images)
@@ -182,7 +182,7 @@ def _check_extractor(choice: Choice, size: int) -> None:
 
 def _check_metric(choice: Choice, size: int) -> None:
     """A finite score of two sets of random inputs (features, or images when it compares images), the same twice."""
-    who = describe_component(choice, "metric")
+    who = describe(choice, "metric")
     metric = choice.build()
     make = (
         (lambda seed: torch.rand(8, 16, generator=torch.Generator().manual_seed(seed)))

@@ -53,7 +53,7 @@ def _add_study_commands(commands: argparse._SubParsersAction) -> None:
         help="study name (MLflow experiment), study file (its MLflow runs; its output folder when tracking is off) "
         "or study output folder (its run folders)",
     )
-    compare.add_argument("--metric", default="fid_mean", help="metric to rank by (default fid_mean; lower is better for fid/kid/losses)")
+    compare.add_argument("--metric", help="score to rank by (default: the study's ranking score, e.g. fid_mean; lower is better for fid/kid/losses)")
     compare.add_argument("--format", choices=["table", "markdown", "csv", "json"], default="table")
     compare.add_argument("--plot", help="also write a plot of every seed and each variant's 95 %% CI to this PNG")
     compare.set_defaults(handler=cmd_compare)

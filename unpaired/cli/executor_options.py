@@ -8,7 +8,8 @@ import warnings
 
 from unpaired.cli.plugins import registry as plugin_registry
 from unpaired.config.spec import SpecError
-from unpaired.config.study import Study, resolve_execution
+from unpaired.config.execution import resolve_execution
+from unpaired.config.study import Study
 from unpaired.errors import Notice, UsageError
 from unpaired.plugin_api.components import Choice
 from unpaired.plugin_api.registry import ComponentError

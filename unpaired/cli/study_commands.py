@@ -17,7 +17,13 @@ from unpaired.storage.run_folder import RunFolder
 
 def _describe(study: Study) -> str:
     variants, seeds = len(study.variant_names), len(study.spec.seeds)
-    return f"{variants} variant(s) x {seeds} seed(s) = {len(study.runs)} run(s), baseline {study.baseline!r}"
+    ranked = f", ranked by {study.metric}" if study.metric else ""
+    return f"{variants} variant(s) x {seeds} seed(s) = {len(study.runs)} run(s), baseline {study.baseline!r}{ranked}"
+
+
+def _print_ranking_note(study: Study) -> None:
+    if study.ranking_note:
+        print(f"note: {study.ranking_note}", file=sys.stderr)
 
 
 def _out_dir(out: str | None, study: Study) -> Path:
@@ -35,6 +41,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         raise SpecError(args.study, broken)
     for line in [*study.execution_set_aside, *unopened]:
         print(f"warning: {line}", file=sys.stderr)
+    _print_ranking_note(study)
     print(f"{args.study}: valid: {_describe(study)}" + (" (its data not checked)" if unopened else ""))
     return 0
 
@@ -124,6 +131,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = _out_dir(args.out, study)
     runs = select_runs(study, args.only, args.seeds)
     print(f"{study.spec.name}: {_describe(study)}; {len(runs)} selected; output folder {out}", file=sys.stderr)
+    _print_ranking_note(study)
     execution = chosen_execution(args, study)
     with registry.listening(ReportWriter(registry, study.metric or "fid_mean")):  # report.html when the study ends
         summary = run_study(
@@ -189,7 +197,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Rank a study's variants by a metric over seeds, from its MLflow runs or its output folder."""
-    from unpaired.results.compare import finished_runs, heading, lower_is_better, plot, render, study_baseline
+    from unpaired.results.compare import finished_runs, heading, lower_is_better, not_scored_so, plot, render, study_baseline
     from unpaired.results.mlflow_store import tracking_uri
     from unpaired.results.statistics import summarize
     from unpaired.results.study_folder import is_study_folder
@@ -201,6 +209,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if is_study_folder(target) or (study is not None and not study.spec.tracking.enabled):  # the run folders: no MLflow
         results = read_study_results(_study_folder(args.study))
         name, baseline, runs, left_out = results.name, results.baseline, results.metrics(), results.left_out
+        ranked_by = results.index.get("metric")
         left_out = [results.index_problem, *left_out] if results.index_problem else left_out
     else:
         if study is not None:
@@ -208,7 +217,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         else:
             name, uri = args.study, tracking_uri(None)
             baseline = study_baseline(name, uri)
-        runs, left_out = finished_runs(name, uri), []
+        runs, left_out, ranked_by = finished_runs(name, uri), [], study.metric if study is not None else None
         if study is not None:  # only the runs the study plans now: a changed default or plugin is another configuration
             planned = runs["run_id"].isin({run.run_id for run in study.runs})
             if not planned.all():
@@ -221,10 +230,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print(f"note: {line}", file=sys.stderr)
     if runs.empty:
         raise UsageError(f"study {name!r} has no finished runs yet")
-    table = summarize(runs, args.metric, baseline, lower_is_better(runs, args.metric))
-    print(render(table, heading(runs, args.metric), args.format), end="")
+    metric = args.metric or ranked_by or "fid_mean"
+    table = summarize(runs, metric, baseline, lower_is_better(runs, metric))
+    if note := not_scored_so(runs, metric):
+        print(f"note: {note}", file=sys.stderr)
+    print(render(table, heading(runs, metric), args.format), end="")
     if args.plot:
-        plot(table, runs, args.metric, Path(args.plot))
+        plot(table, runs, metric, Path(args.plot))
         print(f"plot written to {args.plot}", file=sys.stderr)
     return 0
 

@@ -150,6 +150,8 @@ def resolve_variant(data: Mapping[str, Any], registry: Registry, source: str = "
             problems.extend(error.errors)
         except ComponentError as error:
             problems.append((f"{where}.name", str(error)))
+    if "method" in chosen:  # the method's rules about the other components (those that resolved)
+        problems += _method_problems(chosen["method"], chosen, prefix)
     evaluation, where = spec.eval, ".".join(filter(None, [prefix, "eval"]))
     metrics = _resolve_metrics(evaluation.metrics, registry, f"{where}.metrics", problems)
     select_best_by = evaluation.select_best_by
@@ -169,6 +171,15 @@ def resolve_variant(data: Mapping[str, Any], registry: Registry, source: str = "
         samples=spec.samples,
         eval=resolved_eval,
     )
+
+
+def _method_problems(method: Choice, chosen: Mapping[str, Choice], prefix: str) -> list[tuple[str, str]]:
+    """What the method says rules it out with the variant's other components (``Method.variant_problems``)."""
+    check = getattr(method.component.factory, "variant_problems", None)
+    if check is None:
+        return []
+    components = {slot: choice for slot, choice in chosen.items() if "." not in slot and slot != "method"}
+    return [(".".join(filter(None, [prefix, field])), message) for field, message in check(method.params, components)]
 
 
 def _resolve_metrics(

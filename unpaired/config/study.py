@@ -19,12 +19,13 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
 from unpaired.config.documents import read_document
+from unpaired.config.execution import resolve_execution
 from unpaired.config.overrides import flatten, merge, set_path, with_default_components
 from unpaired.config.resolved import ResolvedVariant, resolve_variant
 from unpaired.config.spec import SpecError, TrainConfig, VariantSpec, component_slots
 from unpaired.errors import pydantic_problems
 from unpaired.plugin_api.components import Choice
-from unpaired.plugin_api.registry import ComponentError, InvalidParamsError, Registry
+from unpaired.plugin_api.registry import ComponentError, Registry
 
 STUDY_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
@@ -113,6 +114,19 @@ class Study:
     def variant_names(self) -> list[str]:
         return list(dict.fromkeys(run.variant for run in self.runs))
 
+    @property
+    def ranking_note(self) -> str | None:
+        """Why the variants are not ranked by the baseline's headline score (a one-way method lacks ``fid_mean``), or None."""
+        headline = next(run.resolved.eval.select_best_by for run in self.runs if run.variant == self.baseline)
+        if self.spec.tracking.metric is not None or headline in (None, self.metric):
+            return None
+        lacking = list(dict.fromkeys(run.variant for run in self.runs if headline not in run.resolved.score_columns))
+        ranked = f"the variants are ranked by {self.metric}" if self.metric else "no score is shared by every variant to rank them by"
+        return (
+            f"{ranked}: {headline}, the baseline's headline score, is not a score of {', '.join(lacking)} (a method that "
+            "translates one direction is scored in that direction only); tracking.metric chooses the score"
+        )
+
 
 def _label_value(value: Any) -> str:
     if isinstance(value, Mapping):
@@ -192,32 +206,6 @@ def plan_study(data: Any, registry: Registry, source: str = "<study>") -> Study:
     if baseline not in names:
         raise SpecError(source, [("baseline", f"no variant named {baseline!r}; the variants are {', '.join(names)}")])
     return Study(spec, source, runs, baseline, _ranking_metric(spec, runs, baseline, source), execution, set_aside)
-
-
-def resolve_execution(
-    settings: Mapping[str, Any], registry: Registry, source: str = "<study>", executor: str | None = None
-) -> tuple[Choice, list[str]]:
-    """The executor ``executor`` names (default: ``settings["executor"]``, else the one registered as default), with the
-    other keys of ``settings`` validated as its parameters; and a line for each key it sets aside because it is another
-    executor's setting (``cpus_per_run`` of a study trained locally: it applies when that executor trains the study).
-    A key that no executor has, or a value that does not fit, is a :class:`SpecError` at ``execution.*``."""
-    config = dict(settings)
-    named = config.pop("executor", None)
-    try:
-        name = executor or named or registry.default("executor")
-        component = registry.get("executor", name)
-    except ComponentError as error:
-        raise SpecError(source, [("execution.executor", str(error))]) from None
-    others = {field: c.name for c in registry.components("executor") if c is not component for field in c.params_model.model_fields}
-    ignored = [key for key in config if key not in component.params_model.model_fields and key in others]
-    try:
-        choice = registry.resolve("executor", {"name": name, **{k: v for k, v in config.items() if k not in ignored}}, where="execution")
-    except InvalidParamsError as error:
-        raise SpecError(source, error.errors) from None
-    return choice, [
-        f"execution.{key} is a setting of the {others[key]} executor; {component.name}, which trains the study here, leaves it aside"
-        for key in ignored
-    ]
 
 
 def _ranking_metric(spec: StudySpec, runs: list[PlannedRun], baseline: str, source: str) -> str | None:

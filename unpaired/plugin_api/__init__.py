@@ -12,7 +12,18 @@ The names a plugin needs are exported here::
 
 from unpaired import hookimpl
 from unpaired.errors import Notice, StopRequested
-from unpaired.plugin_api.components import GanLoss, ImagePool, LossWeights, LossWeightSchedule, Norm, TrainingProgress
+from unpaired.plugin_api.components import (
+    Choice,
+    FeatureEncoder,
+    GanLoss,
+    ImagePool,
+    LossWeights,
+    LossWeightSchedule,
+    Norm,
+    TrainingProgress,
+    describe,
+    feature_layers,
+)
 from unpaired.plugin_api.data import (
     IMAGE_EXTENSIONS,
     DataError,
@@ -25,7 +36,7 @@ from unpaired.plugin_api.data import (
     load_image,
 )
 from unpaired.plugin_api.lifecycle import RunInfo
-from unpaired.plugin_api.methods import DIRECTIONS, Direction, Method, MethodParts, Runtime, forward_each
+from unpaired.plugin_api.methods import DIRECTIONS, Direction, Method, MethodParts, Runtime, fool, forward_each
 from unpaired.plugin_api.metrics import Metric, Score
 from unpaired.signals import deferred_signals, stop_requested
 
@@ -55,6 +66,7 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [
+    "Choice",
     "DIRECTIONS",
     "IMAGE_EXTENSIONS",
     "DataError",
@@ -62,6 +74,7 @@ __all__ = [
     "Domain",
     "Executor",
     "ExecutorContext",
+    "FeatureEncoder",
     "GanLoss",
     "ImagePool",
     "LossWeightSchedule",
@@ -86,6 +99,9 @@ __all__ = [
     "TransformParams",
     "UnpairedData",
     "deferred_signals",
+    "describe",
+    "feature_layers",
+    "fool",
     "forward_each",
     "hookimpl",
     "list_images",

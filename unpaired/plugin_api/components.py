@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from collections.abc import Callable
-from typing import Any, Literal, get_args
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, Protocol, get_args
 
 from pydantic import BaseModel
 from torch import Tensor, nn
@@ -95,6 +95,32 @@ class Choice:
         """What identifies this choice in a hash: ``distribution:name`` however the spec spelled it, and every parameter."""
         component = self.component
         return {"name": f"{component.distribution}:{component.name}", **self.params.model_dump(mode="json")}
+
+
+class FeatureEncoder(Protocol):
+    """An optional capability of generators: the outputs of layers of the encoder, by name (CUT's PatchNCE loss needs them).
+
+    A generator has it when its registered factory (say, the ``nn.Module`` subclass itself) has a
+    ``feature_layers(params) -> Sequence[str]`` attribute: the names of the layers it gives, in the order the network
+    computes them. It is read before anything is built, so validation checks a method's layers against it. The
+    built network has :meth:`encode`. The built-in ``resnet`` generator has this capability.
+    """
+
+    def encode(self, images: Tensor, layers: Sequence[str]) -> list[Tensor]:
+        """The output ``(N, C, H', W')`` of each of ``layers`` for ``images``, in the order of ``layers``."""
+        ...
+
+
+def feature_layers(generator: Choice) -> tuple[str, ...] | None:
+    """The encoder layers that the chosen generator gives features of (see :class:`FeatureEncoder`); None when it gives none."""
+    declared = getattr(generator.component.factory, "feature_layers", None)
+    return None if declared is None else tuple(declared(generator.params))
+
+
+def describe(choice: Choice, kind: str) -> str:
+    """``generator 'unet' of unpaired-unet 0.1.0``: how messages name a chosen component and the plugin it comes from."""
+    component = choice.component
+    return f"{kind} {component.name!r} of {component.distribution} {component.version}"
 
 
 class Norm(ABC):

@@ -51,6 +51,8 @@ def unpaired_register_methods(register: Register) -> None:
     built anew per call, and the run's device and precision). The method names its loss terms,
     returns them from ``train_step`` as a mapping, says which directions it translates and which of
     its networks translates each, and lists every stateful part for the checkpoint (see ``Method``).
+    A method that needs more of the other components than their contracts promise (CUT: a generator
+    with encoder features) says so in ``Method.variant_problems``, which validation asks.
     """
 
 
@@ -66,6 +68,8 @@ def unpaired_register_generators(register: Register) -> None:
     and every batch norm of the networks it builds, unless the module, or a part of it, has
     ``keep_initial_weights = True`` (e.g. a pretrained backbone). This applies to discriminators too.
     Before the first training step the module is checked: same shape out, finite, in [-1, 1].
+    Optionally, it gives its encoder's features at named layers (``unpaired.plugin_api.FeatureEncoder``:
+    the factory's ``feature_layers(params)`` and the module's ``encode``), which CUT's PatchNCE needs.
     """
 
 

@@ -19,7 +19,7 @@ from typing import Any, Literal, Protocol
 import torch
 from torch import Tensor, nn
 
-from unpaired.plugin_api.components import GanLoss, ImagePool, LossWeightSchedule, TrainingProgress
+from unpaired.plugin_api.components import Choice, GanLoss, ImagePool, LossWeightSchedule, TrainingProgress
 from unpaired.plugin_api.data import Domain
 
 Direction = Literal["AtoB", "BtoA"]
@@ -85,6 +85,10 @@ class MethodParts:
     lr: float
     betas: tuple[float, float]
     runtime: Runtime
+    image_size: int
+    """The side of the run's square training images (e.g. to learn the shapes of a network's features before training)."""
+    initialise: Callable[[nn.Module], nn.Module]
+    """Initialise a network the method makes itself (CUT's patch MLPs) as the spec's ``train.init`` says; returns it."""
 
 
 class Stateful(Protocol):
@@ -108,6 +112,13 @@ class Method(ABC):
     networks: dict[str, nn.Module]
     discriminators: tuple[str, ...] = ()
     """The names of the networks in ``networks`` that judge images (probed against the discriminator contract)."""
+
+    @classmethod
+    def variant_problems(cls, params: Any, components: Mapping[str, Choice]) -> list[tuple[str, str]]:
+        """What rules out training this method with the variant's other ``components`` (by slot: ``generator``,
+        ``discriminator``, ...), as ``(field, message)`` pairs, ``field`` a dotted path in the variant
+        (``method.nce_layers``). Asked when a spec is validated, with every other problem; none by default."""
+        return []
 
     @abstractmethod
     def translator(self, direction: Direction) -> str:
@@ -157,3 +168,12 @@ def forward_each(network: nn.Module, *images: Tensor, batched: bool) -> tuple[Te
     if batched and len(images) > 1:
         return tuple(network(torch.cat(images)).split([len(image) for image in images]))
     return tuple(network(image) for image in images)
+
+
+def fool(discriminator: nn.Module, gan_loss: GanLoss, fake: Tensor, real: Tensor, batched: bool) -> Tensor:
+    """The generator's adversarial loss on ``fake``; a relativistic loss (``compares_with_real``) also gets the
+    discriminator's scores on ``real``, from the same call when ``batched``."""
+    if not gan_loss.compares_with_real:
+        return gan_loss.generator_loss(discriminator(fake))
+    judged_fake, judged_real = forward_each(discriminator, fake, real, batched=batched)
+    return gan_loss.generator_loss(judged_fake, judged_real)

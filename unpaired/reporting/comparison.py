@@ -45,7 +45,10 @@ def visual_comparison(results: StudyResults, registry: Registry, seed: int, devi
     runs = {variant: next((r for r in results.of_variant(variant) if r.seed == seed and r.finished), None) for variant in results.variants}
     for direction, (indices, images) in inputs.items():
         columns: list[tuple[str, torch.Tensor | None]] = [(f"input ({SOURCE_DOMAIN[direction]})", to_uint8(images))]
-        for variant, run in runs.items():
+        translating = {variant: run for variant, run in runs.items() if run is None or direction in _directions(run)}
+        if not translating:
+            continue  # no variant's method translates this way (CUT: A to B only)
+        for variant, run in translating.items():
             translated, why = None, "not finished"
             if run is not None:
                 try:
@@ -74,3 +77,11 @@ def _translated(
         return None, "not translated: a stop was requested"
     generator = ExportedGenerator.read(folder.generator_path(direction), direction).build(registry).to(device)
     return translate(generator, images, device), ""
+
+
+def _directions(run: RunRecord) -> set[str]:
+    """The directions a finished run's method translates: those of its showcase, else those it has generators for."""
+    showcase = run.folder.read_showcase()
+    if showcase:
+        return set(showcase)
+    return {direction for direction in DIRECTIONS if run.folder.generator_path(direction).is_file()}

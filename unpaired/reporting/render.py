@@ -153,7 +153,8 @@ def _comparison_blocks(report: Report) -> Iterator[tuple[str, Any]]:
         "text",
         (
             f"The final generators of seed {comparison.seed} of every variant on the same test images (the first "
-            "column is the real input); the images are spread evenly over the test split, the same in every report. "
+            "column is the real input; a variant whose method translates one way only is shown in that direction); "
+            "the images are spread evenly over the test split, the same in every report. "
             "Images under 96 px are shown enlarged (nearest neighbour)."
         ),
     )
@@ -161,6 +162,8 @@ def _comparison_blocks(report: Report) -> Iterator[tuple[str, Any]]:
         yield "note", f"No final generators of seed {comparison.seed} to show (grey): {'; '.join(comparison.missing)}."
     titles: dict[Direction, str] = {"AtoB": "A → B", "BtoA": "B → A"}
     for direction, title in titles.items():
+        if direction not in comparison.figures:  # no variant's method translates this way
+            continue
         indices = ", ".join(map(str, comparison.indices[direction]))
         yield "subheading", f"{title}: test images {indices} of {comparison.test_sizes[direction]}"
         yield "image", (f"translations-{direction}", comparison.figures[direction], f"{title} translations by every variant")

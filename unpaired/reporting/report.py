@@ -16,7 +16,7 @@ from unpaired.errors import UsageError
 from unpaired.plugin_api.registry import Registry
 from unpaired.reporting.comparison import VisualComparison, visual_comparison
 from unpaired.reporting.figures import metric_plot, training_curves
-from unpaired.results.compare import heading, lower_is_better, table_rows
+from unpaired.results.compare import not_scored_so, heading, lower_is_better, table_rows
 from unpaired.results.statistics import ALPHA, CONFIDENCE, RUN_COLUMNS, summarize
 from unpaired.results.study_results import StudyResults
 
@@ -25,7 +25,15 @@ METRIC_TITLES = {
     "kid_mean": "KID, final generators (mean of A→B and B→A)",
     "fid_mean_best": "FID, best epoch during training (mean of both directions)",
 }
-SECONDARY = ("kid_mean", "fid_mean_best")
+
+
+def secondary_scores(metric: str) -> list[str]:
+    """The scores reported after ``metric``, in its direction: ``kid_mean`` and ``fid_mean_best`` after ``fid_mean``,
+    ``kid_a2b`` and ``fid_a2b_best`` after ``fid_a2b`` (a study of one-way methods)."""
+    direction = next((d for d in ("mean", "a2b", "b2a") if metric.endswith(f"_{d}")), "mean")
+    return [column for column in (f"fid_{direction}", f"kid_{direction}", f"fid_{direction}_best") if column != metric]
+
+
 IGNORED_DIFFERENCES = {"train.seed", *(f"train.{name}" for name in RUNTIME_ONLY_FIELDS)}
 
 
@@ -68,7 +76,8 @@ def build_report(
     runs, notes = results.metrics(), [f"Unreadable, so counted as not finished: {problem}" for problem in results.problems]
     notes = [results.index_problem, *notes] if results.index_problem else notes
     notes += [line[0].upper() + line[1:] + "." for line in results.left_out]
-    sections = [_section(runs, name, results.baseline) for name in dict.fromkeys([metric, *SECONDARY]) if name in runs.columns]
+    sections = [_section(runs, name, results.baseline) for name in dict.fromkeys([metric, *secondary_scores(metric)]) if name in runs.columns]
+    notes += [note for section in sections if (note := not_scored_so(runs, section.metric))]
     scored = [column for column in runs.columns if column not in RUN_COLUMNS]
     if metric not in runs.columns and scored:  # a misspelt --metric, not a study without scores
         raise UsageError(f"no metric {metric!r} in the finished runs; available: {', '.join(sorted(scored))}")

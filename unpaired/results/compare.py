@@ -12,6 +12,7 @@ import pandas as pd
 
 from unpaired.errors import UsageError
 from unpaired.results.mlflow_store import RUN_ROLES
+from unpaired.results.statistics import RUN_COLUMNS
 
 
 def finished_runs(study_name: str, uri: str | None) -> pd.DataFrame:
@@ -68,6 +69,24 @@ def lower_is_better(runs: pd.DataFrame, column: str) -> bool:
     """Whether a smaller ``column`` is better, as the metric that made it says (``runs.attrs``); a column no metric
     made is a loss term, which training minimises."""
     return bool(runs.attrs.get("lower_is_better", {}).get(column, True))
+
+
+def not_scored_so(runs: pd.DataFrame, metric: str) -> str | None:
+    """A note naming the variants none of whose finished runs has ``metric`` (a one-way method has no ``fid_mean``),
+    which a ranking by it leaves out, and the scores every variant has; None when every variant has it. A failed
+    scoring (NaN) is not a missing score: its variant stays in the table, last."""
+    failed = runs["scoring_failed"].fillna(False).astype(bool) if "scoring_failed" in runs.columns else False
+    scored = runs[metric].notna() | failed if metric in runs.columns else pd.Series(False, index=runs.index)
+    lacking = [str(variant) for variant, has in scored.groupby(runs["variant"], sort=False).any().items() if not has]
+    if not lacking:
+        return None
+    columns = [column for column in runs.columns if column not in RUN_COLUMNS]
+    shared = [column for column in columns if runs[column].notna().groupby(runs["variant"]).any().all()]
+    return (
+        f"{', '.join(lacking)} {'has' if len(lacking) == 1 else 'have'} no {metric} (not scored so: a method that translates "
+        f"one direction is scored in that direction only), left out of the ranking by {metric}; every variant has: "
+        f"{', '.join(shared) or 'no score'}"
+    )
 
 
 def _number(value: float, digits: int = 3) -> str:

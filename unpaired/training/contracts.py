@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from unpaired.config.resolved import ResolvedVariant
 from unpaired.errors import UnpairedError
 from unpaired.evaluation.features import evaluating
-from unpaired.plugin_api.components import Choice, GanLoss
+from unpaired.plugin_api.components import Choice, GanLoss, describe
 from unpaired.plugin_api.data import UnpairedData
 from unpaired.plugin_api.methods import Method, Runtime
 from unpaired.plugin_api.metrics import method_directions
@@ -33,19 +33,12 @@ class ContractError(UnpairedError):
     """A plugin's component breaks the contract of its kind; the message names the plugin, the component and the rule."""
 
 
-def describe_component(choice: Choice, kind: str) -> str:
-    """``generator 'unet' of unpaired-unet 0.1.0``: how contract errors name a component."""
-    component = choice.component
-    return f"{kind} {component.name!r} of {component.distribution} {component.version}"
-
-
 def check_data(data: UnpairedData, choice: Choice) -> None:
     """Raise :class:`ContractError` when a split of a domain of the dataset ``choice`` built has no image."""
     empty = [f"{split}{domain}" for split in ("train", "test") for domain in ("A", "B") if data.size(split, domain) < 1]
     if empty:
         raise ContractError(
-            f"{describe_component(choice, 'dataset')} has no images in {', '.join(empty)}: every split of both "
-            f"domains needs at least one ({choice.as_dict()})"
+            f"{describe(choice, 'dataset')} has no images in {', '.join(empty)}: every split of both domains needs at least one ({choice.as_dict()})"
         )
 
 
@@ -53,7 +46,7 @@ def check_gan_loss(choice: Choice) -> None:
     """Raise :class:`ContractError` when a fresh instance of the GAN loss ``choice`` does not return finite scalar tensors
     that depend on the discriminator scores it is given (what backpropagation needs)."""
     loss: GanLoss = choice.build()
-    who = describe_component(choice, "gan_loss")
+    who = describe(choice, "gan_loss")
     scores = [torch.linspace(-1.0, 1.0, 32).reshape(2, 1, 4, 4).requires_grad_() for _ in range(2)]
     generator_loss = loss.generator_loss(scores[0], scores[1]) if loss.compares_with_real else loss.generator_loss(scores[0])
     results = {"generator_loss": generator_loss, "discriminator_loss": loss.discriminator_loss(scores[1], scores[0])}
@@ -82,12 +75,12 @@ def check_contracts(method: Method, variant: ResolvedVariant, size: int, runtime
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
         with evaluating([generator, *discriminators]), runtime.autocast():
             fake = generator(images).float()
-            _check_generator(fake, images, describe_component(variant.generator, "generator"))
+            _check_generator(fake, images, describe(variant.generator, "generator"))
             scores = [discriminator(images).float() for discriminator in discriminators]
         for score in scores:
             if score.ndim == 0 or score.shape[0] != len(images) or not torch.isfinite(score).all():
                 raise ContractError(
-                    f"{describe_component(variant.discriminator, 'discriminator')} must give finite scores with one row per "
+                    f"{describe(variant.discriminator, 'discriminator')} must give finite scores with one row per "
                     f"image (first dimension {len(images)}); it gave shape {tuple(score.shape)}, finite: "
                     f"{bool(torch.isfinite(score).all())}"
                 )
@@ -100,7 +93,7 @@ def check_contracts(method: Method, variant: ResolvedVariant, size: int, runtime
 
 def _check_method(method: Method, variant: ResolvedVariant) -> None:
     """What a method declares must hold together: it is a Method, its directions are known and each has a network."""
-    who = describe_component(variant.method, "method")
+    who = describe(variant.method, "method")
     if not isinstance(method, Method):
         raise ContractError(f"{who} must return an unpaired.plugin_api.Method from its factory; it returned {type(method).__name__}")
     if not method.directions or not set(method.directions) <= {"AtoB", "BtoA"}:
@@ -142,7 +135,7 @@ def _check_per_image(network: nn.Module, images: Tensor, norm: Choice, side: str
     scale = max(float(together.abs().max()), 1e-6)
     if float((together - apart).abs().max()) > PER_IMAGE_TOLERANCE * scale:
         raise ContractError(
-            f"{describe_component(norm, 'norm')} claims per_image = True, but the {side} it normalises give different outputs "
+            f"{describe(norm, 'norm')} claims per_image = True, but the {side} it normalises give different outputs "
             "for a batch of two than for each image alone: its statistics couple the images of a batch. "
             "Set per_image = False (the engine then gives each image its own call)."
         )

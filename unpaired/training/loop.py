@@ -22,14 +22,14 @@ from unpaired.config.resolved import ResolvedVariant
 from unpaired.config.spec import TrainConfig
 from unpaired.errors import Note, Notice
 from unpaired.evaluation.scoring import Scorer, Scores
-from unpaired.plugin_api.components import TrainingProgress
+from unpaired.plugin_api.components import describe, TrainingProgress
 from unpaired.plugin_api.lifecycle import RunInfo
 from unpaired.plugin_api.metrics import best_columns
 from unpaired.storage.files import CorruptFileError
 from unpaired.storage.records import Checkpoint, ExportedGenerator, RunResult, TrainingState
 from unpaired.storage.run_folder import RunFolder
 from unpaired.training.batches import EpochOrder, TrainPairs
-from unpaired.training.contracts import check_contracts, check_data, describe_component
+from unpaired.training.contracts import check_contracts, check_data
 from unpaired.training.parts import build_method, runtime_of
 from unpaired.training.watch import LossWatch
 from unpaired.devices import describe_device, pick_device
@@ -58,10 +58,10 @@ class Trainer:
         # loaded now: a missing extractor must stop the run before training, not after
         self.scorer = Scorer(variant.eval, self.device) if variant.eval.metrics else None
         seed_everything(self.train.seed)
-        self.method, self.runtime = build_method(variant, self.device), runtime_of(variant, self.device)
+        self.method, self.runtime = build_method(variant, self.device, self.data.transform.crop_size), runtime_of(variant, self.device)
         check_contracts(self.method, variant, self.data.transform.crop_size, self.runtime)  # before a step trains on a broken plugin
         self.terms = self.method.loss_terms
-        self.watch = LossWatch(self.terms, self.device, describe_component(variant.method, "method"))
+        self.watch = LossWatch(self.terms, self.device, describe(variant.method, "method"))
         self.steps_per_epoch = self.train.steps_per_epoch(self.data.train_length)
         self.state = TrainingState(epoch_sums=torch.zeros(len(self.terms), device=self.device))
         self.last_checkpoint = folder.latest_checkpoint()

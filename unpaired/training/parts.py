@@ -15,7 +15,7 @@ def runtime_of(variant: ResolvedVariant, device: torch.device) -> Runtime:
     return Runtime(device, train.precision, train.channels_last, train.compile)
 
 
-def method_parts(variant: ResolvedVariant, device: torch.device) -> MethodParts:
+def method_parts(variant: ResolvedVariant, device: torch.device, image_size: int) -> MethodParts:
     """The spec's components as makers for the method: networks initialised with ``train.init``, image pools seeded
     from ``train.seed`` (pool k of a run: ``2 * seed + k``, as CycleGAN's two pools always were)."""
     train = variant.train
@@ -36,10 +36,12 @@ def method_parts(variant: ResolvedVariant, device: torch.device) -> MethodParts:
         lr=train.lr,
         betas=train.betas,
         runtime=runtime_of(variant, device),
+        image_size=image_size,
+        initialise=initialised,
     )
 
 
-def build_method(variant: ResolvedVariant, device: torch.device) -> Method:
-    """The variant's method with every part it trains, on ``device``. Draws on the global torch RNG for the
-    initial weights: seed it first."""
-    return variant.method.build(method_parts(variant, device))
+def build_method(variant: ResolvedVariant, device: torch.device, image_size: int) -> Method:
+    """The variant's method with every part it trains, on ``device``, for training images of ``image_size`` px.
+    Draws on the global torch RNG for the initial weights: seed it first."""
+    return variant.method.build(method_parts(variant, device, image_size))
