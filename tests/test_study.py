@@ -18,6 +18,7 @@ import yaml
 from conftest import REPO, TINY_BASE, UNPAIRED, run_cli, write_study
 from unpaired.cli import main
 from unpaired.config.spec import SpecError
+from unpaired.errors import UsageError
 from unpaired.config.overrides import merge
 from unpaired.config.study import load_study, plan_study
 from unpaired.plugin_api.registry import Registry
@@ -306,3 +307,46 @@ def test_quickstart_killed_at_random_moments_then_rerun_equals_an_uninterrupted_
     assert sorted(c.data.tags["unpaired.run_id"] for c in children) == sorted(r["run_id"] for r in index["runs"])
     for child in children:
         assert child.info.status == "FINISHED" and [m.step for m in client.get_metric_history(child.info.run_id, "cycle_A")] == [1, 2, 3]
+
+
+def test_command_line_overrides_give_the_study_and_run_ids_of_the_same_yaml_edit(registry, tmp_path):
+    from unpaired.config.command_line import split_override
+
+    study = write_study(tmp_path / "study.yaml", "over", grid={"train.lr": [1e-4, 2e-4]}, seeds=[0, 1])
+    overridden = load_study(study, registry, ["train.epochs=3", "generator.ngf=4,6", "seeds=[0]", "discriminator.name=pooled"])
+    edited = write_study(
+        tmp_path / "edited.yaml",
+        "over",
+        merge(TINY_BASE, {"train": {"epochs": 3}, "discriminator": {**TINY_BASE["discriminator"], "name": "pooled"}}),  # the edit of the file
+        grid={"train.lr": [1e-4, 2e-4], "generator.ngf": [4, 6]},
+        seeds=[0],
+    )
+    expected = load_study(edited, registry)
+    assert [(r.variant, r.seed, r.run_id) for r in overridden.runs] == [(r.variant, r.seed, r.run_id) for r in expected.runs]
+    assert len(overridden.runs) == 4 and overridden.spec == expected.spec
+    assert overridden.runs[0].resolved.discriminator.params.ndf == 4  # the renamed component keeps what it shares
+    assert [r.variant for r in load_study(study, registry, ["train.lr=5e-4"]).runs] == ["base", "base"]  # a value replaces the axis
+
+    assert split_override("train.lr=2e-4") == ("train.lr", [2e-4])
+    assert split_override("x=true") == ("x", [True]) and split_override("x=[a, b]") == ("x", [["a", "b"]])
+    assert split_override("x='a,b'") == ("x", ["a,b"]) and split_override("x=6,9") == ("x", [6, 9])
+    for bad in ("train.epochs", "=5", "x=[1"):
+        with pytest.raises(UsageError):
+            split_override(bad)
+
+    planned = run_cli("plan", str(study), "train.epochs=3", "--out", "o", "generator.ngf=4,6", "seeds=[0]", "discriminator.name=pooled", cwd=tmp_path)
+    assert planned.returncode == 0, planned.stderr
+    assert all(run.run_id in planned.stdout for run in expected.runs)
+    refused = run_cli("validate", str(study), "train.epoch=3", cwd=tmp_path)
+    assert refused.returncode == 2 and "base.train.epoch: unknown key; did you mean 'epochs'?" in refused.stderr
+
+
+def test_train_takes_overrides_of_its_one_variant_and_refuses_a_grid(registry, tmp_path):
+    from unpaired.config.resolved import load_variant, resolve_variant
+
+    spec = tmp_path / "variant.yaml"
+    spec.write_text(yaml.safe_dump(TINY_BASE))
+    overridden = load_variant(spec, registry, ["train.epochs=3", "generator.ngf=6"])
+    assert overridden.run_id == resolve_variant(merge(TINY_BASE, {"train": {"epochs": 3}, "generator": {"ngf": 6}}), registry).run_id
+    with pytest.raises(UsageError, match="one variant has no grid axis"):
+        load_variant(spec, registry, ["generator.ngf=4,6"])

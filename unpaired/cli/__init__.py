@@ -17,6 +17,9 @@ from unpaired.tools.download import DATASETS
 from unpaired.signals import stop_on_signals
 
 
+STUDY_OVERRIDES = "set a base field (train.epochs=5) or, with commas, add a grid axis (generator.n_blocks=6,9); values are YAML"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``unpaired`` command and its subcommands."""
     parser = argparse.ArgumentParser(prog="unpaired", description="Ablation studies for unpaired image-to-image translation.")
@@ -30,15 +33,18 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_study_commands(commands: argparse._SubParsersAction) -> None:
     validate = commands.add_parser("validate", help="check a study file without training")
     validate.add_argument("study", help="study file (YAML or JSON)")
+    validate.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=STUDY_OVERRIDES)
     validate.set_defaults(handler=cmd_validate)
 
     plan = commands.add_parser("plan", help="list a study's runs and which are done / partial / pending")
     plan.add_argument("study", help="study file (YAML or JSON)")
+    plan.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=STUDY_OVERRIDES)
     plan.add_argument("--out", help="output folder (default: runs/<study name>)")
     plan.set_defaults(handler=cmd_plan)
 
     run = commands.add_parser("run", help="train every pending run of a study (rerun to resume)")
     run.add_argument("study", help="study file (YAML or JSON)")
+    run.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=STUDY_OVERRIDES)
     run.add_argument("--out", help="output folder (default: runs/<study name>)")
     run.add_argument("--only", nargs="+", metavar="NAME", help="only these variants")
     run.add_argument("--seeds", nargs="+", type=int, metavar="SEED", help="only these seeds")
@@ -95,6 +101,7 @@ def _add_tool_commands(commands: argparse._SubParsersAction) -> None:
 
     train = commands.add_parser("train", help="train one variant spec (YAML/JSON); reruns resume")
     train.add_argument("spec", help="variant spec file")
+    train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="set a field of the spec (train.epochs=5); values are YAML")
     train.add_argument("--out", required=True, help="output folder: checkpoints, history, samples, generators")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(handler=cmd_train)
@@ -120,6 +127,17 @@ def _add_tool_commands(commands: argparse._SubParsersAction) -> None:
     download.set_defaults(handler=cmd_data_download)
 
 
+def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """The arguments, with ``KEY=VALUE`` overrides written after the options too (``run STUDY --out X a=1``)."""
+    args, extra = parser.parse_known_args(argv)
+    late = [arg for arg in extra if "=" in arg and not arg.startswith("-")]
+    if late != extra or (late and not hasattr(args, "overrides")):
+        parser.parse_args(argv)  # reports what it does not recognise, and exits
+    if late:
+        args.overrides = [*args.overrides, *late]
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``unpaired`` console script; returns the exit code.
 
@@ -127,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     anything else is a bug and shows its traceback. SIGINT and SIGTERM stop the command cleanly
     (exit 130 and 143), training checkpoints first.
     """
-    args = build_parser().parse_args(argv)
+    args = _parse(build_parser(), argv)
     print_notices_plainly()
     try:
         with stop_on_signals():

@@ -35,7 +35,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     """Check a study file completely without training anything."""
     from unpaired.execution.runner import check_datasets, open_datasets
 
-    study = load_study(args.study, plugin_registry())
+    study = load_study(args.study, plugin_registry(), args.overrides)
     broken, unopened = check_datasets(study, open_datasets(study))  # the data is opened and counted too
     if broken:
         raise SpecError(args.study, broken)
@@ -51,7 +51,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from unpaired.execution.runner import expected_evaluations, open_datasets, steps_per_run
     from unpaired.results.study_folder import moved_run, run_folder
 
-    study = load_study(args.study, plugin_registry())
+    study = load_study(args.study, plugin_registry(), args.overrides)
     out = _out_dir(args.out, study)
     steps, unchecked = steps_per_run(study, open_datasets(study)), None
     try:
@@ -127,7 +127,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from unpaired.reporting import ReportWriter
 
     registry = plugin_registry()
-    study = load_study(args.study, registry)
+    study = load_study(args.study, registry, args.overrides)
     out = _out_dir(args.out, study)
     runs = select_runs(study, args.only, args.seeds)
     print(f"{study.spec.name}: {_describe(study)}; {len(runs)} selected; output folder {out}", file=sys.stderr)

@@ -76,7 +76,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from unpaired.signals import stop_requested
 
     registry = plugin_registry()
-    variant = load_variant(args.spec, registry)
+    variant = load_variant(args.spec, registry, args.overrides)
     folder = RunFolder(Path(args.out))
     print(f"training run {variant.run_id} into {folder}", file=sys.stderr)
     outcome = train_run(variant, folder, registry, show_progress=not args.quiet)

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
+from unpaired.config.command_line import override_variant
 from unpaired.config.documents import read_document
 from unpaired.config.spec import RUNTIME_ONLY_FIELDS, ComponentConfig, SpecError, TrainConfig, VariantSpec, component_slots
 from unpaired.plugin_api.components import Choice
@@ -209,9 +210,9 @@ def _get(spec: VariantSpec, path: str) -> Any:
     return value
 
 
-def load_variant(path: str | Path, registry: Registry) -> ResolvedVariant:
-    """Read and resolve a variant spec file (YAML or JSON)."""
+def load_variant(path: str | Path, registry: Registry, overrides: Sequence[str] = ()) -> ResolvedVariant:
+    """Read a variant spec file (YAML or JSON), set command-line ``overrides`` (``train.epochs=5``) and resolve it."""
     data = read_document(path)
     if not isinstance(data, Mapping):
         raise SpecError(str(path), [("", f"expected a mapping of variant fields, got {type(data).__name__}")])
-    return resolve_variant(data, registry, source=str(path))
+    return resolve_variant(override_variant(data, overrides, registry), registry, source=str(path))

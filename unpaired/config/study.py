@@ -11,13 +11,14 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
+from unpaired.config.command_line import override_study
 from unpaired.config.documents import read_document
 from unpaired.config.execution import resolve_execution
 from unpaired.config.overrides import flatten, merge, set_path, with_default_components
@@ -274,6 +275,10 @@ def with_seed(resolved: ResolvedVariant, seed: int) -> ResolvedVariant:
     return dataclasses.replace(resolved, train=resolved.train.model_copy(update={"seed": seed}))
 
 
-def load_study(path: str | Path, registry: Registry) -> Study:
-    """Read, validate and expand a study file (YAML or JSON)."""
-    return plan_study(read_document(path), registry, source=str(path))
+def load_study(path: str | Path, registry: Registry, overrides: Sequence[str] = ()) -> Study:
+    """Read a study file (YAML or JSON), apply command-line ``overrides`` (``train.epochs=5``, ``generator.n_blocks=6,9``:
+    see :mod:`unpaired.config.command_line`), validate and expand it."""
+    data = read_document(path)
+    if overrides and isinstance(data, Mapping):
+        data = override_study(data, overrides, registry, list(StudySpec.model_fields))
+    return plan_study(data, registry, source=str(path))

@@ -70,6 +70,7 @@ def write_index(study: Study, out: Path, evaluations: dict[str, str]) -> None:
         "variants": study.variant_names,
         "seeds": spec.seeds,
         "metric": study.metric,
+        "study": spec.model_dump(mode="json"),  # as resolved: with any command-line overrides
         "unpaired": __version__,
         "git_commit": git_commit(),
         "runs": [

@@ -1,0 +1,102 @@
+"""Overrides written on the command line, as Hydra users write them: ``train.epochs=5`` sets a field, ``key=a,b`` a grid axis.
+
+Values are YAML scalars (``5``, ``2e-4``, ``true``, ``none``... as YAML reads them) or YAML flow collections
+(``[input, down1]``). In a study, a dotted path into a variant (``generator.n_blocks=6``) sets the base and replaces any
+grid axis of that path; a study field (``seeds=[0,1,2]``, ``tracking.enabled=false``) sets that field. A value with
+commas outside brackets and quotes (``generator.n_blocks=6,9``) is a grid axis over those values. An override is
+applied to the study as read, before anything is validated: the study is then the one the file would be with that
+edit, with the same run ids, and ``study.json`` and MLflow record it so.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import yaml
+
+from unpaired.config.overrides import set_path
+from unpaired.errors import UsageError
+from unpaired.plugin_api.registry import Registry
+
+NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+"""A number in exponent notation without a dot, which YAML 1.1 reads as a string."""
+VARIANT_PARTS = ("base", "grid", "variants")
+"""The study fields a ``key=value`` override never names directly: a dotted path into a variant sets the base."""
+
+
+def split_override(text: str) -> tuple[str, list[Any]]:
+    """``path=value`` -> (path, the values): one for a plain value, several for ``a,b,...`` (commas outside brackets
+    and quotes). Raises :class:`UsageError` for an override without ``=`` or a path."""
+    path, equals, raw = text.partition("=")
+    path = path.strip()
+    if not equals or not path or " " in path:
+        raise UsageError(f"{text!r} is not an override: write KEY=VALUE (train.epochs=5) or KEY=A,B for a grid axis (generator.n_blocks=6,9)")
+    try:
+        return path, [_value(part) for part in _top_level_parts(raw)]
+    except yaml.YAMLError as error:
+        raise UsageError(f"{text!r}: the value is not YAML ({str(error).splitlines()[0]})") from None
+
+
+def _value(text: str) -> Any:
+    """``text`` as YAML reads it, and numbers YAML 1.1 leaves as strings (``2e-4``) as numbers."""
+    value = yaml.safe_load(text) if text.strip() else ""
+    if isinstance(value, str) and NUMBER.fullmatch(value.strip()):
+        return float(value)
+    return value
+
+
+def _top_level_parts(raw: str) -> list[str]:
+    """``raw`` split at its commas outside ``[]``, ``{}`` and quotes."""
+    parts, depth, quote, current = [], 0, "", ""
+    for char in raw:
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in "[{":
+            depth += 1
+        elif char in "]}":
+            depth -= 1
+        elif char == "," and depth == 0:
+            parts.append(current)
+            current = ""
+            continue
+        current += char
+    return [*parts, current]
+
+
+def override_study(data: Mapping[str, Any], overrides: Sequence[str], registry: Registry, study_fields: Sequence[str]) -> dict[str, Any]:
+    """The study ``data`` (as read from its file) with each of ``overrides`` applied, in order (see the module docstring);
+    ``study_fields`` are the fields of a study file."""
+    study = copy.deepcopy(dict(data))
+    for text in overrides:
+        path, values = split_override(text)
+        head = path.split(".", 1)[0]
+        if head in VARIANT_PARTS:
+            raise UsageError(f"{text!r}: name the field itself (train.epochs=5 sets the base; generator.n_blocks=6,9 adds a grid axis)")
+        if head in study_fields:
+            study = set_path(study, path, values if len(values) > 1 else values[0])
+            continue
+        grid = {**study.get("grid", {})}
+        grid.pop(path, None)
+        if len(values) > 1:
+            grid[path] = values
+        else:
+            study["base"] = set_path(study.get("base") or {}, path, values[0], registry)
+        study["grid"] = grid
+    return study
+
+
+def override_variant(data: Mapping[str, Any], overrides: Sequence[str], registry: Registry) -> dict[str, Any]:
+    """The variant spec ``data`` with each of ``overrides`` (``path=value``) set; a list of values is refused: one
+    variant has no grid."""
+    spec = copy.deepcopy(dict(data))
+    for text in overrides:
+        path, values = split_override(text)
+        if len(values) > 1:
+            raise UsageError(f"{text!r}: one variant has no grid axis; write the values as a list ([a, b]) or run a study")
+        spec = set_path(spec, path, values[0], registry)
+    return spec
