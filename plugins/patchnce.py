@@ -60,9 +60,9 @@ def layers_nce_loss(queries: Sequence[Tensor], keys: Sequence[Tensor], temperatu
 
 def layer_problems(generator: Choice | None, layers: Sequence[str]) -> list[tuple[str, str]]:
     """Why PatchNCE cannot compare ``layers`` of the chosen generator: it gives no encoder features, or not all of these."""
-    available = None if generator is None else feature_layers(generator)
     if generator is None:  # it did not resolve: that is the problem reported
         return []
+    available = feature_layers(generator)
     if available is None:
         why = "gives no encoder features (unpaired.plugin_api.FeatureEncoder), which PatchNCE needs; choose a generator that does (resnet)"
         return [("generator.name", f"{describe(generator, 'generator')} {why}")]

@@ -36,7 +36,7 @@ from unpaired.config.overrides import merge, set_path
 from unpaired.config.resolved import ResolvedVariant, resolve_variant
 from unpaired.config.spec import component_slots
 from unpaired.evaluation.features import FeatureExtractor
-from unpaired.plugin_api.components import describe, Choice, Component, ComponentKind, TrainingProgress
+from unpaired.plugin_api.components import Choice, Component, ComponentKind, TrainingProgress, describe
 from unpaired.plugin_api.data import Domain, Split, Transform, UnpairedData
 from unpaired.plugin_api.registry import Registry
 from unpaired.storage.files import atomic_save, load_tensors

@@ -1,11 +1,11 @@
 """Overrides written on the command line, as Hydra users write them: ``train.epochs=5`` sets a field, ``key=a,b`` a grid axis.
 
-Values are YAML scalars (``5``, ``2e-4``, ``true``, ``none``... as YAML reads them) or YAML flow collections
+Values are YAML scalars (``5``, ``2e-4``, ``true``, ``null``... as YAML reads them) or YAML flow collections
 (``[input, down1]``). In a study, a dotted path into a variant (``generator.n_blocks=6``) sets the base and replaces any
 grid axis of that path; a study field (``seeds=[0,1,2]``, ``tracking.enabled=false``) sets that field. A value with
 commas outside brackets and quotes (``generator.n_blocks=6,9``) is a grid axis over those values. An override is
 applied to the study as read, before anything is validated: the study is then the one the file would be with that
-edit, with the same run ids, and ``study.json`` and MLflow record it so.
+edit, with the same run ids; ``study.json`` records it as resolved, and each MLflow child run its resolved variant.
 """
 
 from __future__ import annotations

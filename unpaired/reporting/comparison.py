@@ -43,9 +43,10 @@ def visual_comparison(results: StudyResults, registry: Registry, seed: int, devi
     sizes = {direction: data.size("test", source) for direction, source in SOURCE_DOMAIN.items()}
     comparison = VisualComparison(seed, {d: indices for d, (indices, _) in inputs.items()}, sizes)
     runs = {variant: next((r for r in results.of_variant(variant) if r.seed == seed and r.finished), None) for variant in results.variants}
+    directions = {variant: _directions(run) for variant, run in runs.items() if run is not None}  # its showcase read once
     for direction, (indices, images) in inputs.items():
         columns: list[tuple[str, torch.Tensor | None]] = [(f"input ({SOURCE_DOMAIN[direction]})", to_uint8(images))]
-        translating = {variant: run for variant, run in runs.items() if run is None or direction in _directions(run)}
+        translating = {variant: run for variant, run in runs.items() if run is None or direction in directions[variant]}
         if not translating:
             continue  # no variant's method translates this way (CUT: A to B only)
         for variant, run in translating.items():

@@ -16,7 +16,7 @@ from unpaired.errors import UsageError
 from unpaired.plugin_api.registry import Registry
 from unpaired.reporting.comparison import VisualComparison, visual_comparison
 from unpaired.reporting.figures import metric_plot, training_curves
-from unpaired.results.compare import not_scored_so, heading, lower_is_better, table_rows
+from unpaired.results.compare import heading, lower_is_better, not_scored_so, table_rows
 from unpaired.results.statistics import ALPHA, CONFIDENCE, RUN_COLUMNS, summarize
 from unpaired.results.study_results import StudyResults
 

@@ -22,7 +22,7 @@ from unpaired.config.resolved import ResolvedVariant
 from unpaired.config.spec import TrainConfig
 from unpaired.errors import Note, Notice
 from unpaired.evaluation.scoring import Scorer, Scores
-from unpaired.plugin_api.components import describe, TrainingProgress
+from unpaired.plugin_api.components import TrainingProgress, describe
 from unpaired.plugin_api.lifecycle import RunInfo
 from unpaired.plugin_api.metrics import best_columns
 from unpaired.storage.files import CorruptFileError
