@@ -184,7 +184,7 @@ def test_a_one_way_method_trains_scores_compares_and_reports_through_the_cli(one
     assert scored.returncode == 0, scored.stderr
     assert f"fid_a2b {results[0]['metrics']['fid_a2b']:.4f}" in scored.stdout and "b2a" not in scored.stdout
 
-    compared = json.loads(cli("compare", str(out), "--metric", "brightness_a2b", "--format", "json").stdout)
+    compared = json.loads(cli("compare", str(out), "--metric", "brightness_a2b", "--format", "json").stdout)["ranking"]
     means = {row["variant"]: row["mean"] for row in compared}
     assert [row["variant"] for row in compared] == sorted(means, key=means.get, reverse=True)  # higher is better, as the metric says
 
@@ -228,7 +228,7 @@ def test_a_nan_score_is_a_failed_scoring_everywhere_never_a_dropped_variant(one_
     out = tmp_path / "runs" / "nan"
     compared = cli("compare", str(out), "--format", "json")
     assert compared.returncode == 0, compared.stderr
-    rows = json.loads(compared.stdout)
+    rows = json.loads(compared.stdout)["ranking"]
     assert [(row["variant"], row["n"], row["verdict"]) for row in rows] == [
         ("ngf=4", 0, "no finite score: the scoring failed"),
         ("ngf=5", 0, "no finite score: the scoring failed"),
@@ -296,7 +296,7 @@ def test_finished_work_is_found_by_run_id_rescored_when_the_evaluation_changes_a
     assert cli("run", str(study), "--quiet", cwd=tmp_path).returncode == 0
     compared = cli("compare", str(out), "--metric", "fid_mean", "--format", "json")
     assert "note: 2 finished run(s) of configurations the study no longer plans are left out" in compared.stderr
-    assert [row["n"] for row in json.loads(compared.stdout)] == [1, 1]
+    assert [row["n"] for row in json.loads(compared.stdout)["ranking"]] == [1, 1]
 
 
 @pytest.mark.slow
@@ -319,9 +319,9 @@ def test_a_study_of_cyclegan_against_cut_ranks_both_on_the_direction_they_share(
     for metric in ("fid_a2b", None):  # by default, the study's ranking score
         compared = cli("compare", str(out), "--format", "json", *(["--metric", metric] if metric else []))
         assert compared.returncode == 0 and compared.stderr == "", compared.stderr
-        assert sorted((row["variant"], row["n"]) for row in json.loads(compared.stdout)) == [("method=cut", 2), ("method=cyclegan", 2)]
+        assert sorted((row["variant"], row["n"]) for row in json.loads(compared.stdout)["ranking"]) == [("method=cut", 2), ("method=cyclegan", 2)]
     by_mean = cli("compare", str(out), "--format", "json", "--metric", "fid_mean")
-    assert [row["variant"] for row in json.loads(by_mean.stdout)] == ["method=cyclegan"]
+    assert [row["variant"] for row in json.loads(by_mean.stdout)["ranking"]] == ["method=cyclegan"]
     assert "note: method=cut has no fid_mean (not scored so: a method that translates one direction" in by_mean.stderr
     assert "every variant has: fid_a2b" in by_mean.stderr
 

@@ -45,7 +45,7 @@ def assert_same_runs(first: Path, second: Path) -> list[dict]:
         assert all(torch.equal(a[n][k], b[n][k]) for n in a for k in a[n]), entry["folder"]
         rows = [
             [
-                {k: v for k, v in r.items() if k not in ("seconds", "it_per_s")}
+                {k: v for k, v in r.items() if k not in ("epoch_seconds", "it_per_s")}
                 for r in json.loads((out / entry["folder"] / "history.json").read_text())
             ]
             for out in (first, second)

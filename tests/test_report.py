@@ -24,7 +24,7 @@ from unpaired.config.overrides import merge
 from unpaired.plugin_api.data import to_uint8
 from unpaired.plugin_api.registry import Registry
 from unpaired.reporting.figures import LABEL_WIDTH, MIN_SIDE, PADDING
-from unpaired.results.statistics import holm, summarize
+from unpaired.results.statistics import bonferroni, summarize
 from unpaired.training.samples import showcase_indices
 
 BASELINE, BETTER, SAME, SINGLE = [30.1, 31.5, 29.8], [26.0, 26.5, 25.9], [30.5, 29.9, 31.0], [20.0]
@@ -43,23 +43,22 @@ def test_intervals_p_values_and_verdicts_are_scipys():
         low, high = stats.t.interval(0.95, len(values) - 1, loc=sum(values) / len(values), scale=stats.sem(values))
         assert (table.loc[name, "ci_low"], table.loc[name, "ci_high"]) == pytest.approx((low, high))
     tests = {name: stats.ttest_ind(values, BASELINE, equal_var=False) for name, values in {"better": BETTER, "same": SAME}.items()}
-    for name, test in tests.items():
-        interval = test.confidence_interval(0.95)
-        assert table.loc[name, "p_value"] == pytest.approx(test.pvalue)
+    for name, test in tests.items():  # Bonferroni over the two variants that could be tested: p x 2, intervals at 97.5 %
+        interval = test.confidence_interval(1 - 0.05 / 2)
+        assert table.loc[name, "p_value"] == pytest.approx(test.pvalue) and table.loc[name, "p_adjusted"] == pytest.approx(min(1, 2 * test.pvalue))
         assert (table.loc[name, "delta_ci_low"], table.loc[name, "delta_ci_high"]) == pytest.approx((interval.low, interval.high))
-    low_p, high_p = sorted(test.pvalue for test in tests.values())  # Holm over the two variants that could be tested
-    assert table.loc["better", "p_holm"] == pytest.approx(2 * low_p) and table.loc["same", "p_holm"] == pytest.approx(max(2 * low_p, high_p))
+        assert (table.loc[name, "delta_ci_high"] < 0) == (table.loc[name, "p_adjusted"] < 0.05)  # the interval agrees with the p-value
     assert table.loc["better", "verdict"] == "better"
     assert table.loc["same", "verdict"] == "not distinguishable from the baseline at n = 3"
     assert table.loc["single", "verdict"] == "too few seeds to test (n = 1 vs 3)" and math.isnan(table.loc["single", "p_value"])
     assert table.loc["base", "verdict"] == "baseline" and list(table.index[:2]) == ["single", "better"]  # ranked, lower first
 
 
-def test_holm_adjustment_matches_the_textbook():
-    # R: p.adjust(c(0.01, 0.04, 0.03, 0.005), "holm")
-    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
-    adjusted = holm([0.2, math.nan, 0.9])
-    assert adjusted[0] == pytest.approx(0.4) and math.isnan(adjusted[1]) and adjusted[2] == pytest.approx(0.9)
+def test_bonferroni_adjustment_matches_the_textbook():
+    # R: p.adjust(c(0.01, 0.04, 0.03, 0.005), "bonferroni")
+    assert bonferroni([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.04, 0.16, 0.12, 0.02])
+    adjusted = bonferroni([0.2, math.nan, 0.9])
+    assert adjusted[0] == pytest.approx(0.4) and math.isnan(adjusted[1]) and adjusted[2] == 1.0
 
 
 QUESTION = "Do two residual blocks beat one?"
@@ -128,9 +127,13 @@ def test_the_run_writes_an_offline_html_report_whose_images_are_embedded_pngs_of
     order = [
         QUESTION,
         "6 planned: 6 finished",
-        "FID, final generators",
+        "Answer",
+        "Ranked by FID, final generators",
+        "Factorial analysis of fid_mean",
         "KID, final generators",
         "FID, best epoch",
+        "Every run",
+        "Size and compute per variant",
         "Training curves",
         "Visual comparison",
         "What each variant changes",
@@ -152,7 +155,9 @@ def test_the_tables_are_compares_and_the_markdown_report_has_its_pictures_beside
         assert line in text
     from_folders = json.loads(cli(env, "compare", str(out), "--format", "json").stdout)
     assert from_folders == json.loads(cli(env, "compare", str(finished["study"]), "--format", "json").stdout)
-    assert {row["n"] for row in from_folders} == {3} and all(0 <= row["p_value"] <= 1 for row in from_folders if not row["baseline"])
+    ranking = from_folders["ranking"]
+    assert {row["n"] for row in ranking} == {3} and all(0 <= row["p_value"] <= 1 for row in ranking if not row["baseline"])
+    assert [row["seed"] for row in from_folders["tables"]["Every run"]] == ["0", "1", "2"] * 2  # its MLflow run id from either
     typo = cli(env, "report", str(out), "--metric", "fid_maen")
     assert typo.returncode == 1 and "no metric 'fid_maen' in the finished runs; available: fid_a2b" in typo.stderr
     assert "seed 7 is not one of the study's seeds (0, 1, 2)" in cli(env, "report", str(out), "--seed", "7").stderr
@@ -169,7 +174,7 @@ def test_the_visual_comparison_shows_the_real_inputs_then_one_column_per_variant
     assert f"A → B: test images {', '.join(map(str, shown))} of {N_TEST}" in (finished["out"] / "report.html").read_text()
     assert cli(finished["env"], "report", str(finished["out"]), "--format", "markdown").returncode == 0
     figure = Image.open(finished["out"] / "report_files" / "translations-AtoB.png").convert("RGB")
-    side = 32 * (MIN_SIDE // 32)
+    side = 32 * -(-MIN_SIDE // 32)  # enlarged to at least MIN_SIDE
     cell = max(side, LABEL_WIDTH)
     assert figure.width == PADDING + 3 * (cell + PADDING)  # inputs, n_blocks=1, n_blocks=2
     bottom = figure.height - PADDING - side

@@ -229,7 +229,7 @@ def quickstart_copy(tmp_path: Path) -> Path:
 
 def timeless_history(folder: Path) -> list[dict]:
     """A run's history without its timings (which differ between any two runs)."""
-    return [{k: v for k, v in row.items() if k not in ("seconds", "it_per_s")} for row in json.loads((folder / "history.json").read_text())]
+    return [{k: v for k, v in row.items() if k not in ("epoch_seconds", "it_per_s")} for row in json.loads((folder / "history.json").read_text())]
 
 
 def progress_of(out: Path) -> set[tuple[str, int]]:

@@ -18,7 +18,8 @@ from unpaired.config.study import load_study
 from unpaired.errors import UsageError
 from unpaired.execution.runner import run_study, select_runs
 from unpaired.plugin_api.registry import Registry
-from unpaired.results.compare import render
+from unpaired.results.analysis import analyse
+from unpaired.results.tables import ranking, render
 from unpaired.results.statistics import summarize
 
 BASE = {
@@ -148,9 +149,12 @@ def test_summary_statistics_match_a_hand_computed_example():
     assert list(table["n"]) == [3, 3, 2] and list(table["complete"]) == [True, True, False]
     assert table.loc["wide", "delta"] == 8.5 and table.loc["deep", "delta"] == 0.0
     assert table.loc["wide", "verdict"] == "worse" and table.loc["deep", "verdict"] == "not distinguishable from the baseline at n = 3"
-    text = render(table, "fid_mean", "table")
+    analysis = analyse(runs, "fid_mean", "base", lower_better=True)
+    tables = [ranking(analysis.table, "fid_mean", "Ranked by fid_mean")]
+    text = render(analysis, tables, "table")
     assert "wide (incomplete: 2/3 seeds)" in text and "20.500 ± 0.707" in text and "+8.500 [" in text
-    assert render(table, "fid_mean", "markdown").splitlines()[2] == "| 1 | base (baseline) | 12.000 ± 2.000 | [7.032, 16.968] | 3 |  |  | baseline |"
+    assert "| 1 | base (baseline) | 12.000 ± 2.000 | [7.032, 16.968] | 3 |  |  | baseline |" in render(analysis, tables, "markdown").splitlines()
+    assert r"12.000 $\pm$ 2.000 & [7.032, 16.968] & 3 &  &  & baseline \\" in render(analysis, tables, "latex")
     with pytest.raises(UsageError, match="no metric 'fid' in the finished runs; available: fid_mean"):
         summarize(runs, "fid", baseline="base", lower_better=True)
     runs["psnr"] = runs["fid_mean"]  # a metric where higher is better ranks the other way
@@ -185,7 +189,7 @@ def test_compare_command_reads_the_runs_from_mlflow(tmp_path):
 
     result = run_cli("compare", "hand-made", "--format", "json", "--plot", str(tmp_path / "plot.png"))
     assert result.returncode == 0, result.stderr
-    rows = {row["variant"]: row for row in json.loads(result.stdout)}
+    rows = {row["variant"]: row for row in json.loads(result.stdout)["ranking"]}
     assert rows["base"]["mean"] == 12.0 and rows["base"]["baseline"] is True
     assert rows["wide"]["complete"] is False and rows["wide"]["verdict"] == "worse"
     assert rows["wide"]["p_value"] == pytest.approx(stats.ttest_ind([20.0, 21.0], [10.0, 12.0, 14.0], equal_var=False).pvalue)

@@ -161,7 +161,7 @@ def test_a_corrupt_study_index_leaves_compare_and_the_report_working_from_the_ru
     compared = run_cli("compare", str(out), "--format", "json")
     assert compared.returncode == 0, compared.stderr
     assert "study.json cannot be read (it is not valid JSON:" in compared.stderr and "read from the run folders instead" in compared.stderr
-    assert {row["variant"] for row in json.loads(compared.stdout)} == {"narrow", "wide"}
+    assert {row["variant"] for row in json.loads(compared.stdout)["ranking"]} == {"narrow", "wide"}
     report = run_cli("report", str(out), "--format", "markdown")
     assert report.returncode == 0, report.stderr
     text = (out / "report.md").read_text()

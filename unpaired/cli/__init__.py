@@ -30,6 +30,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _indices(text: str) -> list[int]:
+    """``0,5,9`` as test image indices."""
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of test image indices like 0,5,9") from None
+
+
 def _add_study_commands(commands: argparse._SubParsersAction) -> None:
     validate = commands.add_parser("validate", help="check a study file without training")
     validate.add_argument("study", help="study file (YAML or JSON)")
@@ -60,7 +68,12 @@ def _add_study_commands(commands: argparse._SubParsersAction) -> None:
         "or study output folder (its run folders)",
     )
     compare.add_argument("--metric", help="score to rank by (default: the study's ranking score, e.g. fid_mean; lower is better for fid/kid/losses)")
-    compare.add_argument("--format", choices=["table", "markdown", "csv", "json"], default="table")
+    compare.add_argument(
+        "--format",
+        choices=["table", "markdown", "latex", "csv", "json"],
+        default="table",
+        help="table (text), markdown or latex (booktabs): the answer and its tables; json: all of it; csv: the ranking",
+    )
     compare.add_argument("--plot", help="also write a plot of every seed and each variant's 95 %% CI to this PNG")
     compare.set_defaults(handler=cmd_compare)
 
@@ -70,6 +83,9 @@ def _add_study_commands(commands: argparse._SubParsersAction) -> None:
     report.add_argument("--format", choices=["html", "markdown"], help="html (one self-contained file) or markdown (with a folder of PNGs)")
     report.add_argument("--metric", help="metric to rank by (default: the study's tracking.metric, fid_mean)")
     report.add_argument("--seed", type=int, help="whose generators translate the test images (default: the study's first seed)")
+    report.add_argument(
+        "--images", type=_indices, help="which test images they translate, by index: 0,5,9 (default: 6 spread evenly over the test split)"
+    )
     report.add_argument("--device", default="auto", help="where the generators run: auto, cpu, cuda, cuda:N or mps")
     report.set_defaults(handler=cmd_report)
 

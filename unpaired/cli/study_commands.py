@@ -197,11 +197,14 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Rank a study's variants by a metric over seeds, from its MLflow runs or its output folder."""
-    from unpaired.results.compare import finished_runs, heading, lower_is_better, not_scored_so, plot, render, study_baseline
+    from unpaired.reporting.report import answer_tables
+    from unpaired.results.analysis import analyse, grid_levels, secondary_scores
+    from unpaired.results.compare import finished_runs, lower_is_better, not_scored_so, plot, study_baseline
     from unpaired.results.mlflow_store import tracking_uri
     from unpaired.results.statistics import summarize
     from unpaired.results.study_folder import is_study_folder
     from unpaired.results.study_results import read_study_results
+    from unpaired.results.tables import render, runs_table
 
     target, study = Path(args.study), None
     if target.suffix.lower() in (".yaml", ".yml", ".json") and target.is_file():
@@ -209,7 +212,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if is_study_folder(target) or (study is not None and not study.spec.tracking.enabled):  # the run folders: no MLflow
         results = read_study_results(_study_folder(args.study))
         name, baseline, runs, left_out = results.name, results.baseline, results.metrics(), results.left_out
-        ranked_by = results.index.get("metric")
+        ranked_by, levels = results.index.get("metric"), results.grid_levels()
         left_out = [results.index_problem, *left_out] if results.index_problem else left_out
     else:
         if study is not None:
@@ -218,6 +221,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
             name, uri = args.study, tracking_uri(None)
             baseline = study_baseline(name, uri)
         runs, left_out, ranked_by = finished_runs(name, uri), [], study.metric if study is not None else None
+        levels = {}
+        if study is not None:
+            levels = grid_levels(list(study.spec.grid), len(study.spec.variants), [(run.variant, run.overrides) for run in study.runs])
         if study is not None:  # only the runs the study plans now: a changed default or plugin is another configuration
             planned = runs["run_id"].isin({run.run_id for run in study.runs})
             if not planned.all():
@@ -231,12 +237,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if runs.empty:
         raise UsageError(f"study {name!r} has no finished runs yet")
     metric = args.metric or ranked_by or "fid_mean"
-    table = summarize(runs, metric, baseline, lower_is_better(runs, metric))
+    others = {other: summarize(runs, other, baseline, lower_is_better(runs, other)) for other in secondary_scores(metric) if other in runs.columns}
+    analysis = analyse(runs, metric, baseline, lower_is_better(runs, metric), levels, others)
     if note := not_scored_so(runs, metric):
         print(f"note: {note}", file=sys.stderr)
-    print(render(table, heading(runs, metric), args.format), end="")
+    print(render(analysis, [*answer_tables(analysis, runs), runs_table(runs)], args.format), end="")
     if args.plot:
-        plot(table, runs, metric, Path(args.plot))
+        plot(analysis.table, runs, metric, Path(args.plot))
         print(f"plot written to {args.plot}", file=sys.stderr)
     return 0
 
@@ -266,6 +273,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     out = _study_folder(args.study)
     fmt = args.format or ("markdown" if args.out and Path(args.out).suffix.lower() == ".md" else "html")
     metric = args.metric or read_index(out)[0].get("metric") or "fid_mean"
-    path = write_report(out, plugin_registry(), Path(args.out) if args.out else None, fmt, metric, args.seed, pick_device(args.device))
+    target = Path(args.out) if args.out else None
+    path = write_report(out, plugin_registry(), target, fmt, metric, args.seed, pick_device(args.device), args.images)
     print(f"report written to {path}")
     return 0

@@ -43,16 +43,17 @@ class Scorer:
         self.extractor = FeatureExtractor(evaluation.feature_extractor, device, evaluation.batch_size)
         self.identity = evaluation.identity(self.extractor.cache_identity())
 
-    def scoring(self, directions: tuple[Direction, ...]) -> Scoring:
-        """What the scores of ``directions`` carry: this scorer's identity, the extractor by name, and which way each
-        headline column is better."""
+    def scoring(self, directions: tuple[Direction, ...], data: UnpairedData) -> Scoring:
+        """What the scores of ``directions`` on ``data``'s test split carry: this scorer's identity, the extractor by
+        name, which way each headline column is better, and the number of test images of each domain."""
         better = {column: metric.lower_is_better for name, metric in self.metrics.items() for column in score_columns(name, directions)}
-        return Scoring(identity=self.identity, extractor=self.evaluation.feature_extractor.name, lower_is_better=better)
+        images = {domain: data.size("test", domain) for domain in SOURCE_DOMAIN.values()}
+        return Scoring(identity=self.identity, extractor=self.evaluation.feature_extractor.name, lower_is_better=better, test_images=images)
 
     def score(self, translators: Mapping[Direction, nn.Module], data: UnpairedData, dataset: dict[str, Any]) -> Scores:
         """Every metric of the translations of each direction's test images (``dataset``: the data component's
         ``{"name", **params}``, which keys the real-feature cache)."""
-        scores = Scores(scoring=self.scoring(tuple(translators)))
+        scores = Scores(scoring=self.scoring(tuple(translators), data))
         for direction, generator in translators.items():
             source, target = SOURCE_DOMAIN[direction], TARGET_DOMAIN[direction]
             fakes = list(translated(generator, data, source, self.evaluation.batch_size, self.device))

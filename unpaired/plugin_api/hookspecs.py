@@ -201,7 +201,7 @@ def unpaired_on_step(run: RunInfo, epoch: int, step: int, losses: dict[str, floa
 
 @hookspec
 def unpaired_on_epoch_end(run: RunInfo, epoch: int, metrics: dict[str, float]) -> None:
-    """Called after each epoch with its mean loss terms, ``lr``, ``seconds`` and ``it_per_s`` (always
+    """Called after each epoch with its mean loss terms, ``lr``, ``epoch_seconds`` (that epoch's) and ``it_per_s`` (always
     present), and FID/KID when that epoch was scored. ``epoch`` is 1-based: the number of epochs completed."""
 
 

@@ -33,11 +33,13 @@ def write_report(
     metric: str = "fid_mean",
     seed: int | None = None,
     device: torch.device | None = None,
+    images: list[int] | None = None,
 ) -> Path:
     """Write the report of the study whose output folder is ``out`` to ``target`` (default: ``report.html`` or
-    ``report.md`` in ``out``; Markdown's PNGs go into ``<target stem>_files/`` beside it). Returns ``target``."""
+    ``report.md`` in ``out``; Markdown's PNGs go into ``<target stem>_files/`` beside it). Returns ``target``.
+    ``seed`` and ``images``: whose generators translate which test images (see :func:`build_report`)."""
     target = Path(target) if target is not None else report_path(out, fmt)
-    report = build_report(read_study_results(out), registry, metric, seed, device)
+    report = build_report(read_study_results(out), registry, metric, seed, device, images)
     target.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "markdown":
         folder = target.with_name(f"{target.stem}_files")

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from unpaired.errors import UsageError
 from unpaired.plugin_api.data import to_uint8
 from unpaired.plugin_api.registry import Registry
 from unpaired.reporting.figures import image_grid
@@ -30,22 +31,28 @@ class VisualComparison:
     """Why a variant's column is grey: its run with ``seed`` has no (readable) final generators."""
 
 
-def visual_comparison(results: StudyResults, registry: Registry, seed: int, device: torch.device) -> VisualComparison | None:
-    """The showcase images of the baseline's dataset (the first variant's when the baseline has not started),
-    translated by the final generators of each variant's run with ``seed``: as the run saved them when it
-    ended, else by its generators rebuilt here. None when no run has started."""
+def visual_comparison(
+    results: StudyResults, registry: Registry, seed: int, device: torch.device, images: list[int] | None = None
+) -> VisualComparison | None:
+    """The showcase images of the baseline's dataset (the first variant's when the baseline has not started), or its
+    test images ``images`` (by index, in each direction's source domain), translated by the final generators of each
+    variant's run with ``seed``: as the run saved them when it ended, else by its generators rebuilt here. None when
+    no run has started."""
     order = [results.baseline, *results.variants] if results.baseline else results.variants
     spec = next((s for v in order for run in results.of_variant(v) if (s := run.spec())), None)
     if spec is None:
         return None
     data = registry.resolve("dataset", spec["data"], where="data").build()
-    inputs = {direction: showcase_inputs(data, direction) for direction in DIRECTIONS}
     sizes = {direction: data.size("test", source) for direction, source in SOURCE_DOMAIN.items()}
+    if images and not all(0 <= index < min(sizes.values()) for index in images):
+        available = ", ".join(f"{SOURCE_DOMAIN[d]} has {n}" for d, n in sizes.items())
+        raise UsageError(f"--images {','.join(map(str, images))}: no such test image ({available}: indices from 0)")
+    inputs = {direction: showcase_inputs(data, direction, images or None) for direction in DIRECTIONS}
     comparison = VisualComparison(seed, {d: indices for d, (indices, _) in inputs.items()}, sizes)
     runs = {variant: next((r for r in results.of_variant(variant) if r.seed == seed and r.finished), None) for variant in results.variants}
     directions = {variant: _directions(run) for variant, run in runs.items() if run is not None}  # its showcase read once
-    for direction, (indices, images) in inputs.items():
-        columns: list[tuple[str, torch.Tensor | None]] = [(f"input ({SOURCE_DOMAIN[direction]})", to_uint8(images))]
+    for direction, (indices, shown) in inputs.items():
+        columns: list[tuple[str, torch.Tensor | None]] = [(f"input ({SOURCE_DOMAIN[direction]})", to_uint8(shown))]
         translating = {variant: run for variant, run in runs.items() if run is None or direction in directions[variant]}
         if not translating:
             continue  # no variant's method translates this way (CUT: A to B only)
@@ -53,13 +60,13 @@ def visual_comparison(results: StudyResults, registry: Registry, seed: int, devi
             translated, why = None, "not finished"
             if run is not None:
                 try:
-                    translated, why = _translated(run, registry, direction, indices, images, device)
+                    translated, why = _translated(run, registry, direction, indices, shown, device)
                 except CorruptFileError as error:
                     why = str(error)
             if translated is None and f"{variant} ({why})" not in comparison.missing:
                 comparison.missing.append(f"{variant} ({why})")
             columns.append((variant, translated))
-        comparison.figures[direction] = image_grid(columns, images.shape[-1])
+        comparison.figures[direction] = image_grid(columns, shown.shape[-1])
     return comparison
 
 

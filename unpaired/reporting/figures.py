@@ -18,7 +18,7 @@ CURVES = {  # panel title -> the history columns summed into it
     "discriminators (A + B)": ("D_A", "D_B"),
     "FID (mean of both directions)": ("fid_mean",),
 }
-PADDING, LINE_HEIGHT, LABEL_WIDTH, MIN_SIDE = 4, 13, 72, 96
+PADDING, LINE_HEIGHT, LABEL_WIDTH, MIN_SIDE = 4, 13, 72, 128
 
 
 def metric_plot(table: pd.DataFrame, runs: pd.DataFrame, metric: str) -> bytes:
@@ -104,8 +104,9 @@ def _label_lines(label: str, font: ImageFont.ImageFont | ImageFont.FreeTypeFont,
 def image_grid(columns: list[tuple[str, torch.Tensor | None]], side: int) -> bytes:
     """A PNG with one labelled column per ``(label, uint8 RGB images (N, 3, side, side))``, images in rows; a column
     whose images are None is drawn grey (its run has no generators yet). Images smaller than ``MIN_SIDE`` px are
-    shown enlarged by a whole factor, and columns are at least ``LABEL_WIDTH`` px wide so that labels stay readable."""
-    font, scale = _font(), max(1, MIN_SIDE // side)  # small images are enlarged (nearest neighbour: no pixel invented)
+    shown enlarged by the smallest whole factor that makes them at least that, and columns are at least ``LABEL_WIDTH``
+    px wide so that labels stay readable."""
+    font, scale = _font(), -(-MIN_SIDE // side)  # small images are enlarged (nearest neighbour: no pixel invented)
     rows, side = max(len(images) for _, images in columns if images is not None), side * scale
     cell = max(side, LABEL_WIDTH)
     labels = [_label_lines(label, font, cell) for label, _ in columns]

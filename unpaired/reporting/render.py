@@ -12,7 +12,9 @@ from typing import Any
 from PIL import Image
 
 from unpaired.plugin_api.methods import Direction
+from unpaired.reporting.figures import MIN_SIDE
 from unpaired.reporting.report import Report, format_value
+from unpaired.results.tables import markdown_table
 
 STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
@@ -95,14 +97,7 @@ def render_markdown(report: Report, folder: Path, link: str) -> str:
             lines.append("| | |\n|---|---|\n" + "\n".join(f"| {cell(k)} | {cell(v)} |" for k, v in content))
         elif kind == "table":
             header, rows = content
-            lines.append(
-                "| "
-                + " | ".join(map(cell, header))
-                + " |\n|"
-                + "---|" * len(header)
-                + "\n"
-                + "\n".join("| " + " | ".join(map(cell, row)) + " |" for row in rows)
-            )
+            lines.append(markdown_table(header, rows))
         elif kind == "image":
             lines.append(image(*content))
     return "\n\n".join(lines) + "\n"
@@ -118,11 +113,25 @@ def _outline(report: Report) -> Iterator[tuple[str, Any]]:
     yield "facts", report.facts
     for note in report.notes:
         yield "note", note
-    for index, section in enumerate(report.sections):
-        yield ("heading" if index == 0 else "subheading"), section.title
-        yield "table", (section.header, section.rows)
+    if report.answer:
+        yield "heading", "Answer"
+        for paragraph in report.answer:
+            yield "text", paragraph
+    for index, table in enumerate(report.ranking):
+        yield "subheading", table.title
+        yield "table", (table.header, table.rows)
         if index == 0 and report.metric_plot is not None:
-            yield "image", ("metric", report.metric_plot, f"{section.metric} per variant: seeds as points, 95 % CI as bars")
+            yield "image", ("metric", report.metric_plot, f"{table.title}: seeds as points, 95 % CI as bars")
+    if report.other_scores:
+        yield "heading", "Other scores"
+    for table in report.other_scores:
+        yield "subheading", table.title
+        yield "table", (table.header, table.rows)
+    if report.runs:
+        yield "heading", "Runs"
+    for table in report.runs:
+        yield "subheading", table.title
+        yield "table", (table.header, table.rows)
     if report.curves is not None:
         yield "heading", "Training curves"
         yield "text", "Mean over seeds per epoch; the band spans the lowest to the highest seed."
@@ -154,8 +163,9 @@ def _comparison_blocks(report: Report) -> Iterator[tuple[str, Any]]:
         (
             f"The final generators of seed {comparison.seed} of every variant on the same test images (the first "
             "column is the real input; a variant whose method translates one way only is shown in that direction); "
-            "the images are spread evenly over the test split, the same in every report. "
-            "Images under 96 px are shown enlarged (nearest neighbour)."
+            "unless `unpaired report --images` chose them, the images are spread evenly over the test split, the same "
+            f"in every report (`--seed` chooses the seed). Images under {MIN_SIDE} px are shown enlarged by a whole "
+            "factor (nearest neighbour: no pixel invented)."
         ),
     )
     if comparison.missing:

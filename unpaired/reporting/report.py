@@ -16,36 +16,13 @@ from unpaired.errors import UsageError
 from unpaired.plugin_api.registry import Registry
 from unpaired.reporting.comparison import VisualComparison, visual_comparison
 from unpaired.reporting.figures import metric_plot, training_curves
-from unpaired.results.compare import heading, lower_is_better, not_scored_so, table_rows
+from unpaired.results.analysis import Analysis, analyse, secondary_scores
+from unpaired.results.compare import heading, lower_is_better, not_scored_so
 from unpaired.results.statistics import ALPHA, CONFIDENCE, RUN_COLUMNS, summarize
 from unpaired.results.study_results import StudyResults
-
-METRIC_TITLES = {
-    "fid_mean": "FID, final generators (mean of A→B and B→A)",
-    "kid_mean": "KID, final generators (mean of A→B and B→A)",
-    "fid_mean_best": "FID, best epoch during training (mean of both directions)",
-}
-
-
-def secondary_scores(metric: str) -> list[str]:
-    """The scores reported after ``metric``, in its direction: ``kid_mean`` and ``fid_mean_best`` after ``fid_mean``,
-    ``kid_a2b`` and ``fid_a2b_best`` after ``fid_a2b`` (a study of one-way methods)."""
-    direction = next((d for d in ("mean", "a2b", "b2a") if metric.endswith(f"_{d}")), "mean")
-    return [column for column in (f"fid_{direction}", f"kid_{direction}", f"fid_{direction}_best") if column != metric]
-
+from unpaired.results.tables import Table, factorial_table, metric_title, ranking, runs_table
 
 IGNORED_DIFFERENCES = {"train.seed", *(f"train.{name}" for name in RUNTIME_ONLY_FIELDS)}
-
-
-@dataclass
-class MetricSection:
-    """The ranked table of one metric: its statistics and the same as text cells."""
-
-    metric: str
-    title: str
-    table: pd.DataFrame
-    header: list[str]
-    rows: list[list[str]]
 
 
 @dataclass
@@ -56,7 +33,13 @@ class Report:
     description: str
     question: str
     facts: list[tuple[str, str]]
-    sections: list[MetricSection]
+    answer: list[str]
+    """The answer in words (:class:`unpaired.results.analysis.Analysis`), as ``compare`` prints it."""
+    ranking: list[Table]
+    """The ranked variants by the study's score, then the grid's factorial analysis (``compare``'s tables)."""
+    other_scores: list[Table]
+    runs: list[Table]
+    """Every finished run, then each variant's size and compute."""
     metric_plot: bytes | None
     curves: bytes | None
     comparison: VisualComparison | None
@@ -69,33 +52,45 @@ class Report:
 
 
 def build_report(
-    results: StudyResults, registry: Registry, metric: str = "fid_mean", seed: int | None = None, device: torch.device | None = None
+    results: StudyResults,
+    registry: Registry,
+    metric: str = "fid_mean",
+    seed: int | None = None,
+    device: torch.device | None = None,
+    images: list[int] | None = None,
 ) -> Report:
-    """Gather a report of ``results``, ranking by ``metric``; the visual comparison uses the generators of ``seed``
-    (default: the study's first seed), run on ``device`` (default: the CPU)."""
+    """Gather a report of ``results``, ranking by ``metric``; the visual comparison shows the test ``images`` (default:
+    spread evenly over the test split) translated by the generators of ``seed`` (default: the study's first seed),
+    run on ``device`` (default: the CPU)."""
     runs, notes = results.metrics(), [f"Unreadable, so counted as not finished: {problem}" for problem in results.problems]
     notes = [results.index_problem, *notes] if results.index_problem else notes
     notes += [line[0].upper() + line[1:] + "." for line in results.left_out]
-    sections = [_section(runs, name, results.baseline) for name in dict.fromkeys([metric, *secondary_scores(metric)]) if name in runs.columns]
-    notes += [note for section in sections if (note := not_scored_so(runs, section.metric))]
     scored = [column for column in runs.columns if column not in RUN_COLUMNS]
     if metric not in runs.columns and scored:  # a misspelt --metric, not a study without scores
         raise UsageError(f"no metric {metric!r} in the finished runs; available: {', '.join(sorted(scored))}")
     if metric not in runs.columns:
         notes.append(f"No finished run has {metric!r} yet" + (" (FID was switched off?)." if not runs.empty else "."))
-    primary = sections[0] if sections and sections[0].metric == metric else None
+    others = {name: _summary(runs, name, results.baseline) for name in secondary_scores(metric) if name in runs.columns}
+    analysis = None
+    if metric in runs.columns:
+        analysis = analyse(runs, metric, results.baseline, lower_is_better(runs, metric), results.grid_levels(), others)
+    notes += [note for name in [metric, *others] if (note := not_scored_so(runs, name))]
     seeds = results.index.get("seeds") or sorted({run.seed for run in results.runs})
     if seed is not None and seed not in seeds:
         raise UsageError(f"seed {seed} is not one of the study's seeds ({', '.join(map(str, seeds))})")
     seed = seeds[0] if seed is None else seed
-    comparison = visual_comparison(results, registry, seed, device or torch.device("cpu"))
+    comparison = visual_comparison(results, registry, seed, device or torch.device("cpu"), images)
+    extractors = runs.attrs.get("extractors", [])
     return Report(
         name=results.name,
         description=results.index.get("description", ""),
         question=results.index.get("question", ""),
         facts=_facts(results),
-        sections=sections,
-        metric_plot=metric_plot(primary.table, runs, metric) if primary is not None else None,
+        answer=analysis.answer if analysis else [],
+        ranking=answer_tables(analysis, runs) if analysis else [],
+        other_scores=[ranking(table, heading(runs, name), metric_title(name, extractors)) for name, table in others.items()],
+        runs=[runs_table(runs), _compute_table(results)] if not runs.empty else [],
+        metric_plot=metric_plot(analysis.table, runs, metric) if analysis else None,
         curves=training_curves(results),
         comparison=comparison,
         differences=_differences(results),
@@ -109,12 +104,41 @@ def build_report(
     )
 
 
-def _section(runs: pd.DataFrame, metric: str, baseline: str | None) -> MetricSection:
-    table = summarize(runs, metric, baseline, lower_is_better(runs, metric))
-    header, rows = table_rows(table, heading(runs, metric))
-    extractors = ", ".join(runs.attrs.get("extractors", []))
-    title = METRIC_TITLES.get(metric, metric) + (f", {extractors} features" if extractors else "")
-    return MetricSection(metric, title, table, header, rows)
+def answer_tables(analysis: Analysis, runs: pd.DataFrame) -> list[Table]:
+    """The ranking by the analysis' score and, for a grid, its factorial table: what ``compare`` prints before the runs."""
+    metric = analysis.metric
+    tables = [ranking(analysis.table, heading(runs, metric), "Ranked by " + metric_title(metric, runs.attrs.get("extractors", [])))]
+    return tables + ([factorial_table(analysis.factorial, metric)] if analysis.factorial is not None else [])
+
+
+def _summary(runs: pd.DataFrame, metric: str, baseline: str | None) -> pd.DataFrame:
+    return summarize(runs, metric, baseline, lower_is_better(runs, metric))
+
+
+def _compute_table(results: StudyResults) -> Table:
+    """Per variant: its networks' parameters and what a run of it cost (mean over its finished runs)."""
+    rows = []
+    for variant in results.variants:
+        ended = [run.result for run in results.of_variant(variant) if run.finished and run.result is not None]
+        if not ended:
+            continue
+        parameters = ended[-1].parameters
+        seconds, steps = sum(r.seconds for r in ended) / len(ended), sum(r.steps for r in ended) / len(ended)
+        rows.append(
+            [
+                variant,
+                _count(sum(parameters.values())) if parameters else "not recorded",
+                ", ".join(f"{name} {_count(n)}" for name, n in parameters.items()),
+                f"{seconds:.0f} s" + (f" ({steps:.0f} steps, {seconds / steps:.3f} s/step)" if steps else ""),
+                ", ".join(sorted({r.device for r in ended if r.device})),
+            ]
+        )
+    header = ["variant", "parameters", "by network", "training time per run (mean)", "device"]
+    return Table("Size and compute per variant", header, rows)
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e6:.2f} M" if n >= 1e6 else (f"{n / 1e3:.1f} k" if n >= 1e3 else str(n))
 
 
 def _facts(results: StudyResults) -> list[tuple[str, str]]:
@@ -136,7 +160,8 @@ def _facts(results: StudyResults) -> list[tuple[str, str]]:
         ("variants x seeds", f"{len(results.variants)} x {len(results.index.get('seeds', []))}, baseline {results.baseline}"),
         (
             "statistics",
-            f"{CONFIDENCE:.0%} CIs (Student's t); Welch's t-test vs the baseline, Holm-Bonferroni adjusted over the variants, α = {ALPHA}",
+            f"{CONFIDENCE:.0%} CIs (Student's t); Welch's t-test vs the baseline, its p-values and Δ intervals Bonferroni-adjusted "
+            f"over the variants, α = {ALPHA}; for a grid, a type II ANOVA (statsmodels)",
         ),
     ]
 

@@ -13,6 +13,7 @@ import pandas as pd
 from unpaired.errors import UsageError
 from unpaired.results.mlflow_store import RUN_ROLES
 from unpaired.results.statistics import RUN_COLUMNS
+from unpaired.results.tables import folder_name
 
 
 def finished_runs(study_name: str, uri: str | None) -> pd.DataFrame:
@@ -43,6 +44,10 @@ def finished_runs(study_name: str, uri: str | None) -> pd.DataFrame:
             "seed": runs["tags.unpaired.seed"].astype(int),
             "run_id": runs["tags.unpaired.run_id"],
             "planned_seeds": runs["tags.unpaired.planned_seeds"].astype(int),
+            "epochs": pd.to_numeric(_tag(runs, "tags.unpaired.epochs"), errors="coerce"),  # runs tracked before it was recorded have none
+            "training_seconds": pd.to_numeric(_tag(runs, "tags.unpaired.training_seconds"), errors="coerce"),
+            "run_folder": _tag(runs, "tags.unpaired.folder").map(lambda path: None if pd.isna(path) else folder_name(path)),
+            "mlflow_run_id": runs["run_id"],
             "start_time": runs["start_time"],
         }
     )
@@ -56,7 +61,14 @@ def finished_runs(study_name: str, uri: str | None) -> pd.DataFrame:
         for column, better in json.loads(tags).items()
     }
     table.attrs["extractors"] = sorted(set(runs.get("tags.unpaired.extractor", pd.Series(dtype=object)).dropna()))
+    images = [min(sizes.values()) for tags in runs.get("tags.unpaired.test_images", pd.Series(dtype=object)).dropna() if (sizes := json.loads(tags))]
+    table.attrs["test_images"] = min(images) if images else None
     return table
+
+
+def _tag(runs: pd.DataFrame, column: str) -> pd.Series:
+    """A tag's column of MLflow's search results; all None when no run has the tag."""
+    return runs[column] if column in runs.columns else pd.Series(None, index=runs.index, dtype=object)
 
 
 def heading(runs: pd.DataFrame, column: str) -> str:
@@ -87,53 +99,6 @@ def not_scored_so(runs: pd.DataFrame, metric: str) -> str | None:
         f"one direction is scored in that direction only), left out of the ranking by {metric}; every variant has: "
         f"{', '.join(shared) or 'no score'}"
     )
-
-
-def _number(value: float, digits: int = 3) -> str:
-    return "n/a" if value is None or math.isnan(value) else f"{value:.{digits}f}"
-
-
-def _p(value: float) -> str:
-    return "n/a" if math.isnan(value) else ("< 0.001" if value < 0.001 else f"{value:.3f}")
-
-
-def table_rows(table: pd.DataFrame, metric: str) -> tuple[list[str], list[list[str]]]:
-    """The summary's header and rows as text cells: what the terminal, Markdown and the report show."""
-    header = ["rank", "variant", f"{metric} mean ± std", "95 % CI", "seeds", "Δ vs baseline [95 % CI]", "p (Holm)", "verdict"]
-    rows = []
-    for variant, row in table.iterrows():
-        mark = " (baseline)" if row["baseline"] else ""
-        incomplete = "" if row["complete"] else f" (incomplete: {row['n']}/{row['planned']} seeds)"
-        delta = "" if row["baseline"] or math.isnan(row["delta"]) else f"{row['delta']:+.3f}"
-        if delta and not math.isnan(row["delta_ci_low"]):
-            delta += f" [{row['delta_ci_low']:+.3f}, {row['delta_ci_high']:+.3f}]"
-        rows.append(
-            [
-                str(row["rank"]),
-                f"{variant}{mark}{incomplete}",
-                f"{row['mean']:.3f} ± {_number(row['std'])}",
-                f"[{_number(row['ci_low'])}, {_number(row['ci_high'])}]",
-                str(row["n"]),
-                delta,
-                "" if row["baseline"] else _p(row["p_holm"]),
-                row["verdict"],
-            ]
-        )
-    return header, rows
-
-
-def render(table: pd.DataFrame, metric: str, fmt: str) -> str:
-    """The summary as ``table`` (aligned text), ``markdown``, ``csv`` or ``json``."""
-    if fmt == "csv":
-        return table.to_csv()
-    if fmt == "json":
-        return json.dumps(json.loads(table.reset_index().to_json(orient="records")), indent=1)
-    header, rows = table_rows(table, metric)
-    if fmt == "markdown":
-        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows]) + "\n"
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]) + "\n"
 
 
 def plot(table: pd.DataFrame, runs: pd.DataFrame, metric: str, target: Path | BinaryIO) -> None:

@@ -1,10 +1,11 @@
 """How a study's variants compare over seeds: what ``unpaired compare`` prints and the report shows.
 
 Per variant: mean, sample std (ddof 1) and the 95 % confidence interval of the mean (Student's t,
-n - 1 degrees of freedom); against the baseline: Δ = mean - baseline mean with the 95 % interval
-and the p-value of Welch's t-test (unequal variances), the p-values adjusted over all variants
-with Holm-Bonferroni (the family is every variant tested against the baseline), and a verdict in
-words at α = 0.05. The distributions are scipy's.
+n - 1 degrees of freedom); against the baseline: Δ = mean - baseline mean and Welch's t-test
+(unequal variances), adjusted with Bonferroni over the family of every variant tested against
+the baseline (m of them): the p-value times m, and Δ's interval at 1 - α/m, so that an interval
+excludes 0 exactly when the adjusted p is below α (Holm's step-down p-values have no intervals that
+agree with them). The verdict in words is at α = 0.05. The distributions are scipy's.
 """
 
 from __future__ import annotations
@@ -21,18 +22,15 @@ from unpaired.errors import UsageError
 
 CONFIDENCE = 0.95
 ALPHA = 0.05
-RUN_COLUMNS = ("variant", "seed", "run_id", "planned_seeds", "scoring_failed")
+RUN_COLUMNS = ("variant", "seed", "run_id", "planned_seeds", "scoring_failed", "epochs", "training_seconds", "run_folder", "mlflow_run_id")
 """The columns of a runs table besides its metrics."""
 
 
-def holm(p_values: Sequence[float]) -> list[float]:
-    """Holm-Bonferroni adjusted p-values, in the order given; NaN (no test) stays NaN and is not counted."""
-    tested = sorted((p, i) for i, p in enumerate(p_values) if not math.isnan(p))
-    adjusted, running = [math.nan] * len(p_values), 0.0
-    for rank, (p, i) in enumerate(tested):
-        running = max(running, min(1.0, (len(tested) - rank) * p))
-        adjusted[i] = running
-    return adjusted
+def bonferroni(p_values: Sequence[float]) -> list[float]:
+    """Bonferroni adjusted p-values (each times the number tested, at most 1), in the order given; NaN (no test)
+    stays NaN and is not counted."""
+    tested = sum(not math.isnan(p) for p in p_values)
+    return [p if math.isnan(p) else min(1.0, tested * p) for p in p_values]
 
 
 def mean_interval(values: Sequence[float]) -> tuple[float, float]:
@@ -46,20 +44,20 @@ def mean_interval(values: Sequence[float]) -> tuple[float, float]:
     return float(low), float(high)
 
 
-def welch(values: Sequence[float], baseline: Sequence[float]) -> tuple[float, float, float]:
-    """Welch's t-test of ``values`` against ``baseline``: the 95 % interval of the difference of means and the
-    two-sided p-value (NaN when either has fewer than two values or neither varies)."""
+def welch(values: Sequence[float], baseline: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float, float]:
+    """Welch's t-test of ``values`` against ``baseline``: the ``confidence`` interval of the difference of means and
+    the two-sided p-value (NaN when either has fewer than two values or neither varies)."""
     if len(values) < 2 or len(baseline) < 2 or (np.std(values) == 0 and np.std(baseline) == 0):
         return math.nan, math.nan, math.nan
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         result = stats.ttest_ind(values, baseline, equal_var=False)
-        interval = result.confidence_interval(CONFIDENCE)
+        interval = result.confidence_interval(confidence)
     return float(interval.low), float(interval.high), float(result.pvalue)
 
 
 def verdict(delta: float, p_adjusted: float, n: int, n_baseline: int, lower_better: bool) -> str:
-    """``better`` / ``worse`` (than the baseline, at α after Holm), or why it cannot be told apart."""
+    """``better`` / ``worse`` (than the baseline, at α after adjustment), or why it cannot be told apart."""
     seeds = f"n = {n}" if n == n_baseline else f"n = {n} vs {n_baseline}"
     if math.isnan(p_adjusted):
         return f"too few seeds to test ({seeds})" if min(n, n_baseline) < 2 else "not testable: no spread over seeds"
@@ -105,19 +103,22 @@ def summarize(runs: pd.DataFrame, metric: str, baseline: str | None, lower_bette
     table["complete"] = table["n"] >= table["planned"]
     table["rank"] = table["mean"].rank(ascending=lower_better, method="min", na_option="bottom").astype(int)
     has_baseline = bool(values.get(baseline))
-    tests = {name: welch(seeds, values[baseline]) if has_baseline and name != baseline else (math.nan,) * 3 for name, seeds in values.items()}
+    testable = [name for name, seeds in values.items() if has_baseline and name != baseline and not math.isnan(welch(seeds, values[baseline])[2])]
+    confidence = 1 - (1 - CONFIDENCE) / max(1, len(testable))  # Bonferroni's: the intervals agree with the adjusted p-values
+    tests = {name: welch(seeds, values[baseline], confidence) if name in testable else (math.nan,) * 3 for name, seeds in values.items()}
     table["delta"] = table["mean"] - table.loc[baseline, "mean"] if has_baseline else math.nan
     table["delta_ci_low"] = [tests[name][0] for name in table.index]
     table["delta_ci_high"] = [tests[name][1] for name in table.index]
     table["p_value"] = [tests[name][2] for name in table.index]
-    table["p_holm"] = holm(table["p_value"].tolist())
+    table["p_adjusted"] = bonferroni(table["p_value"].tolist())
+    table.attrs["comparisons"], table.attrs["interval_confidence"] = len(testable), confidence
     n_baseline = len(values.get(baseline, []))
     table["verdict"] = [
         "no finite score: the scoring failed"
         if row.n == 0
         else "baseline"
         if name == baseline
-        else verdict(row.delta, row.p_holm, row.n, n_baseline, lower_better)
+        else verdict(row.delta, row.p_adjusted, row.n, n_baseline, lower_better)
         if has_baseline
         else "no baseline results"
         for name, row in table.iterrows()

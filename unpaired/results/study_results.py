@@ -16,7 +16,9 @@ import pandas as pd
 from unpaired.storage.files import CorruptFileError
 from unpaired.storage.records import RunResult
 from unpaired.storage.run_folder import RunFolder
+from unpaired.results.analysis import grid_levels
 from unpaired.results.study_folder import read_index, unplanned_runs
+from unpaired.results.tables import folder_name
 
 
 @dataclass
@@ -44,6 +46,14 @@ class RunRecord:
             return self.folder.read_spec() if self.folder.spec_file.is_file() else None
         except CorruptFileError:
             return None
+
+    def mlflow_run_id(self) -> str | None:
+        """The MLflow run that tracks it, as its folder records it (None when untracked or unreadable)."""
+        try:
+            link = self.folder.read_tracking_link()
+        except CorruptFileError:
+            return None
+        return None if link is None else link["run_id"]
 
     def history(self) -> list[dict[str, float]]:
         """Its per-epoch rows so far (none when the file cannot be read: a report shows what it can)."""
@@ -97,6 +107,10 @@ class StudyResults:
                 "run_id": run.run_id,
                 "planned_seeds": planned[run.variant],
                 "scoring_failed": bool(run.result.scoring_problems),
+                "epochs": run.result.epochs,
+                "training_seconds": run.result.seconds,
+                "run_folder": folder_name(run.folder.path),
+                "mlflow_run_id": run.mlflow_run_id(),
                 **run.result.metrics,
             }
             for run in compared
@@ -105,7 +119,15 @@ class StudyResults:
         table = pd.DataFrame(rows, columns=None if rows else ["variant", "seed", "run_id", "planned_seeds", "scoring_failed"])
         table.attrs["lower_is_better"] = {k: v for result in finished if result.scoring for k, v in result.scoring.lower_is_better.items()}
         table.attrs["extractors"] = sorted({result.scoring.extractor for result in finished if result.scoring})
+        images = [min(result.scoring.test_images.values()) for result in finished if result.scoring and result.scoring.test_images]
+        table.attrs["test_images"] = min(images) if images else None
         return table
+
+    def grid_levels(self) -> dict[str, dict[str, str]]:
+        """Each variant's level of every grid axis (see :func:`unpaired.results.analysis.grid_levels`)."""
+        study = self.index.get("study") or {}  # recorded since overrides: older folders give no factorial analysis
+        entries = [(entry["variant"], entry.get("overrides", {})) for entry in self.index["runs"]]
+        return grid_levels(list(study.get("grid") or {}), len(study.get("variants") or {}), entries)
 
     def status_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}

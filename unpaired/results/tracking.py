@@ -233,8 +233,11 @@ class StudyTracker:
                 ("evaluation", result.scoring.identity),
                 ("extractor", result.scoring.extractor),
                 ("lower_is_better", json.dumps(result.scoring.lower_is_better, sort_keys=True)),
+                ("test_images", json.dumps(result.scoring.test_images, sort_keys=True)),
             ):
                 self.client.set_tag(child_id, f"unpaired.{key}", value)
+        self.client.set_tag(child_id, "unpaired.epochs", str(result.epochs))
+        self.client.set_tag(child_id, "unpaired.training_seconds", f"{result.seconds:.3f}")
         if result.host:  # which machine trained it: where its logs are
             self.client.set_tag(child_id, "unpaired.host", result.host)
         if result.ray_node:

@@ -35,6 +35,8 @@ class Scoring(BaseModel):
     """The feature extractor by name, as reports head its scores."""
     lower_is_better: dict[str, bool]
     """Each headline score column (``fid_a2b``, ``fid_mean``, ...) -> whether smaller is better."""
+    test_images: dict[str, int] = {}
+    """The test images of each domain (``A``, ``B``) the scores compare: a small split makes FID biased."""
 
 
 Ending = Literal["finished", "failed", "interrupted"]
@@ -55,6 +57,8 @@ class RunResult(BaseModel):
     """Training time over every invocation that trained this run."""
     final_losses: dict[str, float] = {}
     """The last epoch's mean loss terms."""
+    parameters: dict[str, int] = {}
+    """Each network the method trained (``G_AtoB``, ``D_B``, ...) -> its number of parameters."""
     metrics: dict[str, float] = {}
     """The scores of the final generators (and the best epoch's when scored during training), by column."""
     scoring: Scoring | None = None
@@ -102,7 +106,7 @@ class TrainingState:
     step_in_epoch: int = 0
     global_step: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
-    """One row per completed epoch: mean loss terms, lr, seconds, it/s (and FID when scored)."""
+    """One row per completed epoch: mean loss terms, lr, epoch_seconds, it/s (and FID when scored)."""
     best: dict[str, Any] = field(default_factory=dict)
     """``{"fid_mean", "epoch"}`` of the best-scored epoch so far, when scored during training."""
     elapsed: float = 0.0

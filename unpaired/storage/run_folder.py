@@ -1,7 +1,7 @@
 """The run folder: where each file of a run lives, written atomically and checked when read back.
 
     spec.json                      the resolved variant
-    history.json, history.csv      one row per epoch: mean loss terms, lr, seconds, it/s (FID when scored)
+    history.json, history.csv      one row per epoch: mean loss terms, lr, epoch_seconds, it/s (FID when scored)
     samples/epoch-NNNN.png         real | translated | reconstructed on fixed test images
     checkpoints/epoch-NNNN-step-NNNNNNNNN.pt   the latest checkpoint
     generators/AtoB.pt, BtoA.pt    the final generators (best-AtoB.pt ... of the best epoch when scored during training)

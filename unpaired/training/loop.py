@@ -232,7 +232,7 @@ class Trainer:
                 )
         self.check_finite()
         seconds = time.perf_counter() - started
-        self.end_epoch({"lr": lr, "seconds": seconds, "it_per_s": (state.step_in_epoch - steps_before) / max(seconds, 1e-9)})
+        self.end_epoch({"lr": lr, "epoch_seconds": seconds, "it_per_s": (state.step_in_epoch - steps_before) / max(seconds, 1e-9)})
 
     def end_epoch(self, timing: dict[str, float]) -> None:
         """Record the epoch just trained: its mean losses (and FID when due), samples, checkpoint; tell the hooks."""
@@ -243,7 +243,7 @@ class Trainer:
             "epoch": state.epoch,
             "lr": timing["lr"],
             **dict(zip(self.terms, means)),
-            "seconds": timing["seconds"],
+            "epoch_seconds": timing["epoch_seconds"],
             "it_per_s": timing["it_per_s"],
         }
         if self.scorer is not None and evaluation.every and state.epoch % evaluation.every == 0 and state.epoch < train.total_epochs:
@@ -272,6 +272,7 @@ class Trainer:
             steps=state.global_step,
             seconds=self.elapsed(),
             final_losses={k: state.history[-1][k] for k in self.terms} if state.history else {},
+            parameters={name: sum(p.numel() for p in network.parameters()) for name, network in self.method.networks.items()},
             threads=torch.get_num_threads() if self.device.type == "cpu" else None,
             plugins=self.variant.plugins(),
             device=describe_device(self.device),

@@ -52,10 +52,11 @@ def showcase_indices(available: int, count: int = SHOWCASE_IMAGES) -> list[int]:
     return [round(i * (available - 1) / (count - 1)) for i in range(count)]
 
 
-def showcase_inputs(data: UnpairedData, direction: Direction) -> tuple[list[int], Tensor]:
-    """The showcase's test images of ``direction``'s source domain: their indices and the images (N, 3, H, W)."""
+def showcase_inputs(data: UnpairedData, direction: Direction, indices: list[int] | None = None) -> tuple[list[int], Tensor]:
+    """The showcase's test images of ``direction``'s source domain (or those of ``indices``): their indices and the
+    images (N, 3, H, W)."""
     source = SOURCE_DOMAIN[direction]
-    indices = showcase_indices(data.size("test", source))
+    indices = showcase_indices(data.size("test", source)) if indices is None else indices
     return indices, torch.stack([data.test_image(source, index) for index in indices])
 
 

@@ -1,0 +1,231 @@
+"""What a study's numbers answer, in words: which variants differ from the baseline and by how much, what cannot be
+told at this number of seeds, and, for a grid, which axes matter and whether they interact.
+
+``compare`` prints it and the report opens with it. The factorial analysis is statsmodels': an ordinary least-squares
+model of the score over every finished run with each grid axis as a categorical factor (and their interactions when
+every cell of the grid has two seeds or more), tested with a type II ANOVA; its effect size is partial
+η² = SS_term / (SS_term + SS_residual). The seeds a difference needs come from statsmodels' power of the two-sample
+t-test (equal n per variant; Cohen's d from the observed means and stds) at the verdict's adjusted α and 80 % power.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from unpaired.results.statistics import ALPHA, summarize
+
+POWER = 0.8
+SMALL_TEST_SPLIT = 2048
+"""Fewer test images than this (Inception's feature dimensions) and FID's covariance estimate is rank-deficient."""
+MOST_SEEDS = 1000
+
+
+def secondary_scores(metric: str) -> list[str]:
+    """The scores reported after ``metric``, in its direction: ``kid_mean`` and ``fid_mean_best`` after ``fid_mean``,
+    ``kid_a2b`` and ``fid_a2b_best`` after ``fid_a2b`` (a study of one-way methods)."""
+    direction = next((d for d in ("mean", "a2b", "b2a") if metric.endswith(f"_{d}")), "mean")
+    return [column for column in (f"fid_{direction}", f"kid_{direction}", f"fid_{direction}_best") if column != metric]
+
+
+def grid_levels(grid: Sequence[str], named_variants: int, runs: Iterable[tuple[str, Mapping[str, Any]]]) -> dict[str, dict[str, str]]:
+    """Variant -> its level of each grid axis (``runs``: each run's variant and overrides), the factors of the
+    factorial analysis; empty when the study has no grid, or crosses it with several named variants."""
+    if not grid or named_variants > 1:
+        return {}
+    return {variant: {axis: _level(overrides.get(axis)) for axis in grid} for variant, overrides in runs}
+
+
+def _level(value: Any) -> str:
+    return str(value.get("name", value)) if isinstance(value, Mapping) else str(value)
+
+
+def factorial(runs: pd.DataFrame, levels: Mapping[str, Mapping[str, str]], metric: str) -> pd.DataFrame | None:
+    """The ANOVA of ``metric`` over the grid's axes: one row per term (``df``, ``F``, ``p``, ``partial_eta_sq`` and,
+    for an axis, the mean at each of its levels), ``attrs["df_resid"]``. None unless the finished runs cover every cell
+    of at least one axis with two levels and leave residual degrees of freedom with some spread."""
+    from statsmodels.formula.api import ols
+    from statsmodels.stats.anova import anova_lm
+
+    if not levels or metric not in runs.columns:
+        return None
+    data = runs[runs["variant"].isin(list(levels)) & runs[metric].map(lambda v: isinstance(v, float | int) and math.isfinite(v))]
+    columns = {axis: [levels[variant][axis] for variant in data["variant"]] for axis in next(iter(levels.values()))}
+    axes = [axis for axis, column in columns.items() if len(set(column)) > 1]
+    if not axes:
+        return None
+    frame = pd.DataFrame({"y": data[metric].astype(float).to_numpy(), **{f"f{i}": columns[axis] for i, axis in enumerate(axes)}})
+    cells = frame.groupby([f"f{i}" for i in range(len(axes))]).size()
+    if len(cells) < math.prod(frame[f"f{i}"].nunique() for i in range(len(axes))):
+        return None  # a cell without a finished run: the grid is not crossed
+    joiner = " * " if cells.min() >= 2 and len(axes) > 1 else " + "
+    formula = "y ~ " + joiner.join(f"C(f{i})" for i in range(len(axes)))
+    model = ols(formula, data=frame).fit()
+    if model.df_resid < 1 or model.ssr <= 0:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        anova = anova_lm(model, typ=2)
+    residual = float(anova.loc["Residual", "sum_sq"])
+    rows = []
+    for term, row in anova.drop(index="Residual").iterrows():
+        parts = [int(part.removeprefix("C(f").removesuffix(")")) for part in str(term).split(":")]
+        means = "" if len(parts) > 1 else _level_means(frame, f"f{parts[0]}")
+        rows.append(
+            {
+                "term": " × ".join(axes[i] for i in parts),
+                "df": int(row["df"]),
+                "F": float(row["F"]),
+                "p": float(row["PR(>F)"]),
+                "partial_eta_sq": float(row["sum_sq"]) / (float(row["sum_sq"]) + residual),
+                "means": means,
+                "interaction": len(parts) > 1,
+            }
+        )
+    table = pd.DataFrame(rows).set_index("term")
+    table.attrs["df_resid"], table.attrs["interactions"] = int(model.df_resid), joiner == " * "
+    return table
+
+
+def _level_means(frame: pd.DataFrame, factor: str) -> str:
+    """Each level's mean over the grid's cells (each cell weighs the same, whatever its number of seeds)."""
+    others = [column for column in frame.columns if column.startswith("f") and column != factor]
+    cells = frame.groupby([factor, *others])["y"].mean().groupby(level=0).mean()
+    return ", ".join(f"{level}: {value:.3f}" for level, value in cells.items())
+
+
+def seeds_needed(values: Sequence[float], baseline: Sequence[float], alpha: float) -> int | None:
+    """Seeds per variant at which a difference the size of the observed one would be detected with 80 % power at
+    ``alpha``; None when it cannot be estimated (fewer than two seeds, no difference or no spread)."""
+    from statsmodels.stats.power import TTestIndPower
+
+    if len(values) < 2 or len(baseline) < 2:
+        return None
+    spread = math.sqrt((np.var(values, ddof=1) + np.var(baseline, ddof=1)) / 2)
+    difference = abs(float(np.mean(values)) - float(np.mean(baseline)))
+    if spread == 0 or difference == 0:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            n = TTestIndPower().solve_power(effect_size=difference / spread, alpha=alpha, power=POWER, ratio=1.0)
+        except (ValueError, RuntimeError):
+            return MOST_SEEDS + 1
+    n = float(np.asarray(n).item())
+    return MOST_SEEDS + 1 if not math.isfinite(n) or n > MOST_SEEDS else max(2, math.ceil(n))
+
+
+@dataclass
+class Analysis:
+    """A metric's comparison of the variants: the ranked table, the grid's factorial table and the answer in words."""
+
+    metric: str
+    table: pd.DataFrame
+    factorial: pd.DataFrame | None
+    answer: list[str] = field(default_factory=list)
+    """Paragraphs: the variants against the baseline, the grid's axes, then where the scores disagree and cautions."""
+
+
+def analyse(
+    runs: pd.DataFrame,
+    metric: str,
+    baseline: str | None,
+    lower_better: bool,
+    levels: Mapping[str, Mapping[str, str]] | None = None,
+    others: Mapping[str, pd.DataFrame] | None = None,
+) -> Analysis:
+    """The comparison of ``runs`` by ``metric`` (see :func:`unpaired.results.statistics.summarize`) with its answer;
+    ``levels``: each variant's grid levels (:func:`grid_levels`); ``others``: the summaries of the other scores, to
+    say where they rank another variant first."""
+    table = summarize(runs, metric, baseline, lower_better)
+    grid = factorial(runs, levels or {}, metric)
+    values = {name: group[metric].dropna().tolist() for name, group in runs.groupby("variant", sort=False) if metric in runs.columns}
+    cautions = [line for other, summary in (others or {}).items() if (line := _disagreement(table, summary, metric, other))]
+    if (images := runs.attrs.get("test_images")) and images < SMALL_TEST_SPLIT:
+        cautions.append(
+            f"Caution: the scores come from {images} test images (the smallest direction), fewer than {SMALL_TEST_SPLIT}, "
+            "Inception's feature dimensions: FID's covariance estimate is then rank-deficient and FID is biased upward by an "
+            "amount that depends on the number of images (Chong and Forsyth, 2020), so its values compare only with runs "
+            "scored on the same test images, never with published figures; KID is unbiased and is the cross-check."
+        )
+    paragraphs = [_against_baseline(table, values, metric, lower_better, baseline), _grid_answer(grid, metric), cautions]
+    return Analysis(metric, table, grid, [" ".join(sentences) for sentences in paragraphs if sentences])
+
+
+def _against_baseline(table: pd.DataFrame, values: Mapping[str, list[float]], metric: str, lower_better: bool, baseline: str | None) -> list[str]:
+    order = "lower" if lower_better else "higher"
+    if baseline is None or baseline not in table.index or table.loc[baseline, "n"] == 0:
+        return [f"Ranked by {metric} ({order} is better). The baseline {baseline} has no scored run yet: no variant can be tested against it."]
+    comparisons = int(table.attrs.get("comparisons", 0))
+    alpha = ALPHA / max(comparisons, 1)
+    adjusted = f", p-values and intervals adjusted with Bonferroni for {comparisons} comparisons" if comparisons > 1 else ""
+    lines = [f"Ranked by {metric} ({order} is better), each variant against the baseline {baseline} at α = {ALPHA}{adjusted}."]
+    differ = table[table["verdict"].isin(["better", "worse"])]
+    for name, row in differ.iterrows():
+        lines.append(
+            f"{name} is {row['verdict']} than the baseline: {metric} {row['mean']:.3f} against {table.loc[baseline, 'mean']:.3f}, "
+            f"Δ {row['delta']:+.3f} [{row['delta_ci_low']:+.3f}, {row['delta_ci_high']:+.3f}], {_p(row['p_adjusted'])}."
+        )
+    unclear = table[table["verdict"].str.startswith("not distinguishable")]
+    if len(unclear):
+        needed = [seeds_needed(values[str(name)], values[baseline], alpha) for name in unclear.index]
+        named = ", ".join(f"{name} (Δ {row['delta']:+.3f}, n = {row['n']})" for name, row in unclear.iterrows())
+        sizes = " and ".join(f"more than {MOST_SEEDS}" if n and n > MOST_SEEDS else ("?" if n is None else f"about {n}") for n in needed)
+        lines.append(
+            f"{named} cannot be told apart from the baseline at this number of seeds; telling a difference of the size "
+            f"observed at {POWER * 100:.0f} % power would take {sizes} seeds per variant."
+        )
+    untested = table[~table["baseline"] & ~table["verdict"].isin(["better", "worse"]) & ~table["verdict"].str.startswith("not distinguishable")]
+    lines += [f"{name} cannot be tested: {row['verdict']}." for name, row in untested.iterrows()]
+    if not len(differ) and len(table) > 1:
+        lines.append("No variant differs from the baseline at this number of seeds.")
+    return lines
+
+
+def _grid_answer(grid: pd.DataFrame | None, metric: str) -> list[str]:
+    if grid is None:
+        return []
+    lines = [
+        f"Over the grid (type II ANOVA of {metric} with {grid.attrs['df_resid']} residual degrees of freedom; the terms' "
+        "p-values are not adjusted for their number):"
+    ]
+    for term, row in grid.iterrows():
+        test = f"F({row['df']}, {grid.attrs['df_resid']}) = {row['F']:.2f}, {_p(row['p'])}, partial η² = {row['partial_eta_sq']:.2f}"
+        if row["interaction"]:
+            lines.append(
+                f"The axes {term.replace(' × ', ' and ')} interact ({test}): the effect of one depends on the other, so read "
+                "the cells, not the main effects."
+                if row["p"] < ALPHA
+                else f"The interaction {term} is not detectable at this number of seeds ({test}): as far as it can tell, their effects add up."
+            )
+        else:
+            lines.append(
+                f"Axis {term} changes {metric} ({test}; mean by level {row['means']})."
+                if row["p"] < ALPHA
+                else f"Axis {term} has no effect detectable at this number of seeds ({test}; mean by level {row['means']})."
+            )
+    if len(grid) > 1 and not grid.attrs["interactions"]:
+        lines.append("With one seed in some cell of the grid the interactions cannot be tested: the model has main effects only.")
+    return lines
+
+
+def _disagreement(table: pd.DataFrame, other: pd.DataFrame, metric: str, other_metric: str) -> str | None:
+    first, other_first = _first(table), _first(other)
+    if first is None or other_first is None or first == other_first:
+        return None
+    return f"{other_metric} ranks {other_first} first where {metric} ranks {first} first: the two scores disagree on the best variant."
+
+
+def _first(table: pd.DataFrame) -> str | None:
+    ranked = table[(table["n"] > 0) & (table["rank"] == 1)]
+    return str(ranked.index[0]) if len(ranked) == 1 else None
+
+
+def _p(value: float) -> str:
+    return "p n/a" if math.isnan(value) else ("p < 0.001" if value < 0.001 else f"p = {value:.3f}")
