@@ -63,6 +63,15 @@ class ImageFolders(UnpairedData):
         if unreadable:
             warnings.warn(f"skipping {len(unreadable)} unreadable image(s): " + "; ".join(unreadable), Notice, stacklevel=2)
 
+    @classmethod
+    def input_problems(cls, params: FolderParams) -> list[tuple[str, str]]:
+        missing = [name for name in ("trainA", "trainB", "testA", "testB") if not (params.root / name).is_dir()]
+        if not missing:
+            return []
+        where = f"{params.root}" + ("" if params.root.is_absolute() else f" (that is {params.root.resolve()}: relative to {Path.cwd()})")
+        found = "does not exist" if not params.root.is_dir() else f"has no {', '.join(missing)}"
+        return [("root", f"{where} {found}; a folder dataset needs trainA, trainB, testA and testB in it")]
+
     def size(self, split: Split, domain: Domain) -> int:
         return len(self.files[split, domain])
 

@@ -36,6 +36,15 @@ TINY_BASE = {  # the base variant of the small studies the tests run: seconds pe
 }
 
 
+def unreadable_images(root: Path) -> dict[str, str]:
+    """A folder dataset that passes validation (its four folders exist) but fails when a run opens it: its only image
+    in each folder is not an image. The ``data`` spec of a variant made to fail."""
+    for name in ("trainA", "trainB", "testA", "testB"):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        (root / name / "0.png").write_bytes(b"not a png")
+    return {"name": "folder", "root": str(root)}
+
+
 # A distribution whose components each break one contract of their kind.
 BROKEN_COMPONENTS = """
     import torch

@@ -465,11 +465,13 @@ def test_train_and_translate_from_the_command_line(tmp_path):
 
     run_cli("data", "export", "synthetic", str(tmp_path / "syn"), "size=32", "n_train=1", "n_test=3")
     out = tmp_path / "translated"
-    result = run_cli(
-        "translate", "--checkpoint", str(run / "generators" / "AtoB.pt"), "--direction", "AtoB", str(tmp_path / "syn" / "testA"), "--out", str(out)
-    )
-    assert result.returncode == 0, result.stderr
+    result = run_cli("translate", "--checkpoint", str(run / "generators" / "AtoB.pt"), str(tmp_path / "syn" / "testA"), "--out", str(out))
+    assert result.returncode == 0, result.stderr  # an exported generator knows its direction
+    assert "wrote 3 image(s) to" in result.stdout and "translated AtoB at 32 px" in result.stdout
     assert sorted(p.name for p in out.iterdir()) == ["00000.png", "00001.png", "00002.png"]
+    (checkpoint,) = (run / "checkpoints").glob("*.pt")
+    unsaid = run_cli("translate", "--checkpoint", str(checkpoint), str(tmp_path / "syn" / "testA"), "--out", str(out))
+    assert unsaid.returncode == 2 and "holding the generators of AtoB and BtoA: choose one (--direction)" in unsaid.stderr
     from PIL import Image
 
     assert Image.open(out / "00000.png").size == (32, 32)

@@ -231,6 +231,8 @@ def test_a_plugin_dataset_without_describe_gets_cached_features_per_parameter_va
     monkeypatch.setenv("UNPAIRED_CACHE", str(tmp_path / "cache"))
     registry = Registry.from_entry_points()
     registry.add_plugin(TinyPlugin(), "tiny", "tests", "0")
+    for folder in ("trainA", "trainB", "testA", "testB"):  # the folder dataset the spec starts from, replaced below
+        (tmp_path / folder).mkdir()
     seen = []
     for seed, brightness in ((0, 0), (0, 100), (1, 100)):
         spec = variant(registry, tmp_path).as_dict() | {"data": {"name": "flat", "brightness": brightness}}

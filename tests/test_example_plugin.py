@@ -64,7 +64,7 @@ def test_example_components_build_and_train(example_installed, tmp_path):
     assert result.status == "finished" and result.steps == 8, result.error
     history = RunFolder(tmp_path).read_history()
     assert [row["epoch"] for row in history] == [1, 2] and all(0 < row["cycle_A"] < 100 for row in history)
-    trained, crop = load_generator(RunFolder(tmp_path).generator_path("AtoB"), "AtoB", registry)
+    trained, crop, _ = load_generator(RunFolder(tmp_path).generator_path("AtoB"), "AtoB", registry)
     assert trained.__class__.__module__ == "unpaired_unet.plugin" and crop == 32
     torch.manual_seed(0)
     initial = build_method(variant, torch.device("cpu"), 32).networks["G_AB"].state_dict()  # the same seed's starting weights

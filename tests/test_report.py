@@ -19,7 +19,7 @@ import yaml
 from PIL import Image
 from scipy import stats
 
-from conftest import PIXEL_FEATURES, TINY_BASE, UNPAIRED, write_distribution
+from conftest import PIXEL_FEATURES, TINY_BASE, UNPAIRED, unreadable_images, write_distribution
 from unpaired.config.overrides import merge
 from unpaired.plugin_api.data import to_uint8
 from unpaired.plugin_api.registry import Registry
@@ -129,7 +129,6 @@ def test_the_run_writes_an_offline_html_report_whose_images_are_embedded_pngs_of
         "6 planned: 6 finished",
         "Answer",
         "Ranked by FID, final generators",
-        "Factorial analysis of fid_mean",
         "KID, final generators",
         "FID, best epoch",
         "Every run",
@@ -242,7 +241,7 @@ def test_a_partial_study_with_a_failed_run_says_what_is_missing(tmp_path):
                 "seeds": [0, 1],
                 "baseline": "ok",
                 "tracking": {"enabled": False},
-                "variants": {"ok": {}, "broken": {"data": {"name": "folder", "root": str(tmp_path / "nowhere")}}},
+                "variants": {"ok": {}, "broken": {"data": unreadable_images(tmp_path / "nowhere")}},
             }
         )
     )
@@ -253,7 +252,7 @@ def test_a_partial_study_with_a_failed_run_says_what_is_missing(tmp_path):
     assert "2 planned" not in html and "4 planned: 1 finished, 1 failed, 2 pending" in html
     assert "Incomplete: ok: 1 of 2 seeds finished (seed 1 pending)" in html
     assert "Incomplete: broken: 0 of 2 seeds finished (seed 0 failed, seed 1 pending)" in html
-    assert "nowhere/trainA does not exist" in html
+    assert "nowhere/trainA holds no readable images" in html
     assert "No finished run has &#x27;fid_mean&#x27; yet (FID was switched off?)." in html
     assert "No final generators of seed 0 to show (grey): broken (not finished)." in html
     compared = cli(env, "compare", str(study), "--metric", "cycle_A", cwd=tmp_path)  # tracking is off: its run folders

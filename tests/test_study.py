@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, TINY_BASE, UNPAIRED, run_cli, write_study
+from conftest import REPO, TINY_BASE, UNPAIRED, run_cli, unreadable_images, write_study
 from unpaired.cli import main
 from unpaired.config.spec import SpecError
 from unpaired.errors import UsageError
@@ -150,6 +150,8 @@ def test_duplicate_variant_names_and_syntax_errors_are_caught_in_the_file(regist
 @pytest.mark.parametrize("path", sorted((REPO / "studies").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_study_validates_and_plans(path, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    for folder in ("trainA", "trainB", "testA", "testB"):  # horse2zebra's layout, not downloaded: found, not opened
+        (tmp_path / "datasets" / "horse2zebra" / folder).mkdir(parents=True)
     assert main(["validate", str(path)]) == 0
     assert "valid:" in capsys.readouterr().out
     assert main(["plan", str(path)]) == 0
@@ -177,14 +179,14 @@ def test_the_committed_schema_is_current(monkeypatch):
 @pytest.mark.slow
 def test_run_selection_and_a_failing_variant_does_not_stop_the_study(tmp_path):
     path = write_study(
-        tmp_path / "study.yaml", "tiny", variants={"ok": {}, "broken": {"data": {"name": "folder", "root": str(tmp_path / "nowhere")}}}, seeds=[0, 1]
+        tmp_path / "study.yaml", "tiny", variants={"ok": {}, "broken": {"data": unreadable_images(tmp_path / "nowhere")}}, seeds=[0, 1]
     )
     result = run_cli("run", str(path), "--out", str(tmp_path / "out"), "--only", "nope")
     assert result.returncode == 1 and "no variant named 'nope' in study 'tiny'; the variants are ok, broken" in result.stderr
     result = run_cli("run", str(path), "--out", str(tmp_path / "out"), "--seeds", "0", "--quiet")
     assert result.returncode == 1
     assert "done 1, failed 1, skipped 0 (finished earlier)" in result.stdout
-    assert "FAILED broken seed 0: DataError:" in result.stdout and "nowhere/trainA does not exist" in result.stdout
+    assert "FAILED broken seed 0: DataError:" in result.stdout and "nowhere/trainA holds no readable images" in result.stdout
     plan = run_cli("plan", str(path), "--out", str(tmp_path / "out")).stdout
     assert [line.split()[4] for line in plan.splitlines()[1:5]] == ["done", "pending", "failed", "pending"]
     again = run_cli("run", str(path), "--out", str(tmp_path / "out"), "--only", "ok", "--quiet")
@@ -350,3 +352,43 @@ def test_train_takes_overrides_of_its_one_variant_and_refuses_a_grid(registry, t
     assert overridden.run_id == resolve_variant(merge(TINY_BASE, {"train": {"epochs": 3}, "generator": {"ngf": 6}}), registry).run_id
     with pytest.raises(UsageError, match="one variant has no grid axis"):
         load_variant(spec, registry, ["generator.ngf=4,6"])
+
+
+def test_validate_lists_the_base_grid_variant_and_data_problems_of_one_file_in_one_run(tmp_path):
+    (tmp_path / "datasets" / "h2z" / "trainA").mkdir(parents=True)  # only one of its four folders
+    study = tmp_path / "broken.yaml"
+    study.write_text(
+        yaml.safe_dump(
+            {
+                "name": "broken",
+                "base": merge(TINY_BASE, {"data": {"name": "folder", "root": "datasets/h2z"}, "generator": {"n_blockz": 2}, "train": {"epochs": -1}}),
+                "grid": {"discriminator.ndff": [4, 8], "generator.ngf": [4, "wide"]},
+                "seeds": [0],
+            }
+        )
+    )
+    result = run_cli("validate", "broken.yaml", cwd=tmp_path)  # a relative data root: relative to the working directory
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert lines[0] == "error: broken.yaml: 5 problems:"
+    assert lines[1:] == [
+        "  base.train.epochs: Input should be greater than or equal to 0 (got -1)",
+        "  base.generator.n_blockz: unknown key; did you mean 'n_blocks'? Known: n_blocks, ngf, dropout, padding.",
+        f"  base.data.root: datasets/h2z (that is {tmp_path.resolve()}/datasets/h2z: relative to {tmp_path.resolve()}) has no trainB, "
+        "testA, testB; a folder dataset needs trainA, trainB, testA and testB in it",
+        "  grid.discriminator.ndff: discriminator 'patchgan' has no parameter 'ndff'; it has ndf, n_layers",
+        "  variant[ngf=wide].generator.ngf: Input should be a valid integer, unable to parse string as an integer (got 'wide')",
+    ]
+    compared = run_cli("compare", "broken.yaml", cwd=tmp_path)  # reading results needs no data: only the spec's problems
+    assert "base.data.root" not in compared.stderr and "base.train.epochs" in compared.stderr
+
+
+def test_the_shell_completes_commands_and_their_options():
+    def complete(line: str) -> list[str]:  # what bash's completion asks argcomplete, through the real console script
+        env = {**os.environ, "_ARGCOMPLETE": "1", "COMP_LINE": line, "COMP_POINT": str(len(line)), "_ARGCOMPLETE_IFS": " "}
+        done = subprocess.run(["bash", "-c", f"{UNPAIRED} 8>&1 9>/dev/null"], env=env, capture_output=True, text=True, timeout=60)
+        return done.stdout.split()
+
+    assert complete("unpaired comp") == ["compare"]
+    assert complete("unpaired compare runs/x --f") == ["--format"]
+    assert set(complete("unpaired report runs/x --")) >= {"--images", "--seed", "--metric", "--format"}

@@ -8,6 +8,8 @@ import sys
 import traceback
 from collections.abc import Sequence
 
+import argcomplete
+
 from unpaired import __version__
 from unpaired.cli.executor_options import add_executor_options
 from unpaired.cli.study_commands import cmd_compare, cmd_plan, cmd_report, cmd_run, cmd_schema, cmd_score, cmd_validate
@@ -42,13 +44,13 @@ def _add_study_commands(commands: argparse._SubParsersAction) -> None:
     validate = commands.add_parser("validate", help="check a study file without training")
     validate.add_argument("study", help="study file (YAML or JSON)")
     validate.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=STUDY_OVERRIDES)
-    validate.set_defaults(handler=cmd_validate)
+    validate.set_defaults(handler=cmd_validate, command_parser=validate)
 
     plan = commands.add_parser("plan", help="list a study's runs and which are done / partial / pending")
     plan.add_argument("study", help="study file (YAML or JSON)")
     plan.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=STUDY_OVERRIDES)
     plan.add_argument("--out", help="output folder (default: runs/<study name>)")
-    plan.set_defaults(handler=cmd_plan)
+    plan.set_defaults(handler=cmd_plan, command_parser=plan)
 
     run = commands.add_parser("run", help="train every pending run of a study (rerun to resume)")
     run.add_argument("study", help="study file (YAML or JSON)")
@@ -59,7 +61,7 @@ def _add_study_commands(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.add_argument("--rerun-stale", action="store_true", help="train again the finished runs whose plugins have other versions now")
     add_executor_options(run)  # last: a setting named like an option above is left to the study file
-    run.set_defaults(handler=cmd_run)
+    run.set_defaults(handler=cmd_run, command_parser=run)
 
     compare = commands.add_parser("compare", help="rank a study's variants: mean, 95 %% CI, Δ vs baseline, Welch's test")
     compare.add_argument(
@@ -75,7 +77,7 @@ def _add_study_commands(commands: argparse._SubParsersAction) -> None:
         help="table (text), markdown or latex (booktabs): the answer and its tables; json: all of it; csv: the ranking",
     )
     compare.add_argument("--plot", help="also write a plot of every seed and each variant's 95 %% CI to this PNG")
-    compare.set_defaults(handler=cmd_compare)
+    compare.set_defaults(handler=cmd_compare, command_parser=compare)
 
     report = commands.add_parser("report", help="write the study report: statistics, training curves, translations side by side")
     report.add_argument("study", help="study output folder, study file (its default output folder) or study name (runs/NAME)")
@@ -87,22 +89,22 @@ def _add_study_commands(commands: argparse._SubParsersAction) -> None:
         "--images", type=_indices, help="which test images they translate, by index: 0,5,9 (default: 6 spread evenly over the test split)"
     )
     report.add_argument("--device", default="auto", help="where the generators run: auto, cpu, cuda, cuda:N or mps")
-    report.set_defaults(handler=cmd_report)
+    report.set_defaults(handler=cmd_report, command_parser=report)
 
     schema = commands.add_parser("schema", help="print the JSON Schema of study files (for editor completion)")
-    schema.set_defaults(handler=cmd_schema)
+    schema.set_defaults(handler=cmd_schema, command_parser=schema)
 
     score = commands.add_parser("score", help="score saved generators again (a run folder, a study output folder or a study file)")
     score.add_argument("target")
     score.add_argument("--epoch", type=int, help="the best epoch kept by periodic evaluation (default: the final generators)")
     score.add_argument("--device", default="auto")
-    score.set_defaults(handler=cmd_score)
+    score.set_defaults(handler=cmd_score, command_parser=score)
 
 
 def _add_tool_commands(commands: argparse._SubParsersAction) -> None:
     plugins = commands.add_parser("plugins", help="list the components that installed plugins provide")
     plugins.add_argument("--json", action="store_true", help="machine-readable output")
-    plugins.set_defaults(handler=cmd_plugins)
+    plugins.set_defaults(handler=cmd_plugins, command_parser=plugins)
 
     fid = commands.add_parser("fid", help="FID and KID between two image folders")
     fid.add_argument("first")
@@ -113,42 +115,44 @@ def _add_tool_commands(commands: argparse._SubParsersAction) -> None:
     fid.add_argument("--weights", help="the inception extractor's local weights file, i.e. --param weights=PATH (default: $UNPAIRED_FID_WEIGHTS)")
     fid.add_argument("--batch-size", type=int, default=25)
     fid.add_argument("--device", default="auto")
-    fid.set_defaults(handler=cmd_fid)
+    fid.set_defaults(handler=cmd_fid, command_parser=fid)
 
     train = commands.add_parser("train", help="train one variant spec (YAML/JSON); reruns resume")
     train.add_argument("spec", help="variant spec file")
     train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="set a field of the spec (train.epochs=5); values are YAML")
     train.add_argument("--out", required=True, help="output folder: checkpoints, history, samples, generators")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
-    train.set_defaults(handler=cmd_train)
+    train.set_defaults(handler=cmd_train, command_parser=train)
 
     translate = commands.add_parser("translate", help="apply a trained generator to an image or a folder")
     translate.add_argument("input", help="an image file or a folder of images")
     translate.add_argument("--checkpoint", required=True, help="generators/AtoB.pt, generators/BtoA.pt or a training checkpoint")
-    translate.add_argument("--direction", choices=["AtoB", "BtoA"], default="AtoB")
+    translate.add_argument(
+        "--direction", choices=["AtoB", "BtoA"], help="which generator (default: the one the file holds; a training checkpoint holds two: required)"
+    )
     translate.add_argument("--out", required=True, help="folder for the translated PNGs")
     translate.add_argument("--size", type=int, default=0, help="resize inputs to SIZE x SIZE (default: the training crop size)")
     translate.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    translate.set_defaults(handler=cmd_translate)
+    translate.set_defaults(handler=cmd_translate, command_parser=translate)
 
     data = commands.add_parser("data", help="make or fetch datasets").add_subparsers(dest="data_command", required=True, metavar="ACTION")
     export = data.add_parser("export", help="write a dataset component's images in the folder layout (e.g. the synthetic one)")
     export.add_argument("dataset", help="dataset component name (see `unpaired plugins`)")
     export.add_argument("out", help="folder to create (trainA, trainB, testA, testB)")
     export.add_argument("params", nargs="*", metavar="KEY=VALUE", help="the dataset's parameters, e.g. size=64 n_train=200")
-    export.set_defaults(handler=cmd_data_export)
+    export.set_defaults(handler=cmd_data_export, command_parser=export)
     download = data.add_parser("download", help="download a public CycleGAN dataset (resumable)")
     download.add_argument("name", choices=DATASETS, metavar="NAME", help=", ".join(DATASETS))
     download.add_argument("--to", default="datasets", help="parent folder (default: ./datasets)")
-    download.set_defaults(handler=cmd_data_download)
+    download.set_defaults(handler=cmd_data_download, command_parser=download)
 
 
 def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
     """The arguments, with ``KEY=VALUE`` overrides written after the options too (``run STUDY --out X a=1``)."""
     args, extra = parser.parse_known_args(argv)
-    late = [arg for arg in extra if "=" in arg and not arg.startswith("-")]
-    if late != extra or (late and not hasattr(args, "overrides")):
-        parser.parse_args(argv)  # reports what it does not recognise, and exits
+    late = [arg for arg in extra if "=" in arg and not arg.startswith("-")] if hasattr(args, "overrides") else []
+    if late != extra:  # the command's own usage, and what it does not recognise; exits
+        getattr(args, "command_parser", parser).error(f"unrecognized arguments: {' '.join(a for a in extra if a not in late)}")
     if late:
         args.overrides = [*args.overrides, *late]
     return args
@@ -161,7 +165,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     anything else is a bug and shows its traceback. SIGINT and SIGTERM stop the command cleanly
     (exit 130 and 143), training checkpoints first.
     """
-    args = _parse(build_parser(), argv)
+    parser = build_parser()
+    argcomplete.autocomplete(parser)  # completes and exits when the shell asks (see the README), else does nothing
+    args = _parse(parser, argv)
     print_notices_plainly()
     try:
         with stop_on_signals():

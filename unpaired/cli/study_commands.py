@@ -145,6 +145,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             rerun_stale=args.rerun_stale,
         )
     print(summary)
+    _print_ranking(study, out)
     return summary.exit_code
 
 
@@ -197,18 +198,16 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Rank a study's variants by a metric over seeds, from its MLflow runs or its output folder."""
-    from unpaired.reporting.report import answer_tables
-    from unpaired.results.analysis import analyse, grid_levels, secondary_scores
-    from unpaired.results.compare import finished_runs, lower_is_better, not_scored_so, plot, study_baseline
+    from unpaired.results.analysis import grid_levels
+    from unpaired.results.compare import compare_runs, finished_runs, not_scored_so, plot, study_baseline
     from unpaired.results.mlflow_store import tracking_uri
-    from unpaired.results.statistics import summarize
     from unpaired.results.study_folder import is_study_folder
     from unpaired.results.study_results import read_study_results
-    from unpaired.results.tables import render, runs_table
+    from unpaired.results.tables import answer_tables, render, runs_table
 
     target, study = Path(args.study), None
     if target.suffix.lower() in (".yaml", ".yml", ".json") and target.is_file():
-        study = load_study(target, plugin_registry())
+        study = load_study(target, plugin_registry(), inputs=False)  # results only: the data may be elsewhere
     if is_study_folder(target) or (study is not None and not study.spec.tracking.enabled):  # the run folders: no MLflow
         results = read_study_results(_study_folder(args.study))
         name, baseline, runs, left_out = results.name, results.baseline, results.metrics(), results.left_out
@@ -237,8 +236,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if runs.empty:
         raise UsageError(f"study {name!r} has no finished runs yet")
     metric = args.metric or ranked_by or "fid_mean"
-    others = {other: summarize(runs, other, baseline, lower_is_better(runs, other)) for other in secondary_scores(metric) if other in runs.columns}
-    analysis = analyse(runs, metric, baseline, lower_is_better(runs, metric), levels, others)
+    analysis = compare_runs(runs, metric, baseline, levels)
     if note := not_scored_so(runs, metric):
         print(f"note: {note}", file=sys.stderr)
     print(render(analysis, [*answer_tables(analysis, runs), runs_table(runs)], args.format), end="")
@@ -246,6 +244,21 @@ def cmd_compare(args: argparse.Namespace) -> int:
         plot(analysis.table, runs, metric, Path(args.plot))
         print(f"plot written to {args.plot}", file=sys.stderr)
     return 0
+
+
+def _print_ranking(study: Study, out: Path) -> None:
+    """The answer and the ranking of the study's finished runs, as ``compare`` prints them (nothing before a run has
+    the study's score)."""
+    from unpaired.results.compare import compare_runs
+    from unpaired.results.study_results import read_study_results
+    from unpaired.results.tables import answer_tables, render
+
+    results = read_study_results(out)
+    runs, metric = results.metrics(), study.metric
+    if metric is None or metric not in runs.columns or not runs[metric].notna().any():
+        return
+    analysis = compare_runs(runs, metric, results.baseline, results.grid_levels())
+    print("\n" + render(analysis, answer_tables(analysis, runs), "table"), end="")
 
 
 def _study_folder(target: str) -> Path:
@@ -256,7 +269,7 @@ def _study_folder(target: str) -> Path:
     if is_study_folder(path):
         return path
     if path.suffix.lower() in (".yaml", ".yml", ".json") and path.is_file():
-        path = _out_dir(None, load_study(path, plugin_registry()))
+        path = _out_dir(None, load_study(path, plugin_registry(), inputs=False))
     elif not path.exists():
         path = Path("runs") / target
     if not is_study_folder(path):

@@ -102,9 +102,9 @@ def cmd_translate(args: argparse.Namespace) -> int:
     from unpaired.tools.translate import collect_inputs, load_generator, translate
     from unpaired.devices import pick_device
 
-    generator, size = load_generator(Path(args.checkpoint), args.direction, plugin_registry())
+    generator, size, direction = load_generator(Path(args.checkpoint), args.direction, plugin_registry())
     written, skipped = translate(generator, collect_inputs(Path(args.input)), Path(args.out), args.size or size, pick_device(args.device))
-    print(f"wrote {len(written)} image(s) to {args.out}")
+    print(f"wrote {len(written)} image(s) to {args.out}, translated {direction} at {args.size or size} px")
     for reason in skipped:
         print(f"warning: skipped an unreadable image: {reason}", file=sys.stderr)
     return 0 if written else 1
@@ -113,9 +113,18 @@ def cmd_translate(args: argparse.Namespace) -> int:
 def cmd_fid(args: argparse.Namespace) -> int:
     """The default metrics (FID and KID) between two image folders, pre-processed like test images."""
     from unpaired.config.resolved import ResolvedEval
+    from unpaired.evaluation.features import EvaluationError, folder_images
     from unpaired.evaluation.scoring import Scorer
     from unpaired.devices import pick_device
 
+    problems = []
+    for folder in (args.first, args.second):  # both folders checked (listed, not loaded) before the extractor loads
+        try:
+            folder_images(Path(folder), args.size)
+        except EvaluationError as error:
+            problems.append(str(error))
+    if problems:
+        raise EvaluationError("; ".join(problems))
     registry = plugin_registry()
     params = {**({"weights": args.weights} if args.weights else {}), **parse_params(args.param)}
     config = {"name": args.extractor or registry.default("feature_extractor"), **params}

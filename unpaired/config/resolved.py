@@ -126,16 +126,23 @@ def _hash(data: Any) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 
-def resolve_variant(data: Mapping[str, Any], registry: Registry, source: str = "<spec>", prefix: str = "") -> ResolvedVariant:
+def resolve_variant(data: Mapping[str, Any], registry: Registry, source: str = "<spec>", prefix: str = "", inputs: bool = True) -> ResolvedVariant:
     """Validate a variant spec and each of its components; raise :class:`SpecError` listing every problem.
 
-    ``prefix`` is the dotted path of the variant in its file (e.g. ``base``), used in the problems.
+    ``prefix`` is the dotted path of the variant in its file (e.g. ``base``), used in the problems. ``inputs``: also
+    ask the dataset whether its data can be found (``UnpairedData.input_problems``); commands that only read results
+    leave that out.
     """
+    problems: list[tuple[str, str]] = []
     try:
         spec = VariantSpec.model_validate(data)
-    except ValidationError as error:
-        raise SpecError(source, pydantic_problems(error, VariantSpec, prefix)) from None
-    problems: list[tuple[str, str]] = []
+    except ValidationError as error:  # the sections that are valid are checked further all the same
+        problems = pydantic_problems(error, VariantSpec, prefix)
+        broken = {str(e["loc"][0]) for e in error.errors() if e["loc"]}
+        try:
+            spec = VariantSpec.model_validate({key: value for key, value in data.items() if key not in broken})
+        except ValidationError:
+            raise SpecError(source, problems) from None
     chosen: dict[str, Choice] = {}
     for path, slot in component_slots().items():
         config = _get(spec, path)
@@ -153,6 +160,8 @@ def resolve_variant(data: Mapping[str, Any], registry: Registry, source: str = "
             problems.append((f"{where}.name", str(error)))
     if "method" in chosen:  # the method's rules about the other components (those that resolved)
         problems += _method_problems(chosen["method"], chosen, prefix)
+    if inputs and "data" in chosen and (check := getattr(chosen["data"].component.factory, "input_problems", None)):
+        problems += [(".".join(filter(None, [prefix, "data", field])), message) for field, message in check(chosen["data"].params)]
     evaluation, where = spec.eval, ".".join(filter(None, [prefix, "eval"]))
     metrics = _resolve_metrics(evaluation.metrics, registry, f"{where}.metrics", problems)
     select_best_by = evaluation.select_best_by

@@ -168,8 +168,9 @@ def _check_grid_path(path: str, base: Mapping[str, Any], registry: Registry) -> 
     return None
 
 
-def plan_study(data: Any, registry: Registry, source: str = "<study>") -> Study:
-    """Validate a study and expand it into runs; raise :class:`SpecError` listing every problem at once."""
+def plan_study(data: Any, registry: Registry, source: str = "<study>", inputs: bool = True) -> Study:
+    """Validate a study and expand it into runs; raise :class:`SpecError` listing every problem at once (``inputs``:
+    whether the data must be found, see :func:`resolve_variant`)."""
     if not isinstance(data, Mapping):
         raise SpecError(source, [("", f"expected a mapping with name, base, grid/variants and seeds, got {type(data).__name__}")])
     try:
@@ -178,9 +179,10 @@ def plan_study(data: Any, registry: Registry, source: str = "<study>") -> Study:
         raise SpecError(source, pydantic_problems(error, StudySpec)) from None
     problems: list[tuple[str, str]] = []
     try:
-        base = resolve_variant(spec.base, registry, source, prefix="base")
+        base = resolve_variant(spec.base, registry, source, prefix="base", inputs=inputs)
     except SpecError as error:
         base, problems = None, list(error.problems)
+    of_base = [(path.removeprefix("base"), message) for path, message in problems]
     axes = {}
     for path, values in spec.grid.items():
         reason = _check_grid_path(path, spec.base, registry)
@@ -194,11 +196,10 @@ def plan_study(data: Any, registry: Registry, source: str = "<study>") -> Study:
         problems.extend(error.problems)
     if len(set(spec.seeds)) != len(spec.seeds):
         problems.append(("seeds", f"each seed may appear once (got {spec.seeds})"))
-    if base is not None:  # the variants are checked too (along the valid axes): all problems at once
-        try:
-            runs, names_by_key = _expand(spec, axes, registry, source)
-        except SpecError as error:
-            problems.extend(error.problems)
+    try:  # the variants too, along the valid axes: every problem at once, but those a variant inherits from the base
+        runs, names_by_key = _expand(spec, axes, registry, source, inputs)
+    except SpecError as error:
+        problems += [(path, message) for path, message in error.problems if not any(path.endswith(p) and message == m for p, m in of_base)]
     if problems or base is None:
         raise SpecError(source, list(dict.fromkeys(problems)))
 
@@ -232,7 +233,7 @@ def _ranking_metric(spec: StudySpec, runs: list[PlannedRun], baseline: str, sour
     return metric or (shared[0] if shared else None)
 
 
-def _expand(spec: StudySpec, grid: dict[str, list[Any]], registry: Registry, source: str) -> tuple[list[PlannedRun], dict[str, str]]:
+def _expand(spec: StudySpec, grid: dict[str, list[Any]], registry: Registry, source: str, inputs: bool) -> tuple[list[PlannedRun], dict[str, str]]:
     """Every named variant x point of ``grid``, resolved (once) and given each seed; and the variant name of
     each configuration key. Raises :class:`SpecError` with the problems of every variant."""
     named = list(spec.variants.items()) or [("", {})]
@@ -254,7 +255,7 @@ def _expand(spec: StudySpec, grid: dict[str, list[Any]], registry: Registry, sou
             )
             continue
         try:
-            resolved = resolve_variant(merged, registry, source, prefix=where)
+            resolved = resolve_variant(merged, registry, source, prefix=where, inputs=inputs)
         except SpecError as error:
             problems.extend(error.problems)
             continue
@@ -275,10 +276,10 @@ def with_seed(resolved: ResolvedVariant, seed: int) -> ResolvedVariant:
     return dataclasses.replace(resolved, train=resolved.train.model_copy(update={"seed": seed}))
 
 
-def load_study(path: str | Path, registry: Registry, overrides: Sequence[str] = ()) -> Study:
+def load_study(path: str | Path, registry: Registry, overrides: Sequence[str] = (), inputs: bool = True) -> Study:
     """Read a study file (YAML or JSON), apply command-line ``overrides`` (``train.epochs=5``, ``generator.n_blocks=6,9``:
-    see :mod:`unpaired.config.command_line`), validate and expand it."""
+    see :mod:`unpaired.config.command_line`), validate and expand it (``inputs``: see :func:`plan_study`)."""
     data = read_document(path)
     if overrides and isinstance(data, Mapping):
         data = override_study(data, overrides, registry, list(StudySpec.model_fields))
-    return plan_study(data, registry, source=str(path))
+    return plan_study(data, registry, source=str(path), inputs=inputs)

@@ -137,6 +137,8 @@ def translated(generator: nn.Module, data: UnpairedData, domain: Domain, batch_s
 def folder_images(folder: Path, size: int) -> Iterable[Tensor]:
     """The images of a folder resized to ``size`` x ``size`` as [-1, 1] tensors (the test pre-processing)."""
     transform = Transform(load_size=None, crop_size=size, crop=False, flip=False)
+    if not folder.is_dir():
+        raise EvaluationError(f"{folder} is not a folder" + ("" if folder.is_absolute() else f" (relative to {Path.cwd()})"))
     paths = list_images(folder)
     if len(paths) < 2:
         raise EvaluationError(f"{folder} holds {len(paths)} image(s); FID needs at least 2")

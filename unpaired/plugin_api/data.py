@@ -14,7 +14,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -147,6 +147,13 @@ class UnpairedData(ABC):
     def __init__(self, transform: Transform, serial: bool = False):
         self.transform = transform
         self.serial = serial
+
+    @classmethod
+    def input_problems(cls, params: Any) -> list[tuple[str, str]]:
+        """What keeps the data that ``params`` name from being read, found cheaply before anything trains (a folder
+        that does not exist): ``(field, message)`` pairs that validation reports with every other problem. None by
+        default; the dataset's constructor still raises :class:`DataError` for what only reading finds."""
+        return []
 
     @abstractmethod
     def size(self, split: Split, domain: Domain) -> int:

@@ -126,7 +126,9 @@ def unpaired_register_datasets(register: Register) -> None:
     ``factory(params) -> unpaired.plugin_api.data.UnpairedData``: gives the training
     pairs and the test images of each domain (see that class). Override its ``describe``
     when the images depend on more than the counts (cached FID features are keyed by it),
-    and set ``memory_hint`` to the parameter that shrinks the images (shown on out-of-memory).
+    set ``memory_hint`` to the parameter that shrinks the images (shown on out-of-memory), and
+    override the classmethod ``input_problems(params)`` to say what keeps the data from being
+    found (a missing folder): validation reports it with every other problem of the study.
     """
 
 

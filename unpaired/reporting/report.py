@@ -16,11 +16,11 @@ from unpaired.errors import UsageError
 from unpaired.plugin_api.registry import Registry
 from unpaired.reporting.comparison import VisualComparison, visual_comparison
 from unpaired.reporting.figures import metric_plot, training_curves
-from unpaired.results.analysis import Analysis, analyse, secondary_scores
-from unpaired.results.compare import heading, lower_is_better, not_scored_so
+from unpaired.results.analysis import analyse, secondary_scores
+from unpaired.results.compare import lower_is_better, not_scored_so
 from unpaired.results.statistics import ALPHA, CONFIDENCE, RUN_COLUMNS, summarize
 from unpaired.results.study_results import StudyResults
-from unpaired.results.tables import Table, factorial_table, metric_title, ranking, runs_table
+from unpaired.results.tables import Table, answer_tables, heading, metric_title, ranking, runs_table
 
 IGNORED_DIFFERENCES = {"train.seed", *(f"train.{name}" for name in RUNTIME_ONLY_FIELDS)}
 
@@ -102,13 +102,6 @@ def build_report(
         incomplete=_incomplete(results),
         notes=notes,
     )
-
-
-def answer_tables(analysis: Analysis, runs: pd.DataFrame) -> list[Table]:
-    """The ranking by the analysis' score and, for a grid, its factorial table: what ``compare`` prints before the runs."""
-    metric = analysis.metric
-    tables = [ranking(analysis.table, heading(runs, metric), "Ranked by " + metric_title(metric, runs.attrs.get("extractors", [])))]
-    return tables + ([factorial_table(analysis.factorial, metric)] if analysis.factorial is not None else [])
 
 
 def _summary(runs: pd.DataFrame, metric: str, baseline: str | None) -> pd.DataFrame:

@@ -49,7 +49,7 @@ def _level(value: Any) -> str:
 def factorial(runs: pd.DataFrame, levels: Mapping[str, Mapping[str, str]], metric: str) -> pd.DataFrame | None:
     """The ANOVA of ``metric`` over the grid's axes: one row per term (``df``, ``F``, ``p``, ``partial_eta_sq`` and,
     for an axis, the mean at each of its levels), ``attrs["df_resid"]``. None unless the finished runs cover every cell
-    of at least one axis with two levels and leave residual degrees of freedom with some spread."""
+    of two axes, or of one with three levels or more, and leave residual degrees of freedom with some spread."""
     from statsmodels.formula.api import ols
     from statsmodels.stats.anova import anova_lm
 
@@ -58,8 +58,8 @@ def factorial(runs: pd.DataFrame, levels: Mapping[str, Mapping[str, str]], metri
     data = runs[runs["variant"].isin(list(levels)) & runs[metric].map(lambda v: isinstance(v, float | int) and math.isfinite(v))]
     columns = {axis: [levels[variant][axis] for variant in data["variant"]] for axis in next(iter(levels.values()))}
     axes = [axis for axis, column in columns.items() if len(set(column)) > 1]
-    if not axes:
-        return None
+    if not axes or (len(axes) == 1 and len(set(columns[axes[0]])) == 2):
+        return None  # one axis of two levels: the test against the baseline already says it all
     frame = pd.DataFrame({"y": data[metric].astype(float).to_numpy(), **{f"f{i}": columns[axis] for i, axis in enumerate(axes)}})
     cells = frame.groupby([f"f{i}" for i in range(len(axes))]).size()
     if len(cells) < math.prod(frame[f"f{i}"].nunique() for i in range(len(axes))):
@@ -183,7 +183,7 @@ def _against_baseline(table: pd.DataFrame, values: Mapping[str, list[float]], me
         )
     untested = table[~table["baseline"] & ~table["verdict"].isin(["better", "worse"]) & ~table["verdict"].str.startswith("not distinguishable")]
     lines += [f"{name} cannot be tested: {row['verdict']}." for name, row in untested.iterrows()]
-    if not len(differ) and len(table) > 1:
+    if not len(differ) and comparisons > 1:
         lines.append("No variant differs from the baseline at this number of seeds.")
     return lines
 

@@ -12,7 +12,8 @@ import pandas as pd
 
 from unpaired.errors import UsageError
 from unpaired.results.mlflow_store import RUN_ROLES
-from unpaired.results.statistics import RUN_COLUMNS
+from unpaired.results.analysis import Analysis, analyse, secondary_scores
+from unpaired.results.statistics import RUN_COLUMNS, summarize
 from unpaired.results.tables import folder_name
 
 
@@ -71,16 +72,17 @@ def _tag(runs: pd.DataFrame, column: str) -> pd.Series:
     return runs[column] if column in runs.columns else pd.Series(None, index=runs.index, dtype=object)
 
 
-def heading(runs: pd.DataFrame, column: str) -> str:
-    """``column`` as tables head it: a score with the feature extractor that made it (``fid_mean (inception)``)."""
-    extractors = runs.attrs.get("extractors", [])
-    return f"{column} ({', '.join(extractors)})" if extractors and column in runs.attrs.get("lower_is_better", {}) else column
-
-
 def lower_is_better(runs: pd.DataFrame, column: str) -> bool:
     """Whether a smaller ``column`` is better, as the metric that made it says (``runs.attrs``); a column no metric
     made is a loss term, which training minimises."""
     return bool(runs.attrs.get("lower_is_better", {}).get(column, True))
+
+
+def compare_runs(runs: pd.DataFrame, metric: str, baseline: str | None, levels: dict[str, dict[str, str]]) -> Analysis:
+    """The comparison of ``runs`` by ``metric`` (see :func:`unpaired.results.analysis.analyse`), told where the other
+    scores rank another variant first."""
+    others = {other: summarize(runs, other, baseline, lower_is_better(runs, other)) for other in secondary_scores(metric) if other in runs.columns}
+    return analyse(runs, metric, baseline, lower_is_better(runs, metric), levels, others)
 
 
 def not_scored_so(runs: pd.DataFrame, metric: str) -> str | None:

@@ -34,6 +34,19 @@ class Table:
     rows: list[list[str]]
 
 
+def heading(runs: pd.DataFrame, column: str) -> str:
+    """``column`` as tables head it: a score with the feature extractor that made it (``fid_mean (inception)``)."""
+    extractors = runs.attrs.get("extractors", [])
+    return f"{column} ({', '.join(extractors)})" if extractors and column in runs.attrs.get("lower_is_better", {}) else column
+
+
+def answer_tables(analysis: Analysis, runs: pd.DataFrame) -> list[Table]:
+    """The ranking by the analysis' score and, for a grid, its factorial table: what ``compare`` prints before the runs."""
+    metric = analysis.metric
+    tables = [ranking(analysis.table, heading(runs, metric), "Ranked by " + metric_title(metric, runs.attrs.get("extractors", [])))]
+    return tables + ([factorial_table(analysis.factorial, metric)] if analysis.factorial is not None else [])
+
+
 def metric_title(metric: str, extractors: list[str]) -> str:
     """How a score is named above its table: ``FID, final generators (...), inception features``."""
     return METRIC_TITLES.get(metric, metric) + (f", {', '.join(extractors)} features" if extractors else "")

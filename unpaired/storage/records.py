@@ -10,7 +10,7 @@ import traceback
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from torch import nn
@@ -195,19 +195,23 @@ class ExportedGenerator:
         return {"format": GENERATOR_FORMAT, "checksum": checksum(vars(self)), **vars(self)}
 
     @classmethod
-    def read(cls, path: Path, direction: Direction) -> ExportedGenerator:
-        """The ``direction`` generator from an exported generator file or from a training checkpoint."""
+    def read(cls, path: Path, direction: Direction | None) -> ExportedGenerator:
+        """The ``direction`` generator from an exported generator file or from a training checkpoint (None: the one
+        the file holds; a checkpoint holding two must be told which)."""
         stored = _load(path, "exported generator or checkpoint")
         if isinstance(stored.get("model"), dict):
             checkpoint = Checkpoint.from_file(path, stored)
+            if direction is None and len(checkpoint.translators) > 1:
+                both = " and ".join(checkpoint.translators)
+                raise InputError(f"{path} is a training checkpoint holding the generators of {both}: choose one (--direction)")
+            direction = direction or cast(Direction, next(iter(checkpoint.translators)))
             if direction not in checkpoint.translators:
                 raise InputError(f"{path} is a checkpoint of a method that translates only {', '.join(checkpoint.translators)}, not {direction}")
-            spec = checkpoint.spec
             return cls(
                 direction,
                 checkpoint.run_id,
-                spec["generator"],
-                spec["generator_norm"],
+                checkpoint.spec["generator"],
+                checkpoint.spec["generator_norm"],
                 checkpoint.crop_size,
                 checkpoint.model["networks"][checkpoint.translators[direction]],
             )
@@ -215,7 +219,7 @@ class ExportedGenerator:
         stored = {k: v for k, v in stored.items() if k != "format"}
         _check_checksum(path, stored.pop("checksum", None), stored, "exported generator")
         _check_finite(path, stored.get("state_dict"), "exported generator")
-        if stored.get("direction") != direction:
+        if direction is not None and stored.get("direction") != direction:
             raise InputError(f"{path} holds the {stored.get('direction')} generator, not {direction}; use the {direction} one")
         try:
             return cls(**stored)

@@ -14,11 +14,11 @@ from unpaired.plugin_api.registry import Registry
 from unpaired.storage.records import Direction, ExportedGenerator
 
 
-def load_generator(path: Path, direction: Direction, registry: Registry) -> tuple[nn.Module, int]:
-    """Rebuild the generator of ``direction`` and its test resolution from ``path``:
-    ``generators/AtoB.pt``-style exports or any training checkpoint."""
+def load_generator(path: Path, direction: Direction | None, registry: Registry) -> tuple[nn.Module, int, Direction]:
+    """Rebuild the generator of ``direction`` (None: the one ``path`` holds), its test resolution and its direction
+    from ``path``: ``generators/AtoB.pt``-style exports or any training checkpoint."""
     exported = ExportedGenerator.read(path, direction)
-    return exported.build(registry), exported.crop_size
+    return exported.build(registry), exported.crop_size, exported.direction
 
 
 @torch.inference_mode()

@@ -182,7 +182,7 @@ class Trainer:
             unit="it",
             disable=not self.show_progress,
             dynamic_ncols=True,
-            desc=self.variant.run_id,
+            desc=f"{self.run.variant} seed {self.run.seed}" if self.run.variant is not None else f"seed {self.run.seed}",
         )
         try:
             with deferred_signals():
