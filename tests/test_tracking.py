@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -12,7 +13,7 @@ from scipy import stats
 from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient
 
-from conftest import AtStep, crash, run_cli, send_sigint, write_study
+from conftest import AtStep, crash, run_cli, send_sigint, unreadable_images, write_study
 from unpaired.config.overrides import merge
 from unpaired.config.study import load_study
 from unpaired.errors import UsageError
@@ -43,9 +44,7 @@ def children(client, experiment_id):
 @pytest.mark.slow
 def test_a_study_logged_to_a_real_tracking_server(mlflow_server, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
-    study = tracked_study(
-        tmp_path / "served.yaml", "served", variants={"ok": {}, "broken": {"data": {"name": "folder", "root": str(tmp_path / "nowhere")}}}
-    )
+    study = tracked_study(tmp_path / "served.yaml", "served", variants={"ok": {}, "broken": {"data": unreadable_images(tmp_path / "nowhere")}})
     result = run_cli("run", str(study), "--out", str(tmp_path / "out"), "--quiet")
     assert result.returncode == 1 and "done 1, failed 1" in result.stdout, result.stderr
 
@@ -68,7 +67,7 @@ def test_a_study_logged_to_a_real_tracking_server(mlflow_server, tmp_path, monke
     assert {"fid_a2b", "fid_b2a", "fid_mean", "kid_a2b", "kid_b2a", "lr", "it_per_s"} <= set(ok.data.metrics)
     files = {a.path for a in client.list_artifacts(ok.info.run_id)}
     assert {"spec.json", "history.csv", "result.json", "samples", "generators"} <= files
-    assert broken.info.status == "FAILED" and "nowhere/trainA does not exist" in broken.data.tags["unpaired.error"]
+    assert broken.info.status == "FAILED" and "nowhere/trainA holds no readable images" in broken.data.tags["unpaired.error"]
 
     again = run_cli("run", str(study), "--out", str(tmp_path / "out"), "--quiet")
     assert "done 0, failed 1, skipped 1" in again.stdout
@@ -99,6 +98,39 @@ def test_an_interrupted_run_resumes_into_the_same_mlflow_run(tmp_path):
 
     summary = run_study(study, out, Registry.from_entry_points(), select_runs(study, None, None), show_progress=False, announce=lambda _: None)
     assert len(summary.skipped) == 1 and len(children(client, experiment.experiment_id)) == 1
+
+
+@pytest.mark.slow
+def test_a_study_grown_by_three_invocations_has_one_parent_with_each_variants_aggregates(tmp_path):
+    path = tracked_study(tmp_path / "grown.yaml", "grown", base={"eval": {"metrics": []}}, grid={"generator.n_blocks": [1]}, seeds=[0, 1])
+    registry, out = Registry.from_entry_points(), tmp_path / "out"
+    for overrides, seeds in [([], [0]), ([], None), (["generator.n_blocks=1,2"], None)]:  # one seed; both; a second variant
+        study = load_study(path, registry, overrides)
+        summary = run_study(study, out, registry, select_runs(study, None, seeds), show_progress=False, announce=lambda _: None)
+        assert not summary.failed
+
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("grown")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # MLflow's UI opens on the runs
+    (parent,) = client.search_runs([experiment.experiment_id], filter_string="tags.`unpaired.role` = 'study'")
+    assert parent.info.status == "FINISHED" and parent.data.tags["unpaired.invocations"] == "3"
+    assert parent.data.tags["unpaired.out"] == str(out.resolve())
+    runs = children(client, experiment.experiment_id)
+    assert sorted((r.data.tags["unpaired.variant"], r.data.tags["unpaired.seed"]) for r in runs) == [
+        ("n_blocks=1", "0"),
+        ("n_blocks=1", "1"),
+        ("n_blocks=2", "0"),
+        ("n_blocks=2", "1"),
+    ]
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parent.info.run_id}
+    seconds = {r.data.tags["unpaired.variant"]: [] for r in runs}
+    for r in runs:
+        seconds[r.data.tags["unpaired.variant"]].append(float(r.data.tags["unpaired.training_seconds"]))
+    for variant, name in (("n_blocks=1", "n_blocks_1"), ("n_blocks=2", "n_blocks_2")):
+        assert parent.data.metrics[f"{name}/training_seconds_n"] == 2
+        assert parent.data.metrics[f"{name}/training_seconds_mean"] == pytest.approx(sum(seconds[variant]) / 2, abs=1e-3)
+    aggregates = json.loads(Path(client.download_artifacts(parent.info.run_id, "aggregates.json", str(tmp_path))).read_text())
+    assert aggregates["n_blocks=2"]["training_seconds"]["n"] == 2
 
 
 def test_epochs_trained_again_after_a_crash_are_logged_once(tmp_path):

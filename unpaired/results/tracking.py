@@ -1,5 +1,5 @@
-"""MLflow tracking, a hook plugin: one experiment per study, a parent MLflow run per study invocation,
-a nested child MLflow run per run (variant x seed) that a resumed training continues.
+"""MLflow tracking, a hook plugin: one experiment per study, one parent MLflow run per study and output folder (every
+invocation reopens it), a nested child MLflow run per run (variant x seed) that a resumed training continues.
 
 This module is registered through the ``unpaired`` entry points like any plugin; for each study
 that has tracking enabled it returns a :class:`StudyTracker` listener, which follows the study
@@ -17,7 +17,6 @@ import contextlib
 import json
 import os
 import socket
-import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,6 +45,7 @@ from unpaired.results.mlflow_store import (
 )
 from unpaired.storage.run_folder import RunFolder
 from unpaired.results.study_folder import git_commit, report_path, run_folder
+from unpaired.results.study_run import PARENT_ROLE, log_aggregates, open_parent
 
 EPOCH_MARKER = "lr"
 """A metric every epoch logs (the epoch-end hook always carries it): its history says which epochs were logged."""
@@ -100,6 +100,7 @@ class StudyTracker:
             with first_use_serialised(self.uri):
                 experiment = self.client.get_experiment_by_name(self.study)
                 self.experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(self.study)
+                self.client.set_experiment_tag(self.experiment_id, "mlflow.experimentKind", "custom_model_development")  # UI: runs
         except Exception as error:  # it answers its health check, yet not this: stuck, or not an MLflow server
             raise TrackingError(
                 f"the MLflow tracking server {self.uri} answers, but not to MLflow's calls within tracking.timeout "
@@ -109,15 +110,13 @@ class StudyTracker:
         self._close_abandoned()
         tags = {
             "unpaired.study": self.study,
-            "unpaired.role": "study",
             "unpaired.baseline": self.baseline,
             "unpaired.plugins": plugin_versions(),
             "unpaired.owner": f"{socket.gethostname()}:{os.getpid()}",
         }
         if commit := git_commit():
             tags["unpaired.git_commit"] = commit
-        parent = self.client.create_run(self.experiment_id, run_name=f"{self.study} ({time.strftime('%Y-%m-%d %H:%M')})", tags=tags)
-        self.parent_run_id = parent.info.run_id
+        self.parent_run_id = open_parent(self.client, self.experiment_id, self.study, out, tags)
         if Path(self.source).is_file():
             self.client.log_artifact(self.parent_run_id, self.source)
         for planned in study.runs:
@@ -130,7 +129,7 @@ class StudyTracker:
     def _close_abandoned(self) -> None:
         """Parent runs whose process on this host is gone, and children whose run nobody holds, left RUNNING: KILLED."""
         host = socket.gethostname()
-        for parent in self._search("tags.`unpaired.role` = 'study' and attributes.status = 'RUNNING'"):
+        for parent in self._search(f"tags.`unpaired.role` = '{PARENT_ROLE}' and attributes.status = 'RUNNING'"):
             owner_host, _, pid = parent.data.tags.get("unpaired.owner", "").partition(":")
             if owner_host == host and pid.isdigit() and not process_alive(int(pid)):
                 self.client.set_terminated(parent.info.run_id, "KILLED")
@@ -154,6 +153,7 @@ class StudyTracker:
         found = [] if "'" in where else self._search(f"tags.`unpaired.run_id` = '{run.run_id}' and tags.`unpaired.folder` = '{where}'")
         child_id = found[0].info.run_id if found else self._new_child(run, folder)
         self.client.update_run(child_id, status="RUNNING")
+        self.client.set_tag(child_id, "mlflow.parentRunId", self.parent_run_id)  # the study's one parent, also for older children
         folder.write_tracking_link(self.uri, child_id, complete=False)
         return child_id
 
@@ -273,6 +273,7 @@ class StudyTracker:
             else:
                 if (report := report_path(out)).is_file():  # written just before, by the report writer
                     self.client.log_artifact(self.parent_run_id, str(report))
+            log_aggregates(self.client, self.parent_run_id, out)
             if summary.stopped_by is not None:
                 status = "KILLED"
             else:

@@ -1,0 +1,93 @@
+"""A study's parent MLflow run: one per study and output folder, found again by its tags by every invocation, holding
+the study file, the current report and each variant's aggregates over its seeds."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import math
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from unpaired.results.mlflow_store import log_metrics
+from unpaired.results.study_results import read_study_results
+
+PARENT_ROLE = "study"
+"""The ``unpaired.role`` tag of a study's parent run."""
+AGGREGATED = ("training_seconds",)
+"""Run columns aggregated on the parent besides the scores."""
+UNNAMEABLE = re.compile(r"[^\w.\- ]")
+"""Characters MLflow refuses in a metric name."""
+
+
+@contextlib.contextmanager
+def parent_lock(out: Path) -> Iterator[None]:
+    """An exclusive lock in the output folder while the parent is found or made: two invocations at once open one."""
+    Path(out).mkdir(parents=True, exist_ok=True)
+    with open(Path(out) / ".mlflow-parent.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def open_parent(client: Any, experiment_id: str, study: str, out: Path, tags: dict[str, str]) -> str:
+    """The parent run of ``study`` writing to ``out``: the one an earlier invocation opened (found by the folder's tag),
+    reopened with this invocation's ``tags`` and its count of invocations, else a new one."""
+    where = str(Path(out).resolve())
+    with parent_lock(out):
+        found = (
+            []
+            if "'" in where
+            else client.search_runs(
+                [experiment_id], filter_string=f"tags.`unpaired.role` = '{PARENT_ROLE}' and tags.`unpaired.out` = '{where}'", max_results=100
+            )
+        )
+        if not found:
+            tags = {**tags, "unpaired.role": PARENT_ROLE, "unpaired.out": where, "unpaired.invocations": "1"}
+            return str(client.create_run(experiment_id, run_name=study, tags=tags).info.run_id)
+        parent = max(found, key=lambda run: run.info.start_time)
+        invocations = int(parent.data.tags.get("unpaired.invocations", "1")) + 1
+        for key, value in {**tags, "unpaired.invocations": str(invocations)}.items():
+            client.set_tag(parent.info.run_id, key, value)
+        client.update_run(parent.info.run_id, status="RUNNING")
+        return str(parent.info.run_id)
+
+
+def variant_aggregates(out: Path) -> dict[str, dict[str, dict[str, float]]]:
+    """Variant -> score (and training seconds) -> ``{"mean", "std", "n"}`` over the finished runs of the study folder
+    ``out`` whose scores are finite (std: sample std, NaN with one seed)."""
+    runs = read_study_results(out).metrics()
+    columns = [c for c in [*runs.attrs.get("lower_is_better", {}), *AGGREGATED] if c in runs.columns]
+    aggregates: dict[str, dict[str, dict[str, float]]] = {}
+    for variant, group in runs.groupby("variant", sort=False):
+        for column in columns:
+            values = [float(v) for v in group[column] if isinstance(v, (int, float)) and math.isfinite(v)]
+            if values:
+                mean = sum(values) / len(values)
+                std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else math.nan
+                aggregates.setdefault(str(variant), {})[column] = {"mean": mean, "std": std, "n": float(len(values))}
+    return aggregates
+
+
+def aggregate_metrics(aggregates: dict[str, dict[str, dict[str, float]]]) -> dict[str, float]:
+    """The aggregates as MLflow metrics, ``<variant>/<score>_mean`` (``_std``, ``_n``), each character MLflow refuses in
+    a name (``=``, ``,``) as ``_``: the exact names are in the parent's ``aggregates.json``."""
+    return {
+        f"{UNNAMEABLE.sub('_', variant)}/{column}_{statistic}": value
+        for variant, columns in aggregates.items()
+        for column, statistics in columns.items()
+        for statistic, value in statistics.items()
+        if not math.isnan(value)
+    }
+
+
+def log_aggregates(client: Any, parent_run_id: str, out: Path) -> None:
+    """Log each variant's aggregates over every finished run of the folder ``out`` (this invocation's or an earlier
+    one's) on the parent: as metrics, and exactly named in ``aggregates.json``."""
+    aggregates = variant_aggregates(out)
+    log_metrics(client, parent_run_id, aggregate_metrics(aggregates), step=0)
+    client.log_dict(parent_run_id, aggregates, "aggregates.json")
