@@ -106,3 +106,26 @@ def test_bench_report_times_a_made_up_study_and_reports_its_figures(tmp_path):
     assert figures["runs"] == 4 and figures["variants"] == 2 and figures["html_mib"] > 0
     assert all(figures[key] > 0 for key in ("html_s", "markdown_s", "visual_comparison_rebuilding_s"))
     assert "HTML report" in result.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not REFERENCE.is_file(), reason=f"the reference step is not at {REFERENCE}")
+def test_the_gpu_check_runs_its_harness_on_the_cpu_where_every_fp32_comparison_is_exact(tmp_path):
+    """The GPU check compares the device under test with the CPU; on a CPU it compares the CPU with itself, so fp32
+    must agree exactly, resume must be bit-exact and FID identical: what makes its findings on a GPU trustworthy."""
+    out = tmp_path / "gpu.json"
+    command = [sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--quick", "--device", "cpu", "--json", str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(out.read_text())
+    checks = {row["check"]: row for row in report["checks"]}
+    assert checks["step fp32 (TF32 off)"]["measured"] == 0 and checks["step fp32 (PyTorch's defaults)"]["measured"] == 0
+    assert set(checks["step on the CPU (expected)"]["terms"]) == set(CycleGAN.loss_terms)
+    assert 0 < checks["step bf16"]["measured"] <= 0.05 and "step fp16" not in checks  # fp16 autocast: a GPU path
+    for mode in ("defaults", "deterministic"):
+        assert checks[f"resume bit-exact ({mode})"]["passed"] and checks[f"rerun identical ({mode})"]["passed"]
+    assert all(checks[f"{column} on the device vs the CPU"]["measured"] == 0 for column in ("fid_a2b", "fid_b2a", "kid_a2b", "kid_b2a"))
+    assert checks["study with --jobs 2"]["passed"] and all(device.startswith("cpu") for device in checks["study with --jobs 2"]["devices"])
+    bench = report["measurements"]["bench_train"]
+    assert [row["setting"] for row in bench["engine"]] == ["fp32"] and report["measurements"]["fid_seconds"]["seconds"] > 0
+    assert "resume bit-exact (defaults)" in result.stdout and "FAILED" not in result.stdout
