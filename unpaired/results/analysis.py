@@ -42,6 +42,11 @@ def grid_levels(grid: Sequence[str], named_variants: int, runs: Iterable[tuple[s
     return {variant: {axis: _level(overrides.get(axis)) for axis in grid} for variant, overrides in runs}
 
 
+def _finite(value: Any) -> bool:
+    """A usable score: a NaN or infinite one is a failed scoring, left out as the ranking leaves it out."""
+    return isinstance(value, float | int) and math.isfinite(value)
+
+
 def _level(value: Any) -> str:
     return str(value.get("name", value)) if isinstance(value, Mapping) else str(value)
 
@@ -55,7 +60,7 @@ def factorial(runs: pd.DataFrame, levels: Mapping[str, Mapping[str, str]], metri
 
     if not levels or metric not in runs.columns:
         return None
-    data = runs[runs["variant"].isin(list(levels)) & runs[metric].map(lambda v: isinstance(v, float | int) and math.isfinite(v))]
+    data = runs[runs["variant"].isin(list(levels)) & runs[metric].map(_finite)]
     columns = {axis: [levels[variant][axis] for variant in data["variant"]] for axis in next(iter(levels.values()))}
     axes = [axis for axis, column in columns.items() if len(set(column)) > 1]
     if not axes or (len(axes) == 1 and len(set(columns[axes[0]])) == 2):
@@ -145,7 +150,7 @@ def analyse(
     say where they rank another variant first."""
     table = summarize(runs, metric, baseline, lower_better)
     grid = factorial(runs, levels or {}, metric)
-    values = {name: group[metric].dropna().tolist() for name, group in runs.groupby("variant", sort=False) if metric in runs.columns}
+    values = {name: [v for v in group[metric] if _finite(v)] for name, group in runs.groupby("variant", sort=False) if metric in runs.columns}
     cautions = [line for other, summary in (others or {}).items() if (line := _disagreement(table, summary, metric, other))]
     if (images := runs.attrs.get("test_images")) and images < SMALL_TEST_SPLIT:
         cautions.append(
