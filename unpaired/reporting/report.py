@@ -7,7 +7,6 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-import pandas as pd
 import torch
 
 from unpaired.config.overrides import flatten
@@ -16,9 +15,8 @@ from unpaired.errors import UsageError
 from unpaired.plugin_api.registry import Registry
 from unpaired.reporting.comparison import VisualComparison, visual_comparison
 from unpaired.reporting.figures import metric_plot, training_curves
-from unpaired.results.analysis import analyse, secondary_scores
-from unpaired.results.compare import lower_is_better, not_scored_so
-from unpaired.results.statistics import ALPHA, CONFIDENCE, RUN_COLUMNS, summarize
+from unpaired.results.compare import compare_runs, not_scored_so
+from unpaired.results.statistics import ALPHA, CONFIDENCE, RUN_COLUMNS
 from unpaired.results.study_results import StudyResults
 from unpaired.results.tables import Table, answer_tables, heading, metric_title, ranking, runs_table
 
@@ -70,10 +68,8 @@ def build_report(
         raise UsageError(f"no metric {metric!r} in the finished runs; available: {', '.join(sorted(scored))}")
     if metric not in runs.columns:
         notes.append(f"No finished run has {metric!r} yet" + (" (FID was switched off?)." if not runs.empty else "."))
-    others = {name: _summary(runs, name, results.baseline) for name in secondary_scores(metric) if name in runs.columns}
-    analysis = None
-    if metric in runs.columns:
-        analysis = analyse(runs, metric, results.baseline, lower_is_better(runs, metric), results.grid_levels(), others)
+    analysis = compare_runs(runs, metric, results.baseline, results.grid_levels()) if metric in runs.columns else None
+    others = analysis.others if analysis else {}  # with no score to rank by (checked above) there is none
     notes += [note for name in [metric, *others] if (note := not_scored_so(runs, name))]
     seeds = results.index.get("seeds") or sorted({run.seed for run in results.runs})
     if seed is not None and seed not in seeds:
@@ -102,10 +98,6 @@ def build_report(
         incomplete=_incomplete(results),
         notes=notes,
     )
-
-
-def _summary(runs: pd.DataFrame, metric: str, baseline: str | None) -> pd.DataFrame:
-    return summarize(runs, metric, baseline, lower_is_better(runs, metric))
 
 
 def _compute_table(results: StudyResults) -> Table:

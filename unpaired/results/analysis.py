@@ -135,6 +135,8 @@ class Analysis:
     factorial: pd.DataFrame | None
     answer: list[str] = field(default_factory=list)
     """Paragraphs: the variants against the baseline, the grid's axes, then where the scores disagree and cautions."""
+    others: Mapping[str, pd.DataFrame] = field(default_factory=dict)
+    """The summaries of the other scores it was told of, by score."""
 
 
 def analyse(
@@ -160,7 +162,7 @@ def analyse(
             "scored on the same test images, never with published figures; KID is unbiased and is the cross-check."
         )
     paragraphs = [_against_baseline(table, values, metric, lower_better, baseline), _grid_answer(grid, metric), cautions]
-    return Analysis(metric, table, grid, [" ".join(sentences) for sentences in paragraphs if sentences])
+    return Analysis(metric, table, grid, [" ".join(sentences) for sentences in paragraphs if sentences], others or {})
 
 
 def _against_baseline(table: pd.DataFrame, values: Mapping[str, list[float]], metric: str, lower_better: bool, baseline: str | None) -> list[str]:

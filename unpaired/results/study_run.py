@@ -7,6 +7,7 @@ import contextlib
 import fcntl
 import math
 import re
+import statistics
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -67,9 +68,8 @@ def variant_aggregates(out: Path) -> dict[str, dict[str, dict[str, float]]]:
         for column in columns:
             values = [float(v) for v in group[column] if isinstance(v, (int, float)) and math.isfinite(v)]
             if values:
-                mean = sum(values) / len(values)
-                std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else math.nan
-                aggregates.setdefault(str(variant), {})[column] = {"mean": mean, "std": std, "n": float(len(values))}
+                std = statistics.stdev(values) if len(values) > 1 else math.nan
+                aggregates.setdefault(str(variant), {})[column] = {"mean": statistics.fmean(values), "std": std, "n": float(len(values))}
     return aggregates
 
 
