@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 
 import pytest
 
@@ -12,6 +13,7 @@ from unpaired.plugin_api.registry import (
     InvalidParamsError,
     Registry,
     UnknownComponentError,
+    default_registry,
 )
 
 BUILTINS = {
@@ -50,7 +52,7 @@ def test_builtins_are_discovered_through_entry_points_of_the_unpaired_distributi
         assert set(registry.names(kind)) >= names
         for name in names:
             component = registry.get(kind, name)
-            assert (component.distribution, component.version) == ("unpaired", "0.1.0")
+            assert (component.distribution, component.version) == ("unpaired", "0.2.0")
             assert component.description
 
 
@@ -84,6 +86,15 @@ def test_unknown_params_are_rejected_even_if_the_plugin_model_allows_extras(make
     assert error.value.errors[0][1].startswith("unknown key; did you mean 'width'? Known: width")
 
 
+def test_parameters_checked_strictly_still_pickle_as_the_plugins_own_model():
+    """A data loader's worker processes get the dataset pickled, parameters and all (``--jobs`` with ``num_workers``)."""
+    from unpaired_plugins.synthetic import SyntheticParams
+
+    dataset = default_registry().build("dataset", {"name": "synthetic", "size": 8, "n_train": 3})
+    copied = pickle.loads(pickle.dumps(dataset))
+    assert type(copied.params) is SyntheticParams and copied.params == SyntheticParams(size=8, n_train=3)
+
+
 def test_missing_name_is_reported_with_the_choices():
     with pytest.raises(InvalidParamsError, match=r"norm\.name: a norm needs a 'name'; one of: batch, instance, none"):
         Registry.from_entry_points().resolve("norm", {"affine": True})
@@ -94,7 +105,7 @@ def test_two_plugins_claiming_one_name_are_both_named(make_distribution):
     registry = Registry.from_entry_points()
     with pytest.raises(ComponentConflictError) as error:
         registry.get("generator", "resnet")
-    assert "registered by more than one plugin: rival-gens 2.3 and unpaired 0.1.0." in str(error.value)
+    assert "registered by more than one plugin: rival-gens 2.3 and unpaired 0.2.0." in str(error.value)
     assert "UNPAIRED_PLUGINS" in str(error.value)
     assert registry.get("generator", "tiny").distribution == "rival-gens"  # the plugin's other names still work
 
@@ -170,7 +181,7 @@ def test_plugins_command_lists_every_builtin_with_origin_parameters_and_descript
     result = run_cli("plugins")
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    assert "resnet  (unpaired 0.1.0)" in out
+    assert "resnet  (unpaired 0.2.0)" in out
     assert "n_blocks=9  ngf=64  dropout=0.0  padding='reflect'" in out
     assert "size=50  swap_probability=0.5" in out
     defaults = [line.split()[0] for line in out.splitlines() if line.endswith("[default]")]

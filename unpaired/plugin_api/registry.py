@@ -66,10 +66,20 @@ def normalize_distribution(name: str) -> str:
 
 
 def _strict(model: type[BaseModel]) -> type[BaseModel]:
-    """The model itself if it forbids unknown keys, else a subclass that does."""
+    """The model itself if it forbids unknown keys, else a subclass that does. Its instances pickle as instances of
+    ``model`` (the subclass, made here, cannot be found by name): a component's parameters go to worker processes."""
     if model.model_config.get("extra") == "forbid":
         return model
-    return type(model.__name__, (model,), {"model_config": ConfigDict(extra="forbid"), "__module__": model.__module__})
+
+    def reduce(params: BaseModel) -> tuple[Any, ...]:
+        return _as_model, (model, dict(params))
+
+    return type(model.__name__, (model,), {"model_config": ConfigDict(extra="forbid"), "__module__": model.__module__, "__reduce__": reduce})
+
+
+def _as_model(model: type[BaseModel], values: dict[str, Any]) -> BaseModel:
+    """What a strict subclass's instance unpickles as: ``model`` with the same, already validated, values."""
+    return model.model_construct(**values)
 
 
 class Registry:
