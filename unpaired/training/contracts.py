@@ -12,7 +12,9 @@ any RNG.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
@@ -119,6 +121,19 @@ def _check_generator(fake: Tensor, images: Tensor, who: str) -> None:
         raise ContractError(f"{who} must give images in [-1, 1] (e.g. end with tanh); it gave values in [{low:.3g}, {high:.3g}]")
 
 
+@contextlib.contextmanager
+def exact_kernels() -> Iterator[None]:
+    """GPU kernels chosen for exact fp32 results rather than speed: no TF32 and no autotuned algorithm, whose choice
+    differs between a batch of two and a batch of one (and between runs sharing a GPU) by more than a probe's tolerance."""
+    matmul = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True, allow_tf32=False):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul
+
+
 def _check_per_image(network: nn.Module, images: Tensor, norm: Choice, side: str) -> None:
     """In training mode (where batch statistics would couple images), each call on a fresh copy (a layer that
     updates itself on every call, like spectral norm, must not make the calls differ), without dropout."""
@@ -130,8 +145,9 @@ def _check_per_image(network: nn.Module, images: Tensor, norm: Choice, side: str
                 module.eval()
         return trial
 
-    together = fresh()(images).float()
-    apart = torch.cat([fresh()(image[None]) for image in images]).float()
+    with exact_kernels():
+        together = fresh()(images).float()
+        apart = torch.cat([fresh()(image[None]) for image in images]).float()
     scale = max(float(together.abs().max()), 1e-6)
     if float((together - apart).abs().max()) > PER_IMAGE_TOLERANCE * scale:
         raise ContractError(
