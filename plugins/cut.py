@@ -72,11 +72,13 @@ class CUT(Method):
     def stateful(self) -> dict:
         return {"opt_G": self.opt_G, "opt_D": self.opt_D, "scaler": self.scaler, "gan_loss": self.gan_loss}
 
-    def nce(self, source: Tensor, translated: Tensor, flipped: bool) -> Tensor:
-        """λ_NCE PatchNCE between ``source`` and its translation, averaged over the layers; a flipped translation's
-        features are flipped back to line up with the source's."""
-        queries = self.encoder.encode(translated, self.p.nce_layers)
-        queries = [q.flip(3) for q in queries] if flipped else queries
+    def capture_problem(self) -> str | None:
+        return None  # its random choices (flips, patches) are drawn on the device, from its default generator
+
+    def nce(self, source: Tensor, translated: Tensor, flipped: Tensor | None) -> Tensor:
+        """λ_NCE PatchNCE between ``source`` and its translation, averaged over the layers; a translation of a flipped
+        input (``flipped``, a device bool) has its features flipped back to line up with the source's."""
+        queries = [flip_if(flipped, q) for q in self.encoder.encode(translated, self.p.nce_layers)]
         with torch.no_grad():  # keys get no gradient
             keys = self.encoder.encode(source, self.p.nce_layers)
             places = PatchSampler.places(keys, self.p.num_patches)
@@ -85,10 +87,10 @@ class CUT(Method):
 
     def train_step(self, real_A: Tensor, real_B: Tensor, progress: TrainingProgress) -> dict[str, Tensor]:
         p, t = self.p, {}
-        flipped = p.flip_equivariance and bool(torch.rand(()) < 0.5)  # the CPU RNG: no device sync
+        flipped = torch.rand((), device=real_A.device) < 0.5 if p.flip_equivariance else None  # decided on the device
         inputs = [real_A, real_B] if p.nce_idt else [real_A]
         with self.runtime.autocast():
-            fake_B, *same_B = forward_each(self.G, *(x.flip(3) if flipped else x for x in inputs), batched=self.batch_G)
+            fake_B, *same_B = forward_each(self.G, *(flip_if(flipped, x) for x in inputs), batched=self.batch_G)
 
         self.D.requires_grad_(True)  # the discriminator: real B against G(A)
         with self.runtime.autocast():
@@ -111,6 +113,11 @@ class CUT(Method):
         self.scaler.step(self.opt_G)
         self.scaler.update()
         return t
+
+
+def flip_if(flipped: Tensor | None, images: Tensor) -> Tensor:
+    """``images`` mirrored left to right where the device bool ``flipped`` is true (None: never)."""
+    return images if flipped is None else torch.where(flipped, images.flip(3), images)
 
 
 @hookimpl

@@ -11,11 +11,12 @@ from __future__ import annotations
 import itertools
 from typing import cast
 
+import torch
 import torch.nn.functional as F
 from pydantic import BaseModel
 from torch import Tensor
 
-from unpaired.plugin_api import LossWeights, Method, MethodParts, TrainingProgress, fool, forward_each, hookimpl
+from unpaired.plugin_api import LossWeights, LossWeightSchedule, Method, MethodParts, TrainingProgress, fool, forward_each, hookimpl
 
 
 class CycleGANParams(BaseModel):
@@ -40,6 +41,21 @@ class CycleGAN(Method):
 
     def translator(self, direction: str) -> str:
         return {"AtoB": "G_AB", "BtoA": "G_BA"}[direction]
+
+    def capture_problem(self) -> str | None:
+        """Capturable when its pools decide on the device and its loss weights stay the same within an epoch."""
+        pool = next((pool for pool in (self.pool_A, self.pool_B) if not pool.capturable), None)
+        if pool is not None:
+            return f"its image pool {type(pool).__name__} decides on the host (ImagePool.capturable)"
+        if type(self.schedule).at_step is not LossWeightSchedule.at_step:
+            return f"its loss weights ({type(self.schedule).__name__}) change from step to step (LossWeightSchedule.at_step)"
+        return None
+
+    def capture_key(self, progress: TrainingProgress) -> LossWeights:
+        return self.schedule.at_step(progress)  # a new capture when an epoch's weights differ (identity_decay)
+
+    def generators(self) -> list[torch.Generator]:
+        return [*self.pool_A.generators(), *self.pool_B.generators()]
 
     def optimizers(self) -> list:
         return [self.opt_G, self.opt_D]

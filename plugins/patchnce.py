@@ -31,9 +31,10 @@ class PatchSampler(nn.Module):
 
     @staticmethod
     def places(features: Sequence[Tensor], num_patches: int) -> list[Tensor]:
-        """For each layer, ``num_patches`` distinct positions (all of them when there are fewer), drawn from the global
-        CPU RNG (saved with every checkpoint), the same for every image of the batch, as the paper's code."""
-        return [torch.randperm(f.shape[2] * f.shape[3])[:num_patches].to(f.device, non_blocking=True) for f in features]
+        """For each layer, ``num_patches`` distinct positions (all of them when there are fewer), the same for every
+        image of the batch, as the paper's code: the places of the largest of as many uniform draws as positions,
+        drawn on the features' device from its default generator (saved with every checkpoint; no host sync)."""
+        return [torch.rand(f.shape[2] * f.shape[3], device=f.device).topk(min(num_patches, f.shape[2] * f.shape[3])).indices for f in features]
 
     def forward(self, features: Sequence[Tensor], places: Sequence[Tensor]) -> list[Tensor]:
         """Each layer's patches at ``places`` embedded and normalised: (N, P, channels) per layer."""

@@ -189,7 +189,7 @@ def test_a_run_trained_by_another_plugin_version_is_marked_stale_and_can_be_trai
     out = ["--out", str(tmp_path / "out")]
     assert run_cli("run", str(study), *out, "--quiet").returncode == 0
     (folder,) = [p.parent for p in (tmp_path / "out").glob("*/*/result.json")]
-    assert json.loads((folder / "result.json").read_text())["plugins"] == {"acme-gen": "1.0", "unpaired": "0.1.0"}
+    assert json.loads((folder / "result.json").read_text())["plugins"] == {"acme-gen": "1.0", "unpaired": "0.2.0"}
 
     (site / "acme_gen-1.0.dist-info").rename(site / "acme_gen-1.1.dist-info")  # the plugin is upgraded
     (site / "acme_gen-1.1.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-gen\nVersion: 1.1\n")

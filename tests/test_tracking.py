@@ -62,7 +62,7 @@ def test_a_study_logged_to_a_real_tracking_server(mlflow_server, tmp_path, monke
     assert ok.data.params["generator.n_blocks"] == "1" and ok.data.params["train.lr"] == "0.0002"
     assert ok.data.tags["unpaired.seed"] == "0" and len(ok.data.tags["unpaired.run_id"]) == 12
     assert len(ok.data.tags["unpaired.variant_key"]) == 12 and ok.data.tags["unpaired.variant_key"] != ok.data.tags["unpaired.run_id"]
-    assert "unpaired 0.1.0" in ok.data.tags["unpaired.plugins"]
+    assert "unpaired 0.2.0" in ok.data.tags["unpaired.plugins"]
     assert [m.step for m in client.get_metric_history(ok.info.run_id, "cycle_A")] == [1, 2]
     assert {"fid_a2b", "fid_b2a", "fid_mean", "kid_a2b", "kid_b2a", "lr", "it_per_s"} <= set(ok.data.metrics)
     files = {a.path for a in client.list_artifacts(ok.info.run_id)}

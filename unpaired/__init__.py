@@ -6,7 +6,7 @@ implementations, the component and dataset interfaces, and the hooks' contract.
 
 import pluggy
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 PROJECT_NAME = "unpaired"
 ENTRY_POINT_GROUP = "unpaired"

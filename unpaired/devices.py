@@ -1,8 +1,9 @@
-"""Which device a run trains on, what it is called, and the CPU thread count around a block."""
+"""Which device a run trains on, what it is called, and the CPU thread count and GPU algorithms around a block."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import platform
 from collections.abc import Iterator
 
@@ -49,3 +50,27 @@ def thread_count_kept() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+DETERMINISTIC_CUBLAS_WORKSPACE = ":4096:8"
+"""What cuBLAS needs for deterministic results (PyTorch's reproducibility notes); read once, when cuBLAS starts."""
+
+
+@contextlib.contextmanager
+def gpu_algorithms(deterministic: bool) -> Iterator[None]:
+    """Inside the block, GPU kernels are chosen for speed (cuDNN autotunes each convolution's algorithm) or, when
+    ``deterministic``, only deterministic ones are used, so that a rerun or a resume gives the same numbers bit for
+    bit. An operation with no deterministic GPU kernel (PyTorch names it in a warning) still runs. Everything is as
+    before afterwards. cuBLAS's deterministic workspace is asked for whatever the choice, as cuBLAS reads it only when
+    it starts, which the first block of a process usually precedes. CPU kernels are deterministic for a given thread
+    count either way."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", DETERMINISTIC_CUBLAS_WORKSPACE)
+    cudnn = torch.backends.cudnn
+    saved = cudnn.benchmark, cudnn.deterministic, torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    cudnn.benchmark, cudnn.deterministic = not deterministic, deterministic
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    try:
+        yield
+    finally:
+        cudnn.benchmark, cudnn.deterministic = saved[:2]
+        torch.use_deterministic_algorithms(saved[2], warn_only=saved[3])

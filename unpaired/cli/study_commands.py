@@ -175,7 +175,7 @@ def _run_folders(target: Path) -> list[RunFolder]:
 def cmd_score(args: argparse.Namespace) -> int:
     """Score saved generators again and record the metrics."""
     from unpaired.evaluation.rescore import rescore_folder
-    from unpaired.devices import pick_device
+    from unpaired.devices import gpu_algorithms, pick_device
 
     registry, device = plugin_registry(), pick_device(args.device)
     folders = _run_folders(Path(args.target))
@@ -184,7 +184,8 @@ def cmd_score(args: argparse.Namespace) -> int:
     failed = 0
     for folder in folders:  # one run that cannot be scored does not stop the others
         try:
-            scores = rescore_folder(folder, registry, device, args.epoch)
+            with gpu_algorithms(deterministic=False):  # inference only: cuDNN may autotune
+                scores = rescore_folder(folder, registry, device, args.epoch)
         except UnpairedError as error:
             print(f"error: {folder}: {error}", file=sys.stderr)
             failed += 1

@@ -115,7 +115,7 @@ def cmd_fid(args: argparse.Namespace) -> int:
     from unpaired.config.resolved import ResolvedEval
     from unpaired.evaluation.features import EvaluationError, folder_images
     from unpaired.evaluation.scoring import Scorer
-    from unpaired.devices import pick_device
+    from unpaired.devices import gpu_algorithms, pick_device
 
     problems = []
     for folder in (args.first, args.second):  # both folders checked (listed, not loaded) before the extractor loads
@@ -130,7 +130,8 @@ def cmd_fid(args: argparse.Namespace) -> int:
     config = {"name": args.extractor or registry.default("feature_extractor"), **params}
     metrics = tuple(registry.resolve("metric", {"name": name}) for name in registry.defaults("metric"))
     evaluation = ResolvedEval(metrics, 0, args.batch_size, registry.resolve("feature_extractor", config, where="--extractor"), None)
-    scores = Scorer(evaluation, pick_device(args.device)).score_folders(Path(args.first), Path(args.second), args.size)
+    with gpu_algorithms(deterministic=False):  # inference only: cuDNN may autotune
+        scores = Scorer(evaluation, pick_device(args.device)).score_folders(Path(args.first), Path(args.second), args.size)
     print("   ".join(f"{name} {value:.6g}" for name, value in scores.items()))
     return 0
 

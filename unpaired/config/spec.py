@@ -13,7 +13,7 @@ import functools
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from unpaired.errors import UnpairedError
 from unpaired.plugin_api.components import ComponentKind
@@ -54,6 +54,16 @@ class TrainConfig(BaseModel):
     precision: Precision = Field("fp32", description="fp32, or autocast to bf16 / fp16 (fp16 with grad scaling)")
     channels_last: bool = Field(False, description="NHWC memory format (often faster on GPUs)")
     compile: bool = Field(False, description="torch.compile the networks")
+    cuda_graphs: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="capture the whole training step as a CUDA graph and replay it (auto: on CUDA when the method is capturable "
+        "and precision is not fp16; on: required, an error otherwise)",
+    )
+    deterministic: bool = Field(
+        False,
+        description="deterministic GPU algorithms: a rerun and a resume give the same weights bit for bit (slower); "
+        "otherwise cuDNN autotunes and GPU runs are equal only in distribution",
+    )
     device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$", description="auto picks cuda, then mps, then cpu")
     num_workers: int = Field(2, ge=0, description="data-loading processes")
     checkpoint_every: int = Field(1, ge=1, description="epochs between checkpoints (also written at the end and on SIGINT/SIGTERM)")
@@ -64,6 +74,12 @@ class TrainConfig(BaseModel):
         description="a checkpoint that fails its checks: restart the run from the beginning (the file is kept "
         "beside it as .corrupt, with a warning), or stop the run with the error",
     )
+
+    @model_validator(mode="after")
+    def _graphs_replayable(self) -> TrainConfig:
+        if self.cuda_graphs == "on" and self.precision == "fp16":
+            raise ValueError("cuda_graphs: on cannot replay fp16's grad scaler (it decides on the host); use precision: bf16 or cuda_graphs: auto")
+        return self
 
     @property
     def total_epochs(self) -> int:
@@ -95,7 +111,18 @@ class EvalConfig(BaseModel):
     )
 
 
-RUNTIME_ONLY_FIELDS = {"device", "num_workers", "checkpoint_every", "sample_every", "log_every", "compile", "channels_last", "on_corrupt_checkpoint"}
+RUNTIME_ONLY_FIELDS = {
+    "device",
+    "num_workers",
+    "checkpoint_every",
+    "sample_every",
+    "log_every",
+    "compile",
+    "channels_last",
+    "cuda_graphs",
+    "deterministic",
+    "on_corrupt_checkpoint",
+}
 """Train fields that change how fast or where a run goes, not its result; they are left out of the run id."""
 
 

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Literal, Protocol, get_args
 
 from pydantic import BaseModel
+import torch
 from torch import Tensor, nn
 
 ComponentKind = Literal[
@@ -180,6 +181,15 @@ class ImagePool(ABC):
     depend on global RNGs, and its whole state round-trips through
     ``state_dict``/``load_state_dict`` for exact resume.
     """
+
+    capturable: bool = False
+    """True when :meth:`query` decides on the device alone (no host sync, no host-side random choice, the same kernels at
+    every call), drawing from the device's default generator or one of :meth:`generators`: a method's step that uses
+    the pool can then be captured as a CUDA graph."""
+
+    def generators(self) -> list[torch.Generator]:
+        """The generators the pool draws from besides the device's default one (registered with a captured step's graph)."""
+        return []
 
     @abstractmethod
     def query(self, images: Tensor) -> Tensor:

@@ -52,7 +52,10 @@ def unpaired_register_methods(register: Register) -> None:
     returns them from ``train_step`` as a mapping, says which directions it translates and which of
     its networks translates each, and lists every stateful part for the checkpoint (see ``Method``).
     A method that needs more of the other components than their contracts promise (CUT: a generator
-    with encoder features) says so in ``Method.variant_problems``, which validation asks.
+    with encoder features) says so in ``Method.variant_problems``, which validation asks. On a
+    GPU the loop captures the step once as a CUDA graph and replays it when ``Method.capture_problem``
+    returns None: the step must then keep that contract (no host sync, no host-side random choice,
+    static shapes, optimisers from ``Runtime.adam``); the default declares a method not capturable.
     """
 
 
@@ -97,7 +100,9 @@ def unpaired_register_gan_losses(register: Register) -> None:
     """Register adversarial objectives.
 
     ``factory(params) -> unpaired.plugin_api.components.GanLoss``. The factory is called once per
-    discriminator, so a loss that keeps state (running averages, ...) keeps one per domain.
+    discriminator, so a loss that keeps state (running averages, ...) keeps one per domain. Its calls
+    are part of a step that may be captured as a CUDA graph: draw random numbers on the device
+    (``torch.rand(..., device=scores.device)``), never synchronise with the host.
     """
 
 
@@ -106,7 +111,9 @@ def unpaired_register_image_pools(register: Register) -> None:
     """Register image-pool policies (which fakes the discriminator is trained on).
 
     ``factory(params, seed: int) -> unpaired.plugin_api.components.ImagePool``: the pool must
-    draw its random numbers only from its own generator, seeded with ``seed``.
+    draw its random numbers only from its own generator, seeded with ``seed``. A pool that decides on
+    the device alone sets ``capturable`` and returns that generator from ``generators()``, so that a
+    method's step using it can be captured as a CUDA graph (the built-in ``history`` pool does).
     """
 
 

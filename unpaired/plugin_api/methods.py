@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -27,16 +27,20 @@ DIRECTIONS: tuple[Direction, ...] = ("AtoB", "BtoA")
 SOURCE_DOMAIN: dict[Direction, Domain] = {"AtoB": "A", "BtoA": "B"}
 TARGET_DOMAIN: dict[Direction, Domain] = {"AtoB": "B", "BtoA": "A"}
 _AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+AnyOptimizer = TypeVar("AnyOptimizer", bound=torch.optim.Optimizer)
 
 
 @dataclass(frozen=True)
 class Runtime:
-    """Where and how a run's networks run: its device, precision, memory format and compilation."""
+    """Where and how a run's networks run: its device, precision, memory format, compilation, and whether its step may be
+    captured as a CUDA graph."""
 
     device: torch.device
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     channels_last: bool = False
     compile: bool = False
+    cuda_graphs: bool = False
+    """The loop may capture the step as a CUDA graph: optimisers are capturable and read their learning rate from the device."""
 
     def place(self, network: nn.Module) -> nn.Module:
         """Move ``network`` to the device (in channels-last format when asked); return what to call: the
@@ -55,9 +59,20 @@ class Runtime:
         return contextlib.nullcontext() if dtype is None else torch.autocast(self.device.type, dtype=dtype)
 
     def adam(self, parameters: Iterable[nn.Parameter], lr: float, betas: tuple[float, float]) -> torch.optim.Adam:
-        """Adam, fused on CUDA and foreach elsewhere (the fast paths; the same update)."""
+        """Adam, fused on CUDA and foreach elsewhere (the fast paths; the same update), set up by :meth:`adopt`."""
         fast = {"fused": True} if self.device.type == "cuda" else {"foreach": True}
-        return torch.optim.Adam(parameters, lr=lr, betas=betas, **fast)
+        return self.adopt(torch.optim.Adam(parameters, lr=lr, betas=betas, **fast))
+
+    def adopt(self, optimizer: AnyOptimizer) -> AnyOptimizer:
+        """``optimizer`` set up for this runtime, also after loading a state saved under another: with ``cuda_graphs``,
+        capturable and with its learning rate a device tensor, which a captured step reads at every replay (so a
+        schedule needs no new capture); otherwise with a plain float learning rate."""
+        for group in optimizer.param_groups:
+            lr = float(group["lr"])
+            if "capturable" in group:
+                group["capturable"] = self.cuda_graphs
+            group["lr"] = torch.tensor(lr, dtype=torch.float32, device=self.device) if self.cuda_graphs else lr
+        return optimizer
 
     def grad_scaler(self) -> torch.amp.GradScaler:
         """A gradient scaler, active only for fp16 (a no-op otherwise)."""
@@ -129,6 +144,29 @@ class Method(ABC):
         """One update on a batch of each domain (already on the device); return each of ``loss_terms`` as
         a scalar tensor on the device, weighted as the optimiser saw it. Never synchronise with the host."""
 
+    def capture_problem(self) -> str | None:
+        """Why :meth:`train_step` cannot be captured once as a CUDA graph and replayed, or None when it can.
+
+        A capturable step never synchronises with the host (no ``.item()``, ``bool()`` or ``print`` of a device
+        tensor), makes no random choice on the host (it draws on the device, from the device's default generator or
+        from one of :meth:`generators`), has the same shapes at every step, builds its optimisers with
+        ``Runtime.adam`` (their learning rate then lives on the device), and computes on the host nothing that
+        differs between steps of equal :meth:`capture_key`. Every replay repeats the captured kernels exactly, so a
+        host-side decision taken at capture would silently hold for the rest of training. The default: not declared.
+        """
+        return "it does not declare its train_step capturable (Method.capture_problem)"
+
+    def capture_key(self, progress: TrainingProgress) -> Hashable:
+        """The host-side values that the step's kernels depend on at ``progress`` (CycleGAN: the loss weights in force):
+        the captured step is replayed while they stay equal and captured anew when they change. The learning rate is
+        not among them: captured optimisers read it from the device. None by default: one capture for the whole run."""
+        return None
+
+    def generators(self) -> list[torch.Generator]:
+        """The generators besides the device's default one that :meth:`train_step` draws from (an image pool's own):
+        a capture registers them with its graph, so that every replay draws new numbers. None by default."""
+        return []
+
     @abstractmethod
     def optimizers(self) -> list[torch.optim.Optimizer]:
         """Every optimiser: the loop sets their learning rate (the schedule is the same for all)."""
@@ -138,9 +176,13 @@ class Method(ABC):
         """Every part besides ``networks`` whose state a resume needs, by a name stable across versions."""
 
     def set_learning_rate(self, lr: float) -> None:
+        """Set every optimiser's learning rate; in place where it is a device tensor (:meth:`Runtime.adopt`)."""
         for optimizer in self.optimizers():
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                if isinstance(group["lr"], Tensor):
+                    group["lr"].fill_(lr)
+                else:
+                    group["lr"] = lr
 
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint holds: ``{"networks": {name: weights}, "parts": {name: state}}`` of every network and

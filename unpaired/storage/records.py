@@ -73,6 +73,10 @@ class RunResult(BaseModel):
     """Distribution -> version of every package whose components the run used (its provenance)."""
     device: str = ""
     """What it trained on, e.g. ``cuda (NVIDIA H200)`` or ``cpu (x86_64, 2 threads)``."""
+    deterministic: bool = False
+    """It trained with deterministic GPU algorithms (``train.deterministic``), so a rerun gives the same weights bit for bit."""
+    cuda_graphs: bool = False
+    """Its training steps were captured once as a CUDA graph and replayed (``train.cuda_graphs``)."""
     host: str = ""
     """The machine that trained it (its host name)."""
     ray_node: str | None = None
@@ -134,16 +138,7 @@ class Checkpoint:
     """Direction -> the name of the network in ``model["networks"]`` that translates it."""
 
     def to_file(self) -> dict[str, Any]:
-        content = {
-            "run_id": self.run_id,
-            "spec": self.spec,
-            "crop_size": self.crop_size,
-            "state": vars(self.state),
-            "model": self.model,
-            "rng": self.rng,
-            "threads": self.threads,
-            "translators": self.translators,
-        }
+        content = {**vars(self), "state": vars(self.state)}  # the fields in their order, as the checksum reads them
         return {"format": CHECKPOINT_FORMAT, "checksum": checksum(content), **content}
 
     @classmethod
@@ -158,16 +153,7 @@ class Checkpoint:
         _check_checksum(path, stored.get("checksum"), content, "checkpoint")
         _check_finite(path, content.get("model"), "checkpoint")
         try:
-            return cls(
-                content["run_id"],
-                content["spec"],
-                content["crop_size"],
-                TrainingState(**content["state"]),
-                content["model"],
-                content["rng"],
-                content["threads"],
-                content["translators"],
-            )
+            return cls(**{**content, "state": TrainingState(**content["state"])})
         except (KeyError, TypeError) as error:
             raise CorruptFileError(path, f"is not a complete checkpoint ({type(error).__name__}: {error})") from None
 

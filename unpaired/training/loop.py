@@ -30,6 +30,7 @@ from unpaired.storage.records import Checkpoint, ExportedGenerator, RunResult, T
 from unpaired.storage.run_folder import RunFolder
 from unpaired.training.batches import EpochOrder, TrainPairs
 from unpaired.training.contracts import check_contracts, check_data
+from unpaired.training.graphs import StepRunner
 from unpaired.training.parts import build_method, runtime_of
 from unpaired.training.watch import LossWatch
 from unpaired.devices import describe_device, pick_device
@@ -68,6 +69,7 @@ class Trainer:
         checkpoint = self.read_checkpoint(self.last_checkpoint) if self.last_checkpoint else None
         if checkpoint is not None:
             self.restore(checkpoint)
+        self.step = StepRunner.for_run(self.method, self.runtime, self.train.cuda_graphs)
         # The loader's own generator keeps it from drawing on the global RNG, so resuming mid-epoch stays exact.
         self.loader_rng = torch.Generator()
         self.started = time.perf_counter()
@@ -104,6 +106,8 @@ class Trainer:
             )
             torch.set_num_threads(checkpoint.threads)
         self.method.load_state_dict(checkpoint.model)
+        for optimizer in self.method.optimizers():  # saved perhaps under another runtime (with or without CUDA graphs)
+            self.runtime.adopt(optimizer)
         restore_rng(checkpoint.rng)
         self.state = dataclasses.replace(checkpoint.state, epoch_sums=checkpoint.state.epoch_sums.to(self.device))
         self.watch.step.fill_(self.state.global_step)
@@ -214,7 +218,7 @@ class Trainer:
         started, steps_before = time.perf_counter(), state.step_in_epoch
         for real_A, real_B in loader:
             progress_at = TrainingProgress(state.epoch, state.global_step + 1, self.steps_per_epoch, train.total_epochs)
-            terms = self.watch.record(method.train_step(self.runtime.to_device(real_A), self.runtime.to_device(real_B), progress_at))
+            terms = self.watch.record(self.step(real_A, real_B, progress_at))
             state.epoch_sums += terms
             state.global_step += 1
             state.step_in_epoch += 1
@@ -276,6 +280,8 @@ class Trainer:
             threads=torch.get_num_threads() if self.device.type == "cpu" else None,
             plugins=self.variant.plugins(),
             device=describe_device(self.device),
+            deterministic=self.train.deterministic,
+            cuda_graphs=self.step.capture,
         )
         if self.scorer is not None:
             scores = self.score(self.scorer)

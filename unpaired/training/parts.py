@@ -11,8 +11,10 @@ from unpaired.training.weight_init import init_weights
 
 
 def runtime_of(variant: ResolvedVariant, device: torch.device) -> Runtime:
+    """How the variant's networks run on ``device``; ready for CUDA graphs wherever ``train.cuda_graphs`` may capture."""
     train = variant.train
-    return Runtime(device, train.precision, train.channels_last, train.compile)
+    graphs = device.type == "cuda" and train.cuda_graphs != "off" and train.precision != "fp16" and not train.compile
+    return Runtime(device, train.precision, train.channels_last, train.compile, graphs)
 
 
 def method_parts(variant: ResolvedVariant, device: torch.device, image_size: int) -> MethodParts:

@@ -18,7 +18,7 @@ from unpaired.storage.lifecycle import RunOutcome
 from unpaired.storage.records import RunResult, describe_failure
 from unpaired.storage.run_folder import RunFolder
 from unpaired.training.loop import Trainer
-from unpaired.devices import pick_device, thread_count_kept
+from unpaired.devices import gpu_algorithms, pick_device, thread_count_kept
 
 
 def train_run(
@@ -47,7 +47,7 @@ def train_run(
     except LeaseHeld as held:  # another live process trains this run
         return RunOutcome.busy(held)
     try:
-        with thread_count_kept():
+        with thread_count_kept(), gpu_algorithms(variant.train.deterministic):
             previous, scorer = _previous_result(folder), None
             if previous is not None and previous.finished and previous.run_id == variant.run_id:
                 try:
