@@ -6,6 +6,7 @@ from __future__ import annotations
 import pickle
 
 import pytest
+import torch
 
 from conftest import run_cli, write_study
 from unpaired.config.study import load_study
@@ -19,7 +20,8 @@ from unpaired.storage.records import RunResult
 def test_a_study_chooses_its_executor_and_settings_validated_by_that_executor(registry, tmp_path):
     study = load_study(write_study(tmp_path / "ray.yaml", "ray-study", execution={"executor": "ray", "cpus_per_run": 2}), registry)
     assert study.execution.component.name == "ray" and study.execution.params.cpus_per_run == 2.0
-    assert load_study(write_study(tmp_path / "plain.yaml", "plain"), registry).execution.as_dict() == {"name": "local", "jobs": 1}
+    plain = load_study(write_study(tmp_path / "plain.yaml", "plain"), registry)
+    assert plain.execution.as_dict() == {"name": "local", "jobs": None, "runs_per_gpu": "auto"}
 
     unknown = write_study(tmp_path / "unknown.yaml", "unknown", execution={"executor": "slurm"})
     result = run_cli("validate", str(unknown))
@@ -35,7 +37,7 @@ def test_a_study_chooses_its_executor_and_settings_validated_by_that_executor(re
 
     kept_for_ray = write_study(tmp_path / "kept.yaml", "kept", execution={"cpus_per_run": 2, "jobs": 2})
     study = load_study(kept_for_ray, registry)
-    assert study.execution.as_dict() == {"name": "local", "jobs": 2}
+    assert study.execution.as_dict() == {"name": "local", "jobs": 2, "runs_per_gpu": "auto"}
     result = run_cli("validate", str(kept_for_ray))
     assert result.returncode == 0
     assert "warning: execution.cpus_per_run is a setting of the ray executor; local, which trains the study here, leaves it aside" in result.stderr
@@ -95,3 +97,17 @@ def test_a_worker_process_s_outcome_is_read_back_and_a_missing_one_names_the_exi
 def test_the_built_in_executors_are_plugins_registered_like_any_component(registry, name):
     component = registry.get("executor", name)
     assert component.distribution == "unpaired" and component.factory.__module__ == "unpaired_plugins.executors"
+
+
+def test_the_local_executor_trains_one_run_per_gpu_unless_told_otherwise(registry, monkeypatch, tmp_path):
+    """``jobs`` left out: ``runs_per_gpu`` on each visible GPU (auto: one, as measured: a captured run fills an H200), and one
+    at a time in this process without a GPU; ``jobs`` given: that many."""
+    from unpaired.execution.jobs import ExecutorContext
+    from unpaired_plugins.executors import RUNS_PER_GPU
+
+    def jobs(gpus: int, **settings: object) -> int:
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+        return registry.build("executor", {"name": "local", **settings}, ExecutorContext(tmp_path, registry, print, False)).jobs
+
+    assert RUNS_PER_GPU == 1
+    assert (jobs(0), jobs(2), jobs(2, runs_per_gpu=3), jobs(2, jobs=5), jobs(0, jobs=3)) == (1, 2, 6, 5, 3)

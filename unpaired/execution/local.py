@@ -43,14 +43,14 @@ class LocalExecutor:
                 break
 
     def run_in_processes(self, jobs: list[RunJob], collect: Collect) -> None:
-        """Train ``self.jobs`` runs at a time in spawned worker processes: on the visible GPUs in turn, or on the CPU
-        with its cores divided between the workers.
+        """Train ``self.jobs`` runs at a time in spawned worker processes: on the visible GPUs in turn (several on each
+        when there are more jobs than GPUs), with the CPU cores divided between the workers.
 
         A stop signal to this process (or to its whole process group) stops the workers' runs at their
         next step, with a checkpoint; queued runs are cancelled; every worker has ended when this returns.
         """
         gpus = torch.cuda.device_count()
-        threads = 1 if gpus else max(1, (os.cpu_count() or 1) // self.jobs)
+        threads = max(1, (os.cpu_count() or 1) // self.jobs)
         jobs = [_on_gpu(job, number % gpus) if gpus else job for number, job in enumerate(jobs)]
         context = multiprocessing.get_context("spawn")
         stop = context.Value("i", 0)
