@@ -1,12 +1,16 @@
 #!/usr/bin/env python3
-"""Aggregate study throughput: the same small study with ``unpaired run --jobs 1`` and ``--jobs N``, and
-with ``--executor ray`` on a two-node Ray cluster started on this machine (1 CPU per node).
+"""Aggregate study throughput: the same 4 runs one at a time (``unpaired run --jobs 1``) and packed (``--jobs N`` for
+each N asked), and with ``--executor ray`` on a two-node Ray cluster started on this machine (1 CPU per node).
 
-    python benchmarks/bench_study.py --jobs 2 --json study.json
-    python benchmarks/bench_study.py --executor ray                  # also Ray, vs --jobs 2
+    python benchmarks/bench_study.py --jobs 2 --json study.json                    # 32 px, tiny networks, on the CPU
+    python benchmarks/bench_study.py --device cuda --size 256 --jobs 2 3 4         # paper-sized runs sharing one GPU
+    python benchmarks/bench_study.py --executor ray                                # also Ray, vs --jobs 2
 
-Small variants (32 px, tiny networks) are where running several at once pays off most: a single
-one cannot keep every core (or a GPU) busy. Tracking and FID are off so only training is timed.
+Each way reports its wall time (process starts, warm-up and CUDA graph captures included) and its steady aggregate
+iterations per second: the runs' last-epoch iterations per second, summed over the runs that train at once. Small runs
+are where packing pays most: a single one keeps neither every core nor a GPU busy. At ``--size 256`` the runs are the
+paper's (ResNet-9, PatchGAN, batch 1) with ``--precision`` and channels_last. Tracking and FID are off: only training
+is timed.
 """
 
 from __future__ import annotations
@@ -15,8 +19,10 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -25,27 +31,50 @@ from pathlib import Path
 
 import yaml
 
-STUDY = {
-    "name": "bench-jobs",
-    "base": {
-        "data": {"name": "synthetic", "size": 32, "n_train": 40, "n_test": 2},
-        "generator": {"name": "resnet", "n_blocks": 2, "ngf": 8},
-        "discriminator": {"name": "patchgan", "n_layers": 2, "ndf": 8},
-        "train": {"epochs": 2, "decay_epochs": 1, "num_workers": 0, "log_every": 1000},
-        "samples": 0,
-        "eval": {"metrics": []},
-    },
-    "grid": {"generator.n_blocks": [1, 2]},
-    "seeds": [0, 1],
-    "tracking": {"enabled": False},
-}
+RUNS = 4
+UNPAIRED = str(Path(sys.executable).with_name("unpaired")) if Path(sys.executable).with_name("unpaired").is_file() else shutil.which("unpaired")
 
 
-def timed_run(study: Path, out: Path, *options: str) -> float:
-    unpaired = str(Path(sys.executable).with_name("unpaired"))
+def study(size: int, device: str, precision: str, steps: int) -> dict:
+    """The 4 runs: one variant, 4 seeds; tiny networks at 32 px, the paper's above; 2 epochs of ``steps / 2`` steps."""
+    tiny = size <= 64
+    return {
+        "name": "bench-jobs",
+        "base": {
+            "data": {"name": "synthetic", "size": size, "n_train": steps // 2, "n_test": 2},
+            "generator": {"name": "resnet", "n_blocks": 2, "ngf": 8} if tiny else {"name": "resnet"},
+            "discriminator": {"name": "patchgan", "n_layers": 2, "ndf": 8} if tiny else {"name": "patchgan"},
+            "train": {
+                "epochs": 2,
+                "decay_epochs": 0,
+                "num_workers": 0 if tiny else 2,
+                "log_every": 1000,
+                "checkpoint_every": 2,
+                "device": device,
+                "precision": precision,
+                "channels_last": not tiny,
+            },
+            "samples": 0,
+            "eval": {"metrics": []},
+        },
+        "seeds": list(range(RUNS)),
+        "tracking": {"enabled": False},
+    }
+
+
+def timed_run(spec: Path, out: Path, *options: str, timeout: float | None = None) -> dict:
+    """Run the study; its wall seconds and steady aggregate it/s (``--jobs`` runs at once, or one at a time)."""
     started = time.perf_counter()
-    subprocess.run([unpaired, "run", str(study), "--out", str(out), "--quiet", *options], check=True, capture_output=True)
-    return time.perf_counter() - started
+    command = [UNPAIRED or "unpaired", "run", str(spec), "--out", str(out), "--quiet", *options]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} exited with {done.returncode}:\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
+    wall = time.perf_counter() - started
+    rates = [json.loads(p.read_text())[-1]["it_per_s"] for p in out.glob("*/*/history.json")]
+    if len(rates) != RUNS:
+        raise RuntimeError(f"{len(rates)} of {RUNS} runs left a history in {out}")
+    at_once = min(RUNS, int(options[options.index("--jobs") + 1])) if "--jobs" in options else RUNS
+    return {"wall_s": wall, "aggregate_it_per_s": statistics.fmean(rates) * at_once, "run_it_per_s": rates}
 
 
 @contextlib.contextmanager
@@ -87,28 +116,49 @@ def local_ray_cluster(folder: Path, nodes: int = 2):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--jobs", type=int, nargs="+", default=[2], help="runs at once, each compared with one at a time")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda (every run on the first GPU)")
+    parser.add_argument("--size", type=int, default=32, help="image side: 32 times tiny networks, 256 the paper's")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--steps", type=int, default=80, help="training steps per run (2 epochs)")
     parser.add_argument("--executor", choices=["local", "ray"], default="local", help="ray: also time the study on a local Ray cluster")
+    parser.add_argument("--timeout", type=float, default=None, help="seconds each way may take")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    runs = len(STUDY["grid"]["generator.n_blocks"]) * len(STUDY["seeds"])
+    device = "cuda:0" if args.device == "cuda" else args.device
+    report: dict = {"runs": RUNS, "size": args.size, "device": device, "precision": args.precision, "steps_per_run": args.steps}
     with tempfile.TemporaryDirectory() as name:
         folder = Path(name)
-        study = folder / "study.yaml"
-        study.write_text(yaml.safe_dump(STUDY))
-        serial = timed_run(study, folder / "serial", "--jobs", "1")
-        parallel = timed_run(study, folder / "parallel", "--jobs", str(args.jobs))
-        report = {"runs": runs, "jobs": args.jobs, "serial_s": serial, "parallel_s": parallel, "speedup": serial / parallel}
-        print(f"{runs} runs: --jobs 1 {serial:.1f} s, --jobs {args.jobs} {parallel:.1f} s, aggregate speed-up {serial / parallel:.2f}x")
-        if args.executor == "ray":
-            with local_ray_cluster(folder, nodes=args.jobs) as address:
-                on_ray = timed_run(study, folder / "ray", "--executor", "ray", "--address", address)
-            overhead = (on_ray - parallel) / (runs / args.jobs)
-            report |= {"ray_s": on_ray, "ray_vs_jobs": parallel / on_ray, "ray_overhead_s_per_run": overhead}
+        spec = folder / "study.yaml"
+        spec.write_text(yaml.safe_dump(study(args.size, device, args.precision, args.steps)))
+        report["serial"] = serial = timed_run(spec, folder / "serial", "--jobs", "1", timeout=args.timeout)
+        print(f"{RUNS} runs of {args.steps} steps at {args.size} px on {device}, one at a time: {serial['wall_s']:.1f} s, "
+              f"{serial['aggregate_it_per_s']:.1f} it/s")  # fmt: skip
+        for jobs in args.jobs:
+            packed = timed_run(spec, folder / f"jobs{jobs}", "--jobs", str(jobs), timeout=args.timeout)
+            packed |= {
+                "speedup": serial["wall_s"] / packed["wall_s"],
+                "aggregate_speedup": packed["aggregate_it_per_s"] / serial["aggregate_it_per_s"],
+            }
+            report[f"jobs_{jobs}"] = packed
             print(
-                f"Ray, {args.jobs} nodes of 1 CPU: {on_ray:.1f} s, throughput {parallel / on_ray:.2f}x --jobs {args.jobs}'s, "
-                f"{overhead:+.1f} s per run"
+                f"--jobs {jobs}: {packed['wall_s']:.1f} s ({packed['speedup']:.2f}x), steady {packed['aggregate_it_per_s']:.1f} it/s "
+                f"({1000 / packed['aggregate_it_per_s']:.1f} ms per iteration, {packed['aggregate_speedup']:.2f}x one at a time)"
             )
+            if args.json:
+                args.json.write_text(json.dumps(report, indent=1))  # what is measured so far
+        if args.executor == "ray":
+            jobs = args.jobs[0]
+            with local_ray_cluster(folder, nodes=jobs) as address:
+                on_ray = timed_run(spec, folder / "ray", "--executor", "ray", "--address", address, timeout=args.timeout)
+            overhead = (on_ray["wall_s"] - report[f"jobs_{jobs}"]["wall_s"]) / (RUNS / jobs)
+            report |= {
+                "ray_s": on_ray["wall_s"],
+                "ray_vs_jobs": report[f"jobs_{jobs}"]["wall_s"] / on_ray["wall_s"],
+                "ray_overhead_s_per_run": overhead,
+            }
+            throughput = f"throughput {report['ray_vs_jobs']:.2f}x --jobs {jobs}'s"
+            print(f"Ray, {jobs} nodes of 1 CPU: {on_ray['wall_s']:.1f} s, {throughput}, {overhead:+.1f} s per run")
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
 

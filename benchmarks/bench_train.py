@@ -12,8 +12,9 @@ on images read from files by the training loader). Warm-up steps are excluded.
     python benchmarks/bench_train.py --with-data --size 256       # engine steps fed by the training loader from files
     python benchmarks/bench_train.py --loader --size 256          # also: data decode + augment rate on its own
 
-A setting is ``fp32``, ``bf16`` or ``fp16``, optionally with ``+cl`` (channels_last) and
-``+compile``. ``speedup`` is reference s/iter divided by the engine's (above 1 is faster), the
+A setting is ``fp32``, ``bf16`` or ``fp16``, optionally with ``+cl`` (channels_last), ``+compile`` and ``+graphs`` (the
+step captured as a CUDA graph and replayed, as ``train.cuda_graphs: on``; without it, the step runs eagerly). cuDNN
+autotunes, as in training. ``speedup`` is reference s/iter divided by the engine's (above 1 is faster), the
 median over rounds of each round's ratio, with its range; ``time_vs_cyclegan`` is a method's s/iter over CycleGAN's
 at the same setting, the median of the rounds' ratios (the CUT paper: about 0.6 for CUT on a GPU).
 """
@@ -42,7 +43,8 @@ from unpaired.plugin_api.registry import default_registry
 from unpaired.tools.export import export_folder_layout
 from unpaired.training.batches import EpochOrder, TrainPairs
 from unpaired.training.parts import build_method, runtime_of
-from unpaired.devices import pick_device
+from unpaired.devices import gpu_algorithms, pick_device
+from unpaired.training.graphs import WARMUP_STEPS, StepRunner
 from unpaired.training.runtime import seed_everything
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "bench" / "reference_cyclegan.py"
@@ -62,7 +64,13 @@ def variant_for(args: argparse.Namespace, setting: str, method: str = "cyclegan"
         "data": {"name": "synthetic", "size": args.size, "n_train": 8, "n_test": 2},
         "generator": {"name": "resnet", "n_blocks": args.blocks},
         "discriminator": {"name": args.disc},
-        "train": {"precision": precision, "channels_last": "cl" in flags, "compile": "compile" in flags, "batch_size": args.batch},
+        "train": {
+            "precision": precision,
+            "channels_last": "cl" in flags,
+            "compile": "compile" in flags,
+            "cuda_graphs": "on" if "graphs" in flags else "off",
+            "batch_size": args.batch,
+        },
         "eval": {"metrics": []},
     }
 
@@ -84,6 +92,7 @@ class EngineTimer:
         self.name = f"{method} {setting}"
         variant = resolve_variant(variant_for(args, setting, method), registry)
         self.model, self.runtime = build_method(variant, device, args.size), runtime_of(variant, device)
+        self.step = StepRunner.for_run(self.model, self.runtime, variant.train.cuda_graphs)  # as the training loop runs it
         self.progress = TrainingProgress(epoch=0, step=1, steps_per_epoch=1, total_epochs=1)
         if args.with_data:
             self.folder = tempfile.TemporaryDirectory()  # removed with the timer
@@ -103,7 +112,7 @@ class EngineTimer:
             self.batches = itertools.cycle([tuple(self.runtime.to_device(torch.rand(shape) * 2 - 1) for _ in range(2)) for _ in range(4)])
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        self.run(args.warmup)
+        self.run(max(args.warmup, WARMUP_STEPS + 1) if self.step.capture else args.warmup)  # a captured step: warmed up and captured
 
     def run(self, steps: int) -> float:
         """Seconds per step over ``steps`` steps."""
@@ -111,7 +120,7 @@ class EngineTimer:
         started = time.perf_counter()
         for _ in range(steps):
             real_A, real_B = next(self.batches)
-            self.terms = self.model.train_step(self.runtime.to_device(real_A), self.runtime.to_device(real_B), self.progress)
+            self.terms = self.step(real_A, real_B, self.progress)
         synchronize(self.device)
         return (time.perf_counter() - started) / max(steps, 1)
 
@@ -217,7 +226,11 @@ def main() -> None:
     parser.add_argument("--reference", type=Path, default=REFERENCE)
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args()
-    device = pick_device(args.device)
+    with gpu_algorithms(deterministic=False):
+        measure(args, pick_device(args.device))
+
+
+def measure(args: argparse.Namespace, device: torch.device) -> None:
     gflops = {name: matmul_gflops(device, dtype) for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
     if args.quick:
         args.size, args.blocks, args.batch, args.iters, args.rounds, args.warmup = 128, 9, 1, 3, 2, 1

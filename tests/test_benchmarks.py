@@ -124,8 +124,12 @@ def test_the_gpu_check_runs_its_harness_on_the_cpu_where_every_fp32_comparison_i
     assert 0 < checks["step bf16"]["measured"] <= 0.05 and "step fp16" not in checks  # fp16 autocast: a GPU path
     for mode in ("defaults", "deterministic"):
         assert checks[f"resume bit-exact ({mode})"]["passed"] and checks[f"rerun identical ({mode})"]["passed"]
+    assert "resume bit-exact (graphs, deterministic)" not in checks  # CUDA graphs: a GPU path
+    assert all(checks[f"graphs vs eager, {method}"]["measured"] == 0 for method in ("cyclegan", "cut", "fastcut"))  # both eager here
     assert all(checks[f"{column} on the device vs the CPU"]["measured"] == 0 for column in ("fid_a2b", "fid_b2a", "kid_a2b", "kid_b2a"))
     assert checks["study with --jobs 2"]["passed"] and all(device.startswith("cpu") for device in checks["study with --jobs 2"]["devices"])
-    bench = report["measurements"]["bench_train"]
-    assert [row["setting"] for row in bench["engine"]] == ["fp32"] and report["measurements"]["fid_seconds"]["seconds"] > 0
-    assert "resume bit-exact (defaults)" in result.stdout and "FAILED" not in result.stdout
+    measured = report["measurements"]
+    assert [row["setting"] for row in measured["bench_train"]["engine"]] == ["fp32"] and measured["fid_time"]["seconds"] > 0
+    packed = measured["bench_study"]["jobs_2"]
+    assert len(packed["run_it_per_s"]) == 4 and packed["aggregate_it_per_s"] == pytest.approx(2 * statistics.fmean(packed["run_it_per_s"]))
+    assert report["skipped"] == [] and "resume bit-exact (defaults)" in result.stdout and "FAILED" not in result.stdout
