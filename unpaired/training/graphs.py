@@ -101,8 +101,9 @@ class StepRunner:
         return self.method.train_step(*self.inputs, progress)
 
     def _copy_in(self, real_A: Tensor, real_B: Tensor) -> bool:
-        """Copy the batch into the static buffers (made by the first batch); False when its shape differs from theirs."""
-        if self.inputs is None:
+        """Copy the batch into the static buffers, made anew for each shape until the capture (a run resumed just before
+        an epoch's smaller last batch starts with it); False for a batch of another shape than the captured one's."""
+        if self.inputs is None or (self.graph is None and (real_A.shape, real_B.shape) != (self.inputs[0].shape, self.inputs[1].shape)):
             self.inputs = (self.runtime.to_device(real_A).clone(), self.runtime.to_device(real_B).clone())
             return True
         if (real_A.shape, real_B.shape) != (self.inputs[0].shape, self.inputs[1].shape):
