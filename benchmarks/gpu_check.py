@@ -216,7 +216,7 @@ def trained(spec: dict[str, Any], folder: Path, stop_at: int | None = None) -> d
     result = train_run(resolved, RunFolder(folder), registry, show_progress=False).result
     if result is None or not result.finished:
         raise RuntimeError(f"the run did not finish: {result.error if result else 'no result'}")
-    generators = {d: torch.load(RunFolder(folder).generator_path(d), weights_only=False)["state_dict"] for d in ("AtoB", "BtoA")}
+    generators = {d: torch.load(RunFolder(folder).generator_path(d), weights_only=True)["state_dict"] for d in ("AtoB", "BtoA")}
     return {"generators": generators, "losses": result.final_losses, "cuda_graphs": result.cuda_graphs}
 
 

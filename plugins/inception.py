@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
+import torch
 from pydantic import BaseModel, Field
 from torch import Tensor, nn
 
 from unpaired.plugin_api import hookimpl
 
 WEIGHTS_ENV = "UNPAIRED_FID_WEIGHTS"
+FORCE_WEIGHTS_ONLY = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"
+"""torch.load's own switch: weights only, even where the caller passes weights_only=False."""
 
 
 class InceptionParams(BaseModel):
@@ -26,6 +31,33 @@ WHERE_TO_GET_WEIGHTS = (
 )
 
 
+def plain_state_dict(path: Path) -> dict[str, Tensor]:
+    """The weights in ``path``, loaded without running code from the file (``weights_only``); a file that is not a plain
+    state dict (names -> tensors) raises ``ValueError`` naming it. torch-fidelity would unpickle it whole."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a pickle of other objects, a torn or foreign file
+        first = (str(error).strip().splitlines() or [""])[0]
+        raise ValueError(f"{path} is not a plain weights file ({type(error).__name__}: {first}); unpaired loads no code from weights") from None
+    if not isinstance(state, dict) or not state or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()):
+        raise ValueError(f"{path} holds {type(state).__name__}, not a state dict of named tensors: name torch-fidelity's Inception weights")
+    return state
+
+
+@contextlib.contextmanager
+def weights_only_loading() -> Iterator[None]:
+    """Every ``torch.load`` in the block loads weights only, whatever its caller asks (torch-fidelity asks for pickle)."""
+    saved = os.environ.get(FORCE_WEIGHTS_ONLY)
+    os.environ[FORCE_WEIGHTS_ONLY] = "1"
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ[FORCE_WEIGHTS_ONLY]
+        else:
+            os.environ[FORCE_WEIGHTS_ONLY] = saved
+
+
 class InceptionFeatures(nn.Module):
     """uint8 RGB images (N, 3, H, W) of any size -> 2048-d pool features (N, 2048); resizing to 299 px is done inside."""
 
@@ -36,12 +68,15 @@ class InceptionFeatures(nn.Module):
         path = params.weights or os.environ.get(WEIGHTS_ENV) or None
         if path is not None and not Path(path).is_file():
             raise FileNotFoundError(f"no Inception weights file at {path}. {WHERE_TO_GET_WEIGHTS}")
+        if path is not None:
+            plain_state_dict(Path(path))  # refused here, with its name, before anything unpickles it
         from torchmetrics.image.fid import NoTrainInceptionV3  # imported here: torchmetrics takes seconds to import
 
         try:
-            self.network = NoTrainInceptionV3(
-                name="inception-v3-compat", features_list=["2048"], feature_extractor_weights_path=None if path is None else str(path)
-            )
+            with weights_only_loading():  # also torch hub's cached download
+                self.network = NoTrainInceptionV3(
+                    name="inception-v3-compat", features_list=["2048"], feature_extractor_weights_path=None if path is None else str(path)
+                )
         except Exception as error:  # typically: no internet to download the weights
             raise RuntimeError(f"{type(error).__name__}: {error}. {WHERE_TO_GET_WEIGHTS}") from error
         self.cache_identity = str(path or "torch-fidelity download")

@@ -14,7 +14,7 @@ from torch import nn
 from conftest import FID_WEIGHTS, run_cli, write_synthetic_folder
 from unpaired import hookimpl
 from unpaired.config.resolved import resolve_variant
-from unpaired.evaluation.features import FeatureExtractor
+from unpaired.evaluation.features import EvaluationError, FeatureExtractor
 from unpaired_plugins.metrics import FID, KID, FidParams, KidParams
 from unpaired.plugin_api.registry import Registry
 from unpaired.storage.run_folder import RunFolder
@@ -195,6 +195,30 @@ def test_preflight_stops_the_study_before_training_when_the_weights_are_missing(
     assert f"no Inception weights file at {tmp_path / 'missing.pth'}" in result.stderr
     assert "UNPAIRED_FID_WEIGHTS=PATH" in result.stderr and "eval.metrics: []" in result.stderr
     assert not list((tmp_path / "out").glob("*/*"))
+
+
+class Planted:
+    """A pickle that runs code when unpickled: it writes a file."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("weights", ["pickle", "not-a-state-dict"])
+def test_a_weights_file_that_is_not_a_plain_state_dict_is_refused_by_name_and_runs_no_code(tmp_path, monkeypatch, weights):
+    path, marker = tmp_path / "weights.pth", tmp_path / "ran"
+    torch.save({"fc.weight": Planted(str(marker))} if weights == "pickle" else [torch.zeros(2)], path)
+    choice = Registry.from_entry_points().resolve("feature_extractor", {"name": "inception", "weights": str(path)})
+    with pytest.raises(EvaluationError) as error:
+        FeatureExtractor(choice, CPU, batch_size=2)
+    assert str(path) in str(error.value) and not marker.exists()
+    assert ("not a plain weights file" if weights == "pickle" else "holds list, not a state dict") in str(error.value)
+    monkeypatch.setenv("UNPAIRED_FID_WEIGHTS", str(path))  # the same through the environment, and by the fid command
+    result = run_cli("fid", str(write_synthetic_folder(tmp_path / "a") / "testA"), str(tmp_path / "a" / "testB"))
+    assert result.returncode != 0 and str(path) in result.stderr and not marker.exists()
 
 
 FLAT_DATASET = """
