@@ -122,6 +122,26 @@ def test_base_grid_and_variant_problems_are_reported_together(registry):
     assert "Did you mean 'patchgan'?" in found["variant[odd,n_blocks=0].discriminator.name"]
 
 
+def test_a_grid_that_explodes_is_counted_and_refused_before_any_variant_is_built(registry, tmp_path):
+    """19 two-value axes are 524,288 variants: validate ran for minutes and took gigabytes building them."""
+    grid = {f"train.{field}": [1, 2] for field in ("epochs", "decay_epochs", "batch_size", "log_every", "sample_every")}
+    grid |= {f"generator.{field}": [1, 2] for field in ("n_blocks", "ngf")} | {"train.lr": [1e-4, 2e-4], "train.init_gain": [0.01, 0.02]}
+    grid |= {"discriminator.ndf": [4, 8], "discriminator.n_layers": [1, 2], "train.init": ["normal", "xavier"], "train.seed": [0, 1]}
+    grid |= {"loss_weights.cycle": [5.0, 10.0], "loss_weights.identity": [0.0, 5.0], "loss_weights.adversarial": [0.5, 1.0]}
+    grid |= {"image_pool.size": [0, 50], "image_pool.swap_probability": [0.25, 0.5], "samples": [1, 2]}
+    assert len(grid) == 19
+    started = time.monotonic()
+    result = run_cli("validate", str(write_study(tmp_path / "huge.yaml", "huge", grid=grid)))
+    assert result.returncode == 2 and time.monotonic() - started < 30
+    assert "grid: 524,288 variants (2 train.epochs x 2 train.decay_epochs x" in result.stderr
+    assert "is more than max_variants 10,000; set it higher" in result.stderr
+    small = {"generator.n_blocks": [1, 2], "generator.ngf": [4, 8]}
+    named = {"a": {}, "b": {"samples": 2}}
+    with pytest.raises(SpecError, match=r"8 variants \(2 generator.n_blocks x 2 generator.ngf x 2 named\) is more than max_variants 7"):
+        plan_study({"name": "s", "base": TINY_BASE, "grid": small, "variants": named, "max_variants": 7}, registry)
+    assert len(plan_study({"name": "s", "base": TINY_BASE, "grid": small, "variants": named, "max_variants": 8}, registry).runs) == 8
+
+
 def test_variant_problems_name_the_variant_and_the_path(registry):
     found = problems(registry, variants={"odd": {"discriminator": {"name": "patchgn"}}, "neg": {"train": {"lr": -1}}})
     assert "Did you mean 'patchgan'?" in found["variants.odd.discriminator.name"]

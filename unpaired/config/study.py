@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -67,6 +68,7 @@ class StudySpec(BaseModel):
         default_factory=lambda: [0], description="each variant is trained once per seed (train.seed)"
     )
     baseline: str | None = Field(None, description="the variant differences are measured against (default: the base)")
+    max_variants: int = Field(10_000, ge=1, description="more variants than this (grid points x named variants) are refused before any is built")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     execution: dict[str, Any] = Field(
         default_factory=dict,
@@ -196,10 +198,16 @@ def plan_study(data: Any, registry: Registry, source: str = "<study>", inputs: b
         problems.extend(error.problems)
     if len(set(spec.seeds)) != len(spec.seeds):
         problems.append(("seeds", f"each seed may appear once (got {spec.seeds})"))
-    try:  # the variants too, along the valid axes: every problem at once, but those a variant inherits from the base
-        runs, names_by_key = _expand(spec, axes, registry, source, inputs)
-    except SpecError as error:
-        problems += [(path, message) for path, message in error.problems if not any(path.endswith(p) and message == m for p, m in of_base)]
+    count = max(len(spec.variants), 1) * math.prod(len(values) for values in spec.grid.values())  # counted, not built
+    if count > spec.max_variants:
+        factors = [f"{len(values)} {path}" for path, values in spec.grid.items()] + ([f"{len(spec.variants)} named"] if spec.variants else [])
+        problems.append(("grid", f"{count:,} variants ({' x '.join(factors)}) is more than max_variants {spec.max_variants:,}; set it higher"))
+        runs, names_by_key = [], {}
+    else:  # the variants too, along the valid axes: every problem at once, but those a variant inherits from the base
+        try:
+            runs, names_by_key = _expand(spec, axes, registry, source, inputs)
+        except SpecError as error:
+            problems += [(path, message) for path, message in error.problems if not any(path.endswith(p) and message == m for p, m in of_base)]
     if problems or base is None:
         raise SpecError(source, list(dict.fromkeys(problems)))
 
