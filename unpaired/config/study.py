@@ -201,13 +201,12 @@ def plan_study(data: Any, registry: Registry, source: str = "<study>", inputs: b
     count = max(len(spec.variants), 1) * math.prod(len(values) for values in spec.grid.values())  # counted, not built
     if count > spec.max_variants:
         factors = [f"{len(values)} {path}" for path, values in spec.grid.items()] + ([f"{len(spec.variants)} named"] if spec.variants else [])
-        problems.append(("grid", f"{count:,} variants ({' x '.join(factors)}) is more than max_variants {spec.max_variants:,}; set it higher"))
-        runs, names_by_key = [], {}
-    else:  # the variants too, along the valid axes: every problem at once, but those a variant inherits from the base
-        try:
-            runs, names_by_key = _expand(spec, axes, registry, source, inputs)
-        except SpecError as error:
-            problems += [(path, message) for path, message in error.problems if not any(path.endswith(p) and message == m for p, m in of_base)]
+        too_many = f"{count:,} variants ({' x '.join(factors)}) is more than max_variants {spec.max_variants:,}; set it higher"
+        raise SpecError(source, [*dict.fromkeys(problems), ("grid", too_many)])
+    try:  # the variants too, along the valid axes: every problem at once, but those a variant inherits from the base
+        runs, names_by_key = _expand(spec, axes, registry, source, inputs)
+    except SpecError as error:
+        problems += [(path, message) for path, message in error.problems if not any(path.endswith(p) and message == m for p, m in of_base)]
     if problems or base is None:
         raise SpecError(source, list(dict.fromkeys(problems)))
 
