@@ -142,6 +142,12 @@ def test_a_grid_that_explodes_is_counted_and_refused_before_any_variant_is_built
     assert len(plan_study({"name": "s", "base": TINY_BASE, "grid": small, "variants": named, "max_variants": 8}, registry).runs) == 8
 
 
+def test_a_variant_name_too_long_for_a_folder_is_a_problem_of_validation_not_a_crash_of_run(registry):
+    long = "lr=" + "1" * 300
+    with pytest.raises(SpecError, match=rf"variants.{long}: the variant's name is 303 characters, and a folder's at most 255"):
+        plan_study({"name": "s", "base": TINY_BASE, "variants": {long: {"samples": 2}, "short": {}}}, registry)
+
+
 def test_variant_problems_name_the_variant_and_the_path(registry):
     found = problems(registry, variants={"odd": {"discriminator": {"name": "patchgn"}}, "neg": {"train": {"lr": -1}}})
     assert "Did you mean 'patchgan'?" in found["variants.odd.discriminator.name"]

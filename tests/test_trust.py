@@ -30,7 +30,7 @@ from unpaired.plugin_api.registry import Registry
 from unpaired.storage.files import CorruptFileError, atomic_save
 from unpaired.storage.lease import Lease
 from unpaired.results.mlflow_store import TrackingError
-from unpaired.storage.records import Checkpoint, ExportedGenerator
+from unpaired.storage.records import Checkpoint, ExportedGenerator, TrainingState
 from unpaired.storage.run_folder import RunFolder
 
 TWO_EPOCHS = merge(TINY_BASE, {"train": {"epochs": 2, "decay_epochs": 0, "checkpoint_every": 1, "log_every": 1}})
@@ -53,6 +53,23 @@ def test_a_variant_name_that_would_leave_the_output_folder_is_refused_and_no_nam
     for name in ("..", ".", "...", ".hidden", "../../etc", "a/../..", ""):
         folder = RunFolder.in_study(out, name, 0, "abc").path
         assert folder.resolve().parent.parent == out.resolve() and not folder.parent.name.startswith("."), name
+
+
+def test_a_checkpoint_whose_loss_sums_are_infinite_is_corrupt_even_with_a_matching_checksum(tmp_path):
+    """A run stops at its first non-finite loss, so such sums were written by hand (they became final_losses = inf)."""
+    state = TrainingState(epoch_sums=torch.tensor([0.5, float("inf")]))
+    model = {"networks": {"G": {"weight": torch.ones(2)}}, "parts": {}}
+    path = tmp_path / "epoch-0001-step-000000006.pt"
+    atomic_save(Checkpoint("abc", {}, 32, state, model, {}, 1, {"AtoB": "G"}).to_file(), path)
+    with pytest.raises(CorruptFileError, match=r"state.epoch_sums holds NaN or infinite values, so no checkpoint can be used from it"):
+        Checkpoint.read(path)
+
+
+def test_a_file_of_another_format_is_named_with_its_kind_in_plain_english(tmp_path):
+    path = tmp_path / "AtoB.pt"
+    atomic_save({"format": 1, "direction": "AtoB"}, path)
+    with pytest.raises(CorruptFileError, match=r"is an exported generator of format 1; this version of unpaired reads format 2"):
+        ExportedGenerator.read(path, "AtoB")
 
 
 def test_a_checkpoint_with_infinite_weights_and_a_matching_checksum_is_set_aside_and_the_run_starts_again(tmp_path):

@@ -77,6 +77,10 @@ class StudySpec(BaseModel):
     )
 
 
+MAX_NAME = 255
+"""The longest variant name: its runs' folder is named after it (``variant_folder_name``), and file systems allow 255 bytes."""
+
+
 @dataclass(frozen=True)
 class PlannedRun:
     """One run of a study: a variant trained with one seed."""
@@ -260,6 +264,9 @@ def _expand(spec: StudySpec, grid: dict[str, list[Any]], registry: Registry, sou
             problems.append(
                 ("variants", f"{name!r} cannot name a variant: it names a folder outside the output folder; give it a name with a letter or digit")
             )
+            continue
+        if len(name) > MAX_NAME:  # its runs' folder is named after it, one character for one
+            problems.append((where, f"the variant's name is {len(name)} characters, and a folder's at most {MAX_NAME}: use named variants"))
             continue
         try:
             resolved = resolve_variant(merged, registry, source, prefix=where, inputs=inputs)

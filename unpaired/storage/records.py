@@ -152,6 +152,7 @@ class Checkpoint:
         content = {k: v for k, v in stored.items() if k not in ("format", "checksum")}
         _check_checksum(path, stored.get("checksum"), content, "checkpoint")
         _check_finite(path, content.get("model"), "checkpoint")
+        _check_finite(path, {"state": content.get("state")}, "checkpoint")  # the loss sums too: a run stops at a non-finite loss
         try:
             return cls(**{**content, "state": TrainingState(**content["state"])})
         except (KeyError, TypeError) as error:
@@ -273,7 +274,7 @@ def _check_format(path: Path, stored: dict[str, Any], expected: int, what: str) 
     if stored.get("format", 1) != expected:  # files without a format number are the first format
         raise CorruptFileError(
             path,
-            f"is a {what} of format {stored.get('format', 1)}; this version of unpaired reads format {expected}. "
+            f"is {'an' if what[0] in 'aeiou' else 'a'} {what} of format {stored.get('format', 1)}; this version of unpaired reads format {expected}. "
             "Retrain the run, or use the version of unpaired that wrote it.",
         )
 
