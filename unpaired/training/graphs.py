@@ -28,16 +28,23 @@ WARMUP_STEPS = 3
 GraphSetting = Literal["auto", "on", "off"]
 
 
-def graph_problem(method: Method, runtime: Runtime) -> str | None:
-    """Why this run's step cannot be captured as a CUDA graph, or None when it can."""
+def runtime_problem(runtime: Runtime) -> str | None:
+    """Why no step can be captured on ``runtime`` whatever its method (the device, the precision, compilation, torch)."""
     if runtime.device.type != "cuda":
         return f"CUDA graphs need a CUDA device, and this run trains on {runtime.device.type}"
     if runtime.precision == "fp16":
         return "fp16's grad scaler decides on the host whether to step (use bf16)"
     if runtime.compile:
         return "train.compile is on (torch.compile's own mode='reduce-overhead' is the way to combine them)"
-    if method.generators() and not hasattr(torch.cuda.CUDAGraph, "register_generator_state"):
-        return f"the method draws from its own generators, which torch {torch.__version__} cannot register with a graph (2.5 can)"
+    if not hasattr(torch.cuda.CUDAGraph, "register_generator_state"):  # image pools draw from their own generators
+        return f"torch {torch.__version__} cannot register a part's own random generator with a graph (2.5 can)"
+    return None
+
+
+def graph_problem(method: Method, runtime: Runtime) -> str | None:
+    """Why this run's step cannot be captured as a CUDA graph, or None when it can."""
+    if (problem := runtime_problem(runtime)) is not None:
+        return problem
     if (problem := method.capture_problem()) is not None:
         return f"{type(method).__name__}: {problem}"
     optimizer = next((o for o in method.optimizers() if not all(isinstance(g["lr"], Tensor) for g in o.param_groups)), None)

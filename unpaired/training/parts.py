@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import nn
 
 from unpaired.config.resolved import ResolvedVariant
 from unpaired.plugin_api.methods import Method, MethodParts, Runtime
+from unpaired.training.graphs import runtime_problem
 from unpaired.training.weight_init import init_weights
 
 
 def runtime_of(variant: ResolvedVariant, device: torch.device) -> Runtime:
     """How the variant's networks run on ``device``; ready for CUDA graphs wherever ``train.cuda_graphs`` may capture."""
     train = variant.train
-    graphs = device.type == "cuda" and train.cuda_graphs != "off" and train.precision != "fp16" and not train.compile
-    return Runtime(device, train.precision, train.channels_last, train.compile, graphs)
+    runtime = Runtime(device, train.precision, train.channels_last, train.compile)
+    return dataclasses.replace(runtime, cuda_graphs=train.cuda_graphs != "off" and runtime_problem(runtime) is None)
 
 
 def method_parts(variant: ResolvedVariant, device: torch.device, image_size: int) -> MethodParts:
