@@ -13,6 +13,7 @@ import warnings
 
 import pytest
 import torch
+import yaml
 
 from conftest import TINY_BASE
 from unpaired.config.overrides import merge
@@ -134,6 +135,9 @@ def test_graphs_and_determinism_are_runtime_settings_that_leave_the_run_id_alone
         assert resolve_variant(merge(TINY_BASE, {"train": train}), registry).run_id == plain.run_id, train
     with pytest.raises(SpecError, match="cuda_graphs: on cannot replay fp16"):
         resolve_variant(merge(TINY_BASE, {"train": {"cuda_graphs": "on", "precision": "fp16"}}), registry)
+    for written, meant in (("on", "on"), ("off", "off"), ("auto", "auto")):  # YAML reads a bare on/off as a boolean
+        train = yaml.safe_load(f"cuda_graphs: {written}")
+        assert resolve_variant(merge(TINY_BASE, {"train": train}), registry).train.cuda_graphs == meant
 
 
 def test_on_a_cpu_auto_trains_eagerly_without_a_word_and_the_result_records_determinism(registry, tmp_path):

@@ -13,7 +13,7 @@ import functools
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from unpaired.errors import UnpairedError
 from unpaired.plugin_api.components import ComponentKind
@@ -74,6 +74,12 @@ class TrainConfig(BaseModel):
         description="a checkpoint that fails its checks: restart the run from the beginning (the file is kept "
         "beside it as .corrupt, with a warning), or stop the run with the error",
     )
+
+    @field_validator("cuda_graphs", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, value: Any) -> Any:
+        """YAML reads a bare ``on`` and ``off`` as true and false: take them as written."""
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
     @model_validator(mode="after")
     def _graphs_replayable(self) -> TrainConfig:
