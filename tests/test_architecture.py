@@ -6,7 +6,6 @@ import ast
 import tomllib
 from pathlib import Path
 
-import pytest
 
 from conftest import REPO
 from unpaired.plugin_api import hookspecs
@@ -152,15 +151,11 @@ def test_every_component_kind_has_its_documented_register_hook():
     assert KINDS == tuple(REGISTER_HOOKS)
 
 
-@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PACKAGE)))
-def test_modules_and_functions_stay_small(path):
-    """About 300 lines per module and 60 per function: past that, a concept wants its own home."""
-    lines = path.read_text().count("\n")
-    assert lines <= 300, f"{lines} lines"
-    for node in ast.walk(parsed(path)):
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            length = node.end_lineno - node.lineno + 1
-            assert length <= 60, f"{node.name} has {length} lines"
+def test_complexity_is_bounded_by_the_linter():
+    """What a function does is bounded by its paths (ruff's C901, checked by CI's ``ruff check``), not its line count:
+    line caps made code pack assignments and inline names to fit."""
+    lint = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["ruff"]["lint"]
+    assert "C901" in lint["select"] and lint["mccabe"]["max-complexity"] <= 10
 
 
 def test_every_package_is_installed():

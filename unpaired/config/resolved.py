@@ -133,31 +133,8 @@ def resolve_variant(data: Mapping[str, Any], registry: Registry, source: str = "
     ask the dataset whether its data can be found (``UnpairedData.input_problems``); commands that only read results
     leave that out.
     """
-    problems: list[tuple[str, str]] = []
-    try:
-        spec = VariantSpec.model_validate(data)
-    except ValidationError as error:  # the sections that are valid are checked further all the same
-        problems = pydantic_problems(error, VariantSpec, prefix)
-        broken = {str(e["loc"][0]) for e in error.errors() if e["loc"]}
-        try:
-            spec = VariantSpec.model_validate({key: value for key, value in data.items() if key not in broken})
-        except ValidationError:
-            raise SpecError(source, problems) from None
-    chosen: dict[str, Choice] = {}
-    for path, slot in component_slots().items():
-        config = _get(spec, path)
-        where = ".".join(filter(None, [prefix, path]))
-        if config is None and slot.fallback is not None:
-            if slot.fallback in chosen:
-                chosen[path] = chosen[slot.fallback]
-            continue
-        try:
-            config = {"name": registry.default(slot.kind)} if config is None else config.model_dump()
-            chosen[path] = registry.resolve(slot.kind, config, where=where)
-        except InvalidParamsError as error:
-            problems.extend(error.errors)
-        except ComponentError as error:
-            problems.append((f"{where}.name", str(error)))
+    spec, problems = _validated(data, source, prefix)
+    chosen = _resolve_components(spec, registry, prefix, problems)
     if "method" in chosen:  # the method's rules about the other components (those that resolved)
         problems += _method_problems(chosen["method"], chosen, prefix)
     if inputs and "data" in chosen and (check := getattr(chosen["data"].component.factory, "input_problems", None)):
@@ -181,6 +158,40 @@ def resolve_variant(data: Mapping[str, Any], registry: Registry, source: str = "
         samples=spec.samples,
         eval=resolved_eval,
     )
+
+
+def _validated(data: Mapping[str, Any], source: str, prefix: str) -> tuple[VariantSpec, list[tuple[str, str]]]:
+    """The variant spec, with the problems of its invalid sections (left out of it, so that the valid ones are checked
+    further all the same); :class:`SpecError` when even that fails."""
+    try:
+        return VariantSpec.model_validate(data), []
+    except ValidationError as error:
+        problems = pydantic_problems(error, VariantSpec, prefix)
+        broken = {str(e["loc"][0]) for e in error.errors() if e["loc"]}
+    try:
+        return VariantSpec.model_validate({key: value for key, value in data.items() if key not in broken}), problems
+    except ValidationError:
+        raise SpecError(source, problems) from None
+
+
+def _resolve_components(spec: VariantSpec, registry: Registry, prefix: str, problems: list[tuple[str, str]]) -> dict[str, Choice]:
+    """Slot path -> the component chosen for it (or its default, or its fallback slot's); what fails goes to ``problems``."""
+    chosen: dict[str, Choice] = {}
+    for path, slot in component_slots().items():
+        config = _get(spec, path)
+        where = ".".join(filter(None, [prefix, path]))
+        if config is None and slot.fallback is not None:
+            if slot.fallback in chosen:
+                chosen[path] = chosen[slot.fallback]
+            continue
+        try:
+            config = {"name": registry.default(slot.kind)} if config is None else config.model_dump()
+            chosen[path] = registry.resolve(slot.kind, config, where=where)
+        except InvalidParamsError as error:
+            problems.extend(error.errors)
+        except ComponentError as error:
+            problems.append((f"{where}.name", str(error)))
+    return chosen
 
 
 def _method_problems(method: Choice, chosen: Mapping[str, Choice], prefix: str) -> list[tuple[str, str]]:

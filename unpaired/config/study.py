@@ -189,23 +189,14 @@ def plan_study(data: Any, registry: Registry, source: str = "<study>", inputs: b
     except SpecError as error:
         base, problems = None, list(error.problems)
     of_base = [(path.removeprefix("base"), message) for path, message in problems]
-    axes = {}
-    for path, values in spec.grid.items():
-        reason = _check_grid_path(path, spec.base, registry)
-        if reason:
-            problems.append((f"grid.{path}", reason))
-        else:
-            axes[path] = values
+    axes = _grid_axes(spec, registry, problems)
     try:
         execution, set_aside = resolve_execution(spec.execution, registry)
     except SpecError as error:
         problems.extend(error.problems)
     if len(set(spec.seeds)) != len(spec.seeds):
         problems.append(("seeds", f"each seed may appear once (got {spec.seeds})"))
-    count = max(len(spec.variants), 1) * math.prod(len(values) for values in spec.grid.values())  # counted, not built
-    if count > spec.max_variants:
-        factors = [f"{len(values)} {path}" for path, values in spec.grid.items()] + ([f"{len(spec.variants)} named"] if spec.variants else [])
-        too_many = f"{count:,} variants ({' x '.join(factors)}) is more than max_variants {spec.max_variants:,}; set it higher"
+    if too_many := _too_many_variants(spec):
         raise SpecError(source, [*dict.fromkeys(problems), ("grid", too_many)])
     try:  # the variants too, along the valid axes: every problem at once, but those a variant inherits from the base
         runs, names_by_key = _expand(spec, axes, registry, source, inputs)
@@ -219,6 +210,26 @@ def plan_study(data: Any, registry: Registry, source: str = "<study>", inputs: b
     if baseline not in names:
         raise SpecError(source, [("baseline", f"no variant named {baseline!r}; the variants are {', '.join(names)}")])
     return Study(spec, source, runs, baseline, _ranking_metric(spec, runs, baseline, source), execution, set_aside)
+
+
+def _grid_axes(spec: StudySpec, registry: Registry, problems: list[tuple[str, str]]) -> dict[str, list[Any]]:
+    """The grid's axes whose path names a field of the base's components; the others go to ``problems``."""
+    axes = {}
+    for path, values in spec.grid.items():
+        if reason := _check_grid_path(path, spec.base, registry):
+            problems.append((f"grid.{path}", reason))
+        else:
+            axes[path] = values
+    return axes
+
+
+def _too_many_variants(spec: StudySpec) -> str | None:
+    """Why the study has more variants than ``max_variants`` (counted, not built), or None."""
+    count = max(len(spec.variants), 1) * math.prod(len(values) for values in spec.grid.values())
+    if count <= spec.max_variants:
+        return None
+    factors = [f"{len(values)} {path}" for path, values in spec.grid.items()] + ([f"{len(spec.variants)} named"] if spec.variants else [])
+    return f"{count:,} variants ({' x '.join(factors)}) is more than max_variants {spec.max_variants:,}; set it higher"
 
 
 def _ranking_metric(spec: StudySpec, runs: list[PlannedRun], baseline: str, source: str) -> str | None:

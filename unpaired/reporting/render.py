@@ -105,6 +105,24 @@ def render_markdown(report: Report, folder: Path, link: str) -> str:
 
 def _outline(report: Report) -> Iterator[tuple[str, Any]]:
     """The report as a sequence of blocks, the same for every format."""
+    yield from _opening_blocks(report)
+    yield from _ranking_blocks(report)
+    for heading, tables in (("Other scores", report.other_scores), ("Runs", report.runs)):
+        if tables:
+            yield "heading", heading
+        for table in tables:
+            yield "subheading", table.title
+            yield "table", (table.header, table.rows)
+    if report.curves is not None:
+        yield "heading", "Training curves"
+        yield "text", "Mean over seeds per epoch; the band spans the lowest to the highest seed."
+        yield "image", ("curves", report.curves, "training curves per variant")
+    yield from _comparison_blocks(report)
+    yield from _closing_blocks(report)
+
+
+def _opening_blocks(report: Report) -> Iterator[tuple[str, Any]]:
+    """Title, question, description, facts and notes."""
     yield "title", report.name
     if report.question:
         yield "question", report.question
@@ -113,6 +131,10 @@ def _outline(report: Report) -> Iterator[tuple[str, Any]]:
     yield "facts", report.facts
     for note in report.notes:
         yield "note", note
+
+
+def _ranking_blocks(report: Report) -> Iterator[tuple[str, Any]]:
+    """The answer, then each ranking table (the first with the metric's plot)."""
     if report.answer:
         yield "heading", "Answer"
         for paragraph in report.answer:
@@ -122,21 +144,10 @@ def _outline(report: Report) -> Iterator[tuple[str, Any]]:
         yield "table", (table.header, table.rows)
         if index == 0 and report.metric_plot is not None:
             yield "image", ("metric", report.metric_plot, f"{table.title}: seeds as points, 95 % CI as bars")
-    if report.other_scores:
-        yield "heading", "Other scores"
-    for table in report.other_scores:
-        yield "subheading", table.title
-        yield "table", (table.header, table.rows)
-    if report.runs:
-        yield "heading", "Runs"
-    for table in report.runs:
-        yield "subheading", table.title
-        yield "table", (table.header, table.rows)
-    if report.curves is not None:
-        yield "heading", "Training curves"
-        yield "text", "Mean over seeds per epoch; the band spans the lowest to the highest seed."
-        yield "image", ("curves", report.curves, "training curves per variant")
-    yield from _comparison_blocks(report)
+
+
+def _closing_blocks(report: Report) -> Iterator[tuple[str, Any]]:
+    """What each variant changes, then the failed and incomplete runs."""
     if report.differences:
         yield "heading", "What each variant changes"
         rows = [
