@@ -7,6 +7,8 @@ import http.server
 import json
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -295,3 +297,51 @@ def test_the_ray_driver_names_a_run_held_by_a_silent_lease_and_when_it_is_taken_
     (line,) = said  # once per holder
     assert line.startswith("waiting: base seed 0 is held by pid 4242 on node-7, silent for 45 s (its node died?)")
     assert "a retry takes it over at" in line and "after 60 s of silence, UNPAIRED_LEASE_TIMEOUT" in line
+
+
+def test_rescoring_and_completing_the_tracking_again_log_each_metric_once_per_step(make_distribution, tmp_path):
+    make_distribution("pixel-features", "1.0", {"pixel": "pixel_features"}, {"pixel_features.py": PIXEL_FEATURES})
+    scored = merge(TINY_BASE, {"data": {"n_test": 5}, "eval": {"metrics": ["fid"], "feature_extractor": {"name": "mean_colour"}}})
+    out = tmp_path / "out"
+    assert len(study_run(write_study(tmp_path / "once.yaml", "once", base=scored), out).done) == 1
+    (link,) = out.glob("*/*/mlflow_run.json")
+    link.write_text(json.dumps({**json.loads(link.read_text()), "complete": False}))  # killed after the scores were logged
+    assert len(study_run(tmp_path / "once.yaml", out).skipped) == 1  # completes the tracking from the folder
+    rescored = write_study(tmp_path / "once.yaml", "once", base=merge(scored, {"eval": {"metrics": ["fid", "kid"]}}))
+    summary = study_run(rescored, out)
+    assert len(summary.done) == 1 and not summary.failed
+    client = MlflowClient()
+    (child,) = client.search_runs([client.get_experiment_by_name("once").experiment_id], "tags.`unpaired.role` = 'run'")
+    assert "kid_mean" in child.data.metrics and "fid_mean" in child.data.metrics
+    for key in child.data.metrics:
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, key)]
+        assert len(steps) == len(set(steps)), f"{key} logged twice at a step: {steps}"
+
+
+def test_a_parent_shared_with_an_invocation_still_training_stays_running_until_the_last_one_ends(tmp_path):
+    out = tmp_path / "out"
+    other = out / "other" / "seed0-0123456789ab" / "lease.json"  # a run another invocation trains right now
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"from unpaired.storage.lease import Lease; import time; Lease({str(other)!r}).acquire(); print(1, flush=True); time.sleep(120)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "1"
+        study = write_study(tmp_path / "shared.yaml", "shared", base=merge(TINY_BASE, {"eval": {"metrics": []}}))
+        summary = study_run(study, out)
+        assert "the study's MLflow parent run stays RUNNING: another invocation still trains runs of it" in summary.notes
+        client = MlflowClient()
+        experiment = client.get_experiment_by_name("shared").experiment_id
+        (parent,) = client.search_runs([experiment], "tags.`unpaired.role` = 'study'")
+        assert parent.info.status == "RUNNING"
+    finally:
+        holder.kill()
+        holder.wait()
+    assert len(study_run(study, out).skipped) == 1  # the last invocation to end closes it
+    (parent,) = client.search_runs([experiment], "tags.`unpaired.role` = 'study'")
+    assert parent.info.status == "FINISHED"

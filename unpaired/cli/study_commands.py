@@ -6,13 +6,17 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from unpaired.config.schema import study_json_schema
 from unpaired.config.spec import SpecError
-from unpaired.config.study import Study, load_study
+from unpaired.config.study import Study, TrackingConfig, load_study
 from unpaired.errors import InputError, UnpairedError, UsageError
 from unpaired.cli.plugins import registry as plugin_registry
 from unpaired.storage.run_folder import RunFolder
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def _describe(study: Study) -> str:
@@ -199,9 +203,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Rank a study's variants by a metric over seeds, from its MLflow runs or its output folder."""
-    from unpaired.results.analysis import grid_levels
-    from unpaired.results.compare import compare_runs, finished_runs, not_scored_so, plot, study_baseline
-    from unpaired.results.mlflow_store import tracking_uri
+    from unpaired.results.compare import compare_runs, not_scored_so, plot
     from unpaired.results.study_folder import is_study_folder
     from unpaired.results.study_results import read_study_results
     from unpaired.results.tables import answer_tables, render, runs_table
@@ -215,23 +217,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         ranked_by, levels = results.index.get("metric"), results.grid_levels()
         left_out = [results.index_problem, *left_out] if results.index_problem else left_out
     else:
-        if study is not None:
-            name, baseline, uri = study.spec.name, study.baseline, tracking_uri(study.spec.tracking.uri)
-        else:
-            name, uri = args.study, tracking_uri(None)
-            baseline = study_baseline(name, uri)
-        runs, left_out, ranked_by = finished_runs(name, uri), [], study.metric if study is not None else None
-        levels = {}
-        if study is not None:
-            levels = grid_levels(list(study.spec.grid), len(study.spec.variants), [(run.variant, run.overrides) for run in study.runs])
-        if study is not None:  # only the runs the study plans now: a changed default or plugin is another configuration
-            planned = runs["run_id"].isin({run.run_id for run in study.runs})
-            if not planned.all():
-                left_out = [
-                    f"{int((~planned).sum())} finished MLflow run(s) of configurations the study no longer plans are left out "
-                    "(`unpaired plan` says what changed)"
-                ]
-            runs = runs[planned]
+        name, baseline, runs, left_out, ranked_by, levels = _mlflow_results(args.study, study)
     for line in left_out:
         print(f"note: {line}", file=sys.stderr)
     if runs.empty:
@@ -245,6 +231,30 @@ def cmd_compare(args: argparse.Namespace) -> int:
         plot(analysis.table, runs, metric, Path(args.plot))
         print(f"plot written to {args.plot}", file=sys.stderr)
     return 0
+
+
+def _mlflow_results(named: str, study: Study | None) -> tuple[str, str | None, pd.DataFrame, list[str], str | None, dict[str, dict[str, str]]]:
+    """A study's finished runs from MLflow, named by its file (``study``) or its bare name: its name, baseline, runs,
+    notes on the runs left out, ranking metric and grid levels."""
+    from unpaired.results.analysis import grid_levels
+    from unpaired.results.compare import finished_runs, study_baseline
+    from unpaired.results.mlflow_store import tracking_uri
+
+    if study is None:
+        uri, timeout = tracking_uri(None), TrackingConfig().timeout
+        return named, study_baseline(named, uri, timeout), finished_runs(named, uri, timeout), [], None, {}
+    runs = finished_runs(study.spec.name, tracking_uri(study.spec.tracking.uri), study.spec.tracking.timeout)
+    levels = grid_levels(list(study.spec.grid), len(study.spec.variants), [(run.variant, run.overrides) for run in study.runs])
+    planned = runs["run_id"].isin({run.run_id for run in study.runs})  # a changed default or plugin is another configuration
+    left_out = (
+        []
+        if planned.all()
+        else [
+            f"{int((~planned).sum())} finished MLflow run(s) of configurations the study no longer plans are left out "
+            "(`unpaired plan` says what changed)"
+        ]
+    )
+    return study.spec.name, study.baseline, runs[planned], left_out, study.metric, levels
 
 
 def _print_ranking(study: Study, out: Path) -> None:

@@ -11,31 +11,33 @@ import numpy as np
 import pandas as pd
 
 from unpaired.errors import UsageError
-from unpaired.results.mlflow_store import RUN_ROLES
+from unpaired.results.mlflow_store import RUN_ROLES, reading
 from unpaired.results.analysis import Analysis, analyse, secondary_scores
 from unpaired.results.statistics import RUN_COLUMNS, summarize
 from unpaired.results.tables import folder_name
 
 
-def finished_runs(study_name: str, uri: str | None) -> pd.DataFrame:
-    """One row per finished variant x seed run of the study's experiment: variant, seed, run id and all metrics."""
+def finished_runs(study_name: str, uri: str | None, timeout: float) -> pd.DataFrame:
+    """One row per finished variant x seed run of the study's experiment: variant, seed, run id and all metrics. The
+    store is read in bounded time (see :func:`unpaired.results.mlflow_store.reading`)."""
     import mlflow
 
     if uri:
         mlflow.set_tracking_uri(uri)
-    if mlflow.MlflowClient(tracking_uri=uri).get_experiment_by_name(study_name) is None:
-        raise UsageError(f"no MLflow experiment named {study_name!r} at {mlflow.get_tracking_uri()}; run the study first")
-    found = [
-        table
-        for role in RUN_ROLES
-        if not (
-            table := mlflow.search_runs(
-                experiment_names=[study_name],
-                output_format="pandas",
-                filter_string=f"tags.`unpaired.role` = '{role}' and attributes.status = 'FINISHED'",
-            )
-        ).empty
-    ]
+    with reading(uri, timeout):
+        if mlflow.MlflowClient(tracking_uri=uri).get_experiment_by_name(study_name) is None:
+            raise UsageError(f"no MLflow experiment named {study_name!r} at {mlflow.get_tracking_uri()}; run the study first")
+        found = [
+            table
+            for role in RUN_ROLES
+            if not (
+                table := mlflow.search_runs(
+                    experiment_names=[study_name],
+                    output_format="pandas",
+                    filter_string=f"tags.`unpaired.role` = '{role}' and attributes.status = 'FINISHED'",
+                )
+            ).empty
+        ]
     runs = pd.concat(found, ignore_index=True) if found else pd.DataFrame()
     if runs.empty:
         return pd.DataFrame(columns=["variant", "seed", "run_id", "planned_seeds"])
@@ -135,17 +137,18 @@ def plot(table: pd.DataFrame, runs: pd.DataFrame, metric: str, target: Path | Bi
     plt.close(figure)
 
 
-def study_baseline(study_name: str, uri: str | None) -> str | None:
-    """The baseline recorded by the latest invocation of the study (its parent run's tag)."""
+def study_baseline(study_name: str, uri: str | None, timeout: float) -> str | None:
+    """The baseline recorded by the latest invocation of the study (its parent run's tag), read in bounded time."""
     import mlflow
 
     if uri:
         mlflow.set_tracking_uri(uri)
-    parents = mlflow.search_runs(
-        experiment_names=[study_name],
-        filter_string="tags.`unpaired.role` = 'study'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-        output_format="pandas",
-    )
+    with reading(uri, timeout):
+        parents = mlflow.search_runs(
+            experiment_names=[study_name],
+            filter_string="tags.`unpaired.role` = 'study'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+            output_format="pandas",
+        )
     return None if parents.empty else parents.iloc[0]["tags.unpaired.baseline"]

@@ -6,7 +6,9 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import math
 import os
+import sqlite3
 import time
 import urllib.error
 import urllib.request
@@ -53,6 +55,11 @@ class TrackingError(UnpairedError):
     """The tracking server cannot be used; the message names it."""
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message, at most 300 characters (MLflow's can hold a whole HTML page)."""
+    return (str(error) or type(error).__name__).splitlines()[0][:300]
+
+
 def tracking_uri(configured: str | None) -> str | None:
     """``$MLFLOW_TRACKING_URI`` if set, else the study's ``tracking.uri``, else None (MLflow's own default)."""
     return os.environ.get("MLFLOW_TRACKING_URI") or configured or None
@@ -87,24 +94,115 @@ def check_reachable(uri: str | None, timeout: float) -> None:
         ) from None
 
 
-@contextlib.contextmanager
-def first_use_serialised(uri: str | None) -> Iterator[None]:
-    """Hold an exclusive lock next to a SQLite store: MLflow creates a fresh store's tables on first use,
-    and two processes doing that at once collide (``duplicate column name``)."""
+def sqlite_database(uri: str | None) -> Path | None:
+    """The file of a SQLite store (``sqlite:///mlflow.db``, MLflow's default), else None."""
     import mlflow
 
     resolved = uri or mlflow.get_tracking_uri()
-    if not resolved.startswith("sqlite:///"):
+    return Path(resolved.removeprefix("sqlite:///")) if resolved.startswith("sqlite:///") else None
+
+
+@contextlib.contextmanager
+def first_use_serialised(uri: str | None) -> Iterator[None]:
+    """Hold an exclusive lock next to a SQLite store while it is first used, after making sure it is whole: a missing
+    store is created whole (:func:`create_whole`), one that is not is refused with how to recover it
+    (:func:`check_whole`). Two processes creating the study's experiment at once do not collide either."""
+    database = sqlite_database(uri)
+    if database is None:
         yield
         return
-    database = Path(resolved.removeprefix("sqlite:///"))
     database.parent.mkdir(parents=True, exist_ok=True)
     with open(f"{database}.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
+            if not database.exists() or not _inspect(database)[0]:  # absent, or a file without tables: it holds nothing
+                create_whole(database)
+            check_whole(database)
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def reading(uri: str | None, timeout: float) -> Iterator[None]:
+    """Read a study's runs from the store at ``uri`` (None: MLflow's default) in bounded time: a missing or broken
+    SQLite store, a server that does not answer its health check within ``timeout`` seconds, and an MLflow call that
+    fails or gives up (see :func:`bound_requests`) are each one :class:`TrackingError` naming the store."""
+    import mlflow
+
+    database = sqlite_database(uri)
+    if database is not None:
+        if not database.is_file():
+            raise TrackingError(
+                f"there is no MLflow store at {database}: run the study first, or point MLFLOW_TRACKING_URI or the study's "
+                "tracking.uri at the store it used"
+            )
+        check_whole(database)
+    check_reachable(uri, timeout)
+    bound_requests(timeout)
+    try:
+        yield
+    except UnpairedError:
+        raise
+    except Exception as error:
+        raise TrackingError(
+            f"the MLflow store {uri or mlflow.get_tracking_uri()} failed to answer within {timeout:g} s "
+            f"({type(error).__name__}: {first_line(error)}). Check it, or compare "
+            "the study's output folder instead (unpaired compare runs/STUDY)."
+        ) from None
+
+
+def create_whole(database: Path) -> None:
+    """Create a SQLite store with all its tables in a temporary file, then rename it into place: MLflow's own creation
+    takes seconds, and a Ctrl-C or kill during it leaves a half-migrated store that MLflow can never open again. Called
+    under the store's lock, so a leftover temporary file is a killed creation's."""
+    from mlflow.tracking._tracking_service.utils import _get_sqlalchemy_store  # what MLflow builds for sqlite:// itself
+
+    building = database.with_name(f"{database.name}.creating")
+    for leftover in (building, Path(f"{building}-journal")):
+        leftover.unlink(missing_ok=True)
+    store = _get_sqlalchemy_store(f"sqlite:///{building}", None)
+    store.engine.dispose()
+    os.replace(building, database)
+
+
+def check_whole(database: Path) -> None:
+    """Refuse a SQLite store whose schema is not this MLflow's, saying how to recover it, instead of MLflow's traceback
+    (``duplicate column name``, forever): one with no runs is a creation that was interrupted, one with runs was made by
+    another MLflow version."""
+    from mlflow import __version__ as mlflow_version
+    from mlflow.store.db.utils import _get_latest_schema_revision
+
+    _, revision, runs = _inspect(database)
+    expected = _get_latest_schema_revision()
+    if revision == expected:
+        return
+    found = f"schema revision {revision}" if revision else "no schema revision"
+    if not runs:
+        raise TrackingError(
+            f"the MLflow store {database} is incomplete ({found}, no runs): creating it was interrupted. It holds "
+            f"nothing: move it aside (mv {database} {database}.incomplete) and run again, which creates a new one."
+        )
+    raise TrackingError(
+        f"the MLflow store {database} holds {runs} run(s) with {found}, and MLflow {mlflow_version} expects {expected}. "
+        f"Back it up, then upgrade it (mlflow db upgrade sqlite:///{database}), or point MLFLOW_TRACKING_URI or the "
+        "study's tracking.uri at another store."
+    )
+
+
+def _inspect(database: Path) -> tuple[set[str], str | None, int]:
+    """A SQLite store's tables, schema revision (None without one) and number of runs, read without MLflow."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro", uri=True, timeout=30)) as db:
+            tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            version = db.execute("SELECT version_num FROM alembic_version").fetchone() if "alembic_version" in tables else None
+            runs = db.execute("SELECT count(*) FROM runs").fetchone()[0] if "runs" in tables else 0
+    except sqlite3.DatabaseError as error:
+        raise TrackingError(
+            f"the MLflow store {database} cannot be read as a SQLite database ({error}). Move it aside, or point "
+            "MLFLOW_TRACKING_URI or the study's tracking.uri at another store."
+        ) from None
+    return tables, version[0] if version else None, int(runs)
 
 
 def client(uri: str | None, timeout: float) -> Any:
@@ -174,3 +272,17 @@ def log_metrics(mlflow_client: Any, run_id: str, values: dict[str, float], step:
     metrics = [Metric(k, float(v), now, step) for k, v in values.items() if isinstance(v, (int, float))]
     if metrics:
         mlflow_client.log_batch(run_id, metrics=metrics)
+
+
+def log_metrics_once(mlflow_client: Any, run_id: str, values: dict[str, float], step: int) -> None:
+    """Log the numeric ``values`` at ``step`` that the run does not hold there yet, so that logging them again (after a
+    kill, or a rescore that added a metric) leaves each (metric, step) once. A value that changed (a rescore with another
+    evaluation) is logged again at the step: MLflow shows the later one."""
+
+    def held(key: str, value: float) -> bool:
+        return any(
+            m.step == step and (m.value == value or math.isnan(m.value) and math.isnan(value) or math.isclose(m.value, value, rel_tol=1e-9))
+            for m in mlflow_client.get_metric_history(run_id, key)
+        )
+
+    log_metrics(mlflow_client, run_id, {k: v for k, v in values.items() if isinstance(v, (int, float)) and not held(k, float(v))}, step)

@@ -14,6 +14,7 @@ from typing import Any
 
 from unpaired.results.mlflow_store import log_metrics
 from unpaired.results.study_results import read_study_results
+from unpaired.storage.run_folder import RunFolder
 
 PARENT_ROLE = "study"
 """The ``unpaired.role`` tag of a study's parent run."""
@@ -40,13 +41,8 @@ def open_parent(client: Any, experiment_id: str, study: str, out: Path, tags: di
     reopened with this invocation's ``tags`` and its count of invocations, else a new one."""
     where = str(Path(out).resolve())
     with parent_lock(out):
-        found = (
-            []
-            if "'" in where
-            else client.search_runs(
-                [experiment_id], filter_string=f"tags.`unpaired.role` = '{PARENT_ROLE}' and tags.`unpaired.out` = '{where}'", max_results=100
-            )
-        )
+        parents = client.search_runs([experiment_id], filter_string=f"tags.`unpaired.role` = '{PARENT_ROLE}'", max_results=10_000)
+        found = [parent for parent in parents if parent.data.tags.get("unpaired.out") == where]  # a path is never put in a filter
         if not found:
             tags = {**tags, "unpaired.role": PARENT_ROLE, "unpaired.out": where, "unpaired.invocations": "1"}
             return str(client.create_run(experiment_id, run_name=study, tags=tags).info.run_id)
@@ -56,6 +52,17 @@ def open_parent(client: Any, experiment_id: str, study: str, out: Path, tags: di
             client.set_tag(parent.info.run_id, key, value)
         client.update_run(parent.info.run_id, status="RUNNING")
         return str(parent.info.run_id)
+
+
+def close_parent(client: Any, parent_run_id: str, out: Path, status: str) -> bool:
+    """End the parent with this invocation's ``status``, unless another invocation of the study still trains a run of
+    ``out`` (a live process holds a run folder's lease): then it stays RUNNING for that invocation to end, and a run
+    that starts under an ended parent reopens it. Returns whether it was ended."""
+    with parent_lock(out):
+        if any(RunFolder(lease.parent).is_leased() for lease in Path(out).glob("*/*/lease.json")):
+            return False
+        client.set_terminated(parent_run_id, status)
+        return True
 
 
 def variant_aggregates(out: Path) -> dict[str, dict[str, dict[str, float]]]:

@@ -35,8 +35,10 @@ from unpaired.results.mlflow_store import (
     client,
     finished_here,
     first_use_serialised,
+    first_line,
     folder_tag,
     log_metrics,
+    log_metrics_once,
     log_spec,
     plugin_versions,
     tracking_complete,
@@ -45,7 +47,7 @@ from unpaired.results.mlflow_store import (
 )
 from unpaired.storage.run_folder import RunFolder
 from unpaired.results.study_folder import git_commit, report_path, run_folder
-from unpaired.results.study_run import PARENT_ROLE, log_aggregates, open_parent
+from unpaired.results.study_run import PARENT_ROLE, close_parent, log_aggregates, open_parent
 
 EPOCH_MARKER = "lr"
 """A metric every epoch logs (the epoch-end hook always carries it): its history says which epochs were logged."""
@@ -84,7 +86,7 @@ class StudyTracker:
         except Exception as error:
             self.lost.add(run_id)
             warnings.warn(
-                f"MLflow tracking of run {run_id} stopped ({type(error).__name__}: {str(error).splitlines()[0][:300]}); "
+                f"MLflow tracking of run {run_id} stopped ({type(error).__name__}: {first_line(error)}); "
                 "training goes on, and the next `unpaired run` of the study logs what is missing",
                 Notice,
                 stacklevel=2,
@@ -104,7 +106,7 @@ class StudyTracker:
         except Exception as error:  # it answers its health check, yet not this: stuck, or not an MLflow server
             raise TrackingError(
                 f"the MLflow tracking server {self.uri} answers, but not to MLflow's calls within tracking.timeout "
-                f"({self.timeout:g} s): {str(error).splitlines()[0][:300]}. Check the server (its database?), raise "
+                f"({self.timeout:g} s): {first_line(error)}. Check the server (its database?), raise "
                 "tracking.timeout, or set tracking: {enabled: false}."
             ) from None
         self._close_abandoned()
@@ -150,9 +152,10 @@ class StudyTracker:
                 self.client.update_run(link["run_id"], status="RUNNING")
                 return link["run_id"]
         where = folder_tag(folder)
-        found = [] if "'" in where else self._search(f"tags.`unpaired.run_id` = '{run.run_id}' and tags.`unpaired.folder` = '{where}'")
+        found = [child for child in self._search(f"tags.`unpaired.run_id` = '{run.run_id}'") if child.data.tags.get("unpaired.folder") == where]
         child_id = found[0].info.run_id if found else self._new_child(run, folder)
         self.client.update_run(child_id, status="RUNNING")
+        self.client.update_run(self.parent_run_id, status="RUNNING")  # another invocation may have ended it meanwhile
         self.client.set_tag(child_id, "mlflow.parentRunId", self.parent_run_id)  # the study's one parent, also for older children
         folder.write_tracking_link(self.uri, child_id, complete=False)
         return child_id
@@ -227,7 +230,7 @@ class StudyTracker:
         if result is None or not result.finished:  # nothing finished to complete: it stays open for its next attempt
             return
         self._log_history(child_id, folder)
-        log_metrics(self.client, child_id, result.metrics, step=result.epochs)
+        log_metrics_once(self.client, child_id, result.metrics, step=result.epochs)
         if result.scoring is not None:  # what made the scores, so that compare never mixes or misranks them
             for key, value in (
                 ("evaluation", result.scoring.identity),
@@ -274,11 +277,10 @@ class StudyTracker:
                 if (report := report_path(out)).is_file():  # written just before, by the report writer
                     self.client.log_artifact(self.parent_run_id, str(report))
             log_aggregates(self.client, self.parent_run_id, out)
-            if summary.stopped_by is not None:
-                status = "KILLED"
-            else:
-                status = "FAILED" if summary.failed or summary.interrupted or summary.aborted else "FINISHED"
-            self.client.set_terminated(self.parent_run_id, status)
+            failed = summary.failed or summary.interrupted or summary.aborted
+            status = "KILLED" if summary.stopped_by is not None else "FAILED" if failed else "FINISHED"
+            if not close_parent(self.client, self.parent_run_id, out, status):
+                summary.notes.append("the study's MLflow parent run stays RUNNING: another invocation still trains runs of it")
 
 
 @hookimpl
