@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -156,6 +157,14 @@ def test_what_ray_cannot_do_is_refused_at_once_naming_what_to_do(ray_cluster, tm
     nobody = run("run", str(study), "--out", str(tmp_path / "out"), "--executor", "ray", "--address", f"127.0.0.1:{free_port()}", env=env)
     assert nobody.returncode == 2 and "no Ray cluster answers at 127.0.0.1:" in nobody.stderr, nobody.stderr
     assert time.monotonic() - started < 30  # Ray itself waits for minutes
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # a program that is not Ray: accepts, never answers
+        started, port = time.monotonic(), silent.getsockname()[1]
+        other = run("run", str(study), "--out", str(tmp_path / "out"), "--executor", "ray", "--address", f"127.0.0.1:{port}", env=env)
+    assert other.returncode == 2 and f"something listens at 127.0.0.1:{port}, but it is not a Ray cluster" in other.stderr, other.stderr
+    assert time.monotonic() - started < 30, "Ray itself retries for ever"
+    if importlib.util.find_spec("grpc") is None:
+        client = run("run", str(study), "--out", str(tmp_path / "out"), "--executor", "ray", "--address", "ray://127.0.0.1:10001", env=env)
+        assert client.returncode == 2 and "Ray Client needs its own package: pip install 'ray[client]'" in client.stderr, client.stderr
     too_big = write_study(tmp_path / "big.yaml", "big", execution={"cpus_per_run": 2}, tracking={"enabled": False})
     refused = run("run", str(too_big), "--out", str(tmp_path / "out"), "--executor", "ray", "--address", ray_cluster, env=env)
     assert refused.returncode == 2, refused.stderr  # Ray would keep the task pending for ever

@@ -9,6 +9,7 @@ at once. Run folders must be on storage every node sees: the executor checks tha
 
 from __future__ import annotations
 
+import importlib.util
 import secrets
 import socket
 import time
@@ -131,7 +132,11 @@ class RayExecutor:
                         progress.update()
                     running = self._watch_leases(list(pending.values()))
                     progress.set_postfix(
-                        trained=ended.get("trained", 0), running=running, failed=ended.get("failed", 0), pending=len(pending) - running, refresh=True
+                        trained=ended.get("trained", 0) + ended.get("rescored", 0),
+                        running=running,
+                        failed=ended.get("failed", 0),
+                        pending=len(pending) - running,
+                        refresh=True,
                     )
                 if pending and (signum := stop_requested()) is not None:
                     say(f"signal {signum}: the running runs checkpoint and stop; the queued ones are cancelled")
@@ -188,17 +193,50 @@ def _probe(path: str, token: str) -> bool:
 
 
 def _check_answers(address: str | None) -> None:
-    """Within seconds, refuse a ``HOST:PORT`` (or ``ray://HOST:PORT``) nothing listens on: Ray itself waits minutes."""
+    """Within seconds, refuse a ``HOST:PORT`` (or ``ray://HOST:PORT``) where no Ray cluster answers: nothing listens, or
+    something that does not speak gRPC (Ray's protocol) does. Ray itself retries for minutes, or for ever. A ``ray://``
+    address is refused when Ray Client's package is missing."""
     if address is None or address == "auto":
         return
+    if address.startswith("ray://") and importlib.util.find_spec("grpc") is None:
+        raise ClusterUnusable(
+            f"{address} is a Ray Client address, and Ray Client needs its own package: pip install 'ray[client]'; or run "
+            "`unpaired run` on a machine of the cluster with the head node's HOST:PORT (default port 6379)"
+        )
     host, _, port = address.removeprefix("ray://").rpartition(":")
     try:
-        socket.create_connection((host, int(port)), timeout=5).close()
+        with socket.create_connection((host, int(port)), timeout=5) as connection:
+            speaks_grpc = _answers_http2(connection)
     except (OSError, ValueError) as error:
         raise ClusterUnusable(
             f"no Ray cluster answers at {address} ({getattr(error, 'strerror', None) or error}): give the head "
-            "node's HOST:PORT as `ray start --head` printed it (default port 6379), or ray://HOST:10001"
+            "node's HOST:PORT as `ray start --head` printed it (default port 6379), or ray://HOST:10001 with pip install 'ray[client]'"
         ) from None
+    if not speaks_grpc:
+        raise ClusterUnusable(
+            f"something listens at {address}, but it is not a Ray cluster (it does not answer in gRPC, Ray's protocol, "
+            "within 5 s): give the head node's HOST:PORT as `ray start --head` printed it (default port 6379)"
+        )
+
+
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+"""What an HTTP/2 client sends first: the connection preface, then an empty SETTINGS frame (RFC 9113, 3.4)."""
+
+
+def _answers_http2(connection: socket.socket) -> bool:
+    """Whether the server on ``connection`` answers the HTTP/2 preface with its SETTINGS frame, as every gRPC server (a
+    Ray head's GCS, a Ray Client server) does; a silent or other server does not, within the connection's timeout."""
+    try:
+        connection.sendall(HTTP2_PREFACE)
+        header = b""
+        while len(header) < 9:
+            chunk = connection.recv(9 - len(header))
+            if not chunk:
+                return False
+            header += chunk
+    except OSError:
+        return False
+    return header[3] == 4  # frame type 4: SETTINGS
 
 
 def _train_task(job: RunJob, threads: int) -> RunOutcome:
