@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -22,7 +23,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from conftest import BROKEN_COMPONENTS, PIXEL_FEATURES, TINY_BASE, AtStep, crash, run_cli, write_study
+from conftest import BROKEN_COMPONENTS, PIXEL_FEATURES, TINY_BASE, UNPAIRED, AtStep, crash, run_cli, write_study
 from unpaired.config.overrides import merge
 from unpaired.config.study import load_study
 from unpaired.errors import Notice
@@ -30,7 +31,7 @@ from unpaired.execution.jobs import make_jobs
 from unpaired.execution.runner import run_study, select_runs
 from unpaired.plugin_api.registry import Registry
 from unpaired.storage.files import CorruptFileError, atomic_save
-from unpaired.storage.lease import Lease
+from unpaired.storage.lease import Lease, LeaseHeld
 from unpaired.results.mlflow_store import TrackingError
 from unpaired.storage.records import Checkpoint, ExportedGenerator, TrainingState
 from unpaired.storage.run_folder import RunFolder
@@ -345,3 +346,89 @@ def test_a_parent_shared_with_an_invocation_still_training_stays_running_until_t
     assert len(study_run(study, out).skipped) == 1  # the last invocation to end closes it
     (parent,) = client.search_runs([experiment], "tags.`unpaired.role` = 'study'")
     assert parent.info.status == "FINISHED"
+
+
+def test_a_lease_whose_pid_was_reused_or_whose_taker_died_is_taken_over_at_once(tmp_path):
+    """A container restarted under the same hostname runs a new process as the old holder's pid (here: this test's
+    own pid, with another start): the lease is stale. A takeover marker left by a dead taker does not block either."""
+    path = tmp_path / "run" / "lease.json"
+    path.parent.mkdir()
+    reused = {"host": socket.gethostname(), "pid": os.getpid(), "started": "another-boot:25", "token": "old", "since": 0.0}
+    path.write_text(json.dumps(reused))
+    lease = Lease(path)
+    lease.acquire()
+    assert lease.read_holder() == lease.holder and lease.holder["started"] not in (None, "another-boot:25")
+    with pytest.raises(LeaseHeld):  # the same pid with its own start is the live holder
+        Lease(path).acquire()
+    lease.release()
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    path.write_text(json.dumps({**reused, "pid": dead.pid, "started": None}))
+    marker = path.with_name("lease.json.takeover")
+    marker.write_text(json.dumps({"host": socket.gethostname(), "pid": dead.pid}))  # a taker killed mid-takeover
+    started = time.monotonic()
+    taker = Lease(path)
+    taker.acquire(wait=5)
+    assert time.monotonic() - started < 3 and not marker.exists()
+    taker.release()
+
+
+def test_a_directory_named_like_the_lease_fails_that_run_with_what_to_do_and_the_others_train(tmp_path):
+    study = write_study(tmp_path / "dir.yaml", "dir", base=merge(TINY_BASE, {"eval": {"metrics": []}}), seeds=[0, 1], tracking={"enabled": False})
+    runs = load_study(study, Registry.from_entry_points()).runs
+    (tmp_path / "out" / "base" / f"seed0-{runs[0].run_id}" / "lease.json").mkdir(parents=True)
+    summary = study_run(study, tmp_path / "out")
+    assert len(summary.done) == 1 and len(summary.failed) == 1
+    ((_, why),) = summary.failed
+    assert "lease.json is a directory, where the run's lease file goes: nobody can hold the run. Move it away" in why
+
+
+SLOW_FEATURES = """
+    import os, pathlib, time
+    from pydantic import BaseModel
+    from torch import nn
+    from unpaired.plugin_api import hookimpl
+
+    class P(BaseModel):
+        pass
+
+    class SlowColour(nn.Module):
+        '''Each image's mean colour, a second a batch while $SLOW_MARK is set (touched when scoring starts).'''
+
+        def forward(self, images):
+            if images.shape[0] > 1 and os.environ.get("SLOW_MARK"):  # not the one-image probe at construction
+                pathlib.Path(os.environ["SLOW_MARK"]).touch()
+                time.sleep(1.0)
+            return images.float().mean(dim=(2, 3)) / 255
+
+    @hookimpl
+    def unpaired_register_feature_extractors(register):
+        register("slow_colour", lambda params: SlowColour(), P, "mean colour, slowly")
+"""
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])  # in this process; in a worker process, which hears of the signal from it
+def test_ctrl_c_while_a_trained_run_is_scored_stops_within_seconds_and_the_rerun_only_scores_it(make_distribution, tmp_path, jobs):
+    make_distribution("slow-features", "1.0", {"slow": "slow_features"}, {"slow_features.py": SLOW_FEATURES})
+    scored = merge(TINY_BASE, {"data": {"n_test": 40}, "eval": {"metrics": ["fid"], "feature_extractor": {"name": "slow_colour"}, "batch_size": 2}})
+    study = write_study(tmp_path / "slow.yaml", "slow", base=scored, tracking={"enabled": False})
+    mark = tmp_path / "scoring"
+    command = [UNPAIRED, "run", str(study), "--out", str(tmp_path / "out"), "--jobs", jobs]
+    started = subprocess.Popen(
+        command, env={**os.environ, "SLOW_MARK": str(mark)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    deadline = time.monotonic() + 240
+    while not mark.exists() and started.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert mark.exists(), started.communicate()
+    os.killpg(started.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the whole process group
+    asked = time.monotonic()
+    _, stderr = started.communicate(timeout=120)
+    assert time.monotonic() - asked < 10, f"scoring went on {time.monotonic() - asked:.0f} s after Ctrl-C"
+    assert started.returncode == 130, stderr
+    plan = run_cli("plan", str(study), "--out", str(tmp_path / "out"))
+    assert " rescore " in plan.stdout, plan.stdout  # trained to the end: only its scores are missing
+    rerun = run_cli("run", str(study), "--out", str(tmp_path / "out"))
+    assert rerun.returncode == 0, rerun.stderr
+    assert "rescored: base seed 0" in rerun.stdout + rerun.stderr and "done 1 (1 of them scored again, not trained)" in rerun.stdout

@@ -71,6 +71,14 @@ def stop_requested() -> int | None:
     return _stop.received
 
 
+def raise_if_stopped() -> None:
+    """Between the pieces of work that cannot wait for a checkpoint (scoring's batches): raise :class:`StopRequested` when
+    this process was asked to stop, also as a worker, whose signals come through :func:`listen_for_stop`. Inside
+    :func:`deferred_signals` it does nothing: the training loop there stops at its next step."""
+    if not _stop.deferring and (signum := stop_requested()) is not None:
+        raise StopRequested(signum)
+
+
 def listen_for_stop(shared: Any) -> None:
     """In a worker process: stop when ``shared.value`` (a ``multiprocessing.Value("i")``) becomes a signal number,
     and leave SIGINT/SIGTERM to the process that started this one, except inside a training loop."""

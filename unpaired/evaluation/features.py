@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from unpaired.errors import UnpairedError
 from unpaired.plugin_api.components import Choice
 from unpaired.plugin_api.data import Domain, Transform, UnpairedData, list_images, load_image, to_uint8
+from unpaired.signals import raise_if_stopped
 from unpaired.storage.files import atomic_save, load_tensors
 
 CACHE_ENV = "UNPAIRED_CACHE"
@@ -68,6 +69,7 @@ class FeatureExtractor:
         for image in images:
             batch.append(image)
             if len(batch) == self.batch_size:
+                raise_if_stopped()
                 rows.append(self._run(torch.stack(batch)))
                 batch = []
         if batch:
@@ -129,6 +131,7 @@ def translated(generator: nn.Module, data: UnpairedData, domain: Domain, batch_s
     with evaluating([generator]):
         n = data.size("test", domain)
         for start in range(0, n, batch_size):
+            raise_if_stopped()
             batch = torch.stack([data.test_image(domain, i) for i in range(start, min(start + batch_size, n))]).to(device)
             with full_precision(device):
                 yield from generator(batch.float()).float().cpu()

@@ -1,11 +1,12 @@
 """A lease on a folder: whoever holds it is the one process working there.
 
 The lease is a small JSON file created atomically (``O_CREAT | O_EXCL``, atomic on local and
-NFS file systems) naming its holder: host, pid and a random token. While held, a thread of the
-holding process refreshes its heartbeat (the file's modification time) every few seconds. A
-lease is *stale* when its holder is gone: on the same host as soon as its pid no longer runs;
-from another host when its heartbeat is older than the timeout. A stale lease is taken over,
-one taker at a time.
+NFS file systems) naming its holder: host, pid, when that process started (where the system says)
+and a random token. While held, a thread of the holding process refreshes its heartbeat (the file's
+modification time) every few seconds. A lease is *stale* when its holder is gone: on the same host
+as soon as no process with its pid and start runs (a pid alone is reused: by a container restarted
+under the same hostname, whose first process is pid 1 again); from another host when its heartbeat is
+older than the timeout. A stale lease is taken over, one taker at a time.
 """
 
 from __future__ import annotations
@@ -28,6 +29,12 @@ DEFAULT_TIMEOUT = 120.0
 WRITE_GRACE = 2.0
 """Seconds a lease file may be unreadable because its holder is writing it (a few bytes, right after creating it):
 one unreadable for longer is corrupt, and is taken over."""
+TAKEOVER_GRACE = 10.0
+"""Seconds a takeover marker may stand (a takeover takes milliseconds): one older is a dead taker's, and is removed."""
+
+
+class LeaseUnusable(UnpairedError):
+    """The lease's path holds something that is not a lease file (a directory of its name): nobody can take it."""
 
 
 class LeaseHeld(UnpairedError):
@@ -53,6 +60,23 @@ def heartbeat_interval() -> float:
     return max(0.5, min(10.0, lease_timeout() / 6))
 
 
+def process_start(pid: int) -> str | None:
+    """When process ``pid`` started, as ``<boot id>:<clock ticks since boot>`` (Linux's /proc); None where the system does
+    not say, or no such process runs. A pid and its start name one process: pids are reused, starts are not."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return f"{boot}:{fields[19]}"  # field 22 of stat, counted after the command name (field 2) ends
+
+
+def holder_alive(holder: dict[str, Any]) -> bool:
+    """Whether the process a lease (or marker) on this host names still runs: its pid, and its start when recorded."""
+    started = holder.get("started")
+    return process_alive(holder["pid"]) and (not isinstance(started, str) or process_start(holder["pid"]) in (started, None))
+
+
 def process_alive(pid: int) -> bool:
     """Whether a process with this pid runs on this host."""
     try:
@@ -69,13 +93,19 @@ class Lease:
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.holder = {"host": socket.gethostname(), "pid": os.getpid(), "token": secrets.token_hex(8), "since": time.time()}
+        self.holder = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "started": process_start(os.getpid()),
+            "token": secrets.token_hex(8),
+            "since": time.time(),
+        }
         self._stop = threading.Event()
         self._beating: threading.Thread | None = None
 
     def read_holder(self) -> dict[str, Any] | None:
-        """Who holds the lease now: ``{"host", "pid", "token", "since"}``; None when nobody does, or the file does not
-        name a holder (being written this instant, or corrupt)."""
+        """Who holds the lease now: ``{"host", "pid", "started", "token", "since"}``; None when nobody does, or the file does
+        not name a holder (being written this instant, or corrupt)."""
         try:
             holder = json.loads(self.path.read_text())
         except (OSError, ValueError):
@@ -99,7 +129,7 @@ class Lease:
         if holder is None:
             return silent > WRITE_GRACE
         if holder["host"] == self.holder["host"]:
-            return not process_alive(holder["pid"])
+            return not holder_alive(holder)
         return silent > lease_timeout()
 
     def acquire(self, wait: float = 0.0) -> None:
@@ -108,6 +138,8 @@ class Lease:
         ``wait``: seconds to keep trying while it is held (a retry of work whose first attempt died on
         another host waits for that holder's heartbeat to stop).
         """
+        if self.path.is_dir():
+            raise LeaseUnusable(f"{self.path} is a directory, where the run's lease file goes: nobody can hold the run. Move it away, then run again")
         deadline = time.monotonic() + wait
         while True:
             for _ in range(3):  # a lease released or taken over between our steps: look again
@@ -138,17 +170,35 @@ class Lease:
         """Remove a stale lease, unless another taker got there first (one taker at a time, by an exclusive marker)."""
         marker = self.path.with_name(self.path.name + ".takeover")
         try:
-            os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            handle = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
-            if time.time() - marker.stat().st_mtime > lease_timeout():  # a taker that died while taking over
+            if self._abandoned(marker):  # a taker that died while taking over
                 marker.unlink(missing_ok=True)
             return
+        with os.fdopen(handle, "w") as file:
+            json.dump(self.holder, file)
         try:
             # still the stale one we looked at (an unreadable one must still be stale: not a new lease being written)
             if self.read_holder() == stale and (stale is not None or self.is_stale(None)):
                 self.path.unlink(missing_ok=True)
         finally:
             marker.unlink(missing_ok=True)
+
+    def _abandoned(self, marker: Path) -> bool:
+        """Whether a takeover marker is a dead taker's: its process (on this host) is gone, or it stands for longer than a
+        takeover takes (:data:`TAKEOVER_GRACE`)."""
+        try:
+            age = time.time() - marker.stat().st_mtime
+        except FileNotFoundError:
+            return False
+        try:
+            taker = json.loads(marker.read_text())
+        except (OSError, ValueError):  # being written this instant, or gone: only its age tells
+            taker = None
+        if age > TAKEOVER_GRACE:
+            return True
+        here = isinstance(taker, dict) and taker.get("host") == self.holder["host"] and isinstance(taker.get("pid"), int)
+        return here and not holder_alive(taker)
 
     def _start_heartbeat(self) -> None:
         interval = heartbeat_interval()

@@ -16,7 +16,7 @@ How an attempt ends, :data:`Ending` (``RunResult.status``, in ``result.json``, w
 ``interrupted`` (never written: the checkpoint is the record).
 
 What an invocation did with a run, :data:`Outcome` (a :class:`RunOutcome`, what every executor collects):
-``trained`` (to the end, or scored again), ``skipped`` (done before it was reached), ``failed``,
+``trained`` (to the end), ``rescored`` (scored again, not trained), ``skipped`` (done before it was reached), ``failed``,
 ``interrupted``, ``busy`` (another live process holds it) or ``not-started`` (queued when a signal came);
 a :class:`StudySummary` counts them for one ``unpaired run``.
 """
@@ -31,7 +31,7 @@ from unpaired.storage.lease import LeaseHeld
 from unpaired.storage.records import Ending, RunResult
 
 RunStatus = Literal["done", "stale", "rescore", "score-failed", "running", "partial", "failed", "pending"]
-Outcome = Literal["trained", "skipped", "failed", "interrupted", "busy", "not-started"]
+Outcome = Literal["trained", "rescored", "skipped", "failed", "interrupted", "busy", "not-started"]
 TO_TRAIN: frozenset[RunStatus] = frozenset({"pending", "partial", "failed", "running", "rescore"})
 """The statuses an invocation hands to its executor (a running one is trained by whoever takes its lease next)."""
 
@@ -46,12 +46,13 @@ class RunOutcome:
     detail: str = ""
 
     @classmethod
-    def of_result(cls, result: RunResult, reused: bool = False) -> RunOutcome:
-        """The outcome of an attempt that ended with ``result``; ``reused``: the run was done before it started."""
+    def of_result(cls, result: RunResult, reused: bool = False, rescored: bool = False) -> RunOutcome:
+        """The outcome of an attempt that ended with ``result``; ``reused``: the run was done before it started;
+        ``rescored``: it was done, and this attempt only scored it again."""
         if result.finished and result.scoring_problems:  # trained, but its numbers cannot be used
             return cls("failed", result, f"the scoring failed: {'; '.join(result.scoring_problems)}")
         if result.finished:
-            return cls("skipped" if reused else "trained", result)
+            return cls("skipped" if reused else "rescored" if rescored else "trained", result)
         if result.status == "interrupted":
             return cls("interrupted", result, result.error or "")
         return cls("failed", result, result.error or "")
@@ -74,7 +75,9 @@ class StudySummary:
     """What one ``unpaired run`` did with each run, by outcome (see :mod:`unpaired.storage.lifecycle`)."""
 
     done: list[PlannedRun] = field(default_factory=list)
-    """Runs trained (or scored again) to the end by this invocation: the outcome ``trained``."""
+    """Runs trained (or scored again) to the end by this invocation: the outcomes ``trained`` and ``rescored``."""
+    rescored: list[PlannedRun] = field(default_factory=list)
+    """Those of ``done`` that were only scored again."""
     skipped: list[PlannedRun] = field(default_factory=list)
     failed: list[tuple[PlannedRun, str]] = field(default_factory=list)
     interrupted: list[PlannedRun] = field(default_factory=list)
@@ -96,8 +99,10 @@ class StudySummary:
 
     def record(self, run: PlannedRun, outcome: RunOutcome) -> None:
         """Count what became of ``run``; a run never started (``not-started``) stays pending and is not counted."""
-        if outcome.outcome == "trained":
+        if outcome.outcome in ("trained", "rescored"):
             self.done.append(run)
+            if outcome.outcome == "rescored":
+                self.rescored.append(run)
         elif outcome.outcome == "skipped":  # another process finished it meanwhile
             self.skipped.append(run)
         elif outcome.outcome == "interrupted":
@@ -109,7 +114,9 @@ class StudySummary:
 
     def __str__(self) -> str:
         lines = [
-            f"done {len(self.done)}, failed {len(self.failed)}, skipped {len(self.skipped)} (finished earlier)"
+            f"done {len(self.done)}"
+            + (f" ({len(self.rescored)} of them scored again, not trained)" if self.rescored else "")
+            + f", failed {len(self.failed)}, skipped {len(self.skipped)} (finished earlier)"
             + (f", interrupted {len(self.interrupted)}" if self.interrupted else "")
             + (f", busy {len(self.busy)} (being trained by another process)" if self.busy else "")
         ]
@@ -118,6 +125,8 @@ class StudySummary:
         lines += [f"note: {note}" for note in self.notes]
         lines += [f"  FAILED {run.variant} seed {run.seed}: {error}" for run, error in self.failed]
         lines += [f"  BUSY {run.variant} seed {run.seed}: trained by {holder}; rerun later to pick up what it leaves" for run, holder in self.busy]
+        if self.busy:  # the exit code stays 0 (another invocation is no failure), so the last line says it
+            lines.append(f"incomplete: {len(self.busy)} run(s) are being trained by another process; run the same command again once it ends")
         return "\n".join(lines)
 
 

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from unpaired.config.resolved import ResolvedVariant
 from unpaired.config.spec import TrainConfig
-from unpaired.errors import Note, Notice
+from unpaired.errors import Note, Notice, StopRequested
 from unpaired.evaluation.scoring import Scorer, Scores
 from unpaired.plugin_api.components import TrainingProgress, describe
 from unpaired.plugin_api.lifecycle import RunInfo
@@ -37,6 +37,15 @@ from unpaired.devices import describe_device, pick_device
 from unpaired.signals import deferred_signals, stop_requested
 from unpaired.training.runtime import TrainingError, TrainingInterrupted, capture_rng, restore_rng, seed_everything
 from unpaired.training.samples import save_samples, save_showcase
+
+
+class ScoringStopped(StopRequested):
+    """A stop signal while the final generators of a run trained to the end were scored: ``result`` is the run's result
+    without scores, to be recorded so that a rerun only scores it (``rescore``) instead of training anything again."""
+
+    def __init__(self, signum: int, result: RunResult):
+        super().__init__(signum)
+        self.result = result
 
 
 def learning_rate(epoch: int, train: TrainConfig) -> float:
@@ -284,7 +293,10 @@ class Trainer:
             cuda_graphs=self.step.capture,
         )
         if self.scorer is not None:
-            scores = self.score(self.scorer)
+            try:
+                scores = self.score(self.scorer)
+            except StopRequested as stop:
+                raise ScoringStopped(stop.signum, result) from None
             result.metrics, result.scoring, result.scoring_problems = scores.values, scores.scoring, scores.problems
             if self.variant.eval.every:
                 self.keep_if_best(scores, ties_win=True)  # a tie goes to the final epoch

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import warnings
 
@@ -13,11 +14,11 @@ from unpaired.evaluation.scoring import Scorer
 from unpaired.plugin_api.lifecycle import RunInfo
 from unpaired.plugin_api.registry import Registry
 from unpaired.storage.files import CorruptFileError, StorageError
-from unpaired.storage.lease import LeaseHeld
+from unpaired.storage.lease import LeaseHeld, LeaseUnusable
 from unpaired.storage.lifecycle import RunOutcome
 from unpaired.storage.records import RunResult, describe_failure
 from unpaired.storage.run_folder import RunFolder
-from unpaired.training.loop import Trainer
+from unpaired.training.loop import ScoringStopped, Trainer
 from unpaired.devices import gpu_algorithms, pick_device, thread_count_kept
 
 
@@ -46,38 +47,62 @@ def train_run(
         lease.acquire(wait=lease_wait)
     except LeaseHeld as held:  # another live process trains this run
         return RunOutcome.busy(held)
+    except LeaseUnusable as error:  # e.g. a directory of the lease file's name: this run fails, the others go on
+        return RunOutcome.of_exception(variant.run_id, error)
     try:
         with thread_count_kept(), gpu_algorithms(variant.train.deterministic):
-            previous, scorer = _previous_result(folder), None
-            if previous is not None and previous.finished and previous.run_id == variant.run_id:
-                try:
-                    scorer = Scorer(variant.eval, pick_device(variant.train.device)) if variant.eval.metrics else None
-                except UnpairedError as error:  # e.g. the extractor cannot load here: the finished result stays as it is
-                    return RunOutcome.of_exception(variant.run_id, error)
-                if scorer is None or (previous.scoring is not None and previous.scoring.identity == scorer.identity):
-                    return RunOutcome.of_result(previous, reused=True)
+            decided = _done_or_rescorer(_previous_result(folder), variant)
+            if isinstance(decided, RunOutcome):
+                return decided
             run = RunInfo(variant.run_id, variant.variant_key, variant_name, variant.train.seed, folder.path, variant.as_dict())
-            try:
-                registry.hook.unpaired_on_run_start(run=run)
-                registry.hook.unpaired_on_variant_start(run=run)  # its name in 0.1, deprecated
-                if scorer is not None:  # trained, but scored under another evaluation (or not at all): score, train nothing
-                    result = _rescored(folder, registry, scorer, variant)
-                else:
-                    result = Trainer(variant, folder, run, registry.hook, show_progress).run_to_end()
-                    result = result.model_copy(update={"host": socket.gethostname(), "ray_node": ray_node})
-                failure = None
-            except (Exception, StopRequested) as error:  # a signal outside the training loop: interrupted, resumable
-                result, failure = RunResult.from_exception(variant.run_id, error), describe_failure(error)
-            if result.status != "interrupted" and (scorer is None or result.finished):  # a failed rescoring keeps the result
-                try:
-                    folder.write_result(result, failure)
-                except StorageError as error:  # e.g. the disk filled up: the run is not recorded, a rerun redoes its end
-                    result = RunResult.from_exception(variant.run_id, error)
+            result = _attempt(variant, folder, registry, run, decided, show_progress, ray_node)
             registry.hook.unpaired_on_variant_end(run=run, result=result)  # its name in 0.1, deprecated
             registry.hook.unpaired_on_run_end(run=run, result=result)
-            return RunOutcome.of_result(result)
+            return RunOutcome.of_result(result, rescored=decided is not None)
     finally:
         lease.release()
+
+
+def _done_or_rescorer(previous: RunResult | None, variant: ResolvedVariant) -> RunOutcome | Scorer | None:
+    """For a run already finished: its outcome when nothing is left to do (its scores are this evaluation's, or it cannot
+    be scored here), else the scorer to score it again with. None for a run to train."""
+    if previous is None or not previous.finished or previous.run_id != variant.run_id:
+        return None
+    try:
+        scorer = Scorer(variant.eval, pick_device(variant.train.device)) if variant.eval.metrics else None
+    except UnpairedError as error:  # e.g. the extractor cannot load here: the finished result stays as it is
+        return RunOutcome.of_exception(variant.run_id, error)
+    if scorer is None or (previous.scoring is not None and previous.scoring.identity == scorer.identity):
+        return RunOutcome.of_result(previous, reused=True)
+    return scorer
+
+
+def _attempt(
+    variant: ResolvedVariant, folder: RunFolder, registry: Registry, run: RunInfo, scorer: Scorer | None, show_progress: bool, ray_node: str | None
+) -> RunResult:
+    """Tell the listeners the run starts, train it to its end (or, with ``scorer``, only score it again) and record the
+    result; an exception becomes the result (see :func:`train_run`)."""
+    here = {"host": socket.gethostname(), "ray_node": ray_node}
+    try:
+        registry.hook.unpaired_on_run_start(run=run)
+        registry.hook.unpaired_on_variant_start(run=run)  # its name in 0.1, deprecated
+        if scorer is not None:  # trained, but scored under another evaluation (or not at all): score, train nothing
+            result = _rescored(folder, registry, scorer, variant)
+        else:
+            result = Trainer(variant, folder, run, registry.hook, show_progress).run_to_end().model_copy(update=here)
+        failure = None
+    except ScoringStopped as stopped:  # trained to the end, its scoring cut short: recorded unscored (rescore)
+        with contextlib.suppress(StorageError):  # unrecorded, the run resumes from its last checkpoint instead
+            folder.write_result(stopped.result.model_copy(update=here))
+        result, failure = RunResult.from_exception(variant.run_id, stopped), None
+    except (Exception, StopRequested) as error:  # a signal outside the training loop: interrupted, resumable
+        result, failure = RunResult.from_exception(variant.run_id, error), describe_failure(error)
+    if result.status != "interrupted" and (scorer is None or result.finished):  # a failed rescoring keeps the result
+        try:
+            folder.write_result(result, failure)
+        except StorageError as error:  # e.g. the disk filled up: the run is not recorded, a rerun redoes its end
+            result = RunResult.from_exception(variant.run_id, error)
+    return result
 
 
 def _rescored(folder: RunFolder, registry: Registry, scorer: Scorer, variant: ResolvedVariant) -> RunResult:
