@@ -115,9 +115,10 @@ def first_use_serialised(uri: str | None) -> Iterator[None]:
     with open(f"{database}.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            if not database.exists() or not _inspect(database)[0]:  # absent, or a file without tables: it holds nothing
+            if database.exists() and _inspect(database)[0]:
+                check_whole(database)
+            else:  # absent, or a file without tables: it holds nothing
                 create_whole(database)
-            check_whole(database)
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
@@ -281,7 +282,7 @@ def log_metrics_once(mlflow_client: Any, run_id: str, values: dict[str, float], 
 
     def held(key: str, value: float) -> bool:
         return any(
-            m.step == step and (m.value == value or math.isnan(m.value) and math.isnan(value) or math.isclose(m.value, value, rel_tol=1e-9))
+            m.step == step and (math.isclose(m.value, value, rel_tol=1e-9) or math.isnan(m.value) and math.isnan(value))
             for m in mlflow_client.get_metric_history(run_id, key)
         )
 
