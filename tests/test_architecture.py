@@ -71,7 +71,7 @@ LAYERS = [  # CONTRIBUTING.md's "How the code is organised", top to bottom: a mo
     ["unpaired.results"],
     ["unpaired.execution"],
     ["unpaired.reporting"],
-    ["unpaired.tools", "unpaired.testing", "unpaired.cli"],
+    ["unpaired.tools", "unpaired.testing", "unpaired.cli", "unpaired.__main__"],
 ]
 
 

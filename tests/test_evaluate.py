@@ -13,6 +13,7 @@ from torch import nn
 
 from conftest import FID_WEIGHTS, run_cli, write_synthetic_folder
 from unpaired import hookimpl
+from unpaired.errors import Notice
 from unpaired.config.resolved import resolve_variant
 from unpaired.evaluation.features import EvaluationError, FeatureExtractor
 from unpaired_plugins.metrics import FID, KID, FidParams, KidParams
@@ -136,6 +137,34 @@ def test_real_features_are_extracted_once_per_test_set_and_again_when_a_file_cha
     TinyExtractor.seen = 0
     train_run(variant(tiny_registry, tmp_path / "data", seed=2), RunFolder(tmp_path / "three"), tiny_registry, show_progress=False)
     assert TinyExtractor.seen == 1 + 5 + 10  # testB changed: only its features are extracted again
+
+
+@pytest.mark.parametrize(
+    "damage, problem",
+    [
+        (lambda path: path.write_bytes(path.read_bytes()[:100]), r"cannot be read \(is a torn torch archive"),
+        (lambda path: torch.save({**torch.load(path), "features": torch.zeros(3, 8)}, path), "hold 3 rows for 5 test images"),
+        (lambda path: torch.save({**torch.load(path), "features": torch.load(path)["features"] * float("nan")}, path), "not finite"),
+        (lambda path: torch.save({**torch.load(path), "key": "other"}, path), "other images or another extractor"),
+    ],
+    ids=["torn", "rows", "nan", "key"],
+)
+def test_damaged_cached_features_are_named_and_computed_again(tiny_registry, tmp_path, monkeypatch, damage, problem):
+    """A damaged cache entry used to be recomputed without a word, or (when it still loaded) scored from."""
+    monkeypatch.setenv("UNPAIRED_CACHE", str(tmp_path / "cache"))
+    write_synthetic_folder(tmp_path / "data", n_train=4, n_test=5)
+    first = train_run(variant(tiny_registry, tmp_path / "data"), RunFolder(tmp_path / "one"), tiny_registry, show_progress=False).result
+    entries = sorted((tmp_path / "cache" / "features").glob("*.pt"))
+    assert len(entries) == 2
+    damage(entries[0])
+
+    TinyExtractor.seen = 0
+    with pytest.warns(Notice, match=problem) as warned:
+        again = train_run(variant(tiny_registry, tmp_path / "data"), RunFolder(tmp_path / "two"), tiny_registry, show_progress=False).result
+    assert str(entries[0]) in str(warned[0].message)
+    assert TinyExtractor.seen == 1 + 5 + 10  # only the damaged domain's real features were extracted again
+    assert again.metrics == first.metrics
+    assert torch.isfinite(torch.load(entries[0])["features"]).all()
 
 
 def test_periodic_evaluation_records_fid_per_epoch_and_keeps_the_best_generators(tiny_registry, tmp_path):

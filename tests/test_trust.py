@@ -432,3 +432,37 @@ def test_ctrl_c_while_a_trained_run_is_scored_stops_within_seconds_and_the_rerun
     rerun = run_cli("run", str(study), "--out", str(tmp_path / "out"))
     assert rerun.returncode == 0, rerun.stderr
     assert "rescored: base seed 0" in rerun.stdout + rerun.stderr and "done 1 (1 of them scored again, not trained)" in rerun.stdout
+
+
+def test_ctrl_c_while_the_command_imports_torch_exits_130_with_one_line(tmp_path):
+    """A Ctrl-C in the seconds before a command's own signal handling printed a 30-line KeyboardInterrupt traceback."""
+    command = subprocess.Popen([UNPAIRED, "report", str(tmp_path)], stderr=subprocess.PIPE, text=True)
+    maps = Path(f"/proc/{command.pid}/maps")
+    deadline = time.monotonic() + 60
+    while "libtorch" not in maps.read_text() and time.monotonic() < deadline:  # torch is being imported
+        time.sleep(0.01)
+    command.send_signal(signal.SIGINT)
+    _, stderr = command.communicate(timeout=60)
+    assert command.returncode == 130, stderr
+    assert "Traceback" not in stderr and stderr.strip().startswith("interrupted:")
+
+
+def test_plan_marks_a_queued_cpu_run_whose_thread_count_differs_from_a_finished_seeds(tmp_path):
+    """A run queued under --jobs 2 trains with fewer threads than one under --jobs 1, and its numbers differ: a study mixed
+    them without a word."""
+    study, out = write_study(tmp_path / "study.yaml", "threads", seeds=[0, 1]), ["--out", str(tmp_path / "out")]
+    assert run_cli("run", str(study), "--seeds", "0", "--jobs", "1", *out).returncode == 0
+    result = next((tmp_path / "out").glob("base/seed0-*")) / "result.json"
+    used = json.loads(result.read_text())["threads"]
+
+    def queued(*args: str) -> str:
+        rows = run_cli("plan", str(study), *out, *args).stdout.splitlines()
+        assert rows[1].split()[:2] == ["base", "0"] and " done " in rows[1]
+        return rows[2]
+
+    assert queued().split()[4:] == ["pending", "(base)"]  # the same thread count: nothing to say
+    in_workers = max(1, (os.cpu_count() or 1) // 2)
+    if in_workers != used:
+        assert f"pending ({in_workers} CPU thread{'s' * (in_workers > 1)} with --jobs 2; seed 0 used {used})" in queued("--jobs", "2")
+    result.write_text(result.read_text().replace(f'"threads": {used}', f'"threads": {used + 6}'))  # trained elsewhere
+    assert f"with --jobs 1; seed 0 used {used + 6})" in queued()

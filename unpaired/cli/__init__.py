@@ -50,6 +50,12 @@ def _add_study_commands(commands: argparse._SubParsersAction) -> None:
     plan.add_argument("study", help="study file (YAML or JSON)")
     plan.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=STUDY_OVERRIDES)
     plan.add_argument("--out", help="output folder (default: runs/<study name>)")
+    plan.add_argument(
+        "--jobs",
+        type=int,
+        metavar="N",
+        help="the --jobs you will run with: a queued CPU run whose thread count would differ from a finished seed's says so",
+    )
     plan.set_defaults(handler=cmd_plan, command_parser=plan)
 
     run = commands.add_parser("run", help="train every pending run of a study (rerun to resume)")

@@ -63,6 +63,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     except UnpairedError as error:  # plan still shows what it can; run stops on this before training
         evaluations, unchecked = {}, f"scores not checked against the study's evaluation: {error}"
     rows = [("variant", "seed", "run id", "steps", "status", "overrides")]
+    threads = _thread_differences(study, out, args.jobs or study.spec.execution.get("jobs") or 1)
     for run in study.runs:
         overrides = ", ".join(f"{k}={v}" for k, v in run.overrides.items()) or "(base)"
         count = steps[run.run_id]
@@ -73,6 +74,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
             trained = folder.read_result()
             status += f" ({'; '.join(plugin_changes(trained.plugins if trained else {}, run.resolved.plugins()))})"
         status += f" (in {moved.path.relative_to(out)}: `run` moves it)" if moved else ""
+        status += f" ({threads[run.run_id]})" if run.run_id in threads and status in ("pending", "stale") else ""
         rows.append((run.variant, str(run.seed), run.run_id, str(count) if isinstance(count, int) else "?", status, overrides))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
@@ -83,6 +85,31 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(line)
     print(f"\n{study.spec.name}: {_describe(study)}; output folder {out}")
     return 0
+
+
+def _thread_differences(study: Study, out: Path, jobs: int) -> dict[str, str]:
+    """For each run that would train on this machine's CPU with another thread count than a finished seed of its variant
+    used: what differs (a CPU run's numbers depend on its thread count, so the seeds would not be alike)."""
+    from unpaired.devices import DeviceError, pick_device
+    from unpaired.execution.local import threads_per_run
+    from unpaired.results.study_folder import run_folder
+
+    used: dict[str, dict[int, int]] = {}  # variant -> finished seed -> threads
+    for run in study.runs:
+        result = run_folder(out, run).read_result()
+        if result is not None and result.status == "finished" and result.threads is not None:
+            used.setdefault(run.variant, {})[run.seed] = result.threads
+    notes, threads = {}, threads_per_run(jobs)
+    for run in study.runs:
+        try:
+            on_cpu = pick_device(run.resolved.train.device).type == "cpu"
+        except DeviceError:
+            continue
+        others = {seed: count for seed, count in used.get(run.variant, {}).items() if count != threads and seed != run.seed}
+        if on_cpu and others:
+            seeds = ", ".join(f"seed {seed} used {count}" for seed, count in sorted(others.items()))
+            notes[run.run_id] = f"{threads} CPU thread{'s' if threads != 1 else ''} with --jobs {jobs}; {seeds}"
+    return notes
 
 
 def plugin_changes(then: dict[str, str], now: dict[str, str]) -> list[str]:

@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from unpaired.errors import UnpairedError
+from unpaired.errors import Notice, UnpairedError
 from unpaired.plugin_api.components import Choice
 from unpaired.plugin_api.data import Domain, Transform, UnpairedData, list_images, load_image, to_uint8
 from unpaired.signals import raise_if_stopped
@@ -96,14 +97,40 @@ def real_features(data: UnpairedData, dataset: dict[str, Any], domain: Domain, e
     parameters (``dataset``: ``{"name", **params}``) plus what ``data.describe`` adds (e.g. the files' stamps)."""
     key = json.dumps([dataset, data.describe("test", domain), data.transform.crop_size, extractor.identity()], sort_keys=True, default=str)
     path = cache_dir() / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.pt"
-    if path.is_file():
-        try:
-            return load_tensors(path)["features"]
-        except Exception:  # an unreadable cache entry is recomputed, never trusted
-            path.unlink(missing_ok=True)
+    cached = _cached_features(path, key, data.size("test", domain)) if path.is_file() else None
+    if cached is not None:
+        return cached
     features = extractor(data.test_images(domain))
     atomic_save({"features": features, "key": key}, path)
     return features
+
+
+def _cached_features(path: Path, key: str, images: int) -> Tensor | None:
+    """The features of ``images`` images under ``key`` that ``path`` holds; None, with a notice, when the entry is
+    damaged (it is removed then: a score from it would be wrong without any sign)."""
+    try:
+        entry = load_tensors(path)
+        problem = _entry_problem(entry, key, images)
+    except Exception as error:
+        entry, problem = None, f"cannot be read ({getattr(error, 'problem', None) or type(error).__name__})"
+    if problem is None:
+        return entry["features"]
+    warnings.warn(f"the cached real-image features {path} {problem}; they are computed again", Notice, stacklevel=3)
+    path.unlink(missing_ok=True)
+    return None
+
+
+def _entry_problem(entry: Any, key: str, images: int) -> str | None:
+    features = entry.get("features") if isinstance(entry, dict) else None
+    if not isinstance(features, Tensor) or features.ndim != 2:
+        return "hold no feature matrix"
+    if entry.get("key") != key:
+        return "were computed for other images or another extractor"
+    if features.shape[0] != images:
+        return f"hold {features.shape[0]} rows for {images} test images"
+    if not torch.isfinite(features).all():
+        return "hold values that are not finite"
+    return None
 
 
 @contextlib.contextmanager

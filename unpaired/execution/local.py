@@ -50,7 +50,7 @@ class LocalExecutor:
         next step, with a checkpoint; queued runs are cancelled; every worker has ended when this returns.
         """
         gpus = torch.cuda.device_count()
-        threads = max(1, (os.cpu_count() or 1) // self.jobs)
+        threads = threads_per_run(self.jobs)
         jobs = [_on_gpu(job, number % gpus) if gpus else job for number, job in enumerate(jobs)]
         context = multiprocessing.get_context("spawn")
         stop = context.Value("i", 0)
@@ -85,6 +85,12 @@ def _collect(job: RunJob, future: Future, collect: Collect) -> None:
     except Exception as error:  # the worker itself died or could not start the run
         outcome = RunOutcome.of_exception(job.run_id, error)
     collect(job, outcome)
+
+
+def threads_per_run(jobs: int) -> int:
+    """The CPU threads torch uses in each of ``jobs`` runs trained at once on this machine: the cores divided between the
+    worker processes, or torch's own default for one run in this process. A CPU run's numbers depend on it."""
+    return torch.get_num_threads() if jobs <= 1 else max(1, (os.cpu_count() or 1) // jobs)
 
 
 def _start_worker(threads: int, stop: Any) -> None:
