@@ -10,20 +10,37 @@ from __future__ import annotations
 
 import itertools
 from typing import cast
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 from pydantic import BaseModel, Field
 from torch import Tensor
 
-from unpaired.plugin_api import Choice, Direction, FeatureEncoder, Method, MethodParts, TrainingProgress, fool, forward_each, hookimpl
+from unpaired.plugin_api import (
+    Choice,
+    Direction,
+    FeatureEncoder,
+    Method,
+    MethodParts,
+    TrainingProgress,
+    describe,
+    feature_layers,
+    fool,
+    forward_each,
+    hookimpl,
+)
 from .patchnce import PatchSampler, feature_channels, layer_problems, layers_nce_loss
 
-LAYERS_NOTE = "encoder layers of the generator PatchNCE compares (resnet: the paper's 0,4,8,12,16 are input, down1, down2, block1, block5)"
+PAPER_LAYERS = ("input", "down1", "down2", "block1", "block5")
+"""The paper's PatchNCE layers 0, 4, 8, 12, 16 of its 9-block ResNet, by the names of :mod:`unpaired_plugins.resnet`."""
+LAYERS_NOTE = (
+    "encoder layers of the generator PatchNCE compares (default: the paper's input, down1, down2, block1, block5, "
+    "ending at the generator's last block when it has fewer than 5)"
+)
 
 
 class CUTParams(BaseModel):
-    nce_layers: list[str] = Field(["input", "down1", "down2", "block1", "block5"], min_length=1, description=LAYERS_NOTE)
+    nce_layers: list[str] | None = Field(None, min_length=1, description=LAYERS_NOTE)
     num_patches: int = Field(256, ge=1, description="patches sampled per layer and image")
     nce_T: float = Field(0.07, gt=0, description="temperature of the PatchNCE logits")
     netF_nc: int = Field(256, ge=1, description="channels of F's MLPs (2 layers)")
@@ -31,6 +48,15 @@ class CUTParams(BaseModel):
     lambda_NCE: float = Field(1.0, gt=0, description="weight of the PatchNCE loss")
     nce_idt: bool = Field(True, description="also PatchNCE between B and G(B) (identity), averaged with A's")
     flip_equivariance: bool = Field(False, description="flip the inputs at random, and the features back (FastCUT)")
+
+
+def paper_layers(available: Sequence[str]) -> list[str]:
+    """:data:`PAPER_LAYERS` as far as a generator with encoder layers ``available`` has them: its 5th residual block, or
+    its last when it has fewer; every layer it has when it has none of the paper's."""
+    blocks = [name for name in available if name.startswith("block")]
+    deepest = [blocks[min(4, len(blocks) - 1)]] if blocks else []
+    layers = list(dict.fromkeys([name for name in PAPER_LAYERS[:-1] if name in available] + deepest))
+    return layers or list(available)
 
 
 class FastCUTParams(CUTParams):
@@ -41,12 +67,23 @@ class FastCUTParams(CUTParams):
 
 class CUT(Method):
     directions = ("AtoB",)
+    uses = ("generator", "discriminator", "gan_loss")  # no image pool, no loss-weight schedule
     discriminators = ("D",)
+
+    @classmethod
+    def fit_params(cls, params: CUTParams, components: Mapping[str, Choice]) -> tuple[CUTParams, list[str]]:
+        """``nce_layers`` left out: the paper's layers, the deepest one clipped to the generator's last block."""
+        generator = components.get("generator")
+        if generator is None or params.nce_layers is not None or (available := feature_layers(generator)) is None:
+            return params, []  # set in the spec, or no generator with features (a problem reported as such)
+        layers = paper_layers(available)
+        fitted = params.model_copy(update={"nce_layers": layers})
+        return fitted, [f"method.nce_layers: {', '.join(layers)} (the paper's layers that {describe(generator, 'generator')} has)"]
 
     @classmethod
     def variant_problems(cls, params: CUTParams, components: Mapping[str, Choice]) -> list[tuple[str, str]]:
         """A generator without encoder features, or without one of ``nce_layers``, cannot train with PatchNCE."""
-        return layer_problems(components.get("generator"), params.nce_layers)
+        return layer_problems(components.get("generator"), params.nce_layers or PAPER_LAYERS)
 
     def __init__(self, params: CUTParams, parts: MethodParts):
         self.p, self.runtime, self.batch_G, self.batch_D = params, parts.runtime, parts.generators_per_image, parts.discriminators_per_image
@@ -54,7 +91,8 @@ class CUT(Method):
         generator, discriminator = parts.generator(), parts.discriminator()
         self.G, self.D = parts.runtime.place(generator), parts.runtime.place(discriminator)
         self.encoder = cast(FeatureEncoder, self.G)
-        channels = feature_channels(cast(FeatureEncoder, generator), params.nce_layers, parts.image_size, parts.runtime.device)
+        self.layers = list(params.nce_layers or PAPER_LAYERS)  # filled in by fit_params when the spec leaves it out
+        channels = feature_channels(cast(FeatureEncoder, generator), self.layers, parts.image_size, parts.runtime.device)
         sampler = parts.initialise(PatchSampler(channels, params.netF_nc))
         self.networks = {"G": generator, "D": discriminator, "F": sampler}
         self.F = parts.runtime.place(sampler)
@@ -78,9 +116,9 @@ class CUT(Method):
     def nce(self, source: Tensor, translated: Tensor, flipped: Tensor | None) -> Tensor:
         """λ_NCE PatchNCE between ``source`` and its translation, averaged over the layers; a translation of a flipped
         input (``flipped``, a device bool) has its features flipped back to line up with the source's."""
-        queries = [flip_if(flipped, q) for q in self.encoder.encode(translated, self.p.nce_layers)]
+        queries = [flip_if(flipped, q) for q in self.encoder.encode(translated, self.layers)]
         with torch.no_grad():  # keys get no gradient
-            keys = self.encoder.encode(source, self.p.nce_layers)
+            keys = self.encoder.encode(source, self.layers)
             places = PatchSampler.places(keys, self.p.num_patches)
             keys = self.F(keys, places)
         return self.p.lambda_NCE * layers_nce_loss(self.F(queries, places), keys, self.p.nce_T)

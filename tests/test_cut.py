@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -165,3 +166,31 @@ def test_cut_and_fastcut_learn_the_synthetic_task(registry, tmp_path, method):
     assert after.status == "finished", after.error
     assert after.metrics["fid_a2b"] < 0.96 * before
     assert sum(nce.values[-24:]) / 24 < 0.5 * sum(nce.values[:5]) / 5
+
+
+def test_cut_leaves_the_slots_it_does_not_use_out_of_its_run_id_and_refuses_a_variant_that_sets_one(registry):
+    """CUT builds no image pool and no loss-weight schedule: setting them changed its run id and nothing else."""
+    cut = resolve_variant(cut_spec("cut"), registry)
+    assert "image_pool" not in cut.as_dict() and "loss_weights" not in cut.as_dict()
+    assert resolve_variant(cut.as_dict(), registry).run_id == cut.run_id  # spec.json resolves to the same run
+    with pytest.raises(SpecError) as refused:
+        resolve_variant(merge(cut_spec("cut"), {"image_pool": {"name": "history", "size": 5}}), registry, prefix="base")
+    assert "base.image_pool: the method 'cut' does not use the image_pool slot" in str(refused.value)
+    cyclegan = {**TINY_BASE, "image_pool": {"name": "history", "size": 5}}
+    assert resolve_variant(cyclegan, registry).run_id != resolve_variant(TINY_BASE, registry).run_id  # CycleGAN uses it
+
+
+@pytest.mark.slow
+def test_a_grid_of_the_three_methods_over_a_one_block_resnet_validates_plans_and_runs(tmp_path):
+    """CUT's default layers ended at block5, so a method grid over a smaller generator failed validation."""
+    base = {**TINY_BASE, "data": {**TINY_BASE["data"], "n_train": 2}}
+    study = write_study(tmp_path / "methods.yaml", "methods", base, grid={"method.name": ["cyclegan", "cut", "fastcut"]}, tracking={"enabled": False})
+    out = ["--out", str(tmp_path / "out")]
+    plan = run_cli("plan", str(study), *out, "--only", "method=cut")
+    assert plan.returncode == 0, plan.stderr
+    assert [line.split()[:2] for line in plan.stdout.splitlines() if line.startswith("method=")] == [["method=cut", "0"]]  # --only
+    assert "  method=cut: method.nce_layers: input, down1, down2, block1 (the paper's layers that generator 'resnet'" in plan.stdout
+    ran = run_cli("run", str(study), *out, "--quiet")
+    assert ran.returncode == 0 and "done 3" in ran.stdout, ran.stdout + ran.stderr
+    spec = json.loads(next((tmp_path / "out").glob("method=fastcut/*/spec.json")).read_text())
+    assert spec["method"]["nce_layers"] == TINY_LAYERS and "image_pool" not in spec

@@ -10,7 +10,7 @@ import pytest
 import yaml
 import torch
 
-from conftest import BROKEN_COMPONENTS, REPO, TINY_BASE, run_cli, write_distribution
+from conftest import BROKEN_COMPONENTS, PIXEL_FEATURES, REPO, TINY_BASE, run_cli, write_distribution, write_study
 from unpaired.config.resolved import resolve_variant
 from unpaired.plugin_api.registry import Registry
 from unpaired.storage.run_folder import RunFolder
@@ -202,4 +202,28 @@ def test_a_run_trained_by_another_plugin_version_is_marked_stale_and_can_be_trai
     assert rerun.returncode == 0 and "done 1" in rerun.stdout, rerun.stderr
     assert json.loads((folder / "result.json").read_text())["plugins"]["acme-gen"] == "1.1"
     assert folder.with_name(f"{folder.name}.old-1").is_dir()
+    assert run_cli("plan", str(study), *out).stdout.splitlines()[1].split()[4] == "done"
+
+
+@pytest.mark.slow
+def test_a_new_version_of_a_plugin_that_only_scores_rescores_the_runs_and_trains_nothing(make_distribution, site, tmp_path):
+    """A metric or feature-extractor package's new version made every run stale, and --rerun-stale retrained them all."""
+    make_distribution("pixel-features", "1.0", {"pixel": "pixel_features"}, {"pixel_features.py": PIXEL_FEATURES})
+    base = {**TINY_BASE, "eval": {"metrics": ["fid"], "feature_extractor": {"name": "mean_colour"}}}
+    study = write_study(tmp_path / "pixel.yaml", "pixel", base, tracking={"enabled": False})
+    out = ["--out", str(tmp_path / "out")]
+    assert run_cli("run", str(study), *out, "--quiet").returncode == 0
+    (folder,) = [p.parent for p in (tmp_path / "out").glob("*/*/result.json")]
+    trained = {name: (folder / name).read_bytes() for name in ("history.csv", "history.json", "generators/AtoB.pt")}
+    scored = json.loads((folder / "result.json").read_text())
+
+    (site / "pixel_features-1.0.dist-info").rename(site / "pixel_features-1.1.dist-info")  # the plugin is upgraded
+    (site / "pixel_features-1.1.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: pixel-features\nVersion: 1.1\n")
+    assert run_cli("plan", str(study), *out).stdout.splitlines()[1].split()[2:5] == [scored["run_id"], "12", "rescore"]
+    again = run_cli("run", str(study), *out, "--quiet")
+    assert again.returncode == 0 and "done 1 (1 of them scored again, not trained)" in again.stdout, again.stdout + again.stderr
+    assert {name: (folder / name).read_bytes() for name in trained} == trained  # not trained again
+    result = json.loads((folder / "result.json").read_text())
+    assert result["plugins"]["pixel-features"] == "1.1" and result["metrics"] == scored["metrics"]
+    assert result["scoring"]["identity"] != scored["scoring"]["identity"]
     assert run_cli("plan", str(study), *out).stdout.splitlines()[1].split()[4] == "done"

@@ -104,3 +104,16 @@ def test_the_resolved_variant_round_trips_through_plain_data(registry):
     variant = resolve_variant({"data": DATA, "norm": {"name": "batch"}, "eval": {"every": 2}}, registry)
     again = resolve_variant(variant.as_dict(), registry)
     assert again.as_dict() == variant.as_dict() and again.run_id == variant.run_id
+
+
+def test_a_parameter_override_of_a_component_the_spec_leaves_out_sets_it_on_the_default_component(registry, tmp_path):
+    """``image_pool.size=7`` on a base without image_pool said ``base.image_pool.name: Field required``."""
+    from conftest import TINY_BASE, write_study
+    from unpaired.config.study import load_study
+
+    study = load_study(write_study(tmp_path / "s.yaml", "s"), registry, ["image_pool.size=7"])
+    pool = study.runs[0].resolved.image_pool.as_dict()
+    assert pool["name"] == registry.default("image_pool") and pool["size"] == 7
+    variant = tmp_path / "v.json"
+    variant.write_text(json.dumps(TINY_BASE))
+    assert load_variant(variant, registry, ["image_pool.size=3"]).image_pool.as_dict()["size"] == 3

@@ -50,6 +50,8 @@ def _add_study_commands(commands: argparse._SubParsersAction) -> None:
     plan.add_argument("study", help="study file (YAML or JSON)")
     plan.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=STUDY_OVERRIDES)
     plan.add_argument("--out", help="output folder (default: runs/<study name>)")
+    plan.add_argument("--only", nargs="+", metavar="NAME", help="only these variants")
+    plan.add_argument("--seeds", nargs="+", type=int, metavar="SEED", help="only these seeds")
     plan.add_argument(
         "--jobs",
         type=int,

@@ -52,27 +52,28 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     """Show every run of a study with its overrides, id, steps and state on disk, and finished runs it no longer has."""
-    from unpaired.execution.runner import expected_evaluations, open_datasets, steps_per_run
+    from unpaired.execution.runner import expected_evaluations, open_datasets, select_runs, steps_per_run
     from unpaired.results.study_folder import moved_run, run_folder
 
     study = load_study(args.study, plugin_registry(), args.overrides)
-    out = _out_dir(args.out, study)
+    out, runs = _out_dir(args.out, study), select_runs(study, args.only, args.seeds)
     steps, unchecked = steps_per_run(study, open_datasets(study)), None
     try:
-        evaluations = expected_evaluations(study.runs)
+        evaluations = expected_evaluations(runs)
     except UnpairedError as error:  # plan still shows what it can; run stops on this before training
         evaluations, unchecked = {}, f"scores not checked against the study's evaluation: {error}"
     rows = [("variant", "seed", "run id", "steps", "status", "overrides")]
     threads = _thread_differences(study, out, args.jobs or study.spec.execution.get("jobs") or 1)
-    for run in study.runs:
+    for run in runs:
         overrides = ", ".join(f"{k}={v}" for k, v in run.overrides.items()) or "(base)"
         count = steps[run.run_id]
         moved = moved_run(out, run)
         folder = moved or run_folder(out, run)
-        status: str = folder.status(run.run_id, run.resolved.plugins(), evaluations.get(run.run_id))
+        status: str = folder.status(run.run_id, run.resolved.training_plugins(), evaluations.get(run.run_id))
         if status == "stale":  # which plugin changed is what decides whether to retrain (--rerun-stale)
-            trained = folder.read_result()
-            status += f" ({'; '.join(plugin_changes(trained.plugins if trained else {}, run.resolved.plugins()))})"
+            trained, now = folder.read_result(), run.resolved.training_plugins()
+            then = {dist: version for dist, version in (trained.plugins if trained else {}).items() if dist in now}
+            status += f" ({'; '.join(plugin_changes(then, now))})"
         status += f" (in {moved.path.relative_to(out)}: `run` moves it)" if moved else ""
         status += f" ({threads[run.run_id]})" if run.run_id in threads and status in ("pending", "stale") else ""
         rows.append((run.variant, str(run.seed), run.run_id, str(count) if isinstance(count, int) else "?", status, overrides))
@@ -81,8 +82,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
     for reason in dict.fromkeys(v for v in steps.values() if isinstance(v, str)):
         print(f"steps unknown: {reason}")
-    for line in _other_runs(study, out) + ([unchecked] if unchecked else []):
+    fitted = list(dict.fromkeys(f"  {run.variant}: {line}" for run in runs for line in run.resolved.fitted))
+    for line in (["\nchosen by the method to fit the other components:", *fitted] if fitted else []) + _other_runs(study, out):
         print(line)
+    if unchecked:
+        print(unchecked)
     print(f"\n{study.spec.name}: {_describe(study)}; output folder {out}")
     return 0
 

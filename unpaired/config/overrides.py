@@ -43,12 +43,34 @@ def _shared_params(path: str, old: Mapping[str, Any], new_name: str, registry: R
 
 
 def set_path(spec: dict[str, Any], path: str, value: Any, registry: Registry | None = None) -> dict[str, Any]:
-    """A copy of ``spec`` with the dotted ``path`` set to ``value`` (merged like a named override)."""
+    """A copy of ``spec`` with the dotted ``path`` set to ``value`` (merged like a named override). With a ``registry``,
+    a parameter of a component the spec leaves out (``method.lambda_A``) sets it on that slot's default component."""
+    if registry is not None:
+        spec = _with_default_component_of(spec, path, registry)
     *parents, last = path.split(".")
     change: dict[str, Any] = {last: value}
     for part in reversed(parents):
         change = {part: change}
     return merge(spec, change, registry)
+
+
+def _with_default_component_of(spec: dict[str, Any], path: str, registry: Registry) -> dict[str, Any]:
+    """``spec`` with the slot that ``path`` sets a parameter of naming its default component, when the spec leaves it out."""
+    found = next(((at, slot) for at, slot in component_slots().items() if path.startswith(f"{at}.") and path != f"{at}.name"), None)
+    if found is None or found[1].fallback is not None or _get_path(spec, found[0]) is not None:
+        return spec
+    at, slot = found
+    try:
+        return set_path(spec, f"{at}.name", registry.default(slot.kind))
+    except ComponentError:  # no default: the missing name is reported when the variant resolves
+        return spec
+
+
+def _get_path(spec: Mapping[str, Any], path: str) -> Any:
+    value: Any = spec
+    for part in path.split("."):
+        value = value.get(part) if isinstance(value, Mapping) else None
+    return value
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

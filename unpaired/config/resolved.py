@@ -8,9 +8,10 @@ the executors never look a component up or validate it again.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from unpaired.config.command_line import override_variant
 from unpaired.config.documents import read_document
 from unpaired.config.spec import RUNTIME_ONLY_FIELDS, ComponentConfig, SpecError, TrainConfig, VariantSpec, component_slots
 from unpaired.plugin_api.components import Choice
+from unpaired.plugin_api.methods import unused_slots
 from unpaired.plugin_api.metrics import method_directions, score_columns
 from unpaired.errors import pydantic_problems
 from unpaired.plugin_api.registry import ComponentError, InvalidParamsError, Registry
@@ -48,14 +50,20 @@ class ResolvedEval:
 
     def identity(self, extractor_identity: str) -> str:
         """12 hex digits identifying how scores are made: each metric and the feature extractor, named by distribution
-        and component with all their parameters, and ``extractor_identity`` (what the built extractor says of itself,
-        e.g. its weights file). The test images follow from the data parameters, part of the run id."""
+        and component with all their parameters and their distributions' versions, and ``extractor_identity`` (what the
+        built extractor says of itself, e.g. its weights file). The test images follow from the data parameters, part of
+        the run id. A new version of a package that only scores therefore makes a run *rescore*, never *stale*."""
         made_by = {
             "metrics": [m.identity() for m in self.metrics],
             "extractor": self.feature_extractor.identity(),
             "extractor_identity": extractor_identity,
+            "versions": self.plugins(),
         }
         return _hash(made_by)
+
+    def plugins(self) -> dict[str, str]:
+        """Distribution -> version of the packages providing the metrics and the feature extractor."""
+        return _versions([self.feature_extractor, *self.metrics])
 
 
 @dataclass(frozen=True)
@@ -74,14 +82,22 @@ class ResolvedVariant:
     train: TrainConfig
     samples: int
     eval: ResolvedEval
+    fitted: tuple[str, ...] = ()
+    """What the method chose from the other components, one line each (``Method.fit_params``): ``plan`` shows them."""
 
     _SLOTS = ("method", "data", "generator", "discriminator", "generator_norm", "discriminator_norm", "gan_loss", "loss_weights", "image_pool")
+
+    @property
+    def slots(self) -> tuple[str, ...]:
+        """The component slots this variant's training uses: every one but those its method leaves unused."""
+        unused = unused_slots(self.method.component.factory)
+        return tuple(slot for slot in self._SLOTS if slot not in unused)
 
     def as_dict(self) -> dict[str, Any]:
         """The resolved variant as plain data: what ``spec.json``, checkpoints and trackers hold, and what
         :func:`resolve_variant` turns back into the same variant."""
         return {
-            **{slot: getattr(self, slot).as_dict() for slot in self._SLOTS},
+            **{slot: getattr(self, slot).as_dict() for slot in self.slots},
             "train": self.train.model_dump(mode="json"),
             "samples": self.samples,
             "eval": self.eval.as_dict(),
@@ -89,8 +105,12 @@ class ResolvedVariant:
 
     def plugins(self) -> dict[str, str]:
         """Distribution -> version of every package providing one of the variant's components (its provenance)."""
-        chosen = [getattr(self, slot) for slot in self._SLOTS] + [self.eval.feature_extractor, *self.eval.metrics]
-        return {c.component.distribution: c.component.version for c in sorted(chosen, key=lambda c: c.component.distribution)}
+        return dict(sorted({**self.training_plugins(), **self.eval.plugins()}.items()))
+
+    def training_plugins(self) -> dict[str, str]:
+        """Distribution -> version of the packages providing the components training uses: a new version of one may
+        train other networks (the run is *stale*); those that only score are in ``eval.plugins()`` (they rescore)."""
+        return _versions(getattr(self, slot) for slot in self.slots)
 
     def _digest(self, *train_fields_left_out: str) -> str:
         """A hash of what training depends on: each component by distribution and name (so ``dist:name`` and a plain
@@ -98,7 +118,7 @@ class ResolvedVariant:
         settings are left out: they change the reported numbers, not the trained networks."""
         left_out = RUNTIME_ONLY_FIELDS.union(train_fields_left_out)
         train = {k: v for k, v in self.train.model_dump(mode="json").items() if k not in left_out}
-        return _hash({**{slot: getattr(self, slot).identity() for slot in self._SLOTS}, "train": train, "samples": self.samples})
+        return _hash({**{slot: getattr(self, slot).identity() for slot in self.slots}, "train": train, "samples": self.samples})
 
     @property
     def score_columns(self) -> list[str]:
@@ -121,6 +141,10 @@ def _variant_score_columns(method: Choice, metrics: tuple[Choice, ...]) -> list[
     return [column for metric in metrics for column in score_columns(metric.component.name, directions)]
 
 
+def _versions(chosen: Iterable[Choice]) -> dict[str, str]:
+    return {c.component.distribution: c.component.version for c in sorted(chosen, key=lambda c: c.component.distribution)}
+
+
 def _hash(data: Any) -> str:
     canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]
@@ -135,8 +159,10 @@ def resolve_variant(data: Mapping[str, Any], registry: Registry, source: str = "
     """
     spec, problems = _validated(data, source, prefix)
     chosen = _resolve_components(spec, registry, prefix, problems)
-    if "method" in chosen:  # the method's rules about the other components (those that resolved)
-        problems += _method_problems(chosen["method"], chosen, prefix)
+    fitted: list[str] = []
+    if "method" in chosen:  # the method's defaults and rules that follow from the other components (those that resolved)
+        chosen["method"], fitted = _fitted_method(chosen["method"], chosen)
+        problems += _unused_slot_problems(chosen["method"], spec, registry, prefix) + _method_problems(chosen["method"], chosen, prefix)
     if inputs and "data" in chosen and (check := getattr(chosen["data"].component.factory, "input_problems", None)):
         problems += [(".".join(filter(None, [prefix, "data", field])), message) for field, message in check(chosen["data"].params)]
     evaluation, where = spec.eval, ".".join(filter(None, [prefix, "eval"]))
@@ -157,6 +183,7 @@ def resolve_variant(data: Mapping[str, Any], registry: Registry, source: str = "
         train=spec.train,
         samples=spec.samples,
         eval=resolved_eval,
+        fitted=tuple(fitted),
     )
 
 
@@ -194,13 +221,42 @@ def _resolve_components(spec: VariantSpec, registry: Registry, prefix: str, prob
     return chosen
 
 
+def _unused_slot_problems(method: Choice, spec: VariantSpec, registry: Registry, prefix: str) -> list[tuple[str, str]]:
+    """A slot the method never builds, set to anything but its plain default: the setting would change nothing but look
+    like it does (a study fills every slot with its default before its axes apply, hence the default is allowed)."""
+    problems = []
+    for slot in unused_slots(method.component.factory):
+        config = _get(spec, slot)
+        if config is not None and config.model_dump() != {"name": registry.default(component_slots()[slot].kind)}:
+            problems.append(
+                (
+                    ".".join(filter(None, [prefix, slot])),
+                    f"the method {method.name!r} does not use the {slot} slot, so setting it changes nothing: "
+                    "set it only in the variants of methods that use it",
+                )
+            )
+    return problems
+
+
+def _fitted_method(method: Choice, chosen: Mapping[str, Choice]) -> tuple[Choice, list[str]]:
+    """The method with the parameters it fits to the variant's other components, and what it chose (``Method.fit_params``)."""
+    fit = getattr(method.component.factory, "fit_params", None)
+    if fit is None:
+        return method, []
+    params, lines = fit(method.params, _other_components(chosen))
+    return dataclasses.replace(method, params=params), list(lines)
+
+
+def _other_components(chosen: Mapping[str, Choice]) -> dict[str, Choice]:
+    return {slot: choice for slot, choice in chosen.items() if "." not in slot and slot != "method"}
+
+
 def _method_problems(method: Choice, chosen: Mapping[str, Choice], prefix: str) -> list[tuple[str, str]]:
     """What the method says rules it out with the variant's other components (``Method.variant_problems``)."""
     check = getattr(method.component.factory, "variant_problems", None)
     if check is None:
         return []
-    components = {slot: choice for slot, choice in chosen.items() if "." not in slot and slot != "method"}
-    return [(".".join(filter(None, [prefix, field])), message) for field, message in check(method.params, components)]
+    return [(".".join(filter(None, [prefix, field])), message) for field, message in check(method.params, _other_components(chosen))]
 
 
 def _resolve_metrics(

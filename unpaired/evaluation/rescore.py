@@ -48,6 +48,7 @@ def rescore_run(folder: RunFolder, registry: Registry, scorer: Scorer, variant: 
     else:
         result.metrics = {**{k: v for k, v in result.metrics.items() if k in kept_best}, **scores.values}
         result.scoring, result.scoring_problems = scores.scoring, scores.problems
+        result.plugins = dict(sorted({**result.plugins, **variant.eval.plugins()}.items()))  # provenance: what scored it now
     folder.write_result(result)
     return scores
 

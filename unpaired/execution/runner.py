@@ -159,7 +159,7 @@ def _runs_to_train(
     todo, stale, rescore = [], [], []
     for run in runs:
         folder = run_folder(out, run)
-        status = folder.status(run.run_id, run.resolved.plugins(), evaluations.get(run.run_id))
+        status = folder.status(run.run_id, run.resolved.training_plugins(), evaluations.get(run.run_id))
         if status == "stale" and rerun_stale:
             announce(f"{run.variant} seed {run.seed} was trained by other plugin versions: moved to {folder.retire()}, training again")
             status = "pending"

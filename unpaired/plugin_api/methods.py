@@ -106,6 +106,19 @@ class MethodParts:
     """Initialise a network the method makes itself (CUT's patch MLPs) as the spec's ``train.init`` says; returns it."""
 
 
+PART_SLOTS: tuple[str, ...] = ("generator", "discriminator", "gan_loss", "loss_weights", "image_pool")
+"""The component slots of a variant that a method's factory builds through :class:`MethodParts` (``Method.uses``)."""
+_NORM_OF = {"generator": "generator_norm", "discriminator": "discriminator_norm"}
+
+
+def unused_slots(method: Any) -> tuple[str, ...]:
+    """The variant slots a method class leaves unused: the :data:`PART_SLOTS` missing from its ``uses``, and the norm of
+    an unused generator or discriminator. They are not part of its run id, and its variants may not set them."""
+    uses = getattr(method, "uses", PART_SLOTS)
+    unused = [slot for slot in PART_SLOTS if slot not in uses]
+    return (*unused, *(_NORM_OF[slot] for slot in unused if slot in _NORM_OF))
+
+
 class Stateful(Protocol):
     def state_dict(self) -> Any: ...
     def load_state_dict(self, state: Any, /) -> Any: ...
@@ -118,7 +131,8 @@ class Method(ABC):
     ``directions`` (the translations it learns: ``("AtoB", "BtoA")`` or one of them), set
     ``networks`` to every network it trains by name (as built, not compiled: checkpoints and exports
     read their state), and list in :meth:`stateful` every other part with state (optimisers, grad
-    scaler, pools, GAN losses, schedules). The base class saves and restores all of them.
+    scaler, pools, GAN losses, schedules). The base class saves and restores all of them. Declare
+    ``uses`` when the factory leaves some of the variant's component slots unused.
     Register the subclass itself as the factory: its ``directions`` are read before it is built.
     """
 
@@ -127,6 +141,9 @@ class Method(ABC):
     networks: dict[str, nn.Module]
     discriminators: tuple[str, ...] = ()
     """The names of the networks in ``networks`` that judge images (probed against the discriminator contract)."""
+    uses: tuple[str, ...] = PART_SLOTS
+    """The variant's component slots the factory builds, of :data:`PART_SLOTS` (CUT: no ``image_pool`` or
+    ``loss_weights``). The others do not enter the run id, and a variant of this method that sets one is refused."""
 
     @classmethod
     def variant_problems(cls, params: Any, components: Mapping[str, Choice]) -> list[tuple[str, str]]:
@@ -134,6 +151,14 @@ class Method(ABC):
         ``discriminator``, ...), as ``(field, message)`` pairs, ``field`` a dotted path in the variant
         (``method.nce_layers``). Asked when a spec is validated, with every other problem; none by default."""
         return []
+
+    @classmethod
+    def fit_params(cls, params: Any, components: Mapping[str, Choice]) -> tuple[Any, list[str]]:
+        """The parameters with what depends on the variant's other ``components`` filled in, and one line for each
+        value so chosen (``plan`` shows them). CUT's ``nce_layers`` default to the paper's layers that the generator
+        has. Asked when a spec is validated, before :meth:`variant_problems`; the run id, ``spec.json`` and the
+        factory get what this returns. By default the parameters as they are, and no line."""
+        return params, []
 
     @abstractmethod
     def translator(self, direction: Direction) -> str:

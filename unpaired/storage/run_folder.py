@@ -193,7 +193,7 @@ class RunFolder:
 
     def status(self, run_id: str, plugins: dict[str, str] | None = None, evaluation: str | None = None) -> RunStatus:
         """``done`` (finished as ``run_id``), ``stale`` (done, but by other versions of the ``plugins`` that provide
-        its components: distribution -> version), ``rescore`` (done, but its scores are missing or carry another
+        its training components: distribution -> version), ``rescore`` (done, but its scores are missing or carry another
         identity than ``evaluation``; None: scores are not checked), ``score-failed`` (done, a score is NaN or
         infinite), ``running`` (a live process holds its lease), ``failed``, ``partial`` (has a checkpoint) or ``pending``:
         the vocabulary of :mod:`unpaired.storage.lifecycle`."""
@@ -202,7 +202,7 @@ class RunFolder:
         except CorruptFileError:  # training it again will rewrite it
             result = None
         if result is not None and result.finished and result.run_id == run_id:
-            if plugins is not None and result.plugins and result.plugins != plugins:
+            if plugins is not None and result.plugins and {dist: result.plugins.get(dist) for dist in plugins} != plugins:
                 return "stale"
             if evaluation is not None and (result.scoring is None or result.scoring.identity != evaluation):
                 return "rescore"
