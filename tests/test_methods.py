@@ -10,15 +10,18 @@ import pytest
 import torch
 import yaml
 
-from conftest import TINY_BASE, UNPAIRED, crash, write_distribution
+from conftest import REPO, TINY_BASE, UNPAIRED, crash, write_distribution
 from unpaired import hookimpl
 from unpaired.config.overrides import merge
 from unpaired.config.resolved import resolve_variant
 from unpaired.plugin_api.registry import Registry
 from unpaired.storage.run_folder import RunFolder
+from unpaired.testing import ContractError, check_component, check_resume
 from unpaired.training.run import train_run
 
 ONE_WAY = """
+    import copy
+
     import torch
     from pydantic import BaseModel, Field
     from torch import nn
@@ -101,9 +104,35 @@ ONE_WAY = """
             return Score(float(fake.float().mean() - real.float().mean()))
 
 
+    class EmaParams(BaseModel):
+        counter_in_state: bool = True
+
+
+    class OneWayEMA(OneWayGAN):
+        '''The one-way GAN with an EMA of its generator, whose decay warms up with the step count (as in StyleGAN).'''
+
+        def __init__(self, params, parts):
+            super().__init__(OneWayParams(), parts)
+            self.networks["G_ema"] = copy.deepcopy(self.networks["G"]).requires_grad_(False)
+            self.counter_in_state = params.counter_in_state
+
+        def stateful(self):
+            parts = super().stateful()
+            return parts if self.counter_in_state else {k: v for k, v in parts.items() if k != "steps"}
+
+        def train_step(self, real_A, real_B, progress):
+            losses = super().train_step(real_A, real_B, progress)
+            decay = min(0.999, (1 + self.steps.count) / (10 + self.steps.count))
+            with torch.no_grad():
+                for average, weight in zip(self.networks["G_ema"].parameters(), self.networks["G"].parameters()):
+                    average.lerp_(weight, 1 - decay)
+            return losses
+
+
     @hookimpl
     def unpaired_register_methods(register):
         register("oneway", OneWayGAN, OneWayParams, "a one-way GAN: one generator, one discriminator, no cycle")
+        register("oneway_ema", OneWayEMA, EmaParams, "the one-way GAN with an EMA generator")
 
 
     class NanFeatures(nn.Module):
@@ -200,6 +229,26 @@ class CrashAfterEpoch:
     def unpaired_on_epoch_end(self, run, epoch, metrics):
         if epoch == 1:
             crash()
+
+
+def test_the_public_resume_check_fails_a_method_whose_stateful_leaves_out_its_ema_counter(one_way):
+    """Resume silently differed (another sha256) while check_component passed."""
+    small = {key: TINY_BASE[key] for key in ("generator", "discriminator")}
+    check_resume("oneway_ema", variant=small)  # the counter goes through the checkpoint: the resumed run ends bit-identical
+    with pytest.raises(ContractError, match=r"method 'oneway_ema' of oneway-gan 0.2: stopped after step 3 .*networks\.G_ema\."):
+        check_resume("oneway_ema", {"counter_in_state": False}, variant=small)
+    with pytest.raises(ContractError, match="networks.G_ema"):  # check_component runs it for every method
+        check_component("method", "oneway_ema", {"counter_in_state": False}, variant=small)
+
+
+def test_the_readme_s_worked_method_is_complete_and_passes_the_plugin_checks(make_distribution):
+    """The README's method left out train_step; a method author had to piece it together from docstrings."""
+    readme = (REPO / "README.md").read_text()
+    code = readme.split("**A method, worked.**", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    make_distribution("readme-method", "1.0", {"readme": "readme_method"}, {"readme_method.py": code})
+    small = {key: TINY_BASE[key] for key in ("generator", "discriminator")}
+    checked = check_component("method", "oneway", {"ema": 0.9}, variant=small)  # probes, trains, resumes exactly
+    assert checked.component.distribution == "readme-method" and list(checked.losses[0]) == ["G_adv", "D"]
 
 
 def test_a_method_s_every_stateful_part_resumes_exactly(one_way, tmp_path):

@@ -71,6 +71,17 @@ def stop_requested() -> int | None:
     return _stop.received
 
 
+def request_stop(signum: int = signal.SIGINT) -> None:
+    """Ask this process's work to stop as if ``signum`` had arrived, from within it (a listener): a training loop
+    checkpoints at its next step boundary. :func:`clear_stop` forgets it once that work has ended."""
+    _stop.received = signum
+
+
+def clear_stop() -> None:
+    """Forget a stop request (:func:`request_stop`) after the work it stopped has ended, so that the next work runs."""
+    _stop.received = None
+
+
 def raise_if_stopped() -> None:
     """Between the pieces of work that cannot wait for a checkpoint (scoring's batches): raise :class:`StopRequested` when
     this process was asked to stop, also as a worker, whose signals come through :func:`listen_for_stop`. Inside

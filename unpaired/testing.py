@@ -14,12 +14,15 @@ contract probe that every run runs before its first step, and trains two steps. 
 a dataset's splits must hold images and its pairs and test images come out in [-1, 1] at the crop
 size; an image pool must be reproducible from its seed and resume exactly from its ``state_dict``
 (after a round trip through a checkpoint file); a feature extractor must give one finite row per
-image, whatever the batch. A broken rule raises :class:`ContractError` naming the plugin's
+image, whatever the batch; a method must resume exactly (:func:`check_resume`, which a method's own
+tests can also call alone). A broken rule raises :class:`ContractError` naming the plugin's
 distribution, the component and the rule; otherwise the loss terms of the two steps come back.
 """
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,16 +42,20 @@ from unpaired.evaluation.features import FeatureExtractor
 from unpaired.plugin_api.components import Choice, Component, ComponentKind, TrainingProgress, describe
 from unpaired.plugin_api.data import Domain, Split, Transform, UnpairedData
 from unpaired.plugin_api.registry import Registry
+from unpaired.signals import clear_stop, request_stop
+from unpaired.storage.records import RunResult
+from unpaired.storage.run_folder import RunFolder
 from unpaired.storage.files import atomic_save, load_tensors
 from unpaired.training.contracts import ContractError, check_contracts
 from unpaired.training.parts import build_method, runtime_of
+from unpaired.training.run import train_run
 from unpaired.training.watch import LossWatch
 
 PROBE_DATASET = "unpaired-testing-images"
 """The dataset the check trains on (unless it checks a dataset): two small images per split and domain."""
 STEPS = 2
 
-__all__ = ["ComponentCheck", "ContractError", "check_component"]
+__all__ = ["ComponentCheck", "ContractError", "check_component", "check_resume"]
 
 
 @dataclass(frozen=True)
@@ -69,29 +76,126 @@ def check_component(
     the discriminator under test); what it leaves out is each kind's default component. ``size`` is
     the probe images' side (a dataset under test uses its own). Raises :class:`ContractError`.
     """
-    registry = Registry.from_entry_points()
-    registry.add_plugin(_ProbePlugin(), f"unpaired:{PROBE_DATASET}", "unpaired", __version__)
+    registry = _probe_registry()
     config = {"name": name, **(params or {})}
     if kind in ("feature_extractor", "metric"):
         choice = registry.resolve(kind, config)
         (_check_extractor if kind == "feature_extractor" else _check_metric)(choice, size)
         return ComponentCheck(choice.component, [])
-    path = next(path for path, slot in component_slots().items() if slot.kind == kind and slot.fallback is None)
-    base = {
-        "data": {"name": PROBE_DATASET, "size": size},
-        "samples": 1,
-        "eval": {"metrics": []},
-        "train": {"device": "cpu", "num_workers": 0, "epochs": 1, "decay_epochs": 0},
-    }
-    spec = set_path(merge(base, variant or {}), path, config)
-    resolved = resolve_variant(spec, registry, source=f"check_component({kind!r}, {name!r})")
+    resolved = _probe_variant(registry, kind, config, variant, size)
+    path = _slot_of(kind)
     choice = resolved.generator_norm if kind == "norm" else getattr(resolved, path)
     data = resolved.data.build()
     if kind == "dataset":
         _check_dataset(data, describe(choice, kind))
     if kind == "image_pool":
         _check_pool(choice, data.transform.crop_size)
-    return ComponentCheck(choice.component, _train(resolved, data, describe(choice, kind)))
+    losses = _train(resolved, data, describe(choice, kind))
+    if kind == "method":
+        check_resume(name, params, variant=variant, size=size)
+    return ComponentCheck(choice.component, losses)
+
+
+def check_resume(
+    name: str, params: dict[str, Any] | None = None, *, variant: dict[str, Any] | None = None, size: int = 32, stop_after: int = 3
+) -> None:
+    """Train the installed method ``name`` with ``params`` for 6 steps, and again stopped after ``stop_after`` steps (a
+    checkpoint at that step boundary) then resumed in a new Python process: both must end in the same state, bit for
+    bit, every network and every part :meth:`Method.stateful` lists, and with the same losses.
+
+    It catches state a resume loses: a part left out of ``stateful()`` (an EMA's step counter), a random draw from
+    a generator no checkpoint saves, a value cached at build time. ``variant`` and ``size`` as in
+    :func:`check_component`. Raises :class:`ContractError` naming what differs.
+    """
+    registry = _probe_registry()
+    resolved = _probe_variant(registry, "method", {"name": name, **(params or {})}, merge(variant or {}, {"train": _RESUMED}), size)
+    who = describe(resolved.method, "method")
+    with tempfile.TemporaryDirectory() as folder:
+        straight, resumed = RunFolder(Path(folder) / "straight"), RunFolder(Path(folder) / "resumed")
+        _finished(train_run(resolved, straight, registry, show_progress=False).result, who, "training it")
+        try:
+            with registry.listening(_StopAfter(stop_after)):
+                stopped = train_run(resolved, resumed, registry, show_progress=False).result
+        finally:
+            clear_stop()
+        if stopped is None or stopped.status != "interrupted":
+            raise ContractError(f"{who}: a run asked to stop after step {stop_after} did not stop there")
+        resume = subprocess.run([sys.executable, "-c", _RESUME_HERE, str(resumed.path)], capture_output=True, text=True, timeout=600)
+        if resume.returncode != 0:
+            raise ContractError(f"{who}: resuming in a new process failed:\n{resume.stderr.strip()}")
+        a, b = straight.load_checkpoint(), resumed.load_checkpoint()
+        assert a is not None and b is not None  # both finished: each wrote its last checkpoint
+        differ = _differences(a.model, b.model, "") + _differences(a.state.epoch_sums, b.state.epoch_sums, "losses")
+    if differ:
+        raise ContractError(
+            f"{who}: stopped after step {stop_after} and resumed in a new process, the run ended otherwise than without a "
+            f"stop ({', '.join(differ[:5])}{' ...' if len(differ) > 5 else ''} differ): every part with state that training "
+            "reads must be in stateful() (or, for a network, in networks), and random draws must come from saved generators"
+        )
+
+
+_RESUMED = {"epochs": 2, "decay_epochs": 1, "log_every": 1}
+"""3 epochs of the 2 probe pairs: 6 steps, stopped mid-epoch by default."""
+_RESUME_HERE = "import sys; from unpaired.testing import _resume_here; _resume_here(sys.argv[1])"
+
+
+class _StopAfter:
+    def __init__(self, step: int):
+        self.step = step
+
+    @hookimpl
+    def unpaired_on_step(self, run: Any, epoch: int, step: int, losses: Any, lr: float) -> None:
+        if step == self.step:
+            request_stop()
+
+
+def _resume_here(folder: str) -> None:
+    """In the new process of :func:`check_resume`: resume the run in ``folder`` to its end."""
+    registry, run = _probe_registry(), RunFolder(Path(folder))
+    variant = resolve_variant(run.read_spec(), registry, source=str(run.spec_file))
+    _finished(train_run(variant, run, registry, show_progress=False).result, describe(variant.method, "method"), "resuming it")
+
+
+def _finished(result: RunResult | None, who: str, doing: str) -> None:
+    if result is None or result.status != "finished":
+        raise ContractError(f"{who}: {doing} did not finish: {result.error if result else 'another process holds the run'}")
+
+
+def _differences(a: Any, b: Any, where: str) -> list[str]:
+    """The dotted paths at which two nested states (dicts, lists, tensors, plain values) are not equal bit for bit."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        keys = list(dict.fromkeys([*a, *b]))
+        return [d for k in keys for d in _differences(a.get(k), b.get(k), f"{where}.{k}" if where else str(k))]
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and len(a) == len(b):
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in _differences(x, y, f"{where}[{i}]")]
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        same = a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b)
+    else:
+        same = type(a) is type(b) and a == b
+    return [] if same else [where]
+
+
+def _probe_registry() -> Registry:
+    """The installed plugins, and the probe dataset."""
+    registry = Registry.from_entry_points()
+    registry.add_plugin(_ProbePlugin(), f"unpaired:{PROBE_DATASET}", "unpaired", __version__)
+    return registry
+
+
+def _slot_of(kind: ComponentKind) -> str:
+    return next(path for path, slot in component_slots().items() if slot.kind == kind and slot.fallback is None)
+
+
+def _probe_variant(registry: Registry, kind: ComponentKind, config: dict[str, Any], variant: dict[str, Any] | None, size: int) -> ResolvedVariant:
+    """The component ``config`` of ``kind`` in a small CPU variant on the probe images (``variant`` over it)."""
+    base = {
+        "data": {"name": PROBE_DATASET, "size": size},
+        "samples": 1,
+        "eval": {"metrics": []},
+        "train": {"device": "cpu", "num_workers": 0, "epochs": 1, "decay_epochs": 0},
+    }
+    spec = set_path(merge(base, variant or {}), _slot_of(kind), config)
+    return resolve_variant(spec, registry, source=f"check_component({kind!r}, {config['name']!r})")
 
 
 def _train(variant: ResolvedVariant, data: UnpairedData, who: str) -> list[dict[str, float]]:
