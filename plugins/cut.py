@@ -68,6 +68,7 @@ class FastCUTParams(CUTParams):
 class CUT(Method):
     directions = ("AtoB",)
     uses = ("generator", "discriminator", "gan_loss")  # no image pool, no loss-weight schedule
+    loss_groups = {"adversarial, generator": ("G_adv",), "PatchNCE": ("NCE", "NCE_idt"), "discriminator": ("D",)}
     discriminators = ("D",)
 
     @classmethod

@@ -25,6 +25,13 @@ class CycleGANParams(BaseModel):
 
 class CycleGAN(Method):
     loss_terms = ("G_adv_A", "G_adv_B", "cycle_A", "cycle_B", "idt_A", "idt_B", "D_A", "D_B", "D_reg_A", "D_reg_B")
+    loss_groups = {
+        "adversarial, generators (A + B)": ("G_adv_A", "G_adv_B"),
+        "cycle (A + B)": ("cycle_A", "cycle_B"),
+        "identity (A + B)": ("idt_A", "idt_B"),
+        "discriminators (A + B)": ("D_A", "D_B"),
+        "discriminator regularisers (A + B)": ("D_reg_A", "D_reg_B"),
+    }
     directions = ("AtoB", "BtoA")
     discriminators = ("D_A", "D_B")
 

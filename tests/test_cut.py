@@ -194,3 +194,13 @@ def test_a_grid_of_the_three_methods_over_a_one_block_resnet_validates_plans_and
     assert ran.returncode == 0 and "done 3" in ran.stdout, ran.stdout + ran.stderr
     spec = json.loads(next((tmp_path / "out").glob("method=fastcut/*/spec.json")).read_text())
     assert spec["method"]["nce_layers"] == TINY_LAYERS and "image_pool" not in spec
+    report = (tmp_path / "out" / "report.html").read_text()  # curves of each method's own terms, naming the methods
+    panels = report.split("Panels: ", 1)[1].split(".<", 1)[0].split("; ")
+    assert panels[:5] == [
+        "adversarial, generators (A + B) (cyclegan)",
+        "cycle (A + B) (cyclegan)",
+        "identity (A + B) (cyclegan)",
+        "discriminators (A + B) (cyclegan)",
+        "discriminator regularisers (A + B) (cyclegan)",
+    ]
+    assert panels[5:] == ["adversarial, generator (cut, fastcut)", "PatchNCE (cut, fastcut)", "discriminator (cut, fastcut)", "D_reg (cut, fastcut)"]

@@ -221,7 +221,9 @@ def test_a_one_way_method_trains_scores_compares_and_reports_through_the_cli(one
 
     reported = cli("report", str(out))
     assert reported.returncode == 0, reported.stderr
-    assert "fid_a2b, mean_colour features" in (out / "report.html").read_text()
+    html = (out / "report.html").read_text()
+    assert "fid_a2b, mean_colour features" in html
+    assert "Panels: G_adv (oneway); D (oneway)." in html  # a plugin method's own terms, each on its own
 
 
 class CrashAfterEpoch:

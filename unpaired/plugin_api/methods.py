@@ -141,6 +141,9 @@ class Method(ABC):
     networks: dict[str, nn.Module]
     discriminators: tuple[str, ...] = ()
     """The names of the networks in ``networks`` that judge images (probed against the discriminator contract)."""
+    loss_groups: Mapping[str, tuple[str, ...]] = {}
+    """The report's training curves: a panel title -> the loss terms summed into it (CycleGAN: ``"cycle (A + B)":
+    ("cycle_A", "cycle_B")``). A term in no group gets a panel of its own."""
     uses: tuple[str, ...] = PART_SLOTS
     """The variant's component slots the factory builds, of :data:`PART_SLOTS` (CUT: no ``image_pool`` or
     ``loss_weights``). The others do not enter the run id, and a variant of this method that sets one is refused."""

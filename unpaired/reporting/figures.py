@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from unpaired.plugin_api.registry import ComponentError, Registry
 from unpaired.results.compare import plot
 from unpaired.results.study_results import RunRecord, StudyResults
 
-CURVES = {  # panel title -> the history columns summed into it
-    "cycle (A + B)": ("cycle_A", "cycle_B"),
-    "adversarial, generators (A + B)": ("G_adv_A", "G_adv_B"),
-    "discriminators (A + B)": ("D_A", "D_B"),
-    "FID (mean of both directions)": ("fid_mean",),
-}
+BOOKKEEPING = ("epoch", "lr", "epoch_seconds", "it_per_s")
+"""History columns that are neither loss terms nor scores."""
 PADDING, LINE_HEIGHT, LABEL_WIDTH, MIN_SIDE = 4, 13, 72, 128
 
 
@@ -28,56 +27,106 @@ def metric_plot(table: pd.DataFrame, runs: pd.DataFrame, metric: str) -> bytes:
     return buffer.getvalue()
 
 
-def training_curves(results: StudyResults) -> bytes | None:
-    """One panel per loss group (and FID when scored during training): per variant the mean over seeds by epoch,
-    with a band from the lowest to the highest seed. None when no run has a history yet."""
+def training_curves(results: StudyResults, registry: Registry) -> tuple[bytes, list[str]] | None:
+    """The PNG and its panels' titles: one panel per group of loss terms its method declares (``Method.loss_groups``; a
+    term in no group on its own), titled with the methods it shows, then one per score made during training; per
+    variant the mean over seeds by epoch, with a band from the lowest to the highest seed. None without histories."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    histories = {variant: [_history(run) for run in results.of_variant(variant)] for variant in results.variants}
-    histories = {variant: [h for h in frames if not h.empty] for variant, frames in histories.items()}
-    panels = [
-        (title, columns)
-        for title, columns in CURVES.items()
-        if any(set(columns) <= set(h.columns) and h[list(columns)].notna().any().all() for frames in histories.values() for h in frames)
-    ]
+    histories = {variant: [h for h in (_history(run) for run in results.of_variant(variant)) if not h.empty] for variant in results.variants}
+    panels = _panels(results, registry, histories)
     if not panels:
         return None
     figure, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.2), squeeze=False)
-    for axis, (title, columns) in zip(axes[0], panels):
+    for axis, panel in zip(axes[0], panels):
         for index, (variant, frames) in enumerate(histories.items()):
-            curves = [
-                h.set_index("epoch")[list(columns)].sum(axis=1, min_count=len(columns)).rename(i)
-                for i, h in enumerate(frames)
-                if set(columns) <= set(h.columns)
-            ]
+            curves = [_summed(h, panel.columns).rename(i) for i, h in enumerate(frames) if variant in panel.variants]
+            curves = [curve for curve in curves if curve.notna().any()]
             if not curves:
                 continue
             table = pd.concat(curves, axis=1).dropna(how="all")
             color = f"C{index % 10}"
             axis.plot(table.index, table.mean(axis=1), color=color, label=variant, marker="." if len(table) < 12 else None)
             axis.fill_between(table.index, table.min(axis=1), table.max(axis=1), color=color, alpha=0.2, linewidth=0)
-        axis.set_title(title, fontsize=9)
+        axis.set_title(panel.title, fontsize=9)
         axis.set_xlabel("epoch")
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axes[0][0].legend(fontsize=7)
+        axis.legend(fontsize=7)
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=90)
     plt.close(figure)
-    return buffer.getvalue()
+    return buffer.getvalue(), [panel.title for panel in panels]
+
+
+@dataclass
+class _Panel:
+    title: str
+    columns: tuple[str, ...]
+    variants: list[str]
+
+
+def _panels(results: StudyResults, registry: Registry, histories: dict[str, list[pd.DataFrame]]) -> list[_Panel]:
+    """The panels the histories have data for: each method's loss groups (a group two methods share is one panel
+    naming both), then each score column scored during training."""
+    losses: dict[tuple[str, tuple[str, ...]], tuple[list[str], list[str]]] = {}  # (title, columns) -> methods, variants
+    scores: dict[str, list[str]] = {}
+    for variant, frames in histories.items():
+        method, groups, terms, scored = _declared(results, registry, variant)
+        present = {column for h in frames for column in h.columns if h[column].notna().any()}
+        grouped = {term for columns in groups.values() for term in columns}
+        panels = [*groups.items(), *((term, (term,)) for term in terms if term not in grouped)]
+        for title, columns in panels:
+            if present.intersection(columns):
+                methods, variants = losses.setdefault((title, tuple(columns)), ([], []))
+                methods += [method] if method not in methods else []
+                variants.append(variant)
+        for column in sorted(present.intersection(scored)):
+            scores.setdefault(column, []).append(variant)
+    return [_Panel(f"{title} ({', '.join(methods)})", columns, variants) for (title, columns), (methods, variants) in losses.items()] + [
+        _Panel(f"{column} during training", (column,), variants) for column, variants in scores.items()
+    ]
+
+
+def _declared(results: StudyResults, registry: Registry, variant: str) -> tuple[str, Mapping[str, tuple[str, ...]], list[str], set[str]]:
+    """A variant's method, its loss groups (none when its plugin is not installed here), its loss terms and its score
+    columns, as its runs recorded them."""
+    runs = results.of_variant(variant)
+    spec = next((spec for run in runs if (spec := run.spec()) is not None), None) or {}
+    method = str(spec.get("method", {}).get("name", "?"))
+    try:
+        groups = getattr(registry.get("method", method).factory, "loss_groups", {})
+    except ComponentError:
+        groups = {}
+    finished = [run.result for run in runs if run.result is not None and run.finished]
+    terms = list(dict.fromkeys(term for result in finished for term in result.final_losses))
+    scored = {column for result in finished if result.scoring for column in result.scoring.lower_is_better}
+    if not terms:  # nothing finished yet: every history column but the bookkeeping and the scores is a loss term
+        terms = list(dict.fromkeys(c for run in runs for c in _history(run).columns if c not in BOOKKEEPING and c not in scored))
+    return method, groups, terms, scored
+
+
+def _summed(history: pd.DataFrame, columns: tuple[str, ...]) -> pd.Series:
+    """The sum of the ``columns`` a history has, by epoch (a group's term a method variant leaves out is left out)."""
+    present = [column for column in columns if column in history.columns]
+    if not present:
+        return pd.Series(dtype=float)
+    return history.set_index("epoch")[present].sum(axis=1, min_count=len(present))
 
 
 def _history(run: RunRecord) -> pd.DataFrame:
-    """The run's history, its last epoch completed with the final FID when it was scored during training (the
-    final generators are scored once, at the end, and their score is in the result, not the history)."""
+    """The run's history, its last epoch completed with the final scores where they were scored during training (the
+    final generators are scored once, at the end, and their scores are in the result, not the history)."""
     history = pd.DataFrame(run.history())
-    final = run.result.metrics.get("fid_mean") if run.result is not None and run.finished else None
-    if final is not None and "fid_mean" in history.columns and not history.empty and pd.isna(history["fid_mean"].iloc[-1]):
-        history.loc[history.index[-1], "fid_mean"] = final
+    if run.result is None or not run.finished or history.empty:
+        return history
+    for column, final in run.result.metrics.items():
+        if column in history.columns and pd.isna(history[column].iloc[-1]):
+            history.loc[history.index[-1], column] = final
     return history
 
 

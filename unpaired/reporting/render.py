@@ -115,8 +115,9 @@ def _outline(report: Report) -> Iterator[tuple[str, Any]]:
             yield "table", (table.header, table.rows)
     if report.curves is not None:
         yield "heading", "Training curves"
-        yield "text", "Mean over seeds per epoch; the band spans the lowest to the highest seed."
-        yield "image", ("curves", report.curves, "training curves per variant")
+        png, panels = report.curves
+        yield "text", f"Mean over seeds per epoch; the band spans the lowest to the highest seed. Panels: {'; '.join(panels)}."
+        yield "image", ("curves", png, "training curves per variant: " + "; ".join(panels))
     yield from _comparison_blocks(report)
     yield from _closing_blocks(report)
 

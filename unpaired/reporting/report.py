@@ -39,7 +39,8 @@ class Report:
     runs: list[Table]
     """Every finished run, then each variant's size and compute."""
     metric_plot: bytes | None
-    curves: bytes | None
+    curves: tuple[bytes, list[str]] | None
+    """The training curves' PNG and the titles of its panels."""
     comparison: VisualComparison | None
     differences: dict[str, list[tuple[str, Any, Any]]]
     """Per variant (but the baseline): ``(dotted path, baseline value, its value)`` for each field that differs."""
@@ -87,7 +88,7 @@ def build_report(
         other_scores=[ranking(table, heading(runs, name), metric_title(name, extractors)) for name, table in others.items()],
         runs=[runs_table(runs), _compute_table(results)] if not runs.empty else [],
         metric_plot=metric_plot(analysis.table, runs, metric) if analysis else None,
-        curves=training_curves(results),
+        curves=training_curves(results, registry),
         comparison=comparison,
         differences=_differences(results),
         failures=[
