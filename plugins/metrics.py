@@ -31,11 +31,27 @@ class _Precomputed(nn.Module):
         return features
 
 
+SMALL_TEST_SPLIT = 2048
+"""Fewer test images than this (Inception's feature dimensions) and FID's covariance estimate is rank-deficient."""
+
+
 class FID(Metric):
     """Fréchet distance between the Gaussians fitted to the real and the translated features, in float64."""
 
+    label = "FID"
+
     def __init__(self, params: FidParams):
         pass
+
+    def caveat(self, test_images: int) -> str | None:
+        if test_images >= SMALL_TEST_SPLIT:
+            return None
+        return (
+            f"Caution: the scores come from {test_images} test images (the smallest direction), fewer than {SMALL_TEST_SPLIT}, "
+            "Inception's feature dimensions: FID's covariance estimate is then rank-deficient and FID is biased upward by an "
+            "amount that depends on the number of images (Chong and Forsyth, 2020), so its values compare only with runs "
+            "scored on the same test images, never with published figures; KID is unbiased and is the cross-check."
+        )
 
     def compute(self, real: Tensor, fake: Tensor) -> Score:
         from torchmetrics.image.fid import FrechetInceptionDistance  # slow to import: only when scoring
@@ -48,6 +64,8 @@ class FID(Metric):
 
 class KID(Metric):
     """Kernel Inception Distance: the mean (and std) over random subsets of the polynomial-kernel MMD, seeded."""
+
+    label = "KID"
 
     def __init__(self, params: KidParams):
         self.params = params

@@ -18,6 +18,7 @@ from unpaired.reporting import write_report
 from unpaired.results.analysis import POWER, analyse, seeds_needed
 from unpaired.results.study_folder import run_folder, write_index
 from unpaired.storage.records import RunResult, Scoring
+from unpaired_plugins.metrics import FID, FidParams
 
 NOISE = [0.9, -1.2, 0.4, -0.1]  # per seed: the same in every cell, as if the seed drew easier or harder test images
 DEEP = "generator.n_blocks"
@@ -46,7 +47,15 @@ def stored_study(tmp_path, registry: Registry):
         scores = {"fid_a2b": fid - 1, "fid_b2a": fid + 1, "fid_mean": fid}
         folder = run_folder(out, run)
         folder.path.mkdir(parents=True)
-        scoring = Scoring(identity="stored", extractor="inception", lower_is_better=better, test_images={"A": 30, "B": 40})
+        scoring = Scoring(
+            identity="stored",
+            extractor="inception",
+            lower_is_better=better,
+            test_images={"A": 30, "B": 40},
+            labels=dict.fromkeys(better, "FID"),
+            from_features=dict.fromkeys(better, True),
+            caveats=[FID(FidParams()).caveat(30)],  # as FID says of 30 images
+        )
         result = RunResult(status="finished", run_id=run.run_id, epochs=2, steps=12, seconds=6.0, metrics=scores, scoring=scoring)
         folder.write_result(result.model_copy(update={"parameters": {"G_AtoB": 2300, "G_BtoA": 2300, "D_A": 900, "D_B": 900}}))
     return study, out

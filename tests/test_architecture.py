@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 import tomllib
 from pathlib import Path
 
@@ -56,8 +57,11 @@ def test_the_framework_imports_no_plugin_and_names_no_builtin_component(site):
         imported = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
         imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
         assert not [m for m in imported if m.startswith("unpaired_plugins")], path
-        named = sorted(builtins.intersection(string_literals(path, keys=False)))
+        literals = string_literals(path, keys=False)
+        named = sorted(builtins.intersection(literals))
         assert not named, f"{path.relative_to(REPO)} spells the built-in component name(s) {named}"
+        columns = sorted({word for text in literals for word in re.findall(r"\b(?:fid|kid)_\w*", text)})
+        assert not columns, f"{path.relative_to(REPO)} names the built-in metrics' columns {columns}: ask the metrics (labels, caveats)"
 
 
 LAYERS = [  # CONTRIBUTING.md's "How the code is organised", top to bottom: a module imports only from its layer or those above

@@ -99,6 +99,7 @@ ONE_WAY = """
 
         lower_is_better = False
         uses_features = False
+        label = "Brightness gain"
 
         def compute(self, real, fake):
             return Score(float(fake.float().mean() - real.float().mean()))
@@ -218,11 +219,13 @@ def test_a_one_way_method_trains_scores_compares_and_reports_through_the_cli(one
     assert [row["variant"] for row in compared] == sorted(means, key=means.get, reverse=True)  # higher is better, as the metric says
 
     assert "fid_a2b (mean_colour) mean ± std" in cli("compare", str(out), "--metric", "fid_a2b").stdout  # the extractor is named
+    by_brightness = cli("compare", str(out), "--metric", "brightness_a2b").stdout  # images, not features: no extractor named
+    assert "Ranked by Brightness gain, final generators (A→B)\n" in by_brightness and "brightness_a2b mean ± std" in by_brightness
 
     reported = cli("report", str(out))
     assert reported.returncode == 0, reported.stderr
     html = (out / "report.html").read_text()
-    assert "fid_a2b, mean_colour features" in html
+    assert "FID, final generators (A→B), mean_colour features" in html
     assert "Panels: G_adv (oneway); D (oneway)." in html  # a plugin method's own terms, each on its own
 
 
@@ -379,5 +382,5 @@ def test_a_study_of_cyclegan_against_cut_ranks_both_on_the_direction_they_share(
     reported = cli("report", str(out))
     assert reported.returncode == 0, reported.stderr
     html = (out / "report.html").read_text()
-    assert "fid_a2b, mean_colour features" in html and "method=cut" in html and "A → B: test images" in html
+    assert "FID, final generators (A→B), mean_colour features" in html and "method=cut" in html and "A → B: test images" in html
     assert "B → A: test images" in html and "No final generators" not in html  # CUT has no B -> A column, and is not missing from it

@@ -253,7 +253,7 @@ def test_a_partial_study_with_a_failed_run_says_what_is_missing(tmp_path):
     assert "Incomplete: ok: 1 of 2 seeds finished (seed 1 pending)" in html
     assert "Incomplete: broken: 0 of 2 seeds finished (seed 0 failed, seed 1 pending)" in html
     assert "nowhere/trainA holds no readable images" in html
-    assert "No finished run has &#x27;fid_mean&#x27; yet (FID was switched off?)." in html
+    assert "No finished run has a score yet (eval.metrics: [] switches scoring off)." in html
     assert "No final generators of seed 0 to show (grey): broken (not finished)." in html
     compared = cli(env, "compare", str(study), "--metric", "cycle_A", cwd=tmp_path)  # tracking is off: its run folders
     assert compared.returncode == 1 and "no metric 'cycle_A' in the finished runs; available: none" in compared.stderr

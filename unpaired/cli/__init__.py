@@ -77,7 +77,9 @@ def _add_study_commands(commands: argparse._SubParsersAction) -> None:
         help="study name (MLflow experiment), study file (its MLflow runs; its output folder when tracking is off) "
         "or study output folder (its run folders)",
     )
-    compare.add_argument("--metric", help="score to rank by (default: the study's ranking score, e.g. fid_mean; lower is better for fid/kid/losses)")
+    compare.add_argument(
+        "--metric", help="score to rank by (default: the study's ranking score; each metric says which way is better, lower for losses)"
+    )
     compare.add_argument(
         "--format",
         choices=["table", "markdown", "latex", "csv", "json"],
@@ -91,7 +93,7 @@ def _add_study_commands(commands: argparse._SubParsersAction) -> None:
     report.add_argument("study", help="study output folder, study file (its default output folder) or study name (runs/NAME)")
     report.add_argument("--out", help="report file (default: report.html, or report.md with --format markdown, in the output folder)")
     report.add_argument("--format", choices=["html", "markdown"], help="html (one self-contained file) or markdown (with a folder of PNGs)")
-    report.add_argument("--metric", help="metric to rank by (default: the study's tracking.metric, fid_mean)")
+    report.add_argument("--metric", help="score to rank by (default: the study's ranking score: tracking.metric, else its first metric's)")
     report.add_argument("--seed", type=int, help="whose generators translate the test images (default: the study's first seed)")
     report.add_argument(
         "--images", type=_indices, help="which test images they translate, by index: 0,5,9 (default: 6 spread evenly over the test split)"

@@ -168,7 +168,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"{study.spec.name}: {_describe(study)}; {len(runs)} selected; output folder {out}", file=sys.stderr)
     _print_ranking_note(study)
     execution = chosen_execution(args, study)
-    with registry.listening(ReportWriter(registry, study.metric or "fid_mean")):  # report.html when the study ends
+    with registry.listening(ReportWriter(registry, study.metric)):  # report.html when the study ends
         summary = run_study(
             study,
             out,
@@ -235,6 +235,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     """Rank a study's variants by a metric over seeds, from its MLflow runs or its output folder."""
     from unpaired.results.compare import compare_runs, not_scored_so, plot
+    from unpaired.results.scores import ranking_score
     from unpaired.results.study_folder import is_study_folder
     from unpaired.results.study_results import read_study_results
     from unpaired.results.tables import answer_tables, render, runs_table
@@ -253,7 +254,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print(f"note: {line}", file=sys.stderr)
     if runs.empty:
         raise UsageError(f"study {name!r} has no finished runs yet")
-    metric = args.metric or ranked_by or "fid_mean"
+    metric = ranking_score(runs, args.metric or ranked_by)
+    if metric is None:
+        raise UsageError(f"study {name!r} has finished runs but no scores to compare (eval.metrics: [] scores nothing); see `unpaired plan`")
     analysis = compare_runs(runs, metric, baseline, levels)
     if note := not_scored_so(runs, metric):
         print(f"note: {note}", file=sys.stderr)
@@ -327,7 +330,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     out = _study_folder(args.study)
     fmt = args.format or ("markdown" if args.out and Path(args.out).suffix.lower() == ".md" else "html")
-    metric = args.metric or read_index(out)[0].get("metric") or "fid_mean"
+    metric = args.metric or read_index(out)[0].get("metric")
     target = Path(args.out) if args.out else None
     path = write_report(out, plugin_registry(), target, fmt, metric, args.seed, pick_device(args.device), args.images)
     print(f"report written to {path}")

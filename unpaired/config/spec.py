@@ -108,8 +108,8 @@ class EvalConfig(BaseModel):
     every: int = Field(0, ge=0, description="also score every N epochs and keep the best generators (0: only at the end)")
     select_best_by: str | None = Field(
         None,
-        description="with `every`: the score column whose best epoch is kept, e.g. fid_mean (default: the first metric's "
-        "mean over directions, or its one direction)",
+        description="with `every`: the score column whose best epoch is kept, a metric's <name>_mean, _a2b or _b2a "
+        "(default: the first metric's mean over directions, or its one direction)",
     )
     batch_size: int = Field(25, ge=1, description="images per batch when translating and extracting features")
     feature_extractor: Annotated[ComponentConfig | None, Slot("feature_extractor")] = Field(

@@ -41,8 +41,8 @@ class TrackingConfig(BaseModel):
     log_generators: bool = Field(True, description="attach the final generators to each run as artifacts")
     metric: str | None = Field(
         None,
-        description="the score the study report ranks variants by (default: the base's first "
-        "metric, e.g. fid_mean, or the first score every variant has)",
+        description="the score the study report ranks variants by, a metric's <name>_mean, _a2b or _b2a (default: the "
+        "base's first metric's, or the first score every variant has)",
     )
     timeout: float = Field(
         10.0,

@@ -46,9 +46,17 @@ class Scorer:
     def scoring(self, directions: tuple[Direction, ...], data: UnpairedData) -> Scoring:
         """What the scores of ``directions`` on ``data``'s test split carry: this scorer's identity, the extractor by
         name, which way each headline column is better, and the number of test images of each domain."""
-        better = {column: metric.lower_is_better for name, metric in self.metrics.items() for column in score_columns(name, directions)}
+        columns = {column: metric for name, metric in self.metrics.items() for column in score_columns(name, directions)}
         images = {domain: data.size("test", domain) for domain in SOURCE_DOMAIN.values()}
-        return Scoring(identity=self.identity, extractor=self.evaluation.feature_extractor.name, lower_is_better=better, test_images=images)
+        return Scoring(
+            identity=self.identity,
+            extractor=self.evaluation.feature_extractor.name,
+            lower_is_better={column: metric.lower_is_better for column, metric in columns.items()},
+            test_images=images,
+            labels={column: metric.label or column.rsplit("_", 1)[0] for column, metric in columns.items()},
+            from_features={column: metric.uses_features for column, metric in columns.items()},
+            caveats=[caveat for metric in self.metrics.values() if (caveat := metric.caveat(min(images.values())))],
+        )
 
     def score(self, translators: Mapping[Direction, nn.Module], data: UnpairedData, dataset: dict[str, Any]) -> Scores:
         """Every metric of the translations of each direction's test images (``dataset``: the data component's

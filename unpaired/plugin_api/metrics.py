@@ -38,6 +38,14 @@ class Metric(ABC):
     lower_is_better: bool = True
     """Whether a smaller value is a better translation (FID, KID: yes); compare and the report rank by it."""
     uses_features: bool = True
+    label: str = ""
+    """How compare and the report title its scores (``FID``); its registered name when empty. Tables head a score made
+    from features with the feature extractor's name too."""
+
+    def caveat(self, test_images: int) -> str | None:
+        """A caution that scores from ``test_images`` images (the smaller test domain) need, which the answer of
+        compare and the report then carries (FID: biased on fewer images than its feature dimensions); None by default."""
+        return None
 
     @abstractmethod
     def compute(self, real: Tensor, fake: Tensor) -> Score:

@@ -30,7 +30,7 @@ def write_report(
     registry: Registry,
     target: Path | None = None,
     fmt: str = "html",
-    metric: str = "fid_mean",
+    metric: str | None = None,
     seed: int | None = None,
     device: torch.device | None = None,
     images: list[int] | None = None,
@@ -54,7 +54,7 @@ class ReportWriter:
     of the end (so that a tracker can attach it); not when a signal stopped the study, nor when it trained
     nothing and a report is there already."""
 
-    def __init__(self, registry: Registry, metric: str):
+    def __init__(self, registry: Registry, metric: str | None):
         self.registry, self.metric = registry, metric
 
     @hookimpl(tryfirst=True)

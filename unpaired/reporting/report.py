@@ -18,7 +18,8 @@ from unpaired.reporting.figures import metric_plot, training_curves
 from unpaired.results.compare import compare_runs, not_scored_so
 from unpaired.results.statistics import ALPHA, CONFIDENCE, RUN_COLUMNS
 from unpaired.results.study_results import StudyResults
-from unpaired.results.tables import Table, answer_tables, heading, metric_title, ranking, runs_table
+from unpaired.results.scores import heading, metric_title, ranking_score
+from unpaired.results.tables import Table, answer_tables, ranking, runs_table
 
 IGNORED_DIFFERENCES = {"train.seed", *(f"train.{name}" for name in RUNTIME_ONLY_FIELDS)}
 
@@ -53,31 +54,32 @@ class Report:
 def build_report(
     results: StudyResults,
     registry: Registry,
-    metric: str = "fid_mean",
+    metric: str | None = None,
     seed: int | None = None,
     device: torch.device | None = None,
     images: list[int] | None = None,
 ) -> Report:
-    """Gather a report of ``results``, ranking by ``metric``; the visual comparison shows the test ``images`` (default:
+    """Gather a report of ``results``, ranking by ``metric`` (default: the study's ranking score, else the first score
+    the runs have); the visual comparison shows the test ``images`` (default:
     spread evenly over the test split) translated by the generators of ``seed`` (default: the study's first seed),
     run on ``device`` (default: the CPU)."""
     runs, notes = results.metrics(), [f"Unreadable, so counted as not finished: {problem}" for problem in results.problems]
     notes = [results.index_problem, *notes] if results.index_problem else notes
     notes += [line[0].upper() + line[1:] + "." for line in results.left_out]
     scored = [column for column in runs.columns if column not in RUN_COLUMNS]
-    if metric not in runs.columns and scored:  # a misspelt --metric, not a study without scores
+    metric = ranking_score(runs, metric or results.index.get("metric"))
+    if metric is not None and metric not in runs.columns and scored:  # a misspelt --metric, not a study without scores
         raise UsageError(f"no metric {metric!r} in the finished runs; available: {', '.join(sorted(scored))}")
-    if metric not in runs.columns:
-        notes.append(f"No finished run has {metric!r} yet" + (" (FID was switched off?)." if not runs.empty else "."))
-    analysis = compare_runs(runs, metric, results.baseline, results.grid_levels()) if metric in runs.columns else None
+    if metric is None or metric not in runs.columns:
+        notes.append(f"No finished run has {metric or 'a score'} yet" + (" (eval.metrics: [] switches scoring off)." if not runs.empty else "."))
+    analysis = compare_runs(runs, metric, results.baseline, results.grid_levels()) if metric is not None and metric in runs.columns else None
     others = analysis.others if analysis else {}  # with no score to rank by (checked above) there is none
-    notes += [note for name in [metric, *others] if (note := not_scored_so(runs, name))]
+    notes += [note for name in [metric, *others] if name is not None and (note := not_scored_so(runs, name))]
     seeds = results.index.get("seeds") or sorted({run.seed for run in results.runs})
     if seed is not None and seed not in seeds:
         raise UsageError(f"seed {seed} is not one of the study's seeds ({', '.join(map(str, seeds))})")
     seed = seeds[0] if seed is None else seed
     comparison = visual_comparison(results, registry, seed, device or torch.device("cpu"), images)
-    extractors = runs.attrs.get("extractors", [])
     return Report(
         name=results.name,
         description=results.index.get("description", ""),
@@ -85,9 +87,9 @@ def build_report(
         facts=_facts(results),
         answer=analysis.answer if analysis else [],
         ranking=answer_tables(analysis, runs) if analysis else [],
-        other_scores=[ranking(table, heading(runs, name), metric_title(name, extractors)) for name, table in others.items()],
+        other_scores=[ranking(table, heading(runs, name), metric_title(name, runs)) for name, table in others.items()],
         runs=[runs_table(runs), _compute_table(results)] if not runs.empty else [],
-        metric_plot=metric_plot(analysis.table, runs, metric) if analysis else None,
+        metric_plot=metric_plot(analysis.table, runs, analysis.metric) if analysis else None,
         curves=training_curves(results, registry),
         comparison=comparison,
         differences=_differences(results),

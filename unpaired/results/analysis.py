@@ -22,16 +22,7 @@ import pandas as pd
 from unpaired.results.statistics import ALPHA, summarize
 
 POWER = 0.8
-SMALL_TEST_SPLIT = 2048
-"""Fewer test images than this (Inception's feature dimensions) and FID's covariance estimate is rank-deficient."""
 MOST_SEEDS = 1000
-
-
-def secondary_scores(metric: str) -> list[str]:
-    """The scores reported after ``metric``, in its direction: ``kid_mean`` and ``fid_mean_best`` after ``fid_mean``,
-    ``kid_a2b`` and ``fid_a2b_best`` after ``fid_a2b`` (a study of one-way methods)."""
-    direction = next((d for d in ("mean", "a2b", "b2a") if metric.endswith(f"_{d}")), "mean")
-    return [column for column in (f"fid_{direction}", f"kid_{direction}", f"fid_{direction}_best") if column != metric]
 
 
 def grid_levels(grid: Sequence[str], named_variants: int, runs: Iterable[tuple[str, Mapping[str, Any]]]) -> dict[str, dict[str, str]]:
@@ -154,13 +145,7 @@ def analyse(
     grid = factorial(runs, levels or {}, metric)
     values = {name: [v for v in group[metric] if _finite(v)] for name, group in runs.groupby("variant", sort=False) if metric in runs.columns}
     cautions = [line for other, summary in (others or {}).items() if (line := _disagreement(table, summary, metric, other))]
-    if (images := runs.attrs.get("test_images")) and images < SMALL_TEST_SPLIT:
-        cautions.append(
-            f"Caution: the scores come from {images} test images (the smallest direction), fewer than {SMALL_TEST_SPLIT}, "
-            "Inception's feature dimensions: FID's covariance estimate is then rank-deficient and FID is biased upward by an "
-            "amount that depends on the number of images (Chong and Forsyth, 2020), so its values compare only with runs "
-            "scored on the same test images, never with published figures; KID is unbiased and is the cross-check."
-        )
+    cautions += runs.attrs.get("caveats", [])  # what the metrics say limits their scores (FID on a small test split)
     paragraphs = [_against_baseline(table, values, metric, lower_better, baseline), _grid_answer(grid, metric), cautions]
     return Analysis(metric, table, grid, [" ".join(sentences) for sentences in paragraphs if sentences], others or {})
 

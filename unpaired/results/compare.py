@@ -11,8 +11,10 @@ import numpy as np
 import pandas as pd
 
 from unpaired.errors import UsageError
+from unpaired.storage.records import Scoring
 from unpaired.results.mlflow_store import RUN_ROLES, reading
-from unpaired.results.analysis import Analysis, analyse, secondary_scores
+from unpaired.results.analysis import Analysis, analyse
+from unpaired.results.scores import describe_scores, secondary_scores
 from unpaired.results.statistics import RUN_COLUMNS, summarize
 from unpaired.results.tables import folder_name
 
@@ -58,15 +60,22 @@ def finished_runs(study_name: str, uri: str | None, timeout: float) -> pd.DataFr
     table = pd.concat([table, metrics], axis=1)
     # a variant x seed trained twice (e.g. after its spec changed) counts once: the latest
     table = table.sort_values("start_time").drop_duplicates(["variant", "seed"], keep="last").drop(columns="start_time")
-    table.attrs["lower_is_better"] = {
-        column: better
-        for tags in runs.get("tags.unpaired.lower_is_better", pd.Series(dtype=object)).dropna()
-        for column, better in json.loads(tags).items()
-    }
-    table.attrs["extractors"] = sorted(set(runs.get("tags.unpaired.extractor", pd.Series(dtype=object)).dropna()))
-    images = [min(sizes.values()) for tags in runs.get("tags.unpaired.test_images", pd.Series(dtype=object)).dropna() if (sizes := json.loads(tags))]
-    table.attrs["test_images"] = min(images) if images else None
-    return table
+    return describe_scores(table, [scoring for _, run in runs.iterrows() if (scoring := _scoring(run)) is not None])
+
+
+def _scoring(run: pd.Series) -> Scoring | None:
+    """What made an MLflow run's scores, as its tags say: the whole scoring, or (tracked before it was recorded) its parts."""
+    if isinstance(whole := run.get("tags.unpaired.scoring"), str):
+        return Scoring.model_validate_json(whole)
+    if not isinstance(better := run.get("tags.unpaired.lower_is_better"), str):
+        return None
+    images = run.get("tags.unpaired.test_images")
+    return Scoring(
+        identity=str(run.get("tags.unpaired.evaluation") or ""),
+        extractor=str(run.get("tags.unpaired.extractor") or ""),
+        lower_is_better=json.loads(better),
+        test_images=json.loads(images) if isinstance(images, str) else {},
+    )
 
 
 def _tag(runs: pd.DataFrame, column: str) -> pd.Series:
@@ -83,7 +92,7 @@ def lower_is_better(runs: pd.DataFrame, column: str) -> bool:
 def compare_runs(runs: pd.DataFrame, metric: str, baseline: str | None, levels: dict[str, dict[str, str]]) -> Analysis:
     """The comparison of ``runs`` by ``metric`` (see :func:`unpaired.results.analysis.analyse`), told where the other
     scores rank another variant first."""
-    others = {other: summarize(runs, other, baseline, lower_is_better(runs, other)) for other in secondary_scores(metric) if other in runs.columns}
+    others = {other: summarize(runs, other, baseline, lower_is_better(runs, other)) for other in secondary_scores(metric, runs)}
     return analyse(runs, metric, baseline, lower_is_better(runs, metric), levels, others)
 
 

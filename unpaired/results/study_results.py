@@ -17,6 +17,7 @@ from unpaired.storage.files import CorruptFileError
 from unpaired.storage.records import RunResult
 from unpaired.storage.run_folder import RunFolder
 from unpaired.results.analysis import grid_levels
+from unpaired.results.scores import describe_scores
 from unpaired.results.study_folder import read_index, unplanned_runs
 from unpaired.results.tables import folder_name
 
@@ -117,11 +118,7 @@ class StudyResults:
             if run.result is not None
         ]
         table = pd.DataFrame(rows, columns=None if rows else ["variant", "seed", "run_id", "planned_seeds", "scoring_failed"])
-        table.attrs["lower_is_better"] = {k: v for result in finished if result.scoring for k, v in result.scoring.lower_is_better.items()}
-        table.attrs["extractors"] = sorted({result.scoring.extractor for result in finished if result.scoring})
-        images = [min(result.scoring.test_images.values()) for result in finished if result.scoring and result.scoring.test_images]
-        table.attrs["test_images"] = min(images) if images else None
-        return table
+        return describe_scores(table, [result.scoring for result in finished if result.scoring])
 
     def grid_levels(self) -> dict[str, dict[str, str]]:
         """Each variant's level of every grid axis (see :func:`unpaired.results.analysis.grid_levels`)."""

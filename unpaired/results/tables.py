@@ -15,13 +15,9 @@ from pathlib import PurePath
 import pandas as pd
 
 from unpaired.results.analysis import Analysis
+from unpaired.results.scores import heading, metric_title
 from unpaired.results.statistics import CONFIDENCE
 
-METRIC_TITLES = {
-    "fid_mean": "FID, final generators (mean of A→B and B→A)",
-    "kid_mean": "KID, final generators (mean of A→B and B→A)",
-    "fid_mean_best": "FID, best epoch during training (mean of both directions)",
-}
 FORMATS = ("table", "markdown", "latex", "csv", "json")
 
 
@@ -34,22 +30,11 @@ class Table:
     rows: list[list[str]]
 
 
-def heading(runs: pd.DataFrame, column: str) -> str:
-    """``column`` as tables head it: a score with the feature extractor that made it (``fid_mean (inception)``)."""
-    extractors = runs.attrs.get("extractors", [])
-    return f"{column} ({', '.join(extractors)})" if extractors and column in runs.attrs.get("lower_is_better", {}) else column
-
-
 def answer_tables(analysis: Analysis, runs: pd.DataFrame) -> list[Table]:
     """The ranking by the analysis' score and, for a grid, its factorial table: what ``compare`` prints before the runs."""
     metric = analysis.metric
-    tables = [ranking(analysis.table, heading(runs, metric), "Ranked by " + metric_title(metric, runs.attrs.get("extractors", [])))]
+    tables = [ranking(analysis.table, heading(runs, metric), "Ranked by " + metric_title(metric, runs))]
     return tables + ([factorial_table(analysis.factorial, metric)] if analysis.factorial is not None else [])
-
-
-def metric_title(metric: str, extractors: list[str]) -> str:
-    """How a score is named above its table: ``FID, final generators (...), inception features``."""
-    return METRIC_TITLES.get(metric, metric) + (f", {', '.join(extractors)} features" if extractors else "")
 
 
 def _number(value: float | None, digits: int = 3) -> str:

@@ -237,6 +237,7 @@ class StudyTracker:
                 ("extractor", result.scoring.extractor),
                 ("lower_is_better", json.dumps(result.scoring.lower_is_better, sort_keys=True)),
                 ("test_images", json.dumps(result.scoring.test_images, sort_keys=True)),
+                ("scoring", result.scoring.model_dump_json()),
             ):
                 self.client.set_tag(child_id, f"unpaired.{key}", value)
         self.client.set_tag(child_id, "unpaired.epochs", str(result.epochs))

@@ -36,7 +36,13 @@ class Scoring(BaseModel):
     lower_is_better: dict[str, bool]
     """Each headline score column (``fid_a2b``, ``fid_mean``, ...) -> whether smaller is better."""
     test_images: dict[str, int] = {}
-    """The test images of each domain (``A``, ``B``) the scores compare: a small split makes FID biased."""
+    """The test images of each domain (``A``, ``B``) the scores compare."""
+    labels: dict[str, str] = {}
+    """Each headline score column -> its metric's label (``FID``), which titles it in compare and the report."""
+    from_features: dict[str, bool] = {}
+    """Each headline score column -> whether its metric compares the extractor's features (or the images themselves)."""
+    caveats: list[str] = []
+    """What the metrics say limits these scores (FID on a small test split): compare and the report carry it."""
 
 
 Ending = Literal["finished", "failed", "interrupted"]
