@@ -7,6 +7,7 @@ from collections.abc import Iterable
 
 import pandas as pd
 
+from unpaired.results.statistics import RUN_COLUMNS
 from unpaired.storage.records import Scoring
 
 DIRECTIONS = {"mean": "mean of A→B and B→A", "a2b": "A→B", "b2a": "B→A"}
@@ -70,5 +71,6 @@ def secondary_scores(metric: str, runs: pd.DataFrame) -> list[str]:
 def ranking_score(runs: pd.DataFrame, chosen: str | None) -> str | None:
     """``chosen``, else the first metric's mean over both directions the runs have, else its first score (the rule of
     the study's own ranking score); None without any score."""
-    headlines = [column for column in runs.attrs.get("lower_is_better", {}) if column in runs.columns]
+    declared = runs.attrs.get("lower_is_better") or [c for c in runs.columns if c not in RUN_COLUMNS]  # undeclared: tracked by hand
+    headlines = [column for column in declared if column in runs.columns]
     return chosen or next((column for column in headlines if column.endswith("_mean")), next(iter(headlines), None))
