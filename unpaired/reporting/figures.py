@@ -76,25 +76,27 @@ def _panels(results: StudyResults, registry: Registry, histories: dict[str, list
     losses: dict[tuple[str, tuple[str, ...]], tuple[list[str], list[str]]] = {}  # (title, columns) -> methods, variants
     scores: dict[str, list[str]] = {}
     for variant, frames in histories.items():
-        method, groups, terms, scored = _declared(results, registry, variant)
-        present = {column for h in frames for column in h.columns if h[column].notna().any()}
+        present = list(dict.fromkeys(column for h in frames for column in h.columns if h[column].notna().any()))  # in order
+        method, groups, terms, scored = _declared(results, registry, variant, present)
         grouped = {term for columns in groups.values() for term in columns}
         panels = [*groups.items(), *((term, (term,)) for term in terms if term not in grouped)]
         for title, columns in panels:
-            if present.intersection(columns):
+            if set(present).intersection(columns):
                 methods, variants = losses.setdefault((title, tuple(columns)), ([], []))
                 methods += [method] if method not in methods else []
                 variants.append(variant)
-        for column in sorted(present.intersection(scored)):
+        for column in sorted(set(present).intersection(scored)):
             scores.setdefault(column, []).append(variant)
     return [_Panel(f"{title} ({', '.join(methods)})", columns, variants) for (title, columns), (methods, variants) in losses.items()] + [
         _Panel(f"{column} during training", (column,), variants) for column, variants in scores.items()
     ]
 
 
-def _declared(results: StudyResults, registry: Registry, variant: str) -> tuple[str, Mapping[str, tuple[str, ...]], list[str], set[str]]:
+def _declared(
+    results: StudyResults, registry: Registry, variant: str, present: list[str]
+) -> tuple[str, Mapping[str, tuple[str, ...]], list[str], set[str]]:
     """A variant's method, its loss groups (none when its plugin is not installed here), its loss terms and its score
-    columns, as its runs recorded them."""
+    columns, as its runs recorded them (``present``: the columns its histories have)."""
     runs = results.of_variant(variant)
     spec = next((spec for run in runs if (spec := run.spec()) is not None), None) or {}
     method = str(spec.get("method", {}).get("name", "?"))
@@ -106,7 +108,7 @@ def _declared(results: StudyResults, registry: Registry, variant: str) -> tuple[
     terms = list(dict.fromkeys(term for result in finished for term in result.final_losses))
     scored = {column for result in finished if result.scoring for column in result.scoring.lower_is_better}
     if not terms:  # nothing finished yet: every history column but the bookkeeping and the scores is a loss term
-        terms = list(dict.fromkeys(c for run in runs for c in _history(run).columns if c not in BOOKKEEPING and c not in scored))
+        terms = [c for c in present if c not in BOOKKEEPING and c not in scored]
     return method, groups, terms, scored
 
 
