@@ -209,13 +209,14 @@ def mlflow_server(tmp_path_factory):
 
 
 def write_distribution(site: Path, name: str, version: str, entry_points: dict[str, str], files: dict[str, str]) -> None:
-    """Write source files and a ``NAME-VERSION.dist-info`` declaring ``unpaired`` entry points into ``site``."""
+    """Write source files and a ``NAME-VERSION.dist-info`` declaring ``unpaired`` entry points into ``site`` (writing the
+    same name and version again replaces its files, as reinstalling a changed package would)."""
     for relative, text in files.items():
         path = site / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(textwrap.dedent(text))
     info = site / f"{name.replace('-', '_')}-{version}.dist-info"
-    info.mkdir(parents=True)
+    info.mkdir(parents=True, exist_ok=True)
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
     lines = "".join(f"{key} = {value}\n" for key, value in entry_points.items())
     (info / "entry_points.txt").write_text(f"[unpaired]\n{lines}")

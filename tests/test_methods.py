@@ -384,3 +384,42 @@ def test_a_study_of_cyclegan_against_cut_ranks_both_on_the_direction_they_share(
     html = (out / "report.html").read_text()
     assert "FID, final generators (A→B), mean_colour features" in html and "method=cut" in html and "A → B: test images" in html
     assert "B → A: test images" in html and "No final generators" not in html  # CUT has no B -> A column, and is not missing from it
+
+
+@pytest.mark.slow
+def test_after_a_plugin_default_changes_every_way_of_naming_the_study_compares_only_the_runs_it_plans_now(one_way, tmp_path, monkeypatch):
+    """``compare runs/FOLDER`` showed the runs trained before the method's default changed under the variant's name,
+    and ``compare NAME`` (MLflow) averaged the old run with the new one: all three ways, and the report, leave them out."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    study = tmp_path / "study.yaml"
+    variants = {"w1": {}, "w3": {"method": {"adversarial": 3.0}}}
+    base = merge(BASE, {"eval": {"metrics": ["brightness"]}})
+    study.write_text(yaml.safe_dump({"name": "defaults", "base": base, "variants": variants, "seeds": [0, 1]}))
+    assert cli("run", str(study), "--quiet", cwd=tmp_path).returncode == 0
+    out = tmp_path / "runs" / "defaults"
+    named = {"folder": str(out), "file": str(study), "MLflow name": "defaults"}
+    trained = set(out.glob("*/seed*/result.json"))
+
+    def ranked(target):
+        compared = cli("compare", target, "--format", "json", cwd=tmp_path)
+        assert compared.returncode == 0, compared.stderr
+        return {row["variant"]: (row["n"], row["mean"]) for row in json.loads(compared.stdout)["ranking"] if row["n"]}, compared.stderr
+
+    before = {way: ranked(target)[0] for way, target in named.items()}
+    assert all(rows == before["folder"] and [n for n, _ in rows.values()] == [2, 2] for rows in before.values()), before
+
+    changed = ONE_WAY.replace("Field(1.0,", "Field(2.0,")  # the method's default adversarial weight
+    write_distribution(tmp_path / "site", "oneway-gan", "0.2", {"oneway": "oneway_gan"}, {"oneway_gan.py": changed})
+    left_out = "note: 2 finished run(s) of configurations the study no longer plans are left out (`unpaired plan` says what changed)"
+    for way, target in named.items():  # before the next run: w1's runs are another configuration now
+        rows, notes = ranked(target)
+        assert rows == {"w3": before[way]["w3"]} and left_out in notes, (way, notes)
+
+    assert cli("run", str(study), "--quiet", "--only", "w1", "--seeds", "0", cwd=tmp_path).returncode == 0
+    (rerun,) = set(out.glob("w1/seed0-*/result.json")) - trained
+    new = json.loads(rerun.read_text())["metrics"]["brightness_a2b"]
+    for way, target in named.items():  # one seed rerun: its score alone, never averaged with the old seed 1
+        rows, notes = ranked(target)
+        assert rows["w1"] == (1, pytest.approx(new)) and rows["w3"] == before[way]["w3"] and left_out in notes, (way, notes)
+    assert cli("report", str(out), cwd=tmp_path).returncode == 0
+    assert "2 finished run(s) of configurations the study no longer plans are left out" in (out / "report.html").read_text()

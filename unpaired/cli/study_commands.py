@@ -16,7 +16,7 @@ from unpaired.cli.plugins import registry as plugin_registry
 from unpaired.storage.run_folder import RunFolder
 
 if TYPE_CHECKING:
-    import pandas as pd
+    from unpaired.results.compare import RunsToCompare
 
 
 def _describe(study: Study) -> str:
@@ -52,7 +52,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     """Show every run of a study with its overrides, id, steps and state on disk, and finished runs it no longer has."""
-    from unpaired.execution.runner import expected_evaluations, open_datasets, select_runs, steps_per_run
+    from unpaired.evaluation.features import expected_evaluations
+    from unpaired.execution.runner import open_datasets, select_runs, steps_per_run
     from unpaired.results.study_folder import moved_run, run_folder
 
     study = load_study(args.study, plugin_registry(), args.overrides)
@@ -236,28 +237,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
     """Rank a study's variants by a metric over seeds, from its MLflow runs or its output folder."""
     from unpaired.results.compare import compare_runs, not_scored_so, plot
     from unpaired.results.scores import ranking_score
-    from unpaired.results.study_folder import is_study_folder
-    from unpaired.results.study_results import read_study_results
     from unpaired.results.tables import answer_tables, render, runs_table
 
-    target, study = Path(args.study), None
-    if target.suffix.lower() in (".yaml", ".yml", ".json") and target.is_file():
-        study = load_study(target, plugin_registry(), inputs=False)  # results only: the data may be elsewhere
-    if is_study_folder(target) or (study is not None and not study.spec.tracking.enabled):  # the run folders: no MLflow
-        results = read_study_results(_study_folder(args.study))
-        name, baseline, runs, left_out = results.name, results.baseline, results.metrics(), results.left_out
-        ranked_by, levels = results.index.get("metric"), results.grid_levels()
-        left_out = [results.index_problem, *left_out] if results.index_problem else left_out
-    else:
-        name, baseline, runs, left_out, ranked_by, levels = _mlflow_results(args.study, study)
-    for line in left_out:
+    compared = _runs_to_compare(args.study)
+    name, runs = compared.name, compared.runs
+    for line in compared.left_out:
         print(f"note: {line}", file=sys.stderr)
     if runs.empty:
         raise UsageError(f"study {name!r} has no finished runs yet")
-    metric = ranking_score(runs, args.metric or ranked_by)
+    metric = ranking_score(runs, args.metric or compared.ranked_by)
     if metric is None:
         raise UsageError(f"study {name!r} has finished runs but no scores to compare (eval.metrics: [] scores nothing); see `unpaired plan`")
-    analysis = compare_runs(runs, metric, baseline, levels)
+    analysis = compare_runs(runs, metric, compared.baseline, compared.levels)
     if note := not_scored_so(runs, metric):
         print(f"note: {note}", file=sys.stderr)
     print(render(analysis, [*answer_tables(analysis, runs), runs_table(runs)], args.format), end="")
@@ -267,28 +258,27 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _mlflow_results(named: str, study: Study | None) -> tuple[str, str | None, pd.DataFrame, list[str], str | None, dict[str, dict[str, str]]]:
-    """A study's finished runs from MLflow, named by its file (``study``) or its bare name: its name, baseline, runs,
-    notes on the runs left out, ranking metric and grid levels."""
-    from unpaired.results.analysis import grid_levels
-    from unpaired.results.compare import finished_runs, study_baseline
+def _runs_to_compare(named: str) -> RunsToCompare:
+    """The finished runs of the study named by its file, output folder or MLflow name, as the study is planned now: from
+    its output folder (named so, or its tracking is off), else from MLflow."""
+    from unpaired.results.current_plan import current_plan, replan
     from unpaired.results.mlflow_store import tracking_uri
+    from unpaired.results.study_folder import is_study_folder
+    from unpaired.results.study_results import read_as_planned_now, read_study_results
+    from unpaired.results.tracked import recorded_study, tracked_results
 
-    if study is None:
-        uri, timeout = tracking_uri(None), TrackingConfig().timeout
-        return named, study_baseline(named, uri, timeout), finished_runs(named, uri, timeout), [], None, {}
-    runs = finished_runs(study.spec.name, tracking_uri(study.spec.tracking.uri), study.spec.tracking.timeout)
-    levels = grid_levels(list(study.spec.grid), len(study.spec.variants), [(run.variant, run.overrides) for run in study.runs])
-    planned = runs["run_id"].isin({run.run_id for run in study.runs})  # a changed default or plugin is another configuration
-    left_out = (
-        []
-        if planned.all()
-        else [
-            f"{int((~planned).sum())} finished MLflow run(s) of configurations the study no longer plans are left out "
-            "(`unpaired plan` says what changed)"
-        ]
-    )
-    return study.spec.name, study.baseline, runs[planned], left_out, study.metric, levels
+    target, registry, study = Path(named), plugin_registry(), None
+    if target.suffix.lower() in (".yaml", ".yml", ".json") and target.is_file():
+        study = load_study(target, registry, inputs=False)  # results only: the data may be elsewhere
+    if is_study_folder(target):
+        return read_as_planned_now(target, registry).to_compare()
+    if study is not None and not study.spec.tracking.enabled:  # the run folders: no MLflow
+        return read_study_results(_study_folder(named), current_plan(study)).to_compare()
+    if study is not None:
+        return tracked_results(study.spec.name, tracking_uri(study.spec.tracking.uri), study.spec.tracking.timeout, current_plan(study), [])
+    uri, timeout = tracking_uri(None), TrackingConfig().timeout
+    now, note = replan(recorded_study(named, uri, timeout), registry, f"the MLflow parent run of study {named!r}")
+    return tracked_results(named, uri, timeout, now, [note] if note else [])
 
 
 def _print_ranking(study: Study, out: Path) -> None:

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from unpaired.config.study import PlannedRun
 from unpaired.errors import Notice, UnpairedError
 from unpaired.plugin_api.components import Choice
 from unpaired.plugin_api.data import Domain, Transform, UnpairedData, list_images, load_image, to_uint8
@@ -173,3 +174,18 @@ def folder_images(folder: Path, size: int) -> Iterable[Tensor]:
     if len(paths) < 2:
         raise EvaluationError(f"{folder} holds {len(paths)} image(s); FID needs at least 2")
     return (transform.test(load_image(path)) for path in paths)
+
+
+def expected_evaluations(runs: list[PlannedRun]) -> dict[str, str]:
+    """Run id -> the evaluation identity its scores must carry (runs that score nothing are left out). Loads each
+    feature extractor the runs need once, on the CPU, so a missing one also stops the study before training."""
+    extractors: dict[str, str] = {}
+    expected = {}
+    for run in runs:
+        evaluation = run.resolved.eval
+        if evaluation.metrics:
+            key = json.dumps(evaluation.feature_extractor.as_dict(), sort_keys=True)
+            if key not in extractors:
+                extractors[key] = FeatureExtractor(evaluation.feature_extractor, torch.device("cpu"), batch_size=1).cache_identity()
+            expected[run.run_id] = evaluation.identity(extractors[key])
+    return expected

@@ -14,11 +14,10 @@ import signal
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import torch
 
 from unpaired.config.study import PlannedRun, Study
 from unpaired.errors import StopRequested, UnpairedError, UsageError
-from unpaired.evaluation.features import FeatureExtractor
+from unpaired.evaluation.features import expected_evaluations
 from unpaired.execution.jobs import Executor, ExecutorContext, RunJob, make_jobs
 from unpaired.plugin_api.components import Choice
 from unpaired.plugin_api.data import UnpairedData
@@ -80,21 +79,6 @@ def select_runs(study: Study, only: Sequence[str] | None, seeds: Sequence[int] |
     if missing:
         raise UsageError(f"seed(s) {missing} are not in study {study.spec.name!r}, whose seeds are {study.spec.seeds}")
     return [r for r in study.runs if (not only or r.variant in only) and (seeds is None or r.seed in seeds)]
-
-
-def expected_evaluations(runs: list[PlannedRun]) -> dict[str, str]:
-    """Run id -> the evaluation identity its scores must carry (runs that score nothing are left out). Loads each
-    feature extractor the runs need once, on the CPU, so a missing one also stops the study before training."""
-    extractors: dict[str, str] = {}
-    expected = {}
-    for run in runs:
-        evaluation = run.resolved.eval
-        if evaluation.metrics:
-            key = json.dumps(evaluation.feature_extractor.as_dict(), sort_keys=True)
-            if key not in extractors:
-                extractors[key] = FeatureExtractor(evaluation.feature_extractor, torch.device("cpu"), batch_size=1).cache_identity()
-            expected[run.run_id] = evaluation.identity(extractors[key])
-    return expected
 
 
 def run_study(

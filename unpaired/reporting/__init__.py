@@ -21,7 +21,7 @@ from unpaired.reporting.render import render_html, render_markdown
 from unpaired.reporting.report import build_report
 from unpaired.storage.files import atomic_write_text
 from unpaired.results.study_folder import report_path
-from unpaired.results.study_results import read_study_results
+from unpaired.results.study_results import read_as_planned_now, read_study_results
 from unpaired.signals import stop_requested
 
 
@@ -34,12 +34,16 @@ def write_report(
     seed: int | None = None,
     device: torch.device | None = None,
     images: list[int] | None = None,
+    as_planned_now: bool = True,
 ) -> Path:
     """Write the report of the study whose output folder is ``out`` to ``target`` (default: ``report.html`` or
     ``report.md`` in ``out``; Markdown's PNGs go into ``<target stem>_files/`` beside it). Returns ``target``.
-    ``seed`` and ``images``: whose generators translate which test images (see :func:`build_report`)."""
+    ``seed`` and ``images``: whose generators translate which test images (see :func:`build_report`).
+    ``as_planned_now``: the study recorded in ``study.json`` is planned again with the installed plugins, and runs of
+    configurations it no longer plans are left out (False: the index is taken as it is, just written by a run)."""
     target = Path(target) if target is not None else report_path(out, fmt)
-    report = build_report(read_study_results(out), registry, metric, seed, device, images)
+    results = read_as_planned_now(out, registry) if as_planned_now else read_study_results(out)
+    report = build_report(results, registry, metric, seed, device, images)
     target.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "markdown":
         folder = target.with_name(f"{target.stem}_files")
@@ -64,7 +68,7 @@ class ReportWriter:
         if not (summary.done or summary.failed) and report_path(out).is_file():
             return
         try:
-            path = write_report(out, self.registry, metric=self.metric)
+            path = write_report(out, self.registry, metric=self.metric, as_planned_now=False)  # this run just wrote the index
         except Exception as error:  # the runs are done and recorded: a report that cannot be drawn must not hide that
             warnings.warn(
                 f"the study report could not be written ({type(error).__name__}: {error}); `unpaired report {out}` tries again", Notice, stacklevel=2

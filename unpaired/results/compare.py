@@ -1,86 +1,34 @@
-"""Comparison of a study's variants: its finished runs from MLflow, the summary as text, and the plot."""
+"""Comparison of a study's variants: the analysis with the other scores' view, notes on what it leaves out, and the plot."""
 
 from __future__ import annotations
 
-import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
 
-from unpaired.errors import UsageError
-from unpaired.storage.records import Scoring
-from unpaired.results.mlflow_store import RUN_ROLES, reading
 from unpaired.results.analysis import Analysis, analyse
-from unpaired.results.scores import describe_scores, secondary_scores
+from unpaired.results.scores import secondary_scores
 from unpaired.results.statistics import RUN_COLUMNS, summarize
-from unpaired.results.tables import folder_name
 
 
-def finished_runs(study_name: str, uri: str | None, timeout: float) -> pd.DataFrame:
-    """One row per finished variant x seed run of the study's experiment: variant, seed, run id and all metrics. The
-    store is read in bounded time (see :func:`unpaired.results.mlflow_store.reading`)."""
-    import mlflow
+@dataclass(frozen=True)
+class RunsToCompare:
+    """A study's finished runs to compare (from its output folder or its MLflow experiment) and what goes with them."""
 
-    if uri:
-        mlflow.set_tracking_uri(uri)
-    with reading(uri, timeout):
-        if mlflow.MlflowClient(tracking_uri=uri).get_experiment_by_name(study_name) is None:
-            raise UsageError(f"no MLflow experiment named {study_name!r} at {mlflow.get_tracking_uri()}; run the study first")
-        found = [
-            table
-            for role in RUN_ROLES
-            if not (
-                table := mlflow.search_runs(
-                    experiment_names=[study_name],
-                    output_format="pandas",
-                    filter_string=f"tags.`unpaired.role` = '{role}' and attributes.status = 'FINISHED'",
-                )
-            ).empty
-        ]
-    runs = pd.concat(found, ignore_index=True) if found else pd.DataFrame()
-    if runs.empty:
-        return pd.DataFrame(columns=["variant", "seed", "run_id", "planned_seeds"])
-    table = pd.DataFrame(
-        {
-            "variant": runs["tags.unpaired.variant"],
-            "seed": runs["tags.unpaired.seed"].astype(int),
-            "run_id": runs["tags.unpaired.run_id"],
-            "planned_seeds": runs["tags.unpaired.planned_seeds"].astype(int),
-            "epochs": pd.to_numeric(_tag(runs, "tags.unpaired.epochs"), errors="coerce"),  # runs tracked before it was recorded have none
-            "training_seconds": pd.to_numeric(_tag(runs, "tags.unpaired.training_seconds"), errors="coerce"),
-            "run_folder": _tag(runs, "tags.unpaired.folder").map(lambda path: None if pd.isna(path) else folder_name(path)),
-            "mlflow_run_id": runs["run_id"],
-            "start_time": runs["start_time"],
-        }
-    )
-    metrics = runs[[c for c in runs.columns if c.startswith("metrics.")]].rename(columns=lambda c: c.removeprefix("metrics."))
-    table = pd.concat([table, metrics], axis=1)
-    # a variant x seed trained twice (e.g. after its spec changed) counts once: the latest
-    table = table.sort_values("start_time").drop_duplicates(["variant", "seed"], keep="last").drop(columns="start_time")
-    return describe_scores(table, [scoring for _, run in runs.iterrows() if (scoring := _scoring(run)) is not None])
-
-
-def _scoring(run: pd.Series) -> Scoring | None:
-    """What made an MLflow run's scores, as its tags say: the whole scoring, or (tracked before it was recorded) its parts."""
-    if isinstance(whole := run.get("tags.unpaired.scoring"), str):
-        return Scoring.model_validate_json(whole)
-    if not isinstance(better := run.get("tags.unpaired.lower_is_better"), str):
-        return None
-    images = run.get("tags.unpaired.test_images")
-    return Scoring(
-        identity=str(run.get("tags.unpaired.evaluation") or ""),
-        extractor=str(run.get("tags.unpaired.extractor") or ""),
-        lower_is_better=json.loads(better),
-        test_images=json.loads(images) if isinstance(images, str) else {},
-    )
-
-
-def _tag(runs: pd.DataFrame, column: str) -> pd.Series:
-    """A tag's column of MLflow's search results; all None when no run has the tag."""
-    return runs[column] if column in runs.columns else pd.Series(None, index=runs.index, dtype=object)
+    name: str
+    baseline: str | None
+    runs: pd.DataFrame
+    """One row per run: variant, seed, run id, planned seeds, ... and its scores (see ``describe_scores``)."""
+    left_out: list[str]
+    """A line for each kind of finished run left out, with what to do."""
+    ranked_by: str | None
+    """The score the study ranks by, when known."""
+    levels: dict[str, dict[str, str]]
+    """Each variant's level of every grid axis (empty when unknown)."""
 
 
 def lower_is_better(runs: pd.DataFrame, column: str) -> bool:
@@ -144,20 +92,3 @@ def plot(table: pd.DataFrame, runs: pd.DataFrame, metric: str, target: Path | Bi
         target.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(target, format="png", dpi=100)
     plt.close(figure)
-
-
-def study_baseline(study_name: str, uri: str | None, timeout: float) -> str | None:
-    """The baseline recorded by the latest invocation of the study (its parent run's tag), read in bounded time."""
-    import mlflow
-
-    if uri:
-        mlflow.set_tracking_uri(uri)
-    with reading(uri, timeout):
-        parents = mlflow.search_runs(
-            experiment_names=[study_name],
-            filter_string="tags.`unpaired.role` = 'study'",
-            order_by=["attributes.start_time DESC"],
-            max_results=1,
-            output_format="pandas",
-        )
-    return None if parents.empty else parents.iloc[0]["tags.unpaired.baseline"]

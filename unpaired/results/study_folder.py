@@ -60,8 +60,13 @@ def write_index(study: Study, out: Path, evaluations: dict[str, str]) -> None:
     """Record the study and its runs in ``OUT/study.json`` (what ``score``, ``report`` and other readers of the
     folder use), with the ``unpaired`` version and git commit of this invocation, and the evaluation identity each
     run's scores must carry (``evaluations``, by run id) for its scores to be compared."""
+    atomic_write_json(Path(out) / INDEX, index_of(study, out, evaluations))
+
+
+def index_of(study: Study, out: Path, evaluations: dict[str, str]) -> dict[str, Any]:
+    """What ``study.json`` says of ``study`` writing to ``out`` (see :func:`write_index`)."""
     spec = study.spec
-    index = {
+    return {
         "name": spec.name,
         "description": spec.description,
         "question": spec.question,
@@ -86,7 +91,6 @@ def write_index(study: Study, out: Path, evaluations: dict[str, str]) -> None:
             for r in study.runs
         ],
     }
-    atomic_write_json(Path(out) / INDEX, index)
 
 
 def is_study_folder(path: Path) -> bool:

@@ -18,7 +18,10 @@ from unpaired.storage.records import RunResult
 from unpaired.storage.run_folder import RunFolder
 from unpaired.results.analysis import grid_levels
 from unpaired.results.scores import describe_scores
-from unpaired.results.study_folder import read_index, unplanned_runs
+from unpaired.results.compare import RunsToCompare
+from unpaired.plugin_api.registry import Registry
+from unpaired.results.current_plan import CurrentPlan, left_out_lines, replan
+from unpaired.results.study_folder import INDEX, index_of, moved_run, read_index, unplanned_runs
 from unpaired.results.tables import folder_name
 
 
@@ -126,6 +129,11 @@ class StudyResults:
         entries = [(entry["variant"], entry.get("overrides", {})) for entry in self.index["runs"]]
         return grid_levels(list(study.get("grid") or {}), len(study.get("variants") or {}), entries)
 
+    def to_compare(self) -> RunsToCompare:
+        """Its finished runs as ``compare`` takes them, with every note on what is left out."""
+        notes = [self.index_problem, *self.left_out] if self.index_problem else self.left_out
+        return RunsToCompare(self.name, self.baseline, self.metrics(), notes, self.index.get("metric"), self.grid_levels())
+
     def status_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
         for run in self.runs:
@@ -133,10 +141,14 @@ class StudyResults:
         return counts
 
 
-def read_study_results(out: Path) -> StudyResults:
+def read_study_results(out: Path, now: CurrentPlan | None = None) -> StudyResults:
     """Read the study output folder ``out`` (raises ``UsageError`` when it has no ``study.json``). Only the runs the
-    index lists, scored under the evaluation it records, are compared; the rest are named in ``left_out``."""
+    index lists, scored under the evaluation it records, are compared; the rest are named in ``left_out``. With ``now``
+    (the study as the installed plugins plan it, see :mod:`unpaired.results.current_plan`), its runs and evaluations
+    replace what the index recorded: runs trained before a default changed are left out, before the next ``run``."""
     index, index_problem = read_index(out)
+    if now is not None:
+        index = _as_planned_now(index, now, Path(out))
     runs, problems = [], []
     for entry in index["runs"]:
         folder = RunFolder(Path(out) / entry["folder"])
@@ -158,18 +170,36 @@ def read_study_results(out: Path) -> StudyResults:
                 status == "rescore",
             )
         )
-    return StudyResults(Path(out), index, runs, problems, _left_out(out, runs), index_problem)
+    unchecked = [now.unchecked] if now is not None and now.unchecked else []
+    return StudyResults(Path(out), index, runs, problems, [*unchecked, *_left_out(out, runs)], index_problem)
+
+
+def read_as_planned_now(out: Path, registry: Registry) -> StudyResults:
+    """The study output folder ``out`` read as the study it records (``study.json``) is planned now, with the installed
+    plugins: what ``compare`` and the report of a folder show (see :func:`read_study_results`)."""
+    index, index_problem = read_index(out)
+    now, note = (None, None) if index_problem else replan(index.get("study"), registry, str(Path(out) / INDEX))
+    results = read_study_results(out, now)
+    results.left_out[:0] = [note] if note else []
+    return results
+
+
+def _as_planned_now(index: dict[str, Any], now: CurrentPlan, out: Path) -> dict[str, Any]:
+    """``index`` with the study, its variants, baseline, ranking score and runs as ``now`` plans them. A run the index
+    lists keeps its folder; another goes where the study would put it (or where that very run already is)."""
+    planned = index_of(now.study, out, now.evaluations)
+    recorded = {entry["run_id"]: entry for entry in index["runs"]}
+    for entry, run in zip(planned["runs"], now.study.runs):
+        found = recorded.get(run.run_id)
+        if found is not None:
+            entry["folder"] = found["folder"]
+        elif (moved := moved_run(out, run)) is not None:
+            entry["folder"] = str(moved.path.relative_to(out))
+        if now.unchecked is not None:
+            entry["evaluation"] = (found or {}).get("evaluation")
+    return {**index, **{key: planned[key] for key in ("study", "variants", "baseline", "metric", "runs")}}
 
 
 def _left_out(out: Path, runs: list[RunRecord]) -> list[str]:
-    lines = []
-    elsewhere = [run for run in runs if run.scored_elsewhere]
-    if elsewhere:
-        lines.append(
-            f"{len(elsewhere)} finished run(s) scored under another evaluation than the study's (metrics or feature "
-            "extractor changed) are left out: `unpaired run` scores them again"
-        )
     others = unplanned_runs(out, {run.run_id for run in runs})
-    if others:
-        lines.append(f"{len(others)} finished run(s) of configurations the study no longer plans are left out (`unpaired plan` says what changed)")
-    return lines
+    return left_out_lines(sum(run.scored_elsewhere for run in runs), len(others))

@@ -46,6 +46,7 @@ from unpaired.results.mlflow_store import (
     tracking_uri,
 )
 from unpaired.storage.run_folder import RunFolder
+from unpaired.results.current_plan import RECORDED_STUDY
 from unpaired.results.study_folder import git_commit, report_path, run_folder
 from unpaired.results.study_run import PARENT_ROLE, close_parent, log_aggregates, open_parent
 
@@ -121,6 +122,7 @@ class StudyTracker:
         self.parent_run_id = open_parent(self.client, self.experiment_id, self.study, out, tags)
         if Path(self.source).is_file():
             self.client.log_artifact(self.parent_run_id, self.source)
+        self.client.log_dict(self.parent_run_id, study.spec.model_dump(mode="json"), RECORDED_STUDY)  # as resolved, for compare NAME
         for planned in study.runs:
             folder = run_folder(out, planned)
             if finished_here(folder) and not tracking_complete(folder, self.uri):
