@@ -117,3 +117,20 @@ def test_a_parameter_override_of_a_component_the_spec_leaves_out_sets_it_on_the_
     variant = tmp_path / "v.json"
     variant.write_text(json.dumps(TINY_BASE))
     assert load_variant(variant, registry, ["image_pool.size=3"]).image_pool.as_dict()["size"] == 3
+
+
+def test_a_study_s_setting_given_to_a_variant_alone_says_that_train_is_never_tracked(registry, tmp_path):
+    """``unpaired train v.yaml tracking.enabled=false`` answered "tracking: unknown key; did you mean 'train'?"."""
+    from conftest import TINY_BASE
+    from unpaired.config.resolved import STUDY_SETTINGS
+    from unpaired.config.study import StudySpec
+
+    assert set(STUDY_SETTINGS) == set(StudySpec.model_fields) - {"base"}
+    variant = tmp_path / "v.json"
+    variant.write_text(json.dumps(TINY_BASE))
+    with pytest.raises(SpecError) as raised:
+        load_variant(variant, registry, ["tracking.enabled=false", "seeds=[1]", "trian.epochs=2"])
+    problems = dict(raised.value.problems)
+    assert "`unpaired train` is never tracked in MLflow: there is nothing to switch off" in problems["tracking"]
+    assert problems["seeds"].startswith("a study's setting, not a variant's; to use it, make this spec the base of a study")
+    assert problems["trian"].startswith("unknown key; did you mean 'train'?")

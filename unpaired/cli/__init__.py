@@ -127,7 +127,7 @@ def _add_tool_commands(commands: argparse._SubParsersAction) -> None:
     fid.add_argument("--device", default="auto")
     fid.set_defaults(handler=cmd_fid, command_parser=fid)
 
-    train = commands.add_parser("train", help="train one variant spec (YAML/JSON); reruns resume")
+    train = commands.add_parser("train", help="train one variant spec (YAML/JSON) into a folder, never tracked in MLflow; reruns resume")
     train.add_argument("spec", help="variant spec file")
     train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="set a field of the spec (train.epochs=5); values are YAML")
     train.add_argument("--out", required=True, help="output folder: checkpoints, history, samples, generators")

@@ -286,9 +286,25 @@ def _get(spec: VariantSpec, path: str) -> Any:
     return value
 
 
+STUDY_SETTINGS = ("name", "description", "question", "grid", "variants", "seeds", "baseline", "max_variants", "tracking", "execution")
+"""The fields of a study besides its ``base``: none is a variant's (see :class:`unpaired.config.study.StudySpec`)."""
+
+
 def load_variant(path: str | Path, registry: Registry, overrides: Sequence[str] = ()) -> ResolvedVariant:
-    """Read a variant spec file (YAML or JSON), set command-line ``overrides`` (``train.epochs=5``) and resolve it."""
+    """Read a variant spec file (YAML or JSON), set command-line ``overrides`` (``train.epochs=5``) and resolve it. A
+    variant alone (``unpaired train``) is never tracked in MLflow: a study's setting given to it says so."""
     data = read_document(path)
     if not isinstance(data, Mapping):
         raise SpecError(str(path), [("", f"expected a mapping of variant fields, got {type(data).__name__}")])
-    return resolve_variant(override_variant(data, overrides, registry), registry, source=str(path))
+    try:
+        return resolve_variant(override_variant(data, overrides, registry), registry, source=str(path))
+    except SpecError as error:
+        raise SpecError(error.source, [(path, _study_setting(path) or message) for path, message in error.problems]) from None
+
+
+def _study_setting(key: str) -> str | None:
+    """What to say of a study's setting given to a variant alone, or None if ``key`` is none."""
+    if key not in STUDY_SETTINGS:
+        return None
+    untracked = " (`unpaired train` is never tracked in MLflow: there is nothing to switch off)" if key == "tracking" else ""
+    return f"a study's setting, not a variant's{untracked}; to use it, make this spec the base of a study and `unpaired run` it"
