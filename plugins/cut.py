@@ -28,6 +28,7 @@ from unpaired.plugin_api import (
     fool,
     forward_each,
     hookimpl,
+    judge,
 )
 from .patchnce import PatchSampler, feature_channels, layer_problems, layers_nce_loss
 
@@ -133,10 +134,7 @@ class CUT(Method):
 
         self.D.requires_grad_(True)  # the discriminator: real B against G(A)
         with self.runtime.autocast():
-            judged_real, judged_fake = forward_each(self.D, real_B, fake := fake_B.detach(), batched=self.batch_D)
-            t["D"] = 0.5 * self.gan_loss.discriminator_loss(judged_real, judged_fake)
-            penalty = self.gan_loss.regularizer(self.D, real_B, fake)
-            t["D_reg"] = real_B.new_zeros(()) if penalty is None else penalty
+            t["D"], t["D_reg"] = judge(self.D, self.gan_loss, real_B, fake_B.detach(), self.batch_D)
         self.opt_D.zero_grad(set_to_none=True)
         self.scaler.scale(t["D"] + t["D_reg"]).backward()
         self.scaler.step(self.opt_D)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel
 from torch import Tensor
 
-from unpaired.plugin_api import LossWeights, LossWeightSchedule, Method, MethodParts, TrainingProgress, fool, forward_each, hookimpl
+from unpaired.plugin_api import LossWeights, LossWeightSchedule, Method, MethodParts, TrainingProgress, fool, forward_each, hookimpl, judge
 
 
 class CycleGANParams(BaseModel):
@@ -116,11 +116,8 @@ class CycleGAN(Method):
         t = {}
         with self.runtime.autocast():
             sides = (("A", self.D_A, self.gan_loss_A, real_A, pooled_A), ("B", self.D_B, self.gan_loss_B, real_B, pooled_B))
-            for name, D, gan_loss, real, fake in sides:
-                judged_real, judged_fake = forward_each(D, real, fake, batched=self.batch_discriminator_calls)
-                t[f"D_{name}"] = 0.5 * gan_loss.discriminator_loss(judged_real, judged_fake)  # ½ L_D(real, pool(fake))
-                penalty = gan_loss.regularizer(D, real, fake)
-                t[f"D_reg_{name}"] = real.new_zeros(()) if penalty is None else penalty
+            for name, D, gan_loss, real, fake in sides:  # ½ L_D(real, pool(fake)), and the loss's regulariser
+                t[f"D_{name}"], t[f"D_reg_{name}"] = judge(D, gan_loss, real, fake, self.batch_discriminator_calls)
         self.opt_D.zero_grad(set_to_none=True)
         self.scaler.scale((t["D_A"] + t["D_B"]) + (t["D_reg_A"] + t["D_reg_B"])).backward()
         self.scaler.step(self.opt_D)

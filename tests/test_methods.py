@@ -253,7 +253,7 @@ def test_the_readme_s_worked_method_is_complete_and_passes_the_plugin_checks(mak
     make_distribution("readme-method", "1.0", {"readme": "readme_method"}, {"readme_method.py": code})
     small = {key: TINY_BASE[key] for key in ("generator", "discriminator")}
     checked = check_component("method", "oneway", {"ema": 0.9}, variant=small)  # probes, trains, resumes exactly
-    assert checked.component.distribution == "readme-method" and list(checked.losses[0]) == ["G_adv", "D"]
+    assert checked.component.distribution == "readme-method" and list(checked.losses[0]) == ["G_adv", "D", "D_reg"]
 
 
 def test_a_method_s_every_stateful_part_resumes_exactly(one_way, tmp_path):

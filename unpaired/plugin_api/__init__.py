@@ -36,7 +36,7 @@ from unpaired.plugin_api.data import (
     load_image,
 )
 from unpaired.plugin_api.lifecycle import RunInfo
-from unpaired.plugin_api.methods import DIRECTIONS, Direction, Method, MethodParts, Runtime, fool, forward_each
+from unpaired.plugin_api.methods import DIRECTIONS, Direction, Method, MethodParts, Runtime, fool, forward_each, judge
 from unpaired.plugin_api.metrics import Metric, Score
 from unpaired.signals import deferred_signals, stop_requested
 
@@ -104,6 +104,7 @@ __all__ = [
     "fool",
     "forward_each",
     "hookimpl",
+    "judge",
     "list_images",
     "load_image",
     "read_outcome",

@@ -247,3 +247,13 @@ def fool(discriminator: nn.Module, gan_loss: GanLoss, fake: Tensor, real: Tensor
         return gan_loss.generator_loss(discriminator(fake))
     judged_fake, judged_real = forward_each(discriminator, fake, real, batched=batched)
     return gan_loss.generator_loss(judged_fake, judged_real)
+
+
+def judge(discriminator: nn.Module, gan_loss: GanLoss, real: Tensor, fake: Tensor, batched: bool) -> tuple[Tensor, Tensor]:
+    """The discriminator's loss on ``real`` against ``fake`` (detached, or from a pool), x 0.5 as in the papers, and
+    the GAN loss's regulariser (zero when it has none): the terms of a discriminator step, from one call when
+    ``batched``. The counterpart of :func:`fool`."""
+    judged_real, judged_fake = forward_each(discriminator, real, fake, batched=batched)
+    loss = 0.5 * gan_loss.discriminator_loss(judged_real, judged_fake)
+    penalty = gan_loss.regularizer(discriminator, real, fake)
+    return loss, real.new_zeros(()) if penalty is None else penalty
