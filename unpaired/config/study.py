@@ -124,7 +124,7 @@ class Study:
     @property
     def ranking_note(self) -> str | None:
         """Why the variants are not ranked by the baseline's headline score (a one-way method lacks ``fid_mean``), or None."""
-        headline = next(run.resolved.eval.select_best_by for run in self.runs if run.variant == self.baseline)
+        headline = _headline(self.runs, self.baseline)
         if self.spec.tracking.metric is not None or headline in (None, self.metric):
             return None
         lacking = list(dict.fromkeys(run.variant for run in self.runs if headline not in run.resolved.score_columns))
@@ -133,6 +133,11 @@ class Study:
             f"{ranked}: {headline}, the baseline's headline score, is not a score of {', '.join(lacking)} (a method that "
             "translates one direction is scored in that direction only); tracking.metric chooses the score"
         )
+
+
+def _headline(runs: list[PlannedRun], baseline: str) -> str | None:
+    """The baseline's headline score: the one its best epoch is chosen by (its first metric's mean, e.g. ``fid_mean``)."""
+    return next(run.resolved.eval.select_best_by for run in runs if run.variant == baseline)
 
 
 def _label_value(value: Any) -> str:
@@ -237,7 +242,7 @@ def _ranking_metric(spec: StudySpec, runs: list[PlannedRun], baseline: str, sour
     has it, else the first score of the baseline that every variant has; a score that only some variants
     have cannot rank them all (a one-way method has no ``fid_mean``), which is a problem naming them."""
     columns = {run.variant: run.resolved.score_columns for run in runs}
-    headline = next(run.resolved.eval.select_best_by for run in runs if run.variant == baseline)  # e.g. fid_mean
+    headline = _headline(runs, baseline)
     shared = [column for column in [headline, *columns[baseline]] if column is not None and all(column in have for have in columns.values())]
     metric = spec.tracking.metric
     lacking = [variant for variant, have in columns.items() if metric not in have]

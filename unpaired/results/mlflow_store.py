@@ -4,7 +4,6 @@ and what a tracked run records about its code and its run folder."""
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import math
 import os
@@ -20,7 +19,7 @@ from typing import Any
 from unpaired import ENTRY_POINT_GROUP
 from unpaired.config.overrides import flatten
 from unpaired.errors import UnpairedError
-from unpaired.storage.files import CorruptFileError
+from unpaired.storage.files import CorruptFileError, exclusive_lock
 from unpaired.storage.run_folder import RunFolder
 
 RUN_ROLE = "run"
@@ -111,17 +110,12 @@ def first_use_serialised(uri: str | None) -> Iterator[None]:
     if database is None:
         yield
         return
-    database.parent.mkdir(parents=True, exist_ok=True)
-    with open(f"{database}.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            if database.exists() and _inspect(database)[0]:
-                check_whole(database)
-            else:  # absent, or a file without tables: it holds nothing
-                create_whole(database)
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    with exclusive_lock(Path(f"{database}.lock")):
+        if database.exists() and _inspect(database)[0]:
+            check_whole(database)
+        else:  # absent, or a file without tables: it holds nothing
+            create_whole(database)
+        yield
 
 
 @contextlib.contextmanager

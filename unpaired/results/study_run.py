@@ -4,7 +4,6 @@ the study file, the current report and each variant's aggregates over its seeds.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import math
 import re
 import statistics
@@ -14,6 +13,7 @@ from typing import Any
 
 from unpaired.results.mlflow_store import log_metrics
 from unpaired.results.study_results import read_study_results
+from unpaired.storage.files import exclusive_lock
 from unpaired.storage.run_folder import RunFolder
 
 PARENT_ROLE = "study"
@@ -27,13 +27,8 @@ UNNAMEABLE = re.compile(r"[^\w.\- ]")
 @contextlib.contextmanager
 def parent_lock(out: Path) -> Iterator[None]:
     """An exclusive lock in the output folder while the parent is found or made: two invocations at once open one."""
-    Path(out).mkdir(parents=True, exist_ok=True)
-    with open(Path(out) / ".mlflow-parent.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    with exclusive_lock(Path(out) / ".mlflow-parent.lock"):
+        yield
 
 
 def open_parent(client: Any, experiment_id: str, study: str, out: Path, tags: dict[str, str]) -> str:

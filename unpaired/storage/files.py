@@ -3,7 +3,9 @@ reading them back with errors that name the file."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import io
 import json
 import os
@@ -12,6 +14,7 @@ import re
 import shutil
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +36,19 @@ class CorruptFileError(InputError):
 
 class StorageError(UnpairedError):
     """A file could not be written (disk full, read-only, no permission); its previous version is intact."""
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the file ``path`` (made, with its folder, when missing) while the block runs: one
+    process at a time, across processes; released however the block ends, and by the system if the process dies."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _size(count: float) -> str:

@@ -154,11 +154,7 @@ class Checkpoint:
     @classmethod
     def from_file(cls, path: Path, stored: dict[str, Any]) -> Checkpoint:
         """The checkpoint in ``stored``, what :meth:`to_file` wrote to ``path`` (format and checksum checked)."""
-        _check_format(path, stored, CHECKPOINT_FORMAT, "checkpoint")
-        content = {k: v for k, v in stored.items() if k not in ("format", "checksum")}
-        _check_checksum(path, stored.get("checksum"), content, "checkpoint")
-        _check_finite(path, content.get("model"), "checkpoint")
-        _check_finite(path, {"state": content.get("state")}, "checkpoint")  # the loss sums too: a run stops at a non-finite loss
+        content = _checked(path, stored, CHECKPOINT_FORMAT, "checkpoint", finite=("model", "state"))  # a run stops at a non-finite loss
         try:
             return cls(**{**content, "state": TrainingState(**content["state"])})
         except (KeyError, TypeError) as error:
@@ -208,10 +204,7 @@ class ExportedGenerator:
                 checkpoint.crop_size,
                 checkpoint.model["networks"][checkpoint.translators[direction]],
             )
-        _check_format(path, stored, GENERATOR_FORMAT, "exported generator")
-        stored = {k: v for k, v in stored.items() if k != "format"}
-        _check_checksum(path, stored.pop("checksum", None), stored, "exported generator")
-        _check_finite(path, stored.get("state_dict"), "exported generator")
+        stored = _checked(path, stored, GENERATOR_FORMAT, "exported generator", finite=("state_dict",))
         if direction is not None and stored.get("direction") != direction:
             raise InputError(f"{path} holds the {stored.get('direction')} generator, not {direction}; use the {direction} one")
         try:
@@ -267,6 +260,16 @@ def non_finite(tree: Any, where: str = "") -> str | None:
         bad = isinstance(tree, torch.Tensor) and tree.is_floating_point() and not bool(torch.isfinite(tree).all())
         return where if bad else None
     return next((found for key, value in items if (found := non_finite(value, f"{where}.{key}" if where else str(key)))), None)
+
+
+def _checked(path: Path, stored: dict[str, Any], expected_format: int, what: str, finite: tuple[str, ...]) -> dict[str, Any]:
+    """What a file of ``what`` at ``path`` holds besides its format and checksum, once both are checked and its
+    ``finite`` parts hold no NaN or infinite value; :class:`CorruptFileError` naming the file and the fault otherwise."""
+    _check_format(path, stored, expected_format, what)
+    content = {key: value for key, value in stored.items() if key not in ("format", "checksum")}
+    _check_checksum(path, stored.get("checksum"), content, what)
+    _check_finite(path, {key: content.get(key) for key in finite}, what)
+    return content
 
 
 def _check_finite(path: Path, tree: Any, what: str) -> None:
