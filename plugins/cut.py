@@ -88,7 +88,10 @@ class CUT(Method):
         return layer_problems(components.get("generator"), params.nce_layers or PAPER_LAYERS)
 
     def __init__(self, params: CUTParams, parts: MethodParts):
-        self.p, self.runtime, self.batch_G, self.batch_D = params, parts.runtime, parts.generators_per_image, parts.discriminators_per_image
+        self.p = params
+        self.runtime = parts.runtime
+        self.batch_G = parts.generators_per_image
+        self.batch_D = parts.discriminators_per_image
         self.loss_terms = ("G_adv", "NCE", *(["NCE_idt"] if params.nce_idt else []), "D", "D_reg")
         generator, discriminator = parts.generator(), parts.discriminator()
         self.G, self.D = parts.runtime.place(generator), parts.runtime.place(discriminator)

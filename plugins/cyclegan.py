@@ -41,9 +41,11 @@ class CycleGAN(Method):
         self.gan_loss_A, self.gan_loss_B = parts.gan_loss(), parts.gan_loss()
         self.pool_A, self.pool_B = parts.image_pool(0), parts.image_pool(1)
         self.schedule, self.runtime = parts.loss_weights(), parts.runtime
-        self.batch_generator_calls, self.batch_discriminator_calls = parts.generators_per_image, parts.discriminators_per_image
+        self.batch_generator_calls = parts.generators_per_image
+        self.batch_discriminator_calls = parts.discriminators_per_image
         G, D = (itertools.chain(*(self.networks[n].parameters() for n in pair)) for pair in (("G_AB", "G_BA"), ("D_A", "D_B")))
-        self.opt_G, self.opt_D = parts.runtime.adam(G, parts.lr, parts.betas), parts.runtime.adam(D, parts.lr, parts.betas)
+        self.opt_G = parts.runtime.adam(G, parts.lr, parts.betas)
+        self.opt_D = parts.runtime.adam(D, parts.lr, parts.betas)
         self.scaler = parts.runtime.grad_scaler()
 
     def translator(self, direction: str) -> str:

@@ -32,7 +32,9 @@ class HistoryPool(ImagePool):
     capturable = True
 
     def __init__(self, params: HistoryParams, seed: int):
-        self.size, self.swap_probability, self.seed = params.size, params.swap_probability, seed
+        self.size = params.size
+        self.swap_probability = params.swap_probability
+        self.seed = seed
         self.generator: torch.Generator | None = None
         """Made on the device of the first fakes, as are the buffers below."""
         self.images: Tensor | None = None
@@ -90,7 +92,10 @@ class HistoryPool(ImagePool):
         same kind of device (a pool saved by unpaired 0.1, which drew on the host, fills the same but draws afresh)."""
         if "filled" in state:  # unpaired 0.1's pool
             state = {"images": state["images"], "seen": state["filled"], "generator": None, "device": None}
-        self.restored, self.images, self.seen, self.generator = dict(state), None, None, None
+        self.restored = dict(state)
+        self.images = None
+        self.seen = None
+        self.generator = None
 
 
 class NoPool(ImagePool):

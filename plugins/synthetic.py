@@ -29,11 +29,15 @@ def render(domain: Domain, size: int, generator: torch.Generator) -> torch.Tenso
     if domain == "A":
         image = torch.full((3, size, size), 0.1)
         for _ in range(2 + int(rand(()) * 3)):
-            cx, cy, radius = rand(()) * 1.6 - 0.8, rand(()) * 1.6 - 0.8, 0.15 + rand(()) * 0.35
+            cx = rand(()) * 1.6 - 0.8
+            cy = rand(()) * 1.6 - 0.8
+            radius = 0.15 + rand(()) * 0.35
             weight = torch.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * radius**2))
             image += rand(3, 1, 1) * weight
         return image.clamp(0, 1)
-    angle, frequency, phase = rand(()) * math.pi, 2 + rand(()) * 6, rand(()) * 2 * math.pi
+    angle = rand(()) * math.pi
+    frequency = 2 + rand(()) * 6
+    phase = rand(()) * 2 * math.pi
     wave = 0.5 + 0.5 * torch.sin(frequency * math.pi * (x * torch.cos(angle) + y * torch.sin(angle)) + phase)
     low, high = rand(3, 1, 1), rand(3, 1, 1)
     return low + (high - low) * wave

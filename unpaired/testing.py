@@ -205,7 +205,8 @@ def _train(variant: ResolvedVariant, data: UnpairedData, who: str) -> list[dict[
         cpu = torch.device("cpu")
         method = build_method(variant, cpu, data.transform.crop_size)
         check_contracts(method, variant, data.transform.crop_size, runtime_of(variant, cpu))
-        watch, order = LossWatch(method.loss_terms, cpu, describe(variant.method, "method")), torch.Generator().manual_seed(0)
+        watch = LossWatch(method.loss_terms, cpu, describe(variant.method, "method"))
+        order = torch.Generator().manual_seed(0)
         before = {name: [p.detach().clone() for p in net.parameters()] for name, net in method.networks.items()}
         losses = []
         for step in range(STEPS):

@@ -267,7 +267,9 @@ def _runs_to_compare(named: str) -> RunsToCompare:
     from unpaired.results.study_results import read_as_planned_now, read_study_results
     from unpaired.results.tracked import recorded_study, tracked_results
 
-    target, registry, study = Path(named), plugin_registry(), None
+    target = Path(named)
+    registry = plugin_registry()
+    study = None
     if target.suffix.lower() in (".yaml", ".yml", ".json") and target.is_file():
         study = load_study(target, registry, inputs=False)  # results only: the data may be elsewhere
     if is_study_folder(target):

@@ -50,7 +50,10 @@ def _value(text: str) -> Any:
 
 def _top_level_parts(raw: str) -> list[str]:
     """``raw`` split at its commas outside ``[]``, ``{}`` and quotes."""
-    parts, depth, quote, current = [], 0, "", ""
+    parts = []
+    depth = 0
+    quote = ""
+    current = ""
     for char in raw:
         if quote:
             quote = "" if char == quote else quote

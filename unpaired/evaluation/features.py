@@ -51,7 +51,9 @@ class FeatureExtractor:
         When it cannot be built (e.g. missing weights), the error carries the plugin's own advice
         and the way out that always works: switching FID off.
         """
-        self.choice, self.device, self.batch_size = choice, device, batch_size
+        self.choice = choice
+        self.device = device
+        self.batch_size = batch_size
         try:
             self.network = choice.build().to(device).eval()
             with torch.inference_mode():

@@ -81,7 +81,8 @@ class Scorer:
 
     def score_folders(self, first: Path, second: Path, size: int) -> dict[str, float]:
         """Each metric between the images of two folders, both pre-processed like test images (``unpaired fid``)."""
-        first_images, second_images = folder_images(first, size), folder_images(second, size)  # both checked before loading
+        first_images = folder_images(first, size)  # both checked before loading
+        second_images = folder_images(second, size)
         real, fake = list(first_images), list(second_images)
         values: dict[str, float] = {}
         for name, score in self._compare(lambda: real, fake, lambda: self.extractor(real)).items():

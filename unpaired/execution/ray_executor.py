@@ -53,7 +53,9 @@ class RayExecutor:
 
     def __init__(self, address: str | None, cpus_per_run: float, gpus_per_run: float, max_retries: int, context: ExecutorContext):
         self.ray, self.context = _import_ray(), context
-        self.cpus_per_run, self.gpus_per_run, self.max_retries = cpus_per_run, gpus_per_run, max_retries
+        self.cpus_per_run = cpus_per_run
+        self.gpus_per_run = gpus_per_run
+        self.max_retries = max_retries
         _check_answers(address)
         try:
             connected = self.ray.init(address=address, logging_level="WARNING")

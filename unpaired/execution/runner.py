@@ -44,7 +44,9 @@ def open_datasets(study: Study) -> dict[str, UnpairedData | str]:
 def check_datasets(study: Study, datasets: dict[str, UnpairedData | str]) -> tuple[list[tuple[str, str]], list[str]]:
     """``(where, what)`` for each distinct dataset (:func:`open_datasets`) that breaks its contract (an empty split), and a
     line for each that cannot be opened here (not downloaded yet, say: training would stop on it)."""
-    broken, unopened, seen = [], [], set()
+    broken = []
+    unopened = []
+    seen = set()
     for run in study.runs:
         data = datasets[run.run_id]
         if id(data) in seen:
@@ -140,7 +142,9 @@ def _runs_to_train(
     than ``evaluations`` says: they train nothing). A run whose scores are NaN or infinite counts as failed; a stale one
     (finished by other versions of its plugins) is skipped and noted, or, with ``rerun_stale``, its folder is moved
     aside and it trains again."""
-    todo, stale, rescore = [], [], []
+    todo = []
+    stale = []
+    rescore = []
     for run in runs:
         folder = run_folder(out, run)
         status = folder.status(run.run_id, run.resolved.training_plugins(), evaluations.get(run.run_id))

@@ -75,7 +75,8 @@ def save_grid(images: Tensor, path: Path, columns: int, padding: int = 2) -> Non
     canvas = torch.zeros(3, rows * (height + padding) + padding, columns * (width + padding) + padding, dtype=torch.uint8)
     pixels = to_uint8(images)
     for index in range(n):
-        top, left = padding + (index // columns) * (height + padding), padding + (index % columns) * (width + padding)
+        top = padding + (index // columns) * (height + padding)
+        left = padding + (index % columns) * (width + padding)
         canvas[:, top : top + height, left : left + width] = pixels[index]
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(canvas.permute(1, 2, 0).numpy()).save(path)

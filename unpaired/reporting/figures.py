@@ -17,7 +17,10 @@ from unpaired.results.study_results import RunRecord, StudyResults
 
 BOOKKEEPING = ("epoch", "lr", "epoch_seconds", "it_per_s")
 """History columns that are neither loss terms nor scores."""
-PADDING, LINE_HEIGHT, LABEL_WIDTH, MIN_SIDE = 4, 13, 72, 128
+PADDING = 4
+LINE_HEIGHT = 13
+LABEL_WIDTH = 72
+MIN_SIDE = 128
 
 
 def metric_plot(table: pd.DataFrame, runs: pd.DataFrame, metric: str) -> bytes:
@@ -157,12 +160,14 @@ def image_grid(columns: list[tuple[str, torch.Tensor | None]], side: int) -> byt
     whose images are None is drawn grey (its run has no generators yet). Images smaller than ``MIN_SIDE`` px are
     shown enlarged by the smallest whole factor that makes them at least that, and columns are at least ``LABEL_WIDTH``
     px wide so that labels stay readable."""
-    font, scale = _font(), -(-MIN_SIDE // side)  # small images are enlarged (nearest neighbour: no pixel invented)
+    font = _font()
+    scale = -(-MIN_SIDE // side)  # small images are enlarged (nearest neighbour: no pixel invented)
     rows, side = max(len(images) for _, images in columns if images is not None), side * scale
     cell = max(side, LABEL_WIDTH)
     labels = [_label_lines(label, font, cell) for label, _ in columns]
     label_height = max(len(lines) for lines in labels) * LINE_HEIGHT + PADDING
-    width, height = PADDING + len(columns) * (cell + PADDING), PADDING + label_height + rows * (side + PADDING)
+    width = PADDING + len(columns) * (cell + PADDING)
+    height = PADDING + label_height + rows * (side + PADDING)
     canvas = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(canvas)
     for index, ((_, images), lines) in enumerate(zip(columns, labels)):

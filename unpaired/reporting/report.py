@@ -63,7 +63,8 @@ def build_report(
     the runs have); the visual comparison shows the test ``images`` (default:
     spread evenly over the test split) translated by the generators of ``seed`` (default: the study's first seed),
     run on ``device`` (default: the CPU)."""
-    runs, notes = results.metrics(), [f"Unreadable, so counted as not finished: {problem}" for problem in results.problems]
+    runs = results.metrics()
+    notes = [f"Unreadable, so counted as not finished: {problem}" for problem in results.problems]
     notes = [results.index_problem, *notes] if results.index_problem else notes
     notes += [line[0].upper() + line[1:] + "." for line in results.left_out]
     scored = [column for column in runs.columns if column not in RUN_COLUMNS]

@@ -58,7 +58,11 @@ class StudyTracker:
     """Logs one study invocation to MLflow through the lifecycle hooks: the parent MLflow run, a child per run."""
 
     def __init__(self, uri: str | None, study: str, source: str, baseline: str, planned_seeds: int, log_generators: bool, timeout: float):
-        self.uri, self.study, self.source, self.baseline, self.timeout = uri, study, source, baseline, timeout
+        self.uri = uri
+        self.study = study
+        self.source = source
+        self.baseline = baseline
+        self.timeout = timeout
         self.planned_seeds, self.log_generators = planned_seeds, log_generators
         self.experiment_id: str | None = None
         self.parent_run_id: str | None = None

@@ -107,6 +107,16 @@ def describe_failure(error: BaseException) -> str:
     return "".join(traceback.format_exception(error))
 
 
+@dataclass(frozen=True)
+class BestEpoch:
+    """The best-scored epoch of a run so far: the score chosen by (``eval.select_best_by``), its value, and the epoch."""
+
+    column: str
+    value: float
+    epoch: int
+    """Epochs completed when it was scored (1 for the first)."""
+
+
 @dataclass
 class TrainingState:
     """Where a run's training stands: the part of a checkpoint besides the networks and RNGs."""
@@ -117,12 +127,27 @@ class TrainingState:
     global_step: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
     """One row per completed epoch: mean loss terms, lr, epoch_seconds, it/s (and FID when scored)."""
-    best: dict[str, Any] = field(default_factory=dict)
-    """``{"fid_mean", "epoch"}`` of the best-scored epoch so far, when scored during training."""
+    best: BestEpoch | None = None
+    """The best-scored epoch so far, when scored during training."""
     elapsed: float = 0.0
     """Training seconds over all invocations so far."""
     epoch_sums: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
-    """Sums of the current epoch's loss terms so far (on the CPU in a checkpoint)."""
+    """Sums of the current epoch's loss terms so far (on the training device; on the CPU in a checkpoint)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain values, as a checkpoint holds them (the fields in order, which its checksum reads): the loss sums on
+        the CPU, the best epoch as a dict (empty when none)."""
+        best = {} if self.best is None else {"column": self.best.column, "value": self.best.value, "epoch": self.best.epoch}
+        return {**vars(self), "best": best, "epoch_sums": self.epoch_sums.cpu()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Stand where ``state`` (from :meth:`state_dict`) stands; the loss sums stay on this state's device. A field it
+        lacks keeps its default; one it has that is not a field raises ``TypeError``, a malformed best epoch too."""
+        best = state.get("best")
+        loaded = TrainingState(**{**state, "best": BestEpoch(**best) if best else None})
+        device = self.epoch_sums.device
+        vars(self).update(vars(loaded))
+        self.epoch_sums = loaded.epoch_sums.to(device)
 
 
 @dataclass
@@ -144,7 +169,7 @@ class Checkpoint:
     """Direction -> the name of the network in ``model["networks"]`` that translates it."""
 
     def to_file(self) -> dict[str, Any]:
-        content = {**vars(self), "state": vars(self.state)}  # the fields in their order, as the checksum reads them
+        content = {**vars(self), "state": self.state.state_dict()}  # the fields in their order, as the checksum reads them
         return {"format": CHECKPOINT_FORMAT, "checksum": checksum(content), **content}
 
     @classmethod
@@ -156,7 +181,9 @@ class Checkpoint:
         """The checkpoint in ``stored``, what :meth:`to_file` wrote to ``path`` (format and checksum checked)."""
         content = _checked(path, stored, CHECKPOINT_FORMAT, "checkpoint", finite=("model", "state"))  # a run stops at a non-finite loss
         try:
-            return cls(**{**content, "state": TrainingState(**content["state"])})
+            state = TrainingState()
+            state.load_state_dict(content["state"])
+            return cls(**{**content, "state": state})
         except (KeyError, TypeError) as error:
             raise CorruptFileError(path, f"is not a complete checkpoint ({type(error).__name__}: {error})") from None
 

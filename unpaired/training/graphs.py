@@ -62,7 +62,9 @@ class StepRunner:
     """
 
     def __init__(self, method: Method, runtime: Runtime, capture: bool):
-        self.method, self.runtime, self.capture = method, runtime, capture
+        self.method = method
+        self.runtime = runtime
+        self.capture = capture
         self.inputs: tuple[Tensor, Tensor] | None = None
         self.warm_steps = 0
         self.graph: torch.cuda.CUDAGraph | None = None
@@ -148,4 +150,6 @@ class StepRunner:
                 f"capturing {type(self.method).__name__}'s training step as a CUDA graph failed ({type(cause).__name__}: {first_line}): "
                 "a part of it breaks the capture contract (Method.capture_problem); set train.cuda_graphs: off"
             ) from error
-        self.graph, self.outputs, self.key = graph, outputs, self.method.capture_key(progress)
+        self.graph = graph
+        self.outputs = outputs
+        self.key = self.method.capture_key(progress)

@@ -26,7 +26,7 @@ from unpaired.plugin_api.components import TrainingProgress, describe
 from unpaired.plugin_api.lifecycle import RunInfo
 from unpaired.plugin_api.metrics import best_columns
 from unpaired.storage.files import CorruptFileError
-from unpaired.storage.records import Checkpoint, ExportedGenerator, RunResult, TrainingState
+from unpaired.storage.records import BestEpoch, Checkpoint, ExportedGenerator, RunResult, TrainingState
 from unpaired.storage.run_folder import RunFolder
 from unpaired.training.batches import EpochOrder, TrainPairs
 from unpaired.training.contracts import check_contracts, check_data
@@ -60,7 +60,11 @@ class Trainer:
     """One invocation of training a run: the model, the data, where training stands, and the loop's phases."""
 
     def __init__(self, variant: ResolvedVariant, folder: RunFolder, run: RunInfo, hook: Any, show_progress: bool):
-        self.variant, self.folder, self.run, self.hook, self.show_progress = variant, folder, run, hook, show_progress
+        self.variant = variant
+        self.folder = folder
+        self.run = run
+        self.hook = hook
+        self.show_progress = show_progress
         self.train = variant.train
         self.device = pick_device(self.train.device)
         self.data = variant.data.build()
@@ -68,19 +72,25 @@ class Trainer:
         # loaded now: a missing extractor must stop the run before training, not after
         self.scorer = Scorer(variant.eval, self.device) if variant.eval.metrics else None
         seed_everything(self.train.seed)
-        self.method, self.runtime = build_method(variant, self.device, self.data.transform.crop_size), runtime_of(variant, self.device)
+        self.method = build_method(variant, self.device, self.data.transform.crop_size)
+        self.runtime = runtime_of(variant, self.device)
         check_contracts(self.method, variant, self.data.transform.crop_size, self.runtime)  # before a step trains on a broken plugin
         self.terms = self.method.loss_terms
         self.watch = LossWatch(self.terms, self.device, describe(variant.method, "method"))
         self.steps_per_epoch = self.train.steps_per_epoch(self.data.train_length)
         self.state = TrainingState(epoch_sums=torch.zeros(len(self.terms), device=self.device))
-        self.last_checkpoint = folder.latest_checkpoint()
-        checkpoint = self.read_checkpoint(self.last_checkpoint) if self.last_checkpoint else None
-        if checkpoint is not None:
-            self.restore(checkpoint)
+        self.last_checkpoint: Path | None = None
         self.step = StepRunner.for_run(self.method, self.runtime, self.train.cuda_graphs)
         # The loader's own generator keeps it from drawing on the global RNG, so resuming mid-epoch stays exact.
         self.loader_rng = torch.Generator()
+        self.started = time.perf_counter()
+
+    def resume(self) -> None:
+        """Take up where the folder's latest checkpoint stands, if it has one (see :meth:`read_checkpoint`)."""
+        self.last_checkpoint = self.folder.latest_checkpoint()
+        checkpoint = self.read_checkpoint(self.last_checkpoint) if self.last_checkpoint else None
+        if checkpoint is not None:
+            self.restore(checkpoint)
         self.started = time.perf_counter()
 
     def read_checkpoint(self, path: Path) -> Checkpoint | None:
@@ -101,6 +111,7 @@ class Trainer:
             return None
 
     def restore(self, checkpoint: Checkpoint) -> None:
+        """Load ``checkpoint`` of this very run: the method's state, the RNGs, where training stands, its thread count."""
         if checkpoint.run_id != self.variant.run_id:
             raise TrainingError(
                 f"{self.folder} holds checkpoints of another variant or seed (run {checkpoint.run_id}, this one is "
@@ -118,7 +129,7 @@ class Trainer:
         for optimizer in self.method.optimizers():  # saved perhaps under another runtime (with or without CUDA graphs)
             self.runtime.adopt(optimizer)
         restore_rng(checkpoint.rng)
-        self.state = dataclasses.replace(checkpoint.state, epoch_sums=checkpoint.state.epoch_sums.to(self.device))
+        self.state.load_state_dict(checkpoint.state.state_dict())
         self.watch.step.fill_(self.state.global_step)
 
     def elapsed(self) -> float:
@@ -126,7 +137,7 @@ class Trainer:
         return self.state.elapsed + (time.perf_counter() - self.started)
 
     def save_checkpoint(self) -> Path:
-        state = dataclasses.replace(self.state, elapsed=self.elapsed(), epoch_sums=self.state.epoch_sums.cpu())
+        state = dataclasses.replace(self.state, elapsed=self.elapsed())
         checkpoint = Checkpoint(
             self.variant.run_id,
             self.run.spec,
@@ -181,13 +192,14 @@ class Trainer:
         value, lower = scores.values[key], scores.scoring.lower_is_better[key]
         if not math.isfinite(value):
             return
-        better = not best or (value < best["value"] if lower else value > best["value"])
-        if better or (ties_win and value == best["value"]):
-            self.state.best = {"column": key, "value": value, "epoch": self.state.epoch}
+        better = best is None or (value < best.value if lower else value > best.value)
+        if better or (ties_win and best is not None and value == best.value):
+            self.state.best = BestEpoch(key, value, self.state.epoch)
             self.export_generators(best=True)
 
     def run_to_end(self) -> RunResult:
-        """Train the remaining epochs, then export and score the final generators."""
+        """Resume from the latest checkpoint, train the remaining epochs, then export and score the final generators."""
+        self.resume()
         self.folder.write_spec(self.run.spec)
         progress = tqdm(
             total=self.steps_per_epoch * self.train.total_epochs,
@@ -212,7 +224,9 @@ class Trainer:
 
     def train_epoch(self, progress: tqdm) -> None:
         """The rest of the current epoch (all of it, unless resuming mid-epoch), then its records."""
-        train, state, method = self.train, self.state, self.method
+        train = self.train
+        state = self.state
+        method = self.method
         lr = learning_rate(state.epoch, train)
         method.set_learning_rate(lr)
         order = EpochOrder(self.data.train_length, train.seed, state.epoch, start=state.step_in_epoch * train.batch_size)
@@ -249,7 +263,9 @@ class Trainer:
 
     def end_epoch(self, timing: dict[str, float]) -> None:
         """Record the epoch just trained: its mean losses (and FID when due), samples, checkpoint; tell the hooks."""
-        train, state, evaluation = self.train, self.state, self.variant.eval
+        train = self.train
+        state = self.state
+        evaluation = self.variant.eval
         means = (state.epoch_sums / max(state.step_in_epoch, 1)).tolist()
         state.epoch += 1
         metrics = {
@@ -297,10 +313,12 @@ class Trainer:
                 scores = self.score(self.scorer)
             except StopRequested as stop:
                 raise ScoringStopped(stop.signum, result) from None
-            result.metrics, result.scoring, result.scoring_problems = scores.values, scores.scoring, scores.problems
+            result.metrics = scores.values
+            result.scoring = scores.scoring
+            result.scoring_problems = scores.problems
             if self.variant.eval.every:
                 self.keep_if_best(scores, ties_win=True)  # a tie goes to the final epoch
-                if state.best:
-                    score, epoch = best_columns(state.best["column"])
-                    result.metrics |= {score: state.best["value"], epoch: state.best["epoch"]}
+                if state.best is not None:
+                    score, epoch = best_columns(state.best.column)
+                    result.metrics |= {score: state.best.value, epoch: state.best.epoch}
         return result
