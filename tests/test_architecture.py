@@ -73,6 +73,7 @@ LAYERS = [  # CONTRIBUTING.md's "How the code is organised", top to bottom: a mo
     ["unpaired.evaluation"],
     ["unpaired.training"],
     ["unpaired.results"],
+    ["unpaired.tracking"],
     ["unpaired.execution"],
     ["unpaired.reporting"],
     ["unpaired.tools", "unpaired.testing", "unpaired.cli", "unpaired.__main__"],

@@ -19,7 +19,7 @@ from unpaired.config.overrides import merge
 from unpaired.config.study import load_study
 from unpaired.execution.runner import run_study, select_runs
 from unpaired.plugin_api.registry import Registry
-from unpaired.results.mlflow_store import TrackingError, first_use_serialised
+from unpaired.tracking.store import TrackingError, first_use_serialised
 
 UNSCORED = merge(TINY_BASE, {"eval": {"metrics": []}})
 

@@ -32,7 +32,7 @@ from unpaired.execution.runner import run_study, select_runs
 from unpaired.plugin_api.registry import Registry
 from unpaired.storage.files import CorruptFileError, atomic_save
 from unpaired.storage.lease import Lease, LeaseHeld
-from unpaired.results.mlflow_store import TrackingError
+from unpaired.tracking.store import TrackingError
 from unpaired.storage.records import Checkpoint, ExportedGenerator, TrainingState
 from unpaired.storage.run_folder import RunFolder
 

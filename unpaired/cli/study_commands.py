@@ -13,6 +13,7 @@ from unpaired.config.spec import SpecError
 from unpaired.config.study import Study, TrackingConfig, load_study
 from unpaired.errors import InputError, UnpairedError, UsageError
 from unpaired.cli.plugins import registry as plugin_registry
+from unpaired.results.study_folder import STUDY_FILE_SUFFIXES, find_study_folder, output_folder
 from unpaired.storage.run_folder import RunFolder
 
 if TYPE_CHECKING:
@@ -28,11 +29,6 @@ def _describe(study: Study) -> str:
 def _print_ranking_note(study: Study) -> None:
     if study.ranking_note:
         print(f"note: {study.ranking_note}", file=sys.stderr)
-
-
-def _out_dir(out: str | None, study: Study) -> Path:
-    """``--out``, else the study's default output folder ``runs/<study name>``."""
-    return Path(out) if out else Path("runs") / study.spec.name
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -57,7 +53,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from unpaired.results.study_folder import moved_run, run_folder
 
     study = load_study(args.study, plugin_registry(), args.overrides)
-    out, runs = _out_dir(args.out, study), select_runs(study, args.only, args.seeds)
+    out, runs = output_folder(study, args.out), select_runs(study, args.only, args.seeds)
     steps, unchecked = steps_per_run(study, open_datasets(study)), None
     try:
         evaluations = expected_evaluations(runs)
@@ -164,7 +160,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     registry = plugin_registry()
     study = load_study(args.study, registry, args.overrides)
-    out = _out_dir(args.out, study)
+    out = output_folder(study, args.out)
     runs = select_runs(study, args.only, args.seeds)
     print(f"{study.spec.name}: {_describe(study)}; {len(runs)} selected; output folder {out}", file=sys.stderr)
     _print_ranking_note(study)
@@ -198,7 +194,7 @@ def _run_folders(target: Path) -> list[RunFolder]:
     if RunFolder.holds_run(target):
         return [RunFolder(target)]
     if target.is_file():
-        target = _out_dir(None, load_study(target, plugin_registry()))
+        target = output_folder(load_study(target, plugin_registry()))
     if not is_study_folder(target):
         raise InputError(f"{target} is neither the folder of a run that started training nor a study output folder")
     index, problem = read_index(target)
@@ -262,20 +258,20 @@ def _runs_to_compare(named: str) -> RunsToCompare:
     """The finished runs of the study named by its file, output folder or MLflow name, as the study is planned now: from
     its output folder (named so, or its tracking is off), else from MLflow."""
     from unpaired.results.current_plan import current_plan, replan
-    from unpaired.results.mlflow_store import tracking_uri
+    from unpaired.tracking.store import tracking_uri
     from unpaired.results.study_folder import is_study_folder
     from unpaired.results.study_results import read_as_planned_now, read_study_results
-    from unpaired.results.tracked import recorded_study, tracked_results
+    from unpaired.tracking.reading import recorded_study, tracked_results
 
     target = Path(named)
     registry = plugin_registry()
     study = None
-    if target.suffix.lower() in (".yaml", ".yml", ".json") and target.is_file():
+    if target.suffix.lower() in STUDY_FILE_SUFFIXES and target.is_file():
         study = load_study(target, registry, inputs=False)  # results only: the data may be elsewhere
     if is_study_folder(target):
         return read_as_planned_now(target, registry).to_compare()
     if study is not None and not study.spec.tracking.enabled:  # the run folders: no MLflow
-        return read_study_results(_study_folder(named), current_plan(study)).to_compare()
+        return read_study_results(find_study_folder(named, registry), current_plan(study)).to_compare()
     if study is not None:
         return tracked_results(study.spec.name, tracking_uri(study.spec.tracking.uri), study.spec.tracking.timeout, current_plan(study), [])
     uri, timeout = tracking_uri(None), TrackingConfig().timeout
@@ -298,29 +294,13 @@ def _print_ranking(study: Study, out: Path) -> None:
     print("\n" + render(analysis, answer_tables(analysis, runs), "table"), end="")
 
 
-def _study_folder(target: str) -> Path:
-    """The output folder of a study named by its output folder, its file (its default output folder) or its name."""
-    from unpaired.results.study_folder import is_study_folder
-
-    path = Path(target)
-    if is_study_folder(path):
-        return path
-    if path.suffix.lower() in (".yaml", ".yml", ".json") and path.is_file():
-        path = _out_dir(None, load_study(path, plugin_registry(), inputs=False))
-    elif not path.exists():
-        path = Path("runs") / target
-    if not is_study_folder(path):
-        raise InputError(f"{target}: no study output folder there ({path} has no study.json); run the study first, or name its output folder")
-    return path
-
-
 def cmd_report(args: argparse.Namespace) -> int:
     """Write the study report (HTML or Markdown) from the study's output folder."""
     from unpaired.reporting import write_report
     from unpaired.results.study_folder import read_index
     from unpaired.devices import pick_device
 
-    out = _study_folder(args.study)
+    out = find_study_folder(args.study, plugin_registry())
     fmt = args.format or ("markdown" if args.out and Path(args.out).suffix.lower() == ".md" else "html")
     metric = args.metric or read_index(out)[0].get("metric")
     target = Path(args.out) if args.out else None

@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from unpaired import __version__
-from unpaired.config.study import PlannedRun, Study
-from unpaired.errors import UsageError
+from unpaired.config.study import PlannedRun, Study, load_study
+from unpaired.errors import InputError, UsageError
+from unpaired.plugin_api.registry import Registry
 from unpaired.storage.files import CorruptFileError, atomic_write_json
 from unpaired.storage.records import RunResult
 from unpaired.storage.run_folder import RunFolder
@@ -19,6 +20,31 @@ from unpaired.storage.run_folder import RunFolder
 INDEX = "study.json"
 REPORTS = {"html": "report.html", "markdown": "report.md"}
 """The study report's default file in the output folder, by format (Markdown's pictures go in ``report_files/``)."""
+
+
+STUDY_FILE_SUFFIXES = (".yaml", ".yml", ".json")
+DEFAULT_PARENT = Path("runs")
+"""Where a study's output folder is by default: ``runs/<study name>`` in the working directory."""
+
+
+def output_folder(study: Study, out: str | Path | None = None) -> Path:
+    """``out`` (``--out``), else the study's default output folder ``runs/<study name>``."""
+    return Path(out) if out else DEFAULT_PARENT / study.spec.name
+
+
+def find_study_folder(target: str, registry: Registry) -> Path:
+    """The output folder of a study named by its output folder, its file (its default output folder) or its name;
+    :class:`InputError` saying what to do when there is none."""
+    path = Path(target)
+    if is_study_folder(path):
+        return path
+    if path.suffix.lower() in STUDY_FILE_SUFFIXES and path.is_file():
+        path = output_folder(load_study(path, registry, inputs=False))
+    elif not path.exists():
+        path = DEFAULT_PARENT / target
+    if not is_study_folder(path):
+        raise InputError(f"{target}: no study output folder there ({path} has no {INDEX}); run the study first, or name its output folder")
+    return path
 
 
 def run_folder(out: Path, run: PlannedRun) -> RunFolder:

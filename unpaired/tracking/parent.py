@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from unpaired.results.mlflow_store import log_metrics
+from unpaired.tracking.store import log_metrics
 from unpaired.results.study_results import read_study_results
 from unpaired.storage.files import exclusive_lock
 from unpaired.storage.run_folder import RunFolder

@@ -17,9 +17,9 @@ from unpaired.errors import UsageError
 from unpaired.results.analysis import grid_levels
 from unpaired.results.compare import RunsToCompare
 from unpaired.results.current_plan import RECORDED_STUDY, CurrentPlan, left_out_lines
-from unpaired.results.mlflow_store import RUN_ROLES, reading
+from unpaired.tracking.store import RUN_ROLES, reading
 from unpaired.results.scores import describe_scores
-from unpaired.results.study_run import PARENT_ROLE
+from unpaired.tracking.parent import PARENT_ROLE
 from unpaired.results.tables import folder_name
 from unpaired.storage.records import Scoring
 

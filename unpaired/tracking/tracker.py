@@ -26,7 +26,7 @@ from unpaired import hookimpl
 from unpaired.errors import Notice
 from unpaired.plugin_api.lifecycle import RunInfo
 from unpaired.storage.lease import process_alive
-from unpaired.results.mlflow_store import (
+from unpaired.tracking.store import (
     RUN_ROLE,
     RUN_ROLES,
     TrackingError,
@@ -48,7 +48,7 @@ from unpaired.results.mlflow_store import (
 from unpaired.storage.run_folder import RunFolder
 from unpaired.results.current_plan import RECORDED_STUDY
 from unpaired.results.study_folder import git_commit, report_path, run_folder
-from unpaired.results.study_run import PARENT_ROLE, close_parent, log_aggregates, open_parent
+from unpaired.tracking.parent import PARENT_ROLE, close_parent, log_aggregates, open_parent
 
 EPOCH_MARKER = "lr"
 """A metric every epoch logs (the epoch-end hook always carries it): its history says which epochs were logged."""
