@@ -30,7 +30,8 @@ from unpaired.config.study import plan_study
 from unpaired.plugin_api.registry import default_registry
 from unpaired.reporting import write_report
 from unpaired.reporting.comparison import visual_comparison
-from unpaired.storage.records import ExportedGenerator, RunResult
+from unpaired.storage.records import ExportedGenerator
+from unpaired.plugin_api.lifecycle import RunResult
 from unpaired.results.study_folder import run_folder, write_index
 from unpaired.results.study_results import read_study_results
 from unpaired.training.parts import build_method, runtime_of

@@ -8,7 +8,7 @@ import torch
 from pydantic import BaseModel, Field
 
 from unpaired import hookimpl
-from unpaired.execution.jobs import Executor, ExecutorContext
+from unpaired.plugin_api import Executor, ExecutorContext
 from unpaired.plugin_api.factories import Register
 
 

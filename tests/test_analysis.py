@@ -17,7 +17,7 @@ from unpaired.plugin_api.registry import Registry
 from unpaired.reporting import write_report
 from unpaired.results.analysis import POWER, analyse, seeds_needed
 from unpaired.results.study_folder import run_folder, write_index
-from unpaired.storage.records import RunResult, Scoring
+from unpaired.plugin_api.lifecycle import RunResult, Scoring
 from unpaired_plugins.metrics import FID, FidParams
 
 NOISE = [0.9, -1.2, 0.4, -0.1]  # per seed: the same in every cell, as if the seed drew easier or harder test images

@@ -113,16 +113,26 @@ def test_no_module_imports_from_a_layer_below_its_own():
 
 
 def test_no_import_circle_even_for_type_checking():
-    """The framework's modules import each other without a circle, counting imports for type checking too; only the
-    plugin contract (``plugin_api``) may name, for type checking alone, the framework types its hooks receive."""
+    """The framework's modules import each other without a circle, counting imports for type checking and imports by
+    ``importlib`` too: the plugin contract (``plugin_api``) defines every type its hooks and executors receive, so it
+    names nothing of the framework's, not even for type checking."""
     imports: dict[str, set[str]] = {}
     for path in MODULES:
         module = ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
-        found = {
-            node.module for node in ast.walk(parsed(path)) if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("unpaired.")
+        tree = parsed(path)
+        found = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("unpaired.")}
+        found |= {
+            call.args[0].value
+            for call in ast.walk(tree)
+            if isinstance(call, ast.Call)
+            and ast.unparse(call.func).endswith("import_module")
+            and call.args
+            and isinstance(call.args[0], ast.Constant)
+            and str(call.args[0].value).startswith("unpaired.")
         }
-        runtime = {imported for imported, _ in runtime_imports(parsed(path))}
-        imports[module] = runtime if module.startswith("unpaired.plugin_api") else found
+        dynamic = [ast.unparse(c) for c in ast.walk(tree) if isinstance(c, ast.Call) and ast.unparse(c.func).endswith("import_module")]
+        assert module != "unpaired.plugin_api" or not dynamic, f"the plugin contract imports by name: {dynamic}"
+        imports[module] = found
 
     def circle_from(start: str) -> list[str] | None:
         stack, seen = [(start, [start])], set()
@@ -176,9 +186,9 @@ def test_lifecycle_hooks_are_typed_with_what_the_plugin_api_exports():
 
     import unpaired.plugin_api as api
 
-    names = {name: getattr(api, name) for name in ("RunInfo", "RunResult", "Study", "StudySummary")}
+    names = {name: getattr(api, name) for name in ("RunInfo", "RunResult", "StudyInfo", "StudySummary")}
     hooks = [getattr(hookspecs, name) for name in dir(hookspecs) if name.startswith("unpaired_on_") or name == "unpaired_study_listeners"]
     typed = {param: hint for hook in hooks for param, hint in typing.get_type_hints(hook, {**vars(hookspecs), **names}).items()}
     assert typed["run"] is api.RunInfo and typed["result"] is api.RunResult
-    assert typed["study"] is api.Study and typed["summary"] is api.StudySummary
+    assert typed["study"] is api.StudyInfo and typed["summary"] is api.StudySummary
     assert typing.Any not in typed.values()

@@ -19,7 +19,8 @@ from unpaired.config.overrides import merge
 from unpaired.plugin_api.components import LossWeights
 from unpaired.plugin_api.registry import Registry
 from unpaired.storage.files import atomic_save
-from unpaired.storage.records import Checkpoint, RunResult
+from unpaired.storage.records import Checkpoint
+from unpaired.plugin_api.lifecycle import RunResult
 from unpaired.storage.run_folder import RunFolder
 from unpaired.plugin_api.components import TrainingProgress
 from unpaired.training.loop import learning_rate

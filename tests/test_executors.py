@@ -13,8 +13,8 @@ from unpaired.config.study import load_study
 from unpaired.execution.jobs import make_jobs
 from unpaired.execution.worker import outcome_path, read_outcome, write_job
 from unpaired.storage.lease import LeaseHeld
-from unpaired.storage.lifecycle import RunOutcome, StudySummary
-from unpaired.storage.records import RunResult
+from unpaired.storage.lifecycle import RunOutcome, StudySummary, outcome_of_exception
+from unpaired.plugin_api.lifecycle import RunResult
 
 
 def test_a_study_chooses_its_executor_and_settings_validated_by_that_executor(registry, tmp_path):
@@ -64,8 +64,8 @@ def test_the_outcome_of_a_result_is_the_lifecycle_s_transition(registry, tmp_pat
     assert RunOutcome.of_result(finished, reused=True).outcome == "skipped"
     unusable = RunOutcome.of_result(finished.model_copy(update={"scoring_problems": ["fid_a2b is nan"]}))
     assert (unusable.outcome, unusable.detail) == ("failed", "the scoring failed: fid_a2b is nan")
-    assert RunOutcome.of_exception("r", KeyboardInterrupt()).outcome == "failed"
-    assert RunOutcome.of_exception("r", LeaseHeld(tmp_path / "lease.json", {"pid": 7, "host": "h"})).detail == "pid 7 on h"
+    assert outcome_of_exception("r", KeyboardInterrupt()).outcome == "failed"
+    assert outcome_of_exception("r", LeaseHeld(tmp_path / "lease.json", {"pid": 7, "host": "h"})).detail == "pid 7 on h"
 
     summary = StudySummary()
     runs = load_study(write_study(tmp_path / "g.yaml", "g", grid={"generator.n_blocks": [1, 2, 3]}, seeds=[0, 1]), registry).runs
@@ -102,12 +102,14 @@ def test_the_built_in_executors_are_plugins_registered_like_any_component(regist
 def test_the_local_executor_trains_one_run_per_gpu_unless_told_otherwise(registry, monkeypatch, tmp_path):
     """``jobs`` left out: ``runs_per_gpu`` on each visible GPU (auto: one, as measured: a captured run fills an H200), and one
     at a time in this process without a GPU; ``jobs`` given: that many."""
-    from unpaired.execution.jobs import ExecutorContext
+    from unpaired.execution.jobs import train_job
+    from unpaired.execution.worker import PROCESS_WORKERS
+    from unpaired.plugin_api.executors import ExecutorContext
     from unpaired_plugins.executors import RUNS_PER_GPU
 
     def jobs(gpus: int, **settings: object) -> int:
         monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
-        return registry.build("executor", {"name": "local", **settings}, ExecutorContext(tmp_path, registry, print, False)).jobs
+        return registry.build("executor", {"name": "local", **settings}, ExecutorContext(tmp_path, print, False, train_job, PROCESS_WORKERS)).jobs
 
     assert RUNS_PER_GPU == 1
     assert (jobs(0), jobs(2), jobs(2, runs_per_gpu=3), jobs(2, jobs=5), jobs(0, jobs=3)) == (1, 2, 6, 5, 3)

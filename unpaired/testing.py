@@ -43,7 +43,7 @@ from unpaired.plugin_api.components import Choice, Component, ComponentKind, Tra
 from unpaired.plugin_api.data import Domain, Split, Transform, UnpairedData
 from unpaired.plugin_api.registry import Registry
 from unpaired.signals import clear_stop, request_stop
-from unpaired.storage.records import RunResult
+from unpaired.plugin_api.lifecycle import RunResult
 from unpaired.storage.run_folder import RunFolder
 from unpaired.storage.files import atomic_save, load_tensors
 from unpaired.training.contracts import ContractError, check_contracts

@@ -10,7 +10,8 @@ from unpaired.evaluation.scoring import Scorer, Scores
 from unpaired.plugin_api.methods import DIRECTIONS
 from unpaired.plugin_api.metrics import best_columns, method_directions
 from unpaired.plugin_api.registry import Registry
-from unpaired.storage.records import ExportedGenerator, RunResult
+from unpaired.storage.records import ExportedGenerator
+from unpaired.plugin_api.lifecycle import RunResult
 from unpaired.storage.run_folder import RunFolder
 
 

@@ -21,7 +21,7 @@ from unpaired.evaluation.features import FeatureExtractor, folder_images, real_f
 from unpaired.plugin_api.data import Domain, UnpairedData, to_uint8
 from unpaired.plugin_api.methods import SOURCE_DOMAIN, TARGET_DOMAIN, Direction
 from unpaired.plugin_api.metrics import SHORT_DIRECTION, Metric, Score, score_columns
-from unpaired.storage.records import Scoring
+from unpaired.plugin_api.lifecycle import Scoring
 
 
 @dataclass

@@ -1,5 +1,5 @@
-"""What every executor shares: the contract an executor implements, the job it hands a worker, and training
-that job in the worker. An executor itself is only how to start workers and collect what they send back.
+"""Training a job in a worker, and making the jobs of a study's runs (the executor contract itself is the plugin
+API's: :mod:`unpaired.plugin_api.executors`). An executor is only how to start workers and collect what they send back.
 
 The study (``execution/runner.py``) plans which runs to train and makes one :class:`RunJob` of each; the
 executor trains them, anywhere, calling ``collect`` with the :class:`RunOutcome` of each; the study records it.
@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
 
 import torch
 
@@ -23,66 +21,10 @@ from unpaired.errors import print_notices_plainly
 from unpaired.plugin_api.registry import Registry, default_registry
 from unpaired.signals import stop_requested
 from unpaired.storage.lease import TIMEOUT_ENV, lease_timeout
+from unpaired.plugin_api.executors import RunJob
 from unpaired.storage.lifecycle import RunOutcome
 from unpaired.storage.run_folder import RunFolder
 from unpaired.training.run import train_run
-
-
-@dataclass(frozen=True)
-class RunJob:
-    """One planned run as a worker receives it: self-contained and picklable (a worker loads nothing else)."""
-
-    run_id: str
-    variant: str
-    seed: int
-    spec: dict[str, Any]
-    """The resolved variant (``ResolvedVariant.as_dict``): a worker resolves it again against its own plugins."""
-    folder: Path
-    listeners: tuple[object, ...] = ()
-    """The study's listeners (a tracker): registered in the worker while it trains the run."""
-    lease_timeout: float = 0.0
-    """The driver's lease timeout ($UNPAIRED_LEASE_TIMEOUT), which every worker uses whatever its environment says."""
-
-    @property
-    def label(self) -> str:
-        """How people are told which run it is: ``variant seed 0``."""
-        return f"{self.variant} seed {self.seed}"
-
-
-Collect = Callable[[RunJob, RunOutcome], None]
-"""What an executor calls once for each job it handed a worker, with its outcome (``not-started`` for one the
-worker did not start because a stop came first: the study leaves it pending)."""
-
-
-@dataclass(frozen=True)
-class ExecutorContext:
-    """What the study gives an executor's factory besides its settings."""
-
-    out: Path
-    """The study's output folder, where every run folder lives: workers must see it."""
-    registry: Registry
-    """The study's registry: its plugins, with the study's listeners registered while it runs."""
-    announce: Callable[[str], None]
-    """Tells the user one line (on stderr)."""
-    show_progress: bool
-    """Whether the user wants progress bars."""
-
-
-class Executor(Protocol):
-    """Trains a study's jobs somewhere: this process, worker processes, a cluster. Built by an ``executor``
-    component's factory, ``factory(params, context: ExecutorContext) -> Executor``."""
-
-    machines: int
-    """How many machines the runs may land on (1 but on a cluster): listeners are told it."""
-
-    def run(self, jobs: list[RunJob], collect: Collect) -> None:
-        """Train every job (each through :func:`train_job` in some worker), calling ``collect`` with each outcome as it
-        arrives. On a stop signal (:func:`unpaired.signals.stop_requested`, or :class:`StopRequested` raised while
-        waiting), ask the running jobs to stop (they checkpoint), start no other, collect the running ones, and raise
-        :class:`unpaired.errors.StopRequested`. A worker that dies is collected as ``RunOutcome.of_exception``."""
-
-    def close(self) -> None:
-        """Release what the executor holds (a cluster connection); called once, however the study ended."""
 
 
 def make_jobs(runs: list[PlannedRun], folder_of: Callable[[PlannedRun], Path], listeners: list[object]) -> list[RunJob]:

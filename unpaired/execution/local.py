@@ -11,9 +11,10 @@ from typing import Any
 import torch
 
 from unpaired.errors import StopRequested
-from unpaired.execution.jobs import Collect, ExecutorContext, RunJob, train_job
+from unpaired.execution.jobs import train_job
+from unpaired.plugin_api.executors import Collect, ExecutorContext, RunJob
 from unpaired.signals import deferred_signals, listen_for_stop
-from unpaired.storage.lifecycle import RunOutcome
+from unpaired.storage.lifecycle import RunOutcome, outcome_of_exception
 
 
 class LocalExecutor:
@@ -37,7 +38,7 @@ class LocalExecutor:
         """Train the jobs one after another in this process; stop at the first one interrupted by a signal."""
         for number, job in enumerate(jobs, 1):
             self.context.announce(f"[{number}/{len(jobs)}] {job.label} -> {job.folder}")
-            outcome = train_job(job, self.context.registry, show_progress=self.context.show_progress)
+            outcome = self.context.train_here(job)
             collect(job, outcome)
             if outcome.outcome == "interrupted":
                 break
@@ -83,7 +84,7 @@ def _collect(job: RunJob, future: Future, collect: Collect) -> None:
     try:
         outcome: RunOutcome = future.result()
     except Exception as error:  # the worker itself died or could not start the run
-        outcome = RunOutcome.of_exception(job.run_id, error)
+        outcome = outcome_of_exception(job.run_id, error)
     collect(job, outcome)
 
 

@@ -19,10 +19,11 @@ from typing import Any
 from tqdm import tqdm
 
 from unpaired.errors import StopRequested, UnpairedError, UsageError
-from unpaired.execution.jobs import Collect, ExecutorContext, RunJob, train_job
+from unpaired.execution.jobs import train_job
+from unpaired.plugin_api.executors import Collect, ExecutorContext, RunJob
 from unpaired.signals import deferred_signals, stop_on_signals, stop_requested
 from unpaired.storage.lease import TIMEOUT_ENV, heartbeat_interval, lease_timeout
-from unpaired.storage.lifecycle import RunOutcome
+from unpaired.storage.lifecycle import RunOutcome, outcome_of_exception
 from unpaired.storage.run_folder import RunFolder
 
 
@@ -175,7 +176,7 @@ class RayExecutor:
         except self.ray.exceptions.TaskCancelledError:  # cancelled before it started: still pending
             return RunOutcome("not-started")
         except Exception as error:  # the task failed for good (retries spent, or Ray itself failed)
-            return RunOutcome.of_exception(job.run_id, error)
+            return outcome_of_exception(job.run_id, error)
         return outcome
 
     def close(self) -> None:

@@ -18,11 +18,13 @@ from pathlib import Path
 from unpaired.config.study import PlannedRun, Study
 from unpaired.errors import StopRequested, UnpairedError, UsageError
 from unpaired.evaluation.features import expected_evaluations
-from unpaired.execution.jobs import Executor, ExecutorContext, RunJob, make_jobs
+from unpaired.execution.jobs import make_jobs, train_job
+from unpaired.execution.worker import PROCESS_WORKERS
+from unpaired.plugin_api.executors import Executor, ExecutorContext, RunJob
 from unpaired.plugin_api.components import Choice
 from unpaired.plugin_api.data import UnpairedData
 from unpaired.plugin_api.registry import Registry
-from unpaired.results.study_folder import moved_run, run_folder, write_index
+from unpaired.results.study_folder import moved_run, run_folder, run_info, study_info, write_index
 from unpaired.signals import deferred_signals, stop_on_signals, stop_requested
 from unpaired.storage.lifecycle import TO_TRAIN, RunOutcome, StudySummary
 from unpaired.training.contracts import ContractError, check_data
@@ -106,9 +108,10 @@ def run_study(
     _gather_moved(runs, out, announce)
     evaluations = expected_evaluations(study.runs)  # of every run: the index records them for compare and the report
     todo = _runs_to_train(runs, out, evaluations, rerun_stale, summary, announce)
-    listeners = [listener for found in registry.hook.unpaired_study_listeners(study=study) for listener in found]
+    listeners = [listener for found in registry.hook.unpaired_study_listeners(study=study_info(study, out)) for listener in found]
     with stop_on_signals():
-        executor: Executor = (execution or study.execution).build(ExecutorContext(out, registry, announce, show_progress))
+        context = ExecutorContext(out, announce, show_progress, lambda job: train_job(job, registry, show_progress=show_progress), PROCESS_WORKERS)
+        executor: Executor = (execution or study.execution).build(context)
         try:
             with registry.listening(*listeners):
                 _run(
@@ -152,11 +155,11 @@ def _runs_to_train(
             announce(f"{run.variant} seed {run.seed} was trained by other plugin versions: moved to {folder.retire()}, training again")
             status = "pending"
         if status in ("done", "stale"):
-            summary.skipped.append(run)
+            summary.skipped.append(run_info(out, run))
             stale += [run] if status == "stale" else []
         elif status == "score-failed":
             result = folder.read_result()
-            summary.failed.append((run, f"the scoring failed: {'; '.join(result.scoring_problems if result else [])}"))
+            summary.failed.append((run_info(out, run), f"the scoring failed: {'; '.join(result.scoring_problems if result else [])}"))
         elif status in TO_TRAIN:
             todo.append(run)
             rescore += [run] if status == "rescore" else []
@@ -183,14 +186,15 @@ def _run(
     summary: StudySummary,
     announce: Callable[[str], None],
 ) -> None:
-    runs = {run.run_id: run for run in study.runs}
+    info = study_info(study, out)
+    runs = {run.run_id: run for run in info.runs}
 
     def collect(job: RunJob, outcome: RunOutcome) -> None:
         summary.record(runs[job.run_id], outcome)
         if outcome.outcome != "not-started":
             announce(f"{outcome.outcome}: {job.label}" + (f" ({outcome.detail})" if outcome.outcome == "busy" else ""))
 
-    registry.hook.unpaired_on_study_start(study=study, out=out, machines=executor.machines)
+    registry.hook.unpaired_on_study_start(study=info, out=out, machines=executor.machines)
     try:
         write_index(study, out, evaluations)
         executor.run(jobs, collect)
@@ -203,4 +207,4 @@ def _run(
         raise
     finally:  # the listeners hear of the end however it comes (MLflow's parent run is closed)
         with deferred_signals():
-            registry.hook.unpaired_on_study_end(study=study, out=out, summary=summary)
+            registry.hook.unpaired_on_study_end(study=info, out=out, summary=summary)

@@ -14,10 +14,11 @@ import pickle
 import sys
 from pathlib import Path
 
-from unpaired.execution.jobs import RunJob, train_job
+from unpaired.execution.jobs import train_job
+from unpaired.plugin_api.executors import RunJob
 from unpaired.signals import stop_on_signals
 from unpaired.storage.files import atomic_write_bytes
-from unpaired.storage.lifecycle import RunOutcome
+from unpaired.storage.lifecycle import RunOutcome, outcome_of_exception
 
 
 def write_job(job: RunJob, path: Path) -> Path:
@@ -43,11 +44,25 @@ def read_outcome(job_file: Path, job: RunJob, exit_status: int | None) -> RunOut
         outcome = pickle.loads(outcome_path(job_file).read_bytes())
     except (OSError, pickle.UnpicklingError, EOFError) as error:
         reason = f"its worker exited with status {exit_status}" if exit_status is not None else "its worker left no outcome"
-        return RunOutcome.of_exception(job.run_id, RuntimeError(f"{reason} before recording how the run ended ({error})"))
+        return outcome_of_exception(job.run_id, RuntimeError(f"{reason} before recording how the run ended ({error})"))
     finally:
         for path in (job_file, outcome_path(job_file)):
             path.unlink(missing_ok=True)
-    return outcome if isinstance(outcome, RunOutcome) else RunOutcome.of_exception(job.run_id, TypeError(f"{job_file}: not an outcome"))
+    return outcome if isinstance(outcome, RunOutcome) else outcome_of_exception(job.run_id, TypeError(f"{job_file}: not an outcome"))
+
+
+class ProcessWorkers:
+    """:class:`unpaired.plugin_api.executors.Workers`: a job file, ``python -m unpaired.execution.worker JOB_FILE``,
+    and the outcome it leaves beside it."""
+
+    def command(self, job: RunJob, job_file: Path) -> list[str]:
+        return worker_command(write_job(job, job_file))
+
+    def outcome(self, job: RunJob, job_file: Path, exit_status: int | None) -> RunOutcome:
+        return read_outcome(job_file, job, exit_status)
+
+
+PROCESS_WORKERS = ProcessWorkers()
 
 
 def main(argv: list[str]) -> int:

@@ -9,18 +9,17 @@ A plugin may annotate its factories with these to have a type checker hold them 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel
 from torch import nn
 
 from unpaired.plugin_api.components import GanLoss, ImagePool, LossWeightSchedule, Norm
 from unpaired.plugin_api.data import UnpairedData
+from unpaired.plugin_api.executors import Executor, ExecutorContext
 from unpaired.plugin_api.methods import Method, MethodParts
 from unpaired.plugin_api.metrics import Metric
 
-if TYPE_CHECKING:  # the executor contract lives with the executors (unpaired.execution.jobs)
-    from unpaired.execution.jobs import Executor, ExecutorContext
 
 P = TypeVar("P", bound=BaseModel, contravariant=True)
 

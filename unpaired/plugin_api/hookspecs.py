@@ -26,18 +26,12 @@ a while with ``Registry.listening`` (see :func:`unpaired_study_listeners`).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pluggy
 
 from unpaired import PROJECT_NAME
 from unpaired.plugin_api.factories import Register
-from unpaired.plugin_api.lifecycle import RunInfo
-
-if TYPE_CHECKING:  # the framework's types that lifecycle hooks receive (exported from unpaired.plugin_api)
-    from unpaired.config.study import Study
-    from unpaired.storage.lifecycle import StudySummary
-    from unpaired.storage.records import RunResult
+from unpaired.plugin_api.lifecycle import RunInfo, RunResult, StudyInfo, StudySummary
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 
@@ -176,11 +170,12 @@ def unpaired_register_executors(register: Register) -> None:
 
 
 # Lifecycle hooks. ``run`` is a ``RunInfo`` (run id, variant, seed, folder, resolved spec), ``result`` a
-# ``RunResult``, ``study`` a ``Study`` and ``summary`` a ``StudySummary``: all importable from unpaired.plugin_api.
+# ``RunResult``, ``study`` a ``StudyInfo`` (name, source, baseline, seeds, its runs' ``RunInfo``, the study as resolved)
+# and ``summary`` a ``StudySummary``: all importable from unpaired.plugin_api (defined in ``plugin_api/lifecycle.py``).
 
 
 @hookspec
-def unpaired_study_listeners(study: Study) -> list[object]:
+def unpaired_study_listeners(study: StudyInfo) -> list[object]:
     """Return objects whose lifecycle hook implementations should follow this study (e.g. a tracker).
 
     Called once when ``unpaired run`` starts a study, before anything is trained. The objects
@@ -190,7 +185,7 @@ def unpaired_study_listeners(study: Study) -> list[object]:
 
 
 @hookspec
-def unpaired_on_study_start(study: Study, out: Path, machines: int) -> None:
+def unpaired_on_study_start(study: StudyInfo, out: Path, machines: int) -> None:
     """Called once before a study's first run trains, after its runs were checked; ``out`` is its output folder,
     ``machines`` how many machines its runs may train on (1 but on a cluster). An exception here stops the
     study before anything trains."""
@@ -244,6 +239,6 @@ def unpaired_on_variant_end(run: RunInfo, result: RunResult) -> None:
 
 
 @hookspec
-def unpaired_on_study_end(study: Study, out: Path, summary: StudySummary) -> None:
+def unpaired_on_study_end(study: StudyInfo, out: Path, summary: StudySummary) -> None:
     """Called once when a study's runs have been tried (or a signal stopped them); ``summary`` says which
     finished, failed, were interrupted or skipped."""

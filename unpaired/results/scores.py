@@ -8,7 +8,7 @@ from collections.abc import Iterable
 import pandas as pd
 
 from unpaired.results.statistics import RUN_COLUMNS
-from unpaired.storage.records import Scoring
+from unpaired.plugin_api.lifecycle import Scoring
 
 DIRECTIONS = {"mean": "mean of A→B and B→A", "a2b": "A→B", "b2a": "B→A"}
 """A headline column's last part -> what it averages, in words."""

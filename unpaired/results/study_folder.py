@@ -12,9 +12,9 @@ from typing import Any
 from unpaired import __version__
 from unpaired.config.study import PlannedRun, Study, load_study
 from unpaired.errors import InputError, UsageError
+from unpaired.plugin_api.lifecycle import RunInfo, RunResult, StudyInfo
 from unpaired.plugin_api.registry import Registry
 from unpaired.storage.files import CorruptFileError, atomic_write_json
-from unpaired.storage.records import RunResult
 from unpaired.storage.run_folder import RunFolder
 
 INDEX = "study.json"
@@ -50,6 +50,17 @@ def find_study_folder(target: str, registry: Registry) -> Path:
 def run_folder(out: Path, run: PlannedRun) -> RunFolder:
     """Where a run of a study writes, inside the study's output folder ``out``."""
     return RunFolder.in_study(Path(out), run.variant, run.seed, run.run_id)
+
+
+def run_info(out: Path, run: PlannedRun) -> RunInfo:
+    """``run`` of a study writing to ``out`` as lifecycle hooks see it."""
+    return RunInfo(run.run_id, run.variant_key, run.variant, run.seed, run_folder(out, run).path, run.resolved.as_dict())
+
+
+def study_info(study: Study, out: Path) -> StudyInfo:
+    """``study`` writing to ``out`` as lifecycle hooks see it."""
+    runs = [run_info(out, run) for run in study.runs]
+    return StudyInfo(study.spec.name, study.source, study.baseline, list(study.spec.seeds), runs, study.spec.model_dump(mode="json"))
 
 
 def moved_run(out: Path, run: PlannedRun) -> RunFolder | None:

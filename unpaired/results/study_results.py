@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 
 from unpaired.storage.files import CorruptFileError
-from unpaired.storage.records import RunResult
+from unpaired.plugin_api.lifecycle import RunResult
 from unpaired.storage.run_folder import RunFolder
 from unpaired.results.analysis import grid_levels
 from unpaired.results.scores import describe_scores

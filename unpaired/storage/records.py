@@ -1,4 +1,5 @@
-"""What a run folder's files hold, as types: the result, the checkpoint, an exported generator.
+"""What a run folder's files hold, as types: the checkpoint and an exported generator (the result, ``RunResult``, is
+the plugin contract's: :mod:`unpaired.plugin_api.lifecycle`).
 
 Each type knows its file format (and its version) and checks it when a file is read back;
 :class:`unpaired.storage.run_folder.RunFolder` knows where each file lives.
@@ -10,94 +11,20 @@ import traceback
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 import torch
 from torch import nn
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 
-from unpaired.errors import InputError, Interrupted, StopRequested, UnpairedError
+from unpaired.errors import InputError, UnpairedError
+from unpaired.plugin_api.lifecycle import RunResult
 from unpaired.plugin_api.methods import Direction
 from unpaired.plugin_api.registry import Registry
 from unpaired.storage.files import CorruptFileError, load_tensors
 
 CHECKPOINT_FORMAT = 3
 GENERATOR_FORMAT = 2
-
-
-class Scoring(BaseModel):
-    """What produced a run's scores: the evaluation's identity, its feature extractor, and which way each score is better."""
-
-    model_config = ConfigDict(extra="forbid")
-    identity: str
-    """Hash of the metrics and the feature extractor, with all their parameters (``ResolvedEval.identity``)."""
-    extractor: str
-    """The feature extractor by name, as reports head its scores."""
-    lower_is_better: dict[str, bool]
-    """Each headline score column (``fid_a2b``, ``fid_mean``, ...) -> whether smaller is better."""
-    test_images: dict[str, int] = {}
-    """The test images of each domain (``A``, ``B``) the scores compare."""
-    labels: dict[str, str] = {}
-    """Each headline score column -> its metric's label (``FID``), which titles it in compare and the report."""
-    from_features: dict[str, bool] = {}
-    """Each headline score column -> whether its metric compares the extractor's features (or the images themselves)."""
-    caveats: list[str] = []
-    """What the metrics say limits these scores (FID on a small test split): compare and the report carry it."""
-
-
-Ending = Literal["finished", "failed", "interrupted"]
-"""How one attempt at a run ends (see :mod:`unpaired.storage.lifecycle`)."""
-
-
-class RunResult(BaseModel):
-    """How a run ended (``result.json``): finished with its numbers, failed with its error, or interrupted."""
-
-    model_config = ConfigDict(extra="forbid")
-    status: Ending
-    run_id: str
-    error: str | None = None
-    """One line: the exception's type and message (the traceback goes to ``error.txt``)."""
-    epochs: int = 0
-    steps: int = 0
-    seconds: float = 0.0
-    """Training time over every invocation that trained this run."""
-    final_losses: dict[str, float] = {}
-    """The last epoch's mean loss terms."""
-    parameters: dict[str, int] = {}
-    """Each network the method trained (``G_AtoB``, ``D_B``, ...) -> its number of parameters."""
-    metrics: dict[str, float] = {}
-    """The scores of the final generators (and the best epoch's when scored during training), by column."""
-    scoring: Scoring | None = None
-    """What produced ``metrics``; None when nothing was scored."""
-    scoring_problems: list[str] = []
-    """Scores that came out NaN or infinite: the scoring failed (the run trained)."""
-    rescored: dict[str, dict[str, float]] = {}
-    """Metrics of the best epoch's generators scored again by ``unpaired score --epoch``, by epoch."""
-    threads: int | None = None
-    """The CPU threads it trained with (a CPU run's numbers depend on them); None on a GPU."""
-    plugins: dict[str, str] = {}
-    """Distribution -> version of every package whose components the run used (its provenance)."""
-    device: str = ""
-    """What it trained on, e.g. ``cuda (NVIDIA H200)`` or ``cpu (x86_64, 2 threads)``."""
-    deterministic: bool = False
-    """It trained with deterministic GPU algorithms (``train.deterministic``), so a rerun gives the same weights bit for bit."""
-    cuda_graphs: bool = False
-    """Its training steps were captured once as a CUDA graph and replayed (``train.cuda_graphs``)."""
-    host: str = ""
-    """The machine that trained it (its host name)."""
-    ray_node: str | None = None
-    """The Ray node id of that machine, when a Ray cluster trained it."""
-
-    @property
-    def finished(self) -> bool:
-        return self.status == "finished"
-
-    @classmethod
-    def from_exception(cls, run_id: str, error: BaseException) -> RunResult:
-        """The result of a run stopped by ``error``: interrupted by a signal, or failed."""
-        if isinstance(error, (Interrupted, StopRequested)):
-            return cls(status="interrupted", run_id=run_id, error=str(error))
-        return cls(status="failed", run_id=run_id, error=f"{type(error).__name__}: {error}")
 
 
 def describe_failure(error: BaseException) -> str:

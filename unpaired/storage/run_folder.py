@@ -25,7 +25,8 @@ from typing import Any
 from unpaired.storage.files import CorruptFileError, atomic_save, atomic_write_json, atomic_write_text, load_tensors, read_json
 from unpaired.storage.lease import Lease
 from unpaired.storage.lifecycle import RunStatus
-from unpaired.storage.records import Checkpoint, Direction, ExportedGenerator, RunResult, validate_result
+from unpaired.storage.records import Checkpoint, Direction, ExportedGenerator, validate_result
+from unpaired.plugin_api.lifecycle import RunResult
 
 _CHECKPOINT = re.compile(r"^epoch-(\d+)-step-(\d+)\.pt$")
 

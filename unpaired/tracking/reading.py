@@ -21,7 +21,7 @@ from unpaired.tracking.store import RUN_ROLES, reading
 from unpaired.results.scores import describe_scores
 from unpaired.tracking.parent import PARENT_ROLE
 from unpaired.results.tables import folder_name
-from unpaired.storage.records import Scoring
+from unpaired.plugin_api.lifecycle import Scoring
 
 
 def tracked_results(name: str, uri: str | None, timeout: float, now: CurrentPlan | None, notes: list[str]) -> RunsToCompare:

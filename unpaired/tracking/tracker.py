@@ -24,7 +24,8 @@ from typing import Any
 
 from unpaired import hookimpl
 from unpaired.errors import Notice
-from unpaired.plugin_api.lifecycle import RunInfo
+from unpaired.config.study import TrackingConfig
+from unpaired.plugin_api.lifecycle import RunInfo, StudyInfo, StudySummary
 from unpaired.storage.lease import process_alive
 from unpaired.tracking.store import (
     RUN_ROLE,
@@ -47,7 +48,7 @@ from unpaired.tracking.store import (
 )
 from unpaired.storage.run_folder import RunFolder
 from unpaired.results.current_plan import RECORDED_STUDY
-from unpaired.results.study_folder import git_commit, report_path, run_folder
+from unpaired.results.study_folder import git_commit, report_path
 from unpaired.tracking.parent import PARENT_ROLE, close_parent, log_aggregates, open_parent
 
 EPOCH_MARKER = "lr"
@@ -98,7 +99,7 @@ class StudyTracker:
             )
 
     @hookimpl
-    def unpaired_on_study_start(self, study: Any, out: Path, machines: int) -> None:
+    def unpaired_on_study_start(self, study: StudyInfo, out: Path, machines: int) -> None:
         """Check that the store suits the machines and answers; open a parent run holding the study file; close what
         dead processes left RUNNING; complete the tracking of finished runs whose logging was cut short."""
         check_shareable(self.uri, machines)
@@ -126,13 +127,12 @@ class StudyTracker:
         self.parent_run_id = open_parent(self.client, self.experiment_id, self.study, out, tags)
         if Path(self.source).is_file():
             self.client.log_artifact(self.parent_run_id, self.source)
-        self.client.log_dict(self.parent_run_id, study.spec.model_dump(mode="json"), RECORDED_STUDY)  # as resolved, for compare NAME
-        for planned in study.runs:
-            folder = run_folder(out, planned)
+        self.client.log_dict(self.parent_run_id, study.spec, RECORDED_STUDY)  # as resolved, for compare NAME
+        for run in study.runs:
+            folder = RunFolder(run.folder)
             if finished_here(folder) and not tracking_complete(folder, self.uri):
-                info = RunInfo(planned.run_id, planned.variant_key, planned.variant, planned.seed, folder.path, planned.resolved.as_dict())
-                with self.guarded(planned.run_id):
-                    self._complete(self._child(info, folder), folder)
+                with self.guarded(run.run_id):
+                    self._complete(self._child(run, folder), folder)
 
     def _close_abandoned(self) -> None:
         """Parent runs whose process on this host is gone, and children whose run nobody holds, left RUNNING: KILLED."""
@@ -265,11 +265,11 @@ class StudyTracker:
         folder.write_tracking_link(self.uri, child_id, complete=True)
 
     @hookimpl
-    def unpaired_on_study_end(self, study: Any, out: Path, summary: Any) -> None:
+    def unpaired_on_study_end(self, study: StudyInfo, out: Path, summary: StudySummary) -> None:
         """Attach the study report to the parent run and close it: KILLED when a signal stopped the study,
         FAILED (with the reason) when it broke off or a run failed, else FINISHED. Name the runs whose
         tracking is incomplete."""
-        incomplete = [f"{run.variant} seed {run.seed}" for run in summary.done if not tracking_complete(run_folder(out, run), self.uri)]
+        incomplete = [f"{run.variant} seed {run.seed}" for run in summary.done if not tracking_complete(RunFolder(run.folder), self.uri)]
         if incomplete:
             summary.notes.append(
                 f"MLflow tracking is incomplete for {', '.join(incomplete)}: run the same command again "
@@ -291,18 +291,18 @@ class StudyTracker:
 
 
 @hookimpl
-def unpaired_study_listeners(study: Any) -> list[object]:
+def unpaired_study_listeners(study: StudyInfo) -> list[object]:
     """A :class:`StudyTracker` for a study whose ``tracking`` is enabled."""
-    settings = study.spec.tracking
+    settings = TrackingConfig.model_validate(study.spec.get("tracking", {}))
     if not settings.enabled:
         return []
     return [
         StudyTracker(
             tracking_uri(settings.uri),
-            study.spec.name,
+            study.name,
             study.source,
             study.baseline,
-            len(study.spec.seeds),
+            len(study.seeds),
             settings.log_generators,
             settings.timeout,
         )

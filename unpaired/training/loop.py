@@ -23,10 +23,10 @@ from unpaired.config.spec import TrainConfig
 from unpaired.errors import Note, Notice, StopRequested
 from unpaired.evaluation.scoring import Scorer, Scores
 from unpaired.plugin_api.components import TrainingProgress, describe
-from unpaired.plugin_api.lifecycle import RunInfo
+from unpaired.plugin_api.lifecycle import RunInfo, RunResult
 from unpaired.plugin_api.metrics import best_columns
 from unpaired.storage.files import CorruptFileError
-from unpaired.storage.records import BestEpoch, Checkpoint, ExportedGenerator, RunResult, TrainingState
+from unpaired.storage.records import BestEpoch, Checkpoint, ExportedGenerator, TrainingState
 from unpaired.storage.run_folder import RunFolder
 from unpaired.training.batches import EpochOrder, TrainPairs
 from unpaired.training.contracts import check_contracts, check_data

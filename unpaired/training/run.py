@@ -11,12 +11,12 @@ from unpaired.errors import Notice, StopRequested, UnpairedError
 from unpaired.evaluation.features import EvaluationError
 from unpaired.evaluation.rescore import rescore_run
 from unpaired.evaluation.scoring import Scorer
-from unpaired.plugin_api.lifecycle import RunInfo
+from unpaired.plugin_api.lifecycle import RunInfo, RunResult
 from unpaired.plugin_api.registry import Registry
 from unpaired.storage.files import CorruptFileError, StorageError
 from unpaired.storage.lease import LeaseHeld, LeaseUnusable
-from unpaired.storage.lifecycle import RunOutcome
-from unpaired.storage.records import RunResult, describe_failure
+from unpaired.storage.lifecycle import RunOutcome, outcome_of_exception
+from unpaired.storage.records import describe_failure
 from unpaired.storage.run_folder import RunFolder
 from unpaired.training.loop import ScoringStopped, Trainer
 from unpaired.devices import gpu_algorithms, pick_device, thread_count_kept
@@ -46,9 +46,9 @@ def train_run(
     try:
         lease.acquire(wait=lease_wait)
     except LeaseHeld as held:  # another live process trains this run
-        return RunOutcome.busy(held)
+        return RunOutcome.busy(held.who)
     except LeaseUnusable as error:  # e.g. a directory of the lease file's name: this run fails, the others go on
-        return RunOutcome.of_exception(variant.run_id, error)
+        return outcome_of_exception(variant.run_id, error)
     try:
         with thread_count_kept(), gpu_algorithms(variant.train.deterministic):
             decided = _done_or_rescorer(_previous_result(folder), variant)
@@ -71,7 +71,7 @@ def _done_or_rescorer(previous: RunResult | None, variant: ResolvedVariant) -> R
     try:
         scorer = Scorer(variant.eval, pick_device(variant.train.device)) if variant.eval.metrics else None
     except UnpairedError as error:  # e.g. the extractor cannot load here: the finished result stays as it is
-        return RunOutcome.of_exception(variant.run_id, error)
+        return outcome_of_exception(variant.run_id, error)
     if scorer is None or (previous.scoring is not None and previous.scoring.identity == scorer.identity):
         return RunOutcome.of_result(previous, reused=True)
     return scorer

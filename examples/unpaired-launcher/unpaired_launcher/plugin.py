@@ -16,17 +16,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from unpaired.plugin_api import (
-    ExecutorContext,
-    RunJob,
-    StopRequested,
-    deferred_signals,
-    hookimpl,
-    read_outcome,
-    stop_requested,
-    worker_command,
-    write_job,
-)
+from unpaired.plugin_api import ExecutorContext, RunJob, StopRequested, deferred_signals, hookimpl, stop_requested
 
 
 class LauncherParams(BaseModel):
@@ -42,6 +32,7 @@ class LauncherExecutor:
         self.prefix, self.parallel, self.machines = shlex.split(params.launcher), params.parallel, params.machines
         self.folder = context.out / ".launcher"
         self.announce = context.announce
+        self.workers = context.workers
 
     def run(self, jobs, collect) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -65,11 +56,11 @@ class LauncherExecutor:
                 raise StopRequested(signum)
 
     def _start(self, job: RunJob) -> subprocess.Popen:
-        job_file = write_job(job, self._job_file(job))
-        return subprocess.Popen([*self.prefix, *worker_command(job_file)], start_new_session=True)  # signals come from here
+        command = self.workers.command(job, self._job_file(job))
+        return subprocess.Popen([*self.prefix, *command], start_new_session=True)  # signals come from here
 
     def _outcome(self, job: RunJob, process: subprocess.Popen):
-        return read_outcome(self._job_file(job), job, process.returncode)
+        return self.workers.outcome(job, self._job_file(job), process.returncode)
 
     def _job_file(self, job: RunJob) -> Path:
         return self.folder / f"{job.run_id}.job"
