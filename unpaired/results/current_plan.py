@@ -11,6 +11,7 @@ is planned again here with the plugins installed now.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from unpaired.config.study import Study, plan_study
@@ -33,7 +34,7 @@ class CurrentPlan:
     unchecked: str | None = None
     """Why the evaluations could not be known (a feature extractor failed to load): only run ids are checked then."""
 
-    @property
+    @cached_property
     def run_ids(self) -> set[str]:
         return {run.run_id for run in self.study.runs}
 

@@ -97,24 +97,28 @@ def write_index(study: Study, out: Path, evaluations: dict[str, str]) -> None:
     """Record the study and its runs in ``OUT/study.json`` (what ``score``, ``report`` and other readers of the
     folder use), with the ``unpaired`` version and git commit of this invocation, and the evaluation identity each
     run's scores must carry (``evaluations``, by run id) for its scores to be compared."""
-    atomic_write_json(Path(out) / INDEX, index_of(study, out, evaluations))
-
-
-def index_of(study: Study, out: Path, evaluations: dict[str, str]) -> dict[str, Any]:
-    """What ``study.json`` says of ``study`` writing to ``out`` (see :func:`write_index`)."""
     spec = study.spec
-    return {
+    index = {
         "name": spec.name,
         "description": spec.description,
         "question": spec.question,
         "source": study.source,
-        "baseline": study.baseline,
-        "variants": study.variant_names,
-        "seeds": spec.seeds,
-        "metric": study.metric,
-        "study": spec.model_dump(mode="json"),  # as resolved: with any command-line overrides
+        **planned_entries(study, out, evaluations),
         "unpaired": __version__,
         "git_commit": git_commit(),
+    }
+    atomic_write_json(Path(out) / INDEX, index)
+
+
+def planned_entries(study: Study, out: Path, evaluations: dict[str, str]) -> dict[str, Any]:
+    """What ``study.json`` says of ``study``'s plan writing to ``out``: its baseline, variants, seeds, ranking score,
+    the study as resolved and its runs (see :func:`write_index`)."""
+    return {
+        "baseline": study.baseline,
+        "variants": study.variant_names,
+        "seeds": study.spec.seeds,
+        "metric": study.metric,
+        "study": study.spec.model_dump(mode="json"),  # as resolved: with any command-line overrides
         "runs": [
             {
                 "variant": r.variant,

@@ -21,7 +21,7 @@ from unpaired.results.scores import describe_scores
 from unpaired.results.compare import RunsToCompare
 from unpaired.plugin_api.registry import Registry
 from unpaired.results.current_plan import CurrentPlan, left_out_lines, replan
-from unpaired.results.study_folder import INDEX, index_of, moved_run, read_index, unplanned_runs
+from unpaired.results.study_folder import INDEX, moved_run, planned_entries, read_index, unplanned_runs
 from unpaired.results.tables import folder_name
 
 
@@ -185,9 +185,9 @@ def read_as_planned_now(out: Path, registry: Registry) -> StudyResults:
 
 
 def _as_planned_now(index: dict[str, Any], now: CurrentPlan, out: Path) -> dict[str, Any]:
-    """``index`` with the study, its variants, baseline, ranking score and runs as ``now`` plans them. A run the index
+    """``index`` with the study, its variants, seeds, baseline, ranking score and runs as ``now`` plans them. A run the index
     lists keeps its folder; another goes where the study would put it (or where that very run already is)."""
-    planned = index_of(now.study, out, now.evaluations)
+    planned = planned_entries(now.study, out, now.evaluations)
     recorded = {entry["run_id"]: entry for entry in index["runs"]}
     for entry, run in zip(planned["runs"], now.study.runs):
         found = recorded.get(run.run_id)
@@ -197,7 +197,7 @@ def _as_planned_now(index: dict[str, Any], now: CurrentPlan, out: Path) -> dict[
             entry["folder"] = str(moved.path.relative_to(out))
         if now.unchecked is not None:
             entry["evaluation"] = (found or {}).get("evaluation")
-    return {**index, **{key: planned[key] for key in ("study", "variants", "baseline", "metric", "runs")}}
+    return {**index, **planned}
 
 
 def _left_out(out: Path, runs: list[RunRecord]) -> list[str]:
