@@ -68,9 +68,17 @@ def gpu_algorithms(deterministic: bool) -> Iterator[None]:
     cudnn = torch.backends.cudnn
     saved = cudnn.benchmark, cudnn.deterministic, torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     cudnn.benchmark, cudnn.deterministic = not deterministic, deterministic
-    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    _deterministic_algorithms(deterministic, warn_only=True)
     try:
         yield
     finally:
         cudnn.benchmark, cudnn.deterministic = saved[:2]
-        torch.use_deterministic_algorithms(saved[2], warn_only=saved[3])
+        _deterministic_algorithms(saved[2], warn_only=saved[3])
+
+
+def _deterministic_algorithms(enabled: bool, warn_only: bool) -> None:
+    """``torch.use_deterministic_algorithms``, called only to change the setting: each call imports torch's compiler,
+    almost 2 s that a scoring command would pay for leaving it off."""
+    now = torch.are_deterministic_algorithms_enabled()
+    if now != enabled or (enabled and torch.is_deterministic_algorithms_warn_only_enabled() != warn_only):
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from unpaired.tracking.store import log_metrics
-from unpaired.results.study_results import read_study_results
 from unpaired.storage.files import exclusive_lock
 from unpaired.storage.run_folder import RunFolder
 
@@ -63,6 +62,8 @@ def close_parent(client: Any, parent_run_id: str, out: Path, status: str) -> boo
 def variant_aggregates(out: Path) -> dict[str, dict[str, dict[str, float]]]:
     """Variant -> score (and training seconds) -> ``{"mean", "std", "n"}`` over the finished runs of the study folder
     ``out`` whose scores are finite (std: sample std, NaN with one seed)."""
+    from unpaired.results.study_results import read_study_results  # pandas and scipy: a second off each worker's start
+
     runs = read_study_results(out).metrics()
     columns = [c for c in [*runs.attrs.get("lower_is_better", {}), *AGGREGATED] if c in runs.columns]
     aggregates: dict[str, dict[str, dict[str, float]]] = {}
