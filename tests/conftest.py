@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -139,6 +140,13 @@ PIXEL_FEATURES = """
 # Every test (and every CLI it starts) uses the offline FID weights and a private feature cache.
 os.environ["UNPAIRED_FID_WEIGHTS"] = str(FID_WEIGHTS)
 os.environ["UNPAIRED_CACHE"] = tempfile.mkdtemp(prefix="unpaired-test-cache-")
+# Tests run in parallel (pytest-xdist, README's `pytest`) share the cores: a torch spinning 2 OpenMP threads on a core that
+# another test uses runs 10-20x slower. Each worker takes its share, and the commands it starts inherit it.
+if workers := int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0")):
+    import torch
+
+    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 # ... and one MLflow store for the whole session (a fresh SQLite store costs seconds of migrations).
 os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tempfile.mkdtemp(prefix='unpaired-test-mlflow-')}/mlflow.db"
 
@@ -152,6 +160,16 @@ def nothing_written_into_the_repository():
     yield
     left = [name for name in ("mlflow.db", "mlruns", "mlartifacts", "runs") if (REPO / name).exists()]
     assert not left, f"tests wrote {left} into {REPO}"
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The slow tests start first, so that parallel workers do not wait on one at the end; the Ray tests share one worker
+    (``--dist loadgroup``), which starts the one cluster they use."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    for item in items:
+        if item.get_closest_marker("cluster"):
+            item.add_marker(pytest.mark.xdist_group("ray"))
 
 
 def free_port() -> int:
@@ -321,11 +339,11 @@ def _stop_process_groups(processes: list[subprocess.Popen]) -> None:
 
 
 @pytest.fixture(scope="session")
-def ray_cluster(tmp_path_factory):
+def ray_cluster():
     """A real two-node Ray cluster on this machine, started with `ray start` (1 CPU per node, a resource naming
     each node); yields its address. Its processes are this fixture's own process groups, stopped at the end."""
     pytest.importorskip("ray")
-    root = tmp_path_factory.mktemp("ray")
+    root = Path(tempfile.mkdtemp(prefix="ray-"))  # short: a node's socket paths must stay under 108 bytes
     os.environ["RAY_AUTH_MODE"] = "disabled"  # the nodes, and the drivers the tests start, of a throwaway local cluster
     env = {**os.environ, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0", "UNPAIRED_LEASE_TIMEOUT": "5"}
     ray, port, deadline = str(Path(sys.executable).with_name("ray")), free_port(), time.monotonic() + 120
@@ -343,3 +361,4 @@ def ray_cluster(tmp_path_factory):
         yield address
     finally:
         _stop_process_groups(list(reversed(nodes)))
+        shutil.rmtree(root, ignore_errors=True)

@@ -447,9 +447,11 @@ def test_ctrl_c_while_the_command_imports_torch_exits_130_with_one_line(tmp_path
     assert "Traceback" not in stderr and stderr.strip().startswith("interrupted:")
 
 
-def test_plan_marks_a_queued_cpu_run_whose_thread_count_differs_from_a_finished_seeds(tmp_path):
+def test_plan_marks_a_queued_cpu_run_whose_thread_count_differs_from_a_finished_seeds(tmp_path, monkeypatch):
     """A run queued under --jobs 2 trains with fewer threads than one under --jobs 1, and its numbers differ: a study mixed
     them without a word."""
+    cores = os.cpu_count() or 1
+    monkeypatch.setenv("OMP_NUM_THREADS", str(cores))  # one run uses every core, whatever share of them the tests have
     study, out = write_study(tmp_path / "study.yaml", "threads", seeds=[0, 1]), ["--out", str(tmp_path / "out")]
     assert run_cli("run", str(study), "--seeds", "0", "--jobs", "1", *out).returncode == 0
     result = next((tmp_path / "out").glob("base/seed0-*")) / "result.json"
@@ -461,8 +463,9 @@ def test_plan_marks_a_queued_cpu_run_whose_thread_count_differs_from_a_finished_
         return rows[2]
 
     assert queued().split()[4:] == ["pending", "(base)"]  # the same thread count: nothing to say
-    in_workers = max(1, (os.cpu_count() or 1) // 2)
-    if in_workers != used:
+    in_workers = max(1, cores // 2)
+    assert used == cores
+    if cores > 1:
         assert f"pending ({in_workers} CPU thread{'s' * (in_workers > 1)} with --jobs 2; seed 0 used {used})" in queued("--jobs", "2")
     result.write_text(result.read_text().replace(f'"threads": {used}', f'"threads": {used + 6}'))  # trained elsewhere
     assert f"with --jobs 1; seed 0 used {used + 6})" in queued()
