@@ -248,7 +248,7 @@ def final_weights(folder: Path) -> dict:
 def quickstart_copy(tmp_path: Path) -> Path:
     """studies/quickstart.yaml, shrunk to CI size (smaller data and fewer epochs)."""
     spec = yaml.safe_load((REPO / "studies" / "quickstart.yaml").read_text())
-    spec["base"]["data"].update(size=32, n_train=12, n_test=4)
+    spec["base"]["data"].update(size=32, n_train=6, n_test=4)
     spec["base"]["train"].update(epochs=2, decay_epochs=1, checkpoint_every=1)
     path = tmp_path / "quickstart.yaml"
     path.write_text(yaml.safe_dump(spec))
