@@ -1,7 +1,8 @@
-"""FID and KID of translated test images, from feature rows (torchmetrics' implementations)."""
+"""FID and KID of translated test images, from feature rows (FID exact in float64, KID torchmetrics')."""
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import torch
@@ -54,12 +55,34 @@ class FID(Metric):
         )
 
     def compute(self, real: Tensor, fake: Tensor) -> Score:
-        from torchmetrics.image.fid import FrechetInceptionDistance  # slow to import: only when scoring
+        return Score(frechet_distance(real, fake))
 
-        metric = FrechetInceptionDistance(feature=_Precomputed(real.shape[1]))
-        metric.update(real.double(), real=True)
-        metric.update(fake.double(), real=False)
-        return Score(float(metric.compute()))
+
+def frechet_distance(real: Tensor, fake: Tensor) -> float:
+    """The Fréchet distance between Gaussians fitted to two sets of feature rows (unbiased covariances), in float64:
+    |mu_r - mu_f|^2 + tr(S_r) + tr(S_f) - 2 tr((S_r S_f)^1/2).
+
+    With factors A, B of the covariances (S_r = A^T A, S_f = B^T B), tr((S_r S_f)^1/2) is the sum of the singular
+    values of A B^T (the nonzero eigenvalues of A^T A B^T B are those of (A B^T)(A B^T)^T). A set of n rows in d
+    features has the n x d factor of its centred rows, so with fewer images than features (every test split under
+    2048 images) the product is n x n: exact, and about a thousand times less work than the d x d eigenvalues of
+    S_r S_f that pytorch-fid and torchmetrics take (seconds per direction on a CPU)."""
+    if min(real.shape[0], fake.shape[0]) < 2:
+        raise ValueError(f"FID needs at least 2 images on each side, got {real.shape[0]} real and {fake.shape[0]} translated")
+    a, b = _covariance_factor(real.double()), _covariance_factor(fake.double())
+    mean_difference = (real.double().mean(0) - fake.double().mean(0)).square().sum()
+    trace_of_root = torch.linalg.svdvals(a @ b.T).sum()
+    return float(mean_difference + a.square().sum() + b.square().sum() - 2 * trace_of_root)
+
+
+def _covariance_factor(rows: Tensor) -> Tensor:
+    """F with F^T F the unbiased covariance of ``rows`` (n, d): the centred rows over sqrt(n - 1) when n <= d, else the
+    covariance's symmetric square root (d x d), the smaller of the two."""
+    centred = (rows - rows.mean(0)) / math.sqrt(rows.shape[0] - 1)
+    if rows.shape[0] <= rows.shape[1]:
+        return centred
+    values, vectors = torch.linalg.eigh(centred.T @ centred)
+    return (vectors * values.clamp(min=0).sqrt()) @ vectors.T
 
 
 class KID(Metric):

@@ -54,6 +54,22 @@ def scipy_frechet(a: np.ndarray, b: np.ndarray) -> float:
     return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean.real))
 
 
+@pytest.mark.parametrize("real_rows, fake_rows, width", [(130, 140, 512), (300, 200, 64), (50, 3000, 64)])
+def test_fid_is_the_frechet_distance_with_fewer_or_more_images_than_features(real_rows, fake_rows, width):
+    generator = torch.Generator().manual_seed(0)
+    mixing = torch.randn(width, width, generator=generator) / width**0.5
+    real = (torch.randn(real_rows, width, generator=generator) @ mixing).abs()
+    fake = (torch.randn(fake_rows, width, generator=generator) @ mixing).abs() * 1.1 + 0.05
+    assert fid_from_features(real, fake) == pytest.approx(scipy_frechet(real.double().numpy(), fake.double().numpy()), rel=1e-6)
+    # fake = 2 real + 1: covariance 4 S, so tr S + tr 4S - 2 tr (4 S^2)^1/2 = tr S, and the means differ by mean(real) + 1
+    doubled = real.double() * 2 + 1
+    expected = (real.double().mean(0) + 1).square().sum() + torch.cov(real.double().T).trace()
+    assert fid_from_features(real, doubled) == pytest.approx(float(expected), rel=1e-10)
+    assert abs(fid_from_features(real, real)) < 1e-9
+    with pytest.raises(ValueError, match="at least 2 images on each side, got 1 real"):
+        fid_from_features(real[:1], fake)
+
+
 @pytest.mark.slow
 def test_real_inception_fid_is_zero_against_itself_matches_scipy_and_grows_with_a_shift(registry, inception):
     stripes = inception(synthetic_images(registry, "B", 24))
