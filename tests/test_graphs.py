@@ -23,7 +23,7 @@ from unpaired.errors import Notice
 from unpaired.plugin_api import TrainingProgress
 from unpaired.plugin_api.methods import Runtime
 from unpaired.storage.run_folder import RunFolder
-from unpaired.training.graphs import WARMUP_STEPS, StepRunner, graph_problem
+from unpaired.training.graphs import WARMUP_STEPS, StepRunner, graph_problem, runtime_problem
 from unpaired.training.parts import build_method, runtime_of
 from unpaired.training.run import train_run
 from unpaired.training.runtime import seed_everything
@@ -126,7 +126,18 @@ def test_cyclegan_and_cut_are_capturable_and_say_which_parts_are_not(registry):
     assert decaying.capture_key(TrainingProgress(0, 1, 3, 4)) != decaying.capture_key(TrainingProgress(1, 4, 3, 4))
     eager = build_method(resolve_variant(merge(TINY_BASE, {"train": {"cuda_graphs": "on"}}), registry), CPU, 32)
     runtime = Runtime(CPU)
-    assert "CUDA device" in (graph_problem(eager, runtime) or "")
+    assert "CUDA device" in (graph_problem(eager, runtime, "auto") or "")
+
+
+def test_compiled_networks_are_captured_with_the_step_only_when_cuda_graphs_is_on(registry):
+    """``auto`` keeps a compiled run eager until a GPU has measured the combination; ``on`` captures it (no GPU is used
+    here: the runtime is only described)."""
+    gpu = torch.device("cuda")
+    for setting, captured in (("on", True), ("auto", False), ("off", False)):
+        variant = resolve_variant(merge(TINY_BASE, {"train": {"compile": True, "precision": "bf16", "cuda_graphs": setting}}), registry)
+        assert runtime_of(variant, gpu).cuda_graphs is captured, setting
+    assert "train.cuda_graphs: on captures it" in (runtime_problem(Runtime(gpu, "bf16", compile=True), "auto") or "")
+    assert runtime_problem(Runtime(gpu, "bf16", compile=True), "on") in (None, runtime_problem(Runtime(gpu, "bf16"), "on"))
 
 
 def test_graphs_and_determinism_are_runtime_settings_that_leave_the_run_id_alone(registry):

@@ -44,9 +44,12 @@ class Runtime:
 
     def place(self, network: nn.Module) -> nn.Module:
         """Move ``network`` to the device (in channels-last format when asked); return what to call: the
-        network itself, or its ``torch.compile``-d wrapper. Keep the network itself for its state."""
+        network itself, or its ``torch.compile``-d wrapper. Keep the network itself for its state.
+
+        Compiled for static shapes: a run calls a network with a few batch sizes that never change (each batched call,
+        an epoch's smaller last batch), and a captured step needs static kernels anyway."""
         network.to(self.device, memory_format=torch.channels_last if self.channels_last else torch.preserve_format)  # type: ignore[call-overload]
-        return torch.compile(network) if self.compile else network  # type: ignore[return-value]
+        return torch.compile(network, dynamic=False) if self.compile else network  # type: ignore[return-value]
 
     def to_device(self, images: Tensor) -> Tensor:
         """A batch of images on the device, in the networks' memory format."""

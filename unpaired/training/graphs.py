@@ -28,22 +28,23 @@ WARMUP_STEPS = 3
 GraphSetting = Literal["auto", "on", "off"]
 
 
-def runtime_problem(runtime: Runtime) -> str | None:
-    """Why no step can be captured on ``runtime`` whatever its method (the device, the precision, compilation, torch)."""
+def runtime_problem(runtime: Runtime, setting: GraphSetting) -> str | None:
+    """Why no step can be captured on ``runtime`` under ``train.cuda_graphs: setting``, whatever its method (the
+    device, the precision, compilation, torch)."""
     if runtime.device.type != "cuda":
         return f"CUDA graphs need a CUDA device, and this run trains on {runtime.device.type}"
     if runtime.precision == "fp16":
         return "fp16's grad scaler decides on the host whether to step (use bf16)"
-    if runtime.compile:
-        return "train.compile is on (torch.compile's own mode='reduce-overhead' is the way to combine them)"
+    if runtime.compile and setting == "auto":  # the compiled networks' kernels, captured with the rest of the step
+        return "train.compile is on, and a compiled step captured as a graph is not yet measured on a GPU (train.cuda_graphs: on captures it)"
     if not hasattr(torch.cuda.CUDAGraph, "register_generator_state"):  # image pools draw from their own generators
         return f"torch {torch.__version__} cannot register a part's own random generator with a graph (2.5 can)"
     return None
 
 
-def graph_problem(method: Method, runtime: Runtime) -> str | None:
-    """Why this run's step cannot be captured as a CUDA graph, or None when it can."""
-    if (problem := runtime_problem(runtime)) is not None:
+def graph_problem(method: Method, runtime: Runtime, setting: GraphSetting) -> str | None:
+    """Why this run's step cannot be captured as a CUDA graph under ``train.cuda_graphs: setting``, or None when it can."""
+    if (problem := runtime_problem(runtime, setting)) is not None:
         return problem
     if (problem := method.capture_problem()) is not None:
         return f"{type(method).__name__}: {problem}"
@@ -76,7 +77,7 @@ class StepRunner:
     def for_run(cls, method: Method, runtime: Runtime, setting: GraphSetting) -> StepRunner:
         """The runner ``train.cuda_graphs`` asks for: ``auto`` captures when the run allows it (and says why not on a
         GPU), ``on`` must capture (an error says why it cannot), ``off`` never does."""
-        problem = graph_problem(method, runtime) if setting != "off" else "off"
+        problem = graph_problem(method, runtime, setting) if setting != "off" else "off"
         if problem not in (None, "off"):
             if setting == "on":
                 raise TrainingError(f"train.cuda_graphs is on, but {problem}; set train.cuda_graphs: auto to train without graphs")

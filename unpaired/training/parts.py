@@ -17,7 +17,7 @@ def runtime_of(variant: ResolvedVariant, device: torch.device) -> Runtime:
     """How the variant's networks run on ``device``; ready for CUDA graphs wherever ``train.cuda_graphs`` may capture."""
     train = variant.train
     runtime = Runtime(device, train.precision, train.channels_last, train.compile)
-    return dataclasses.replace(runtime, cuda_graphs=train.cuda_graphs != "off" and runtime_problem(runtime) is None)
+    return dataclasses.replace(runtime, cuda_graphs=train.cuda_graphs != "off" and runtime_problem(runtime, train.cuda_graphs) is None)
 
 
 def method_parts(variant: ResolvedVariant, device: torch.device, image_size: int) -> MethodParts:
