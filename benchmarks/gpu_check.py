@@ -21,10 +21,14 @@ Then it measures: ``bench_train.py`` (rotated rounds against ``../shared/bench/r
 ``bench_study.py`` (4 paper-sized runs one at a time and packed 2 and 4 to a GPU: aggregate iterations per second)
 and the time to score a horse2zebra-sized test split (130 + 130 synthetic images: horse2zebra has 120 + 140), and
 prints them against the targets (one run, bf16 + graphs: 20 ms per iteration; 4 packed runs: 11 ms per iteration
-together; FID of 260 images: 15 s).
+together; FID of 260 images: 15 s). Last come two measurements of what is left to cut: ``profile_step.py`` for bf16 +
+channels_last eager and captured (the kernels of one step by kind, and the share of its time the device is busy), and
+bench_train's captured step with the networks compiled inside it (``bf16+cl+compile+graphs``, beside
+``bf16+cl+graphs``; a GPU part only: compiling takes minutes on a CPU).
 
     python benchmarks/gpu_check.py --json gpu.json                     # on a GPU machine: about 6 minutes on one H200
     python benchmarks/gpu_check.py --quick --device cpu --json x.json  # the harness itself on a CPU (the tests run it)
+    python benchmarks/gpu_check.py --skip step graphs resume bench_study fid jobs --json left.json  # only what is left to cut
 
 The parts run one after another, the most telling first, within ``--budget`` seconds in all (6 minutes): when time
 runs out, the part that was running is named in its row and the rest are left out. A loss term's difference is
@@ -339,23 +343,48 @@ def bench_train(device: torch.device, folder: Path, quick: bool, reference: Path
     if quick:
         size, settings, timing = 32, ["fp32"], ["--blocks", "1", "--iters", "1", "--warmup", "1", "--rounds", "1"]
     else:
-        size, settings, timing = (
-            256,
-            ["fp32", "fp32+graphs", "bf16+cl", "bf16+cl+graphs"],
-            ["--blocks", "9", "--iters", "20", "--warmup", "3", "--rounds", "3"],
-        )
+        size, settings = 256, ["fp32", "fp32+graphs", "bf16+cl", "bf16+cl+graphs"]
+        timing = ["--blocks", "9", "--iters", "20", "--warmup", "3", "--rounds", "3"]
     if device.type != "cuda":  # graphs are a CUDA path
         settings = [s for s in settings if "graphs" not in s]
+    return timed_settings(device, size, settings, timing, reference, folder / "bench.json", deadline)
+
+
+def bench_compiled(device: torch.device, folder: Path, reference: Path, deadline: float) -> dict[str, Any]:
+    """bench_train for bf16 + channels_last captured, and the same with the networks compiled inside the captured step
+    (Inductor's fused kernels; the compilation happens in the warm-up steps and is not timed)."""
+    settings, timing = ["bf16+cl+graphs", "bf16+cl+compile+graphs"], ["--blocks", "9", "--iters", "20", "--warmup", "3", "--rounds", "2"]
+    return timed_settings(device, 256, settings, timing, reference, folder / "compiled.json", deadline)
+
+
+def timed_settings(
+    device: torch.device, size: int, settings: list[str], timing: list[str], reference: Path, out: Path, deadline: float
+) -> dict[str, Any]:
+    """bench_train.py's figures for ``settings`` (CycleGAN), with the share of the device's bf16 peak at 256 px."""
     command = [sys.executable, str(HERE / "bench_train.py"), "--size", str(size), *timing, "--settings", *settings, "--methods", "cyclegan"]
-    command += ["--device", str(device), "--reference", str(reference), "--json", str(folder / "bench.json")]
+    command += ["--device", str(device), "--reference", str(reference), "--json", str(out)]
     subprocess.run(command, check=True, env=_clean_env(), timeout=max(1.0, deadline - time.monotonic()))
-    bench = json.loads((folder / "bench.json").read_text())
+    bench = json.loads(out.read_text())
     peak = next((tflops for family, tflops in BF16_PEAK_TFLOPS.items() if family in bench["device"]), None)
     for row in bench["engine"]:
         achieved = CYCLEGAN_TFLOP_PER_ITER_256 / row["s_per_iter"] if size == 256 else None
         row["tflops"] = achieved
         row["fraction_of_bf16_peak"] = achieved / peak if achieved and peak else None
     return bench
+
+
+def profile(device: torch.device, folder: Path, quick: bool, deadline: float) -> dict[str, Any]:
+    """profile_step.py for bf16 + channels_last, eager and captured: the kernels a step runs, by kind, and how busy they
+    keep the device (where the captured step's time goes is what is left to cut)."""
+    size, blocks, steps, settings = (32, 1, 2, ["fp32"]) if quick else (256, 9, 10, ["bf16+cl", "bf16+cl+graphs"])
+    found = {}
+    for setting in settings:
+        out = folder / f"profile-{setting}.json"
+        command = [sys.executable, str(HERE / "profile_step.py"), "--size", str(size), "--blocks", str(blocks), "--steps", str(steps)]
+        command += ["--setting", setting, "--device", str(device), "--json", str(out)]
+        subprocess.run(command, check=True, env=_clean_env(), timeout=max(1.0, deadline - time.monotonic()))
+        found[setting] = json.loads(out.read_text())
+    return found
 
 
 def bench_study(device: torch.device, folder: Path, quick: bool, deadline: float) -> dict[str, Any]:
@@ -430,7 +459,8 @@ def print_report(report: dict[str, Any]) -> None:
         result = "info" if row.get("informative") else "ok" if row["passed"] else "FAILED"
         print(f"{row['check']:<46}{row['measured']:>12.3g}{row['tolerance']:>12.3g}  {result} {extra}".rstrip())
     measured = report["measurements"]
-    for row in measured.get("bench_train", {}).get("engine", []):
+    engine_rows = [row for part in ("bench_train", "compiled") for row in measured.get(part, {}).get("engine", [])]
+    for row in engine_rows:
         fraction = f", {row['fraction_of_bf16_peak']:.1%} of bf16 peak" if row.get("fraction_of_bf16_peak") else ""
         speed = f"{row['s_per_iter'] * 1000:7.1f} ms/iter, {row['speedup']:.2f}x the reference"
         print(f"{row['setting']:<22} {speed}, peak {row['peak_mib'] or 0:.0f} MiB{fraction}")
@@ -444,9 +474,13 @@ def print_report(report: dict[str, Any]) -> None:
     if "fid_time" in measured and "seconds" in measured["fid_time"]:
         fid = measured["fid_time"]
         print(f"FID + KID of {fid['images']} test images at {fid['size']} px: {fid['seconds']:.1f} s (target {FID_TARGET_S:.0f} s)")
-    engine = {row["setting"]: row["s_per_iter"] * 1000 for row in measured.get("bench_train", {}).get("engine", [])}
+    for setting, found in measured.get("profile", {}).items():
+        if isinstance(found, dict) and "wall_ms_per_step" in found:
+            print(profile_line(setting, found))
+    engine = {row["setting"]: row["s_per_iter"] * 1000 for row in engine_rows}  # compiled's own bf16+cl+graphs row: the same setting
+    captured = [engine[s] for s in ("bf16+cl+graphs", "bf16+cl+compile+graphs") if s in engine]
     packed = study.get("jobs_4", {}).get("aggregate_it_per_s")
-    reached = {"one run, bf16 + channels_last + graphs": engine.get("bf16+cl+graphs"), "4 runs packed, aggregate": 1000 / packed if packed else None}
+    reached = {"one run, bf16 + channels_last + graphs": min(captured, default=None), "4 runs packed, aggregate": 1000 / packed if packed else None}
     for target, limit in TARGETS_MS.items():
         got = reached[target]
         print(
@@ -456,11 +490,21 @@ def print_report(report: dict[str, Any]) -> None:
         print(f"not run, the time budget spent: {', '.join(report['skipped'])}")
 
 
+def profile_line(setting: str, found: dict[str, Any]) -> str:
+    """One line of a profile: the step's time, its kernels, how busy they keep the device, the three largest kinds."""
+    busy = f", device busy {found['device_busy']:.0%}" if found.get("device_busy") is not None else ""
+    kinds = ", ".join(f"{kind} {ms:.1f}" for kind, ms in list(found["by_kind_ms_per_step"].items())[:3])
+    return (
+        f"profile {setting}: {found['wall_ms_per_step']:.1f} ms per step, {found['entries_per_step']:.0f} {found['entries']} "
+        f"taking {found['busy_ms_per_step']:.1f} ms{busy} ({kinds} ms)"
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda", help="the device under test (cpu: the harness against itself)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes and short measurements: to check the script itself")
-    parts_named = ["step", "graphs", "resume", "bench_train", "bench_study", "fid_time", "fid", "jobs"]
+    parts_named = ["step", "graphs", "resume", "bench_train", "bench_study", "fid_time", "fid", "jobs", "profile", "compiled"]
     parser.add_argument("--skip", nargs="*", default=[], choices=parts_named, help="parts left out")
     parser.add_argument("--budget", type=float, default=360.0, help="seconds for the whole check (the parts run in turn)")
     parser.add_argument("--json", type=Path, default=Path("gpu_check.json"))
@@ -480,7 +524,11 @@ def main() -> int:
             "fid_time": lambda deadline: fid_time(device, folder, args.quick),
             "fid": lambda deadline: fid_check(device, folder / "fid", args.quick),
             "jobs": lambda deadline: jobs_check(folder, deadline),
+            "profile": lambda deadline: profile(device, folder, args.quick, deadline),
+            "compiled": lambda deadline: bench_compiled(device, folder, args.reference, deadline),
         }
+        if device.type != "cuda":  # a compiled step captured: a CUDA path (compiling alone takes minutes on a CPU)
+            del parts["compiled"]
         run_parts({k: v for k, v in parts.items() if k not in args.skip}, report, args.budget, args.json)
     args.json.write_text(json.dumps(report, indent=1, default=str))
     print_report(report)

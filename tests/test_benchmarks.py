@@ -132,4 +132,9 @@ def test_the_gpu_check_runs_its_harness_on_the_cpu_where_every_fp32_comparison_i
     assert [row["setting"] for row in measured["bench_train"]["engine"]] == ["fp32"] and measured["fid_time"]["seconds"] > 0
     packed = measured["bench_study"]["jobs_2"]
     assert len(packed["run_it_per_s"]) == 4 and packed["aggregate_it_per_s"] == pytest.approx(2 * statistics.fmean(packed["run_it_per_s"]))
+    profiled = measured["profile"]["fp32"]
+    assert profiled["captured"] is False and profiled["device_busy"] is None  # a CPU: operators, not kernels
+    assert profiled["entries_per_step"] > 100 and 0 < profiled["busy_ms_per_step"] <= 3 * profiled["wall_ms_per_step"]
+    assert max(profiled["by_kind_ms_per_step"], key=profiled["by_kind_ms_per_step"].get) == "convolution / matmul"
+    assert "compiled" not in measured and "profile fp32: " in result.stdout  # compiled inside a captured step: a GPU part
     assert report["skipped"] == [] and "resume bit-exact (defaults)" in result.stdout and "FAILED" not in result.stdout
