@@ -5,12 +5,18 @@ each N asked), and with ``--executor ray`` on a two-node Ray cluster started on 
     python benchmarks/bench_study.py --jobs 2 --json study.json                    # 32 px, tiny networks, on the CPU
     python benchmarks/bench_study.py --device cuda --size 256 --jobs 2 3 4         # paper-sized runs sharing one GPU
     python benchmarks/bench_study.py --executor ray                                # also Ray, vs --jobs 2
+    python benchmarks/bench_study.py --device cuda --size 256 --jobs 4 --mps       # also packed through CUDA MPS
 
 Each way reports its wall time (process starts, warm-up and CUDA graph captures included) and its steady aggregate
 iterations per second: the runs' last-epoch iterations per second, summed over the runs that train at once. Small runs
 are where packing pays most: a single one keeps neither every core nor a GPU busy. At ``--size 256`` the runs are the
 paper's (ResNet-9, PatchGAN, batch 1) with ``--precision`` and channels_last. Tracking and FID are off: only training
 is timed.
+
+Processes that share a GPU take turns on it, so once each run's step is captured and keeps the GPU busy, packing gains
+nothing. With ``--mps`` each ``--jobs N`` is timed again with the runs as clients of a CUDA MPS server, whose kernels
+from different processes run side by side: a control daemon of this benchmark's own (its pipe and log folders in its
+temporary folder, nothing system-wide), stopped at the end; the device's settings are left as they are.
 """
 
 from __future__ import annotations
@@ -114,6 +120,36 @@ def local_ray_cluster(folder: Path, nodes: int = 2):
                 os.killpg(node.pid, signal.SIGKILL)
 
 
+@contextlib.contextmanager
+def mps_server(folder: Path):
+    """A CUDA MPS control daemon with its pipe and log folders under ``folder``; the processes started inside inherit
+    ``CUDA_MPS_PIPE_DIRECTORY`` and share the GPU through it. Asked to quit at the end."""
+    control = shutil.which("nvidia-cuda-mps-control")
+    if control is None:
+        raise RuntimeError("nvidia-cuda-mps-control is not on PATH: MPS cannot be measured on this machine")
+    folders = {"CUDA_MPS_PIPE_DIRECTORY": folder / "mps-pipe", "CUDA_MPS_LOG_DIRECTORY": folder / "mps-log"}
+    for path in folders.values():
+        path.mkdir(parents=True, exist_ok=True)
+    saved = {name: os.environ.get(name) for name in folders}
+    os.environ.update({name: str(path) for name, path in folders.items()})
+    try:
+        subprocess.run([control, "-d"], check=True, timeout=30)
+        yield
+    finally:
+        subprocess.run([control], input="quit\n", text=True, capture_output=True, timeout=30, check=False)
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def packed_row(spec: Path, out: Path, jobs: int, serial: dict, timeout: float | None) -> dict:
+    """``--jobs N`` timed, with its speedups over one at a time."""
+    packed = timed_run(spec, out, "--jobs", str(jobs), timeout=timeout)
+    return packed | {"speedup": serial["wall_s"] / packed["wall_s"], "aggregate_speedup": packed["aggregate_it_per_s"] / serial["aggregate_it_per_s"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, nargs="+", default=[2], help="runs at once, each compared with one at a time")
@@ -123,6 +159,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=80, help="training steps per run (2 epochs)")
     parser.add_argument("--executor", choices=["local", "ray"], default="local", help="ray: also time the study on a local Ray cluster")
     parser.add_argument("--timeout", type=float, default=None, help="seconds each way may take")
+    parser.add_argument("--mps", action="store_true", help="also time each --jobs N with the runs as clients of a CUDA MPS server")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     device = "cuda:0" if args.device == "cuda" else args.device
@@ -134,16 +171,21 @@ def main() -> None:
         report["serial"] = serial = timed_run(spec, folder / "serial", "--jobs", "1", timeout=args.timeout)
         print(f"{RUNS} runs of {args.steps} steps at {args.size} px on {device}, one at a time: {serial['wall_s']:.1f} s, "
               f"{serial['aggregate_it_per_s']:.1f} it/s")  # fmt: skip
-        for jobs in args.jobs:
-            packed = timed_run(spec, folder / f"jobs{jobs}", "--jobs", str(jobs), timeout=args.timeout)
-            packed |= {
-                "speedup": serial["wall_s"] / packed["wall_s"],
-                "aggregate_speedup": packed["aggregate_it_per_s"] / serial["aggregate_it_per_s"],
-            }
-            report[f"jobs_{jobs}"] = packed
+        ways = [(f"jobs_{jobs}", jobs, False) for jobs in args.jobs] + [(f"mps_jobs_{jobs}", jobs, True) for jobs in args.jobs if args.mps]
+        for key, jobs, mps in ways:
+            try:
+                with mps_server(folder) if mps else contextlib.nullcontext():
+                    report[key] = packed = packed_row(spec, folder / key, jobs, serial, args.timeout)
+            except (RuntimeError, subprocess.SubprocessError) as error:  # MPS is the machine's to allow: a finding, not the end
+                if not mps:
+                    raise
+                report[key] = {"error": f"{type(error).__name__}: {str(error)[-500:]}"}
+                print(f"--jobs {jobs} through MPS: not measured ({report[key]['error']})")
+                continue
             print(
-                f"--jobs {jobs}: {packed['wall_s']:.1f} s ({packed['speedup']:.2f}x), steady {packed['aggregate_it_per_s']:.1f} it/s "
-                f"({1000 / packed['aggregate_it_per_s']:.1f} ms per iteration, {packed['aggregate_speedup']:.2f}x one at a time)"
+                f"--jobs {jobs}{' through MPS' if mps else ''}: {packed['wall_s']:.1f} s ({packed['speedup']:.2f}x), steady "
+                f"{packed['aggregate_it_per_s']:.1f} it/s ({1000 / packed['aggregate_it_per_s']:.1f} ms per iteration, "
+                f"{packed['aggregate_speedup']:.2f}x one at a time)"
             )
             if args.json:
                 args.json.write_text(json.dumps(report, indent=1))  # what is measured so far

@@ -16,7 +16,8 @@ RUNS_PER_GPU = 1
 """How many runs share a GPU by default. Measured on an H200 (README, Performance): one paper-sized run whose step is
 captured as a CUDA graph keeps the GPU busy on its own, and runs in separate processes take turns on a GPU rather than
 overlap, so packing 2, 3 or 4 gave 0.75x, 0.98x and 1.02x the throughput of one at a time. Runs that leave the GPU
-idle (eager steps of small networks) can gain from more."""
+idle (eager steps of small networks) can gain from more, and so may runs that are clients of a CUDA MPS server, whose
+kernels from different processes overlap: ``benchmarks/bench_study.py --mps`` measures that (not yet on a GPU)."""
 
 
 class LocalParams(BaseModel):

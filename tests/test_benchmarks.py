@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -131,6 +132,9 @@ def test_the_gpu_check_runs_its_harness_on_the_cpu_where_every_fp32_comparison_i
     measured = report["measurements"]
     assert [row["setting"] for row in measured["bench_train"]["engine"]] == ["fp32"] and measured["fid_time"]["seconds"] > 0
     packed = measured["bench_study"]["jobs_2"]
+    if shutil.which("nvidia-cuda-mps-control") is None:  # packing through MPS: a row that says why it was not measured
+        assert "nvidia-cuda-mps-control is not on PATH" in measured["bench_study"]["mps_jobs_2"]["error"]
+        assert "--jobs 2 packed through MPS: not measured" in result.stdout
     assert len(packed["run_it_per_s"]) == 4 and packed["aggregate_it_per_s"] == pytest.approx(2 * statistics.fmean(packed["run_it_per_s"]))
     profiled = measured["profile"]["fp32"]
     assert profiled["captured"] is False and profiled["device_busy"] is None  # a CPU: operators, not kernels
