@@ -18,8 +18,8 @@ Correctness first:
 
 Then it measures: ``bench_train.py`` (rotated rounds against ``../shared/bench/reference_cyclegan.py``: s/iter at
 256 px, ResNet-9, batch 1, for fp32 and bf16 + channels_last, each eager and captured, peak memory each),
-``bench_study.py`` (4 paper-sized runs one at a time and packed 2 and 4 to a GPU: aggregate iterations per second)
-and the time to score a horse2zebra-sized test split (130 + 130 synthetic images: horse2zebra has 120 + 140), and
+``bench_study.py`` (4 paper-sized runs one at a time and packed 4 to a GPU, taking turns and through CUDA MPS:
+aggregate iterations per second) and the time to score a horse2zebra-sized test split (130 + 130 synthetic images: horse2zebra has 120 + 140), and
 prints them against the targets (one run, bf16 + graphs: 20 ms per iteration; 4 packed runs: 11 ms per iteration
 together; FID of 260 images: 15 s). Last come two measurements of what is left to cut: ``profile_step.py`` for bf16 +
 channels_last eager and captured (the kernels of one step by kind, and the share of its time the device is busy), and
