@@ -41,14 +41,18 @@ from unpaired.training.runtime import seed_everything
 
 KINDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("optimiser", ("adam", "multi_tensor", "foreach")),
-    ("normalisation", ("norm", "welford")),
+    ("normalisation", ("norm", "welford", "bn_fw", "bn_bw", "batchnorm")),
     ("padding", ("reflection", "pad")),
-    ("convolution / matmul", ("conv", "gemm", "cutlass", "xmma", "wgrad", "dgrad", "cudnn", "implicit", "sm80_", "sm90_", "mm")),
-    ("copy / layout", ("copy", "memcpy", "memset", "nchw", "nhwc", "cat", "transpose", "fill", "clone", "to_copy")),
-    ("reduction", ("reduce", "triton_red", "sum", "mean")),
-    ("element-wise", ("elementwise", "vectorized", "triton_poi", "unrolled", "pointwise", "tanh", "relu", "mul", "add", "sub", "div")),
+    (
+        "convolution / matmul",
+        ("conv", "gemm", "xmma", "cutlass", "wgrad", "dgrad", "fprop", "implicit", "nvjet", "winograd", "aten::mm", "addmm", "bmm"),
+    ),
+    ("copy / layout", ("copy", "memcpy", "memset", "nchw", "nhwc", "cat", "transpose", "fill", "clone")),
+    ("reduction", ("reduce", "triton_red", "triton_per", "sum", "mean")),
+    ("element-wise", ("elementwise", "triton_poi", "pointwise", "tanh", "relu", "mul", "add", "sub", "div", "sqrt", "lerp")),
 )
-"""Kinds of kernel by words in their names, the first match winning (cuDNN, cuBLAS, ATen and Inductor's names)."""
+"""Kinds of kernel by words in their names, the first match winning (cuDNN, cuBLAS, ATen and Inductor's kernels, and
+ATen's operators on a CPU)."""
 
 
 def kind_of(name: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import shutil
 import statistics
@@ -142,3 +143,44 @@ def test_the_gpu_check_runs_its_harness_on_the_cpu_where_every_fp32_comparison_i
     assert max(profiled["by_kind_ms_per_step"], key=profiled["by_kind_ms_per_step"].get) == "convolution / matmul"
     assert "compiled" not in measured and "profile fp32: " in result.stdout  # compiled inside a captured step: a GPU part
     assert report["skipped"] == [] and "resume bit-exact (defaults)" in result.stdout and "FAILED" not in result.stdout
+
+
+@pytest.mark.parametrize(
+    "name, kind",
+    [
+        ("sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc_tilesize128x128x64_warpgroupsize1x1x1_cudnn", "convolution / matmul"),
+        ("nvjet_hsh_128x64_64x4_1x2_h_bz_coopA_NNT", "convolution / matmul"),
+        (
+            "void cudnn::engines_precompiled::nchwToNhwcKernel<__nv_bfloat16, __nv_bfloat16, float, false, true, (cudnnKernelDataType_t)0>",
+            "copy / layout",
+        ),
+        ("void cudnn::bn_fw_tr_1C11_singleread_specialized<__nv_bfloat16, float, 512, 1, 2, 0>", "normalisation"),
+        ("void at::native::batch_norm_collect_statistics_kernel<at::native::Var, float, float, float, int>", "normalisation"),
+        ("void at::native::(anonymous namespace)::reflection_pad2d_out_kernel<c10::BFloat16>", "padding"),
+        ("void at::native::vectorized_elementwise_kernel<4, at::native::leaky_relu_kernel(at::TensorIteratorBase&)>", "element-wise"),
+        ("void at::native::elementwise_kernel<128, 2, at::native::direct_copy_kernel_cuda(at::TensorIteratorBase&)>", "copy / layout"),
+        ("void at::native::multi_tensor_apply_kernel<at::native::FusedAdamMathFunctor<float, 4, ADAM_MODE::ORIGINAL, false>>", "optimiser"),
+        ("triton_per_fused__native_batch_norm_legit_functional_leaky_relu_0", "normalisation"),
+        ("triton_poi_fused_add_tanh_3", "element-wise"),
+        ("aten::mkldnn_convolution", "convolution / matmul"),
+    ],
+)
+def test_the_step_profile_sorts_kernels_by_what_they_do(monkeypatch, name, kind):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    profile_step = importlib.import_module("profile_step")
+    assert profile_step.kind_of(name) == kind
+
+
+def test_the_step_profile_sums_per_step_and_shares_of_the_busy_time(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    profile_step = importlib.import_module("profile_step")
+    events = [("sm90_xmma_fprop_implicit_gemm", 300.0), ("triton_poi_fused_relu_0", 100.0)] * 4 + [("reflection_pad2d_out_kernel", 400.0)]
+    found = profile_step.summary(events, wall_s=0.004, steps=2, on_device=True)
+    assert found["entries_per_step"] == 4.5 and found["busy_ms_per_step"] == pytest.approx(1.0) and found["device_busy"] == pytest.approx(0.25)
+    assert found["by_kind_ms_per_step"] == pytest.approx({"convolution / matmul": 0.6, "element-wise": 0.2, "padding": 0.2})
+    assert [(row["name"], row["calls_per_step"]) for row in found["top"]] == [
+        ("sm90_xmma_fprop_implicit_gemm", 2),
+        ("triton_poi_fused_relu_0", 2),
+        ("reflection_pad2d_out_kernel", 0.5),
+    ]
+    assert found["top"][0]["share"] == pytest.approx(0.6)
