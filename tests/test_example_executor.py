@@ -68,6 +68,15 @@ def test_the_example_executor_is_listed_and_trains_every_run_through_its_launche
     assert len((launcher_installed.parent / "launched.log").read_text().splitlines()) == 2  # nothing launched again
 
 
+def test_without_a_launcher_the_parallel_runs_share_this_machines_cores(launcher_installed, tmp_path):
+    study = write_study(tmp_path / "here.yaml", "here", seeds=[0, 1], tracking={"enabled": False}, execution={"executor": "launcher", "parallel": 2})
+    environment = {name: value for name, value in os.environ.items() if name != "OMP_NUM_THREADS"}  # as a user's shell has it
+    command = [UNPAIRED, "run", str(study), "--out", str(tmp_path / "out"), "--quiet"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=environment)
+    assert result.returncode == 0 and result.stdout.startswith("done 2, failed 0"), result.stdout + result.stderr
+    assert [folder.read_result().threads for folder in run_folders(tmp_path / "out")] == [max(1, (os.cpu_count() or 1) // 2)] * 2
+
+
 def test_a_worker_that_dies_is_a_failed_run_naming_its_exit_status(launcher_installed, tmp_path):
     dying = launcher_installed.with_name("die.sh")
     dying.write_text("#!/bin/sh\nkill -9 $$\n")

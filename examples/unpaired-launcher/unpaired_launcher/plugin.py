@@ -9,6 +9,7 @@ and stops; a rerun resumes. Written only against ``unpaired.plugin_api``.
 
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
 import time
@@ -57,7 +58,15 @@ class LauncherExecutor:
 
     def _start(self, job: RunJob) -> subprocess.Popen:
         command = self.workers.command(job, self._job_file(job))
-        return subprocess.Popen([*self.prefix, *command], start_new_session=True)  # signals come from here
+        return subprocess.Popen([*self.prefix, *command], start_new_session=True, env=self._environment())  # signals come from here
+
+    def _environment(self) -> dict[str, str]:
+        """The workers' environment: with no launcher the ``parallel`` runs share this machine's cores, so each gets its
+        share as ``OMP_NUM_THREADS`` (torch's thread count), unless it is set already; a launcher's machine is its own."""
+        environment = dict(os.environ)
+        if not self.prefix and self.parallel > 1:
+            environment.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // self.parallel)))
+        return environment
 
     def _outcome(self, job: RunJob, process: subprocess.Popen):
         return self.workers.outcome(job, self._job_file(job), process.returncode)
