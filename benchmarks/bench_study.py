@@ -162,6 +162,8 @@ def main() -> None:
     parser.add_argument("--mps", action="store_true", help="also time each --jobs N with the runs as clients of a CUDA MPS server")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    if args.mps and args.device != "cuda":
+        parser.error("--mps shares a GPU: it needs --device cuda")
     device = "cuda:0" if args.device == "cuda" else args.device
     report: dict = {"runs": RUNS, "size": args.size, "device": device, "precision": args.precision, "steps_per_run": args.steps}
     with tempfile.TemporaryDirectory() as name:

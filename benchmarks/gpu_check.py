@@ -19,8 +19,8 @@ Correctness first:
 Then it measures: ``bench_train.py`` (rotated rounds against ``../shared/bench/reference_cyclegan.py``: s/iter at
 256 px, ResNet-9, batch 1, for fp32 and bf16 + channels_last, each eager and captured, peak memory each),
 ``bench_study.py`` (4 paper-sized runs one at a time and packed 4 to a GPU, taking turns and through CUDA MPS:
-aggregate iterations per second) and the time to score a horse2zebra-sized test split (130 + 130 synthetic images: horse2zebra has 120 + 140), and
-prints them against the targets (one run, bf16 + graphs: 20 ms per iteration; 4 packed runs: 11 ms per iteration
+aggregate iterations per second) and the time to score a horse2zebra-sized test split (130 + 130 synthetic images:
+horse2zebra has 120 + 140), and prints them against the targets (one run, bf16 + graphs: 20 ms per iteration; 4 packed runs: 11 ms per iteration
 together; FID of 260 images: 15 s). Last come two measurements of what is left to cut: ``profile_step.py`` for bf16 +
 channels_last eager and captured (the kernels of one step by kind, and the share of its time the device is busy), and
 bench_train's captured step with the networks compiled inside it (``bf16+cl+compile+graphs``, beside
@@ -390,7 +390,9 @@ def profile(device: torch.device, folder: Path, quick: bool, deadline: float) ->
 def bench_study(device: torch.device, folder: Path, quick: bool, deadline: float) -> dict[str, Any]:
     """bench_study: 4 runs one at a time, then packed 4 to the device, as processes taking turns and through CUDA MPS
     (packed 2, 3 and 4 gave 0.75 - 1.02x one at a time on the H200 without MPS)."""
-    size, steps, jobs = (32, 8, ["2", "--mps"]) if quick else (256, 160, ["4", "--mps"])
+    size, steps, jobs = (32, 8, ["2"]) if quick else (256, 160, ["4"])
+    if device.type == "cuda":
+        jobs.append("--mps")
     command = [sys.executable, str(HERE / "bench_study.py"), "--device", device.type, "--size", str(size), "--steps", str(steps), "--jobs", *jobs]
     command += ["--precision", "fp32" if quick else "bf16", "--json", str(folder / "study.json")]
     try:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import shutil
 import statistics
 import subprocess
 import sys
@@ -133,9 +132,7 @@ def test_the_gpu_check_runs_its_harness_on_the_cpu_where_every_fp32_comparison_i
     measured = report["measurements"]
     assert [row["setting"] for row in measured["bench_train"]["engine"]] == ["fp32"] and measured["fid_time"]["seconds"] > 0
     packed = measured["bench_study"]["jobs_2"]
-    if shutil.which("nvidia-cuda-mps-control") is None:  # packing through MPS: a row that says why it was not measured
-        assert "nvidia-cuda-mps-control is not on PATH" in measured["bench_study"]["mps_jobs_2"]["error"]
-        assert "--jobs 2 packed through MPS: not measured" in result.stdout
+    assert "mps_jobs_2" not in measured["bench_study"]  # packing through CUDA MPS: a GPU path
     assert len(packed["run_it_per_s"]) == 4 and packed["aggregate_it_per_s"] == pytest.approx(2 * statistics.fmean(packed["run_it_per_s"]))
     profiled = measured["profile"]["fp32"]
     assert profiled["captured"] is False and profiled["device_busy"] is None  # a CPU: operators, not kernels
@@ -184,3 +181,19 @@ def test_the_step_profile_sums_per_step_and_shares_of_the_busy_time(monkeypatch)
         ("reflection_pad2d_out_kernel", 0.5),
     ]
     assert found["top"][0]["share"] == pytest.approx(0.6)
+
+
+def test_the_gpu_check_names_each_way_of_packing_and_why_one_was_not_measured(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    gpu_check = importlib.import_module("gpu_check")
+    study = {
+        "runs": 4,
+        "serial": {"aggregate_it_per_s": 40.0},
+        "jobs_4": {"aggregate_it_per_s": 41.0, "aggregate_speedup": 1.025},
+        "mps_jobs_4": {"error": "RuntimeError: nvidia-cuda-mps-control is not on PATH: MPS cannot be measured on this machine"},
+    }
+    assert gpu_check.packing_lines(study) == [
+        "4 runs one at a time: 25.0 ms per iteration",
+        "--jobs 4 packed: 24.4 ms per iteration together, 1.02x one at a time",
+        "--jobs 4 packed through MPS: not measured (RuntimeError: nvidia-cuda-mps-control is not on PATH: MPS cannot be measured on this machine)",
+    ]
