@@ -28,7 +28,8 @@ bench_train's captured step with the networks compiled inside it (``bf16+cl+comp
 
     python benchmarks/gpu_check.py --json gpu.json                     # on a GPU machine: about 6 minutes on one H200
     python benchmarks/gpu_check.py --quick --device cpu --json x.json  # the harness itself on a CPU (the tests run it)
-    python benchmarks/gpu_check.py --skip step graphs resume bench_study fid jobs --json left.json  # only what is left to cut
+    python benchmarks/gpu_check.py --skip step graphs resume bench_train bench_study fid jobs --json left.json
+                                        # only what is left to cut: the scoring time, the profiles, the compiled step
 
 The parts run one after another, the most telling first, within ``--budget`` seconds in all (6 minutes): when time
 runs out, the part that was running is named in its row and the rest are left out. A loss term's difference is
