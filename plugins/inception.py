@@ -79,8 +79,13 @@ class InceptionFeatures(nn.Module):
                 )
         except Exception as error:  # typically: no internet to download the weights
             raise RuntimeError(f"{type(error).__name__}: {error}. {WHERE_TO_GET_WEIGHTS}") from error
-        self.cache_identity = str(path or "torch-fidelity download")
+        self.cache_identity = self.cache_identity_of(params)
         """Features differ by weights file: real-image features are cached per file."""
+
+    @staticmethod
+    def cache_identity_of(params: InceptionParams) -> str:
+        """The :attr:`cache_identity` an extractor built from ``params`` has, known without loading it: the weights file."""
+        return str(params.weights or os.environ.get(WEIGHTS_ENV) or "torch-fidelity download")
 
     def forward(self, images: Tensor) -> Tensor:
         return self.network(images).reshape(images.shape[0], -1)

@@ -11,11 +11,14 @@ import torch
 from pydantic import BaseModel
 from torch import nn
 
-from conftest import FID_WEIGHTS, run_cli, write_synthetic_folder
+from conftest import FID_WEIGHTS, TINY_BASE, run_cli, write_synthetic_folder
 from unpaired import hookimpl
 from unpaired.errors import Notice
+from unpaired.config.overrides import merge
 from unpaired.config.resolved import resolve_variant
-from unpaired.evaluation.features import EvaluationError, FeatureExtractor
+from unpaired.config.study import plan_study
+from unpaired.evaluation.features import EvaluationError, FeatureExtractor, expected_evaluations
+from unpaired_plugins.inception import InceptionFeatures, InceptionParams
 from unpaired_plugins.metrics import FID, KID, FidParams, KidParams
 from unpaired.plugin_api.registry import Registry
 from unpaired.storage.run_folder import RunFolder
@@ -311,3 +314,21 @@ def test_a_plugin_dataset_without_describe_gets_cached_features_per_parameter_va
         assert result.status == "finished", result.error
         seen.append(TinyExtractor.seen)
     assert seen == [1 + 8 + 8, 1 + 8 + 8, 1 + 8]  # new brightness: real features again; the same one again: cached
+
+
+def test_reading_scores_knows_the_evaluation_without_loading_inception(registry, monkeypatch, tmp_path):
+    """compare, the report and plan need the evaluation identity the scores must carry, not the network: Inception says
+    its identity (the weights file) unbuilt, the same as built; training still loads it, so missing weights stop a run."""
+    study = {"name": "identity", "base": merge(TINY_BASE, {"eval": {"metrics": ["fid", "kid"]}}), "seeds": [0]}
+    runs = plan_study(study, registry, inputs=False).runs
+    shared = expected_evaluations(runs)  # UNPAIRED_FID_WEIGHTS: the shared weights
+    assert expected_evaluations(runs, load=False) == shared
+
+    monkeypatch.setenv("UNPAIRED_FID_WEIGHTS", str(tmp_path / "missing.pth"))
+    monkeypatch.setattr(FeatureExtractor, "__init__", lambda *args: pytest.fail("the extractor was built"))
+    assert expected_evaluations(runs, load=False) != shared  # other weights, another evaluation, known unbuilt
+    assert InceptionFeatures.cache_identity_of(InceptionParams()) == str(tmp_path / "missing.pth")
+    monkeypatch.undo()
+    monkeypatch.setenv("UNPAIRED_FID_WEIGHTS", str(tmp_path / "missing.pth"))
+    with pytest.raises(EvaluationError, match="could not be loaded"):
+        expected_evaluations(runs)

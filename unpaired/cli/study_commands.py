@@ -56,7 +56,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     out, runs = output_folder(study, args.out), select_runs(study, args.only, args.seeds)
     steps, unchecked = steps_per_run(study, open_datasets(study)), None
     try:
-        evaluations = expected_evaluations(runs)
+        evaluations = expected_evaluations(runs, load=False)
     except UnpairedError as error:  # plan still shows what it can; run stops on this before training
         evaluations, unchecked = {}, f"scores not checked against the study's evaluation: {error}"
     rows = [("variant", "seed", "run id", "steps", "status", "overrides")]

@@ -178,9 +178,10 @@ def folder_images(folder: Path, size: int) -> Iterable[Tensor]:
     return (transform.test(load_image(path)) for path in paths)
 
 
-def expected_evaluations(runs: list[PlannedRun]) -> dict[str, str]:
+def expected_evaluations(runs: list[PlannedRun], load: bool = True) -> dict[str, str]:
     """Run id -> the evaluation identity its scores must carry (runs that score nothing are left out). Loads each
-    feature extractor the runs need once, on the CPU, so a missing one also stops the study before training."""
+    feature extractor the runs need once, on the CPU, so a missing one also stops the study before training; with
+    ``load=False`` (reading scores, not making them) only those whose factory cannot say its ``cache_identity_of``."""
     extractors: dict[str, str] = {}
     expected = {}
     for run in runs:
@@ -188,6 +189,13 @@ def expected_evaluations(runs: list[PlannedRun]) -> dict[str, str]:
         if evaluation.metrics:
             key = json.dumps(evaluation.feature_extractor.as_dict(), sort_keys=True)
             if key not in extractors:
-                extractors[key] = FeatureExtractor(evaluation.feature_extractor, torch.device("cpu"), batch_size=1).cache_identity()
+                extractors[key] = _extractor_identity(evaluation.feature_extractor, load)
             expected[run.run_id] = evaluation.identity(extractors[key])
     return expected
+
+
+def _extractor_identity(choice: Choice, load: bool) -> str:
+    said = getattr(choice.component.factory, "cache_identity_of", None)
+    if not load and callable(said):
+        return str(said(choice.params))
+    return FeatureExtractor(choice, torch.device("cpu"), batch_size=1).cache_identity()

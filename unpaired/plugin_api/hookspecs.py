@@ -143,6 +143,9 @@ def unpaired_register_feature_extractors(register: Register) -> None:
     weights are missing), the factory raises with a message that says how to get them.
     Real-image features are cached per extractor parameters; a module whose features depend
     on more (a weights file read from the environment) says what in ``cache_identity: str``.
+    A factory that can say it without building the module (the factory a class, with a static
+    ``cache_identity_of(params) -> str``) spares ``compare``, ``report`` and ``plan`` loading it:
+    they only need to know which evaluation the stored scores must carry.
     """
 
 

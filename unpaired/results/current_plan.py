@@ -46,9 +46,10 @@ class CurrentPlan:
 
 
 def current_plan(study: Study) -> CurrentPlan:
-    """``study`` (planned with the installed plugins) and the evaluation its runs need (loads each feature extractor)."""
+    """``study`` (planned with the installed plugins) and the evaluation its runs need (loading only the feature
+    extractors that cannot say their identity unbuilt)."""
     try:
-        return CurrentPlan(study, expected_evaluations(study.runs))
+        return CurrentPlan(study, expected_evaluations(study.runs, load=False))
     except UnpairedError as error:
         return CurrentPlan(study, {}, f"the scores are not checked against the study's evaluation: {error}")
 
