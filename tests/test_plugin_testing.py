@@ -63,6 +63,21 @@ MISBEHAVING = """
             features = images.float().mean(dim=(2, 3))
             return features - features.mean(0)
 
+    class MisnamedWeights(nn.Module):
+        '''Says one weights file unbuilt and another built: scores would be read as another evaluation's.'''
+
+        cache_identity = "weights-b.pth"
+
+        def __init__(self, params):
+            super().__init__()
+
+        @staticmethod
+        def cache_identity_of(params):
+            return "weights-a.pth"
+
+        def forward(self, images):
+            return images.float().mean(dim=(2, 3))
+
     @hookimpl
     def unpaired_register_generators(register):
         register("frozen", lambda params, norm: Frozen(), P, "ignores its weights")
@@ -78,6 +93,7 @@ MISBEHAVING = """
     @hookimpl
     def unpaired_register_feature_extractors(register):
         register("batch_centred", lambda params: BatchCentred(), P, "batch-dependent features")
+        register("misnamed_weights", MisnamedWeights, P, "an identity that differs built and unbuilt")
 """
 
 
@@ -100,6 +116,11 @@ def misbehaving(make_distribution):
             "feature_extractor",
             "batch_centred",
             "feature_extractor 'batch_centred' of odd-parts 0.3 must give an image the same features alone as in a batch",
+        ),
+        (
+            "feature_extractor",
+            "misnamed_weights",
+            "feature_extractor 'misnamed_weights' of odd-parts 0.3's cache_identity_of(params) says 'weights-a.pth', but the built",
         ),
     ],
 )

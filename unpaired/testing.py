@@ -283,6 +283,12 @@ def _check_extractor(choice: Choice, size: int) -> None:
         raise ContractError(f"{who} must give finite features (N, D), one row per image; it gave {tuple(together.shape)}")
     if not torch.allclose(together, apart, rtol=1e-3, atol=1e-4 * float(together.abs().max())):
         raise ContractError(f"{who} must give an image the same features alone as in a batch (use eval mode; no batch statistics)")
+    said = getattr(choice.component.factory, "cache_identity_of", None)
+    if callable(said) and str(said(choice.params)) != extractor.cache_identity():
+        raise ContractError(
+            f"{who}'s cache_identity_of(params) says {str(said(choice.params))!r}, but the built extractor's cache_identity is "
+            f"{extractor.cache_identity()!r}: compare and the report would expect scores of another evaluation than the runs carry"
+        )
 
 
 def _check_metric(choice: Choice, size: int) -> None:
