@@ -65,8 +65,8 @@ def frechet_distance(real: Tensor, fake: Tensor) -> float:
     With factors A, B of the covariances (S_r = A^T A, S_f = B^T B), tr((S_r S_f)^1/2) is the sum of the singular
     values of A B^T (the nonzero eigenvalues of A^T A B^T B are those of (A B^T)(A B^T)^T). A set of n rows in d
     features has the n x d factor of its centred rows, so with fewer images than features (every test split under
-    2048 images) the product is n x n: exact, and about a thousand times less work than the d x d eigenvalues of
-    S_r S_f that pytorch-fid and torchmetrics take (seconds per direction on a CPU)."""
+    2048 images) A B^T is only n_r x n_f: exact, and much cheaper than the eigenvalues of the d x d product S_r S_f that
+    pytorch-fid and torchmetrics take (130 vs 140 rows on 2 CPU cores: 0.02 s instead of 2.6 s)."""
     if min(real.shape[0], fake.shape[0]) < 2:
         raise ValueError(f"FID needs at least 2 images on each side, got {real.shape[0]} real and {fake.shape[0]} translated")
     a, b = _covariance_factor(real.double()), _covariance_factor(fake.double())

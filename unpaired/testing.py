@@ -284,9 +284,10 @@ def _check_extractor(choice: Choice, size: int) -> None:
     if not torch.allclose(together, apart, rtol=1e-3, atol=1e-4 * float(together.abs().max())):
         raise ContractError(f"{who} must give an image the same features alone as in a batch (use eval mode; no batch statistics)")
     said = getattr(choice.component.factory, "cache_identity_of", None)
-    if callable(said) and str(said(choice.params)) != extractor.cache_identity():
+    unbuilt = str(said(choice.params)) if callable(said) else extractor.cache_identity()
+    if unbuilt != extractor.cache_identity():
         raise ContractError(
-            f"{who}'s cache_identity_of(params) says {str(said(choice.params))!r}, but the built extractor's cache_identity is "
+            f"{who}'s cache_identity_of(params) says {unbuilt!r}, but the built extractor's cache_identity is "
             f"{extractor.cache_identity()!r}: compare and the report would expect scores of another evaluation than the runs carry"
         )
 
