@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +29,9 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
-from bench_train import synchronize, variant_for
-from unpaired.config.resolved import resolve_variant
+from bench_train import EngineTimer
 from unpaired.devices import gpu_algorithms, pick_device
-from unpaired.plugin_api.components import TrainingProgress
-from unpaired.plugin_api.registry import default_registry
-from unpaired.training.graphs import WARMUP_STEPS, StepRunner
-from unpaired.training.parts import build_method, runtime_of
-from unpaired.training.runtime import seed_everything
+from unpaired.training.graphs import WARMUP_STEPS
 
 KINDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("optimiser", ("adam", "multi_tensor", "foreach")),
@@ -62,28 +56,11 @@ def kind_of(name: str) -> str:
 
 def profile_step(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     """The step's wall time, kernels (or CPU operators), busy share, time by kind and top entries, per step."""
-    seed_everything(0)
-    variant = resolve_variant(variant_for(args, args.setting, args.method), default_registry())
-    method, runtime = build_method(variant, device, args.size), runtime_of(variant, device)
-    runner = StepRunner.for_run(method, runtime, variant.train.cuda_graphs)
-    shape = (args.batch, 3, args.size, args.size)
-    batch = tuple(runtime.to_device(torch.rand(shape) * 2 - 1) for _ in range(2))
-    progress = TrainingProgress(epoch=0, step=1, steps_per_epoch=1, total_epochs=1)
-
-    def steps(count: int) -> float:
-        synchronize(device)
-        started = time.perf_counter()
-        for _ in range(count):
-            runner(*batch, progress)
-        synchronize(device)
-        return (time.perf_counter() - started) / count
-
-    steps(WARMUP_STEPS + 2)  # warmed up, and captured for a +graphs setting
-    wall = steps(args.steps)
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with profile(activities=activities) as profiler:
-        steps(args.steps)
+    timer = EngineTimer(args, args.method, args.setting, device)  # built as bench_train times it: warmed up, and captured
+    wall = timer.run(args.steps)
     on_device = device.type == "cuda"
+    with profile(activities=[ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if on_device else [])]) as profiler:
+        timer.run(args.steps)
     events = [
         (event.name, event.time_range.elapsed_us() if on_device else event.self_cpu_time_total)
         for event in profiler.events()
@@ -97,7 +74,7 @@ def profile_step(args: argparse.Namespace, device: torch.device) -> dict[str, An
         "size": args.size,
         "blocks": args.blocks,
         "batch": args.batch,
-        "captured": runner.captured,
+        "captured": timer.step.captured,
     }
 
 
@@ -156,6 +133,8 @@ def main() -> None:
     parser.add_argument("--disc", default="patchgan", choices=["patchgan", "pooled"])
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--steps", type=int, default=10, help="steps timed, then the same number profiled")
+    parser.add_argument("--warmup", type=int, default=WARMUP_STEPS + 1, help="untimed steps first (with +graphs, at least the capture's)")
+    parser.set_defaults(with_data=False)  # in-memory batches, as bench_train without --with-data
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args()
