@@ -325,10 +325,9 @@ def test_reading_scores_knows_the_evaluation_without_loading_inception(registry,
     assert expected_evaluations(runs, load=False) == shared
 
     monkeypatch.setenv("UNPAIRED_FID_WEIGHTS", str(tmp_path / "missing.pth"))
-    monkeypatch.setattr(FeatureExtractor, "__init__", lambda *args: pytest.fail("the extractor was built"))
-    assert expected_evaluations(runs, load=False) != shared  # other weights, another evaluation, known unbuilt
-    assert InceptionFeatures.cache_identity_of(InceptionParams()) == str(tmp_path / "missing.pth")
-    monkeypatch.undo()
-    monkeypatch.setenv("UNPAIRED_FID_WEIGHTS", str(tmp_path / "missing.pth"))
+    with monkeypatch.context() as unbuildable:
+        unbuildable.setattr(FeatureExtractor, "__init__", lambda *args: pytest.fail("the extractor was built"))
+        assert expected_evaluations(runs, load=False) != shared  # other weights, another evaluation, known unbuilt
+        assert InceptionFeatures.cache_identity_of(InceptionParams()) == str(tmp_path / "missing.pth")
     with pytest.raises(EvaluationError, match="could not be loaded"):
         expected_evaluations(runs)

@@ -38,7 +38,7 @@ from unpaired import __version__, hookimpl
 from unpaired.config.overrides import merge, set_path
 from unpaired.config.resolved import ResolvedVariant, resolve_variant
 from unpaired.config.spec import component_slots
-from unpaired.evaluation.features import FeatureExtractor
+from unpaired.evaluation.features import FeatureExtractor, unbuilt_identity
 from unpaired.plugin_api.components import Choice, Component, ComponentKind, TrainingProgress, describe
 from unpaired.plugin_api.data import Domain, Split, Transform, UnpairedData
 from unpaired.plugin_api.registry import Registry
@@ -283,9 +283,8 @@ def _check_extractor(choice: Choice, size: int) -> None:
         raise ContractError(f"{who} must give finite features (N, D), one row per image; it gave {tuple(together.shape)}")
     if not torch.allclose(together, apart, rtol=1e-3, atol=1e-4 * float(together.abs().max())):
         raise ContractError(f"{who} must give an image the same features alone as in a batch (use eval mode; no batch statistics)")
-    said = getattr(choice.component.factory, "cache_identity_of", None)
-    unbuilt = str(said(choice.params)) if callable(said) else extractor.cache_identity()
-    if unbuilt != extractor.cache_identity():
+    unbuilt = unbuilt_identity(choice)
+    if unbuilt is not None and unbuilt != extractor.cache_identity():
         raise ContractError(
             f"{who}'s cache_identity_of(params) says {unbuilt!r}, but the built extractor's cache_identity is "
             f"{extractor.cache_identity()!r}: compare and the report would expect scores of another evaluation than the runs carry"

@@ -195,7 +195,13 @@ def expected_evaluations(runs: list[PlannedRun], load: bool = True) -> dict[str,
 
 
 def _extractor_identity(choice: Choice, load: bool) -> str:
-    said = getattr(choice.component.factory, "cache_identity_of", None)
-    if not load and callable(said):
-        return str(said(choice.params))
+    if not load and (said := unbuilt_identity(choice)) is not None:
+        return said
     return FeatureExtractor(choice, torch.device("cpu"), batch_size=1).cache_identity()
+
+
+def unbuilt_identity(choice: Choice) -> str | None:
+    """The ``cache_identity`` the extractor ``choice`` names will have, said by its factory's ``cache_identity_of(params)``
+    without building it; None when the factory cannot say."""
+    said = getattr(choice.component.factory, "cache_identity_of", None)
+    return str(said(choice.params)) if callable(said) else None
