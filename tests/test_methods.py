@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 
@@ -311,6 +312,34 @@ def test_scores_are_computed_in_float32_whatever_autocast_the_caller_is_in(one_w
         under_bf16 = scorer.score(translators, data, variant.data.as_dict())
         assert translators["AtoB"](data.test_image("A", 0)[None]).dtype == torch.bfloat16  # the caller's autocast is real
     assert plain.values == under_bf16.values and set(plain.values) >= {"fid_a2b", "fid_b2a", "fid_mean", "brightness_mean"}
+
+
+def test_a_study_scored_only_by_image_metrics_needs_no_feature_extractor(one_way, tmp_path):
+    """Inception was loaded for every scored study, so a study whose metrics all compare images was refused when its
+    weights were missing, and each run loaded a network it never used. Its scores do not depend on the extractor."""
+    missing = tmp_path / "missing.pth"
+    study = tmp_path / "study.yaml"
+    base = merge(BASE, {"eval": {"metrics": ["brightness"], "feature_extractor": {"name": "inception", "weights": str(missing)}}})
+    study.write_text(yaml.safe_dump({"name": "images", "base": base, "tracking": {"enabled": False}}))
+    ran = cli("run", str(study), "--quiet", cwd=tmp_path)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    [result] = [json.loads(path.read_text()) for path in (tmp_path / "runs" / "images").glob("*/seed*/result.json")]
+    assert result["status"] == "finished" and math.isfinite(result["metrics"]["brightness_a2b"])
+    compared = cli("compare", str(tmp_path / "runs" / "images"), "--format", "json")
+    assert compared.returncode == 0 and "rescore" not in compared.stdout, compared.stdout + compared.stderr
+
+    registry = Registry.from_entry_points()
+
+    def evaluation(metrics, extractor):
+        return resolve_variant(merge(base, {"eval": {"metrics": metrics, "feature_extractor": {"name": extractor}}}), registry).eval
+
+    images_only = evaluation(["brightness"], "inception")
+    assert not images_only.uses_features
+    assert images_only.identity("") == evaluation(["brightness"], "mean_colour").identity("") == result["scoring"]["identity"]
+    # a metric that uses features makes the extractor, and what it says of itself, part of the identity again
+    with_fid = evaluation(["fid", "brightness"], "mean_colour")
+    assert with_fid.uses_features and with_fid.identity("") != with_fid.identity("other weights")
+    assert with_fid.identity("") != evaluation(["fid", "brightness"], "inception").identity("")
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ the executors never look a component up or validate it again.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
@@ -48,22 +49,27 @@ class ResolvedEval:
             "feature_extractor": self.feature_extractor.as_dict(),
         }
 
+    @functools.cached_property
+    def uses_features(self) -> bool:
+        """Whether a metric compares feature rows, so that scoring needs ``feature_extractor`` (False when every metric
+        compares images, or none is chosen). Builds each metric once to ask it: a metric's factory is cheap."""
+        return any(choice.build().uses_features for choice in self.metrics)
+
     def identity(self, extractor_identity: str) -> str:
-        """12 hex digits identifying how scores are made: each metric and the feature extractor, named by distribution
-        and component with all their parameters and their distributions' versions, and ``extractor_identity`` (what the
-        built extractor says of itself, e.g. its weights file). The test images follow from the data parameters, part of
-        the run id. A new version of a package that only scores therefore makes a run *rescore*, never *stale*."""
-        made_by = {
-            "metrics": [m.identity() for m in self.metrics],
-            "extractor": self.feature_extractor.identity(),
-            "extractor_identity": extractor_identity,
-            "versions": self.plugins(),
-        }
+        """12 hex digits identifying how scores are made: each metric and, when a metric uses features, the feature
+        extractor, named by distribution and component with all their parameters and their distributions' versions, and
+        ``extractor_identity`` (what the built extractor says of itself, e.g. its weights file; ignored without features).
+        The test images follow from the data parameters, part of the run id. A new version of a package that only scores
+        therefore makes a run *rescore*, never *stale*."""
+        made_by: dict[str, Any] = {"metrics": [m.identity() for m in self.metrics], "versions": self.plugins()}
+        if self.uses_features:
+            made_by |= {"extractor": self.feature_extractor.identity(), "extractor_identity": extractor_identity}
         return _hash(made_by)
 
     def plugins(self) -> dict[str, str]:
-        """Distribution -> version of the packages providing the metrics and the feature extractor."""
-        return _versions([self.feature_extractor, *self.metrics])
+        """Distribution -> version of the packages providing the metrics and, when a metric uses features, the feature
+        extractor."""
+        return _versions([*self.metrics, *([self.feature_extractor] if self.uses_features else [])])
 
 
 @dataclass(frozen=True)

@@ -180,17 +180,22 @@ def folder_images(folder: Path, size: int) -> Iterable[Tensor]:
 
 def expected_evaluations(runs: list[PlannedRun], load: bool = True) -> dict[str, str]:
     """Run id -> the evaluation identity its scores must carry (runs that score nothing are left out). Loads each
-    feature extractor the runs need once, on the CPU, so a missing one also stops the study before training; with
-    ``load=False`` (reading scores, not making them) only those whose factory cannot say its ``cache_identity_of``."""
+    feature extractor the runs' metrics use once, on the CPU, so a missing one also stops the study before training;
+    with ``load=False`` (reading scores, not making them) only those whose factory cannot say its ``cache_identity_of``.
+    An evaluation whose metrics all compare images needs no extractor, so none is loaded for it."""
     extractors: dict[str, str] = {}
     expected = {}
     for run in runs:
         evaluation = run.resolved.eval
-        if evaluation.metrics:
+        if not evaluation.metrics:
+            continue
+        extractor_identity = ""
+        if evaluation.uses_features:
             key = json.dumps(evaluation.feature_extractor.as_dict(), sort_keys=True)
             if key not in extractors:
                 extractors[key] = _extractor_identity(evaluation.feature_extractor, load)
-            expected[run.run_id] = evaluation.identity(extractors[key])
+            extractor_identity = extractors[key]
+        expected[run.run_id] = evaluation.identity(extractor_identity)
     return expected
 
 

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from unpaired.config.resolved import ResolvedEval
-from unpaired.evaluation.features import FeatureExtractor, folder_images, real_features, translated
+from unpaired.evaluation.features import EvaluationError, FeatureExtractor, folder_images, real_features, translated
 from unpaired.plugin_api.data import Domain, UnpairedData, to_uint8
 from unpaired.plugin_api.methods import SOURCE_DOMAIN, TARGET_DOMAIN, Direction
 from unpaired.plugin_api.metrics import SHORT_DIRECTION, Metric, Score, score_columns
@@ -35,13 +35,20 @@ class Scores:
 
 
 class Scorer:
-    """A run's metrics, built, with the feature extractor they share (loaded once)."""
+    """A run's metrics, built, with the feature extractor they share (loaded once, and only when a metric uses features)."""
 
     def __init__(self, evaluation: ResolvedEval, device: torch.device):
         self.evaluation, self.device = evaluation, device
         self.metrics: dict[str, Metric] = {choice.component.name: choice.build() for choice in evaluation.metrics}
-        self.extractor = FeatureExtractor(evaluation.feature_extractor, device, evaluation.batch_size)
-        self.identity = evaluation.identity(self.extractor.cache_identity())
+        self._extractor = FeatureExtractor(evaluation.feature_extractor, device, evaluation.batch_size) if evaluation.uses_features else None
+        self.identity = evaluation.identity(self._extractor.cache_identity() if self._extractor else "")
+
+    @property
+    def extractor(self) -> FeatureExtractor:
+        """The feature extractor; only a scorer whose metrics use features has one."""
+        if self._extractor is None:
+            raise EvaluationError(f"no metric of {[name for name in self.metrics]} uses features, so this scorer loaded no feature extractor")
+        return self._extractor
 
     def scoring(self, directions: tuple[Direction, ...], data: UnpairedData) -> Scoring:
         """What the scores of ``directions`` on ``data``'s test split carry: this scorer's identity, the extractor by
