@@ -20,7 +20,7 @@ from unpaired.config.study import plan_study
 from unpaired.evaluation.features import EvaluationError, FeatureExtractor, expected_evaluations
 from unpaired_plugins.inception import InceptionFeatures, InceptionParams
 from unpaired_plugins.metrics import FID, KID, FidParams, KidParams
-from unpaired.plugin_api.registry import Registry
+from unpaired.plugin_api.registry import ComponentError, Registry
 from unpaired.storage.run_folder import RunFolder
 from unpaired.training.run import train_run
 
@@ -331,3 +331,26 @@ def test_reading_scores_knows_the_evaluation_without_loading_inception(registry,
         assert InceptionFeatures.cache_identity_of(InceptionParams()) == str(tmp_path / "missing.pth")
     with pytest.raises(EvaluationError, match="could not be loaded"):
         expected_evaluations(runs)
+
+
+class MissingPackageMetric:
+    @hookimpl
+    def unpaired_register_metrics(self, register):
+        def needs_lpips(params):
+            raise ImportError("No module named 'lpips'")
+
+        register("lpips", needs_lpips, TinyParams, "a metric whose package is not installed")
+
+
+def test_a_metric_that_cannot_be_built_is_named_before_anything_trains(tiny_registry):
+    """Whether scoring needs the feature extractor is asked of the built metrics, at planning: a plugin metric whose
+    factory fails is then named with its plugin and what to do, not shown as a traceback."""
+    tiny_registry.add_plugin(MissingPackageMetric(), "lpips", "tests", "0")
+    study = {"name": "broken", "base": merge(TINY_BASE, {"eval": {"metrics": ["fid", "lpips"]}}), "seeds": [0]}
+    runs = plan_study(study, tiny_registry, inputs=False).runs
+    with pytest.raises(ComponentError) as error:
+        expected_evaluations(runs, load=False)
+    assert str(error.value) == (
+        "metric 'lpips' of tests 0 could not be built (ImportError: No module named 'lpips'): fix or update its plugin, "
+        "or leave it out of eval.metrics"
+    )

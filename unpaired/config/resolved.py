@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from unpaired.config.command_line import override_variant
 from unpaired.config.documents import read_document
 from unpaired.config.spec import RUNTIME_ONLY_FIELDS, ComponentConfig, SpecError, TrainConfig, VariantSpec, component_slots
-from unpaired.plugin_api.components import Choice
+from unpaired.plugin_api.components import Choice, describe
 from unpaired.plugin_api.methods import unused_slots
 from unpaired.plugin_api.metrics import method_directions, score_columns
 from unpaired.errors import pydantic_problems
@@ -52,8 +52,10 @@ class ResolvedEval:
     @functools.cached_property
     def uses_features(self) -> bool:
         """Whether a metric compares feature rows, so that scoring needs ``feature_extractor`` (False when every metric
-        compares images, or none is chosen). Builds each metric once to ask it: a metric's factory is cheap."""
-        return any(choice.build().uses_features for choice in self.metrics)
+        compares images, or none is chosen). Builds every metric once to ask it (a metric's factory is cheap), so one that
+        cannot be built is named here, before anything trains."""
+        built = [_built_metric(choice) for choice in self.metrics]
+        return any(metric.uses_features for metric in built)
 
     def identity(self, extractor_identity: str) -> str:
         """12 hex digits identifying how scores are made: each metric and, when a metric uses features, the feature
@@ -145,6 +147,16 @@ class ResolvedVariant:
 def _variant_score_columns(method: Choice, metrics: tuple[Choice, ...]) -> list[str]:
     directions = method_directions(method.component.factory)
     return [column for metric in metrics for column in score_columns(metric.component.name, directions)]
+
+
+def _built_metric(choice: Choice) -> Any:
+    try:
+        return choice.build()
+    except Exception as error:  # a plugin's bug: named, before anything trains, instead of a traceback
+        raise ComponentError(
+            f"{describe(choice, 'metric')} could not be built ({type(error).__name__}: {error}): fix or update its plugin, "
+            "or leave it out of eval.metrics"
+        ) from error
 
 
 def _versions(chosen: Iterable[Choice]) -> dict[str, str]:
