@@ -34,9 +34,9 @@ def test_bench_train_reports_per_round_ratios_against_the_reference(tmp_path):
         "1",
         "--rounds",
         "3",
-        "--settings",
+        "--settings",  # a second setting that every CPU runs natively (bf16 is emulated, 10x slower, on CPUs without AVX512-BF16)
         "fp32",
-        "bf16",
+        "fp32+cl",
         "--methods",
         "cyclegan",
         "cut",
@@ -52,9 +52,9 @@ def test_bench_train_reports_per_round_ratios_against_the_reference(tmp_path):
     report = json.loads(out.read_text())
     assert [(row["method"], row["setting"]) for row in report["engine"]] == [
         ("cyclegan", "fp32"),
-        ("cyclegan", "bf16"),
+        ("cyclegan", "fp32+cl"),
         ("cut", "fp32"),
-        ("cut", "bf16"),
+        ("cut", "fp32+cl"),
     ]
     assert len(report["rounds"]) == 3
     assert report["reference_s_per_iter"] == statistics.median(r["reference"] for r in report["rounds"])
@@ -116,6 +116,7 @@ def test_the_gpu_check_runs_its_harness_on_the_cpu_where_every_fp32_comparison_i
     must agree exactly, resume must be bit-exact and FID identical: what makes its findings on a GPU trustworthy."""
     out = tmp_path / "gpu.json"
     command = [sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--quick", "--device", "cpu", "--json", str(out)]
+    command += ["--budget", "840"]  # its 6 minutes are an H200's; this is the harness on a shared CPU (232 s seen)
     result = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(out.read_text())
