@@ -142,17 +142,22 @@ class NceOfEachStep:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["cut", "fastcut"])
-def test_cut_and_fastcut_learn_the_synthetic_task(registry, tmp_path, method):
-    """FID A -> B (Inception, 32 test images at 32 px) of the generator after 16 epochs of 24 steps, against the same
-    generator untrained. Measured on a 2-core AMD EPYC (seeds 0 and 1): trained / untrained 0.933 and 0.863 for CUT,
-    0.877 and 0.807 for FastCUT; the last epoch's mean NCE over its first 5 steps': 0.39 and 0.38 (CUT), 0.33 and 0.32
-    (FastCUT). At 32 px the task is hard for a tiny network: longer runs and other sizes measured 0.86 to 1.04 for CUT."""
+def test_cut_and_fastcut_training_moves_fid_off_the_untrained_generator_and_halves_patchnce(registry, tmp_path, method):
+    """FID A -> B (Inception, 32 test images at 32 px) of the generator after 8 epochs of 24 steps at a constant rate
+    and 8 decaying to zero (the paper's schedule), against the same generator untrained.
+
+    At this size the trained FID lands near that of the untranslated images (A against B: 362), so this shows the
+    generators train and their translations leave the untrained network's noise (443.6), not that they learn B's look.
+    A single epoch's FID swings by 10 - 20 % here, so only a decayed rate gives a final FID that holds across CPUs and
+    thread counts: with 15 constant epochs and one decaying, seed 0 gave 0.84 on 2 threads and 0.98 on 1 (this
+    test's share of the cores in the suite), on a 2-core AMD EPYC without AVX512. With this schedule, trained /
+    untrained on that CPU: CUT 0.858 (1 thread) and 0.842 (2 threads), FastCUT 0.873 and 0.836."""
     spec = {
         "method": {"name": method, "nce_layers": ["input", "down1", "down2", "block1", "block2"], "num_patches": 64},
         "data": {"name": "synthetic", "size": 32, "n_train": 24, "n_test": 32},
         "generator": {"name": "resnet", "n_blocks": 2, "ngf": 16},
         "discriminator": {"name": "patchgan", "ndf": 16, "n_layers": 2},
-        "train": {"epochs": 15, "decay_epochs": 1, "lr": 5e-4, "num_workers": 0, "log_every": 1},
+        "train": {"epochs": 8, "decay_epochs": 8, "lr": 5e-4, "num_workers": 0, "log_every": 1},
         "samples": 0,
         "eval": {"metrics": ["fid"]},
     }
