@@ -47,7 +47,7 @@ class Scorer:
     def extractor(self) -> FeatureExtractor:
         """The feature extractor; only a scorer whose metrics use features has one."""
         if self._extractor is None:
-            raise EvaluationError(f"no metric of {[name for name in self.metrics]} uses features, so this scorer loaded no feature extractor")
+            raise EvaluationError(f"no metric of {list(self.metrics)} uses features, so this scorer loaded no feature extractor")
         return self._extractor
 
     def scoring(self, directions: tuple[Direction, ...], data: UnpairedData) -> Scoring:
