@@ -354,7 +354,8 @@ def bench_train(device: torch.device, folder: Path, quick: bool, reference: Path
 def bench_compiled(device: torch.device, folder: Path, reference: Path, deadline: float) -> dict[str, Any]:
     """bench_train for bf16 + channels_last captured, the same with the networks compiled inside the captured step
     (Inductor's fused kernels; the compilation happens in the warm-up steps and is not timed), and bf16 captured without
-    channels_last (instance norm copies a channels-last input to contiguous on CUDA: whether the layout pays there)."""
+    channels_last (PyTorch's instance norm returns a channels-last input contiguous, seen on a CPU with torch 2.14: whether
+    the layout still pays under graphs)."""
     settings = ["bf16+graphs", "bf16+cl+graphs", "bf16+cl+compile+graphs"]
     timing = ["--blocks", "9", "--iters", "20", "--warmup", "3", "--rounds", "2"]
     return timed_settings(device, 256, settings, timing, reference, folder / "compiled.json", deadline)
