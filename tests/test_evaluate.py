@@ -18,6 +18,7 @@ from unpaired.config.overrides import merge
 from unpaired.config.resolved import resolve_variant
 from unpaired.config.study import plan_study
 from unpaired.evaluation.features import EvaluationError, FeatureExtractor, expected_evaluations
+from unpaired.evaluation.scoring import Scorer
 from unpaired_plugins.inception import InceptionFeatures, InceptionParams
 from unpaired_plugins.metrics import FID, KID, FidParams, KidParams
 from unpaired.plugin_api.registry import ComponentError, Registry
@@ -344,13 +345,18 @@ class MissingPackageMetric:
 
 def test_a_metric_that_cannot_be_built_is_named_before_anything_trains(tiny_registry):
     """Whether scoring needs the feature extractor is asked of the built metrics, at planning: a plugin metric whose
-    factory fails is then named with its plugin and what to do, not shown as a traceback."""
+    factory fails is then named with its plugin and what to do, not shown as a traceback. So is it where a scorer is built
+    without planning (``unpaired score`` of a run folder, ``unpaired fid``)."""
     tiny_registry.add_plugin(MissingPackageMetric(), "lpips", "tests", "0")
     study = {"name": "broken", "base": merge(TINY_BASE, {"eval": {"metrics": ["fid", "lpips"]}}), "seeds": [0]}
     runs = plan_study(study, tiny_registry, inputs=False).runs
-    with pytest.raises(ComponentError) as error:
-        expected_evaluations(runs, load=False)
-    assert str(error.value) == (
+    named = (
         "metric 'lpips' of tests 0 could not be built (ImportError: No module named 'lpips'): fix or update its plugin, "
         "or leave it out of eval.metrics"
     )
+    with pytest.raises(ComponentError) as error:
+        expected_evaluations(runs, load=False)
+    assert str(error.value) == named
+    with pytest.raises(ComponentError) as error:
+        Scorer(runs[0].resolved.eval, torch.device("cpu"))
+    assert str(error.value) == named

@@ -24,7 +24,7 @@ from unpaired.config.documents import read_document
 from unpaired.config.spec import RUNTIME_ONLY_FIELDS, ComponentConfig, SpecError, TrainConfig, VariantSpec, component_slots
 from unpaired.plugin_api.components import Choice, describe
 from unpaired.plugin_api.methods import unused_slots
-from unpaired.plugin_api.metrics import method_directions, score_columns
+from unpaired.plugin_api.metrics import Metric, method_directions, score_columns
 from unpaired.errors import pydantic_problems
 from unpaired.plugin_api.registry import ComponentError, InvalidParamsError, Registry
 
@@ -49,13 +49,17 @@ class ResolvedEval:
             "feature_extractor": self.feature_extractor.as_dict(),
         }
 
+    def build_metrics(self) -> dict[str, Metric]:
+        """Each chosen metric, built afresh, by name. One whose factory raises is named (a ``ComponentError``) instead of
+        shown as a plugin's traceback."""
+        return {choice.component.name: _built_metric(choice) for choice in self.metrics}
+
     @functools.cached_property
     def uses_features(self) -> bool:
         """Whether a metric compares feature rows, so that scoring needs ``feature_extractor`` (False when every metric
         compares images, or none is chosen). Builds every metric once to ask it (a metric's factory is cheap), so one that
         cannot be built is named here, before anything trains."""
-        built = [_built_metric(choice) for choice in self.metrics]
-        return any(metric.uses_features for metric in built)
+        return any(metric.uses_features for metric in self.build_metrics().values())
 
     def identity(self, extractor_identity: str) -> str:
         """12 hex digits identifying how scores are made: each metric and, when a metric uses features, the feature
@@ -149,7 +153,7 @@ def _variant_score_columns(method: Choice, metrics: tuple[Choice, ...]) -> list[
     return [column for metric in metrics for column in score_columns(metric.component.name, directions)]
 
 
-def _built_metric(choice: Choice) -> Any:
+def _built_metric(choice: Choice) -> Metric:
     try:
         return choice.build()
     except Exception as error:  # a plugin's bug: named, before anything trains, instead of a traceback

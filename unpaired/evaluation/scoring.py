@@ -20,7 +20,7 @@ from unpaired.config.resolved import ResolvedEval
 from unpaired.evaluation.features import EvaluationError, FeatureExtractor, folder_images, real_features, translated
 from unpaired.plugin_api.data import Domain, UnpairedData, to_uint8
 from unpaired.plugin_api.methods import SOURCE_DOMAIN, TARGET_DOMAIN, Direction
-from unpaired.plugin_api.metrics import SHORT_DIRECTION, Metric, Score, score_columns
+from unpaired.plugin_api.metrics import SHORT_DIRECTION, Score, score_columns
 from unpaired.plugin_api.lifecycle import Scoring
 
 
@@ -39,8 +39,9 @@ class Scorer:
 
     def __init__(self, evaluation: ResolvedEval, device: torch.device):
         self.evaluation, self.device = evaluation, device
-        self.metrics: dict[str, Metric] = {choice.component.name: choice.build() for choice in evaluation.metrics}
-        self._extractor = FeatureExtractor(evaluation.feature_extractor, device, evaluation.batch_size) if evaluation.uses_features else None
+        self.metrics = evaluation.build_metrics()
+        uses_features = any(metric.uses_features for metric in self.metrics.values())
+        self._extractor = FeatureExtractor(evaluation.feature_extractor, device, evaluation.batch_size) if uses_features else None
         self.identity = evaluation.identity(self._extractor.cache_identity() if self._extractor else "")
 
     @property
