@@ -325,6 +325,7 @@ def test_a_study_scored_only_by_image_metrics_needs_no_feature_extractor(one_way
     assert ran.returncode == 0, ran.stderr[-3000:]
     [result] = [json.loads(path.read_text()) for path in (tmp_path / "runs" / "images").glob("*/seed*/result.json")]
     assert result["status"] == "finished" and math.isfinite(result["metrics"]["brightness_a2b"])
+    assert result["scoring"]["extractor"] == ""  # no extractor made these scores, so none is named beside them
     compared = cli("compare", str(tmp_path / "runs" / "images"), "--format", "json")
     assert compared.returncode == 0 and "rescore" not in compared.stdout, compared.stdout + compared.stderr
 

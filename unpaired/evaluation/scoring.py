@@ -53,12 +53,13 @@ class Scorer:
 
     def scoring(self, directions: tuple[Direction, ...], data: UnpairedData) -> Scoring:
         """What the scores of ``directions`` on ``data``'s test split carry: this scorer's identity, the extractor by
-        name, which way each headline column is better, and the number of test images of each domain."""
+        name (none when no metric uses features), which way each headline column is better, and the number of test images
+        of each domain."""
         columns = {column: metric for name, metric in self.metrics.items() for column in score_columns(name, directions)}
         images = {domain: data.size("test", domain) for domain in SOURCE_DOMAIN.values()}
         return Scoring(
             identity=self.identity,
-            extractor=self.evaluation.feature_extractor.name,
+            extractor=self.evaluation.feature_extractor.name if self._extractor else "",
             lower_is_better={column: metric.lower_is_better for column, metric in columns.items()},
             test_images=images,
             labels={column: metric.label or column.rsplit("_", 1)[0] for column, metric in columns.items()},

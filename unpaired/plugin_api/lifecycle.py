@@ -55,7 +55,7 @@ class Scoring(BaseModel):
     identity: str
     """Hash of the metrics and the feature extractor, with all their parameters (``ResolvedEval.identity``)."""
     extractor: str
-    """The feature extractor by name, as reports head its scores."""
+    """The feature extractor by name, as reports head its scores; empty when no metric compares features."""
     lower_is_better: dict[str, bool]
     """Each headline score column (``fid_a2b``, ``fid_mean``, ...) -> whether smaller is better."""
     test_images: dict[str, int] = {}

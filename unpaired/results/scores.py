@@ -22,7 +22,7 @@ def describe_scores(runs: pd.DataFrame, scorings: Iterable[Scoring]) -> pd.DataF
     runs.attrs["lower_is_better"] = {k: v for scoring in scorings for k, v in scoring.lower_is_better.items()}
     runs.attrs["labels"] = {k: v for scoring in scorings for k, v in scoring.labels.items()}
     runs.attrs["from_features"] = {k: v for scoring in scorings for k, v in scoring.from_features.items()}
-    runs.attrs["extractors"] = sorted({scoring.extractor for scoring in scorings})
+    runs.attrs["extractors"] = sorted({scoring.extractor for scoring in scorings if scoring.extractor})
     images = [min(scoring.test_images.values()) for scoring in scorings if scoring.test_images]
     runs.attrs["test_images"] = min(images) if images else None
     runs.attrs["caveats"] = list(dict.fromkeys(caveat for scoring in scorings for caveat in scoring.caveats))
