@@ -40,6 +40,17 @@ def _indices(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"{text!r} is not a list of test image indices like 0,5,9") from None
 
 
+def _at_least_one(text: str) -> int:
+    """A whole number of at least 1: a size in pixels, a batch size, a number of jobs."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return value
+
+
 def _add_study_commands(commands: argparse._SubParsersAction) -> None:
     validate = commands.add_parser("validate", help="check a study file without training")
     validate.add_argument("study", help="study file (YAML or JSON)")
@@ -54,7 +65,7 @@ def _add_study_commands(commands: argparse._SubParsersAction) -> None:
     plan.add_argument("--seeds", nargs="+", type=int, metavar="SEED", help="only these seeds")
     plan.add_argument(
         "--jobs",
-        type=int,
+        type=_at_least_one,
         metavar="N",
         help="the --jobs you will run with: a queued CPU run whose thread count would differ from a finished seed's says so",
     )
@@ -119,11 +130,11 @@ def _add_tool_commands(commands: argparse._SubParsersAction) -> None:
     fid = commands.add_parser("fid", help="FID and KID between two image folders")
     fid.add_argument("first")
     fid.add_argument("second")
-    fid.add_argument("--size", type=int, default=256, help="images are resized to SIZE x SIZE first (default 256)")
+    fid.add_argument("--size", type=_at_least_one, default=256, help="images are resized to SIZE x SIZE first (default 256)")
     fid.add_argument("--extractor", help="feature extractor component (default: the default one, see `unpaired plugins`)")
     fid.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="a parameter of the extractor (repeatable)")
     fid.add_argument("--weights", help="the inception extractor's local weights file, i.e. --param weights=PATH (default: $UNPAIRED_FID_WEIGHTS)")
-    fid.add_argument("--batch-size", type=int, default=25)
+    fid.add_argument("--batch-size", type=_at_least_one, default=25, help="images per pass of the feature extractor (default 25)")
     fid.add_argument("--device", default="auto")
     fid.set_defaults(handler=cmd_fid, command_parser=fid)
 
@@ -141,7 +152,7 @@ def _add_tool_commands(commands: argparse._SubParsersAction) -> None:
         "--direction", choices=["AtoB", "BtoA"], help="which generator (default: the one the file holds; a training checkpoint holds two: required)"
     )
     translate.add_argument("--out", required=True, help="folder for the translated PNGs")
-    translate.add_argument("--size", type=int, default=0, help="resize inputs to SIZE x SIZE (default: the training crop size)")
+    translate.add_argument("--size", type=_at_least_one, help="resize inputs to SIZE x SIZE (default: the training crop size)")
     translate.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     translate.set_defaults(handler=cmd_translate, command_parser=translate)
 
