@@ -10,6 +10,7 @@ from pydantic import Field
 
 from unpaired.plugin_api import (
     IMAGE_EXTENSIONS,
+    UNREADABLE_IMAGE,
     DataError,
     Domain,
     Notice,
@@ -53,7 +54,7 @@ class ImageFolders(UnpairedData):
                         readable.append(path)
                         if params.cache:
                             decoded.append(image)
-                    except (OSError, ValueError, Image.DecompressionBombError) as error:
+                    except UNREADABLE_IMAGE as error:
                         unreadable.append(f"{path} ({error})")
                 if not readable:
                     raise DataError(f"{folder} holds no readable images ({', '.join(e.lstrip('.') for e in IMAGE_EXTENSIONS)})")

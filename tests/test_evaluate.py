@@ -231,6 +231,16 @@ def test_fid_command_between_two_folders(tmp_path):
     unknown = run_cli("fid", str(tmp_path / "data" / "testA"), str(tmp_path / "data" / "testB"), "--param", "weight=x")
     assert unknown.returncode == 2 and "--extractor.weight: unknown key; did you mean 'weights'?" in unknown.stderr
 
+    first, second = tmp_path / "data" / "testA", tmp_path / "data" / "testB"
+    (first / "cut-short.png").write_bytes((first / "00000.png").read_bytes()[:60])  # a score of fewer images than asked is refused
+    (second / "notes.jpg").write_text("not an image")
+    unreadable = run_cli("fid", str(first), str(second), "--size", "32")
+    assert unreadable.returncode == 1 and "Traceback" not in unreadable.stderr, unreadable.stderr
+    assert f"{first}: 1 image(s) cannot be read: {first / 'cut-short.png'} (" in unreadable.stderr
+    assert f"{second}: 1 image(s) cannot be read: {second / 'notes.jpg'} (" in unreadable.stderr
+    too_small = run_cli("fid", str(first), str(second), "--size", "0")
+    assert too_small.returncode == 2 and "argument --size: '0' is not a whole number of at least 1" in too_small.stderr
+
 
 def test_preflight_stops_the_study_before_training_when_the_weights_are_missing(tmp_path):
     study = tmp_path / "study.yaml"

@@ -117,10 +117,10 @@ def cmd_fid(args: argparse.Namespace) -> int:
     from unpaired.evaluation.scoring import Scorer
     from unpaired.devices import gpu_algorithms, pick_device
 
-    problems = []
-    for folder in (args.first, args.second):  # both folders checked (listed, not loaded) before the extractor loads
+    images, problems = [], []
+    for folder in (args.first, args.second):  # both folders read, and every problem of either named, before the extractor loads
         try:
-            folder_images(Path(folder), args.size)
+            images.append(folder_images(Path(folder), args.size))
         except EvaluationError as error:
             problems.append(str(error))
     if problems:
@@ -131,7 +131,7 @@ def cmd_fid(args: argparse.Namespace) -> int:
     metrics = tuple(registry.resolve("metric", {"name": name}) for name in registry.defaults("metric"))
     evaluation = ResolvedEval(metrics, 0, args.batch_size, registry.resolve("feature_extractor", config, where="--extractor"), None)
     with gpu_algorithms(deterministic=False):  # inference only: cuDNN may autotune
-        scores = Scorer(evaluation, pick_device(args.device)).score_folders(Path(args.first), Path(args.second), args.size)
+        scores = Scorer(evaluation, pick_device(args.device)).score_images(*images)
     print("   ".join(f"{name} {value:.6g}" for name, value in scores.items()))
     return 0
 

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from unpaired.config.study import PlannedRun
 from unpaired.errors import Notice, UnpairedError
 from unpaired.plugin_api.components import Choice
-from unpaired.plugin_api.data import Domain, Transform, UnpairedData, list_images, load_image, to_uint8
+from unpaired.plugin_api.data import UNREADABLE_IMAGE, Domain, Transform, UnpairedData, list_images, load_image, to_uint8
 from unpaired.signals import raise_if_stopped
 from unpaired.storage.files import atomic_save, load_tensors
 
@@ -167,15 +167,24 @@ def translated(generator: nn.Module, data: UnpairedData, domain: Domain, batch_s
                 yield from generator(batch.float()).float().cpu()
 
 
-def folder_images(folder: Path, size: int) -> Iterable[Tensor]:
-    """The images of a folder resized to ``size`` x ``size`` as [-1, 1] tensors (the test pre-processing)."""
+def folder_images(folder: Path, size: int) -> list[Tensor]:
+    """Every image of a folder resized to ``size`` x ``size`` as [-1, 1] tensors (the test pre-processing). A score
+    compares all of them, so a file that cannot be decoded is an error naming it (with every other one), not skipped."""
     transform = Transform(load_size=None, crop_size=size, crop=False, flip=False)
     if not folder.is_dir():
         raise EvaluationError(f"{folder} is not a folder" + ("" if folder.is_absolute() else f" (relative to {Path.cwd()})"))
     paths = list_images(folder)
     if len(paths) < 2:
         raise EvaluationError(f"{folder} holds {len(paths)} image(s); FID needs at least 2")
-    return (transform.test(load_image(path)) for path in paths)
+    images, unreadable = [], []
+    for path in paths:
+        try:
+            images.append(transform.test(load_image(path)))
+        except UNREADABLE_IMAGE as error:
+            unreadable.append(f"{path} ({error})")
+    if unreadable:
+        raise EvaluationError(f"{folder}: {len(unreadable)} image(s) cannot be read: {'; '.join(unreadable)}; fix or remove them")
+    return images
 
 
 def expected_evaluations(runs: list[PlannedRun], load: bool = True) -> dict[str, str]:

@@ -10,14 +10,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from unpaired.config.resolved import ResolvedEval
-from unpaired.evaluation.features import EvaluationError, FeatureExtractor, folder_images, real_features, translated
+from unpaired.evaluation.features import EvaluationError, FeatureExtractor, real_features, translated
 from unpaired.plugin_api.data import Domain, UnpairedData, to_uint8
 from unpaired.plugin_api.methods import SOURCE_DOMAIN, TARGET_DOMAIN, Direction
 from unpaired.plugin_api.metrics import SHORT_DIRECTION, Score, score_columns
@@ -88,11 +87,9 @@ class Scorer:
         """The real test images of ``domain`` and their features, each made only when a metric asks for it."""
         return (lambda: list(data.test_images(domain))), (lambda: real_features(data, dataset, domain, self.extractor))
 
-    def score_folders(self, first: Path, second: Path, size: int) -> dict[str, float]:
-        """Each metric between the images of two folders, both pre-processed like test images (``unpaired fid``)."""
-        first_images = folder_images(first, size)  # both checked before loading
-        second_images = folder_images(second, size)
-        real, fake = list(first_images), list(second_images)
+    def score_images(self, real: list[Tensor], fake: list[Tensor]) -> dict[str, float]:
+        """Each metric of ``fake`` against ``real``, [-1, 1] images pre-processed like test images (``unpaired fid``
+        reads them with :func:`~unpaired.evaluation.features.folder_images`); a score's details as ``NAME_DETAIL``."""
         values: dict[str, float] = {}
         for name, score in self._compare(lambda: real, fake, lambda: self.extractor(real)).items():
             values |= {name: score.value, **{f"{name}_{detail}": v for detail, v in score.details.items()}}

@@ -27,6 +27,7 @@ from unpaired.plugin_api.components import (
 )
 from unpaired.plugin_api.data import (
     IMAGE_EXTENSIONS,
+    UNREADABLE_IMAGE,
     DataError,
     Domain,
     Split,
@@ -52,6 +53,7 @@ __all__ = [
     "Workers",
     "DIRECTIONS",
     "IMAGE_EXTENSIONS",
+    "UNREADABLE_IMAGE",
     "DataError",
     "Direction",
     "Domain",

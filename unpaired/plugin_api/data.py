@@ -27,6 +27,8 @@ from unpaired.errors import UnpairedError
 Split = Literal["train", "test"]
 Domain = Literal["A", "B"]
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+UNREADABLE_IMAGE = (OSError, ValueError, Image.DecompressionBombError)
+"""What :func:`load_image` raises for a file it cannot decode (to catch and name the file)."""
 
 
 class DataError(UnpairedError):
@@ -46,7 +48,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def load_image(path: str | Path) -> Image.Image:
-    """Decode an image file fully and return it as 8-bit RGB; raises OSError/ValueError when unreadable."""
+    """Decode an image file fully and return it as 8-bit RGB; raises one of :data:`UNREADABLE_IMAGE` when unreadable."""
     with Image.open(path) as image:
         image.load()
         return to_rgb(image)

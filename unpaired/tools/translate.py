@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from PIL import Image
 from torch import nn
 
 from unpaired.errors import InputError
-from unpaired.plugin_api.data import IMAGE_EXTENSIONS, Transform, list_images, load_image, save_grid
+from unpaired.plugin_api.data import IMAGE_EXTENSIONS, UNREADABLE_IMAGE, Transform, list_images, load_image, save_grid
 from unpaired.plugin_api.registry import Registry
 from unpaired.storage.records import Direction, ExportedGenerator
 
@@ -34,7 +33,7 @@ def translate(generator: nn.Module, inputs: list[Path], out_dir: Path, size: int
     for path in inputs:
         try:
             image = transform.test(load_image(path)).unsqueeze(0).to(device)
-        except (OSError, ValueError, Image.DecompressionBombError) as error:
+        except UNREADABLE_IMAGE as error:
             skipped.append(f"{path} ({error})")
             continue
         target = out_dir / f"{path.stem}.png"
