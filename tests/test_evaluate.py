@@ -240,6 +240,8 @@ def test_fid_command_between_two_folders(tmp_path):
     assert f"{second}: 1 image(s) cannot be read: {second / 'notes.jpg'} (" in unreadable.stderr
     too_small = run_cli("fid", str(first), str(second), "--size", "0")
     assert too_small.returncode == 2 and "argument --size: '0' is not a whole number of at least 1" in too_small.stderr
+    nowhere = run_cli("fid", str(first), str(second), "--device", "gpu")
+    assert nowhere.returncode == 2 and "argument --device: 'gpu' is not a device: use auto, cpu, cuda, cuda:N or mps" in nowhere.stderr
 
 
 def test_preflight_stops_the_study_before_training_when_the_weights_are_missing(tmp_path):

@@ -16,19 +16,20 @@ class DeviceError(UnpairedError):
     """The device a spec names is not there."""
 
 
-def pick_device(name: str) -> torch.device:
-    """``auto``: the first CUDA GPU, else Apple MPS, else the CPU; otherwise the named device (checked)."""
+def pick_device(name: str, where: str = "train.device") -> torch.device:
+    """``auto``: the first CUDA GPU, else Apple MPS, else the CPU; otherwise the named device, checked (an error names
+    ``where`` it was asked for: the spec's field or a command's option)."""
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
         return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise DeviceError(f"train.device is {name!r} but no CUDA GPU is visible; use 'auto' or 'cpu'")
+        raise DeviceError(f"{where} is {name!r} but no CUDA GPU is visible; use 'auto' or 'cpu'")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise DeviceError(f"train.device is {name!r} but only {torch.cuda.device_count()} CUDA GPU(s) are visible")
+        raise DeviceError(f"{where} is {name!r} but only {torch.cuda.device_count()} CUDA GPU(s) are visible")
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise DeviceError("train.device is 'mps' but MPS is not available; use 'auto' or 'cpu'")
+        raise DeviceError(f"{where} is 'mps' but MPS is not available; use 'auto' or 'cpu'")
     return device
 
 

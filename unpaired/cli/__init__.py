@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import traceback
 from collections.abc import Sequence
@@ -13,6 +14,7 @@ import argcomplete
 from unpaired import __version__
 from unpaired.cli.executor_options import add_executor_options
 from unpaired.cli.study_commands import cmd_compare, cmd_plan, cmd_report, cmd_run, cmd_schema, cmd_score, cmd_validate
+from unpaired.config.spec import DEVICE_NAME
 from unpaired.cli.tool_commands import cmd_data_download, cmd_data_export, cmd_fid, cmd_plugins, cmd_train, cmd_translate
 from unpaired.errors import Interrupted, StopRequested, UnpairedError, print_notices_plainly
 from unpaired.tools.download import DATASETS
@@ -49,6 +51,13 @@ def _at_least_one(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
     return value
+
+
+def _device(text: str) -> str:
+    """A device name a run could also take (``train.device``)."""
+    if not re.match(DEVICE_NAME, text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device: use auto, cpu, cuda, cuda:N or mps")
+    return text
 
 
 def _add_study_commands(commands: argparse._SubParsersAction) -> None:
@@ -109,7 +118,7 @@ def _add_study_commands(commands: argparse._SubParsersAction) -> None:
     report.add_argument(
         "--images", type=_indices, help="which test images they translate, by index: 0,5,9 (default: 6 spread evenly over the test split)"
     )
-    report.add_argument("--device", default="auto", help="where the generators run: auto, cpu, cuda, cuda:N or mps")
+    report.add_argument("--device", type=_device, default="auto", help="where the generators run: auto, cpu, cuda, cuda:N or mps")
     report.set_defaults(handler=cmd_report, command_parser=report)
 
     schema = commands.add_parser("schema", help="print the JSON Schema of study files (for editor completion)")
@@ -118,7 +127,7 @@ def _add_study_commands(commands: argparse._SubParsersAction) -> None:
     score = commands.add_parser("score", help="score saved generators again (a run folder, a study output folder or a study file)")
     score.add_argument("target")
     score.add_argument("--epoch", type=int, help="the best epoch kept by periodic evaluation (default: the final generators)")
-    score.add_argument("--device", default="auto")
+    score.add_argument("--device", type=_device, default="auto", help="where the generators run: auto, cpu, cuda, cuda:N or mps")
     score.set_defaults(handler=cmd_score, command_parser=score)
 
 
@@ -135,7 +144,7 @@ def _add_tool_commands(commands: argparse._SubParsersAction) -> None:
     fid.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="a parameter of the extractor (repeatable)")
     fid.add_argument("--weights", help="the inception extractor's local weights file, i.e. --param weights=PATH (default: $UNPAIRED_FID_WEIGHTS)")
     fid.add_argument("--batch-size", type=_at_least_one, default=25, help="images per pass of the feature extractor (default 25)")
-    fid.add_argument("--device", default="auto")
+    fid.add_argument("--device", type=_device, default="auto", help="where the extractor runs: auto, cpu, cuda, cuda:N or mps")
     fid.set_defaults(handler=cmd_fid, command_parser=fid)
 
     train = commands.add_parser("train", help="train one variant spec (YAML/JSON) into a folder, never tracked in MLflow; reruns resume")
@@ -153,7 +162,7 @@ def _add_tool_commands(commands: argparse._SubParsersAction) -> None:
     )
     translate.add_argument("--out", required=True, help="folder for the translated PNGs")
     translate.add_argument("--size", type=_at_least_one, help="resize inputs to SIZE x SIZE (default: the training crop size)")
-    translate.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    translate.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda, cuda:N or mps")
     translate.set_defaults(handler=cmd_translate, command_parser=translate)
 
     data = commands.add_parser("data", help="make or fetch datasets").add_subparsers(dest="data_command", required=True, metavar="ACTION")

@@ -209,7 +209,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     from unpaired.evaluation.rescore import rescore_folder
     from unpaired.devices import gpu_algorithms, pick_device
 
-    registry, device = plugin_registry(), pick_device(args.device)
+    registry, device = plugin_registry(), pick_device(args.device, "--device")
     folders = _run_folders(Path(args.target))
     if not folders:
         raise UsageError(f"{args.target} holds no run that has finished yet: nothing to score")
@@ -304,6 +304,6 @@ def cmd_report(args: argparse.Namespace) -> int:
     fmt = args.format or ("markdown" if args.out and Path(args.out).suffix.lower() == ".md" else "html")
     metric = args.metric or read_index(out)[0].get("metric")
     target = Path(args.out) if args.out else None
-    path = write_report(out, plugin_registry(), target, fmt, metric, args.seed, pick_device(args.device), args.images)
+    path = write_report(out, plugin_registry(), target, fmt, metric, args.seed, pick_device(args.device, "--device"), args.images)
     print(f"report written to {path}")
     return 0

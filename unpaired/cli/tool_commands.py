@@ -103,7 +103,7 @@ def cmd_translate(args: argparse.Namespace) -> int:
     from unpaired.devices import pick_device
 
     generator, size, direction = load_generator(Path(args.checkpoint), args.direction, plugin_registry())
-    written, skipped = translate(generator, collect_inputs(Path(args.input)), Path(args.out), args.size or size, pick_device(args.device))
+    written, skipped = translate(generator, collect_inputs(Path(args.input)), Path(args.out), args.size or size, pick_device(args.device, "--device"))
     print(f"wrote {len(written)} image(s) to {args.out}, translated {direction} at {args.size or size} px")
     for reason in skipped:
         print(f"warning: skipped an unreadable image: {reason}", file=sys.stderr)
@@ -131,7 +131,7 @@ def cmd_fid(args: argparse.Namespace) -> int:
     metrics = tuple(registry.resolve("metric", {"name": name}) for name in registry.defaults("metric"))
     evaluation = ResolvedEval(metrics, 0, args.batch_size, registry.resolve("feature_extractor", config, where="--extractor"), None)
     with gpu_algorithms(deterministic=False):  # inference only: cuDNN may autotune
-        scores = Scorer(evaluation, pick_device(args.device)).score_images(*images)
+        scores = Scorer(evaluation, pick_device(args.device, "--device")).score_images(*images)
     print("   ".join(f"{name} {value:.6g}" for name, value in scores.items()))
     return 0
 

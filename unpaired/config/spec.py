@@ -20,6 +20,8 @@ from unpaired.plugin_api.components import ComponentKind
 
 Precision = Literal["fp32", "bf16", "fp16"]
 InitScheme = Literal["normal", "xavier", "kaiming", "orthogonal"]
+DEVICE_NAME = r"^(auto|cpu|mps|cuda(:\d+)?)$"
+"""The devices a run or a command may name: ``auto`` picks cuda, then mps, then cpu."""
 DEFAULT_NOTE = "left out: the default component of its kind (marked [default] by `unpaired plugins`)"
 
 
@@ -64,7 +66,7 @@ class TrainConfig(BaseModel):
         description="deterministic GPU algorithms: a rerun and a resume give the same weights bit for bit (slower); "
         "otherwise cuDNN autotunes and GPU runs are equal only in distribution",
     )
-    device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$", description="auto picks cuda, then mps, then cpu")
+    device: str = Field("auto", pattern=DEVICE_NAME, description="auto picks cuda, then mps, then cpu")
     num_workers: int = Field(2, ge=0, description="data-loading processes")
     checkpoint_every: int = Field(1, ge=1, description="epochs between checkpoints (also written at the end and on SIGINT/SIGTERM)")
     sample_every: int = Field(1, ge=1, description="epochs between sample grids")
