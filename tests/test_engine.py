@@ -463,6 +463,8 @@ def test_train_and_translate_from_the_command_line(tmp_path):
     ]
     assert sorted(p.name for p in (run / "samples").iterdir()) == ["epoch-0001.png", "epoch-0002.png"]
     assert (run / "history.csv").read_text().splitlines()[0] == "epoch,lr," + ",".join(LOSS_TERMS) + ",epoch_seconds,it_per_s"
+    compared = run_cli("compare", str(run))  # one run is no study: said so, whatever MLflow holds
+    assert compared.returncode == 2 and f"{run} is a folder but not a study output folder (it has no study.json" in compared.stderr
 
     run_cli("data", "export", "synthetic", str(tmp_path / "syn"), "size=32", "n_train=1", "n_test=3")
     out = tmp_path / "translated"

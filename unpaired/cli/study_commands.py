@@ -275,8 +275,16 @@ def _runs_to_compare(named: str) -> RunsToCompare:
     if study is not None:
         return tracked_results(study.spec.name, tracking_uri(study.spec.tracking.uri), study.spec.tracking.timeout, current_plan(study), [])
     uri, timeout = tracking_uri(None), TrackingConfig().timeout
-    now, note = replan(recorded_study(named, uri, timeout), registry, f"the MLflow parent run of study {named!r}")
-    return tracked_results(named, uri, timeout, now, [note] if note else [])
+    try:
+        now, note = replan(recorded_study(named, uri, timeout), registry, f"the MLflow parent run of study {named!r}")
+        return tracked_results(named, uri, timeout, now, [note] if note else [])
+    except UnpairedError as error:
+        if target.is_dir():  # most likely meant as a folder: say why it is not one to compare
+            raise InputError(
+                f"{named} is a folder but not a study output folder (it has no study.json; a folder of `unpaired train` holds "
+                f"one run, not a study), and as a study's MLflow name: {error}"
+            ) from error
+        raise
 
 
 def _print_ranking(study: Study, out: Path) -> None:
