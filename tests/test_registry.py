@@ -5,9 +5,13 @@ from __future__ import annotations
 import json
 import pickle
 
+from typing import Annotated, Literal
+
 import pytest
+from pydantic import BaseModel, Field, ValidationError
 
 from conftest import run_cli
+from unpaired.errors import pydantic_problems
 from unpaired.plugin_api.registry import (
     ComponentConflictError,
     InvalidParamsError,
@@ -73,6 +77,25 @@ def test_invalid_params_name_the_dotted_path_and_the_bad_value():
     assert dict(error.value.errors).keys() == {"base.generator.n_blocks", "base.generator.ngf"}
     assert "got 'nine'" in str(error.value)
     assert "greater than or equal to 1" in str(error.value)
+
+
+class UnionParams(BaseModel):
+    runs: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
+    sizes: list[int] | None = None
+
+
+def test_a_value_that_fits_no_type_of_a_union_is_one_problem_naming_each_type():
+    """pydantic reports a union's branches apart, under names the user never wrote (``runs.constrained-int``)."""
+    with pytest.raises(ValidationError) as error:
+        UnionParams(runs=0, sizes=[1, "x"])
+    assert pydantic_problems(error.value, UnionParams, "execution") == [
+        ("execution.runs", "Input should be greater than or equal to 1; or 'auto' (got 0)"),
+        ("execution.sizes.1", "Input should be a valid integer, unable to parse string as an integer (got 'x')"),  # optional: no union
+    ]
+    with pytest.raises(InvalidParamsError) as error:
+        Registry.from_entry_points().resolve("executor", {"name": "local", "runs_per_gpu": "two"}, where="execution")
+    expected = "Input should be a valid integer, unable to parse string as an integer; or 'auto' (got 'two')"
+    assert error.value.errors == [("execution.runs_per_gpu", expected)]
 
 
 def test_unknown_params_are_rejected_even_if_the_plugin_model_allows_extras(make_distribution):

@@ -10,7 +10,8 @@ from __future__ import annotations
 import difflib
 import sys
 import warnings
-from typing import Any
+from types import UnionType
+from typing import Any, Union, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
@@ -95,17 +96,42 @@ def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
 
 def pydantic_problems(error: ValidationError, model: type[BaseModel], prefix: str = "") -> list[tuple[str, str]]:
     """Turn ``model``'s validation error into ``(dotted_path, message)`` pairs; messages quote the bad value,
-    and an unknown key gets the closest known one and the list of known ones."""
-    found = []
-    for item in error.errors():
-        path = ".".join([part for part in [prefix] if part] + [str(part) for part in item["loc"]])
+    and an unknown key gets the closest known one and the list of known ones. A value that fits no type of a union
+    (``int | Literal["auto"]``) is one problem of its field, saying each type it could have been."""
+    found: dict[tuple[str, int], list[str]] = {}
+    got: dict[tuple[str, int], Any] = {}
+    for number, item in enumerate(error.errors()):
+        loc, of_union = _without_union_tag(model, item["loc"])
+        path = ".".join([part for part in [prefix] if part] + [str(part) for part in loc])
+        key = (path, -1 if of_union else number)  # a union's branches share one problem; any other stands alone
         message = item["msg"]
         if item["type"] == "extra_forbidden":
-            known = _fields_at(model, item["loc"][:-1])
-            close = difflib.get_close_matches(str(item["loc"][-1]), known, n=1, cutoff=0.6)
+            known = _fields_at(model, loc[:-1])
+            close = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
             message = "unknown key" + (f"; did you mean {close[0]!r}?" if close else "")
             message += f" Known: {', '.join(known)}." if known else ""
         elif item["type"] != "missing":
-            message += f" (got {item['input']!r})"
-        found.append((path, message))
-    return found
+            got[key] = item["input"]
+        found.setdefault(key, []).append(message)
+    return [(key[0], _either(messages) + (f" (got {got[key]!r})" if key in got else "")) for key, messages in found.items()]
+
+
+def _without_union_tag(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[tuple[Any, ...], bool]:
+    """``loc`` without the branch pydantic names after a field whose type is a union (``runs_per_gpu.constrained-int``:
+    the user wrote the field, not the branch), and whether it had one."""
+    current: type[BaseModel] | None = model
+    for index, part in enumerate(loc[:-1]):
+        field = current.model_fields.get(part) if current is not None and isinstance(part, str) else None
+        if field is None:
+            break
+        choices = [choice for choice in get_args(field.annotation) if choice is not type(None)]
+        if get_origin(field.annotation) in (Union, UnionType) and len(choices) > 1:
+            return (*loc[: index + 1], *loc[index + 2 :]), True
+        annotation = field.annotation
+        current = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    return loc, False
+
+
+def _either(messages: list[str]) -> str:
+    """``Input should be greater than or equal to 1; or 'auto'``: a union's messages as one."""
+    return "; or ".join([messages[0], *(message.removeprefix("Input should be ") for message in messages[1:])])
