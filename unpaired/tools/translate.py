@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -26,20 +27,35 @@ def translate(generator: nn.Module, inputs: list[Path], out_dir: Path, size: int
 
     Returns the paths written and the inputs skipped because they could not be decoded (each with why).
     """
+    targets = output_paths(inputs, out_dir)
     transform = Transform(load_size=None, crop_size=size, crop=False, flip=False)
     generator = generator.to(device)
     out_dir.mkdir(parents=True, exist_ok=True)
     written, skipped = [], []
-    for path in inputs:
+    for path, target in zip(inputs, targets):
         try:
             image = transform.test(load_image(path)).unsqueeze(0).to(device)
         except UNREADABLE_IMAGE as error:
             skipped.append(f"{path} ({error})")
             continue
-        target = out_dir / f"{path.stem}.png"
         save_grid(generator(image).float().cpu(), target, columns=1, padding=0)
         written.append(target)
     return written, skipped
+
+
+def output_paths(inputs: list[Path], out_dir: Path) -> list[Path]:
+    """Where each input's translation goes: ``OUT_DIR/STEM.png``. Refused before anything is written when ``out_dir`` is
+    a file, when a translation would replace an input (``--out`` the input folder), or when two inputs share a stem."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"--out {out_dir} is a file: name a folder for the translated images")
+    targets = [out_dir / f"{path.stem}.png" for path in inputs]
+    replaced = sorted(str(path) for path in {path.resolve() for path in inputs} & {target.resolve() for target in targets})
+    if replaced:
+        raise InputError(f"the translations would replace the input image(s) {', '.join(replaced)}: choose another --out folder")
+    shared = [str(target) for target, count in Counter(targets).items() if count > 1]
+    if shared:
+        raise InputError(f"several inputs would be translated to {', '.join(shared)} (one stem, other extensions): rename them apart")
+    return targets
 
 
 def collect_inputs(path: Path) -> list[Path]:
