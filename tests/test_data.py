@@ -149,6 +149,10 @@ def test_data_export_command_writes_a_dataset_in_the_folder_layout(registry, tmp
     generated = registry.build("dataset", {"name": "synthetic", "size": 32, "n_train": 6, "n_test": 2, "seed": 4})
     assert (from_disk.size("train", "A"), from_disk.size("test", "B")) == (6, 2)
     assert np.array_equal(np.asarray(from_disk.image("train", "B", 5)), np.asarray(generated.image("train", "B", 5)))
+    again = run_cli("data", "export", "synthetic", str(tmp_path / "syn"), "size=32", "n_train=2", "n_test=2", "seed=5")
+    assert again.returncode == 2 and f"{tmp_path / 'syn'} already holds files: export into a new or empty folder" in again.stderr
+    assert folder_data(registry, tmp_path / "syn", load_size=None).size("train", "A") == 6  # never two datasets mixed in one
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["syn"]  # nothing left beside it
     bad = run_cli("data", "export", "synthetic", str(tmp_path / "bad"), "size=huge", "n_train")
     assert bad.returncode == 1 and "expected KEY=VALUE, got 'n_train'" in bad.stderr
     bad = run_cli("data", "export", "synthetic", str(tmp_path / "bad"), "size=huge")
