@@ -342,8 +342,17 @@ def test_a_finished_variant_is_not_trained_again(registry, tmp_path):
 
 
 def test_another_variant_in_the_same_folder_is_refused(registry, tmp_path):
-    train(tiny(registry, train={"epochs": 1, "decay_epochs": 0}), tmp_path, registry)
-    (tmp_path / "result.json").unlink()
+    """A finished run's record is never replaced by another run's failure (``unpaired train --out`` a folder in use)."""
+    first = train(tiny(registry, train={"epochs": 1, "decay_epochs": 0}), tmp_path, registry)
+    finished = (tmp_path / "result.json").read_bytes()
+    other = tiny(registry, train={"epochs": 1, "decay_epochs": 0, "seed": 1})
+    refused = train_run(other, RunFolder(tmp_path), registry, show_progress=False).result
+    assert refused.status == "failed" and refused.error == (
+        f"TrainingError: {tmp_path} holds the finished run {first.run_id}, not this one ({other.run_id}): train into another "
+        "folder, or delete that one first"
+    )
+    assert (tmp_path / "result.json").read_bytes() == finished and not (tmp_path / "error.txt").exists()
+    (tmp_path / "result.json").unlink()  # unfinished, only its checkpoints tell whose folder it is
     refused = train(tiny(registry, train={"epochs": 1, "decay_epochs": 0, "seed": 1}), tmp_path, registry)
     assert refused.status == "failed" and refused.error.startswith("TrainingError: ")
     assert "holds checkpoints of another variant" in refused.error
@@ -463,6 +472,12 @@ def test_train_and_translate_from_the_command_line(tmp_path):
     ]
     assert sorted(p.name for p in (run / "samples").iterdir()) == ["epoch-0001.png", "epoch-0002.png"]
     assert (run / "history.csv").read_text().splitlines()[0] == "epoch,lr," + ",".join(LOSS_TERMS) + ",epoch_seconds,it_per_s"
+    study_out = tmp_path / "study_out"
+    study_out.mkdir()
+    (study_out / "study.json").write_text("{}")
+    into_a_study = run_cli("train", str(spec), "--out", str(study_out))
+    assert into_a_study.returncode == 2 and f"--out {study_out} is a study's output folder" in into_a_study.stderr
+    assert sorted(p.name for p in study_out.iterdir()) == ["study.json"]
     compared = run_cli("compare", str(run))  # one run is no study: said so, whatever MLflow holds
     assert compared.returncode == 2 and f"{run} is a folder but not a study output folder (it has no study.json" in compared.stderr
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from unpaired.errors import UsageError
+from unpaired.errors import InputError, UsageError
 from unpaired.plugin_api.components import Component
 from unpaired.cli.plugins import registry as plugin_registry
 
@@ -71,12 +71,15 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     """Train one variant spec into an output folder (resuming if it holds a checkpoint of it)."""
     from unpaired.config.resolved import load_variant
+    from unpaired.results.study_folder import is_study_folder
     from unpaired.storage.run_folder import RunFolder
     from unpaired.training.run import train_run
     from unpaired.signals import stop_requested
 
     registry = plugin_registry()
     variant = load_variant(args.spec, registry, args.overrides)
+    if is_study_folder(Path(args.out)):  # its index and run folders would mix with this run's files
+        raise InputError(f"--out {args.out} is a study's output folder: train into a folder of its own")
     folder = RunFolder(Path(args.out))
     print(f"training run {variant.run_id} into {folder}", file=sys.stderr)
     outcome = train_run(variant, folder, registry, show_progress=not args.quiet)

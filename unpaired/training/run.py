@@ -19,6 +19,7 @@ from unpaired.storage.lifecycle import RunOutcome, outcome_of_exception
 from unpaired.storage.records import describe_failure
 from unpaired.storage.run_folder import RunFolder
 from unpaired.training.loop import ScoringStopped, Trainer
+from unpaired.training.runtime import TrainingError
 from unpaired.devices import gpu_algorithms, pick_device, thread_count_kept
 
 
@@ -51,7 +52,14 @@ def train_run(
         return outcome_of_exception(variant.run_id, error)
     try:
         with thread_count_kept(), gpu_algorithms(variant.train.deterministic):
-            decided = _done_or_rescorer(_previous_result(folder), variant)
+            previous = _previous_result(folder)
+            if previous is not None and previous.finished and previous.run_id != variant.run_id:  # never written over
+                taken = TrainingError(
+                    f"{folder} holds the finished run {previous.run_id}, not this one ({variant.run_id}): train into another "
+                    "folder, or delete that one first"
+                )
+                return outcome_of_exception(variant.run_id, taken)
+            decided = _done_or_rescorer(previous, variant)
             if isinstance(decided, RunOutcome):
                 return decided
             run = RunInfo(variant.run_id, variant.variant_key, variant_name, variant.train.seed, folder.path, variant.as_dict())
