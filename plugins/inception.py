@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,8 +26,10 @@ class InceptionParams(BaseModel):
     )
 
 
+OFFICIAL_WEIGHTS = "weights-inception-2015-12-05-6726825d.pth"
+"""The name of torch-fidelity's weights file, as it downloads and caches it."""
 WHERE_TO_GET_WEIGHTS = (
-    "Download weights-inception-2015-12-05-6726825d.pth once on a machine with internet access (torch-fidelity "
+    f"Download {OFFICIAL_WEIGHTS} once on a machine with internet access (torch-fidelity "
     "caches it in ~/.cache/torch/hub/checkpoints), then point to it with "
     f"eval.feature_extractor: {{name: inception, weights: PATH}} or {WEIGHTS_ENV}=PATH."
 )
@@ -58,6 +62,23 @@ def weights_only_loading() -> Iterator[None]:
             os.environ[FORCE_WEIGHTS_ONLY] = saved
 
 
+def weights_file(params: InceptionParams) -> Path:
+    """The weights file an extractor built from ``params`` loads: the one named, else ``$UNPAIRED_FID_WEIGHTS``, else
+    torch-fidelity's download in torch hub's cache."""
+    named = params.weights or os.environ.get(WEIGHTS_ENV)
+    return Path(named) if named else Path(torch.hub.get_dir()) / "checkpoints" / OFFICIAL_WEIGHTS
+
+
+@functools.cache
+def _sha256(path: Path, size: int, modified_ns: int) -> str:
+    """The file's SHA-256 (once per process for a file unchanged since: 0.5 s for Inception's 96 MB on a slow core)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        while block := file.read(1 << 22):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 class InceptionFeatures(nn.Module):
     """uint8 RGB images (N, 3, H, W) of any size -> 2048-d pool features (N, 2048); resizing to 299 px is done inside."""
 
@@ -80,12 +101,18 @@ class InceptionFeatures(nn.Module):
         except Exception as error:  # typically: no internet to download the weights
             raise RuntimeError(f"{type(error).__name__}: {error}. {WHERE_TO_GET_WEIGHTS}") from error
         self.cache_identity = self.cache_identity_of(params)
-        """Features differ by weights file: real-image features are cached per file."""
+        """Features differ by weights: real-image features are cached, and scores told apart, by the weights' SHA-256."""
 
     @staticmethod
     def cache_identity_of(params: InceptionParams) -> str:
-        """The :attr:`cache_identity` an extractor built from ``params`` has, known without loading it: the weights file."""
-        return str(params.weights or os.environ.get(WEIGHTS_ENV) or "torch-fidelity download")
+        """The :attr:`cache_identity` an extractor built from ``params`` has, known without loading it: the SHA-256 of
+        the weights file it loads, so the same weights anywhere (another path, machine or setting) are the same
+        evaluation. Raises ``FileNotFoundError`` where that file is not (reading scores on a machine without it)."""
+        path = weights_file(params)
+        if not path.is_file():
+            raise FileNotFoundError(f"the Inception weights are not at {path} here. {WHERE_TO_GET_WEIGHTS}")
+        stat = path.stat()
+        return f"weights sha256 {_sha256(path.resolve(), stat.st_size, stat.st_mtime_ns)}"
 
     def forward(self, images: Tensor) -> Tensor:
         return self.network(images).reshape(images.shape[0], -1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -19,7 +20,6 @@ from unpaired.config.resolved import resolve_variant
 from unpaired.config.study import plan_study
 from unpaired.evaluation.features import EvaluationError, FeatureExtractor, expected_evaluations
 from unpaired.evaluation.scoring import Scorer
-from unpaired_plugins.inception import InceptionFeatures, InceptionParams
 from unpaired_plugins.metrics import FID, KID, FidParams, KidParams
 from unpaired.plugin_api.registry import ComponentError, Registry
 from unpaired.storage.run_folder import RunFolder
@@ -331,17 +331,31 @@ def test_a_plugin_dataset_without_describe_gets_cached_features_per_parameter_va
 
 def test_reading_scores_knows_the_evaluation_without_loading_inception(registry, monkeypatch, tmp_path):
     """compare, the report and plan need the evaluation identity the scores must carry, not the network: Inception says
-    its identity (the weights file) unbuilt, the same as built; training still loads it, so missing weights stop a run."""
+    its identity (its weights' SHA-256) unbuilt, the same as built; training still loads it, so missing weights stop a run.
+    The same weights elsewhere are the same evaluation: a study run with $UNPAIRED_FID_WEIGHTS set and compared without it
+    (or on another machine) left every run out as 'scored under another evaluation'."""
     study = {"name": "identity", "base": merge(TINY_BASE, {"eval": {"metrics": ["fid", "kid"]}}), "seeds": [0]}
     runs = plan_study(study, registry, inputs=False).runs
     shared = expected_evaluations(runs)  # UNPAIRED_FID_WEIGHTS: the shared weights
     assert expected_evaluations(runs, load=False) == shared
 
-    monkeypatch.setenv("UNPAIRED_FID_WEIGHTS", str(tmp_path / "missing.pth"))
+    copy, other = tmp_path / "elsewhere" / "copy.pth", tmp_path / "other.pth"
+    copy.parent.mkdir()
+    shutil.copy(FID_WEIGHTS, copy)
+    state = torch.load(copy, weights_only=True)
+    torch.save({name: tensor.half().float() for name, tensor in state.items()}, other)  # as .gpu/ carries them: rounded
     with monkeypatch.context() as unbuildable:
         unbuildable.setattr(FeatureExtractor, "__init__", lambda *args: pytest.fail("the extractor was built"))
+        unbuildable.setenv("UNPAIRED_FID_WEIGHTS", str(copy))
+        assert expected_evaluations(runs, load=False) == shared  # the same weights, another path
+        unbuildable.setenv("UNPAIRED_FID_WEIGHTS", str(other))
         assert expected_evaluations(runs, load=False) != shared  # other weights, another evaluation, known unbuilt
-        assert InceptionFeatures.cache_identity_of(InceptionParams()) == str(tmp_path / "missing.pth")
+        unbuildable.setenv("UNPAIRED_FID_WEIGHTS", str(tmp_path / "missing.pth"))
+        with pytest.raises(EvaluationError) as unknown:  # compare and the report then say so, and compare unchecked
+            expected_evaluations(runs, load=False)
+        said = "which inception features made the scores cannot be told here: the Inception weights are not at"
+        assert str(unknown.value).startswith(f"{said} {tmp_path / 'missing.pth'} here.")
+    monkeypatch.setenv("UNPAIRED_FID_WEIGHTS", str(tmp_path / "missing.pth"))
     with pytest.raises(EvaluationError, match="could not be loaded"):
         expected_evaluations(runs)
 

@@ -240,7 +240,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     for line in compared.left_out:
         print(f"note: {line}", file=sys.stderr)
     if runs.empty:
-        raise UsageError(f"study {name!r} has no finished runs yet")
+        raise UsageError(f"study {name!r} has no finished runs " + ("to compare: the notes above say why" if compared.left_out else "yet"))
     metric = ranking_score(runs, args.metric or compared.ranked_by)
     if metric is None:
         raise UsageError(f"study {name!r} has finished runs but no scores to compare (eval.metrics: [] scores nothing); see `unpaired plan`")

@@ -209,8 +209,13 @@ def expected_evaluations(runs: list[PlannedRun], load: bool = True) -> dict[str,
 
 
 def _extractor_identity(choice: Choice, load: bool) -> str:
-    if not load and (said := unbuilt_identity(choice)) is not None:
-        return said
+    if not load:
+        try:
+            said = unbuilt_identity(choice)
+        except Exception as error:  # e.g. its weights are not on this machine: the scores cannot be checked here
+            raise EvaluationError(f"which {choice.component.name} features made the scores cannot be told here: {error}") from error
+        if said is not None:
+            return said
     return FeatureExtractor(choice, torch.device("cpu"), batch_size=1).cache_identity()
 
 

@@ -142,10 +142,12 @@ def unpaired_register_feature_extractors(register: Register) -> None:
     at call time that the user has not been told about. When it cannot be built (e.g. its
     weights are missing), the factory raises with a message that says how to get them.
     Real-image features are cached per extractor parameters; a module whose features depend
-    on more (a weights file read from the environment) says what in ``cache_identity: str``.
+    on more (the weights file it found, by its hash) says what in ``cache_identity: str``.
     A factory that can say it without building the module (the factory a class, with a static
     ``cache_identity_of(params) -> str``) spares ``compare``, ``report`` and ``plan`` loading it:
-    they only need to know which evaluation the stored scores must carry.
+    they only need to know which evaluation the stored scores must carry. Where it cannot tell
+    (its weights are not on this machine), it raises: they then read the scores unchecked, with
+    a note saying why.
     """
 
 
