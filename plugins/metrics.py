@@ -40,6 +40,7 @@ class FID(Metric):
     """Fréchet distance between the Gaussians fitted to the real and the translated features, in float64."""
 
     label = "FID"
+    min_images = 2  # a covariance
 
     def __init__(self, params: FidParams):
         pass
@@ -89,6 +90,7 @@ class KID(Metric):
     """Kernel Inception Distance: the mean (and std) over random subsets of the polynomial-kernel MMD, seeded."""
 
     label = "KID"
+    min_images = 2  # an unbiased MMD of subsets of at least two
 
     def __init__(self, params: KidParams):
         self.params = params

@@ -386,3 +386,18 @@ def test_a_metric_that_cannot_be_built_is_named_before_anything_trains(tiny_regi
     with pytest.raises(ComponentError) as error:
         Scorer(runs[0].resolved.eval, torch.device("cpu"))
     assert str(error.value) == named
+
+
+def test_a_test_split_too_small_for_its_metrics_is_refused_before_training(registry, tmp_path):
+    """FID and KID of one test image used to fail after the whole training, as a bare ValueError."""
+    from unpaired.execution.runner import check_datasets, open_datasets
+    from unpaired.training.run import train_run
+
+    spec = merge(TINY_BASE, {"data": {"n_test": 1}, "eval": {"metrics": ["fid", "kid"]}})
+    study = plan_study({"name": "small", "base": spec, "seeds": [0]}, registry, inputs=False)
+    broken, _ = check_datasets(study, open_datasets(study))  # what `unpaired validate` reports
+    too_few = "the test split has 1 image(s) in a domain, and fid needs at least 2, kid needs at least 2: use more test images, or leave them"
+    assert broken == [("variant[base].eval.metrics", f"{too_few} out of eval.metrics")]
+    result = train_run(resolve_variant(spec, registry), RunFolder(tmp_path), registry, show_progress=False).result
+    assert result.status == "failed" and result.error == f"TrainingError: {broken[0][1]}"
+    assert RunFolder(tmp_path).latest_checkpoint() is None  # nothing trained

@@ -27,7 +27,7 @@ from unpaired.plugin_api.registry import Registry
 from unpaired.results.study_folder import moved_run, run_folder, run_info, study_info, write_index
 from unpaired.signals import deferred_signals, stop_on_signals, stop_requested
 from unpaired.storage.lifecycle import TO_TRAIN, RunOutcome, StudySummary
-from unpaired.training.contracts import ContractError, check_data
+from unpaired.training.contracts import ContractError, check_data, too_few_test_images
 
 
 def open_datasets(study: Study) -> dict[str, UnpairedData | str]:
@@ -44,23 +44,29 @@ def open_datasets(study: Study) -> dict[str, UnpairedData | str]:
 
 
 def check_datasets(study: Study, datasets: dict[str, UnpairedData | str]) -> tuple[list[tuple[str, str]], list[str]]:
-    """``(where, what)`` for each distinct dataset (:func:`open_datasets`) that breaks its contract (an empty split), and a
-    line for each that cannot be opened here (not downloaded yet, say: training would stop on it)."""
+    """``(where, what)`` for each distinct dataset (:func:`open_datasets`) that breaks its contract (an empty split) or
+    has too few test images for the metrics scoring it, and a line for each that cannot be opened here (not downloaded
+    yet, say: training would stop on it)."""
     broken = []
     unopened = []
-    seen = set()
+    seen: set[tuple[int, tuple[str, ...]]] = set()  # (dataset, ()) once checked, (dataset, metric names) once scored
     for run in study.runs:
         data = datasets[run.run_id]
-        if id(data) in seen:
-            continue
-        seen.add(id(data))
+        first = (id(data), ()) not in seen
+        seen.add((id(data), ()))
         if not isinstance(data, UnpairedData):
-            unopened.append(f"variant[{run.variant}].data cannot be opened here, so it was not checked: {data}")
+            if first:
+                unopened.append(f"variant[{run.variant}].data cannot be opened here, so it was not checked: {data}")
             continue
-        try:
-            check_data(data, run.resolved.data)
-        except ContractError as error:
-            broken.append((f"variant[{run.variant}].data", str(error)))
+        if first:
+            try:
+                check_data(data, run.resolved.data)
+            except ContractError as error:
+                broken.append((f"variant[{run.variant}].data", str(error)))
+        metrics = run.resolved.eval.build_metrics()
+        if (id(data), tuple(metrics)) not in seen and (problem := too_few_test_images(data, metrics)):
+            broken.append((f"variant[{run.variant}].eval.metrics", problem))
+        seen.add((id(data), tuple(metrics)))
     return broken, unopened
 
 

@@ -41,6 +41,9 @@ class Metric(ABC):
     label: str = ""
     """How compare and the report title its scores (``FID``); its registered name when empty. Tables head a score made
     from features with the feature extractor's name too."""
+    min_images: int = 1
+    """The fewest test images of each domain :meth:`compute` can score (FID, KID: 2); a study whose test split has fewer
+    is refused before anything trains."""
 
     def caveat(self, test_images: int) -> str | None:
         """A caution that scores from ``test_images`` images (the smaller test domain) need, which the answer of

@@ -1,6 +1,6 @@
 """Checking a run's plugin networks against their contracts before its first training step.
 
-A dataset must have images in every split of both domains. One forward pass on a tiny batch at
+A dataset must have images in every split of both domains, and as many test images as the run's metrics need. One forward pass on a tiny batch at
 the run's image size: a generator must map (N, 3, H, W) in [-1, 1] to the same shape in [-1, 1];
 a discriminator must give finite scores whose first dimension is N; a GAN loss must give finite
 scalar tensors that depend on the scores it is given; a norm that claims ``per_image`` must give
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -25,7 +25,7 @@ from unpaired.evaluation.features import evaluating
 from unpaired.plugin_api.components import Choice, GanLoss, describe
 from unpaired.plugin_api.data import UnpairedData
 from unpaired.plugin_api.methods import Method, Runtime
-from unpaired.plugin_api.metrics import method_directions
+from unpaired.plugin_api.metrics import Metric, method_directions
 
 PER_IMAGE_TOLERANCE = 1e-4
 """Largest difference, relative to the output's scale, between batched and separate calls of a per-image network."""
@@ -42,6 +42,17 @@ def check_data(data: UnpairedData, choice: Choice) -> None:
         raise ContractError(
             f"{describe(choice, 'dataset')} has no images in {', '.join(empty)}: every split of both domains needs at least one ({choice.as_dict()})"
         )
+
+
+def too_few_test_images(data: UnpairedData, metrics: Mapping[str, Metric]) -> str | None:
+    """Why the test split of ``data`` is too small for ``metrics`` (each scores at least its ``min_images`` of each
+    domain); None when it is not."""
+    fewest = min(data.size("test", domain) for domain in ("A", "B"))
+    short = [f"{name} needs at least {metric.min_images}" for name, metric in metrics.items() if fewest < metric.min_images]
+    if not short:
+        return None
+    which = "it" if len(short) == 1 else "them"
+    return f"the test split has {fewest} image(s) in a domain, and {', '.join(short)}: use more test images, or leave {which} out of eval.metrics"
 
 
 def check_gan_loss(choice: Choice) -> None:

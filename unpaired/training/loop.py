@@ -29,7 +29,7 @@ from unpaired.storage.files import CorruptFileError
 from unpaired.storage.records import BestEpoch, Checkpoint, ExportedGenerator, TrainingState
 from unpaired.storage.run_folder import RunFolder
 from unpaired.training.batches import EpochOrder, TrainPairs
-from unpaired.training.contracts import check_contracts, check_data
+from unpaired.training.contracts import check_contracts, check_data, too_few_test_images
 from unpaired.training.graphs import StepRunner
 from unpaired.training.parts import build_method, runtime_of
 from unpaired.training.watch import LossWatch
@@ -71,6 +71,8 @@ class Trainer:
         check_data(self.data, variant.data)  # an empty split fails now, not an epoch later
         # loaded now: a missing extractor must stop the run before training, not after
         self.scorer = Scorer(variant.eval, self.device) if variant.eval.metrics else None
+        if self.scorer is not None and (problem := too_few_test_images(self.data, self.scorer.metrics)):
+            raise TrainingError(problem)  # now, not after training
         seed_everything(self.train.seed)
         self.method = build_method(variant, self.device, self.data.transform.crop_size)
         self.runtime = runtime_of(variant, self.device)
