@@ -62,11 +62,16 @@ def weights_only_loading() -> Iterator[None]:
             os.environ[FORCE_WEIGHTS_ONLY] = saved
 
 
-def weights_file(params: InceptionParams) -> Path:
-    """The weights file an extractor built from ``params`` loads: the one named, else ``$UNPAIRED_FID_WEIGHTS``, else
-    torch-fidelity's download in torch hub's cache."""
+def named_weights(params: InceptionParams) -> Path | None:
+    """The weights file ``params`` name, else ``$UNPAIRED_FID_WEIGHTS``; None when neither does (torch-fidelity's download)."""
     named = params.weights or os.environ.get(WEIGHTS_ENV)
-    return Path(named) if named else Path(torch.hub.get_dir()) / "checkpoints" / OFFICIAL_WEIGHTS
+    return Path(named) if named else None
+
+
+def weights_file(params: InceptionParams) -> Path:
+    """The weights file an extractor built from ``params`` loads: the one named, else torch-fidelity's download in torch
+    hub's cache."""
+    return named_weights(params) or Path(torch.hub.get_dir()) / "checkpoints" / OFFICIAL_WEIGHTS
 
 
 @functools.cache
@@ -86,11 +91,11 @@ class InceptionFeatures(nn.Module):
 
     def __init__(self, params: InceptionParams):
         super().__init__()
-        path = params.weights or os.environ.get(WEIGHTS_ENV) or None
-        if path is not None and not Path(path).is_file():
+        path = named_weights(params)
+        if path is not None and not path.is_file():
             raise FileNotFoundError(f"no Inception weights file at {path}. {WHERE_TO_GET_WEIGHTS}")
         if path is not None:
-            plain_state_dict(Path(path))  # refused here, with its name, before anything unpickles it
+            plain_state_dict(path)  # refused here, with its name, before anything unpickles it
         from torchmetrics.image.fid import NoTrainInceptionV3  # imported here: torchmetrics takes seconds to import
 
         try:

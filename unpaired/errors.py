@@ -10,10 +10,12 @@ from __future__ import annotations
 import difflib
 import sys
 import warnings
+from collections.abc import Iterator
 from types import UnionType
 from typing import Any, Union, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
 
 
 class UnpairedError(Exception):
@@ -83,15 +85,25 @@ class StopRequested(BaseException):
         return 128 + self.signum
 
 
+def _fields_along(model: type[BaseModel], loc: tuple[Any, ...]) -> Iterator[FieldInfo]:
+    """The fields ``loc`` passes through, from ``model`` down its nested models, as far as it names fields."""
+    current: type[BaseModel] | None = model
+    for part in loc:
+        field = current.model_fields.get(part) if current is not None and isinstance(part, str) else None
+        if field is None:
+            return
+        yield field
+        annotation = field.annotation
+        current = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+
+
 def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     """The field names of the model found at ``loc`` inside ``model`` (nested models only; [] elsewhere)."""
-    for part in loc:
-        field = model.model_fields.get(part) if isinstance(part, str) else None
-        annotation = field.annotation if field is not None else None
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-            return []
-        model = annotation
-    return list(model.model_fields)
+    passed = list(_fields_along(model, loc))
+    found = passed[-1].annotation if passed else model
+    if len(passed) < len(loc) or not (isinstance(found, type) and issubclass(found, BaseModel)):
+        return []
+    return list(found.model_fields)
 
 
 def pydantic_problems(error: ValidationError, model: type[BaseModel], prefix: str = "") -> list[tuple[str, str]]:
@@ -119,16 +131,10 @@ def pydantic_problems(error: ValidationError, model: type[BaseModel], prefix: st
 def _without_union_tag(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[tuple[Any, ...], bool]:
     """``loc`` without the branch pydantic names after a field whose type is a union (``runs_per_gpu.constrained-int``:
     the user wrote the field, not the branch), and whether it had one."""
-    current: type[BaseModel] | None = model
-    for index, part in enumerate(loc[:-1]):
-        field = current.model_fields.get(part) if current is not None and isinstance(part, str) else None
-        if field is None:
-            break
+    for index, field in enumerate(_fields_along(model, loc[:-1])):
         choices = [choice for choice in get_args(field.annotation) if choice is not type(None)]
         if get_origin(field.annotation) in (Union, UnionType) and len(choices) > 1:
             return (*loc[: index + 1], *loc[index + 2 :]), True
-        annotation = field.annotation
-        current = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
     return loc, False
 
 

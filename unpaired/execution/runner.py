@@ -49,24 +49,24 @@ def check_datasets(study: Study, datasets: dict[str, UnpairedData | str]) -> tup
     yet, say: training would stop on it)."""
     broken = []
     unopened = []
-    seen: set[tuple[int, tuple[str, ...]]] = set()  # (dataset, ()) once checked, (dataset, metric names) once scored
+    checked: set[int] = set()  # datasets, once each
+    scored: set[tuple[int, tuple[str, ...]]] = set()  # (dataset, metric names), once each
     for run in study.runs:
         data = datasets[run.run_id]
-        first = (id(data), ()) not in seen
-        seen.add((id(data), ()))
-        if not isinstance(data, UnpairedData):
-            if first:
+        if id(data) not in checked:
+            checked.add(id(data))
+            if not isinstance(data, UnpairedData):
                 unopened.append(f"variant[{run.variant}].data cannot be opened here, so it was not checked: {data}")
-            continue
-        if first:
-            try:
-                check_data(data, run.resolved.data)
-            except ContractError as error:
-                broken.append((f"variant[{run.variant}].data", str(error)))
-        metrics = run.resolved.eval.build_metrics()
-        if (id(data), tuple(metrics)) not in seen and (problem := too_few_test_images(data, metrics)):
-            broken.append((f"variant[{run.variant}].eval.metrics", problem))
-        seen.add((id(data), tuple(metrics)))
+            else:
+                try:
+                    check_data(data, run.resolved.data)
+                except ContractError as error:
+                    broken.append((f"variant[{run.variant}].data", str(error)))
+        metrics = tuple(choice.component.name for choice in run.resolved.eval.metrics)
+        if isinstance(data, UnpairedData) and (id(data), metrics) not in scored:
+            scored.add((id(data), metrics))
+            if problem := too_few_test_images(data, run.resolved.eval.build_metrics()):
+                broken.append((f"variant[{run.variant}].eval.metrics", problem))
     return broken, unopened
 
 

@@ -1,7 +1,8 @@
 """Checking a run's plugin networks against their contracts before its first training step.
 
-A dataset must have images in every split of both domains, and as many test images as the run's metrics need. One forward pass on a tiny batch at
-the run's image size: a generator must map (N, 3, H, W) in [-1, 1] to the same shape in [-1, 1];
+A dataset must have images in every split of both domains, and as many test images as the run's
+metrics need. One forward pass on a tiny batch at the run's image size: a generator must map
+(N, 3, H, W) in [-1, 1] to the same shape in [-1, 1];
 a discriminator must give finite scores whose first dimension is N; a GAN loss must give finite
 scalar tensors that depend on the scores it is given; a norm that claims ``per_image`` must give
 the same outputs for a batch of two as for two separate calls. A broken contract stops the run
