@@ -242,6 +242,11 @@ def test_fid_command_between_two_folders(tmp_path):
     assert too_small.returncode == 2 and "argument --size: '0' is not a whole number of at least 1" in too_small.stderr
     nowhere = run_cli("fid", str(first), str(second), "--device", "gpu")
     assert nowhere.returncode == 2 and "argument --device: 'gpu' is not a device: use auto, cpu, cuda, cuda:N or mps" in nowhere.stderr
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    (alone / "only.png").write_bytes((tmp_path / "data" / "testB" / "00000.png").read_bytes())
+    one_image = run_cli("fid", str(alone), str(tmp_path / "data" / "testB"), "--size", "32")
+    assert one_image.returncode == 1 and f"{alone} holds 1 image(s); the metrics need at least 2 on each side" in one_image.stderr
 
 
 def test_preflight_stops_the_study_before_training_when_the_weights_are_missing(tmp_path):

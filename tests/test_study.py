@@ -418,3 +418,10 @@ def test_the_shell_completes_commands_and_their_options():
     assert complete("unpaired comp") == ["compare"]
     assert complete("unpaired compare runs/x --f") == ["--format"]
     assert set(complete("unpaired report runs/x --")) >= {"--images", "--seed", "--metric", "--format"}
+
+
+def test_report_refuses_test_image_indices_that_are_not_a_list_of_distinct_whole_numbers(capsys):
+    for images, why in [("0,5,0", "'0,5,0' names test image 0 more than once"), ("0,x", "'0,x' is not a list of test image indices like 0,5,9")]:
+        with pytest.raises(SystemExit) as stopped:
+            main(["report", "runs/x", "--images", images])
+        assert stopped.value.code == 2 and f"argument --images: {why}" in capsys.readouterr().err

@@ -35,11 +35,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _indices(text: str) -> list[int]:
-    """``0,5,9`` as test image indices."""
+    """``0,5,9`` as test image indices, each once."""
     try:
-        return [int(part) for part in text.split(",")]
+        indices = [int(part) for part in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a list of test image indices like 0,5,9") from None
+    repeated = sorted({index for index in indices if indices.count(index) > 1})
+    if repeated:
+        raise argparse.ArgumentTypeError(f"{text!r} names test image {', '.join(map(str, repeated))} more than once")
+    return indices
 
 
 def _at_least_one(text: str) -> int:

@@ -120,19 +120,20 @@ def cmd_fid(args: argparse.Namespace) -> int:
     from unpaired.evaluation.scoring import Scorer
     from unpaired.devices import gpu_algorithms, pick_device
 
-    images, problems = [], []
-    for folder in (args.first, args.second):  # both folders read, and every problem of either named, before the extractor loads
-        try:
-            images.append(folder_images(Path(folder), args.size))
-        except EvaluationError as error:
-            problems.append(str(error))
-    if problems:
-        raise EvaluationError("; ".join(problems))
     registry = plugin_registry()
     params = {**({"weights": args.weights} if args.weights else {}), **parse_params(args.param)}
     config = {"name": args.extractor or registry.default("feature_extractor"), **params}
     metrics = tuple(registry.resolve("metric", {"name": name}) for name in registry.defaults("metric"))
     evaluation = ResolvedEval(metrics, 0, args.batch_size, registry.resolve("feature_extractor", config, where="--extractor"), None)
+    fewest = max(metric.min_images for metric in evaluation.build_metrics().values())
+    images, problems = [], []
+    for folder in (args.first, args.second):  # both folders read, and every problem of either named, before the extractor loads
+        try:
+            images.append(folder_images(Path(folder), args.size, fewest))
+        except EvaluationError as error:
+            problems.append(str(error))
+    if problems:
+        raise EvaluationError("; ".join(problems))
     with gpu_algorithms(deterministic=False):  # inference only: cuDNN may autotune
         scores = Scorer(evaluation, pick_device(args.device, "--device")).score_images(*images)
     print("   ".join(f"{name} {value:.6g}" for name, value in scores.items()))

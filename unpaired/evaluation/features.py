@@ -167,15 +167,16 @@ def translated(generator: nn.Module, data: UnpairedData, domain: Domain, batch_s
                 yield from generator(batch.float()).float().cpu()
 
 
-def folder_images(folder: Path, size: int) -> list[Tensor]:
-    """Every image of a folder resized to ``size`` x ``size`` as [-1, 1] tensors (the test pre-processing). A score
-    compares all of them, so a file that cannot be decoded is an error naming it (with every other one), not skipped."""
+def folder_images(folder: Path, size: int, fewest: int) -> list[Tensor]:
+    """Every image of a folder resized to ``size`` x ``size`` as [-1, 1] tensors (the test pre-processing), at least
+    ``fewest`` of them (what the metrics that compare them need, :attr:`Metric.min_images`). A score compares all of
+    them, so a file that cannot be decoded is an error naming it (with every other one), not skipped."""
     transform = Transform(load_size=None, crop_size=size, crop=False, flip=False)
     if not folder.is_dir():
         raise EvaluationError(f"{folder} is not a folder" + ("" if folder.is_absolute() else f" (relative to {Path.cwd()})"))
     paths = list_images(folder)
-    if len(paths) < 2:
-        raise EvaluationError(f"{folder} holds {len(paths)} image(s); FID needs at least 2")
+    if len(paths) < fewest:
+        raise EvaluationError(f"{folder} holds {len(paths)} image(s); the metrics need at least {fewest} on each side")
     images, unreadable = [], []
     for path in paths:
         try:
