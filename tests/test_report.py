@@ -25,6 +25,8 @@ from unpaired.plugin_api.data import to_uint8
 from unpaired.plugin_api.registry import Registry
 from unpaired.reporting.figures import LABEL_WIDTH, MIN_SIDE, PADDING
 from unpaired.results.statistics import bonferroni, summarize
+from unpaired.storage.files import CorruptFileError
+from unpaired.storage.run_folder import RunFolder
 from unpaired.training.samples import showcase_indices
 
 pytestmark = pytest.mark.xdist_group("report-study")  # one worker trains the study the module's tests share
@@ -276,3 +278,7 @@ def test_a_partial_study_with_a_failed_run_says_what_is_missing(tmp_path):
     html = (out / "report.html").read_text()
     assert "Unreadable, so counted as not finished: " in html and "result.json is not valid JSON" in html
     assert "4 planned: 1 failed, 1 partial, 2 pending" in html and "Training curves" not in html
+    assert f"Left out of the training curves: {ok / 'history.json'} is not valid JSON" in html
+    (ok / "history.json").write_text('{"epoch": 1}')  # JSON, but not rows
+    with pytest.raises(CorruptFileError, match="history.json is not a training history"):
+        RunFolder(ok).read_history()

@@ -81,6 +81,7 @@ def build_report(
         raise UsageError(f"seed {seed} is not one of the study's seeds ({', '.join(map(str, seeds))})")
     seed = seeds[0] if seed is None else seed
     comparison = visual_comparison(results, registry, seed, device or torch.device("cpu"), images)
+    notes += [f"Left out of the training curves: {problem}." for run in results.runs if (problem := run.history_problem())]
     return Report(
         name=results.name,
         description=results.index.get("description", ""),

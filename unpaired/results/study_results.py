@@ -7,6 +7,7 @@ is gone, reads the same. A run that has not finished is reported with what its f
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,11 +61,20 @@ class RunRecord:
         return None if link is None else link["run_id"]
 
     def history(self) -> list[dict[str, float]]:
-        """Its per-epoch rows so far (none when the file cannot be read: a report shows what it can)."""
+        """Its per-epoch rows so far; none when the file cannot be read (:meth:`history_problem` says why): a report
+        shows what it can."""
+        return self._history[0]
+
+    def history_problem(self) -> str | None:
+        """Why its history file cannot be read (its path and what is wrong); None when it can, or there is none yet."""
+        return self._history[1]
+
+    @functools.cached_property
+    def _history(self) -> tuple[list[dict[str, float]], str | None]:
         try:
-            return self.folder.read_history()
-        except CorruptFileError:
-            return []
+            return self.folder.read_history(), None
+        except CorruptFileError as error:
+            return [], str(error)
 
 
 @dataclass

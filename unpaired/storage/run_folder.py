@@ -90,8 +90,12 @@ class RunFolder:
             atomic_write_text(self.path / "history.csv", table.getvalue())
 
     def read_history(self) -> list[dict[str, float]]:
+        """The rows :meth:`write_history` wrote, one per epoch with its ``epoch`` (none before the first epoch ends)."""
         path = self.path / "history.json"
-        return read_json(path) if path.is_file() else []
+        rows = read_json(path) if path.is_file() else []
+        if not isinstance(rows, list) or not all(isinstance(row, dict) and isinstance(row.get("epoch"), int) for row in rows):
+            raise CorruptFileError(path, "is not a training history (a list of one row per epoch); delete it or restore it from a backup")
+        return rows
 
     def sample_path(self, epoch: int) -> Path:
         """Where the sample grid after ``epoch`` epochs goes."""
