@@ -29,7 +29,6 @@ from unpaired.storage.files import CorruptFileError
 from unpaired.storage.run_folder import RunFolder
 from unpaired.training.samples import showcase_indices
 
-pytestmark = pytest.mark.xdist_group("report-study")  # one worker trains the study the module's tests share
 
 BASELINE, BETTER, SAME, SINGLE = [30.1, 31.5, 29.8], [26.0, 26.5, 25.9], [30.5, 29.9, 31.0], [20.0]
 
