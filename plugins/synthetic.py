@@ -63,6 +63,10 @@ class SyntheticData(UnpairedData):
     def describe(self, split: Split, domain: Domain) -> str:
         return f"synthetic:{split}{domain}:{self.params.model_dump_json()}"
 
+    def fingerprint(self, split: Split, domain: Domain) -> str:
+        """The images of a split depend only on the seed, the size and how many there are (not on the other split's count)."""
+        return f"synthetic:{split}{domain}:seed={self.params.seed}:size={self.params.size}:images={self.size(split, domain)}"
+
 
 @hookimpl
 def unpaired_register_datasets(register):

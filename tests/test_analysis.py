@@ -11,6 +11,7 @@ import pytest
 from scipy import stats
 
 from conftest import TINY_BASE
+from unpaired.results.same_data import data_cautions
 from unpaired.cli import main
 from unpaired.config.study import plan_study
 from unpaired.plugin_api.registry import Registry
@@ -130,3 +131,15 @@ def test_the_answer_says_when_two_scores_disagree_on_the_best_variant():
     answer = analyse(runs, "fid_mean", "base", lower_better=True, others={"kid_mean": kid}).answer
     assert "kid_mean ranks b first where fid_mean ranks a first: the two scores disagree on the best variant." in answer
     assert answer[0].startswith("Ranked by fid_mean (lower is better), each variant against the baseline base at α = 0.05, p-values and intervals")
+
+
+def test_data_cautions_name_the_runs_apart_from_the_set_most_runs_share_and_leave_variants_that_differ_by_design():
+    old, new, other = {"A": "a1", "B": "b1"}, {"A": "a2", "B": "b1"}, {"A": "a3", "B": "b3"}
+    names = [f"{variant} seed {seed}" for variant in ("raw", "clean") for seed in range(3)]
+    variants = ["raw"] * 3 + ["clean"] * 3
+    train = [old, old, new, other, other, other]  # "clean" trains on other data by design; raw's seed 2 after an edit
+    test = [old, old, old, old, {}, new]  # clean seed 1 was scored before hashes were recorded: not counted
+    trained, scored = data_cautions(names, variants, train, test)
+    assert "did not all train on the same images (raw: raw seed 0 and raw seed 1; raw seed 2: 2 different sets)" in trained
+    assert "not all scored on the same test images (clean seed 2; the other 4 runs: 2 different sets)" in scored
+    assert data_cautions(names, variants, [old] * 6, [{}] * 6) == []

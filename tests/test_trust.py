@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -23,12 +24,13 @@ import yaml
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from conftest import BROKEN_COMPONENTS, PIXEL_FEATURES, TINY_BASE, UNPAIRED, AtStep, crash, run_cli, write_study
+from conftest import BROKEN_COMPONENTS, PIXEL_FEATURES, TINY_BASE, UNPAIRED, AtStep, crash, run_cli, write_study, write_synthetic_folder
 from unpaired.config.overrides import merge
 from unpaired.config.study import load_study
 from unpaired.errors import Notice
 from unpaired.execution.jobs import make_jobs
 from unpaired.execution.runner import run_study, select_runs
+from unpaired.plugin_api.data import fingerprints
 from unpaired.plugin_api.registry import Registry
 from unpaired.storage.files import CorruptFileError, atomic_save
 from unpaired.storage.lease import Lease, LeaseHeld
@@ -469,3 +471,45 @@ def test_plan_marks_a_queued_cpu_run_whose_thread_count_differs_from_a_finished_
         assert f"pending ({in_workers} CPU thread{'s' * (in_workers > 1)} with --jobs 2; seed 0 used {used})" in queued("--jobs", "2")
     result.write_text(result.read_text().replace(f'"threads": {used}', f'"threads": {used + 6}'))  # trained elsewhere
     assert f"with --jobs 1; seed 0 used {used + 6})" in queued()
+
+
+@pytest.mark.slow
+def test_compare_names_the_runs_that_trained_or_were_scored_on_other_images_than_the_rest(make_distribution, tmp_path):
+    """A dataset edited between the runs of a study (an image added to trainA before seed 1 trained, a test image replaced
+    before seed 0 was scored again) was compared as if every run had seen the same images."""
+    make_distribution("pixel-features", "1.0", {"pixel": "pixel_features"}, {"pixel_features.py": PIXEL_FEATURES})
+    root = write_synthetic_folder(tmp_path / "data", n_train=3, n_test=3)
+    base = merge(
+        TINY_BASE,
+        {
+            "data": {"name": "folder", "root": str(root), "load_size": None, "crop_size": 32},
+            "eval": {"metrics": ["fid"], "feature_extractor": {"name": "mean_colour"}},
+        },
+    )
+    study = write_study(tmp_path / "drift.yaml", "drift", base=base, seeds=[0, 1], tracking={"uri": f"sqlite:///{tmp_path}/mlflow.db"})
+    out = tmp_path / "out"
+    registry = Registry.from_entry_points()
+    planned = load_study(study, registry)
+    assert len(run_study(planned, out, registry, select_runs(planned, None, [0]), show_progress=False, announce=lambda _: None).done) == 1
+    (root / "trainA" / "extra.png").write_bytes((root / "trainB" / "00000.png").read_bytes())
+    assert len(study_run(study, out).done) == 1  # seed 1, on four training images of A
+    compared = run_cli("compare", str(out))
+    assert compared.returncode == 0, compared.stderr
+    caution = "Caution: the seeds of a variant did not all train on the same images (base: base seed 0; base seed 1: 2 different sets)"
+    assert caution in " ".join(compared.stdout.split())
+    assert "scored on other test images" not in compared.stdout
+    tracked = run_cli("compare", str(study))  # the same, read from its MLflow runs
+    assert tracked.returncode == 0 and caution in " ".join(tracked.stdout.split()), tracked.stderr
+
+    (root / "testB" / "00001.png").write_bytes((root / "testA" / "00001.png").read_bytes())
+    (seed0,) = (out / "base").glob("seed0-*")
+    assert run_cli("score", str(seed0)).returncode == 0
+    compared = " ".join(run_cli("compare", str(out)).stdout.split())
+    assert "Caution: the runs were not all scored on the same test images (base seed 0; base seed 1: 2 different sets)" in compared
+    assert "`unpaired score` on the study scores every run again" in compared
+
+    moved = tmp_path / "moved"  # the same files elsewhere, written anew: the same images
+    shutil.copytree(root, moved)
+    data = {name: registry.build("dataset", {"name": "folder", "root": str(folder)}) for name, folder in (("here", root), ("moved", moved))}
+    assert fingerprints(data["here"], "train") == fingerprints(data["moved"], "train")
+    assert fingerprints(data["here"], "test") == fingerprints(data["moved"], "test")

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from unpaired.config.resolved import ResolvedEval
 from unpaired.evaluation.features import EvaluationError, FeatureExtractor, real_features, translated
-from unpaired.plugin_api.data import Domain, UnpairedData, to_uint8
+from unpaired.plugin_api.data import Domain, UnpairedData, fingerprints, to_uint8
 from unpaired.plugin_api.methods import SOURCE_DOMAIN, TARGET_DOMAIN, Direction
 from unpaired.plugin_api.metrics import SHORT_DIRECTION, Score, score_columns
 from unpaired.plugin_api.lifecycle import Scoring
@@ -61,6 +61,7 @@ class Scorer:
             extractor=self.evaluation.feature_extractor.name if self._extractor else "",
             lower_is_better={column: metric.lower_is_better for column, metric in columns.items()},
             test_images=images,
+            test_data=fingerprints(data, "test"),
             labels={column: metric.label or column.rsplit("_", 1)[0] for column, metric in columns.items()},
             from_features={column: metric.uses_features for column, metric in columns.items()},
             caveats=[caveat for metric in self.metrics.values() if (caveat := metric.caveat(min(images.values())))],

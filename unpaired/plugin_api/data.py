@@ -10,6 +10,7 @@ workers and after a resume.
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -173,6 +174,14 @@ class UnpairedData(ABC):
         each file's size and modification time)."""
         return f"{type(self).__qualname__}:{split}{domain}:{self.size(split, domain)}"
 
+    def fingerprint(self, split: Split, domain: Domain) -> str:
+        """What tells the images of this split and domain apart from any others, wherever they are stored: the same for
+        the same images copied elsewhere, different once one is added, removed or changed. Each run records it (hashed,
+        :func:`fingerprints`) for the images it trained on and those it was scored on, so that ``compare`` can say when
+        the runs of a study saw different data. By default :meth:`describe`; override it when that names where or when
+        the images were written (the folder dataset hashes each file's name and bytes) or leaves out what changes them."""
+        return self.describe(split, domain)
+
     @property
     def train_length(self) -> int:
         """Pairs per epoch: the larger training domain's size, as in the official code."""
@@ -193,3 +202,8 @@ class UnpairedData(ABC):
         """The test images of ``domain`` in order (the first ``limit`` of them when given), at the test resolution."""
         count = self.size("test", domain) if limit is None else min(limit, self.size("test", domain))
         return (self.test_image(domain, index) for index in range(count))
+
+
+def fingerprints(data: UnpairedData, split: Split) -> dict[str, str]:
+    """Each domain's :meth:`UnpairedData.fingerprint` of ``split`` as a short hash: what a run records."""
+    return {domain: hashlib.sha256(data.fingerprint(split, domain).encode()).hexdigest()[:16] for domain in ("A", "B")}

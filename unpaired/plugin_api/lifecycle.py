@@ -60,6 +60,9 @@ class Scoring(BaseModel):
     """Each headline score column (``fid_a2b``, ``fid_mean``, ...) -> whether smaller is better."""
     test_images: dict[str, int] = {}
     """The test images of each domain (``A``, ``B``) the scores compare."""
+    test_data: dict[str, str] = {}
+    """Each domain's test images as :func:`~unpaired.plugin_api.data.fingerprints` hashes them (none: scored before it
+    was recorded)."""
     labels: dict[str, str] = {}
     """Each headline score column -> its metric's label (``FID``), which titles it in compare and the report."""
     from_features: dict[str, bool] = {}
@@ -108,6 +111,9 @@ class RunResult(BaseModel):
     """It trained with deterministic GPU algorithms (``train.deterministic``), so a rerun gives the same weights bit for bit."""
     cuda_graphs: bool = False
     """Its training steps were captured once as a CUDA graph and replayed (``train.cuda_graphs``)."""
+    train_data: dict[str, str] = {}
+    """Each domain's training images as :func:`~unpaired.plugin_api.data.fingerprints` hashes them when its last training
+    invocation started (none: trained before it was recorded)."""
     host: str = ""
     """The machine that trained it (its host name)."""
     ray_node: str | None = None

@@ -3,10 +3,11 @@ better, its label, whether it compares features, and the caveats it needs. Compa
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Mapping, Sequence
 
 import pandas as pd
 
+from unpaired.results.same_data import data_cautions
 from unpaired.results.statistics import RUN_COLUMNS
 from unpaired.plugin_api.lifecycle import Scoring
 
@@ -14,11 +15,12 @@ DIRECTIONS = {"mean": "mean of A→B and B→A", "a2b": "A→B", "b2a": "B→A"}
 """A headline column's last part -> what it averages, in words."""
 
 
-def describe_scores(runs: pd.DataFrame, scorings: Iterable[Scoring]) -> pd.DataFrame:
-    """``runs`` with ``attrs`` saying what its score columns are, from the compared runs' ``scorings``: ``lower_is_better``,
-    ``labels``, ``from_features`` (each by headline column), ``extractors``, ``test_images`` (the fewest of any
-    direction) and ``caveats``."""
-    scorings = list(scorings)
+def describe_scores(runs: pd.DataFrame, scored: Sequence[Scoring | None], train_data: Sequence[Mapping[str, str]]) -> pd.DataFrame:
+    """``runs`` with ``attrs`` saying what its score columns are, from each row's scoring (``scored``, in row order; None:
+    not scored): ``lower_is_better``, ``labels``, ``from_features`` (each by headline column), ``extractors``,
+    ``test_images`` (the fewest of any direction) and ``caveats``: the metrics', then those of
+    :func:`~unpaired.results.same_data.data_cautions` (``train_data``: the hashes of each row's training images)."""
+    scorings = [scoring for scoring in scored if scoring is not None]
     runs.attrs["lower_is_better"] = {k: v for scoring in scorings for k, v in scoring.lower_is_better.items()}
     runs.attrs["labels"] = {k: v for scoring in scorings for k, v in scoring.labels.items()}
     runs.attrs["from_features"] = {k: v for scoring in scorings for k, v in scoring.from_features.items()}
@@ -26,6 +28,9 @@ def describe_scores(runs: pd.DataFrame, scorings: Iterable[Scoring]) -> pd.DataF
     images = [min(scoring.test_images.values()) for scoring in scorings if scoring.test_images]
     runs.attrs["test_images"] = min(images) if images else None
     runs.attrs["caveats"] = list(dict.fromkeys(caveat for scoring in scorings for caveat in scoring.caveats))
+    names = [f"{variant} seed {seed}" for variant, seed in zip(runs["variant"], runs["seed"])]
+    test_data = [scoring.test_data if scoring else {} for scoring in scored]
+    runs.attrs["caveats"] += data_cautions(names, list(runs["variant"]), train_data, test_data)
     return runs
 
 

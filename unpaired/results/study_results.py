@@ -131,7 +131,7 @@ class StudyResults:
             if run.result is not None
         ]
         table = pd.DataFrame(rows, columns=None if rows else ["variant", "seed", "run_id", "planned_seeds", "scoring_failed"])
-        return describe_scores(table, [result.scoring for result in finished if result.scoring])
+        return describe_scores(table, [result.scoring for result in finished], [result.train_data for result in finished])
 
     def grid_levels(self) -> dict[str, dict[str, str]]:
         """Each variant's level of every grid axis (see :func:`unpaired.results.analysis.grid_levels`)."""

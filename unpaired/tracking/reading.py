@@ -35,7 +35,7 @@ def tracked_results(name: str, uri: str | None, timeout: float, now: CurrentPlan
         runs = runs[counted]
     # a variant x seed trained twice under one configuration (its folder removed in between) counts once: the latest
     runs = runs.sort_values("start_time").drop_duplicates(["variant", "seed"], keep="last")
-    table = describe_scores(runs.drop(columns=["start_time", "evaluation", "scoring"]), [s for s in runs["scoring"] if s is not None])
+    table = describe_scores(runs.drop(columns=["start_time", "evaluation", "scoring", "train_data"]), list(runs["scoring"]), list(runs["train_data"]))
     if now is None:
         return RunsToCompare(name, _latest_parent(name, uri, timeout).get("tags.unpaired.baseline"), table, notes, None, {})
     study = now.study
@@ -45,7 +45,8 @@ def tracked_results(name: str, uri: str | None, timeout: float, now: CurrentPlan
 
 def finished_runs(study_name: str, uri: str | None, timeout: float) -> pd.DataFrame:
     """Every finished run of the study's experiment: variant, seed, run id, planned seeds, epochs, training time, run
-    folder, MLflow run, ``start_time``, ``evaluation`` (the identity its scores carry), ``scoring`` and all metrics."""
+    folder, MLflow run, ``start_time``, ``evaluation`` (the identity its scores carry), ``scoring``, ``train_data`` (the
+    hashes of its training images) and all metrics."""
     import mlflow
 
     if uri:
@@ -66,7 +67,7 @@ def finished_runs(study_name: str, uri: str | None, timeout: float) -> pd.DataFr
         ]
     runs = pd.concat(found, ignore_index=True) if found else pd.DataFrame()
     if runs.empty:
-        return pd.DataFrame(columns=["variant", "seed", "run_id", "planned_seeds", "start_time", "evaluation", "scoring"])
+        return pd.DataFrame(columns=["variant", "seed", "run_id", "planned_seeds", "start_time", "evaluation", "scoring", "train_data"])
     scorings = [_scoring(run) for _, run in runs.iterrows()]
     table = pd.DataFrame(
         {
@@ -81,6 +82,7 @@ def finished_runs(study_name: str, uri: str | None, timeout: float) -> pd.DataFr
             "start_time": runs["start_time"],
             "evaluation": [None if scoring is None else scoring.identity for scoring in scorings],
             "scoring": scorings,
+            "train_data": _tag(runs, "tags.unpaired.train_data").map(lambda hashes: json.loads(hashes) if isinstance(hashes, str) else {}),
         }
     )
     metrics = runs[[c for c in runs.columns if c.startswith("metrics.")]].rename(columns=lambda c: c.removeprefix("metrics."))

@@ -25,7 +25,7 @@ from typing import Any
 from unpaired import hookimpl
 from unpaired.errors import Notice
 from unpaired.config.study import TrackingConfig
-from unpaired.plugin_api.lifecycle import RunInfo, StudyInfo, StudySummary
+from unpaired.plugin_api.lifecycle import RunInfo, RunResult, StudyInfo, StudySummary
 from unpaired.storage.lease import process_alive
 from unpaired.tracking.store import (
     RUN_ROLE,
@@ -237,21 +237,8 @@ class StudyTracker:
             return
         self._log_history(child_id, folder)
         log_metrics_once(self.client, child_id, result.metrics, step=result.epochs)
-        if result.scoring is not None:  # what made the scores, so that compare never mixes or misranks them
-            for key, value in (
-                ("evaluation", result.scoring.identity),
-                ("extractor", result.scoring.extractor),
-                ("lower_is_better", json.dumps(result.scoring.lower_is_better, sort_keys=True)),
-                ("test_images", json.dumps(result.scoring.test_images, sort_keys=True)),
-                ("scoring", result.scoring.model_dump_json()),
-            ):
-                self.client.set_tag(child_id, f"unpaired.{key}", value)
-        self.client.set_tag(child_id, "unpaired.epochs", str(result.epochs))
-        self.client.set_tag(child_id, "unpaired.training_seconds", f"{result.seconds:.3f}")
-        if result.host:  # which machine trained it: where its logs are
-            self.client.set_tag(child_id, "unpaired.host", result.host)
-        if result.ray_node:
-            self.client.set_tag(child_id, "unpaired.ray_node", result.ray_node)
+        for key, value in _result_tags(result).items():
+            self.client.set_tag(child_id, f"unpaired.{key}", value)
         for path in folder.finished_files():
             self.client.log_artifact(child_id, str(path))
         if folder.samples.is_dir():
@@ -307,3 +294,22 @@ def unpaired_study_listeners(study: StudyInfo) -> list[object]:
             settings.timeout,
         )
     ]
+
+
+def _result_tags(result: RunResult) -> dict[str, str]:
+    """The tags (after ``unpaired.``) that a finished run's child carries: what made its scores, so that compare never
+    mixes or misranks them; which images it trained on, so that compare can tell runs that saw other data; its epochs,
+    training time, and which machine trained it (where its logs are)."""
+    tags: dict[str, str] = {}
+    if result.scoring is not None:
+        tags |= {
+            "evaluation": result.scoring.identity,
+            "extractor": result.scoring.extractor,
+            "lower_is_better": json.dumps(result.scoring.lower_is_better, sort_keys=True),
+            "test_images": json.dumps(result.scoring.test_images, sort_keys=True),
+            "scoring": result.scoring.model_dump_json(),
+        }
+    if result.train_data:
+        tags["train_data"] = json.dumps(result.train_data, sort_keys=True)
+    tags |= {"epochs": str(result.epochs), "training_seconds": f"{result.seconds:.3f}"}
+    return tags | ({"host": result.host} if result.host else {}) | ({"ray_node": result.ray_node} if result.ray_node else {})

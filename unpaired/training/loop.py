@@ -23,6 +23,7 @@ from unpaired.config.spec import TrainConfig
 from unpaired.errors import Note, Notice, StopRequested
 from unpaired.evaluation.scoring import Scorer, Scores
 from unpaired.plugin_api.components import TrainingProgress, describe
+from unpaired.plugin_api.data import fingerprints
 from unpaired.plugin_api.lifecycle import RunInfo, RunResult
 from unpaired.plugin_api.metrics import best_columns
 from unpaired.storage.files import CorruptFileError
@@ -69,6 +70,7 @@ class Trainer:
         self.device = pick_device(self.train.device)
         self.data = variant.data.build()
         check_data(self.data, variant.data)  # an empty split fails now, not an epoch later
+        self.train_data = fingerprints(self.data, "train")  # while the files are as they were just read
         # loaded now: a missing extractor must stop the run before training, not after
         self.scorer = Scorer(variant.eval, self.device) if variant.eval.metrics else None
         if self.scorer is not None and (problem := too_few_test_images(self.data, self.scorer.metrics)):
@@ -309,6 +311,7 @@ class Trainer:
             device=describe_device(self.device),
             deterministic=self.train.deterministic,
             cuda_graphs=self.step.capture,
+            train_data=self.train_data,
         )
         if self.scorer is not None:
             try:
