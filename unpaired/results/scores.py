@@ -20,6 +20,7 @@ def describe_scores(runs: pd.DataFrame, scored: Sequence[Scoring | None], train_
     not scored): ``lower_is_better``, ``labels``, ``from_features`` (each by headline column), ``extractors``,
     ``test_images`` (the fewest of any direction) and ``caveats``: the metrics', then those of
     :func:`~unpaired.results.same_data.data_cautions` (``train_data``: the hashes of each row's training images)."""
+    scored = [scoring if isinstance(scoring, Scoring) else None for scoring in scored]  # a table's empty cell may be NaN
     scorings = [scoring for scoring in scored if scoring is not None]
     runs.attrs["lower_is_better"] = {k: v for scoring in scorings for k, v in scoring.lower_is_better.items()}
     runs.attrs["labels"] = {k: v for scoring in scorings for k, v in scoring.labels.items()}
