@@ -17,6 +17,7 @@ from unpaired.config.study import plan_study
 from unpaired.plugin_api.registry import Registry
 from unpaired.reporting import write_report
 from unpaired.results.analysis import POWER, analyse, seeds_needed
+from unpaired.results.statistics import mean_interval
 from unpaired.results.study_folder import run_folder, write_index
 from unpaired.plugin_api.lifecycle import RunResult, Scoring
 from unpaired_plugins.metrics import FID, FidParams
@@ -143,3 +144,20 @@ def test_data_cautions_name_the_runs_apart_from_the_set_most_runs_share_and_leav
     assert "did not all train on the same images (raw: raw seed 0 and raw seed 1; raw seed 2: 2 different sets)" in trained
     assert "not all scored on the same test images (clean seed 2; the other 4 runs: 2 different sets)" in scored
     assert data_cautions(names, variants, [old] * 6, [{}] * 6) == []
+
+
+def test_a_variant_with_two_seeds_gets_a_caution_that_its_interval_spans_twelve_standard_errors():
+    runs = pd.DataFrame(
+        [
+            {"variant": v, "seed": s, "run_id": f"{v}{s}", "planned_seeds": 3, "fid_mean": f}
+            for v, fids in {"base": [30.0, 31.0, 29.0], "a": [25.0, 26.0]}.items()
+            for s, f in enumerate(fids)
+        ]
+    )
+    answer = " ".join(analyse(runs, "fid_mean", "base", lower_better=True).answer)
+    assert "Caution: a has 2 scored seeds: a standard deviation of 2 values rests on one degree of freedom" in answer
+    assert "95 % interval of such a mean spans ±12.7 standard errors" in answer
+    low, high = mean_interval([25.0, 26.0])
+    assert (high - low) / 2 == pytest.approx(12.706 * stats.sem([25.0, 26.0]), rel=1e-4)  # what the caution says
+    three = runs[runs["variant"] == "base"]
+    assert "scored seeds" not in " ".join(analyse(three, "fid_mean", "base", lower_better=True).answer)

@@ -18,8 +18,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
-from unpaired.results.statistics import ALPHA, summarize
+from unpaired.results.statistics import ALPHA, CONFIDENCE, summarize
 
 POWER = 0.8
 MOST_SEEDS = 1000
@@ -145,6 +146,7 @@ def analyse(
     grid = factorial(runs, levels or {}, metric)
     values = {name: [v for v in group[metric] if _finite(v)] for name, group in runs.groupby("variant", sort=False) if metric in runs.columns}
     cautions = [line for other, summary in (others or {}).items() if (line := _disagreement(table, summary, metric, other))]
+    cautions += [line] if (line := _two_seeds(table, metric)) else []
     cautions += runs.attrs.get("caveats", [])  # what the metrics say limits their scores (FID on a small test split)
     paragraphs = [_against_baseline(table, values, metric, lower_better, baseline), _grid_answer(grid, metric), cautions]
     return Analysis(metric, table, grid, [" ".join(sentences) for sentences in paragraphs if sentences], others or {})
@@ -205,6 +207,19 @@ def _grid_answer(grid: pd.DataFrame | None, metric: str) -> list[str]:
     if len(grid) > 1 and not grid.attrs["interactions"]:
         lines.append("With one seed in some cell of the grid the interactions cannot be tested: the model has main effects only.")
     return lines
+
+
+def _two_seeds(table: pd.DataFrame, metric: str) -> str | None:
+    """A caution when some variant has two scored seeds: its std rests on one degree of freedom."""
+    two = [str(name) for name, row in table.iterrows() if row["n"] == 2]
+    if not two:
+        return None
+    t = float(stats.t.ppf(1 - (1 - CONFIDENCE) / 2, 1))
+    return (
+        f"Caution: {', '.join(two)} {'has' if len(two) == 1 else 'have'} 2 scored seeds: a standard deviation of 2 values rests "
+        f"on one degree of freedom, so {metric}'s 95 % interval of such a mean spans ±{t:.1f} standard errors (Student's t) "
+        "and only large differences can be told apart; more seeds per variant make the comparison informative."
+    )
 
 
 def _disagreement(table: pd.DataFrame, other: pd.DataFrame, metric: str, other_metric: str) -> str | None:
