@@ -12,6 +12,7 @@ from scipy import stats
 
 from conftest import TINY_BASE
 from unpaired.results.same_data import data_cautions
+from unpaired.results.scores import metric_title
 from unpaired.cli import main
 from unpaired.config.study import plan_study
 from unpaired.plugin_api.registry import Registry
@@ -161,3 +162,19 @@ def test_a_variant_with_two_seeds_gets_a_caution_that_its_interval_spans_twelve_
     assert (high - low) / 2 == pytest.approx(12.706 * stats.sem([25.0, 26.0]), rel=1e-4)  # what the caution says
     three = runs[runs["variant"] == "base"]
     assert "scored seeds" not in " ".join(analyse(three, "fid_mean", "base", lower_better=True).answer)
+
+
+def test_ranking_by_the_best_epoch_cautions_that_it_was_chosen_on_the_test_images():
+    runs = pd.DataFrame(
+        [
+            {"variant": v, "seed": s, "run_id": f"{v}{s}", "planned_seeds": 3, "fid_mean": f + 5, "fid_mean_best": f}
+            for v, values in {"base": [30.0, 31.0, 29.0], "a": [25.0, 26.0, 24.5]}.items()
+            for s, f in enumerate(values)
+        ]
+    )
+    best = " ".join(analyse(runs, "fid_mean_best", "base", lower_better=True).answer)
+    assert "Caution: fid_mean_best is each run's best fid_mean over the epochs scored during training" in best
+    assert "these comparisons are optimistic; fid_mean, of the final generators, is not." in best
+    assert "chosen by that score" not in " ".join(analyse(runs, "fid_mean", "base", lower_better=True).answer)
+    runs.attrs["labels"] = {"fid_mean": "FID"}
+    assert metric_title("fid_mean_best", runs) == "FID, best epoch during training, chosen on the test images (mean of A→B and B→A)"

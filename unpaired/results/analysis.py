@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from unpaired.results.scores import headline
 from unpaired.results.statistics import ALPHA, CONFIDENCE, summarize
 
 POWER = 0.8
@@ -147,6 +148,7 @@ def analyse(
     values = {name: [v for v in group[metric] if _finite(v)] for name, group in runs.groupby("variant", sort=False) if metric in runs.columns}
     cautions = [line for other, summary in (others or {}).items() if (line := _disagreement(table, summary, metric, other))]
     cautions += [line] if (line := _two_seeds(table, metric)) else []
+    cautions += [_chosen_on_test(metric)] if headline(metric)[1] else []
     cautions += runs.attrs.get("caveats", [])  # what the metrics say limits their scores (FID on a small test split)
     paragraphs = [_against_baseline(table, values, metric, lower_better, baseline), _grid_answer(grid, metric), cautions]
     return Analysis(metric, table, grid, [" ".join(sentences) for sentences in paragraphs if sentences], others or {})
@@ -207,6 +209,16 @@ def _grid_answer(grid: pd.DataFrame | None, metric: str) -> list[str]:
     if len(grid) > 1 and not grid.attrs["interactions"]:
         lines.append("With one seed in some cell of the grid the interactions cannot be tested: the model has main effects only.")
     return lines
+
+
+def _chosen_on_test(metric: str) -> str:
+    """The caution of a best epoch's score: the epoch was chosen by that very score on the test images."""
+    final = headline(metric)[0]
+    return (
+        f"Caution: {metric} is each run's best {final} over the epochs scored during training, the epoch chosen by that "
+        "score on these very test images: the best of several noisy scores is biased toward better values (the more "
+        f"epochs scored, the more), so these comparisons are optimistic; {final}, of the final generators, is not."
+    )
 
 
 def _two_seeds(table: pd.DataFrame, metric: str) -> str | None:

@@ -57,7 +57,7 @@ def metric_title(column: str, runs: pd.DataFrame) -> str:
         return column
     extractors = runs.attrs.get("extractors", [])
     features = f", {', '.join(extractors)} features" if extractors and from_features(runs, column) else ""
-    return f"{label}, {'best epoch during training' if best else 'final generators'} ({direction}){features}"
+    return f"{label}, {'best epoch during training, chosen on the test images' if best else 'final generators'} ({direction}){features}"
 
 
 def heading(runs: pd.DataFrame, column: str) -> str:
