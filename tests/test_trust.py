@@ -503,10 +503,14 @@ def test_compare_names_the_runs_that_trained_or_were_scored_on_other_images_than
 
     (root / "testB" / "00001.png").write_bytes((root / "testA" / "00001.png").read_bytes())
     (seed0,) = (out / "base").glob("seed0-*")
-    assert run_cli("score", str(seed0)).returncode == 0
+    scored = run_cli("score", str(seed0))
+    assert scored.returncode == 0 and "note: MLflow still holds the earlier scores: the study's next `unpaired run` logs these" in scored.stderr
+    caution = "Caution: the runs were not all scored on the same test images (base seed 0; base seed 1: 2 different sets)"
     compared = " ".join(run_cli("compare", str(out)).stdout.split())
-    assert "Caution: the runs were not all scored on the same test images (base seed 0; base seed 1: 2 different sets)" in compared
-    assert "`unpaired score` on the study scores every run again" in compared
+    assert caution in compared and "`unpaired score` on the study scores every run again" in compared
+    assert caution not in " ".join(run_cli("compare", str(study)).stdout.split())  # MLflow: the scores before
+    assert study_run(study, out).done == []  # nothing to train: the tracker logs seed 0's new scores
+    assert caution in " ".join(run_cli("compare", str(study)).stdout.split())
 
     moved = tmp_path / "moved"  # the same files elsewhere, written anew: the same images
     shutil.copytree(root, moved)

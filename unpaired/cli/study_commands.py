@@ -213,7 +213,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     folders = _run_folders(Path(args.target))
     if not folders:
         raise UsageError(f"{args.target} holds no run that has finished yet: nothing to score")
-    failed = 0
+    failed, tracked = 0, False
     for folder in folders:  # one run that cannot be scored does not stop the others
         try:
             with gpu_algorithms(deterministic=False):  # inference only: cuDNN may autotune
@@ -223,9 +223,12 @@ def cmd_score(args: argparse.Namespace) -> int:
             failed += 1
             continue
         print(f"{folder}: " + "  ".join(f"{k} {v:.4f}" for k, v in scores.values.items() if not k.endswith("_std")))
+        tracked |= scores.tracked
         if scores.problems:
             print(f"error: {folder}: the scoring failed: {'; '.join(scores.problems)}", file=sys.stderr)
             failed += 1
+    if tracked:
+        print("note: MLflow still holds the earlier scores: the study's next `unpaired run` logs these", file=sys.stderr)
     return 1 if failed else 0
 
 

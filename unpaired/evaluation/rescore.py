@@ -51,6 +51,7 @@ def rescore_run(folder: RunFolder, registry: Registry, scorer: Scorer, variant: 
         result.scoring, result.scoring_problems = scores.scoring, scores.problems
         result.plugins = dict(sorted({**result.plugins, **variant.eval.plugins()}.items()))  # provenance: what scored it now
     folder.write_result(result)
+    scores.tracked = folder.mark_tracking_behind()  # MLflow holds the old scores until the study's next tracked run
     return scores
 
 

@@ -31,6 +31,8 @@ class Scores:
     scoring: Scoring | None = None
     problems: list[str] = field(default_factory=list)
     """Columns whose value is NaN or infinite, each with what it was: a failed scoring."""
+    tracked: bool = False
+    """Scores made again for a run that an MLflow run tracks, which gets them at the study's next tracked ``unpaired run``."""
 
 
 class Scorer:

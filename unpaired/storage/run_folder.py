@@ -246,3 +246,15 @@ class RunFolder:
     def write_tracking_link(self, tracking_uri: str | None, mlflow_run_id: str, complete: bool) -> None:
         """Record the MLflow run of this run; ``complete``: everything the run folder holds has been logged to it."""
         atomic_write_json(self.path / "mlflow_run.json", {"tracking_uri": tracking_uri, "run_id": mlflow_run_id, "complete": complete})
+
+    def mark_tracking_behind(self) -> bool:
+        """Record that the MLflow run of this run no longer holds everything the folder does (its result changed where no
+        tracker followed, as ``unpaired score`` changes it), so that the study's next tracked ``unpaired run`` logs it
+        again; whether there is such an MLflow run."""
+        try:
+            link = self.read_tracking_link()
+        except CorruptFileError:  # the next tracked run replaces it
+            return False
+        if link is not None and link.get("complete"):
+            self.write_tracking_link(link.get("tracking_uri"), link["run_id"], complete=False)
+        return link is not None
