@@ -88,9 +88,10 @@ def test_real_inception_fid_is_zero_against_itself_matches_scipy_and_grows_with_
     def shifted(amount):
         return inception([(image + amount).clamp(-1, 1) for image in synthetic_images(registry, "B", 24)])
 
-    slightly, strongly = fid_from_features(stripes, shifted(0.2)), fid_from_features(stripes, shifted(0.6))
+    slightly_shifted = shifted(0.2)
+    slightly, strongly = fid_from_features(stripes, slightly_shifted), fid_from_features(stripes, shifted(0.6))
     assert 1.0 < slightly < strongly
-    kid_shifted, _ = kid_from_features(stripes, shifted(0.2))
+    kid_shifted, _ = kid_from_features(stripes, slightly_shifted)
     kid_same, _ = kid_from_features(stripes, stripes)
     assert kid_same < kid_shifted
 
