@@ -497,6 +497,12 @@ def test_train_and_translate_from_the_command_line(tmp_path):
     (checkpoint,) = (run / "checkpoints").glob("*.pt")
     unsaid = run_cli("translate", "--checkpoint", str(checkpoint), str(tmp_path / "syn" / "testA"), "--out", str(out))
     assert unsaid.returncode == 2 and "holding the generators of AtoB and BtoA: choose one (--direction)" in unsaid.stderr
+    from_folder = run_cli("translate", "--checkpoint", str(run), str(tmp_path / "syn" / "testB"), "--direction", "BtoA", "--out", str(tmp_path / "b"))
+    assert from_folder.returncode == 0 and "translated BtoA at 32 px" in from_folder.stdout, from_folder.stderr  # its final generator
+    unsaid = run_cli("translate", "--checkpoint", str(run), str(tmp_path / "syn" / "testA"), "--out", str(out))
+    assert unsaid.returncode == 2 and f"{run} is a run folder holding the generators of AtoB and BtoA: choose one (--direction)" in unsaid.stderr
+    unfinished = run_cli("translate", "--checkpoint", str(tmp_path / "syn"), str(tmp_path / "syn" / "testA"), "--out", str(out))
+    assert unfinished.returncode == 2 and "is a folder without final generators (generators/AtoB.pt, BtoA.pt)" in unfinished.stderr
     from PIL import Image
 
     assert Image.open(out / "00000.png").size == (32, 32)

@@ -160,9 +160,13 @@ def _add_tool_commands(commands: argparse._SubParsersAction) -> None:
 
     translate = commands.add_parser("translate", help="apply a trained generator to an image or a folder")
     translate.add_argument("input", help="an image file or a folder of images")
-    translate.add_argument("--checkpoint", required=True, help="generators/AtoB.pt, generators/BtoA.pt or a training checkpoint")
     translate.add_argument(
-        "--direction", choices=["AtoB", "BtoA"], help="which generator (default: the one the file holds; a training checkpoint holds two: required)"
+        "--checkpoint", required=True, help="a run folder (its final generators), generators/AtoB.pt, generators/BtoA.pt or a training checkpoint"
+    )
+    translate.add_argument(
+        "--direction",
+        choices=["AtoB", "BtoA"],
+        help="which generator (default: the one the file holds; a training checkpoint or a run folder with two: required)",
     )
     translate.add_argument("--out", required=True, help="folder for the translated PNGs")
     translate.add_argument("--size", type=_at_least_one, help="resize inputs to SIZE x SIZE (default: the training crop size)")

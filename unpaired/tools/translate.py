@@ -1,4 +1,4 @@
-"""Apply a trained generator to images: from an exported generator file or a training checkpoint."""
+"""Apply a trained generator to images: from an exported generator file, a training checkpoint or a run folder."""
 
 from __future__ import annotations
 
@@ -11,14 +11,29 @@ from torch import nn
 from unpaired.errors import InputError
 from unpaired.plugin_api.data import IMAGE_EXTENSIONS, UNREADABLE_IMAGE, Transform, list_images, load_image, save_grid
 from unpaired.plugin_api.registry import Registry
+from unpaired.plugin_api.methods import DIRECTIONS
 from unpaired.storage.records import Direction, ExportedGenerator
+from unpaired.storage.run_folder import RunFolder
 
 
 def load_generator(path: Path, direction: Direction | None, registry: Registry) -> tuple[nn.Module, int, Direction]:
     """Rebuild the generator of ``direction`` (None: the one ``path`` holds), its test resolution and its direction
-    from ``path``: ``generators/AtoB.pt``-style exports or any training checkpoint."""
-    exported = ExportedGenerator.read(path, direction)
+    from ``path``: ``generators/AtoB.pt``-style exports, any training checkpoint, or a run folder (its final generator)."""
+    exported = ExportedGenerator.read(final_generator(path, direction) if path.is_dir() else path, direction)
     return exported.build(registry), exported.crop_size, exported.direction
+
+
+def final_generator(folder: Path, direction: Direction | None) -> Path:
+    """The final generator file of ``direction`` in the run folder ``folder`` (None: its only one)."""
+    run = RunFolder(folder)
+    saved = [d for d in DIRECTIONS if run.generator_path(d).is_file()]
+    if not saved:
+        raise InputError(f"{folder} is a folder without final generators (generators/AtoB.pt, BtoA.pt): name a run folder whose run has finished")
+    if direction is None and len(saved) > 1:
+        raise InputError(f"{folder} is a run folder holding the generators of {' and '.join(saved)}: choose one (--direction)")
+    if direction is not None and direction not in saved:
+        raise InputError(f"{folder} holds no {direction} generator, only {' and '.join(saved)}")
+    return run.generator_path(direction or saved[0])
 
 
 @torch.inference_mode()
