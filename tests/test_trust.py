@@ -517,3 +517,19 @@ def test_compare_names_the_runs_that_trained_or_were_scored_on_other_images_than
     data = {name: registry.build("dataset", {"name": "folder", "root": str(folder)}) for name, folder in (("here", root), ("moved", moved))}
     assert fingerprints(data["here"], "train") == fingerprints(data["moved"], "train")
     assert fingerprints(data["here"], "test") == fingerprints(data["moved"], "test")
+
+
+def test_a_run_resumed_after_its_training_images_changed_says_so_and_records_neither_set_alone(tmp_path):
+    root = write_synthetic_folder(tmp_path / "data", n_train=3, n_test=2)
+    base = merge(TWO_EPOCHS, {"data": {"name": "folder", "root": str(root), "load_size": None, "crop_size": 32}})
+    study = write_study(tmp_path / "edited.yaml", "edited", base=base, tracking={"enabled": False})
+    out = tmp_path / "out"
+    before = fingerprints(Registry.from_entry_points().build("dataset", base["data"]), "train")
+    assert len(study_run(study, out, AtStep(5, crash)).failed) == 1  # epoch 1 (3 steps) checkpointed, then a crash
+    (root / "trainA" / "00001.png").write_bytes((root / "trainB" / "00001.png").read_bytes())
+    after = fingerprints(Registry.from_entry_points().build("dataset", base["data"]), "train")
+    with pytest.warns(Notice, match=r"the training images \(trainA\) changed since this run's last checkpoint: it goes on with them"):
+        assert len(study_run(study, out).done) == 1
+    (folder,) = out.glob("base/seed0-*")
+    recorded = RunFolder(folder).read_result().train_data
+    assert recorded["B"] == before["B"] == after["B"] and recorded["A"] not in (before["A"], after["A"])

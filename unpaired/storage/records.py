@@ -60,6 +60,8 @@ class TrainingState:
     """Training seconds over all invocations so far."""
     epoch_sums: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
     """Sums of the current epoch's loss terms so far (on the training device; on the CPU in a checkpoint)."""
+    train_data: dict[str, str] = field(default_factory=dict)
+    """Hashes of the images it has trained on, by domain (``fingerprints``; none in checkpoints made before they were)."""
 
     def state_dict(self) -> dict[str, Any]:
         """Plain values, as a checkpoint holds them (the fields in order, which its checksum reads): the loss sums on

@@ -8,6 +8,7 @@ last checkpoint left off. The update itself is the variant's method's (see ``plu
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import time
 import warnings
@@ -82,7 +83,7 @@ class Trainer:
         self.terms = self.method.loss_terms
         self.watch = LossWatch(self.terms, self.device, describe(variant.method, "method"))
         self.steps_per_epoch = self.train.steps_per_epoch(self.data.train_length)
-        self.state = TrainingState(epoch_sums=torch.zeros(len(self.terms), device=self.device))
+        self.state = TrainingState(epoch_sums=torch.zeros(len(self.terms), device=self.device), train_data=self.train_data)
         self.last_checkpoint: Path | None = None
         self.step = StepRunner.for_run(self.method, self.runtime, self.train.cuda_graphs)
         # The loader's own generator keeps it from drawing on the global RNG, so resuming mid-epoch stays exact.
@@ -134,7 +135,24 @@ class Trainer:
             self.runtime.adopt(optimizer)
         restore_rng(checkpoint.rng)
         self.state.load_state_dict(checkpoint.state.state_dict())
+        self.state.train_data = self.trained_on(checkpoint.state.train_data)
         self.watch.step.fill_(self.state.global_step)
+
+    def trained_on(self, before: dict[str, str]) -> dict[str, str]:
+        """The hashes of the images this run has trained on, when it resumes from a checkpoint that recorded ``before``:
+        this invocation's, or, for a domain whose images changed since (said in a notice), a hash of both, which no run
+        trained on either set alone shares."""
+        if not before or before == self.train_data:
+            return self.train_data
+        changed = ", ".join(f"train{domain}" for domain in self.train_data if before.get(domain) != self.train_data[domain])
+        warnings.warn(
+            f"{self.folder}: the training images ({changed}) changed since this run's last checkpoint: it goes on with them as "
+            "they are now, and compare will name it as trained on other images than its variant's other seeds",
+            Notice,
+            stacklevel=1,
+        )
+        mixed = {domain: hashlib.sha256(f"{before.get(domain)}+{now}".encode()).hexdigest()[:16] for domain, now in self.train_data.items()}
+        return {domain: now if before.get(domain) == now else mixed[domain] for domain, now in self.train_data.items()}
 
     def elapsed(self) -> float:
         """Training seconds over all invocations so far."""
@@ -311,7 +329,7 @@ class Trainer:
             device=describe_device(self.device),
             deterministic=self.train.deterministic,
             cuda_graphs=self.step.capture,
-            train_data=self.train_data,
+            train_data=self.state.train_data,
         )
         if self.scorer is not None:
             try:
