@@ -155,10 +155,15 @@ def test_bad_inputs_to_translate_train_and_score_are_named_with_exit_code_2(tmp_
     images = tmp_path / "images" / "testA"
     text, png = tmp_path / "notes.txt", images / "00000.png"
     text.write_text("hello")
-    for checkpoint in (text, png, tmp_path / "missing.pt", tmp_path):
+    for checkpoint, why in [
+        (text, "is not a"),
+        (png, "is not a"),
+        (tmp_path / "missing.pt", "is not a"),
+        (tmp_path, "is a folder without final generators"),
+    ]:
         result = cli("translate", "--checkpoint", str(checkpoint), str(images), "--out", str(tmp_path / "out"))
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
-        assert result.stderr.startswith(f"error: {checkpoint} is not a"), result.stderr
+        assert result.stderr.startswith(f"error: {checkpoint} {why}"), result.stderr
 
     generator = exported_generator(tmp_path / "AtoB.pt")
     (images / "broken.png").write_bytes(b"\x89PNG not really")
