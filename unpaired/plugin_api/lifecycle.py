@@ -112,8 +112,8 @@ class RunResult(BaseModel):
     cuda_graphs: bool = False
     """Its training steps were captured once as a CUDA graph and replayed (``train.cuda_graphs``)."""
     train_data: dict[str, str] = {}
-    """Each domain's training images as :func:`~unpaired.plugin_api.data.fingerprints` hashes them when its last training
-    invocation started (none: trained before it was recorded)."""
+    """Each domain's training images as :func:`~unpaired.plugin_api.data.fingerprints` hashes them; for a domain whose
+    images changed between its invocations, a hash of both sets (none: trained before it was recorded)."""
     host: str = ""
     """The machine that trained it (its host name)."""
     ray_node: str | None = None

@@ -71,7 +71,6 @@ class Trainer:
         self.device = pick_device(self.train.device)
         self.data = variant.data.build()
         check_data(self.data, variant.data)  # an empty split fails now, not an epoch later
-        self.train_data = fingerprints(self.data, "train")  # while the files are as they were just read
         # loaded now: a missing extractor must stop the run before training, not after
         self.scorer = Scorer(variant.eval, self.device) if variant.eval.metrics else None
         if self.scorer is not None and (problem := too_few_test_images(self.data, self.scorer.metrics)):
@@ -83,7 +82,8 @@ class Trainer:
         self.terms = self.method.loss_terms
         self.watch = LossWatch(self.terms, self.device, describe(variant.method, "method"))
         self.steps_per_epoch = self.train.steps_per_epoch(self.data.train_length)
-        self.state = TrainingState(epoch_sums=torch.zeros(len(self.terms), device=self.device), train_data=self.train_data)
+        # the training images' hashes, while the files are as they were just read
+        self.state = TrainingState(epoch_sums=torch.zeros(len(self.terms), device=self.device), train_data=fingerprints(self.data, "train"))
         self.last_checkpoint: Path | None = None
         self.step = StepRunner.for_run(self.method, self.runtime, self.train.cuda_graphs)
         # The loader's own generator keeps it from drawing on the global RNG, so resuming mid-epoch stays exact.
@@ -134,25 +134,26 @@ class Trainer:
         for optimizer in self.method.optimizers():  # saved perhaps under another runtime (with or without CUDA graphs)
             self.runtime.adopt(optimizer)
         restore_rng(checkpoint.rng)
+        now = self.state.train_data
         self.state.load_state_dict(checkpoint.state.state_dict())
-        self.state.train_data = self.trained_on(checkpoint.state.train_data)
+        self.state.train_data = self.trained_on(checkpoint.state.train_data, now)
         self.watch.step.fill_(self.state.global_step)
 
-    def trained_on(self, before: dict[str, str]) -> dict[str, str]:
-        """The hashes of the images this run has trained on, when it resumes from a checkpoint that recorded ``before``:
-        this invocation's, or, for a domain whose images changed since (said in a notice), a hash of both, which no run
-        trained on either set alone shares."""
-        if not before or before == self.train_data:
-            return self.train_data
-        changed = ", ".join(f"train{domain}" for domain in self.train_data if before.get(domain) != self.train_data[domain])
+    def trained_on(self, before: dict[str, str], now: dict[str, str]) -> dict[str, str]:
+        """The hashes of the images this run has trained on, when it resumes from a checkpoint that recorded ``before``
+        with the images hashed ``now``: those, or, for a domain whose images changed since (said in a notice), a hash of
+        both, which no run trained on either set alone shares."""
+        if not before or before == now:
+            return now
+        changed = ", ".join(f"train{domain}" for domain in now if before.get(domain) != now[domain])
         warnings.warn(
             f"{self.folder}: the training images ({changed}) changed since this run's last checkpoint: it goes on with them as "
             "they are now, and compare will name it as trained on other images than its variant's other seeds",
             Notice,
             stacklevel=1,
         )
-        mixed = {domain: hashlib.sha256(f"{before.get(domain)}+{now}".encode()).hexdigest()[:16] for domain, now in self.train_data.items()}
-        return {domain: now if before.get(domain) == now else mixed[domain] for domain, now in self.train_data.items()}
+        both = {domain: f"{before.get(domain)}+{hashed}" for domain, hashed in now.items() if before.get(domain) != hashed}
+        return now | {domain: hashlib.sha256(text.encode()).hexdigest()[:16] for domain, text in both.items()}
 
     def elapsed(self) -> float:
         """Training seconds over all invocations so far."""
