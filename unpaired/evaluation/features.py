@@ -189,10 +189,11 @@ def folder_images(folder: Path, size: int, fewest: int) -> list[Tensor]:
 
 
 def expected_evaluations(runs: list[PlannedRun], load: bool = True) -> dict[str, str]:
-    """Run id -> the evaluation identity its scores must carry (runs that score nothing are left out). Loads each
-    feature extractor the runs' metrics use once, on the CPU, so a missing one also stops the study before training;
-    with ``load=False`` (reading scores, not making them) only those whose factory cannot say its ``cache_identity_of``.
-    An evaluation whose metrics all compare images needs no extractor, so none is loaded for it."""
+    """Run id -> the evaluation identity its scores must carry (runs that score nothing are left out). An extractor
+    whose factory says its identity unbuilt (``cache_identity_of``) is not loaded; one that cannot is built once, on the
+    CPU. Where the factory cannot tell (its weights are not here), ``load`` decides: making scores (``True``) builds it,
+    so its own error says how to get it; reading them (``False``) raises saying the scores cannot be checked here.
+    An evaluation whose metrics all compare images needs no extractor."""
     extractors: dict[str, str] = {}
     expected = {}
     for run in runs:
@@ -209,14 +210,27 @@ def expected_evaluations(runs: list[PlannedRun], load: bool = True) -> dict[str,
     return expected
 
 
+def check_extractors(runs: list[PlannedRun]) -> None:
+    """Build each feature extractor that ``runs`` score with, once, on the CPU: a missing or broken one stops a study
+    before any training, with its own advice, rather than each run after it trained."""
+    checked = set()
+    for run in runs:
+        evaluation = run.resolved.eval
+        key = json.dumps(evaluation.feature_extractor.as_dict(), sort_keys=True)
+        if evaluation.metrics and evaluation.uses_features and key not in checked:
+            FeatureExtractor(evaluation.feature_extractor, torch.device("cpu"), batch_size=1)
+            checked.add(key)
+
+
 def _extractor_identity(choice: Choice, load: bool) -> str:
-    if not load:
-        try:
-            said = unbuilt_identity(choice)
-        except Exception as error:  # e.g. its weights are not on this machine: the scores cannot be checked here
+    try:
+        said = unbuilt_identity(choice)
+    except Exception as error:  # e.g. its weights are not on this machine
+        if not load:
             raise EvaluationError(f"which {choice.component.name} features made the scores cannot be told here: {error}") from error
-        if said is not None:
-            return said
+        said = None  # building it says why it cannot be, and how to fix that
+    if said is not None:
+        return said
     return FeatureExtractor(choice, torch.device("cpu"), batch_size=1).cache_identity()
 
 

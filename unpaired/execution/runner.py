@@ -17,7 +17,7 @@ from pathlib import Path
 
 from unpaired.config.study import PlannedRun, Study
 from unpaired.errors import StopRequested, UnpairedError, UsageError
-from unpaired.evaluation.features import expected_evaluations
+from unpaired.evaluation.features import check_extractors, expected_evaluations
 from unpaired.execution.jobs import make_jobs, train_job
 from unpaired.execution.worker import PROCESS_WORKERS
 from unpaired.plugin_api.executors import Executor, ExecutorContext, RunJob
@@ -103,7 +103,7 @@ def run_study(
 ) -> StudySummary:
     """Train every run of ``runs`` that is not done and return what became of each.
 
-    Before any training the feature extractors load, the executor starts (``execution``, an ``executor``
+    Before any training the feature extractors that the runs to train or score use load, the executor starts (``execution``, an ``executor``
     component with its settings; default the study's ``execution``) and the study's listeners (see the
     ``unpaired_study_listeners`` hook) start. A failing run is recorded and the others go on.
     SIGINT or SIGTERM stops the study: running runs checkpoint, queued ones are not started, and the
@@ -114,6 +114,7 @@ def run_study(
     _gather_moved(runs, out, announce)
     evaluations = expected_evaluations(study.runs)  # of every run: the index records them for compare and the report
     todo = _runs_to_train(runs, out, evaluations, rerun_stale, summary, announce)
+    check_extractors(todo)
     listeners = [listener for found in registry.hook.unpaired_study_listeners(study=study_info(study, out)) for listener in found]
     with stop_on_signals():
         context = ExecutorContext(out, announce, show_progress, lambda job: train_job(job, registry, show_progress=show_progress), PROCESS_WORKERS)

@@ -144,8 +144,9 @@ def unpaired_register_feature_extractors(register: Register) -> None:
     Real-image features are cached per extractor parameters; a module whose features depend
     on more (the weights file it found, by its hash) says what in ``cache_identity: str``.
     A factory that can say it without building the module (the factory a class, with a static
-    ``cache_identity_of(params) -> str``) spares ``compare``, ``report`` and ``plan`` loading it:
-    they only need to know which evaluation the stored scores must carry. Where it cannot tell
+    ``cache_identity_of(params) -> str``) spares ``compare``, ``report``, ``plan`` and a ``run``
+    with nothing left to score loading it: they only need to know which evaluation the stored
+    scores must carry. Where it cannot tell
     (its weights are not on this machine), it raises: they then read the scores unchecked, with
     a note saying why.
     """
