@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import warnings
 from pathlib import Path
 
@@ -31,9 +32,10 @@ class FolderParams(TransformParams):
 
 
 class ImageFolders(UnpairedData):
-    """Images found in the four folders. Every file is decoded once up front: unreadable ones are
-    reported in one warning naming them and skipped; a missing or empty folder is an error.
-    With ``cache`` the decoded images are kept (loader workers share them copy-on-write)."""
+    """Images found in the four folders. Every file is read and decoded once up front: unreadable ones are
+    reported in one warning naming them and skipped; a missing or empty folder is an error. The
+    bytes read are hashed then (:meth:`fingerprint`). With ``cache`` the decoded images are kept
+    (loader workers share them copy-on-write)."""
 
     memory_hint = "lower data.crop_size"
 
@@ -42,17 +44,20 @@ class ImageFolders(UnpairedData):
         self.root = params.root
         self.files: dict[tuple[str, str], list[Path]] = {}
         self.decoded: dict[tuple[str, str], list[Image.Image]] = {}
+        self.digests: dict[tuple[str, str], list[str]] = {}
         unreadable: list[str] = []
         for split in ("train", "test"):
             for domain in ("A", "B"):
                 folder = self.root / f"{split}{domain}"
                 if not folder.is_dir():
                     raise DataError(f"{folder} does not exist: a folder dataset needs trainA, trainB, testA and testB in {self.root}")
-                readable, decoded = [], []
+                readable, decoded, digests = [], [], []
                 for path in list_images(folder):
                     try:
-                        image = load_image(path)
+                        content = path.read_bytes()
+                        image = load_image(io.BytesIO(content))
                         readable.append(path)
+                        digests.append(hashlib.sha256(content).hexdigest())
                         if params.cache:
                             decoded.append(image)
                     except UNREADABLE_IMAGE as error:
@@ -60,6 +65,7 @@ class ImageFolders(UnpairedData):
                 if not readable:
                     raise DataError(f"{folder} holds no readable images ({', '.join(e.lstrip('.') for e in IMAGE_EXTENSIONS)})")
                 self.files[split, domain] = readable
+                self.digests[split, domain] = digests
                 if params.cache:
                     self.decoded[split, domain] = decoded
         if unreadable:
@@ -87,9 +93,9 @@ class ImageFolders(UnpairedData):
         return f"folder:{split}{domain}:{stats}"
 
     def fingerprint(self, split: Split, domain: Domain) -> str:
-        """Each readable file's name and the SHA-256 of its bytes, in order: the same images under another root or
-        copied with new modification times give the same."""
-        files = [(path.name, hashlib.sha256(path.read_bytes()).hexdigest()) for path in self.files[split, domain]]
+        """Each readable file's name and the SHA-256 of its bytes as they were read when the dataset was opened, in
+        order: the same images under another root or copied with new modification times give the same."""
+        files = [(path.name, digest) for path, digest in zip(self.files[split, domain], self.digests[split, domain])]
         return f"folder:{split}{domain}:{files}"
 
 

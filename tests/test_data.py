@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import http.server
 import io
 import threading
@@ -76,6 +77,16 @@ def test_the_in_memory_cache_serves_the_same_pixels_without_reading_files_again(
         image.unlink()
     got = cached.train_pair(1, torch.Generator().manual_seed(3))
     assert all(torch.equal(a, b) for a, b in zip(expected, got))
+
+
+def test_the_folder_fingerprint_hashes_the_bytes_read_when_the_folders_were_opened_without_reading_them_again(registry, tmp_path):
+    """Every file was read twice (decoded when opened, read again to hash it), and again at each scoring of ``eval.every``."""
+    make_layout(tmp_path)
+    data = folder_data(registry, tmp_path)
+    expected = [(p.name, hashlib.sha256(p.read_bytes()).hexdigest()) for p in sorted((tmp_path / "testB").iterdir())]
+    for image in (tmp_path / "testB").iterdir():
+        image.unlink()
+    assert data.fingerprint("test", "B") == f"folder:testB:{expected}"
 
 
 def test_missing_or_empty_domain_is_a_clear_error(registry, tmp_path):

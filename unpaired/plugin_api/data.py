@@ -15,7 +15,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 import numpy as np
 import torch
@@ -48,8 +48,9 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
-def load_image(path: str | Path) -> Image.Image:
-    """Decode an image file fully and return it as 8-bit RGB; raises one of :data:`UNREADABLE_IMAGE` when unreadable."""
+def load_image(path: str | Path | BinaryIO) -> Image.Image:
+    """Decode an image file (or its bytes, in a binary file object) fully and return it as 8-bit RGB; raises one of
+    :data:`UNREADABLE_IMAGE` when unreadable."""
     with Image.open(path) as image:
         image.load()
         return to_rgb(image)
