@@ -170,6 +170,42 @@ def test_epochs_mlflow_missed_are_logged_before_training_continues_so_the_histor
     assert [m.step for m in sorted(history, key=lambda m: (m.timestamp, m.step))] == [1, 2, 3]
 
 
+def test_final_generators_cut_short_or_deleted_are_exported_again_from_the_last_checkpoint(tmp_path):
+    """A finished run whose generators/*.pt was cut short (a partial copy) or deleted stayed `done`: translate, score and
+    the report then failed on it for good, though its last checkpoint holds the same weights."""
+    study, out = write_study(tmp_path / "kept.yaml", "kept", tracking={"enabled": False}), tmp_path / "out"
+    assert len(study_run(study, out).done) == 1
+    (folder,) = out.glob("base/seed0-*")
+    run = RunFolder(folder)
+    exported = {direction: ExportedGenerator.read(run.generator_path(direction), direction).state_dict for direction in ("AtoB", "BtoA")}
+    run.generator_path("AtoB").write_bytes(run.generator_path("AtoB").read_bytes()[:1000])
+    run.generator_path("BtoA").unlink()
+    planned = run_cli("plan", str(study), "--out", str(out))
+    assert "done (final generator AtoB, BtoA missing or damaged: `run` exports it again from the last checkpoint)" in planned.stdout
+
+    registry, said = Registry.from_entry_points(), []
+    planned_study = load_study(study, registry)
+    again = run_study(planned_study, out, registry, select_runs(planned_study, None, None), show_progress=False, announce=said.append)
+    assert len(again.skipped) == 1 and not again.done and not again.failed
+    checkpoint = run.latest_checkpoint()
+    assert f"base seed 0: {run.generator_path('AtoB')}, {run.generator_path('BtoA')}: missing or damaged; exported again from " in said[0]
+    assert f"{checkpoint.name}, the run's last checkpoint" in said[0]
+    for direction, weights in exported.items():
+        restored = ExportedGenerator.read(run.generator_path(direction), direction).state_dict
+        assert restored.keys() == weights.keys() and all(torch.equal(restored[k], weights[k]) for k in weights)
+
+    run.generator_path("BtoA").unlink()  # with no checkpoint of the last epoch left, it says what to do, and the study goes on
+    checkpoint.rename(checkpoint.with_name("epoch-0001-step-000000003.pt"))
+    said.clear()
+    again = run_study(planned_study, out, registry, select_runs(planned_study, None, None), show_progress=False, announce=said.append)
+    assert len(again.skipped) == 1 and not again.failed and not run.generator_path("BtoA").exists()
+    assert (
+        f"warning: base seed 0: {run.generator_path('BtoA')}: missing or damaged, and no checkpoint of its last epoch (2) is left to export them from"
+        in said[0]
+    )
+    assert f"move {folder} aside and run again to train it anew" in said[0]
+
+
 @pytest.mark.slow
 def test_a_corrupt_study_index_leaves_compare_and_the_report_working_from_the_run_folders(make_distribution, tmp_path):
     make_distribution("pixel-features", "1.0", {"pixel": "pixel_features"}, {"pixel_features.py": PIXEL_FEATURES})

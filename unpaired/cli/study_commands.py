@@ -50,6 +50,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     """Show every run of a study with its overrides, id, steps and state on disk, and finished runs it no longer has."""
     from unpaired.evaluation.features import expected_evaluations
     from unpaired.execution.runner import open_datasets, select_runs, steps_per_run
+    from unpaired.plugin_api.metrics import method_directions
     from unpaired.results.study_folder import moved_run, run_folder
 
     study = load_study(args.study, plugin_registry(), args.overrides)
@@ -72,6 +73,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
             then = {dist: version for dist, version in (trained.plugins if trained else {}).items() if dist in now}
             status += f" ({'; '.join(plugin_changes(then, now))})"
         status += f" (in {moved.path.relative_to(out)}: `run` moves it)" if moved else ""
+        damaged = folder.damaged_generators(method_directions(run.resolved.method.component.factory)) if status.startswith("done") else []
+        status += f" (final generator {', '.join(damaged)} missing or damaged: `run` exports it again from the last checkpoint)" if damaged else ""
         status += f" ({threads[run.run_id]})" if run.run_id in threads and status in ("pending", "stale") else ""
         rows.append((run.variant, str(run.seed), run.run_id, str(count) if isinstance(count, int) else "?", status, overrides))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]

@@ -23,10 +23,12 @@ from unpaired.execution.worker import PROCESS_WORKERS
 from unpaired.plugin_api.executors import Executor, ExecutorContext, RunJob
 from unpaired.plugin_api.components import Choice
 from unpaired.plugin_api.data import UnpairedData
+from unpaired.plugin_api.metrics import method_directions
 from unpaired.plugin_api.registry import Registry
 from unpaired.results.study_folder import moved_run, run_folder, run_info, study_info, write_index
 from unpaired.signals import deferred_signals, stop_on_signals, stop_requested
 from unpaired.storage.lifecycle import TO_TRAIN, RunOutcome, StudySummary
+from unpaired.storage.run_folder import RunFolder
 from unpaired.training.contracts import ContractError, check_data, too_few_test_images
 
 
@@ -161,6 +163,8 @@ def _runs_to_train(
         if status == "stale" and rerun_stale:
             announce(f"{run.variant} seed {run.seed} was trained by other plugin versions: moved to {folder.retire()}, training again")
             status = "pending"
+        if status in ("done", "stale", "score-failed"):
+            _restore_generators(run, folder, announce)
         if status in ("done", "stale"):
             summary.skipped.append(run_info(out, run))
             stale += [run] if status == "stale" else []
@@ -181,6 +185,25 @@ def _runs_to_train(
             "they are scored again, not trained"
         )
     return todo
+
+
+def _restore_generators(run: PlannedRun, folder: RunFolder, announce: Callable[[str], None]) -> None:
+    """Export a finished run's missing or cut-short final generators again from its last checkpoint (the same weights),
+    saying so; when that cannot be done, say what to do instead (the study goes on)."""
+    damaged = folder.damaged_generators(method_directions(run.resolved.method.component.factory))
+    result = folder.read_result()
+    if not damaged or result is None:
+        return
+    names, who = ", ".join(str(folder.generator_path(direction)) for direction in damaged), f"{run.variant} seed {run.seed}"
+    try:
+        source = folder.restore_generators(damaged, result.epochs)
+        why = f"no checkpoint of its last epoch ({result.epochs}) is left to export them from"
+    except UnpairedError as error:  # the checkpoint is damaged too
+        source, why = None, str(error)
+    if source is None:
+        announce(f"warning: {who}: {names}: missing or damaged, and {why}: move {folder.path} aside and run again to train it anew")
+    else:
+        announce(f"{who}: {names}: missing or damaged; exported again from {source.name}, the run's last checkpoint")
 
 
 def _run(

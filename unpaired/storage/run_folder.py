@@ -18,6 +18,8 @@ from __future__ import annotations
 import csv
 import io
 import re
+import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -154,6 +156,21 @@ class RunFolder:
     @property
     def generators(self) -> Path:
         return self.path / "generators"
+
+    def damaged_generators(self, directions: Sequence[Direction]) -> list[Direction]:
+        """The ``directions`` whose final generator file is missing or not a whole archive (cut short by a copy, say).
+        It reads only the end of each file: cheap enough for every finished run of every ``unpaired run``."""
+        return [direction for direction in directions if not zipfile.is_zipfile(self.generator_path(direction))]
+
+    def restore_generators(self, directions: Sequence[Direction], epochs: int) -> Path | None:
+        """Export the final generators of ``directions`` again from the run's last checkpoint, which holds the same
+        weights when it is of epoch ``epochs`` (the run's last); return that checkpoint, or None when there is none."""
+        path = self.latest_checkpoint()
+        if path is None or int(_CHECKPOINT.match(path.name)[1]) != epochs:  # type: ignore[index]
+            return None
+        for direction in directions:
+            self.export_generator(ExportedGenerator.read(path, direction))
+        return path
 
     def generator_stamp(self, direction: Direction) -> list[int] | None:
         """Size and modification time (ns) of the final generator's file: what a saved showcase was made from."""
