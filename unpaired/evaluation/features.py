@@ -202,7 +202,7 @@ def expected_evaluations(runs: list[PlannedRun], load: bool = True) -> dict[str,
             continue
         extractor_identity = ""
         if evaluation.uses_features:
-            key = json.dumps(evaluation.feature_extractor.as_dict(), sort_keys=True)
+            key = _extractor_key(evaluation.feature_extractor)
             if key not in extractors:
                 extractors[key] = _extractor_identity(evaluation.feature_extractor, load)
             extractor_identity = extractors[key]
@@ -216,10 +216,14 @@ def check_extractors(runs: list[PlannedRun]) -> None:
     checked = set()
     for run in runs:
         evaluation = run.resolved.eval
-        key = json.dumps(evaluation.feature_extractor.as_dict(), sort_keys=True)
+        key = _extractor_key(evaluation.feature_extractor)
         if evaluation.metrics and evaluation.uses_features and key not in checked:
             FeatureExtractor(evaluation.feature_extractor, torch.device("cpu"), batch_size=1)
             checked.add(key)
+
+
+def _extractor_key(choice: Choice) -> str:
+    return json.dumps(choice.as_dict(), sort_keys=True)
 
 
 def _extractor_identity(choice: Choice, load: bool) -> str:

@@ -105,9 +105,10 @@ def run_study(
 ) -> StudySummary:
     """Train every run of ``runs`` that is not done and return what became of each.
 
-    Before any training the feature extractors that the runs to train or score use load, the executor starts (``execution``, an ``executor``
-    component with its settings; default the study's ``execution``) and the study's listeners (see the
-    ``unpaired_study_listeners`` hook) start. A failing run is recorded and the others go on.
+    Before any training the feature extractors of the runs to train or score load, the executor starts
+    (``execution``, an ``executor`` component with its settings; default the study's ``execution``) and
+    the study's listeners (see the ``unpaired_study_listeners`` hook) start. A finished run's missing
+    or cut-short final generators are exported again from its last checkpoint. A failing run is recorded and the others go on.
     SIGINT or SIGTERM stops the study: running runs checkpoint, queued ones are not started, and the
     summary says so (``summary.stopped_by``); the listeners always hear of the end.
     """

@@ -166,7 +166,8 @@ class RunFolder:
         """Export the final generators of ``directions`` again from the run's last checkpoint, which holds the same
         weights when it is of epoch ``epochs`` (the run's last); return that checkpoint, or None when there is none."""
         path = self.latest_checkpoint()
-        if path is None or int(_CHECKPOINT.match(path.name)[1]) != epochs:  # type: ignore[index]
+        last = _CHECKPOINT.match(path.name) if path else None
+        if path is None or last is None or int(last[1]) != epochs:
             return None
         for direction in directions:
             self.export_generator(ExportedGenerator.read(path, direction))
