@@ -28,6 +28,7 @@ from conftest import BROKEN_COMPONENTS, PIXEL_FEATURES, TINY_BASE, UNPAIRED, AtS
 from unpaired.config.overrides import merge
 from unpaired.config.study import load_study
 from unpaired.errors import Notice
+from unpaired.evaluation.rescore import rescore_folder
 from unpaired.execution.jobs import make_jobs
 from unpaired.execution.runner import run_study, select_runs
 from unpaired.plugin_api.data import fingerprints
@@ -173,7 +174,8 @@ def test_epochs_mlflow_missed_are_logged_before_training_continues_so_the_histor
 def test_final_generators_cut_short_or_deleted_are_exported_again_from_the_last_checkpoint(tmp_path):
     """A finished run whose generators/*.pt was cut short (a partial copy) or deleted stayed `done`: translate, score and
     the report then failed on it for good, though its last checkpoint holds the same weights."""
-    study, out = write_study(tmp_path / "kept.yaml", "kept", tracking={"enabled": False}), tmp_path / "out"
+    base = merge(TINY_BASE, {"eval": {"metrics": ["fid"]}})
+    study, out = write_study(tmp_path / "kept.yaml", "kept", base=base, tracking={"enabled": False}), tmp_path / "out"
     assert len(study_run(study, out).done) == 1
     (folder,) = out.glob("base/seed0-*")
     run = RunFolder(folder)
@@ -193,6 +195,12 @@ def test_final_generators_cut_short_or_deleted_are_exported_again_from_the_last_
     for direction, weights in exported.items():
         restored = ExportedGenerator.read(run.generator_path(direction), direction).state_dict
         assert restored.keys() == weights.keys() and all(torch.equal(restored[k], weights[k]) for k in weights)
+
+    stored = run.read_result().metrics  # `unpaired score` restores them too, and scores the same weights
+    run.generator_path("AtoB").write_bytes(run.generator_path("AtoB").read_bytes()[:1000])
+    with pytest.warns(Notice, match=r"AtoB.pt: missing or damaged; exported again from the run's last checkpoint"):
+        rescored = rescore_folder(run, registry, torch.device("cpu"))
+    assert rescored.values == stored
 
     run.generator_path("BtoA").unlink()  # with no checkpoint of the last epoch left, it says what to do, and the study goes on
     checkpoint.rename(checkpoint.with_name("epoch-0001-step-000000003.pt"))
