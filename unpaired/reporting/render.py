@@ -181,7 +181,11 @@ def _comparison_blocks(report: Report) -> Iterator[tuple[str, Any]]:
         ),
     )
     if comparison.missing:
-        yield "note", f"No final generators of seed {comparison.seed} to show (grey): {'; '.join(comparison.missing)}."
+        yield (
+            "note",
+            f"No final generators of seed {comparison.seed} to show (grey): {'; '.join(comparison.missing)}. `unpaired run` on the "
+            "study exports a finished run's missing or damaged generators again from its last checkpoint.",
+        )
     titles: dict[Direction, str] = {"AtoB": "A → B", "BtoA": "B → A"}
     for direction, title in titles.items():
         if direction not in comparison.figures:  # no variant's method translates this way
