@@ -10,13 +10,14 @@ from typing import TYPE_CHECKING
 
 from unpaired.config.schema import study_json_schema
 from unpaired.config.spec import SpecError
-from unpaired.config.study import Study, TrackingConfig, load_study
+from unpaired.config.study import PlannedRun, Study, TrackingConfig, load_study
 from unpaired.errors import InputError, UnpairedError, UsageError
 from unpaired.cli.plugins import registry as plugin_registry
 from unpaired.results.study_folder import STUDY_FILE_SUFFIXES, find_study_folder, output_folder
 from unpaired.storage.run_folder import RunFolder
 
 if TYPE_CHECKING:
+    from unpaired.plugin_api.data import UnpairedData
     from unpaired.results.compare import RunsToCompare
 
 
@@ -50,12 +51,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
     """Show every run of a study with its overrides, id, steps and state on disk, and finished runs it no longer has."""
     from unpaired.evaluation.features import expected_evaluations
     from unpaired.execution.runner import open_datasets, select_runs, steps_per_run
-    from unpaired.plugin_api.metrics import method_directions
     from unpaired.results.study_folder import moved_run, run_folder
 
     study = load_study(args.study, plugin_registry(), args.overrides)
     out, runs = output_folder(study, args.out), select_runs(study, args.only, args.seeds)
-    steps, unchecked = steps_per_run(study, open_datasets(study)), None
+    datasets = open_datasets(study)
+    steps, unchecked = steps_per_run(study, datasets), None
     try:
         evaluations = expected_evaluations(runs, load=False)
     except UnpairedError as error:  # plan still shows what it can; run stops on this before training
@@ -73,8 +74,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
             then = {dist: version for dist, version in (trained.plugins if trained else {}).items() if dist in now}
             status += f" ({'; '.join(plugin_changes(then, now))})"
         status += f" (in {moved.path.relative_to(out)}: `run` moves it)" if moved else ""
-        damaged = folder.damaged_generators(method_directions(run.resolved.method.component.factory)) if status.startswith("done") else []
-        status += f" (final generator {', '.join(damaged)} missing or damaged: `run` exports it again from the last checkpoint)" if damaged else ""
+        status += _finished_notes(run, folder, datasets[run.run_id]) if status.startswith("done") else ""
         status += f" ({threads[run.run_id]})" if run.run_id in threads and status in ("pending", "stale") else ""
         rows.append((run.variant, str(run.seed), run.run_id, str(count) if isinstance(count, int) else "?", status, overrides))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
@@ -89,6 +89,22 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(unchecked)
     print(f"\n{study.spec.name}: {_describe(study)}; output folder {out}")
     return 0
+
+
+def _finished_notes(run: PlannedRun, folder: RunFolder, data: UnpairedData | str) -> str:
+    """What a finished run lacks that ``run`` or ``score`` can mend: a final generator missing or cut short, scores of
+    other test images than ``data`` (its dataset as opened now; the reason where it cannot be) holds."""
+    from unpaired.plugin_api.data import fingerprints
+    from unpaired.plugin_api.metrics import method_directions
+
+    notes = ""
+    if damaged := folder.damaged_generators(method_directions(run.resolved.method.component.factory)):
+        notes += f" (final generator {', '.join(damaged)} missing or damaged: `run` exports it again from the last checkpoint)"
+    result = folder.read_result()
+    scored_on = result.scoring.test_data if result and result.scoring else {}
+    if scored_on and not isinstance(data, str) and scored_on != fingerprints(data, "test"):
+        notes += " (scored on other test images than the data holds now: `unpaired score` scores it again)"
+    return notes
 
 
 def _thread_differences(study: Study, out: Path, jobs: int) -> dict[str, str]:
