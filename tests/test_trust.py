@@ -213,6 +213,12 @@ def test_final_generators_cut_short_or_deleted_are_exported_again_from_the_last_
     )
     assert f"move {folder} aside and run again to train it anew" in said[0]
 
+    torn = run.latest_checkpoint().rename(checkpoint)  # the last epoch's checkpoint again, but cut short
+    torn.write_bytes(torn.read_bytes()[:1000])
+    said.clear()
+    again = run_study(planned_study, out, registry, select_runs(planned_study, None, None), show_progress=False, announce=said.append)
+    assert len(again.skipped) == 1 and not again.failed and f"missing or damaged, and {torn} is a torn torch archive" in said[0]
+
 
 @pytest.mark.slow
 def test_a_corrupt_study_index_leaves_compare_and_the_report_working_from_the_run_folders(make_distribution, tmp_path):

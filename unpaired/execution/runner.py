@@ -16,7 +16,7 @@ from pathlib import Path
 
 
 from unpaired.config.study import PlannedRun, Study
-from unpaired.errors import StopRequested, UnpairedError, UsageError
+from unpaired.errors import InputError, StopRequested, UnpairedError, UsageError
 from unpaired.evaluation.features import check_extractors, expected_evaluations
 from unpaired.execution.jobs import make_jobs, train_job
 from unpaired.execution.worker import PROCESS_WORKERS
@@ -199,7 +199,7 @@ def _restore_generators(run: PlannedRun, folder: RunFolder, announce: Callable[[
     try:
         source = folder.restore_generators(damaged, result.epochs)
         why = f"no checkpoint of its last epoch ({result.epochs}) is left to export them from"
-    except UnpairedError as error:  # the checkpoint is damaged too
+    except InputError as error:  # the checkpoint is damaged too (a full disk, say, stops the study as any write does)
         source, why = None, str(error)
     if source is None:
         announce(f"warning: {who}: {names}: missing or damaged, and {why}: move {folder.path} aside and run again to train it anew")
