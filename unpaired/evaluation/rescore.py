@@ -9,7 +9,7 @@ import torch
 from unpaired.config.resolved import ResolvedVariant, resolve_variant
 from unpaired.evaluation.features import EvaluationError
 from unpaired.evaluation.scoring import Scorer, Scores
-from unpaired.errors import Notice
+from unpaired.errors import InputError, Notice
 from unpaired.plugin_api.methods import DIRECTIONS, Direction
 from unpaired.plugin_api.metrics import best_columns, method_directions
 from unpaired.plugin_api.registry import Registry
@@ -35,9 +35,16 @@ def _best_or_final(folder: RunFolder, result: RunResult, best_epoch: float | Non
 
 
 def _restore_final_generators(folder: RunFolder, directions: tuple[Direction, ...], epochs: int) -> None:
-    """Export the final generators again from the run's last checkpoint where their files are missing or cut short."""
+    """Export the final generators again from the run's last checkpoint where their files are missing or cut short (where
+    that checkpoint is gone or damaged too, reading the generator says what is wrong with it)."""
     damaged = folder.damaged_generators(directions)
-    if damaged and folder.restore_generators(damaged, epochs) is not None:
+    if not damaged:
+        return
+    try:
+        source = folder.restore_generators(damaged, epochs)
+    except InputError:  # the checkpoint is damaged too
+        return
+    if source is not None:
         names = ", ".join(str(folder.generator_path(direction)) for direction in damaged)
         warnings.warn(f"{names}: missing or damaged; exported again from the run's last checkpoint", Notice, stacklevel=3)
 
