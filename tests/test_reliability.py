@@ -186,6 +186,17 @@ def test_bad_inputs_to_translate_train_and_score_are_named_with_exit_code_2(tmp_
     result = cli("score", str(tmp_path / "study"))
     assert result.returncode == 1 and "read from the run folders instead" in result.stderr and "nothing to score" in result.stderr
 
+    study = write_study(tmp_path / "s.yaml", "s")  # an output folder that is a file, or under one: said before anything starts
+    (tmp_path / "variant.yaml").write_text(yaml.safe_dump(TINY_BASE))
+    for out, which in [(text, "it"), (text / "sub", str(text))]:
+        for command in ("run", "plan"):
+            result = cli(command, str(study), "--out", str(out))
+            assert result.returncode == 2 and f"error: the output folder {out} cannot be made: {which} is a file" in result.stderr
+        result = cli("train", str(binary.with_name("variant.yaml")), "--out", str(out))
+        assert result.returncode == 2 and f"error: --out {out} cannot be made: {which} is a file" in result.stderr
+    result = cli("compare", str(text))  # a file that is not a study file is not read as a study's MLflow name alone
+    assert result.returncode != 0 and f"error: {text} is a file but not a study file (those end in .yaml, .yml, .json)" in result.stderr
+
 
 @pytest.fixture
 def small_disk(tmp_path):

@@ -301,6 +301,10 @@ def _runs_to_compare(named: str) -> RunsToCompare:
         now, note = replan(recorded_study(named, uri, timeout), registry, f"the MLflow parent run of study {named!r}")
         return tracked_results(named, uri, timeout, now, [note] if note else [])
     except UnpairedError as error:
+        if target.is_file():  # most likely meant as a study file: say why it is not one
+            raise InputError(
+                f"{named} is a file but not a study file (those end in {', '.join(STUDY_FILE_SUFFIXES)}), and as a study's MLflow name: {error}"
+            ) from error
         if target.is_dir():  # most likely meant as a folder: say why it is not one to compare
             raise InputError(
                 f"{named} is a folder but not a study output folder (it has no study.json; a folder of `unpaired train` holds "

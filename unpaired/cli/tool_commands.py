@@ -72,6 +72,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     """Train one variant spec into an output folder (resuming if it holds a checkpoint of it)."""
     from unpaired.config.resolved import load_variant
     from unpaired.results.study_folder import is_study_folder
+    from unpaired.storage.files import check_makeable_folder
     from unpaired.storage.run_folder import RunFolder
     from unpaired.training.run import train_run
     from unpaired.signals import stop_requested
@@ -80,6 +81,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     variant = load_variant(args.spec, registry, args.overrides)
     if is_study_folder(Path(args.out)):  # its index and run folders would mix with this run's files
         raise InputError(f"--out {args.out} is a study's output folder: train into a folder of its own")
+    check_makeable_folder(Path(args.out), "--out")
     folder = RunFolder(Path(args.out))
     print(f"training run {variant.run_id} into {folder}", file=sys.stderr)
     outcome = train_run(variant, folder, registry, show_progress=not args.quiet)

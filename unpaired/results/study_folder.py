@@ -14,7 +14,7 @@ from unpaired.config.study import PlannedRun, Study, load_study
 from unpaired.errors import InputError, UsageError
 from unpaired.plugin_api.lifecycle import RunInfo, RunResult, StudyInfo
 from unpaired.plugin_api.registry import Registry
-from unpaired.storage.files import CorruptFileError, atomic_write_json
+from unpaired.storage.files import CorruptFileError, atomic_write_json, check_makeable_folder
 from unpaired.storage.run_folder import RunFolder
 
 INDEX = "study.json"
@@ -28,8 +28,11 @@ DEFAULT_PARENT = Path("runs")
 
 
 def output_folder(study: Study, out: str | Path | None = None) -> Path:
-    """``out`` (``--out``), else the study's default output folder ``runs/<study name>``."""
-    return Path(out) if out else DEFAULT_PARENT / study.spec.name
+    """``out`` (``--out``), else the study's default output folder ``runs/<study name>``; :class:`InputError` when it, or
+    the nearest part of its path that exists, is a file."""
+    folder = Path(out) if out else DEFAULT_PARENT / study.spec.name
+    check_makeable_folder(folder, "the output folder")
+    return folder
 
 
 def find_study_folder(target: str, registry: Registry) -> Path:

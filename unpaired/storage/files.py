@@ -38,6 +38,15 @@ class StorageError(UnpairedError):
     """A file could not be written (disk full, read-only, no permission); its previous version is intact."""
 
 
+def check_makeable_folder(folder: Path, what: str) -> None:
+    """Raise :class:`InputError` when ``folder`` cannot be made because it, or the nearest part of its path that exists,
+    is a file; ``what`` names it for the message (``the output folder``, ``--out``)."""
+    existing = next((path for path in (folder, *folder.parents) if path.exists()), None)
+    if existing is not None and not existing.is_dir():
+        where = "it" if existing == folder else str(existing)
+        raise InputError(f"{what} {folder} cannot be made: {where} is a file; name a folder")
+
+
 @contextlib.contextmanager
 def exclusive_lock(path: Path) -> Iterator[None]:
     """Hold an exclusive lock on the file ``path`` (made, with its folder, when missing) while the block runs: one
