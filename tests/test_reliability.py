@@ -194,6 +194,14 @@ def test_bad_inputs_to_translate_train_and_score_are_named_with_exit_code_2(tmp_
             assert result.returncode == 2 and f"error: the output folder {out} cannot be made: {which} is a file" in result.stderr
         result = cli("train", str(binary.with_name("variant.yaml")), "--out", str(out))
         assert result.returncode == 2 and f"error: --out {out} cannot be made: {which} is a file" in result.stderr
+    under = text / "sub"
+    for command, args in [
+        ("translate", ["--checkpoint", str(generator), str(images), "--out", str(under)]),
+        ("data", ["export", "synthetic", str(under)]),
+        ("report", [str(tmp_path / "study"), "--out", str(under / "report.html")]),
+    ]:
+        result = cli(command, *args)
+        assert result.returncode == 2 and f"{under} cannot be made: {text} is a file; name a folder" in result.stderr, result.stderr
     result = cli("compare", str(text))  # a file that is not a study file is not read as a study's MLflow name alone
     assert result.returncode != 0 and f"error: {text} is a file but not a study file (those end in .yaml, .yml, .json)" in result.stderr
 

@@ -333,11 +333,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     from unpaired.reporting import write_report
     from unpaired.results.study_folder import read_index
     from unpaired.devices import pick_device
+    from unpaired.storage.files import check_makeable_folder
 
     out = find_study_folder(args.study, plugin_registry())
     fmt = args.format or ("markdown" if args.out and Path(args.out).suffix.lower() == ".md" else "html")
     metric = args.metric or read_index(out)[0].get("metric")
     target = Path(args.out) if args.out else None
+    if target is not None:
+        check_makeable_folder(target.parent, f"--out {target}: its folder")
     path = write_report(out, plugin_registry(), target, fmt, metric, args.seed, pick_device(args.device, "--device"), args.images)
     print(f"report written to {path}")
     return 0

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from unpaired.errors import InputError
 from unpaired.plugin_api.data import UnpairedData
+from unpaired.storage.files import check_makeable_folder
 
 
 def export_folder_layout(data: UnpairedData, out: Path) -> dict[str, int]:
@@ -15,8 +16,9 @@ def export_folder_layout(data: UnpairedData, out: Path) -> dict[str, int]:
 
     ``out`` must be new or empty: images already there would mix with these. The four folders are written beside it
     and moved into place together, so an interrupted export leaves no dataset that looks whole."""
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise InputError(f"{out} {'already holds files' if out.is_dir() else 'is a file'}: export into a new or empty folder")
+    check_makeable_folder(out, "the dataset folder")
+    if out.is_dir() and any(out.iterdir()):
+        raise InputError(f"{out} already holds files: export into a new or empty folder")
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-exporting-", dir=out.parent))
     try:

@@ -13,6 +13,7 @@ from unpaired.plugin_api.data import IMAGE_EXTENSIONS, UNREADABLE_IMAGE, Transfo
 from unpaired.plugin_api.registry import Registry
 from unpaired.plugin_api.methods import DIRECTIONS
 from unpaired.storage.records import Direction, ExportedGenerator
+from unpaired.storage.files import check_makeable_folder
 from unpaired.storage.run_folder import RunFolder
 
 
@@ -61,8 +62,7 @@ def translate(generator: nn.Module, inputs: list[Path], out_dir: Path, size: int
 def output_paths(inputs: list[Path], out_dir: Path) -> list[Path]:
     """Where each input's translation goes: ``OUT_DIR/STEM.png``. Refused before anything is written when ``out_dir`` is
     a file, when a translation would replace an input (``--out`` the input folder), or when two inputs share a stem."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError(f"--out {out_dir} is a file: name a folder for the translated images")
+    check_makeable_folder(out_dir, "--out")
     targets = [out_dir / f"{path.stem}.png" for path in inputs]
     replaced = sorted(str(path) for path in {path.resolve() for path in inputs} & {target.resolve() for target in targets})
     if replaced:
