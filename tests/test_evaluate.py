@@ -189,6 +189,18 @@ def test_damaged_cached_features_are_named_and_computed_again(tiny_registry, tmp
     assert torch.isfinite(torch.load(entries[0])["features"]).all()
 
 
+def test_a_cache_folder_that_cannot_be_written_costs_the_cache_not_the_scores(tiny_registry, tmp_path, monkeypatch):
+    """$UNPAIRED_CACHE naming a file (or a full cache disk) failed the run after it trained, for a cache that only saves time."""
+    write_synthetic_folder(tmp_path / "data", n_train=4, n_test=5)
+    monkeypatch.setenv("UNPAIRED_CACHE", str(tmp_path / "cache"))
+    cached = train_run(variant(tiny_registry, tmp_path / "data"), RunFolder(tmp_path / "one"), tiny_registry, show_progress=False).result
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("UNPAIRED_CACHE", str(tmp_path / "a-file"))
+    with pytest.warns(Notice, match=r"the real-image features were not cached \(cannot write .*a-file/features/.*set \$UNPAIRED_CACHE"):
+        uncached = train_run(variant(tiny_registry, tmp_path / "data"), RunFolder(tmp_path / "two"), tiny_registry, show_progress=False).result
+    assert uncached.status == "finished" and uncached.metrics == cached.metrics
+
+
 def test_periodic_evaluation_records_fid_per_epoch_and_keeps_the_best_generators(tiny_registry, tmp_path):
     write_synthetic_folder(tmp_path / "data", n_train=4, n_test=3)
     result = train_run(variant(tiny_registry, tmp_path / "data", every=1), RunFolder(tmp_path / "run"), tiny_registry, show_progress=False).result

@@ -28,7 +28,7 @@ from unpaired.errors import Notice, UnpairedError
 from unpaired.plugin_api.components import Choice
 from unpaired.plugin_api.data import UNREADABLE_IMAGE, Domain, Transform, UnpairedData, list_images, load_image, to_uint8
 from unpaired.signals import raise_if_stopped
-from unpaired.storage.files import atomic_save, load_tensors
+from unpaired.storage.files import StorageError, atomic_save, load_tensors
 
 CACHE_ENV = "UNPAIRED_CACHE"
 
@@ -104,7 +104,10 @@ def real_features(data: UnpairedData, dataset: dict[str, Any], domain: Domain, e
     if cached is not None:
         return cached
     features = extractor(data.test_images(domain))
-    atomic_save({"features": features, "key": key}, path)
+    try:
+        atomic_save({"features": features, "key": key}, path)
+    except StorageError as error:  # a cache only saves time: a full or unwritable cache folder must not fail the scoring
+        warnings.warn(f"the real-image features were not cached ({error}); set ${CACHE_ENV} to a writable folder", Notice, stacklevel=2)
     return features
 
 
