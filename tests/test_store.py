@@ -102,6 +102,15 @@ def test_an_output_path_with_quotes_backslashes_and_accents_keeps_one_parent_and
     assert {child.info.status for child in children} == {"FINISHED"}
 
 
+def test_a_tracking_uri_mlflow_cannot_use_is_named_as_a_store_not_as_a_server_that_answers(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "foo://bar")
+    study = load_study(write_study(tmp_path / "odd.yaml", "odd", base=UNSCORED), Registry.from_entry_points())
+    with pytest.raises(TrackingError) as refused:
+        run_study(study, tmp_path / "out", Registry.from_entry_points(), select_runs(study, None, None), show_progress=False, announce=print)
+    assert str(refused.value).startswith("the MLflow store foo://bar cannot be used: ") and "answers" not in str(refused.value)
+    assert "unsupported URI 'foo://bar'" in str(refused.value) and not list((tmp_path / "out").glob("*/*"))
+
+
 def test_compare_against_a_server_that_never_answers_or_is_gone_ends_in_bounded_time_with_a_plain_message(tmp_path):
     stuck = socket.create_server(("127.0.0.1", 0))  # accepts connections, never answers: a SIGSTOPped server
     try:

@@ -109,11 +109,19 @@ class StudyTracker:
                 experiment = self.client.get_experiment_by_name(self.study)
                 self.experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(self.study)
                 self.client.set_experiment_tag(self.experiment_id, "mlflow.experimentKind", "custom_model_development")  # UI: runs
-        except Exception as error:  # it answers its health check, yet not this: stuck, or not an MLflow server
+        except Exception as error:  # a server that answers its health check, yet not this (stuck, or not MLflow); a bad store
+            import mlflow
+
+            store = self.uri or mlflow.get_tracking_uri()
+            served = store.startswith(("http://", "https://"))
             raise TrackingError(
-                f"the MLflow tracking server {self.uri} answers, but not to MLflow's calls within tracking.timeout "
-                f"({self.timeout:g} s): {first_line(error)}. Check the server (its database?), raise "
-                "tracking.timeout, or set tracking: {enabled: false}."
+                (
+                    f"the MLflow tracking server {store} answers, but not to MLflow's calls within tracking.timeout "
+                    f"({self.timeout:g} s): {first_line(error)}. Check the server (its database?), raise tracking.timeout, "
+                    if served
+                    else f"the MLflow store {store} cannot be used: {first_line(error)}. Check the tracking URI, "
+                )
+                + "or set tracking: {enabled: false}."
             ) from None
         self._close_abandoned()
         tags = {
