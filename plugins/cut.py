@@ -13,7 +13,7 @@ from typing import cast
 from collections.abc import Mapping, Sequence
 
 import torch
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from unpaired.plugin_api import (
@@ -41,6 +41,7 @@ LAYERS_NOTE = (
 
 
 class CUTParams(BaseModel):
+    model_config = ConfigDict(allow_inf_nan=False)
     nce_layers: list[str] | None = Field(None, min_length=1, description=LAYERS_NOTE)
     num_patches: int = Field(256, ge=1, description="patches sampled per layer and image")
     nce_T: float = Field(0.07, gt=0, description="temperature of the PatchNCE logits")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 import torch
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from unpaired import hookimpl
 from unpaired.plugin_api import Executor, ExecutorContext
@@ -33,6 +33,7 @@ class LocalParams(BaseModel):
 
 
 class RayParams(BaseModel):
+    model_config = ConfigDict(allow_inf_nan=False)
     address: str | None = Field(None, description="the Ray cluster: auto, HOST:PORT or ray://HOST:PORT (default: Ray on this machine)")
     cpus_per_run: float = Field(1.0, gt=0, description="CPUs each run reserves (also its torch thread count, rounded down)")
     gpus_per_run: float = Field(0.0, ge=0, description="GPUs each run reserves; fractions let small runs share a GPU")

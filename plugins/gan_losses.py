@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
 from unpaired.plugin_api import GanLoss, hookimpl
 
 
 class LabelParams(BaseModel):
+    model_config = ConfigDict(allow_inf_nan=False)
     real_label: float = Field(1.0, description="target for real images")
     fake_label: float = Field(0.0, description="target for fake images")
 
@@ -20,6 +21,7 @@ class NoParams(BaseModel):
 
 
 class WganGpParams(BaseModel):
+    model_config = ConfigDict(allow_inf_nan=False)
     gp_weight: float = Field(10.0, ge=0, description="weight of the gradient penalty (Gulrajani et al.: 10)")
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from unpaired.plugin_api import LossWeights, LossWeightSchedule, hookimpl
 
 
 class ConstantParams(BaseModel):
+    model_config = ConfigDict(allow_inf_nan=False)
     adversarial: float = Field(1.0, ge=0, description="weight of each generator's adversarial loss")
     cycle: float = Field(10.0, ge=0, description="weight of the L1 cycle loss, per direction (paper: lambda = 10)")
     identity: float = Field(5.0, ge=0, description="weight of the L1 identity loss, per direction (paper: 0.5 x lambda); 0 turns it off")

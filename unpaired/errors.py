@@ -122,6 +122,10 @@ def pydantic_problems(error: ValidationError, model: type[BaseModel], prefix: st
             close = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
             message = "unknown key" + (f"; did you mean {close[0]!r}?" if close else "")
             message += f" Known: {', '.join(known)}." if known else ""
+        elif item["type"] == "value_error":  # a validator's own message, which says what was wrong with what
+            message = message.removeprefix("Value error, ")
+            if not isinstance(item["input"], dict):  # a whole section's validator: its message names the values
+                got[key] = item["input"]
         elif item["type"] != "missing":
             got[key] = item["input"]
         found.setdefault(key, []).append(message)

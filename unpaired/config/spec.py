@@ -41,15 +41,19 @@ class ComponentConfig(BaseModel):
     name: str = Field(description="a registered component name (see `unpaired plugins`)")
 
 
+AdamBeta = Annotated[float, Field(ge=0, lt=1)]
+"""One of Adam's betas: torch refuses any other when the optimiser is built, after validation."""
+
+
 class TrainConfig(BaseModel):
     """Optimisation, schedule and runtime settings."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     epochs: int = Field(100, ge=0, description="epochs at the initial learning rate")
     decay_epochs: int = Field(100, ge=0, description="epochs of linear learning-rate decay towards 0 that follow")
     batch_size: int = Field(1, ge=1)
     lr: float = Field(2e-4, gt=0, description="Adam learning rate of generators and discriminators")
-    betas: tuple[float, float] = Field((0.5, 0.999), description="Adam betas")
+    betas: tuple[AdamBeta, AdamBeta] = Field((0.5, 0.999), description="Adam betas, each in [0, 1)")
     init: InitScheme = Field("normal", description="weight initialisation: normal | xavier | kaiming | orthogonal")
     init_gain: float = Field(0.02, gt=0, description="std of `normal`, gain of xavier/orthogonal")
     seed: int = Field(0, ge=0, description="seeds weights, data order, augmentation and image pools")
@@ -82,6 +86,12 @@ class TrainConfig(BaseModel):
     def _yaml_on_off(cls, value: Any) -> Any:
         """YAML reads a bare ``on`` and ``off`` as true and false: take them as written."""
         return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
+    @model_validator(mode="after")
+    def _trains_something(self) -> TrainConfig:
+        if self.total_epochs == 0:
+            raise ValueError("epochs + decay_epochs is 0: a run would train nothing and score its untrained generators")
+        return self
 
     @model_validator(mode="after")
     def _graphs_replayable(self) -> TrainConfig:
