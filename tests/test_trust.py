@@ -558,6 +558,8 @@ def test_compare_names_the_runs_that_trained_or_were_scored_on_other_images_than
     rows = {line.split()[1]: line for line in run_cli("plan", str(study), "--out", str(out)).stdout.splitlines() if line.startswith("base ")}
     note = "done (scored on other test images than the data holds now: `unpaired score` scores it again)"
     assert note in rows["1"] and "other test images" not in rows["0"], rows
+    assert "(trained on other images than the data holds now: move its folder aside for `run` to train it again)" in rows["0"]
+    assert "trained on other images" not in rows["1"]
     caution = "Caution: the runs were not all scored on the same test images (base seed 0; base seed 1: 2 different sets)"
     compared = " ".join(run_cli("compare", str(out)).stdout.split())
     assert caution in compared and "`unpaired score` on the study scores every run again" in compared

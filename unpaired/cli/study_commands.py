@@ -92,8 +92,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _finished_notes(run: PlannedRun, folder: RunFolder, data: UnpairedData | str) -> str:
-    """What a finished run lacks that ``run`` or ``score`` can mend: a final generator missing or cut short, scores of
-    other test images than ``data`` (its dataset as opened now; the reason where it cannot be) holds."""
+    """What a finished run lacks, and what mends it: a final generator missing or cut short; training or scores on
+    other images than ``data`` (its dataset as opened now; the reason where it cannot be) holds."""
     from unpaired.plugin_api.data import fingerprints
     from unpaired.plugin_api.metrics import method_directions
 
@@ -101,8 +101,11 @@ def _finished_notes(run: PlannedRun, folder: RunFolder, data: UnpairedData | str
     if damaged := folder.damaged_generators(method_directions(run.resolved.method.component.factory)):
         notes += f" (final generator {', '.join(damaged)} missing or damaged: `run` exports it again from the last checkpoint)"
     result = folder.read_result()
-    scored_on = result.scoring.test_data if result and result.scoring else {}
-    if scored_on and not isinstance(data, str) and scored_on != fingerprints(data, "test"):
+    if result is None or isinstance(data, str):
+        return notes
+    if result.train_data and result.train_data != fingerprints(data, "train"):
+        notes += " (trained on other images than the data holds now: move its folder aside for `run` to train it again)"
+    if result.scoring and result.scoring.test_data and result.scoring.test_data != fingerprints(data, "test"):
         notes += " (scored on other test images than the data holds now: `unpaired score` scores it again)"
     return notes
 
