@@ -60,23 +60,25 @@ def test_values_that_would_only_fail_once_training_starts_are_refused_by_validat
     """An infinite learning rate or loss weight passed validation and stopped the run at its first loss; Adam refused a
     beta of 1 only when built; no epochs at all trained nothing and scored the untrained generators as a finished run."""
     path = tmp_path / "odd.yaml"
-    path.write_text("data: {name: synthetic, size: 32}\ntrain: {lr: .inf, betas: [0.5, 1.0], init_gain: .nan}\n")
-    with pytest.raises(SpecError) as error:
-        load_variant(path, registry)
-    problems = dict(error.value.problems)
-    assert problems["train.lr"] == "Input should be a finite number (got inf)"
-    assert problems["train.init_gain"] == "Input should be a finite number (got nan)"
-    assert problems["train.betas.1"] == "Input should be less than 1 (got 1.0)"
-    path.write_text("data: {name: synthetic, size: 32}\ntrain: {epochs: 0, decay_epochs: 0}\n")
-    with pytest.raises(SpecError) as error:
-        load_variant(path, registry)
-    assert dict(error.value.problems)["train"] == "epochs + decay_epochs is 0: a run would train nothing and score its untrained generators"
-    path.write_text("data: {name: synthetic, size: 32}\nloss_weights: {name: constant, cycle: .inf}\ngan_loss: {name: lsgan, real_label: .nan}\n")
-    with pytest.raises(SpecError) as error:
-        load_variant(path, registry)
-    problems = dict(error.value.problems)
-    assert problems["loss_weights.cycle"] == "Input should be a finite number (got inf)"
-    assert problems["gan_loss.real_label"] == "Input should be a finite number (got nan)"
+
+    def problems(sections: str) -> dict[str, str]:
+        path.write_text(f"data: {{name: synthetic, size: 32}}\n{sections}")
+        with pytest.raises(SpecError) as error:
+            load_variant(path, registry)
+        return dict(error.value.problems)
+
+    assert problems("train: {lr: .inf, betas: [0.5, 1.0], init_gain: .nan}\n") == {
+        "train.lr": "Input should be a finite number (got inf)",
+        "train.betas.1": "Input should be less than 1 (got 1.0)",
+        "train.init_gain": "Input should be a finite number (got nan)",
+    }
+    assert problems("train: {epochs: 0, decay_epochs: 0}\n") == {
+        "train": "epochs + decay_epochs is 0: a run would train nothing and score its untrained generators"
+    }
+    assert problems("loss_weights: {name: constant, cycle: .inf}\ngan_loss: {name: lsgan, real_label: .nan}\n") == {
+        "loss_weights.cycle": "Input should be a finite number (got inf)",
+        "gan_loss.real_label": "Input should be a finite number (got nan)",
+    }
 
 
 def test_yaml_syntax_errors_give_line_and_column(registry, tmp_path):
