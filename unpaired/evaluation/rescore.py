@@ -9,8 +9,8 @@ import torch
 from unpaired.config.resolved import ResolvedVariant, resolve_variant
 from unpaired.evaluation.features import EvaluationError
 from unpaired.evaluation.scoring import Scorer, Scores
-from unpaired.errors import InputError, Notice
-from unpaired.plugin_api.methods import DIRECTIONS, Direction
+from unpaired.errors import Notice
+from unpaired.plugin_api.methods import DIRECTIONS
 from unpaired.plugin_api.metrics import best_columns, method_directions
 from unpaired.plugin_api.registry import Registry
 from unpaired.storage.records import ExportedGenerator
@@ -34,21 +34,6 @@ def _best_or_final(folder: RunFolder, result: RunResult, best_epoch: float | Non
     return best
 
 
-def _restore_final_generators(folder: RunFolder, directions: tuple[Direction, ...], epochs: int) -> None:
-    """Export the final generators again from the run's last checkpoint where their files are missing or cut short (where
-    that checkpoint is gone or damaged too, reading the generator says what is wrong with it)."""
-    damaged = folder.damaged_generators(directions)
-    if not damaged:
-        return
-    try:
-        source = folder.restore_generators(damaged, epochs)
-    except InputError:  # the checkpoint is damaged too
-        return
-    if source is not None:
-        names = ", ".join(str(folder.generator_path(direction)) for direction in damaged)
-        warnings.warn(f"{names}: missing or damaged; exported again from the run's last checkpoint", Notice, stacklevel=3)
-
-
 def rescore_run(folder: RunFolder, registry: Registry, scorer: Scorer, variant: ResolvedVariant, epoch: int | None = None) -> Scores:
     """Score a run folder's saved generators again with ``scorer`` (made from ``variant.eval``, which may differ from
     the evaluation the run was scored with) and record the scores in its result.json. ``epoch``: the best epoch's
@@ -59,8 +44,9 @@ def rescore_run(folder: RunFolder, registry: Registry, scorer: Scorer, variant: 
         raise EvaluationError(f"{folder} has not finished (it records no result), so there is nothing to score")
     best_epoch = result.metrics.get(kept_best[1]) if kept_best else None
     directions = method_directions(variant.method.component.factory)
-    if result.finished and epoch in (None, result.epochs):
-        _restore_final_generators(folder, directions, result.epochs)
+    mended = result.finished and epoch in (None, result.epochs) and folder.mend_generators(directions, result.epochs)
+    if mended and mended[0]:  # not mended: reading the generator below says what is wrong with it
+        warnings.warn(mended[1], Notice, stacklevel=2)
     best = _best_or_final(folder, result, best_epoch, epoch)
     generators = {d: ExportedGenerator.read(folder.generator_path(d, best), d).build(registry).to(scorer.device) for d in directions}
     scores = scorer.score(generators, variant.data.build(), variant.data.as_dict())

@@ -16,7 +16,7 @@ from pathlib import Path
 
 
 from unpaired.config.study import PlannedRun, Study
-from unpaired.errors import InputError, StopRequested, UnpairedError, UsageError
+from unpaired.errors import StopRequested, UnpairedError, UsageError
 from unpaired.evaluation.features import check_extractors, expected_evaluations
 from unpaired.execution.jobs import make_jobs, train_job
 from unpaired.execution.worker import PROCESS_WORKERS
@@ -191,20 +191,12 @@ def _runs_to_train(
 def _restore_generators(run: PlannedRun, folder: RunFolder, announce: Callable[[str], None]) -> None:
     """Export a finished run's missing or cut-short final generators again from its last checkpoint (the same weights),
     saying so; when that cannot be done, say what to do instead (the study goes on)."""
-    damaged = folder.damaged_generators(method_directions(run.resolved.method.component.factory))
     result = folder.read_result()
-    if not damaged or result is None:
+    if result is None:
         return
-    names, who = ", ".join(str(folder.generator_path(direction)) for direction in damaged), f"{run.variant} seed {run.seed}"
-    try:
-        source = folder.restore_generators(damaged, result.epochs)
-        why = f"no checkpoint of its last epoch ({result.epochs}) is left to export them from"
-    except InputError as error:  # the checkpoint is damaged too (a full disk, say, stops the study as any write does)
-        source, why = None, str(error)
-    if source is None:
-        announce(f"warning: {who}: {names}: missing or damaged, and {why}: move {folder.path} aside and run again to train it anew")
-    else:
-        announce(f"{who}: {names}: missing or damaged; exported again from {source.name}, the run's last checkpoint")
+    mended = folder.mend_generators(method_directions(run.resolved.method.component.factory), result.epochs)
+    if mended:
+        announce(f"{'' if mended[0] else 'warning: '}{run.variant} seed {run.seed}: {mended[1]}")
 
 
 def _run(

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from unpaired.errors import InputError
 from unpaired.storage.files import CorruptFileError, atomic_save, atomic_write_json, atomic_write_text, load_tensors, read_json
 from unpaired.storage.lease import Lease
 from unpaired.storage.lifecycle import RunStatus
@@ -162,16 +163,26 @@ class RunFolder:
         It reads only the end of each file: cheap enough for every finished run of every ``unpaired run``."""
         return [direction for direction in directions if not zipfile.is_zipfile(self.generator_path(direction))]
 
-    def restore_generators(self, directions: Sequence[Direction], epochs: int) -> Path | None:
-        """Export the final generators of ``directions`` again from the run's last checkpoint, which holds the same
-        weights when it is of epoch ``epochs`` (the run's last); return that checkpoint, or None when there is none."""
+    def mend_generators(self, directions: Sequence[Direction], epochs: int) -> tuple[bool, str] | None:
+        """Export the final generators of ``directions`` that are missing or cut short again from the run's last
+        checkpoint, which holds the same weights when it is of epoch ``epochs`` (the run's last). None when none is
+        damaged; else whether they were mended, and a line saying so, or why not and what to do."""
+        damaged = self.damaged_generators(directions)
+        if not damaged:
+            return None
+        names = ", ".join(str(self.generator_path(direction)) for direction in damaged)
         path = self.latest_checkpoint()
         last = _CHECKPOINT.match(path.name) if path else None
         if path is None or last is None or int(last[1]) != epochs:
-            return None
-        for direction in directions:
-            self.export_generator(ExportedGenerator.read(path, direction))
-        return path
+            why = f"no checkpoint of its last epoch ({epochs}) is left to export them from"
+        else:
+            try:
+                for direction in damaged:
+                    self.export_generator(ExportedGenerator.read(path, direction))
+                return True, f"{names}: missing or damaged; exported again from {path.name}, the run's last checkpoint"
+            except InputError as error:  # the checkpoint is damaged too (a failed write, say, raises as any write does)
+                why = str(error)
+        return False, f"{names}: missing or damaged, and {why}: move {self.path} aside and run again to train it anew"
 
     def generator_stamp(self, direction: Direction) -> list[int] | None:
         """Size and modification time (ns) of the final generator's file: what a saved showcase was made from."""
