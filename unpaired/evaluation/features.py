@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -215,12 +215,14 @@ def expected_evaluations(runs: list[PlannedRun], load: bool = True) -> dict[str,
 
 def check_extractors(runs: list[PlannedRun]) -> None:
     """Build each feature extractor that ``runs`` score with, once, on the CPU: a missing or broken one stops a study
-    before any training, with its own advice, rather than each run after it trained."""
+    before any training, with its own advice, rather than each run after it trained. One whose factory cannot say its
+    identity unbuilt is left out: :func:`expected_evaluations` built it already, to learn that identity."""
     checked = set()
     for run in runs:
         evaluation = run.resolved.eval
         key = _extractor_key(evaluation.feature_extractor)
-        if evaluation.metrics and evaluation.uses_features and key not in checked:
+        said_unbuilt = _identity_teller(evaluation.feature_extractor) is not None
+        if evaluation.metrics and evaluation.uses_features and said_unbuilt and key not in checked:
             FeatureExtractor(evaluation.feature_extractor, torch.device("cpu"), batch_size=1)
             checked.add(key)
 
@@ -244,5 +246,11 @@ def _extractor_identity(choice: Choice, load: bool) -> str:
 def unbuilt_identity(choice: Choice) -> str | None:
     """The ``cache_identity`` the extractor ``choice`` names will have, said by its factory's ``cache_identity_of(params)``
     without building it; None when the factory cannot say."""
+    said = _identity_teller(choice)
+    return None if said is None else str(said(choice.params))
+
+
+def _identity_teller(choice: Choice) -> Callable[[Any], Any] | None:
+    """The factory's ``cache_identity_of``, when it has one."""
     said = getattr(choice.component.factory, "cache_identity_of", None)
-    return str(said(choice.params)) if callable(said) else None
+    return said if callable(said) else None
