@@ -4,6 +4,7 @@ and a server that stops answering while a study is compared."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -12,6 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
+import sqlalchemy.exc
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from conftest import TINY_BASE, UNPAIRED, write_study
@@ -19,7 +22,7 @@ from unpaired.config.overrides import merge
 from unpaired.config.study import load_study
 from unpaired.execution.runner import run_study, select_runs
 from unpaired.plugin_api.registry import Registry
-from unpaired.tracking.store import TrackingError, first_use_serialised
+from unpaired.tracking.store import TrackingError, first_line, first_use_serialised
 
 UNSCORED = merge(TINY_BASE, {"eval": {"metrics": []}})
 
@@ -125,3 +128,46 @@ def test_compare_against_a_server_that_never_answers_or_is_gone_ends_in_bounded_
     gone = subprocess.run([UNPAIRED, "compare", "somestudy"], env=without_tracking_uri(), capture_output=True, text=True, cwd=tmp_path)
     assert gone.returncode == 1 and f"there is no MLflow store at {tmp_path / 'mlflow.db'}: run the study first" in gone.stderr
     assert not (tmp_path / "mlflow.db").exists()  # reading never creates a store
+
+
+def broken_store(database: Path, table: str) -> dict[str, str]:
+    """The environment of a study tracked to a SQLite store at ``database`` whose ``table`` is gone: every MLflow call
+    that reads or writes it fails in the database."""
+    MlflowClient(f"sqlite:///{database}").create_experiment("other")
+    with sqlite3.connect(database) as db:
+        db.execute(f"DROP TABLE {table}")
+    return {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{database}"}
+
+
+def test_a_store_whose_database_breaks_is_named_in_one_line_in_the_databases_own_words(tmp_path):
+    """MLflow logs a traceback for each database error it raises, and SQLAlchemy may put a line of its own before the
+    database's (a full disk's came as ``(raised as a result of Query-invoked autoflush; ...``): the warning or error
+    names the database's error, and MLflow's log stays off the terminal. Broken mid-study, training goes on; broken
+    before it, nothing trains."""
+    study = write_study(tmp_path / "breaks.yaml", "breaks", base=UNSCORED)
+    run = [UNPAIRED, "run", str(study), "--out", str(tmp_path / "out"), "--quiet"]
+    mid_study = subprocess.run(run, env=broken_store(tmp_path / "metrics.db", "metrics"), capture_output=True, text=True, timeout=300)
+    assert mid_study.returncode == 0 and "done 1, failed 0" in mid_study.stdout, mid_study.stderr
+    database_said = r"\(MlflowException: [^()\n]*metrics[^()\n]*\)"  # SQLite's own words: "no such column: metrics.step"
+    assert re.search(rf"MLflow tracking of run \w+ stopped {database_said}; training goes on", mid_study.stderr), mid_study.stderr
+    assert re.search(rf"MLflow tracking of the study stopped {database_said}; the next `unpaired run`", mid_study.stderr)
+    assert "MLflow tracking is incomplete for base seed 0: once the tracking store works again" in mid_study.stdout
+    assert "Traceback" not in mid_study.stderr and "mlflow.store" not in mid_study.stderr
+
+    database = tmp_path / "latest.db"
+    env = broken_store(database, "latest_metrics")
+    before = subprocess.run([*run[:4], str(tmp_path / "out2"), "--quiet"], env=env, capture_output=True, text=True, timeout=300)
+    assert before.returncode == 1, before.stderr
+    assert f"error: the MLflow store sqlite:///{database} cannot be used: no such table: latest_metrics." in before.stderr
+    assert "Traceback" not in before.stderr and "mlflow.store" not in before.stderr and not list((tmp_path / "out2").glob("*/*"))
+
+    wrapped = sqlalchemy.exc.OperationalError("INSERT INTO metrics ...", {}, sqlite3.OperationalError("database or disk is full"))
+    wrapped.add_detail("raised as a result of Query-invoked autoflush; consider using a session.no_autoflush block")
+    try:
+        try:
+            raise wrapped
+        except sqlalchemy.exc.OperationalError as error:
+            raise MlflowException(error) from error  # as MLflow's database session raises it
+    except MlflowException as error:
+        assert str(error).startswith("(raised as a result of") and first_line(error) == "database or disk is full"
+    assert first_line(MlflowException("API request to http://x failed\n<html>...")) == "API request to http://x failed"

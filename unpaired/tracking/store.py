@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import sqlite3
@@ -55,8 +56,30 @@ class TrackingError(UnpairedError):
 
 
 def first_line(error: BaseException) -> str:
-    """The first line of an error's message, at most 300 characters (MLflow's can hold a whole HTML page)."""
-    return (str(error) or type(error).__name__).splitlines()[0][:300]
+    """The first line of an error's message, at most 300 characters (MLflow's can hold a whole HTML page). For an error
+    of MLflow's database, the database's own message (``database or disk is full``): SQLAlchemy may put a line of its own
+    first (``(raised as a result of Query-invoked autoflush; ...``)."""
+    told = _database_error(error) or error
+    return (str(told) or type(told).__name__).splitlines()[0][:300]
+
+
+def _database_error(error: BaseException) -> BaseException | None:
+    """The database driver's error that SQLAlchemy wraps (as ``orig``) somewhere in ``error``'s chain, or None."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(original := getattr(seen, "orig", None), BaseException):
+            return original
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def quiet_mlflow_logs() -> None:
+    """Keep MLflow's own log lines off the terminal (a store's creation; a traceback for each database error it raises,
+    which unpaired names in one line), unless the user asks for them with MLflow's ``MLFLOW_LOGGING_LEVEL``."""
+    import mlflow  # noqa: F401  (importing it first sets its loggers' level, which this then overrides)
+
+    if "MLFLOW_LOGGING_LEVEL" not in os.environ:
+        logging.getLogger("mlflow").setLevel(logging.CRITICAL)
 
 
 def tracking_uri(configured: str | None) -> str | None:
@@ -134,6 +157,7 @@ def reading(uri: str | None, timeout: float) -> Iterator[None]:
             )
         check_whole(database)
     check_reachable(uri, timeout)
+    quiet_mlflow_logs()
     bound_requests(timeout)
     try:
         yield
@@ -204,6 +228,7 @@ def client(uri: str | None, timeout: float) -> Any:
     """An MlflowClient for ``uri`` whose HTTP calls give up after about ``timeout`` seconds (see :func:`bound_requests`)."""
     from mlflow.tracking import MlflowClient  # imported here: mlflow takes a while to import
 
+    quiet_mlflow_logs()
     bound_requests(timeout)
     return MlflowClient(tracking_uri=uri)
 

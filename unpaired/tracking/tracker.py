@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from unpaired import hookimpl
-from unpaired.errors import Notice
+from unpaired.errors import Notice, UnpairedError
 from unpaired.config.study import TrackingConfig
 from unpaired.plugin_api.lifecycle import RunInfo, RunResult, StudyInfo, StudySummary
 from unpaired.storage.lease import process_alive
@@ -42,6 +42,7 @@ from unpaired.tracking.store import (
     log_metrics_once,
     log_spec,
     plugin_versions,
+    quiet_mlflow_logs,
     tracking_complete,
     tracking_link,
     tracking_uri,
@@ -51,6 +52,8 @@ from unpaired.results.current_plan import RECORDED_STUDY
 from unpaired.results.study_folder import git_commit, report_path
 from unpaired.tracking.parent import PARENT_ROLE, close_parent, log_aggregates, open_parent
 
+STUDY = "study"
+"""What :meth:`StudyTracker.guarded` is given, instead of a run id, for the study's own MLflow run."""
 EPOCH_MARKER = "lr"
 """A metric every epoch logs (the epoch-end hook always carries it): its history says which epochs were logged."""
 
@@ -92,8 +95,9 @@ class StudyTracker:
         except Exception as error:
             self.lost.add(run_id)
             warnings.warn(
-                f"MLflow tracking of run {run_id} stopped ({type(error).__name__}: {first_line(error)}); "
-                "training goes on, and the next `unpaired run` of the study logs what is missing",
+                f"MLflow tracking of {'the study' if run_id == STUDY else f'run {run_id}'} stopped "
+                f"({type(error).__name__}: {first_line(error)}); {'' if run_id == STUDY else 'training goes on, and '}"
+                "the next `unpaired run` of the study logs what is missing",
                 Notice,
                 stacklevel=2,
             )
@@ -102,14 +106,42 @@ class StudyTracker:
     def unpaired_on_study_start(self, study: StudyInfo, out: Path, machines: int) -> None:
         """Check that the store suits the machines and answers; open a parent run holding the study file; close what
         dead processes left RUNNING; complete the tracking of finished runs whose logging was cut short."""
+        quiet_mlflow_logs()
         check_shareable(self.uri, machines)
         check_reachable(self.uri, self.timeout)
-        try:
+        with self._usable_store():
             with first_use_serialised(self.uri):
                 experiment = self.client.get_experiment_by_name(self.study)
                 self.experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(self.study)
                 self.client.set_experiment_tag(self.experiment_id, "mlflow.experimentKind", "custom_model_development")  # UI: runs
-        except Exception as error:  # a server that answers its health check, yet not this (stuck, or not MLflow); a bad store
+            self._close_abandoned()
+            tags = {
+                "unpaired.study": self.study,
+                "unpaired.baseline": self.baseline,
+                "unpaired.plugins": plugin_versions(),
+                "unpaired.owner": f"{socket.gethostname()}:{os.getpid()}",
+            }
+            if commit := git_commit():
+                tags["unpaired.git_commit"] = commit
+            self.parent_run_id = open_parent(self.client, self.experiment_id, self.study, out, tags)
+            if Path(self.source).is_file():
+                self.client.log_artifact(self.parent_run_id, self.source)
+            self.client.log_dict(self.parent_run_id, study.spec, RECORDED_STUDY)  # as resolved, for compare NAME
+        for run in study.runs:
+            folder = RunFolder(run.folder)
+            if finished_here(folder) and not tracking_complete(folder, self.uri):
+                with self.guarded(run.run_id):
+                    self._complete(self._child(run, folder), folder)
+
+    @contextlib.contextmanager
+    def _usable_store(self) -> Iterator[None]:
+        """MLflow calls before any training: a failure stops the study, naming the store (a server that answers its
+        health check, yet not these calls: stuck, or not MLflow; a store MLflow cannot use, or whose database breaks)."""
+        try:
+            yield
+        except UnpairedError:
+            raise
+        except Exception as error:
             import mlflow
 
             store = self.uri or mlflow.get_tracking_uri()
@@ -123,24 +155,6 @@ class StudyTracker:
                 )
                 + "or set tracking: {enabled: false}."
             ) from None
-        self._close_abandoned()
-        tags = {
-            "unpaired.study": self.study,
-            "unpaired.baseline": self.baseline,
-            "unpaired.plugins": plugin_versions(),
-            "unpaired.owner": f"{socket.gethostname()}:{os.getpid()}",
-        }
-        if commit := git_commit():
-            tags["unpaired.git_commit"] = commit
-        self.parent_run_id = open_parent(self.client, self.experiment_id, self.study, out, tags)
-        if Path(self.source).is_file():
-            self.client.log_artifact(self.parent_run_id, self.source)
-        self.client.log_dict(self.parent_run_id, study.spec, RECORDED_STUDY)  # as resolved, for compare NAME
-        for run in study.runs:
-            folder = RunFolder(run.folder)
-            if finished_here(folder) and not tracking_complete(folder, self.uri):
-                with self.guarded(run.run_id):
-                    self._complete(self._child(run, folder), folder)
 
     def _close_abandoned(self) -> None:
         """Parent runs whose process on this host is gone, and children whose run nobody holds, left RUNNING: KILLED."""
@@ -267,12 +281,12 @@ class StudyTracker:
         incomplete = [f"{run.variant} seed {run.seed}" for run in summary.done if not tracking_complete(RunFolder(run.folder), self.uri)]
         if incomplete:
             summary.notes.append(
-                f"MLflow tracking is incomplete for {', '.join(incomplete)}: run the same command again "
-                "once the tracking server answers, and it logs what is missing"
+                f"MLflow tracking is incomplete for {', '.join(incomplete)}: once the tracking store works again (the "
+                "warnings above say what failed), run the same command again, and it logs what is missing"
             )
         if self.parent_run_id is None:
             return
-        with self.guarded("study"):
+        with self.guarded(STUDY):
             if summary.aborted:
                 self.client.set_tag(self.parent_run_id, "unpaired.error", summary.aborted[:5000])
             else:
