@@ -22,6 +22,7 @@ from unpaired.plugin_api import (
     UnpairedData,
     hookimpl,
     list_images,
+    listed,
     load_image,
 )
 
@@ -69,7 +70,7 @@ class ImageFolders(UnpairedData):
                 if params.cache:
                     self.decoded[split, domain] = decoded
         if unreadable:
-            warnings.warn(f"skipping {len(unreadable)} unreadable image(s): " + "; ".join(unreadable), Notice, stacklevel=2)
+            warnings.warn(f"skipping {len(unreadable)} unreadable image(s): {listed(unreadable, '; ')}", Notice, stacklevel=2)
 
     @classmethod
     def input_problems(cls, params: FolderParams) -> list[tuple[str, str]]:

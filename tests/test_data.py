@@ -68,6 +68,14 @@ def test_corrupt_files_are_reported_once_and_skipped(registry, tmp_path):
     assert str(tmp_path / "trainB" / "broken.jpg") in message and str(tmp_path / "testA" / "empty.png") in message
     assert data.size("train", "B") == 3 and data.size("test", "A") == 3
 
+    for index in range(7):  # a folder full of them: five are named, then how many more
+        (tmp_path / "trainA" / f"cut-{index}.png").write_bytes(b"")
+    with pytest.warns(UserWarning) as caught:
+        folder_data(registry, tmp_path)
+    message = str(caught[0].message)
+    assert message.startswith("skipping 9 unreadable image(s): ") and message.endswith(" and 4 more")
+    assert message.count(str(tmp_path)) == 5
+
 
 def test_the_in_memory_cache_serves_the_same_pixels_without_reading_files_again(registry, tmp_path):
     make_layout(tmp_path)

@@ -490,7 +490,7 @@ def test_train_and_translate_from_the_command_line(tmp_path):
     inputs = tmp_path / "syn" / "testA"
     before = {path: path.read_bytes() for path in inputs.iterdir()}
     onto_inputs = run_cli("translate", "--checkpoint", str(run / "generators" / "AtoB.pt"), str(inputs), "--out", str(inputs))
-    assert onto_inputs.returncode == 2 and "the translations would replace the input image(s)" in onto_inputs.stderr
+    assert onto_inputs.returncode == 2 and "the translations would replace 3 input image(s) (" in onto_inputs.stderr
     assert {path: path.read_bytes() for path in inputs.iterdir()} == before  # nothing of the user's lost
     onto_a_file = run_cli("translate", "--checkpoint", str(run / "generators" / "AtoB.pt"), str(inputs), "--out", str(spec))
     assert onto_a_file.returncode == 2 and f"--out {spec} cannot be made: it is a file; name a folder" in onto_a_file.stderr

@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from types import UnionType
 from typing import Any, Union, get_args, get_origin
 
@@ -67,6 +67,13 @@ def print_notices_plainly() -> None:
     if getattr(shown, "__name__", "") != "show":
         warnings.showwarning = show
         warnings.simplefilter("always", Notice)
+
+
+def listed(items: Sequence[str], separator: str = ", ", shown: int = 5) -> str:
+    """The first ``shown`` of ``items`` joined for a message, then how many more there are: a thousand unreadable
+    images make one readable line (``a, b, c, d, e and 995 more``)."""
+    more = len(items) - shown
+    return separator.join(items[:shown]) + (f" and {more} more" if more > 0 else "")
 
 
 class StopRequested(BaseException):

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from unpaired.config.study import PlannedRun
-from unpaired.errors import Notice, UnpairedError
+from unpaired.errors import Notice, UnpairedError, listed
 from unpaired.plugin_api.components import Choice
 from unpaired.plugin_api.data import UNREADABLE_IMAGE, Domain, Transform, UnpairedData, list_images, load_image, to_uint8
 from unpaired.signals import raise_if_stopped
@@ -187,7 +187,7 @@ def folder_images(folder: Path, size: int, fewest: int) -> list[Tensor]:
         except UNREADABLE_IMAGE as error:
             unreadable.append(f"{path} ({error})")
     if unreadable:
-        raise EvaluationError(f"{folder}: {len(unreadable)} image(s) cannot be read: {'; '.join(unreadable)}; fix or remove them")
+        raise EvaluationError(f"{folder}: {len(unreadable)} image(s) cannot be read: {listed(unreadable, '; ')}; fix or remove them")
     return images
 
 

@@ -12,7 +12,7 @@ The names a plugin needs are exported here::
 """
 
 from unpaired import hookimpl
-from unpaired.errors import Notice, StopRequested
+from unpaired.errors import Notice, StopRequested, listed
 from unpaired.plugin_api.components import (
     Choice,
     FeatureEncoder,
@@ -77,6 +77,7 @@ __all__ = [
     "Score",
     "Split",
     "StopRequested",
+    "listed",
     "StudySummary",
     "TrainingProgress",
     "Transform",

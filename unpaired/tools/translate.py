@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from unpaired.errors import InputError
+from unpaired.errors import InputError, listed
 from unpaired.plugin_api.data import IMAGE_EXTENSIONS, UNREADABLE_IMAGE, Transform, list_images, load_image, save_grid
 from unpaired.plugin_api.registry import Registry
 from unpaired.plugin_api.methods import DIRECTIONS
@@ -66,10 +66,10 @@ def output_paths(inputs: list[Path], out_dir: Path) -> list[Path]:
     targets = [out_dir / f"{path.stem}.png" for path in inputs]
     replaced = sorted(str(path) for path in {path.resolve() for path in inputs} & {target.resolve() for target in targets})
     if replaced:
-        raise InputError(f"the translations would replace the input image(s) {', '.join(replaced)}: choose another --out folder")
+        raise InputError(f"the translations would replace {len(replaced)} input image(s) ({listed(replaced)}): choose another --out folder")
     shared = [str(target) for target, count in Counter(targets).items() if count > 1]
     if shared:
-        raise InputError(f"several inputs would be translated to {', '.join(shared)} (one stem, other extensions): rename them apart")
+        raise InputError(f"several inputs would be translated to {listed(shared)} (one stem, other extensions): rename them apart")
     return targets
 
 
