@@ -478,6 +478,10 @@ def test_train_and_translate_from_the_command_line(tmp_path):
     into_a_study = run_cli("train", str(spec), "--out", str(study_out))
     assert into_a_study.returncode == 2 and f"--out {study_out} is a study's output folder" in into_a_study.stderr
     assert sorted(p.name for p in study_out.iterdir()) == ["study.json"]
+    (study_out / "base").mkdir()
+    into_a_variant = run_cli("train", str(spec), "--out", str(study_out / "base"))
+    assert into_a_variant.returncode == 2 and f"is in the study output folder {study_out}, where its variant folders go" in into_a_variant.stderr
+    assert not list((study_out / "base").iterdir())
     compared = run_cli("compare", str(run))  # one run is no study: said so, whatever MLflow holds
     assert compared.returncode == 2 and f"{run} is a folder but not a study output folder (it has no study.json" in compared.stderr
 

@@ -79,10 +79,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     registry = plugin_registry()
     variant = load_variant(args.spec, registry, args.overrides)
-    if is_study_folder(Path(args.out)):  # its index and run folders would mix with this run's files
-        raise InputError(f"--out {args.out} is a study's output folder: train into a folder of its own")
-    check_makeable_folder(Path(args.out), "--out")
-    folder = RunFolder(Path(args.out))
+    out = Path(args.out)
+    for study, what in [(out, "a study's output folder"), (out.parent, f"in the study output folder {out.parent}, where its variant folders go")]:
+        if is_study_folder(study):  # the study's index and run folders would mix with this run's files
+            raise InputError(f"--out {out} is {what}: train into a folder of its own")
+    check_makeable_folder(out, "--out")
+    folder = RunFolder(out)
     print(f"training run {variant.run_id} into {folder}", file=sys.stderr)
     outcome = train_run(variant, folder, registry, show_progress=not args.quiet)
     if outcome.result is None:  # another live process trains it
