@@ -168,6 +168,8 @@ def test_duplicate_variant_names_and_syntax_errors_are_caught_in_the_file(regist
     path.write_text("name: s\nbase: {data: {name: synthetic}}\nvariants:\n  a: {}\n  a: {train: {seed: 1}}\n")
     with pytest.raises(SpecError, match=r"duplicate key 'a'"):
         load_study(path, registry)
+    path.write_text("name: s\nbase: &b {data: {name: synthetic}, train: &t {epochs: 1}}\nvariants: {a: {train: {<<: *t, epochs: 2}}}\n")
+    assert load_study(path, registry).runs[0].resolved.train.epochs == 2  # a merge key, and the key it merges set again
     path.write_text("name: s\nbase: {data: {name: synthetic}\n")
     result = run_cli("validate", str(path))
     assert result.returncode == 2 and f"error: {path}:3:1: 1 problem:\n  invalid YAML" in result.stderr

@@ -26,6 +26,7 @@ from PIL import Image
 
 from conftest import BROKEN_COMPONENTS, PIXEL_FEATURES, TINY_BASE, UNPAIRED, AtStep, crash, run_cli, write_study, write_synthetic_folder
 from unpaired.config.overrides import merge
+from unpaired.cli import main
 from unpaired.config.study import load_study
 from unpaired.errors import Notice
 from unpaired.evaluation.rescore import rescore_folder
@@ -321,6 +322,44 @@ def test_a_spec_with_thousands_of_problems_lists_the_first_and_a_huge_file_is_re
     huge.write_text(json.dumps({"name": "huge", "base": TINY_BASE, "description": "x" * 300_000}))
     result = run_cli("validate", str(huge))
     assert result.returncode == 2 and "is 293 KiB; a spec is at most 256 KiB" in result.stderr
+
+
+LAUGHS = ", ".join(
+    ["&a [lol, lol, lol, lol, lol, lol, lol, lol, lol]", *(f"&{b} [{', '.join([f'*{a}'] * 9)}]" for a, b in zip("abcdefg", "bcdefgh"))]
+)
+"""Eight YAML anchors of aliases in one flow list, 350 bytes: 9**8 (43 million) values once they are expanded."""
+
+
+def test_small_specs_that_stand_for_billions_of_values_or_hold_themselves_are_refused_before_anything_walks_them(tmp_path, capsys):
+    """Validating such a spec walked every alias wherever it appears (past 60 s and gigabytes for a 600-byte file), or
+    ended in RecursionError or a circular reference: "This is a bug in unpaired"."""
+    base = "base: {data: {name: synthetic, size: 32, n_train: 4, n_test: 2}, eval: {metrics: []}}"
+    deep = "[" * 2000 + "]" * 2000  # too deep for a parser
+    nested: dict = {"generator": {"name": "resnet"}}
+    for _ in range(900):  # parsed, but too deep for what checks it
+        nested = {"k": nested}
+    itself = "an alias (*name) stands for a value that holds that alias itself"
+    said = {
+        "laughs.yaml": (f"name: laughs\n{base}\ndescription: [{LAUGHS}]\n", "its YAML aliases (*name) stand for over 1,000,000 values"),
+        "itself.yaml": (f"name: itself\n{base}\ngrid: {{train.lr: &l [0.1, *l]}}\n", itself),
+        "deep.yaml": (f"name: deep\n{base}\ndescription: {deep}\n", "nested more than 32 levels deep"),
+        "deep.json": ('{"name": "deep", "description": ' + deep + "}", "nested more than 32 levels deep"),
+        "deeper.json": (json.dumps({"name": "deep", "base": TINY_BASE, "variants": {"x": nested}}), "nested more than 32 levels deep"),
+    }
+    for name, (text, problem) in said.items():
+        (tmp_path / name).write_text(text)
+        assert main(["validate", str(tmp_path / name)]) == 2
+        assert f"error: {tmp_path / name}: 1 problem:\n  " in (err := capsys.readouterr().err) and problem in err, err
+    study = write_study(tmp_path / "plain.yaml", "plain")
+    for value, problem in [(f"[{LAUGHS}]", "stand for over 1,000,000 values"), (deep, "nested more than 32 levels deep")]:
+        assert main(["validate", str(study), f"description={value}"]) == 1  # as any override that cannot be read
+        assert "error: description: the value is" in (err := capsys.readouterr().err) and problem in err, err
+    aliased = tmp_path / "aliased.yaml"  # aliases as people use them still work
+    aliased.write_text(
+        "name: aliased\nbase: &b {data: {name: synthetic, size: 32, n_train: 4, n_test: 2}, eval: &e {metrics: []}}\n"
+        "variants: {x: {eval: *e}, y: {<<: *b, train: {lr: 0.001}}}\n"
+    )
+    assert main(["validate", str(aliased)]) == 0, capsys.readouterr().err
 
 
 def test_a_dataset_with_an_empty_split_is_refused_by_validate(make_distribution, tmp_path):

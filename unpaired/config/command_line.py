@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from unpaired.config.documents import TOO_DEEP, shape_problem
 from unpaired.config.overrides import set_path
 from unpaired.errors import UsageError
 from unpaired.plugin_api.registry import Registry
@@ -35,9 +36,14 @@ def split_override(text: str) -> tuple[str, list[Any]]:
     if not equals or not path or " " in path:
         raise UsageError(f"{text!r} is not an override: write KEY=VALUE (train.epochs=5) or KEY=A,B for a grid axis (generator.n_blocks=6,9)")
     try:
-        return path, [_value(part) for part in _top_level_parts(raw)]
+        values = [_value(part) for part in _top_level_parts(raw)]
     except yaml.YAMLError as error:
         raise UsageError(f"{text!r}: the value is not YAML ({str(error).splitlines()[0]})") from None
+    except RecursionError:
+        raise UsageError(f"{path}: the value is {TOO_DEEP}") from None
+    if problem := shape_problem(values):
+        raise UsageError(f"{path}: the value is not usable: {problem}")
+    return path, values
 
 
 def _value(text: str) -> Any:
