@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 from conftest import TINY_BASE, UNPAIRED, run_cli, start_mlflow_server, stop_mlflow_server, write_study, write_synthetic_folder
 from unpaired.cli import main
 from unpaired.errors import Note
-from unpaired.storage.lease import Lease, LeaseHeld
+from unpaired.storage.lease import Lease, LeaseHeld, heartbeat_interval
 from unpaired.storage.run_folder import RunFolder
 
 
@@ -51,6 +51,19 @@ def test_a_lease_from_another_host_is_stale_only_after_its_heartbeat_stops(tmp_p
         before = path.stat().st_mtime
         time.sleep(1.2)  # the holder's thread refreshes the heartbeat every timeout / 6 (at least 0.5 s)
         assert path.stat().st_mtime > before
+
+
+def test_a_lease_timeout_that_is_no_number_of_seconds_or_would_take_over_live_leases_is_refused_before_anything(tmp_path, monkeypatch, capsys):
+    """'abc' ended in a traceback; a negative or NaN one was taken: another host would take over (or never) the leases
+    of runs still training."""
+    study = write_study(tmp_path / "s.yaml", "s")
+    for value in ["abc", "-5", "nan", "inf", "1"]:
+        monkeypatch.setenv("UNPAIRED_LEASE_TIMEOUT", value)
+        assert main(["run", str(study), "--out", str(tmp_path / "out"), "tracking.enabled=false"]) == 2
+        expected = f"error: UNPAIRED_LEASE_TIMEOUT is {value!r}: give the seconds without a heartbeat after which another host's lease"
+        assert expected in capsys.readouterr().err and not (tmp_path / "out").exists()
+    monkeypatch.setenv("UNPAIRED_LEASE_TIMEOUT", "2.5")
+    assert heartbeat_interval() == 0.5
 
 
 @pytest.mark.slow

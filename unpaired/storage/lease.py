@@ -12,6 +12,7 @@ older than the timeout. A stale lease is taken over, one taker at a time.
 from __future__ import annotations
 
 import json
+import math
 import os
 import secrets
 import socket
@@ -21,7 +22,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from unpaired.errors import Notice, UnpairedError
+from unpaired.errors import InputError, Notice, UnpairedError
 
 TIMEOUT_ENV = "UNPAIRED_LEASE_TIMEOUT"
 DEFAULT_TIMEOUT = 120.0
@@ -50,9 +51,25 @@ class LeaseHeld(UnpairedError):
         return type(self), (self.path, self.holder)
 
 
+SHORTEST_TIMEOUT = 2.0
+"""The shortest lease timeout allowed: four of the most frequent heartbeats (every 0.5 s). With a shorter one (or a
+negative one) another host would take over leases whose holders still train."""
+
+
 def lease_timeout() -> float:
-    """Seconds without a heartbeat after which another host's lease is taken over ($UNPAIRED_LEASE_TIMEOUT)."""
-    return float(os.environ.get(TIMEOUT_ENV) or DEFAULT_TIMEOUT)
+    """Seconds without a heartbeat after which another host's lease is taken over ($UNPAIRED_LEASE_TIMEOUT); a value
+    that is not a number of seconds of at least :data:`SHORTEST_TIMEOUT` raises :class:`InputError`."""
+    text = os.environ.get(TIMEOUT_ENV) or ""
+    try:
+        seconds = float(text) if text.strip() else DEFAULT_TIMEOUT
+    except ValueError:
+        seconds = math.nan
+    if not SHORTEST_TIMEOUT <= seconds < math.inf:
+        raise InputError(
+            f"{TIMEOUT_ENV} is {text!r}: give the seconds without a heartbeat after which another host's lease is taken "
+            f"over, at least {SHORTEST_TIMEOUT:g} (default {DEFAULT_TIMEOUT:g}), or unset it"
+        )
+    return seconds
 
 
 def heartbeat_interval() -> float:
