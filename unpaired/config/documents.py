@@ -49,6 +49,7 @@ for billions of values ("billion laughs"), which checking would take hours and a
 MAX_DOCUMENT_DEPTH = 32
 """The deepest nesting of mappings and lists in a spec (a study's is about 6): deeper, checking it would exhaust
 Python's recursion."""
+TOO_DEEP = f"nested more than {MAX_DOCUMENT_DEPTH} levels deep: a spec is a few levels of keys and lists"
 
 
 def read_document(path: str | Path) -> Any:
@@ -73,9 +74,6 @@ def read_document(path: str | Path) -> Any:
     if problem := shape_problem(document):
         raise SpecError(str(path), [("", problem)])
     return document
-
-
-TOO_DEEP = f"nested more than {MAX_DOCUMENT_DEPTH} levels deep: a spec is a few levels of keys and lists"
 
 
 def shape_problem(document: Any) -> str | None:

@@ -77,7 +77,6 @@ __all__ = [
     "Score",
     "Split",
     "StopRequested",
-    "listed",
     "StudySummary",
     "TrainingProgress",
     "Transform",
@@ -91,6 +90,7 @@ __all__ = [
     "hookimpl",
     "judge",
     "list_images",
+    "listed",
     "load_image",
     "stop_requested",
 ]

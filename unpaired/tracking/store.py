@@ -66,7 +66,9 @@ def first_line(error: BaseException) -> str:
 def _database_error(error: BaseException) -> BaseException | None:
     """The database driver's error that SQLAlchemy wraps (as ``orig``) somewhere in ``error``'s chain, or None."""
     seen: BaseException | None = error
-    while seen is not None:
+    for _ in range(10):  # a chain is a few links long (and could loop)
+        if seen is None:
+            break
         if isinstance(original := getattr(seen, "orig", None), BaseException):
             return original
         seen = seen.__cause__ or seen.__context__
