@@ -153,6 +153,9 @@ def test_variant_problems_name_the_variant_and_the_path(registry):
     assert "Did you mean 'patchgan'?" in found["variants.odd.discriminator.name"]
     assert "greater than 0 (got -1)" in found["variants.neg.train.lr"]
     assert "got 'many'" in problems(registry, grid={"generator.n_blocks": ["many"]})["variant[n_blocks=many].generator.n_blocks"]
+    too_big = "Input should be less than or equal to 4294967295 (got 4294967296)"  # NumPy's largest seed: runs failed on it
+    assert problems(registry, seeds=[0, 2**32])["seeds.1"] == too_big
+    assert problems(registry, variants={"big": {"train": {"seed": 2**32}}})["variants.big.train.seed"] == too_big
 
 
 def test_two_variants_with_one_configuration_are_refused(registry):

@@ -43,6 +43,8 @@ class ComponentConfig(BaseModel):
 
 AdamBeta = Annotated[float, Field(ge=0, lt=1)]
 """One of Adam's betas: torch refuses any other when the optimiser is built, after validation."""
+MAX_SEED = 2**32 - 1
+"""The largest seed: NumPy's global generator (which every run seeds) refuses any larger one, after validation."""
 
 
 class TrainConfig(BaseModel):
@@ -56,7 +58,7 @@ class TrainConfig(BaseModel):
     betas: tuple[AdamBeta, AdamBeta] = Field((0.5, 0.999), description="Adam betas, each in [0, 1)")
     init: InitScheme = Field("normal", description="weight initialisation: normal | xavier | kaiming | orthogonal")
     init_gain: float = Field(0.02, gt=0, description="std of `normal`, gain of xavier/orthogonal")
-    seed: int = Field(0, ge=0, description="seeds weights, data order, augmentation and image pools")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="seeds weights, data order, augmentation and image pools")
     precision: Precision = Field("fp32", description="fp32, or autocast to bf16 / fp16 (fp16 with grad scaling)")
     channels_last: bool = Field(False, description="NHWC memory format (often faster on GPUs)")
     compile: bool = Field(False, description="torch.compile the networks")

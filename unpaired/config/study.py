@@ -24,7 +24,7 @@ from unpaired.config.documents import read_document
 from unpaired.config.execution import resolve_execution
 from unpaired.config.overrides import flatten, merge, set_path, with_default_components
 from unpaired.config.resolved import ResolvedVariant, resolve_variant
-from unpaired.config.spec import SpecError, TrainConfig, VariantSpec, component_slots
+from unpaired.config.spec import MAX_SEED, SpecError, TrainConfig, VariantSpec, component_slots
 from unpaired.errors import pydantic_problems
 from unpaired.plugin_api.components import Choice
 from unpaired.plugin_api.registry import ComponentError, Registry
@@ -64,7 +64,7 @@ class StudySpec(BaseModel):
         default_factory=dict, description="dotted path -> values; every combination is a variant"
     )
     variants: dict[str, dict[str, Any]] = Field(default_factory=dict, description="named overrides of the base, merged deeply (combinable with grid)")
-    seeds: Annotated[list[Annotated[StrictInt, Field(ge=0)]], Field(min_length=1)] = Field(
+    seeds: Annotated[list[Annotated[StrictInt, Field(ge=0, le=MAX_SEED)]], Field(min_length=1)] = Field(
         default_factory=lambda: [0], description="each variant is trained once per seed (train.seed)"
     )
     baseline: str | None = Field(None, description="the variant differences are measured against (default: the base)")
