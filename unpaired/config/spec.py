@@ -43,6 +43,8 @@ class ComponentConfig(BaseModel):
 
 AdamBeta = Annotated[float, Field(ge=0, lt=1)]
 """One of Adam's betas: torch refuses any other when the optimiser is built, after validation."""
+FLOAT32_MAX = 3.4028234663852886e38
+"""The largest learning rate: Adam's step computes in float32, which cannot hold a larger one (torch fails mid-step)."""
 MAX_SEED = 2**32 - 1
 """The largest seed: NumPy's global generator (which every run seeds) refuses any larger one, after validation."""
 
@@ -88,6 +90,13 @@ class TrainConfig(BaseModel):
     def _yaml_on_off(cls, value: Any) -> Any:
         """YAML reads a bare ``on`` and ``off`` as true and false: take them as written."""
         return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
+    @field_validator("lr")
+    @classmethod
+    def _fits_float32(cls, lr: float) -> float:
+        if lr > FLOAT32_MAX:
+            raise ValueError(f"at most {FLOAT32_MAX:.3g}: Adam steps in float32, which holds no larger number")
+        return lr
 
     @model_validator(mode="after")
     def _trains_something(self) -> TrainConfig:
