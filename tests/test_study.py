@@ -20,7 +20,7 @@ from unpaired.cli import main
 from unpaired.config.spec import SpecError
 from unpaired.errors import UsageError
 from unpaired.config.overrides import merge
-from unpaired.config.study import load_study, plan_study
+from unpaired.config.study import _axis_labels, load_study, plan_study
 from unpaired.plugin_api.registry import Registry
 from unpaired.storage.run_folder import RunFolder
 
@@ -61,6 +61,21 @@ def test_grid_and_named_variants_expand_into_readable_runs(registry):
     assert len({r.run_id for r in planned.runs}) == 16
     assert len({r.variant_key for r in planned.runs}) == 8
     assert planned.baseline == "plain,n_blocks=1,discriminator=patchgan"  # the base's own configuration
+
+
+def test_grid_values_of_one_component_each_name_their_own_variant(registry):
+    """Two datasets of one component were both named ``data=synthetic``: one variant of two configurations, which compare
+    would have pooled as seeds of one."""
+    data = [{**TINY_BASE["data"], "n_train": n} for n in (6, 8)]
+    planned = study(registry, grid={"data": data, "generator": [{"name": "resnet", "n_blocks": 1}, {"name": "resnet", "n_blocks": 2}]})
+    assert planned.variant_names == [
+        "data=synthetic(n_train=6),generator=resnet(n_blocks=1)",
+        "data=synthetic(n_train=6),generator=resnet(n_blocks=2)",
+        "data=synthetic(n_train=8),generator=resnet(n_blocks=1)",
+        "data=synthetic(n_train=8),generator=resnet(n_blocks=2)",
+    ]
+    assert study(registry, grid={"data": data[:1]}).variant_names == ["data=synthetic"]  # alone on its axis, by its name
+    assert _axis_labels([{"name": "x"}, {"name": "x", "a": 1}, "x", 1, "1"]) == ["x()", "x(a=1)", "x", "1", '"1"']
 
 
 def test_ids_are_stable_for_the_same_file(registry, tmp_path):

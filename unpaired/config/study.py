@@ -146,6 +146,22 @@ def _label_value(value: Any) -> str:
     return json.dumps(value) if not isinstance(value, str) else value
 
 
+def _axis_labels(values: list[Any]) -> list[str]:
+    """How each value of a grid axis appears in variant names, one label per distinct value: a component by its name,
+    followed by the parameters that tell it from the axis's other values of that name (``synthetic(n_train=4)``); any
+    other value as written; where labels would still be shared (``1`` and ``"1"``), the values in JSON."""
+    short = [_label_value(value) for value in values]
+    labels = []
+    for value, label in zip(values, short):
+        namesakes = [other for other, said in zip(values, short) if said == label and other != value]
+        if isinstance(value, Mapping) and namesakes:
+            differing = [key for key in value if key != "name" and any(not isinstance(o, Mapping) or o.get(key) != value[key] for o in namesakes)]
+            label += f"({','.join(f'{key}={_label_value(value[key])}' for key in differing)})"
+        labels.append(label)
+    shared = {label for label, value in zip(labels, values) if any(said == label and other != value for said, other in zip(labels, values))}
+    return [json.dumps(value, sort_keys=True) if label in shared else label for label, value in zip(labels, values)]
+
+
 def _grid_labels(paths: list[str]) -> dict[str, str]:
     """Short axis names for variant names: the last path segment (the component for ``x.name``)
     unless two axes share it."""
@@ -265,15 +281,17 @@ def _expand(spec: StudySpec, grid: dict[str, list[Any]], registry: Registry, sou
     each configuration key. Raises :class:`SpecError` with the problems of every variant."""
     named = list(spec.variants.items()) or [("", {})]
     labels = _grid_labels(list(grid))
-    combinations = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+    value_labels = {path: _axis_labels(values) for path, values in grid.items()}
+    combinations = [dict(zip(grid, choice)) for choice in itertools.product(*(range(len(values)) for values in grid.values()))]
     problems: list[tuple[str, str]] = []
     runs: list[PlannedRun] = []
     names_by_key: dict[str, str] = {}
     for (variant_name, changes), combination in itertools.product(named, combinations):
-        label = ",".join(f"{labels[p]}={_label_value(v)}" for p, v in combination.items())
+        label = ",".join(f"{labels[path]}={value_labels[path][index]}" for path, index in combination.items())
         name = ",".join(part for part in (variant_name, label) if part) or "base"
+        values = {path: grid[path][index] for path, index in combination.items()}
         merged = merge(with_default_components(spec.base, registry), changes, registry)
-        for path, value in combination.items():
+        for path, value in values.items():
             merged = set_path(merged, path, value, registry)
         where = f"variants.{variant_name}" if variant_name and not combination else f"variant[{name}]"
         if name.strip(".") == "":
@@ -293,8 +311,11 @@ def _expand(spec: StudySpec, grid: dict[str, list[Any]], registry: Registry, sou
             other = names_by_key[resolved.variant_key]
             problems.append((where, f"resolves to the same configuration as variant {other!r} (id {resolved.variant_key}); remove one"))
             continue
+        if name in names_by_key.values():  # two configurations pooled under one name would be compared as one variant
+            problems.append((where, f"another configuration of the grid is named {name!r} too: name the variants yourself (variants:)"))
+            continue
         names_by_key[resolved.variant_key] = name
-        overrides = {**flatten(changes), **combination}
+        overrides = {**flatten(changes), **values}
         runs += [PlannedRun(name, seed, overrides, with_seed(resolved, seed)) for seed in spec.seeds]
     if problems:
         raise SpecError(source, list(dict.fromkeys(problems)))
