@@ -362,6 +362,21 @@ def test_small_specs_that_stand_for_billions_of_values_or_hold_themselves_are_re
     assert main(["validate", str(aliased)]) == 0, capsys.readouterr().err
 
 
+def test_a_study_is_refused_the_output_folder_of_a_study_of_another_name(tmp_path, capsys):
+    """Study 'two' trained into study 'one''s folder without a word: their runs mixed, and each rewrote the index."""
+    one, two = write_study(tmp_path / "one.yaml", "one"), write_study(tmp_path / "two.yaml", "two", grid={"train.lr": [1e-4, 3e-4]})
+    out = tmp_path / "shared"
+    assert main(["run", str(one), "--out", str(out), "--quiet", "tracking.enabled=false"]) == 0
+    capsys.readouterr()
+    for command in ("run", "plan"):
+        assert main([command, str(two), "--out", str(out), "tracking.enabled=false"]) == 2
+        expected = f"error: the output folder {out} holds the study 'one', not 'two': give this study an output folder of its own"
+        assert expected in capsys.readouterr().err
+    assert json.loads((out / "study.json").read_text())["name"] == "one" and [p.name for p in out.iterdir() if p.is_dir()] == ["base"]
+    (out / "study.json").rename(tmp_path / "one-index.json")  # 'two' is 'one' renamed: it adopts the folder
+    assert main(["plan", str(two), "--out", str(out), "tracking.enabled=false"]) == 0
+
+
 def test_a_dataset_with_an_empty_split_is_refused_by_validate(make_distribution, tmp_path):
     make_distribution("broken-parts", "1.0", {"broken": "broken_parts"}, {"broken_parts.py": BROKEN_COMPONENTS})
     study = write_study(tmp_path / "empty.yaml", "empty", base={**TINY_BASE, "data": {"name": "no_test_b"}})

@@ -29,9 +29,18 @@ DEFAULT_PARENT = Path("runs")
 
 def output_folder(study: Study, out: str | Path | None = None) -> Path:
     """``out`` (``--out``), else the study's default output folder ``runs/<study name>``; :class:`InputError` when it, or
-    the nearest part of its path that exists, is a file."""
+    the nearest part of its path that exists, is a file, or when it is the output folder of a study of another name
+    (the two studies' runs would mix, and each would rewrite the other's index)."""
     folder = Path(out) if out else DEFAULT_PARENT / study.spec.name
     check_makeable_folder(folder, "the output folder")
+    if is_study_folder(folder):
+        index, unreadable = read_index(folder)
+        if unreadable is None and (other := index.get("name")) not in (None, study.spec.name):
+            raise InputError(
+                f"the output folder {folder} holds the study {other!r}, not {study.spec.name!r}: give this study an output "
+                f"folder of its own (--out). If {study.spec.name!r} is {other!r} renamed, rename the folder too, or move "
+                f"{folder / INDEX} aside to adopt its runs"
+            )
     return folder
 
 
