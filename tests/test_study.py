@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import os
 import random
 import signal
@@ -172,6 +173,10 @@ def test_variant_problems_name_the_variant_and_the_path(registry):
     assert "got 'many'" in problems(registry, grid={"generator.n_blocks": ["many"]})["variant[n_blocks=many].generator.n_blocks"]
     too_big = "Input should be less than or equal to 4294967295 (got 4294967296)"  # NumPy's largest seed: runs failed on it
     assert problems(registry, seeds=[0, 2**32])["seeds.1"] == too_big
+    endless = problems(registry, tracking={"timeout": 1e300})["tracking.timeout"]  # "This is a bug": an OverflowError at the health check
+    assert endless == "Input should be less than or equal to 3600 (got 1e+300)"
+    typo = problems(registry, tracking={"metric": "fid_maen"})["tracking.metric"]  # was taken: compare then had nothing to rank by
+    assert typo == "'fid_maen' is not a score of any variant; the scores all variants have: none (eval.metrics scores nothing)"
     assert problems(registry, variants={"big": {"train": {"seed": 2**32}}})["variants.big.train.seed"] == too_big
 
 
@@ -222,6 +227,16 @@ def test_the_committed_schema_is_current(monkeypatch):
     generator_options = schema["$defs"]["Variant"]["properties"]["generator"]["anyOf"]
     assert {"const": "resnet"} in [o["properties"]["name"] for o in generator_options if "properties" in o]
     assert {"type": "null"} in generator_options  # left out: the default generator
+    text = result.stdout  # every reference resolves (tracking's did not: editors flagged every study file)
+    assert {ref.rpartition("/")[2] for ref in re.findall(r'"\$ref": "#/\$defs/([^"]+)"', text)} <= set(schema["$defs"])
+    assert schema["$defs"]["TrackingConfig"]["properties"]["timeout"]["maximum"] == 3600
+    jsonschema = pytest.importorskip("jsonschema")  # what an editor checks: the shipped studies pass, a bad value does not
+    validator = jsonschema.Draft202012Validator(schema)
+    for path in sorted((REPO / "studies").glob("*.yaml")):
+        assert not [error.message for error in validator.iter_errors(yaml.safe_load(path.read_text()))], path
+    quickstart = yaml.safe_load((REPO / "studies" / "quickstart.yaml").read_text())
+    assert not validator.is_valid({**quickstart, "tracking": {"timeout": 1e300}})
+    assert not validator.is_valid({**quickstart, "base": {**quickstart["base"], "eval": {"metrics": ["fdi"]}}})
 
 
 @pytest.mark.slow

@@ -33,7 +33,7 @@ def _component_options(
 def study_json_schema(registry: Registry) -> dict[str, Any]:
     """JSON Schema of a study file, with every registered component and its parameters, for editors."""
     schema = StudySpec.model_json_schema()
-    definitions: dict[str, Any] = {}
+    definitions: dict[str, Any] = schema.pop("$defs", {})  # the study's own (TrackingConfig), then the variant's and components'
     for title, require in (("Variant", True), ("VariantOverride", False)):
         variant = VariantSpec.model_json_schema()
         definitions.update(variant.pop("$defs", {}))
@@ -53,6 +53,9 @@ def study_json_schema(registry: Registry) -> dict[str, Any]:
         *_component_options(registry, component_slots()["eval.feature_extractor"].kind, definitions, require=False),
         {"type": "null"},
     ]
+    metrics = definitions["EvalConfig"]["properties"]["metrics"]["anyOf"][0]["items"]  # each a name or {name, **params}
+    metric_options = _component_options(registry, "metric", definitions, require=True)
+    metrics["anyOf"] = [{"enum": [option["properties"]["name"]["const"] for option in metric_options]}, *metric_options]
     definitions.pop("ComponentConfig", None)
     schema["$defs"] = definitions
     schema["properties"]["base"] = {"$ref": "#/$defs/Variant", "description": schema["properties"]["base"]["description"]}

@@ -47,7 +47,8 @@ class TrackingConfig(BaseModel):
     timeout: float = Field(
         10.0,
         ge=2,
-        description="seconds a run may wait on the tracking server: one that does not answer "
+        le=3600,
+        description="seconds (2 to 3600) a run may wait on the tracking server: one that does not answer "
         "by then is given up for that run, and training goes on (the next `unpaired run` logs what is missing)",
     )
 
@@ -259,20 +260,14 @@ def _ranking_metric(spec: StudySpec, runs: list[PlannedRun], baseline: str, sour
     have cannot rank them all (a one-way method has no ``fid_mean``), which is a problem naming them."""
     columns = {run.variant: run.resolved.score_columns for run in runs}
     headline = _headline(runs, baseline)
-    shared = [column for column in [headline, *columns[baseline]] if column is not None and all(column in have for have in columns.values())]
+    candidates = dict.fromkeys([headline, *columns[baseline]])
+    shared = [column for column in candidates if column is not None and all(column in have for have in columns.values())]
     metric = spec.tracking.metric
     lacking = [variant for variant, have in columns.items() if metric not in have]
-    if metric is not None and lacking and len(lacking) < len(columns):
-        raise SpecError(
-            source,
-            [
-                (
-                    "tracking.metric",
-                    f"{metric!r} is not a score of {', '.join(lacking)}, so it cannot rank every "
-                    f"variant; the scores all variants have: {', '.join(shared) or 'none'}",
-                )
-            ],
-        )
+    if metric is not None and lacking:  # a typo when no variant has it: compare and the report would have nothing to rank by
+        which = "any variant" if len(lacking) == len(columns) else f"{', '.join(lacking)}, so it cannot rank every variant"
+        scores = ", ".join(shared) or ("none" if any(columns.values()) else "none (eval.metrics scores nothing)")
+        raise SpecError(source, [("tracking.metric", f"{metric!r} is not a score of {which}; the scores all variants have: {scores}")])
     return metric or (shared[0] if shared else None)
 
 
