@@ -281,6 +281,7 @@ def _expand(spec: StudySpec, grid: dict[str, list[Any]], registry: Registry, sou
     problems: list[tuple[str, str]] = []
     runs: list[PlannedRun] = []
     names_by_key: dict[str, str] = {}
+    names: set[str] = set()  # the values of names_by_key, looked up once per variant
     for (variant_name, changes), combination in itertools.product(named, combinations):
         label = ",".join(f"{labels[path]}={value_labels[path][index]}" for path, index in combination.items())
         name = ",".join(part for part in (variant_name, label) if part) or "base"
@@ -306,10 +307,11 @@ def _expand(spec: StudySpec, grid: dict[str, list[Any]], registry: Registry, sou
             other = names_by_key[resolved.variant_key]
             problems.append((where, f"resolves to the same configuration as variant {other!r} (id {resolved.variant_key}); remove one"))
             continue
-        if name in names_by_key.values():  # two configurations pooled under one name would be compared as one variant
+        if name in names:  # two configurations pooled under one name would be compared as one variant
             problems.append((where, f"another configuration of the grid is named {name!r} too: name the variants yourself (variants:)"))
             continue
         names_by_key[resolved.variant_key] = name
+        names.add(name)
         overrides = {**flatten(changes), **values}
         runs += [PlannedRun(name, seed, overrides, with_seed(resolved, seed)) for seed in spec.seeds]
     if problems:
