@@ -40,7 +40,7 @@ def split_override(text: str) -> tuple[str, list[Any]]:
     except yaml.YAMLError as error:
         raise UsageError(f"{text!r}: the value is not YAML ({str(error).splitlines()[0]})") from None
     except RecursionError:
-        raise UsageError(f"{path}: the value is {TOO_DEEP}") from None
+        raise UsageError(f"{path}: the value is not usable: {TOO_DEEP}") from None
     if problem := shape_problem(values):
         raise UsageError(f"{path}: the value is not usable: {problem}")
     return path, values
