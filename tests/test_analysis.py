@@ -28,15 +28,16 @@ DEEP = "generator.n_blocks"
 WIDE = "discriminator.n_layers"
 
 
-def stored_study(tmp_path, registry: Registry):
+def stored_study(tmp_path, registry: Registry, grid: dict | None = None, better_when=lambda overrides: overrides[DEEP] == 2):
     """A 2 x 2 study (4 seeds) whose results are written as if trained: a deeper generator lowers FID by 8, the
-    discriminator's depth changes nothing, and there is no interaction."""
+    discriminator's depth changes nothing, and there is no interaction (or another ``grid`` where the runs whose
+    overrides are ``better_when`` have an FID lower by 8)."""
     study = plan_study(
         {
             "name": "planted",
             "question": "Which axis matters?",
             "base": TINY_BASE,
-            "grid": {DEEP: [1, 2], WIDE: [1, 2]},
+            "grid": grid or {DEEP: [1, 2], WIDE: [1, 2]},
             "seeds": [0, 1, 2, 3],
             "tracking": {"enabled": False},
         },
@@ -46,7 +47,7 @@ def stored_study(tmp_path, registry: Registry):
     write_index(study, out, {})
     better = {"fid_a2b": True, "fid_b2a": True, "fid_mean": True}
     for run in study.runs:
-        fid = 50.0 - 8.0 * (run.overrides[DEEP] == 2) + NOISE[run.seed] + rng.normal(0, 0.5)
+        fid = 50.0 - 8.0 * better_when(run.overrides) + NOISE[run.seed] + rng.normal(0, 0.5)
         scores = {"fid_a2b": fid - 1, "fid_b2a": fid + 1, "fid_mean": fid}
         folder = run_folder(out, run)
         folder.path.mkdir(parents=True)
@@ -100,6 +101,21 @@ def test_a_planted_effect_in_one_axis_is_named_with_its_size_and_no_interaction(
     report = write_report(out, registry, fmt="markdown", metric="fid_mean").read_text()
     assert all(line in report.splitlines() for line in markdown.splitlines())
     assert "| n_blocks=1,n_layers=1 | 6.4 k | G_AtoB 2.3 k, G_BtoA 2.3 k, D_A 900, D_B 900 | 6 s (12 steps, 0.500 s/step) |  |" in report
+
+
+def test_a_grid_over_configurations_of_one_component_analyses_each_configuration_as_its_own_level(tmp_path, capsys):
+    """Two patchgans apart only in depth are two levels of the discriminator axis, named as the variants name them."""
+    shallow, deep = ({"name": "patchgan", "ndf": 4, "n_layers": depth} for depth in (1, 2))
+    grid = {"discriminator": [shallow, deep], DEEP: [1, 2]}
+    stored_study(tmp_path, Registry.from_entry_points(), grid, better_when=lambda overrides: overrides["discriminator"]["n_layers"] == 2)
+    assert main(["compare", str(tmp_path / "out"), "--format", "json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    terms = {row["term"]: row for row in printed["factorial"]}
+    assert list(terms) == ["discriminator", DEEP, f"discriminator × {DEEP}"]
+    assert terms["discriminator"]["p"] < 0.001 and terms[DEEP]["p"] > 0.05
+    means = dict(level.split(": ") for level in terms["discriminator"]["means"].split(", "))
+    assert list(means) == ["patchgan(n_layers=1)", "patchgan(n_layers=2)"]  # the labels of the variants' names
+    assert float(means["patchgan(n_layers=1)"]) - float(means["patchgan(n_layers=2)"]) == pytest.approx(8, abs=1)
 
 
 def test_seeds_needed_give_80_percent_power_and_one_fewer_does_not():

@@ -21,7 +21,7 @@ from unpaired.cli import main
 from unpaired.config.spec import SpecError
 from unpaired.errors import UsageError
 from unpaired.config.overrides import merge
-from unpaired.config.study import _axis_labels, load_study, plan_study
+from unpaired.config.study import axis_labels, load_study, plan_study
 from unpaired.plugin_api.registry import Registry
 from unpaired.storage.run_folder import RunFolder
 
@@ -76,7 +76,7 @@ def test_grid_values_of_one_component_each_name_their_own_variant(registry):
         "data=synthetic(n_train=8),generator=resnet(n_blocks=2)",
     ]
     assert study(registry, grid={"data": data[:1]}).variant_names == ["data=synthetic"]  # alone on its axis, by its name
-    assert _axis_labels([{"name": "x"}, {"name": "x", "a": 1}, "x", 1, "1"]) == ["x()", "x(a=1)", "x", "1", '"1"']
+    assert axis_labels([{"name": "x"}, {"name": "x", "a": 1}, "x", 1, "1"]) == ["x()", "x(a=1)", "x", "1", '"1"']
 
 
 def test_ids_are_stable_for_the_same_file(registry, tmp_path):

@@ -147,7 +147,7 @@ def _label_value(value: Any) -> str:
     return json.dumps(value) if not isinstance(value, str) else value
 
 
-def _axis_labels(values: list[Any]) -> list[str]:
+def axis_labels(values: list[Any]) -> list[str]:
     """How each value of a grid axis appears in variant names, one label per distinct value: a component by its name,
     followed by the parameters that tell it from the axis's other values of that name (``synthetic(n_train=4)``); any
     other value as written; where labels would still be shared (``1`` and ``"1"``), the values in JSON."""
@@ -276,7 +276,7 @@ def _expand(spec: StudySpec, grid: dict[str, list[Any]], registry: Registry, sou
     each configuration key. Raises :class:`SpecError` with the problems of every variant."""
     named = list(spec.variants.items()) or [("", {})]
     labels = _grid_labels(list(grid))
-    value_labels = {path: _axis_labels(values) for path, values in grid.items()}
+    value_labels = {path: axis_labels(values) for path, values in grid.items()}
     combinations = [dict(zip(grid, choice)) for choice in itertools.product(*(range(len(values)) for values in grid.values()))]
     problems: list[tuple[str, str]] = []
     runs: list[PlannedRun] = []

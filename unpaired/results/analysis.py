@@ -10,6 +10,7 @@ t-test (equal n per variant; Cohen's d from the observed means and stds) at the 
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -20,6 +21,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from unpaired.config.study import axis_labels
 from unpaired.results.scores import headline
 from unpaired.results.statistics import ALPHA, CONFIDENCE, summarize
 
@@ -27,12 +29,18 @@ POWER = 0.8
 MOST_SEEDS = 1000
 
 
-def grid_levels(grid: Sequence[str], named_variants: int, runs: Iterable[tuple[str, Mapping[str, Any]]]) -> dict[str, dict[str, str]]:
-    """Variant -> its level of each grid axis (``runs``: each run's variant and overrides), the factors of the
-    factorial analysis; empty when the study has no grid, or crosses it with several named variants."""
+def grid_levels(grid: Mapping[str, Sequence[Any]], named_variants: int, runs: Iterable[tuple[str, Mapping[str, Any]]]) -> dict[str, dict[str, str]]:
+    """Variant -> its level of each axis of ``grid`` (axis -> its values), labelled as the variant names label it
+    (``runs``: each run's variant and overrides): the factors of the factorial analysis. Empty when the study has no
+    grid, or crosses it with several named variants."""
     if not grid or named_variants > 1:
         return {}
-    return {variant: {axis: _level(overrides.get(axis)) for axis in grid} for variant, overrides in runs}
+    labels = {axis: dict(zip(map(_as_json, values), axis_labels(list(values)))) for axis, values in grid.items()}
+    levels = {}
+    for variant, overrides in runs:
+        values = {axis: _as_json(overrides.get(axis)) for axis in grid}
+        levels[variant] = {axis: labels[axis].get(value, value) for axis, value in values.items()}
+    return levels
 
 
 def _finite(value: Any) -> bool:
@@ -40,8 +48,9 @@ def _finite(value: Any) -> bool:
     return isinstance(value, float | int) and math.isfinite(value)
 
 
-def _level(value: Any) -> str:
-    return str(value.get("name", value)) if isinstance(value, Mapping) else str(value)
+def _as_json(value: Any) -> str:
+    """A grid value as a key that tells every value apart (two components of one name, ``1`` and ``"1"``)."""
+    return json.dumps(value, sort_keys=True)
 
 
 def factorial(runs: pd.DataFrame, levels: Mapping[str, Mapping[str, str]], metric: str) -> pd.DataFrame | None:

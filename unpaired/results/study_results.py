@@ -137,7 +137,7 @@ class StudyResults:
         """Each variant's level of every grid axis (see :func:`unpaired.results.analysis.grid_levels`)."""
         study = self.index.get("study") or {}  # recorded since overrides: older folders give no factorial analysis
         entries = [(entry["variant"], entry.get("overrides", {})) for entry in self.index["runs"]]
-        return grid_levels(list(study.get("grid") or {}), len(study.get("variants") or {}), entries)
+        return grid_levels(study.get("grid") or {}, len(study.get("variants") or {}), entries)
 
     def to_compare(self) -> RunsToCompare:
         """Its finished runs as ``compare`` takes them, with every note on what is left out."""

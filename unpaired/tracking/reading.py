@@ -39,7 +39,7 @@ def tracked_results(name: str, uri: str | None, timeout: float, now: CurrentPlan
     if now is None:
         return RunsToCompare(name, _latest_parent(name, uri, timeout).get("tags.unpaired.baseline"), table, notes, None, {})
     study = now.study
-    levels = grid_levels(list(study.spec.grid), len(study.spec.variants), [(run.variant, run.overrides) for run in study.runs])
+    levels = grid_levels(study.spec.grid, len(study.spec.variants), [(run.variant, run.overrides) for run in study.runs])
     return RunsToCompare(study.spec.name, study.baseline, table, notes, study.metric, levels)
 
 
