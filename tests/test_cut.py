@@ -143,15 +143,17 @@ class NceOfEachStep:
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["cut", "fastcut"])
 def test_cut_and_fastcut_training_moves_fid_off_the_untrained_generator_and_halves_patchnce(registry, tmp_path, method):
-    """FID A -> B (Inception, 32 test images at 32 px) of the generator after 8 epochs of 24 steps at a constant rate
-    and 8 decaying to zero (the paper's schedule), against the same generator untrained.
+    """PatchNCE of the last epoch under half the first steps', and FID A -> B (Inception, 32 test images at 32 px) of the
+    generator after 8 epochs of 24 steps at a constant rate and 8 decaying to zero (the paper's schedule), below that of
+    the same generator untrained.
 
-    At this size the trained FID lands near that of the untranslated images (A against B: 362), so this shows the
-    generators train and their translations leave the untrained network's noise (443.6), not that they learn B's look.
-    A single epoch's FID swings by 10 - 20 % here, so only a decayed rate gives a final FID that holds across CPUs and
-    thread counts: with 15 constant epochs and one decaying, seed 0 gave 0.84 on 2 threads and 0.98 on 1 (this
-    test's share of the cores in the suite), on a 2-core AMD EPYC without AVX512. With this schedule, trained /
-    untrained on that CPU: CUT 0.858 (1 thread) and 0.842 (2 threads), FastCUT 0.873 and 0.836."""
+    At this size and length neither CUT nor CycleGAN learns B's look: their translations stay noisier than B's stripes,
+    and the final FID lands between the untrained network's (443.6) and that of the untranslated images (A against B:
+    362). Which epoch's generator lands where is chaotic, so the ratio trained / untrained depends on the CPU and the
+    thread count: seed 0 measured CUT 0.858 (1 thread) and 0.842 (2 threads), FastCUT 0.873 and 0.836 on a 2-core AMD
+    EPYC without AVX512; CUT 0.981 and 0.884 on a 2-core Intel Xeon with AVX512-BF16 (1 thread: this test's share of the
+    cores in the suite). Seeds 1 and 2 there: CUT 0.984 and 0.909, FastCUT 0.960 and 0.911. So the FID check says only
+    that training never leaves the generator worse than untrained; PatchNCE halving says that it trains."""
     spec = {
         "method": {"name": method, "nce_layers": ["input", "down1", "down2", "block1", "block2"], "num_patches": 64},
         "data": {"name": "synthetic", "size": 32, "n_train": 24, "n_test": 32},
@@ -169,7 +171,7 @@ def test_cut_and_fastcut_training_moves_fid_off_the_untrained_generator_and_halv
     with registry.listening(nce):
         after = train_run(variant, RunFolder(tmp_path), registry, show_progress=False).result
     assert after.status == "finished", after.error
-    assert after.metrics["fid_a2b"] < 0.96 * before
+    assert after.metrics["fid_a2b"] < before
     assert sum(nce.values[-24:]) / 24 < 0.5 * sum(nce.values[:5]) / 5
 
 
