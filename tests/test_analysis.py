@@ -151,7 +151,7 @@ def test_the_answer_says_when_two_scores_disagree_on_the_best_variant():
     assert answer[0].startswith("Ranked by fid_mean (lower is better), each variant against the baseline base at α = 0.05, p-values and intervals")
 
 
-def test_data_cautions_name_the_runs_apart_from_the_set_most_runs_share_and_leave_variants_that_differ_by_design():
+def test_data_cautions_name_the_runs_apart_from_the_set_most_runs_share_and_the_variants_scored_on_other_test_images():
     old, new, other = {"A": "a1", "B": "b1"}, {"A": "a2", "B": "b1"}, {"A": "a3", "B": "b3"}
     names = [f"{variant} seed {seed}" for variant in ("raw", "clean") for seed in range(3)]
     variants = ["raw"] * 3 + ["clean"] * 3
@@ -161,6 +161,11 @@ def test_data_cautions_name_the_runs_apart_from_the_set_most_runs_share_and_leav
     assert "did not all train on the same images (raw: raw seed 0 and raw seed 1; raw seed 2: 2 different sets)" in trained
     assert "not all scored on the same test images (clean seed 2; the other 4 runs: 2 different sets)" in scored
     assert data_cautions(names, variants, [old] * 6, [{}] * 6) == []
+
+    # each variant scored on its own test images, as a grid over data.size does: no rescoring makes them compare
+    (apart,) = data_cautions(names, variants, [old] * 6, [old, old, {}, other, other, other])
+    assert apart.startswith("Caution: the variants were not all scored on the same test images (raw; clean: 2 different sets)")
+    assert "mix a variant's setting with its test images" in apart and "by design" in apart
 
 
 def test_a_variant_with_two_seeds_gets_a_caution_that_its_interval_spans_twelve_standard_errors():

@@ -14,7 +14,8 @@ def data_cautions(
     """Cautions about the compared runs (``names``: each run as the cautions name it, with its variant, the hashes of its
     training images and those of its test images, in order): seeds of one variant trained on different images, and runs
     scored on different test images. Runs that recorded no hashes (made before they were recorded) are not counted;
-    variants that train on different data by design are not cautioned for it."""
+    variants that train on different data by design are not cautioned for it. Variants scored on different test images
+    are, whatever the cause: their scores do not compare."""
     cautions = []
     by_variant = {variant: _sets([(n, t) for n, v, t in zip(names, variants, train_data) if v == variant]) for variant in dict.fromkeys(variants)}
     trained_apart = [f"{variant}: {sets}" for variant, sets in by_variant.items() if sets]
@@ -24,11 +25,20 @@ def data_cautions(
             "data changed between runs, so the spread over seeds mixes datasets; train every seed on one dataset (delete the "
             "runs trained on the others and run the study again)."
         )
-    if scored_apart := _sets(list(zip(names, test_data))):
+    scored = {variant: [(n, t) for n, v, t in zip(names, variants, test_data) if v == variant] for variant in by_variant}
+    if any(_sets(runs) for runs in scored.values()):  # a variant's seeds scored on different images: the data changed
         cautions.append(
-            f"Caution: the runs were not all scored on the same test images ({scored_apart}): the test data changed between "
-            "scorings, and scores of different test images do not compare; `unpaired score` on the study scores every run "
-            "again on the test images as they are now."
+            f"Caution: the runs were not all scored on the same test images ({_sets(list(zip(names, test_data)))}): the test "
+            "data changed between scorings, and scores of different test images do not compare; `unpaired score` on the "
+            "study scores every run again on the test images as they are now."
+        )
+    elif variants_apart := _sets([(variant, next((t for _, t in runs if t), {})) for variant, runs in scored.items()]):
+        cautions.append(
+            f"Caution: the variants were not all scored on the same test images ({variants_apart}): scores of different "
+            "test images do not compare, so the ranking and each difference from the baseline mix a variant's setting with "
+            "its test images. Variants that differ in their data (a grid over data.size or data) are scored so by design; "
+            "where the test data changed between scorings instead, `unpaired score` on the study scores every run again "
+            "on the test images as they are now."
         )
     return cautions
 
