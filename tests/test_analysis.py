@@ -12,7 +12,7 @@ from scipy import stats
 
 from conftest import TINY_BASE
 from unpaired.results.same_data import data_cautions
-from unpaired.results.scores import metric_title
+from unpaired.results.scores import describe_scores, metric_title
 from unpaired.cli import main
 from unpaired.config.study import plan_study
 from unpaired.plugin_api.registry import Registry
@@ -166,6 +166,18 @@ def test_data_cautions_name_the_runs_apart_from_the_set_most_runs_share_and_the_
     (apart,) = data_cautions(names, variants, [old] * 6, [old, old, {}, other, other, other])
     assert apart.startswith("Caution: the variants were not all scored on the same test images (raw; clean: 2 different sets)")
     assert "mix a variant's setting with its test images" in apart and "by design" in apart
+
+
+def test_variants_scored_with_different_feature_extractors_are_cautioned_that_their_scores_do_not_compare():
+    def scoring(extractor: str) -> Scoring:
+        return Scoring(identity=extractor, extractor=extractor, lower_is_better={"fid_mean": True}, from_features={"fid_mean": True})
+
+    variants = ["base", "base", "wide", "wide"]
+    runs = pd.DataFrame({"variant": variants, "seed": [0, 1, 0, 1], "fid_mean": [50.0, 51.0, 9.0, 9.5]})
+    (caution,) = describe_scores(runs, [scoring("inception"), None, scoring("dino"), scoring("dino")], [{}] * 4).attrs["caveats"]
+    assert caution.startswith("Caution: the scores from features come from different feature extractors (inception: base; dino: wide)")
+    same = describe_scores(runs.copy(), [scoring("inception")] * 4, [{}] * 4)
+    assert same.attrs["caveats"] == [] and same.attrs["extractors"] == ["inception"]
 
 
 def test_a_variant_with_two_seeds_gets_a_caution_that_its_interval_spans_twelve_standard_errors():

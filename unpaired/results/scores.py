@@ -32,7 +32,26 @@ def describe_scores(runs: pd.DataFrame, scored: Sequence[Scoring | None], train_
     names = [f"{variant} seed {seed}" for variant, seed in zip(runs["variant"], runs["seed"])]
     test_data = [scoring.test_data if scoring else {} for scoring in scored]
     runs.attrs["caveats"] += data_cautions(names, list(runs["variant"]), train_data, test_data)
+    runs.attrs["caveats"] += extractor_cautions(list(runs["variant"]), scored)
     return runs
+
+
+def extractor_cautions(variants: Sequence[str], scored: Sequence[Scoring | None]) -> list[str]:
+    """A caution when the runs (each by its variant, with its scoring or None) were scored with different feature
+    extractors: each extractor's features have a scale of their own, so their FIDs do not compare."""
+    by_extractor: dict[str, list[str]] = {}
+    for variant, scoring in zip(variants, scored):
+        if scoring is not None and scoring.extractor and variant not in by_extractor.setdefault(scoring.extractor, []):
+            by_extractor[scoring.extractor].append(variant)
+    if len(by_extractor) < 2:
+        return []
+    listed = "; ".join(f"{extractor}: {', '.join(names)}" for extractor, names in by_extractor.items())
+    return [
+        f"Caution: the scores from features come from different feature extractors ({listed}): each extractor's features "
+        "measure distance on a scale of their own, so such scores from one extractor do not compare with another's; give "
+        "every variant one eval.feature_extractor and run the study again (it scores the finished runs again, without "
+        "training them)."
+    ]
 
 
 def headline(column: str) -> tuple[str, bool]:
