@@ -28,7 +28,7 @@ DEEP = "generator.n_blocks"
 WIDE = "discriminator.n_layers"
 
 
-def stored_study(tmp_path, registry: Registry, grid: dict | None = None, better_when=lambda overrides: overrides[DEEP] == 2):
+def stored_study(tmp_path, registry: Registry, grid: dict | None = None, better_when=lambda overrides: overrides[DEEP] == 2, **spec):
     """A 2 x 2 study (4 seeds) whose results are written as if trained: a deeper generator lowers FID by 8, the
     discriminator's depth changes nothing, and there is no interaction (or another ``grid`` where the runs whose
     overrides are ``better_when`` have an FID lower by 8)."""
@@ -40,6 +40,7 @@ def stored_study(tmp_path, registry: Registry, grid: dict | None = None, better_
             "grid": grid or {DEEP: [1, 2], WIDE: [1, 2]},
             "seeds": [0, 1, 2, 3],
             "tracking": {"enabled": False},
+            **spec,
         },
         registry,
     )
@@ -116,6 +117,22 @@ def test_a_grid_over_configurations_of_one_component_analyses_each_configuration
     means = dict(level.split(": ") for level in terms["discriminator"]["means"].split(", "))
     assert list(means) == ["patchgan(n_layers=1)", "patchgan(n_layers=2)"]  # the labels of the variants' names
     assert float(means["patchgan(n_layers=1)"]) - float(means["patchgan(n_layers=2)"]) == pytest.approx(8, abs=1)
+
+
+def test_markdown_shows_names_and_words_that_look_like_html_as_text(tmp_path, capsys):
+    """A variant named like markup, and a question holding a script, stay text in the Markdown of compare and the
+    report: any renderer would otherwise run them."""
+    hostile, question = "<img src=x onerror=alert(1)>", "Does <script>alert(1)</script> matter?"
+    grid = {DEEP: [1, 2]}
+    variants = {hostile: {"discriminator": {"n_layers": 1}}}
+    stored_study(tmp_path, Registry.from_entry_points(), grid, lambda overrides: overrides[DEEP] == 2, variants=variants, question=question)
+    assert main(["compare", str(tmp_path / "out"), "--format", "markdown"]) == 0
+    compared = capsys.readouterr().out
+    report = write_report(tmp_path / "out", Registry.from_entry_points(), fmt="markdown", metric="fid_mean").read_text()
+    for markdown in (compared, report):
+        assert "<img" not in markdown and "<script>" not in markdown
+        assert "&lt;img src=x onerror=alert(1)&gt;,n_blocks=2" in markdown
+    assert "*Does &lt;script&gt;alert(1)&lt;/script&gt; matter?*" in report
 
 
 def test_seeds_needed_give_80_percent_power_and_one_fewer_does_not():

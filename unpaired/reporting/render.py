@@ -14,7 +14,7 @@ from PIL import Image
 from unpaired.plugin_api.methods import Direction
 from unpaired.reporting.figures import MIN_SIDE
 from unpaired.reporting.report import Report, format_value
-from unpaired.results.tables import markdown_table
+from unpaired.results.tables import markdown_cell, markdown_table, markdown_text
 
 STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
@@ -84,17 +84,14 @@ def render_markdown(report: Report, folder: Path, link: str) -> str:
 
     def image(stem: str, png: bytes, alt: str) -> str:
         (folder / f"{stem}.png").write_bytes(png)
-        return f"![{alt}]({link}/{stem}.png)"
-
-    def cell(text: str) -> str:
-        return text.replace("|", "\\|")
+        return f"![{markdown_text(alt)}]({link}/{stem}.png)"
 
     lines = []
     for kind, content in _outline(report):
         if kind in MARKDOWN_TEXT:
-            lines.append(MARKDOWN_TEXT[kind].format(content))
+            lines.append(MARKDOWN_TEXT[kind].format(markdown_text(content)))
         elif kind == "facts":
-            lines.append("| | |\n|---|---|\n" + "\n".join(f"| {cell(k)} | {cell(v)} |" for k, v in content))
+            lines.append("| | |\n|---|---|\n" + "\n".join(f"| {markdown_cell(k)} | {markdown_cell(v)} |" for k, v in content))
         elif kind == "table":
             header, rows = content
             lines.append(markdown_table(header, rows))

@@ -6,6 +6,7 @@ is seen.
 
 from __future__ import annotations
 
+import html
 import json
 import math
 import textwrap
@@ -119,19 +120,28 @@ def render(analysis: Analysis, tables: list[Table], fmt: str) -> str:
         }
         return json.dumps(content, indent=1, ensure_ascii=False) + "\n"
     if fmt == "markdown":
-        return "\n\n".join([*analysis.answer, *(f"### {t.title}\n\n" + markdown_table(t.header, t.rows) for t in tables)]) + "\n"
+        blocks = [*map(markdown_text, analysis.answer), *(f"### {markdown_text(t.title)}\n\n" + markdown_table(t.header, t.rows) for t in tables)]
+        return "\n\n".join(blocks) + "\n"
     if fmt == "latex":
         return "\n\n".join([*map(_latex, analysis.answer), *(_latex_table(t) for t in tables)]) + "\n"
     paragraphs = ["\n".join(textwrap.wrap(paragraph, 110)) for paragraph in analysis.answer]
     return "\n\n".join([*paragraphs, *(f"{t.title}\n" + _aligned(t.header, t.rows) for t in tables)]) + "\n"
 
 
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    def cell(text: str) -> str:
-        return text.replace("|", "\\|")
+def markdown_text(text: str) -> str:
+    """``text`` as Markdown that shows it as written: HTML's special characters as entities, so that a name such as
+    ``<img src=x onerror=...>`` (a variant's, a study's question) stays text in every renderer instead of becoming markup."""
+    return html.escape(text, quote=False)
 
-    lines = ["| " + " | ".join(map(cell, header)) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(map(cell, row)) + " |" for row in rows])
+
+def markdown_cell(text: str) -> str:
+    """``text`` as a cell of a Markdown table: :func:`markdown_text` with its ``|`` escaped."""
+    return markdown_text(text).replace("|", "\\|")
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(map(markdown_cell, header)) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(map(markdown_cell, row)) + " |" for row in rows])
 
 
 def _aligned(header: list[str], rows: list[list[str]]) -> str:
