@@ -206,5 +206,10 @@ class UnpairedData(ABC):
 
 
 def fingerprints(data: UnpairedData, split: Split) -> dict[str, str]:
-    """Each domain's :meth:`UnpairedData.fingerprint` of ``split`` as a short hash: what a run records."""
-    return {domain: hashlib.sha256(data.fingerprint(split, domain).encode()).hexdigest()[:16] for domain in ("A", "B")}
+    """Each domain's :meth:`UnpairedData.fingerprint` of ``split`` as a :func:`data_hash`: what a run records."""
+    return {domain: data_hash(data.fingerprint(split, domain)) for domain in ("A", "B")}
+
+
+def data_hash(text: str) -> str:
+    """The short hash a run records of a set of images described by ``text``."""
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

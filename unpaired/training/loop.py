@@ -8,7 +8,6 @@ last checkpoint left off. The update itself is the variant's method's (see ``plu
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 import time
 import warnings
@@ -24,7 +23,7 @@ from unpaired.config.spec import TrainConfig
 from unpaired.errors import Note, Notice, StopRequested
 from unpaired.evaluation.scoring import Scorer, Scores
 from unpaired.plugin_api.components import TrainingProgress, describe
-from unpaired.plugin_api.data import fingerprints
+from unpaired.plugin_api.data import data_hash, fingerprints
 from unpaired.plugin_api.lifecycle import RunInfo, RunResult
 from unpaired.plugin_api.metrics import best_columns
 from unpaired.storage.files import CorruptFileError
@@ -153,7 +152,7 @@ class Trainer:
             stacklevel=1,
         )
         both = {domain: f"{before.get(domain)}+{hashed}" for domain, hashed in now.items() if before.get(domain) != hashed}
-        return now | {domain: hashlib.sha256(text.encode()).hexdigest()[:16] for domain, text in both.items()}
+        return now | {domain: data_hash(text) for domain, text in both.items()}
 
     def elapsed(self) -> float:
         """Training seconds over all invocations so far."""
