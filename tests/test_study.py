@@ -404,6 +404,14 @@ def test_command_line_overrides_give_the_study_and_run_ids_of_the_same_yaml_edit
     assert all(run.run_id in planned.stdout for run in expected.runs)
     refused = run_cli("validate", str(study), "train.epoch=3", cwd=tmp_path)
     assert refused.returncode == 2 and "base.train.epoch: unknown key; did you mean 'epochs'?" in refused.stderr
+    unreadable = run_cli("validate", str(study), "train.epochs=[", "nonsense", "base.train.lr=1", "train.lr=1e-3", cwd=tmp_path)
+    assert unreadable.returncode == 2, unreadable.stderr  # as a problem of the file would: every one at once
+    assert unreadable.stderr.splitlines()[:4] == [
+        "error: the overrides on the command line: 3 problems:",
+        "  'train.epochs=[': the value is not YAML (while parsing a flow node)",
+        "  'nonsense' is not an override: write KEY=VALUE (train.epochs=5) or KEY=A,B for a grid axis (generator.n_blocks=6,9)",
+        "  'base.train.lr=1': name the field itself (train.epochs=5 sets the base; generator.n_blocks=6,9 adds a grid axis)",
+    ]
 
 
 def test_train_takes_overrides_of_its_one_variant_and_refuses_a_grid(registry, tmp_path):
@@ -413,7 +421,7 @@ def test_train_takes_overrides_of_its_one_variant_and_refuses_a_grid(registry, t
     spec.write_text(yaml.safe_dump(TINY_BASE))
     overridden = load_variant(spec, registry, ["train.epochs=3", "generator.ngf=6"])
     assert overridden.run_id == resolve_variant(merge(TINY_BASE, {"train": {"epochs": 3}, "generator": {"ngf": 6}}), registry).run_id
-    with pytest.raises(UsageError, match="one variant has no grid axis"):
+    with pytest.raises(SpecError, match="one variant has no grid axis"):
         load_variant(spec, registry, ["generator.ngf=4,6"])
 
 

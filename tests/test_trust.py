@@ -352,8 +352,9 @@ def test_small_specs_that_stand_for_billions_of_values_or_hold_themselves_are_re
         assert f"error: {tmp_path / name}: 1 problem:\n  " in (err := capsys.readouterr().err) and problem in err, err
     study = write_study(tmp_path / "plain.yaml", "plain")
     for value, problem in [(f"[{LAUGHS}]", "stand for over 1,000,000 values"), (deep, "nested more than 32 levels deep")]:
-        assert main(["validate", str(study), f"description={value}"]) == 1  # as any override that cannot be read
-        assert "error: description: the value is" in (err := capsys.readouterr().err) and problem in err, err
+        assert main(["validate", str(study), f"description={value}"]) == 2  # as any override that cannot be read
+        assert "error: the overrides on the command line: 1 problem:\n  description: the value is" in (err := capsys.readouterr().err)
+        assert problem in err, err
     aliased = tmp_path / "aliased.yaml"  # aliases as people use them still work
     aliased.write_text(
         "name: aliased\nbase: &b {data: {name: synthetic, size: 32, n_train: 4, n_test: 2}, eval: &e {metrics: []}}\n"

@@ -19,11 +19,14 @@ import yaml
 
 from unpaired.config.documents import TOO_DEEP, shape_problem
 from unpaired.config.overrides import set_path
+from unpaired.config.spec import SpecError
 from unpaired.errors import UsageError
 from unpaired.plugin_api.registry import Registry
 
 NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 """A number in exponent notation without a dot, which YAML 1.1 reads as a string."""
+COMMAND_LINE = "the overrides on the command line"
+"""The source its problems name."""
 VARIANT_PARTS = ("base", "grid", "variants")
 """The study fields a ``key=value`` override never names directly: a dotted path into a variant sets the base."""
 
@@ -79,33 +82,49 @@ def _top_level_parts(raw: str) -> list[str]:
 
 def override_study(data: Mapping[str, Any], overrides: Sequence[str], registry: Registry, study_fields: Sequence[str]) -> dict[str, Any]:
     """The study ``data`` (as read from its file) with each of ``overrides`` applied, in order (see the module docstring);
-    ``study_fields`` are the fields of a study file."""
-    study = copy.deepcopy(dict(data))
+    ``study_fields`` are the fields of a study file. Raises :class:`SpecError` naming every override that cannot be
+    applied."""
+    study, problems = copy.deepcopy(dict(data)), []
     for text in overrides:
-        path, values = split_override(text)
-        head = path.split(".", 1)[0]
-        if head in VARIANT_PARTS:
-            raise UsageError(f"{text!r}: name the field itself (train.epochs=5 sets the base; generator.n_blocks=6,9 adds a grid axis)")
-        if head in study_fields:
-            study = set_path(study, path, values if len(values) > 1 else values[0])
-            continue
-        grid = {**study.get("grid", {})}
-        grid.pop(path, None)
-        if len(values) > 1:
-            grid[path] = values
-        else:
-            study["base"] = set_path(study.get("base") or {}, path, values[0], registry)
-        study["grid"] = grid
+        try:
+            study = _override_study_once(study, text, registry, study_fields)
+        except UsageError as error:
+            problems.append(("", str(error)))
+    if problems:
+        raise SpecError(COMMAND_LINE, problems)
     return study
+
+
+def _override_study_once(study: dict[str, Any], text: str, registry: Registry, study_fields: Sequence[str]) -> dict[str, Any]:
+    path, values = split_override(text)
+    head = path.split(".", 1)[0]
+    if head in VARIANT_PARTS:
+        raise UsageError(f"{text!r}: name the field itself (train.epochs=5 sets the base; generator.n_blocks=6,9 adds a grid axis)")
+    if head in study_fields:
+        return set_path(study, path, values if len(values) > 1 else values[0])
+    grid = {**study.get("grid", {})}
+    grid.pop(path, None)
+    if len(values) > 1:
+        grid[path] = values
+    else:
+        study["base"] = set_path(study.get("base") or {}, path, values[0], registry)
+    return {**study, "grid": grid}
 
 
 def override_variant(data: Mapping[str, Any], overrides: Sequence[str], registry: Registry) -> dict[str, Any]:
     """The variant spec ``data`` with each of ``overrides`` (``path=value``) set; a list of values is refused: one
-    variant has no grid."""
-    spec = copy.deepcopy(dict(data))
+    variant has no grid. Raises :class:`SpecError` naming every override that cannot be applied."""
+    spec, problems = copy.deepcopy(dict(data)), []
     for text in overrides:
-        path, values = split_override(text)
+        try:
+            path, values = split_override(text)
+        except UsageError as error:
+            problems.append(("", str(error)))
+            continue
         if len(values) > 1:
-            raise UsageError(f"{text!r}: one variant has no grid axis; write the values as a list ([a, b]) or run a study")
+            problems.append(("", f"{text!r}: one variant has no grid axis; write the values as a list ([a, b]) or run a study"))
+            continue
         spec = set_path(spec, path, values[0], registry)
+    if problems:
+        raise SpecError(COMMAND_LINE, problems)
     return spec
