@@ -20,7 +20,7 @@ from unpaired.errors import UsageError
 from unpaired.execution.runner import run_study, select_runs
 from unpaired.plugin_api.registry import Registry
 from unpaired.results.analysis import analyse
-from unpaired.results.tables import ranking, render
+from unpaired.results.tables import _latex, ranking, render
 from unpaired.results.statistics import summarize
 
 BASE = {
@@ -187,6 +187,8 @@ def test_summary_statistics_match_a_hand_computed_example():
     assert "wide (incomplete: 2/3 seeds)" in text and "20.500 ± 0.707" in text and "+8.500 [" in text
     assert "| 1 | base (baseline) | 12.000 ± 2.000 | [7.032, 16.968] | 3 |  |  | baseline |" in render(analysis, tables, "markdown").splitlines()
     assert r"12.000 $\pm$ 2.000 & [7.032, 16.968] & 3 &  &  & baseline \\" in render(analysis, tables, "latex")
+    assert r"wide (incomplete: 2/3 seeds) & 20.500 $\pm$ 0.707" in render(analysis, tables, "latex")
+    assert _latex("p < 0.001 | a > b") == r"p $<$ 0.001 $|$ a $>$ b"  # OT1, LaTeX's default encoding, prints < as ¡
     with pytest.raises(UsageError, match="no metric 'fid' in the finished runs; available: fid_mean"):
         summarize(runs, "fid", baseline="base", lower_better=True)
     runs["psnr"] = runs["fid_mean"]  # a metric where higher is better ranks the other way

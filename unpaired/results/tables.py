@@ -151,7 +151,8 @@ def _aligned(header: list[str], rows: list[list[str]]) -> str:
 
 LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}"}
 LATEX_SYMBOLS = {"~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$", "Δ": r"$\Delta$", "η²": r"$\eta^2$", "α": r"$\alpha$"}
-LATEX_SYMBOLS |= {"×": r"$\times$", "→": r"$\to$", "≥": r"$\geq$"}
+LATEX_SYMBOLS |= {"×": r"$\times$", "→": r"$\to$", "≥": r"$\geq$", "<": r"$<$", ">": r"$>$", "|": r"$|$"}
+"""Characters LaTeX's text mode prints as other glyphs, in its default font encoding (``<`` as ``¡``), or cannot print."""
 
 
 def _latex(text: str) -> str:
