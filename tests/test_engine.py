@@ -409,6 +409,15 @@ def test_a_non_finite_loss_stops_the_variant_naming_term_step_and_epoch(tmp_path
     assert json.loads((tmp_path / "result.json").read_text())["status"] == "failed"
 
 
+@pytest.mark.parametrize("gain", [1e30, 1e20])
+def test_an_initial_gain_so_large_that_the_networks_overflow_is_named_not_blamed_on_their_plugins(registry, tmp_path, gain):
+    """Finite weights whose outputs overflow (validation refuses a gain past float32's range): the spec is at fault, and
+    the error says so instead of naming the discriminator or generator as breaking its contract."""
+    result = train(tiny(registry, train={"init_gain": gain}), tmp_path, registry)
+    assert result.status == "failed" and result.error.startswith(f"TrainingError: train.init_gain {gain:g} (train.init normal) makes the ")
+    assert "lower train.init_gain" in result.error and "must give" not in result.error
+
+
 @pytest.mark.parametrize(("data", "hint"), [({}, "lower data.size"), ({"name": "folder"}, "lower data.crop_size")])
 def test_out_of_memory_suggests_what_to_change(registry, tmp_path, monkeypatch, data, hint):
     """The dataset says which of its parameters shrinks the images."""

@@ -170,6 +170,8 @@ def test_variant_problems_name_the_variant_and_the_path(registry):
     assert "greater than 0 (got -1)" in found["variants.neg.train.lr"]
     huge = problems(registry, variants={"huge": {"train": {"lr": 1e300}}})["variants.huge.train.lr"]  # torch failed mid-step
     assert huge == "at most 3.4e+38: Adam steps in float32, which holds no larger number (got 1e+300)"
+    gain = problems(registry, variants={"huge": {"train": {"init_gain": 1e300}}})["variants.huge.train.init_gain"]  # infinite weights
+    assert gain == "at most 3.4e+38: the weights it scales are float32, which holds no larger number (got 1e+300)"
     assert "got 'many'" in problems(registry, grid={"generator.n_blocks": ["many"]})["variant[n_blocks=many].generator.n_blocks"]
     too_big = "Input should be less than or equal to 4294967295 (got 4294967296)"  # NumPy's largest seed: runs failed on it
     assert problems(registry, seeds=[0, 2**32])["seeds.1"] == too_big

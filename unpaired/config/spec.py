@@ -44,7 +44,7 @@ class ComponentConfig(BaseModel):
 AdamBeta = Annotated[float, Field(ge=0, lt=1)]
 """One of Adam's betas: torch refuses any other when the optimiser is built, after validation."""
 FLOAT32_MAX = 3.4028234663852886e38
-"""The largest learning rate: Adam's step computes in float32, which cannot hold a larger one (torch fails mid-step)."""
+"""The largest learning rate and initial gain: Adam's step and the weights are float32, which cannot hold a larger one."""
 MAX_SEED = 2**32 - 1
 """The largest seed: NumPy's global generator (which every run seeds) refuses any larger one, after validation."""
 
@@ -97,6 +97,13 @@ class TrainConfig(BaseModel):
         if lr > FLOAT32_MAX:
             raise ValueError(f"at most {FLOAT32_MAX:.3g}: Adam steps in float32, which holds no larger number")
         return lr
+
+    @field_validator("init_gain")
+    @classmethod
+    def _weights_fit_float32(cls, gain: float) -> float:
+        if gain > FLOAT32_MAX:
+            raise ValueError(f"at most {FLOAT32_MAX:.3g}: the weights it scales are float32, which holds no larger number")
+        return gain
 
     @model_validator(mode="after")
     def _trains_something(self) -> TrainConfig:

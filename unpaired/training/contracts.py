@@ -27,7 +27,11 @@ from unpaired.plugin_api.components import Choice, GanLoss, describe
 from unpaired.plugin_api.data import UnpairedData
 from unpaired.plugin_api.methods import Method, Runtime
 from unpaired.plugin_api.metrics import Metric, method_directions
+from unpaired.training.runtime import TrainingError
+from unpaired.training.weight_init import init_weights
 
+PAPER_INIT_GAIN = 0.02
+"""The paper's ``train.init_gain``: a network that overflows with a larger gain but not with this one is not at fault."""
 PER_IMAGE_TOLERANCE = 1e-4
 """Largest difference, relative to the output's scale, between batched and separate calls of a per-image network."""
 
@@ -89,9 +93,14 @@ def check_contracts(method: Method, variant: ResolvedVariant, size: int, runtime
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
         with evaluating([generator, *discriminators]), runtime.autocast():
             fake = generator(images).float()
+            if not torch.isfinite(fake).all():
+                _blame_initialisation(generator, images, variant, "generator")
             _check_generator(fake, images, describe(variant.generator, "generator"))
             scores = [discriminator(images).float() for discriminator in discriminators]
-        for score in scores:
+        for discriminator, score in zip(discriminators, scores):
+            if not torch.isfinite(score).all():
+                with evaluating([discriminator]), runtime.autocast():
+                    _blame_initialisation(discriminator, images, variant, "discriminator")
             if score.ndim == 0 or score.shape[0] != len(images) or not torch.isfinite(score).all():
                 raise ContractError(
                     f"{describe(variant.discriminator, 'discriminator')} must give finite scores with one row per "
@@ -103,6 +112,21 @@ def check_contracts(method: Method, variant: ResolvedVariant, size: int, runtime
         for network, norm, side in checked:
             if getattr(norm.build(), "per_image", False):
                 _check_per_image(network, images, norm, side)
+
+
+def _blame_initialisation(network: nn.Module, images: Tensor, variant: ResolvedVariant, kind: str) -> None:
+    """Raise :class:`TrainingError` naming ``train.init_gain`` when ``network``, whose outputs for ``images`` are not
+    finite, gives finite ones once initialised with the paper's gain: then the spec is at fault, not the plugin."""
+    train = variant.train
+    if train.init_gain == PAPER_INIT_GAIN:
+        return
+    trial = copy.deepcopy(network)
+    init_weights(trial, train.init, PAPER_INIT_GAIN)
+    if torch.isfinite(trial(images).float()).all():
+        raise TrainingError(
+            f"train.init_gain {train.init_gain:g} (train.init {train.init}) makes the {kind}'s outputs for random images "
+            f"overflow to values that are not finite, where the paper's {PAPER_INIT_GAIN} keeps them finite: lower train.init_gain"
+        )
 
 
 def _check_method(method: Method, variant: ResolvedVariant) -> None:
