@@ -52,7 +52,7 @@ class FID(Metric):
             f"Caution: the scores come from {test_images} test images (the smallest direction), fewer than {SMALL_TEST_SPLIT}, "
             "Inception's feature dimensions: FID's covariance estimate is then rank-deficient and FID is biased upward by an "
             "amount that depends on the number of images (Chong and Forsyth, 2020), so its values compare only with runs "
-            "scored on the same test images, never with published figures; KID is unbiased and is the cross-check."
+            "scored on the same test images, never with published figures; KID (metric kid, a default one) is unbiased and is the cross-check."
         )
 
     def compute(self, real: Tensor, fake: Tensor) -> Score:
