@@ -9,11 +9,11 @@ import torch
 from PIL import Image
 from pydantic import BaseModel, Field
 
-from unpaired.plugin_api import Domain, Split, Transform, UnpairedData, hookimpl
+from unpaired.plugin_api import MAX_SIDE, Domain, Split, Transform, UnpairedData, hookimpl
 
 
 class SyntheticParams(BaseModel):
-    size: int = Field(64, ge=8, description="side of the square images")
+    size: int = Field(64, ge=8, le=MAX_SIDE, description="side of the square images")
     n_train: int = Field(200, ge=1, description="training images per domain")
     n_test: int = Field(50, ge=1, description="test images per domain")
     seed: int = Field(0, ge=0, description="the images are a pure function of this seed")

@@ -324,6 +324,21 @@ def test_a_spec_with_thousands_of_problems_lists_the_first_and_a_huge_file_is_re
     assert result.returncode == 2 and "is 293 KiB; a spec is at most 256 KiB" in result.stderr
 
 
+def test_an_image_side_that_would_take_gigabytes_an_image_is_refused_before_any_image_is_made(tmp_path, capsys):
+    """``fid --size 100000`` resized two images to 28 GiB each and was killed without a word; a spec's image side as
+    large was found only by the dataset of a run."""
+    folder = write_synthetic_folder(tmp_path / "images", n_train=2, n_test=2)
+    for command in (["fid", str(folder / "testA"), str(folder / "testB")], ["translate", "--checkpoint", "x.pt", str(folder)]):
+        with pytest.raises(SystemExit) as refused:
+            main([*command, "--size", "100000"])
+        assert refused.value.code == 2 and "'100000' px is more than 8192, the largest image side" in capsys.readouterr().err
+    for data in ({"size": 100000}, {"name": "folder", "root": str(folder), "load_size": 100000, "crop_size": 9000}):
+        study = write_study(tmp_path / "huge.yaml", "huge", merge(TINY_BASE, {"data": data}), tracking={"enabled": False})
+        assert main(["validate", str(study)]) == 2
+        problems = [line.strip() for line in capsys.readouterr().err.splitlines()[1:]]
+        assert all(line.endswith(("less than or equal to 8192 (got 100000)", "(got 9000)")) for line in problems) and problems, problems
+
+
 LAUGHS = ", ".join(
     ["&a [lol, lol, lol, lol, lol, lol, lol, lol, lol]", *(f"&{b} [{', '.join([f'*{a}'] * 9)}]" for a, b in zip("abcdefg", "bcdefgh"))]
 )

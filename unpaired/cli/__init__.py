@@ -17,6 +17,7 @@ from unpaired.cli.study_commands import cmd_compare, cmd_plan, cmd_report, cmd_r
 from unpaired.config.spec import DEVICE_NAME
 from unpaired.cli.tool_commands import cmd_data_download, cmd_data_export, cmd_fid, cmd_plugins, cmd_train, cmd_translate
 from unpaired.errors import Interrupted, StopRequested, UnpairedError, print_notices_plainly
+from unpaired.plugin_api.data import MAX_SIDE
 from unpaired.tools.download import DATASETS
 from unpaired.signals import stop_on_signals
 
@@ -54,6 +55,16 @@ def _at_least_one(text: str) -> int:
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return value
+
+
+def _image_side(text: str) -> int:
+    """An image side in pixels: a whole number from 1 to :data:`MAX_SIDE`."""
+    value = _at_least_one(text)
+    if value > MAX_SIDE:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} px is more than {MAX_SIDE}, the largest image side (each image would take {3 * value * value / 2**30:.0f} GiB)"
+        )
     return value
 
 
@@ -143,7 +154,7 @@ def _add_tool_commands(commands: argparse._SubParsersAction) -> None:
     fid = commands.add_parser("fid", help="FID and KID between two image folders")
     fid.add_argument("first")
     fid.add_argument("second")
-    fid.add_argument("--size", type=_at_least_one, default=256, help="images are resized to SIZE x SIZE first (default 256)")
+    fid.add_argument("--size", type=_image_side, default=256, help="images are resized to SIZE x SIZE first (default 256)")
     fid.add_argument("--extractor", help="feature extractor component (default: the default one, see `unpaired plugins`)")
     fid.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="a parameter of the extractor (repeatable)")
     fid.add_argument("--weights", help="the inception extractor's local weights file, i.e. --param weights=PATH (default: $UNPAIRED_FID_WEIGHTS)")
@@ -169,7 +180,7 @@ def _add_tool_commands(commands: argparse._SubParsersAction) -> None:
         help="which generator (default: the one the file holds; a training checkpoint or a run folder with two: required)",
     )
     translate.add_argument("--out", required=True, help="folder for the translated PNGs")
-    translate.add_argument("--size", type=_at_least_one, help="resize inputs to SIZE x SIZE (default: the training crop size)")
+    translate.add_argument("--size", type=_image_side, help="resize inputs to SIZE x SIZE (default: the training crop size)")
     translate.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda, cuda:N or mps")
     translate.set_defaults(handler=cmd_translate, command_parser=translate)
 

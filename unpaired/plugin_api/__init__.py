@@ -27,6 +27,7 @@ from unpaired.plugin_api.components import (
 )
 from unpaired.plugin_api.data import (
     IMAGE_EXTENSIONS,
+    MAX_SIDE,
     UNREADABLE_IMAGE,
     DataError,
     Domain,
@@ -44,6 +45,7 @@ from unpaired.plugin_api.metrics import Metric, Score
 from unpaired.signals import deferred_signals, stop_requested
 
 __all__ = [
+    "MAX_SIDE",
     "Choice",
     "Collect",
     "Ending",

@@ -86,11 +86,16 @@ def save_grid(images: Tensor, path: Path, columns: int, padding: int = 2) -> Non
     Image.fromarray(canvas.permute(1, 2, 0).numpy()).save(path)
 
 
+MAX_SIDE = 8192
+"""The largest image side a dataset or command takes: 8192 px is 200 MB an image as uint8 (800 MB as float32), and a
+typo such as 100000 would ask for tens of gigabytes an image, which ends in the process being killed without a word."""
+
+
 class TransformParams(BaseModel):
     """Pre-processing shared by image datasets (the official CycleGAN defaults)."""
 
-    load_size: int | None = Field(286, ge=1, description="training images are first resized to this square size (None: keep)")
-    crop_size: int = Field(256, ge=1, description="training crop and test resolution")
+    load_size: int | None = Field(286, ge=1, le=MAX_SIDE, description="training images are first resized to this square size (None: keep)")
+    crop_size: int = Field(256, ge=1, le=MAX_SIDE, description="training crop and test resolution")
     crop: bool = Field(True, description="random crop of crop_size for training (false: resize to crop_size)")
     flip: bool = Field(True, description="random horizontal flip for training")
     serial: bool = Field(False, description="pair A[i] with B[i] instead of a random B")
