@@ -57,6 +57,15 @@ def learning_rate(epoch: int, train: TrainConfig) -> float:
     return train.lr * (1.0 - decayed / (train.decay_epochs + 1))
 
 
+CPU_OUT_OF_MEMORY = "DefaultCPUAllocator: can't allocate memory"
+"""How torch says that the host had no memory for a tensor (a RuntimeError; the GPUs' is an OutOfMemoryError)."""
+
+
+def out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is torch finding no memory for a tensor, on a GPU or on the host."""
+    return isinstance(error, torch.OutOfMemoryError) or (isinstance(error, RuntimeError) and CPU_OUT_OF_MEMORY in str(error))
+
+
 class Trainer:
     """One invocation of training a run: the model, the data, where training stands, and the loop's phases."""
 
@@ -235,7 +244,9 @@ class Trainer:
             with deferred_signals():
                 while self.state.epoch < self.train.total_epochs:
                     self.train_epoch(progress)
-        except torch.OutOfMemoryError as error:
+        except (torch.OutOfMemoryError, RuntimeError) as error:
+            if not out_of_memory(error):
+                raise
             raise TrainingError(
                 f"out of memory on {self.device} at epoch {self.state.epoch + 1}: {self.data.memory_hint}, lower "
                 f"train.batch_size, or set train.precision: bf16 ({str(error).splitlines()[0]})"
