@@ -13,7 +13,7 @@ import functools
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from unpaired.errors import UnpairedError
 from unpaired.plugin_api.components import ComponentKind
@@ -91,19 +91,13 @@ class TrainConfig(BaseModel):
         """YAML reads a bare ``on`` and ``off`` as true and false: take them as written."""
         return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
-    @field_validator("lr")
+    @field_validator("lr", "init_gain")
     @classmethod
-    def _fits_float32(cls, lr: float) -> float:
-        if lr > FLOAT32_MAX:
-            raise ValueError(f"at most {FLOAT32_MAX:.3g}: Adam steps in float32, which holds no larger number")
-        return lr
-
-    @field_validator("init_gain")
-    @classmethod
-    def _weights_fit_float32(cls, gain: float) -> float:
-        if gain > FLOAT32_MAX:
-            raise ValueError(f"at most {FLOAT32_MAX:.3g}: the weights it scales are float32, which holds no larger number")
-        return gain
+    def _fits_float32(cls, value: float, info: ValidationInfo) -> float:
+        if value > FLOAT32_MAX:
+            held = {"lr": "Adam steps in float32", "init_gain": "the weights it scales are float32"}[info.field_name or ""]
+            raise ValueError(f"at most {FLOAT32_MAX:.3g}: {held}, which holds no larger number")
+        return value
 
     @model_validator(mode="after")
     def _trains_something(self) -> TrainConfig:
