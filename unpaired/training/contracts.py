@@ -96,17 +96,16 @@ def check_contracts(method: Method, variant: ResolvedVariant, size: int, runtime
             if not torch.isfinite(fake).all():
                 _blame_initialisation(generator, images, variant, "generator")
             _check_generator(fake, images, describe(variant.generator, "generator"))
-            scores = [discriminator(images).float() for discriminator in discriminators]
-        for discriminator, score in zip(discriminators, scores):
-            if not torch.isfinite(score).all():
-                with evaluating([discriminator]), runtime.autocast():
+            for discriminator in discriminators:
+                score = discriminator(images).float()
+                if not torch.isfinite(score).all():
                     _blame_initialisation(discriminator, images, variant, "discriminator")
-            if score.ndim == 0 or score.shape[0] != len(images) or not torch.isfinite(score).all():
-                raise ContractError(
-                    f"{describe(variant.discriminator, 'discriminator')} must give finite scores with one row per "
-                    f"image (first dimension {len(images)}); it gave shape {tuple(score.shape)}, finite: "
-                    f"{bool(torch.isfinite(score).all())}"
-                )
+                if score.ndim == 0 or score.shape[0] != len(images) or not torch.isfinite(score).all():
+                    raise ContractError(
+                        f"{describe(variant.discriminator, 'discriminator')} must give finite scores with one row per "
+                        f"image (first dimension {len(images)}); it gave shape {tuple(score.shape)}, finite: "
+                        f"{bool(torch.isfinite(score).all())}"
+                    )
         checked = [(generator, variant.generator_norm, "generator networks")]
         checked += [(discriminator, variant.discriminator_norm, "discriminator networks") for discriminator in discriminators]
         for network, norm, side in checked:
