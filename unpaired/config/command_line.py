@@ -103,12 +103,10 @@ def _override_study_once(study: dict[str, Any], text: str, registry: Registry, s
     if head in study_fields:
         return set_path(study, path, values if len(values) > 1 else values[0])
     grid = {**study.get("grid", {})}
-    grid.pop(path, None)
+    grid.pop(path, None)  # the override replaces the axis: as a value of the base, or as the axis's new values
     if len(values) > 1:
-        grid[path] = values
-    else:
-        study["base"] = set_path(study.get("base") or {}, path, values[0], registry)
-    return {**study, "grid": grid}
+        return {**study, "grid": {**grid, path: values}}
+    return {**study, "base": set_path(study.get("base") or {}, path, values[0], registry), "grid": grid}
 
 
 def override_variant(data: Mapping[str, Any], overrides: Sequence[str], registry: Registry) -> dict[str, Any]:
