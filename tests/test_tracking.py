@@ -22,6 +22,8 @@ from unpaired.plugin_api.registry import Registry
 from unpaired.results.analysis import analyse
 from unpaired.results.tables import _latex, ranking, render
 from unpaired.results.statistics import summarize
+from unpaired.tracking.parent import aggregate_metrics
+from unpaired.tracking.store import log_metrics
 
 BASE = {
     "data": {"name": "synthetic", "size": 32, "n_train": 4, "n_test": 3},
@@ -131,6 +133,20 @@ def test_a_study_grown_by_three_invocations_has_one_parent_with_each_variants_ag
         assert parent.data.metrics[f"{name}/training_seconds_mean"] == pytest.approx(sum(seconds[variant]) / 2, abs=1e-3)
     aggregates = json.loads(Path(client.download_artifacts(parent.info.run_id, "aggregates.json", str(tmp_path))).read_text())
     assert aggregates["n_blocks=2"]["training_seconds"]["n"] == 2
+
+
+def test_every_variants_aggregates_are_logged_on_the_parent_under_a_name_of_its_own(tmp_path):
+    """A variant named '../../evil' stopped the study's tracking (MLflow refuses a metric name that reads as a path out
+    of the run), one of 250 characters made a name longer than MLflow takes, and 'a=b' and 'a,b' shared one name."""
+    variants = ["../../evil", "..x", "a=b", "a,b", "v" * 255, "n_blocks=1"]
+    aggregates = {variant: {"fid_mean": {"mean": float(i), "std": math.nan, "n": 1.0}} for i, variant in enumerate(variants)}
+    metrics = aggregate_metrics(aggregates)
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    run = client.create_run(client.create_experiment("names")).info.run_id
+    log_metrics(client, run, metrics, step=0)
+    logged = client.get_run(run).data.metrics
+    assert sorted(value for name, value in logged.items() if name.endswith("/fid_mean_mean")) == list(range(len(variants)))
+    assert logged["n_blocks_1/fid_mean_mean"] == 5 and logged["_.x/fid_mean_n"] == 1  # readable where no other shares it
 
 
 def test_epochs_trained_again_after_a_crash_are_logged_once(tmp_path):

@@ -4,10 +4,12 @@ the study file, the current report and each variant's aggregates over its seeds.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import re
 import statistics
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,8 @@ AGGREGATED = ("training_seconds",)
 """Run columns aggregated on the parent besides the scores."""
 UNNAMEABLE = re.compile(r"[^\w.\- ]")
 """Characters MLflow refuses in a metric name."""
+PREFIX_LENGTH = 160
+"""The longest variant part of an aggregate's metric name: MLflow takes names of up to 250 characters."""
 
 
 @contextlib.contextmanager
@@ -76,11 +80,27 @@ def variant_aggregates(out: Path) -> dict[str, dict[str, dict[str, float]]]:
     return aggregates
 
 
-def aggregate_metrics(aggregates: dict[str, dict[str, dict[str, float]]]) -> dict[str, float]:
-    """The aggregates as MLflow metrics, ``<variant>/<score>_mean`` (``_std``, ``_n``), each character MLflow refuses in
-    a name (``=``, ``,``) as ``_``: the exact names are in the parent's ``aggregates.json``."""
+def metric_prefixes(variants: Iterable[str]) -> dict[str, str]:
+    """Each variant's part of its aggregates' metric names: its name with each character MLflow refuses in a name
+    (``=``, ``,``, ``/``) as ``_``, and a leading dot too (MLflow refuses a name that reads as a path out of the run,
+    ``../x``). A name that is still longer than :data:`PREFIX_LENGTH`, or that two variants would share, is cut and
+    ends in a hash of the exact name, so that no variant's aggregates land under another's."""
+    readable = {variant: re.sub(r"^\.", "_", UNNAMEABLE.sub("_", variant)) for variant in variants}
+    shared = Counter(readable.values())
     return {
-        f"{UNNAMEABLE.sub('_', variant)}/{column}_{statistic}": value
+        variant: prefix
+        if shared[prefix] == 1 and len(prefix) <= PREFIX_LENGTH
+        else f"{prefix[: PREFIX_LENGTH - 9]}-{hashlib.sha256(variant.encode()).hexdigest()[:8]}"
+        for variant, prefix in readable.items()
+    }
+
+
+def aggregate_metrics(aggregates: dict[str, dict[str, dict[str, float]]]) -> dict[str, float]:
+    """The aggregates as MLflow metrics, ``<variant>/<score>_mean`` (``_std``, ``_n``), the variant named as
+    :func:`metric_prefixes` says: the exact names are in the parent's ``aggregates.json``."""
+    prefixes = metric_prefixes(aggregates)
+    return {
+        f"{prefixes[variant]}/{column}_{statistic}": value
         for variant, columns in aggregates.items()
         for column, statistics in columns.items()
         for statistic, value in statistics.items()
