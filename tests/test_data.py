@@ -15,10 +15,13 @@ import torch
 from PIL import Image
 
 from conftest import run_cli
-from unpaired.plugin_api.data import DataError
+from unpaired.errors import Notice
+from unpaired.plugin_api.data import IMAGE_EXTENSIONS, DataError
 from unpaired.plugin_api.registry import InvalidParamsError
 from unpaired.tools.download import DownloadError, download_dataset
 from unpaired.training.batches import EpochOrder, TrainPairs
+
+KINDS = ", ".join(extension.lstrip(".") for extension in IMAGE_EXTENSIONS)
 
 
 def rgb(size=(40, 30), value=128) -> Image.Image:
@@ -44,13 +47,21 @@ def test_unusual_image_modes_become_rgb(registry, tmp_path):
     Image.new("RGBA", (40, 30), (10, 20, 30, 0)).save(train_a / "alpha.png")
     Image.fromarray(np.full((30, 40), 65535, dtype=np.uint16)).save(train_a / "deep16.png")
     rgb().save(train_a / "photo.webp")
-    data = folder_data(registry, tmp_path)
+    Image.fromarray(np.full((30, 40), 32768, dtype=np.uint16)).save(train_a / "micrograph.tif")  # microscopy's format
+    rgb(value=60).save(train_a / "scan.TIFF")
+    rgb().save(train_a / "animation.gif")
+    with pytest.warns(Notice) as caught:
+        data = folder_data(registry, tmp_path)
+    skipped = f"skipping 1 image(s) of a format not read (only {KINDS}): {train_a / 'animation.gif'}; convert them to PNG"
+    assert [str(w.message) for w in caught] == [skipped]
     names = [p.name for p in data.files["train", "A"]]
-    assert names == ["0.png", "1.png", "2.png", "alpha.png", "deep16.png", "gray.jpg", "palette.bmp", "photo.webp"]
+    assert names == ["0.png", "1.png", "2.png", "alpha.png", "deep16.png", "gray.jpg", "micrograph.tif", "palette.bmp", "photo.webp", "scan.TIFF"]
     for index in range(len(names)):
         image = data.image("train", "A", index)
         assert image.mode == "RGB"
     assert data.image("train", "A", names.index("deep16.png")).getpixel((0, 0)) == (255, 255, 255)  # scaled, not clipped
+    assert data.image("train", "A", names.index("micrograph.tif")).getpixel((0, 0)) == (128, 128, 128)
+    assert data.image("train", "A", names.index("scan.TIFF")).getpixel((0, 0)) == (60, 30, 195)
     assert data.image("train", "A", names.index("gray.jpg")).getpixel((0, 0))[0] in range(198, 203)
     a, b = data.train_pair(5, torch.Generator().manual_seed(0))
     assert a.shape == b.shape == (3, 32, 32) and a.min() >= -1 and a.max() <= 1

@@ -11,6 +11,7 @@ workers and after a resume.
 from __future__ import annotations
 
 import hashlib
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,11 +24,11 @@ from PIL import Image
 from pydantic import BaseModel, Field, model_validator
 from torch import Tensor
 
-from unpaired.errors import UnpairedError
+from unpaired.errors import Notice, UnpairedError, listed
 
 Split = Literal["train", "test"]
 Domain = Literal["A", "B"]
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 UNREADABLE_IMAGE = (OSError, ValueError, Image.DecompressionBombError)
 """What :func:`load_image` raises for a file it cannot decode (to catch and name the file)."""
 
@@ -57,8 +58,17 @@ def load_image(path: str | Path | BinaryIO) -> Image.Image:
 
 
 def list_images(folder: Path) -> list[Path]:
-    """Image files (by extension, any case) directly in ``folder``, sorted by name."""
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    """Image files (by extension, any case: :data:`IMAGE_EXTENSIONS`) directly in ``folder``, sorted by name. Files of
+    another format that PIL reads (``.gif``, ``.ppm``, ...) are left out, and named in one :class:`Notice` so that a
+    folder is never read in part without a word."""
+    files = sorted(p for p in folder.iterdir() if p.is_file())
+    other_formats = {extension for extension, kind in Image.registered_extensions().items() if kind in Image.OPEN}
+    skipped = [str(p) for p in files if p.suffix.lower() in other_formats.difference(IMAGE_EXTENSIONS)]
+    if skipped:
+        kinds = ", ".join(e.lstrip(".") for e in IMAGE_EXTENSIONS)
+        message = f"skipping {len(skipped)} image(s) of a format not read (only {kinds}): {listed(skipped)}; convert them to PNG"
+        warnings.warn(message, Notice, stacklevel=2)
+    return [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
 
 
 def to_tensor(image: Image.Image) -> Tensor:
