@@ -159,3 +159,21 @@ def test_a_study_s_setting_given_to_a_variant_alone_says_that_train_is_never_tra
     assert "`unpaired train` is never tracked in MLflow: there is nothing to switch off" in problems["tracking"]
     assert problems["seeds"].startswith("a study's setting, not a variant's; to use it, make this spec the base of a study")
     assert problems["trian"].startswith("unknown key; did you mean 'train'?")
+
+
+def test_a_variant_spec_given_where_a_study_is_read_is_named_as_one(registry, tmp_path):
+    """``unpaired validate variant.yaml`` listed six problems (name and base missing, each variant field an unknown key
+    of a study) instead of saying what the file is and how to use it."""
+    from conftest import TINY_BASE
+    from unpaired.config.study import VARIANT_FIELD, VARIANT_NOT_STUDY, load_study
+
+    variant = tmp_path / "v.json"
+    variant.write_text(json.dumps(TINY_BASE))
+    with pytest.raises(SpecError) as raised:
+        load_study(variant, registry)
+    assert raised.value.problems == [("", VARIANT_NOT_STUDY)] and "`unpaired train` trains it" in VARIANT_NOT_STUDY
+    named = tmp_path / "named.json"  # a study's name beside a variant's fields: each field is told where it goes
+    named.write_text(json.dumps({"name": "x", "seeds": [0], **TINY_BASE}))
+    with pytest.raises(SpecError) as raised:
+        load_study(named, registry)
+    assert dict(raised.value.problems) == {"base": "Field required", **{key: VARIANT_FIELD for key in TINY_BASE}}

@@ -78,6 +78,12 @@ class StudySpec(BaseModel):
     )
 
 
+VARIANT_NOT_STUDY = (
+    "this is a variant spec (its keys are a variant's: data, generator, train, ...), not a study: `unpaired train` trains it "
+    "(and checks it first); to plan or run it as a study, put it under `base:` beside a `name:`"
+)
+"""The one problem of a variant spec given where a study is read."""
+VARIANT_FIELD = "a variant's field, not a study's: put it under `base:` (every variant's) or in one of `variants:`"
 MAX_NAME = 255
 """The longest variant name: its runs' folder is named after it (``variant_folder_name``), and file systems allow 255 bytes."""
 
@@ -196,15 +202,23 @@ def _check_grid_path(path: str, base: Mapping[str, Any], registry: Registry) -> 
     return None
 
 
+def _study_spec(data: Any, source: str) -> StudySpec:
+    """The study's fields, validated; a variant spec, or a variant's field beside a study's, is named as such."""
+    if not isinstance(data, Mapping):
+        raise SpecError(source, [("", f"expected a mapping with name, base, grid/variants and seeds, got {type(data).__name__}")])
+    if "base" not in data and set(data) & set(VariantSpec.model_fields) and not set(data) & {"name", "grid", "variants"}:
+        raise SpecError(source, [("", VARIANT_NOT_STUDY)])
+    try:
+        return StudySpec.model_validate(data)
+    except ValidationError as error:
+        problems = pydantic_problems(error, StudySpec)
+        raise SpecError(source, [(path, VARIANT_FIELD if path in VariantSpec.model_fields else message) for path, message in problems]) from None
+
+
 def plan_study(data: Any, registry: Registry, source: str = "<study>", inputs: bool = True) -> Study:
     """Validate a study and expand it into runs; raise :class:`SpecError` listing every problem at once (``inputs``:
     whether the data must be found, see :func:`resolve_variant`)."""
-    if not isinstance(data, Mapping):
-        raise SpecError(source, [("", f"expected a mapping with name, base, grid/variants and seeds, got {type(data).__name__}")])
-    try:
-        spec = StudySpec.model_validate(data)
-    except ValidationError as error:
-        raise SpecError(source, pydantic_problems(error, StudySpec)) from None
+    spec = _study_spec(data, source)
     problems: list[tuple[str, str]] = []
     try:
         base = resolve_variant(spec.base, registry, source, prefix="base", inputs=inputs)
