@@ -196,9 +196,11 @@ def test_a_cache_folder_that_cannot_be_written_costs_the_cache_not_the_scores(ti
     cached = train_run(variant(tiny_registry, tmp_path / "data"), RunFolder(tmp_path / "one"), tiny_registry, show_progress=False).result
     (tmp_path / "a-file").write_text("")
     monkeypatch.setenv("UNPAIRED_CACHE", str(tmp_path / "a-file"))
-    with pytest.warns(Notice, match=r"the real-image features were not cached \(cannot write .*a-file/features/.*set \$UNPAIRED_CACHE"):
+    with pytest.warns(Notice, match=r"the real-image features are not cached \(cannot write .*a-file/features/.*set \$UNPAIRED_CACHE") as told:
         uncached = train_run(variant(tiny_registry, tmp_path / "data"), RunFolder(tmp_path / "two"), tiny_registry, show_progress=False).result
-    assert uncached.status == "finished" and uncached.metrics == cached.metrics
+        again = train_run(variant(tiny_registry, tmp_path / "data"), RunFolder(tmp_path / "three"), tiny_registry, show_progress=False).result
+    assert uncached.status == "finished" and uncached.metrics == again.metrics == cached.metrics
+    assert len([w for w in told if "not cached" in str(w.message)]) == 1  # once, not for each run and direction
 
 
 def test_periodic_evaluation_records_fid_per_epoch_and_keeps_the_best_generators(tiny_registry, tmp_path):

@@ -31,6 +31,8 @@ from unpaired.signals import raise_if_stopped
 from unpaired.storage.files import StorageError, atomic_save, load_tensors
 
 CACHE_ENV = "UNPAIRED_CACHE"
+_UNWRITABLE: set[Path] = set()
+"""Cache folders this process could not write to: told once, not for every run and direction."""
 
 
 class EvaluationError(UnpairedError):
@@ -107,7 +109,9 @@ def real_features(data: UnpairedData, dataset: dict[str, Any], domain: Domain, e
     try:
         atomic_save({"features": features, "key": key}, path)
     except StorageError as error:  # a cache only saves time: a full or unwritable cache folder must not fail the scoring
-        warnings.warn(f"the real-image features were not cached ({error}); set ${CACHE_ENV} to a writable folder", Notice, stacklevel=2)
+        if path.parent not in _UNWRITABLE:
+            _UNWRITABLE.add(path.parent)
+            warnings.warn(f"the real-image features are not cached ({error}); set ${CACHE_ENV} to a writable folder", Notice, stacklevel=2)
     return features
 
 
