@@ -445,6 +445,35 @@ def test_out_of_memory_suggests_what_to_change(registry, tmp_path, monkeypatch, 
     assert f"out of memory on cpu at epoch 1: {hint}, lower train.batch_size, or set train.precision: bf16" in result.error
 
 
+@pytest.mark.parametrize(
+    ("command", "patched", "hint"),
+    [
+        (
+            ["translate", "in", "--checkpoint", "run", "--out", "out", "--size", "8192"],
+            "unpaired.tools.translate.load_generator",
+            "use a smaller --size, or a device with more memory (--device)",
+        ),
+        (
+            ["fid", "a", "b", "--size", "8192"],
+            "unpaired.evaluation.features.folder_images",
+            "use a smaller --size or --batch-size, or a device with more memory (--device)",
+        ),
+        (["score", "runs/x"], "unpaired.devices.pick_device", "use a device with more memory (--device)"),
+    ],
+)
+@pytest.mark.parametrize("error", [HOST_OUT_OF_MEMORY, torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")])
+def test_a_command_that_runs_out_of_memory_says_which_of_its_options_to_lower(monkeypatch, capsys, command, patched, hint, error):
+    """``translate --size 8192`` under a memory limit printed torch's traceback and called it a bug in unpaired."""
+    from unpaired.cli import main
+
+    def no_memory(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(patched, no_memory)
+    assert main(command) == 1
+    assert capsys.readouterr().err == f"error: out of memory: {hint} ({str(error).splitlines()[0]})\n"
+
+
 @pytest.mark.slow
 def test_a_64px_run_visibly_learns(registry, tmp_path):
     variant = tiny(

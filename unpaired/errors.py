@@ -69,6 +69,17 @@ def print_notices_plainly() -> None:
         warnings.simplefilter("always", Notice)
 
 
+CPU_OUT_OF_MEMORY = "DefaultCPUAllocator: can't allocate memory"
+"""How torch says that the host had no memory for a tensor (a RuntimeError; the GPUs' is an OutOfMemoryError)."""
+
+
+def out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is torch finding no memory for a tensor, on a GPU or on the host (torch is not imported for it:
+    where it is not imported yet, the error is not torch's)."""
+    torch = sys.modules.get("torch")
+    return (torch is not None and isinstance(error, torch.OutOfMemoryError)) or (isinstance(error, RuntimeError) and CPU_OUT_OF_MEMORY in str(error))
+
+
 def listed(items: Sequence[str], separator: str = ", ", shown: int = 5) -> str:
     """The first ``shown`` of ``items`` joined for a message, then how many more there are: a thousand unreadable
     images make one readable line (``a, b, c, d, e and 995 more``)."""

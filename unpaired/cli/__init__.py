@@ -16,7 +16,7 @@ from unpaired.cli.executor_options import add_executor_options
 from unpaired.cli.study_commands import cmd_compare, cmd_plan, cmd_report, cmd_run, cmd_schema, cmd_score, cmd_validate
 from unpaired.config.spec import DEVICE_NAME
 from unpaired.cli.tool_commands import cmd_data_download, cmd_data_export, cmd_fid, cmd_plugins, cmd_train, cmd_translate
-from unpaired.errors import Interrupted, StopRequested, UnpairedError, print_notices_plainly
+from unpaired.errors import Interrupted, StopRequested, UnpairedError, out_of_memory, print_notices_plainly
 from unpaired.plugin_api.data import MAX_SIDE
 from unpaired.tools.download import DATASETS
 from unpaired.signals import stop_on_signals
@@ -207,6 +207,13 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpa
     return args
 
 
+def _memory_hint(args: argparse.Namespace) -> str:
+    """What of a command's options lowers the memory it needs."""
+    smaller = [option for option, name in (("--size", "size"), ("--batch-size", "batch_size")) if name in vars(args)]
+    elsewhere = "a device with more memory (--device)" if "device" in vars(args) else "a machine with more memory"
+    return f"use a smaller {' or '.join(smaller)}, or {elsewhere}" if smaller else f"use {elsewhere}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``unpaired`` console script; returns the exit code.
 
@@ -233,7 +240,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UnpairedError as error:
         print(f"error: {error}", file=sys.stderr)
         return error.exit_code
-    except Exception:
+    except Exception as error:
+        if out_of_memory(error):  # training says which of its settings to lower; a tool's images and batches did not fit
+            print(f"error: out of memory: {_memory_hint(args)} ({str(error).splitlines()[0]})", file=sys.stderr)
+            return 1
         traceback.print_exc()
         print("This is a bug in unpaired or in one of its plugins: please report it with the traceback above.", file=sys.stderr)
         return 1

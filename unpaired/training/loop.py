@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from unpaired.config.resolved import ResolvedVariant
 from unpaired.config.spec import TrainConfig
-from unpaired.errors import Note, Notice, StopRequested
+from unpaired.errors import Note, Notice, StopRequested, out_of_memory
 from unpaired.evaluation.scoring import Scorer, Scores
 from unpaired.plugin_api.components import TrainingProgress, describe
 from unpaired.plugin_api.data import data_hash, fingerprints
@@ -55,15 +55,6 @@ def learning_rate(epoch: int, train: TrainConfig) -> float:
     one epoch after the last."""
     decayed = max(0, epoch + 1 - train.epochs)
     return train.lr * (1.0 - decayed / (train.decay_epochs + 1))
-
-
-CPU_OUT_OF_MEMORY = "DefaultCPUAllocator: can't allocate memory"
-"""How torch says that the host had no memory for a tensor (a RuntimeError; the GPUs' is an OutOfMemoryError)."""
-
-
-def out_of_memory(error: BaseException) -> bool:
-    """Whether ``error`` is torch finding no memory for a tensor, on a GPU or on the host."""
-    return isinstance(error, torch.OutOfMemoryError) or (isinstance(error, RuntimeError) and CPU_OUT_OF_MEMORY in str(error))
 
 
 class Trainer:
