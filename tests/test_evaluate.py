@@ -203,6 +203,38 @@ def test_a_cache_folder_that_cannot_be_written_costs_the_cache_not_the_scores(ti
     assert len([w for w in told if "not cached" in str(w.message)]) == 1  # once, not for each run and direction
 
 
+def test_running_out_of_memory_while_scoring_names_eval_batch_size_and_the_rerun_only_scores(tiny_registry, tmp_path, monkeypatch):
+    """A GPU that trains at batch 1 but cannot score 25 images at once failed the run with torch's words alone."""
+    monkeypatch.setenv("UNPAIRED_CACHE", str(tmp_path / "cache"))
+    write_synthetic_folder(tmp_path / "data", n_train=4, n_test=5)
+    score = Scorer.score
+
+    def no_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(Scorer, "score", no_memory)
+    epochs: list[int] = []
+    with tiny_registry.listening(EpochEnds(epochs)):
+        failed = train_run(variant(tiny_registry, tmp_path / "data"), RunFolder(tmp_path / "run"), tiny_registry, show_progress=False).result
+        assert failed.status == "failed" and failed.error == (
+            "TrainingError: out of memory on cpu scoring the generators of epoch 2: lower eval.batch_size (a rerun resumes from the last "
+            "checkpoint), or lower data.crop_size (CUDA out of memory. Tried to allocate 2.00 GiB)"
+        )
+        assert epochs == [1, 2]
+        monkeypatch.setattr(Scorer, "score", score)
+        rerun = train_run(variant(tiny_registry, tmp_path / "data", batch_size=2), RunFolder(tmp_path / "run"), tiny_registry, show_progress=False)
+    assert rerun.result.status == "finished" and "fid_mean" in rerun.result.metrics and epochs == [1, 2]  # no epoch trained again
+
+
+class EpochEnds:
+    def __init__(self, seen: list[int]):
+        self.seen = seen
+
+    @hookimpl
+    def unpaired_on_epoch_end(self, run, epoch, metrics):
+        self.seen.append(epoch)
+
+
 def test_periodic_evaluation_records_fid_per_epoch_and_keeps_the_best_generators(tiny_registry, tmp_path):
     write_synthetic_folder(tmp_path / "data", n_train=4, n_test=3)
     result = train_run(variant(tiny_registry, tmp_path / "data", every=1), RunFolder(tmp_path / "run"), tiny_registry, show_progress=False).result

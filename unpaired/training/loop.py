@@ -189,9 +189,19 @@ class Trainer:
             )
 
     def score(self, scorer: Scorer) -> Scores:
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            networks = {direction: self.method.networks[self.method.translator(direction)] for direction in self.method.directions}
-            return scorer.score(networks, self.data, self.variant.data.as_dict())
+        """The current generators' scores; running out of memory while scoring names what lowers it (``eval.batch_size`` is
+        not part of the run id: a rerun with a smaller one resumes the run from its last checkpoint)."""
+        try:
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                networks = {direction: self.method.networks[self.method.translator(direction)] for direction in self.method.directions}
+                return scorer.score(networks, self.data, self.variant.data.as_dict())
+        except (torch.OutOfMemoryError, RuntimeError) as error:
+            if not out_of_memory(error):
+                raise
+            raise TrainingError(
+                f"out of memory on {self.device} scoring the generators of epoch {self.state.epoch}: lower eval.batch_size "
+                f"(a rerun resumes from the last checkpoint), or {self.data.memory_hint} ({str(error).splitlines()[0]})"
+            ) from error
 
     def export_generators(self, best: bool = False) -> None:
         for direction, network in self.translators().items():
