@@ -57,6 +57,27 @@ def test_intervals_p_values_and_verdicts_are_scipys():
     assert table.loc["base", "verdict"] == "baseline" and list(table.index[:2]) == ["single", "better"]  # ranked, lower first
 
 
+def test_figures_draw_any_variant_name_as_written_and_tell_names_apart():
+    """A variant named '$\\frac{$' failed the report (matplotlib read it as mathtext), and two named in Chinese were drawn
+    as the same empty boxes in every figure, with a Python warning per character."""
+    import warnings
+
+    from unpaired.reporting.figures import image_grid
+    from unpaired.results.compare import plot
+    from unpaired.results.drawing import drawable
+
+    assert drawable("λ=5, $x$ é") == "λ=5, $x$ é" and drawable("名前") == "\\u540d\\u524d" != drawable("名字")
+    values = {"$\\frac{$": BASELINE, "名前": BETTER, "名字": SAME}
+    table = table_of({"base": BASELINE, **values})
+    runs = pd.DataFrame([{"variant": v, "fid_mean": x} for v, xs in {"base": BASELINE, **values}.items() for x in xs])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        buffer = io.BytesIO()
+        plot(table, runs, "fid_mean", buffer)
+        grid = image_grid([("input (A)", torch.zeros(2, 3, 32, 32, dtype=torch.uint8)), *((name, None) for name in values)], 32)
+    assert Image.open(buffer).size[0] > 0 and Image.open(io.BytesIO(grid)).size[0] > 0
+
+
 def test_bonferroni_adjustment_matches_the_textbook():
     # R: p.adjust(c(0.01, 0.04, 0.03, 0.005), "bonferroni")
     assert bonferroni([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.04, 0.16, 0.12, 0.02])

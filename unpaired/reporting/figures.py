@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -13,6 +14,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from unpaired.plugin_api.registry import ComponentError, Registry
 from unpaired.results.compare import plot
+from unpaired.results.drawing import drawable, font_path, pyplot
 from unpaired.results.study_results import RunRecord, StudyResults
 
 BOOKKEEPING = ("epoch", "lr", "epoch_seconds", "it_per_s")
@@ -34,16 +36,19 @@ def training_curves(results: StudyResults, registry: Registry) -> tuple[bytes, l
     """The PNG and its panels' titles: one panel per group of loss terms its method declares (``Method.loss_groups``; a
     term in no group on its own), titled with the methods it shows, then one per score made during training; per
     variant the mean over seeds by epoch, with a band from the lowest to the highest seed. None without histories."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
     histories = {variant: [h for h in (_history(run) for run in results.of_variant(variant)) if not h.empty] for variant in results.variants}
     panels = _panels(results, registry, histories)
     if not panels:
         return None
+    with pyplot() as plt:
+        png = _curves(plt, histories, panels)
+    return png, [panel.title for panel in panels]
+
+
+def _curves(plt: Any, histories: dict[str, list[pd.DataFrame]], panels: list[_Panel]) -> bytes:
+    """The panels drawn, as PNG bytes."""
+    from matplotlib.ticker import MaxNLocator
+
     figure, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.2), squeeze=False)
     for axis, panel in zip(axes[0], panels):
         for index, (variant, frames) in enumerate(histories.items()):
@@ -53,9 +58,9 @@ def training_curves(results: StudyResults, registry: Registry) -> tuple[bytes, l
                 continue
             table = pd.concat(curves, axis=1).dropna(how="all")
             color = f"C{index % 10}"
-            axis.plot(table.index, table.mean(axis=1), color=color, label=variant, marker="." if len(table) < 12 else None)
+            axis.plot(table.index, table.mean(axis=1), color=color, label=drawable(variant), marker="." if len(table) < 12 else None)
             axis.fill_between(table.index, table.min(axis=1), table.max(axis=1), color=color, alpha=0.2, linewidth=0)
-        axis.set_title(panel.title, fontsize=9)
+        axis.set_title(drawable(panel.title), fontsize=9)
         axis.set_xlabel("epoch")
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.legend(fontsize=7)
@@ -63,7 +68,7 @@ def training_curves(results: StudyResults, registry: Registry) -> tuple[bytes, l
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=90)
     plt.close(figure)
-    return buffer.getvalue(), [panel.title for panel in panels]
+    return buffer.getvalue()
 
 
 @dataclass
@@ -135,17 +140,10 @@ def _history(run: RunRecord) -> pd.DataFrame:
     return history
 
 
-def _font(size: int = 11) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1 has only the fixed bitmap font
-        return ImageFont.load_default()
-
-
-def _label_lines(label: str, font: ImageFont.ImageFont | ImageFont.FreeTypeFont, width: int) -> list[str]:
-    """``label`` broken after its commas, and within a part where it is wider than ``width`` px."""
+def _label_lines(label: str, font: ImageFont.FreeTypeFont, width: int) -> list[str]:
+    """``label`` (as :func:`drawable` writes it) broken after its commas, and within a part where it is wider than ``width`` px."""
     lines = []
-    for part in label.replace(",", ",\n").splitlines():
+    for part in drawable(label).replace(",", ",\n").splitlines():
         while part:
             cut = len(part)
             while cut > 1 and font.getlength(part[:cut]) > width:
@@ -160,7 +158,7 @@ def image_grid(columns: list[tuple[str, torch.Tensor | None]], side: int) -> byt
     whose images are None is drawn grey (its run has no generators yet). Images smaller than ``MIN_SIDE`` px are
     shown enlarged by the smallest whole factor that makes them at least that, and columns are at least ``LABEL_WIDTH``
     px wide so that labels stay readable."""
-    font = _font()
+    font = ImageFont.truetype(font_path(), 11)  # the curves' font: the one drawable() knows the glyphs of
     scale = -(-MIN_SIDE // side)  # small images are enlarged (nearest neighbour: no pixel invented)
     rows, side = max(len(images) for _, images in columns if images is not None), side * scale
     cell = max(side, LABEL_WIDTH)

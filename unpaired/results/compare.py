@@ -5,12 +5,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 import pandas as pd
 
 from unpaired.results.analysis import Analysis, analyse
+from unpaired.results.drawing import drawable, pyplot
 from unpaired.results.scores import secondary_scores
 from unpaired.results.statistics import RUN_COLUMNS, summarize
 
@@ -64,11 +65,11 @@ def not_scored_so(runs: pd.DataFrame, metric: str) -> str | None:
 
 def plot(table: pd.DataFrame, runs: pd.DataFrame, metric: str, target: Path | BinaryIO) -> None:
     """The metric per variant (ranked, baseline in orange): every seed as a point, the mean with its 95 % CI as a bar."""
-    import matplotlib
+    with pyplot() as plt:
+        _plot(plt, table, runs, metric, target)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
+def _plot(plt: Any, table: pd.DataFrame, runs: pd.DataFrame, metric: str, target: Path | BinaryIO) -> None:
     names = list(table.index)
     figure, axes = plt.subplots(figsize=(max(4.0, 1.0 * len(names) + 2.0), 3.6))
     for position, name in enumerate(names):
@@ -83,9 +84,9 @@ def plot(table: pd.DataFrame, runs: pd.DataFrame, metric: str, target: Path | Bi
         values = runs.loc[runs["variant"] == name, metric].dropna()
         jitter = np.linspace(-0.12, 0.12, len(values)) if len(values) > 1 else np.zeros(len(values))
         axes.scatter(position + jitter, values, color="black", s=14, zorder=3)
-    axes.set_xticks(range(len(names)), names, rotation=30, ha="right")
+    axes.set_xticks(range(len(names)), [drawable(name) for name in names], rotation=30, ha="right")
     axes.set_xlim(-0.6, len(names) - 0.4)
-    axes.set_ylabel(metric)
+    axes.set_ylabel(drawable(metric))
     axes.set_title("points: seeds; bar: mean with 95 % CI", fontsize=9)
     figure.tight_layout()
     if isinstance(target, Path):
