@@ -7,11 +7,13 @@ last checkpoint left off. The update itself is the variant's method's (see ``plu
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
 import warnings
 from pathlib import Path
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -191,17 +193,22 @@ class Trainer:
     def score(self, scorer: Scorer) -> Scores:
         """The current generators' scores; running out of memory while scoring names what lowers it (``eval.batch_size`` is
         not part of the run id: a rerun with a smaller one resumes the run from its last checkpoint)."""
-        try:
+        lower = f"lower eval.batch_size (a rerun resumes from the last checkpoint), or {self.data.memory_hint}"
+        with self.memory_told(lambda: f"scoring the generators of epoch {self.state.epoch}", lower):
             with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
                 networks = {direction: self.method.networks[self.method.translator(direction)] for direction in self.method.directions}
                 return scorer.score(networks, self.data, self.variant.data.as_dict())
+
+    @contextlib.contextmanager
+    def memory_told(self, doing: Callable[[], str], lower: str) -> Iterator[None]:
+        """Torch running out of memory in the block (on the device or the host) as a :class:`TrainingError` saying what
+        the run was ``doing`` then and what to ``lower``."""
+        try:
+            yield
         except (torch.OutOfMemoryError, RuntimeError) as error:
             if not out_of_memory(error):
                 raise
-            raise TrainingError(
-                f"out of memory on {self.device} scoring the generators of epoch {self.state.epoch}: lower eval.batch_size "
-                f"(a rerun resumes from the last checkpoint), or {self.data.memory_hint} ({str(error).splitlines()[0]})"
-            ) from error
+            raise TrainingError(f"out of memory on {self.device} {doing()}: {lower} ({str(error).splitlines()[0]})") from error
 
     def export_generators(self, best: bool = False) -> None:
         for direction, network in self.translators().items():
@@ -241,17 +248,11 @@ class Trainer:
             dynamic_ncols=True,
             desc=f"{self.run.variant} seed {self.run.seed}" if self.run.variant is not None else f"seed {self.run.seed}",
         )
+        lower = f"{self.data.memory_hint}, lower train.batch_size, or set train.precision: bf16"
         try:
-            with deferred_signals():
+            with deferred_signals(), self.memory_told(lambda: f"at epoch {self.state.epoch + 1}", lower):
                 while self.state.epoch < self.train.total_epochs:
                     self.train_epoch(progress)
-        except (torch.OutOfMemoryError, RuntimeError) as error:
-            if not out_of_memory(error):
-                raise
-            raise TrainingError(
-                f"out of memory on {self.device} at epoch {self.state.epoch + 1}: {self.data.memory_hint}, lower "
-                f"train.batch_size, or set train.precision: bf16 ({str(error).splitlines()[0]})"
-            ) from error
         finally:
             progress.close()
         return self.finish()
