@@ -444,6 +444,7 @@ def test_after_a_plugin_default_changes_every_way_of_naming_the_study_compares_o
     for way, target in named.items():  # before the next run: w1's runs are another configuration now
         rows, notes = ranked(target)
         assert rows == {"w3": before[way]["w3"]} and left_out in notes, (way, notes)
+        assert "Downloading artifacts" not in notes  # MLflow's progress bar for reading the study it recorded
 
     assert cli("run", str(study), "--quiet", "--only", "w1", "--seeds", "0", cwd=tmp_path).returncode == 0
     (rerun,) = set(out.glob("w1/seed0-*/result.json")) - trained

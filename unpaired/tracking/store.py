@@ -77,11 +77,14 @@ def _database_error(error: BaseException) -> BaseException | None:
 
 def quiet_mlflow_logs() -> None:
     """Keep MLflow's own log lines off the terminal (a store's creation; a traceback for each database error it raises,
-    which unpaired names in one line), unless the user asks for them with MLflow's ``MLFLOW_LOGGING_LEVEL``."""
+    which unpaired names in one line), unless the user asks for them with MLflow's ``MLFLOW_LOGGING_LEVEL``; and its
+    progress bar for every artifact read (``compare NAME`` reads the study's), unless the user set
+    ``MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR``."""
     import mlflow  # noqa: F401  (importing it first sets its loggers' level, which this then overrides)
 
     if "MLFLOW_LOGGING_LEVEL" not in os.environ:
         logging.getLogger("mlflow").setLevel(logging.CRITICAL)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def tracking_uri(configured: str | None) -> str | None:
