@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from unpaired.plugin_api import LossWeights, LossWeightSchedule, hookimpl
 
@@ -12,6 +12,12 @@ class ConstantParams(BaseModel):
     adversarial: float = Field(1.0, ge=0, description="weight of each generator's adversarial loss")
     cycle: float = Field(10.0, ge=0, description="weight of the L1 cycle loss, per direction (paper: lambda = 10)")
     identity: float = Field(5.0, ge=0, description="weight of the L1 identity loss, per direction (paper: 0.5 x lambda); 0 turns it off")
+
+    @model_validator(mode="after")
+    def _something_to_learn(self) -> ConstantParams:
+        if self.adversarial == self.cycle == self.identity == 0:
+            raise ValueError("adversarial, cycle and identity are all 0: the generators would never change; give one a weight above 0")
+        return self
 
 
 class Constant(LossWeightSchedule):

@@ -79,6 +79,9 @@ def test_values_that_would_only_fail_once_training_starts_are_refused_by_validat
         "loss_weights.cycle": "Input should be a finite number (got inf)",
         "gan_loss.real_label": "Input should be a finite number (got nan)",
     }
+    assert problems("loss_weights: {name: constant, adversarial: 0, cycle: 0, identity: 0}\n") == {  # a finished run of untrained generators too
+        "loss_weights": "adversarial, cycle and identity are all 0: the generators would never change; give one a weight above 0"
+    }
 
 
 def test_yaml_syntax_errors_give_line_and_column(registry, tmp_path):
