@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
 from unpaired.plugin_api import GanLoss, hookimpl
@@ -14,6 +14,17 @@ class LabelParams(BaseModel):
     model_config = ConfigDict(allow_inf_nan=False)
     real_label: float = Field(1.0, description="target for real images")
     fake_label: float = Field(0.0, description="target for fake images")
+
+    @model_validator(mode="after")
+    def _apart(self) -> LabelParams:
+        if self.real_label == self.fake_label:
+            raise ValueError(f"real_label and fake_label are both {self.real_label:g}: the discriminator would have nothing to tell apart")
+        return self
+
+
+class ProbabilityParams(LabelParams):
+    real_label: float = Field(1.0, ge=0, le=1, description="target probability for real images (label smoothing: below 1)")
+    fake_label: float = Field(0.0, ge=0, le=1, description="target probability for fake images")
 
 
 class NoParams(BaseModel):
@@ -41,7 +52,7 @@ class LeastSquares(GanLoss):
 class Vanilla(GanLoss):
     """The original GAN objective: binary cross-entropy on logits (non-saturating for G)."""
 
-    def __init__(self, params: LabelParams):
+    def __init__(self, params: ProbabilityParams):
         self.real, self.fake = params.real_label, params.fake_label
 
     def generator_loss(self, fake_pred: Tensor, real_pred: Tensor | None = None) -> Tensor:
@@ -91,6 +102,6 @@ class WganGp(GanLoss):
 @hookimpl
 def unpaired_register_gan_losses(register):
     register("lsgan", LeastSquares, LabelParams, "least-squares GAN (MSE to labels), the paper's choice", default=True)
-    register("vanilla", Vanilla, LabelParams, "original GAN: BCE with logits")
+    register("vanilla", Vanilla, ProbabilityParams, "original GAN: BCE with logits")
     register("hinge", Hinge, NoParams, "hinge loss (SAGAN/BigGAN)")
     register("wgangp", WganGp, WganGpParams, "Wasserstein loss with gradient penalty")

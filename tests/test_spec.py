@@ -82,6 +82,12 @@ def test_values_that_would_only_fail_once_training_starts_are_refused_by_validat
     assert problems("loss_weights: {name: constant, adversarial: 0, cycle: 0, identity: 0}\n") == {  # a finished run of untrained generators too
         "loss_weights": "adversarial, cycle and identity are all 0: the generators would never change; give one a weight above 0"
     }
+    assert problems("gan_loss: {name: lsgan, real_label: 0.5, fake_label: 0.5}\n") == {
+        "gan_loss": "real_label and fake_label are both 0.5: the discriminator would have nothing to tell apart"
+    }
+    assert problems("gan_loss: {name: vanilla, real_label: 9}\n") == {  # a cross-entropy target is a probability
+        "gan_loss.real_label": "Input should be less than or equal to 1 (got 9)"
+    }
 
 
 def test_yaml_syntax_errors_give_line_and_column(registry, tmp_path):
