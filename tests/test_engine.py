@@ -445,6 +445,20 @@ def test_out_of_memory_suggests_what_to_change(registry, tmp_path, monkeypatch, 
     assert f"out of memory on cpu at epoch 1: {hint}, lower train.batch_size, or set train.precision: bf16" in result.error
 
 
+def test_networks_too_large_to_build_are_told_as_such(registry, tmp_path, monkeypatch):
+    """discriminator.ndf: 100000 asked the host for 1.2 TB and failed the run with torch's RuntimeError alone."""
+
+    def no_memory(*args, **kwargs):
+        raise HOST_OUT_OF_MEMORY
+
+    monkeypatch.setattr("unpaired.training.loop.build_method", no_memory)
+    result = train(tiny(registry), tmp_path / "run", registry)
+    assert result.status == "failed" and result.error.startswith(
+        "TrainingError: out of memory on cpu building the networks and trying them on two images: use smaller networks "
+        "(their widths: generator.ngf, discriminator.ndf for the built-in ones) or lower data.size ([enforce fail"
+    )
+
+
 @pytest.mark.parametrize(
     ("command", "patched", "hint"),
     [

@@ -77,9 +77,11 @@ class Trainer:
         if self.scorer is not None and (problem := too_few_test_images(self.data, self.scorer.metrics)):
             raise TrainingError(problem)  # now, not after training
         seed_everything(self.train.seed)
-        self.method = build_method(variant, self.device, self.data.transform.crop_size)
-        self.runtime = runtime_of(variant, self.device)
-        check_contracts(self.method, variant, self.data.transform.crop_size, self.runtime)  # before a step trains on a broken plugin
+        smaller = f"use smaller networks (their widths: generator.ngf, discriminator.ndf for the built-in ones) or {self.data.memory_hint}"
+        with self.memory_told(lambda: "building the networks and trying them on two images", smaller):
+            self.method = build_method(variant, self.device, self.data.transform.crop_size)
+            self.runtime = runtime_of(variant, self.device)
+            check_contracts(self.method, variant, self.data.transform.crop_size, self.runtime)  # before a step trains on a broken plugin
         self.terms = self.method.loss_terms
         self.watch = LossWatch(self.terms, self.device, describe(variant.method, "method"))
         self.steps_per_epoch = self.train.steps_per_epoch(self.data.train_length)
