@@ -8,6 +8,7 @@ is gone, reads the same. A run that has not finished is reported with what its f
 from __future__ import annotations
 
 import functools
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -141,8 +142,20 @@ class StudyResults:
 
     def to_compare(self) -> RunsToCompare:
         """Its finished runs as ``compare`` takes them, with every note on what is left out."""
-        notes = [self.index_problem, *self.left_out] if self.index_problem else self.left_out
+        notes = [self.index_problem, *self.left_out] if self.index_problem else list(self.left_out)
+        if unfinished := self.unfinished_variants():
+            notes.append(f"no finished run yet, so not compared: {unfinished}; `unpaired run` trains them")
         return RunsToCompare(self.name, self.baseline, self.metrics(), notes, self.index.get("metric"), self.grid_levels())
+
+    def unfinished_variants(self) -> str | None:
+        """The variants none of whose runs has finished, each with its runs' states (``plain (2 pending)``); None when
+        every variant has a finished run."""
+        unfinished = []
+        for variant in self.variants:
+            states = Counter(run.status for run in self.of_variant(variant))
+            if states and "finished" not in states:
+                unfinished.append(f"{variant} ({', '.join(f'{n} {state}' for state, n in states.items())})")
+        return ", ".join(unfinished) or None
 
     def status_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
