@@ -287,7 +287,7 @@ def test_a_partial_study_with_a_failed_run_says_what_is_missing(tmp_path):
     assert "No final generators of seed 0 to show (grey): broken (not finished)." in html
     compared = cli(env, "compare", str(study), "--metric", "cycle_A", cwd=tmp_path)  # tracking is off: its run folders
     assert compared.returncode == 1 and "no metric 'cycle_A' in the finished runs; available: none" in compared.stderr
-    assert "note: no finished run yet, so not compared: broken (1 failed, 1 pending); `unpaired run` trains them" in compared.stderr
+    assert "note: no finished run yet, so not compared: broken (1 failed, 1 pending); `unpaired plan` shows where" in compared.stderr
     nowhere = cli(env, "report", str(tmp_path / "nowhere"))
     assert nowhere.returncode == 2 and "no study output folder there" in nowhere.stderr
 

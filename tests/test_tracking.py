@@ -70,6 +70,8 @@ def test_a_study_logged_to_a_real_tracking_server(mlflow_server, tmp_path, monke
     files = {a.path for a in client.list_artifacts(ok.info.run_id)}
     assert {"spec.json", "history.csv", "result.json", "samples", "generators"} <= files
     assert broken.info.status == "FAILED" and "nowhere/trainA holds no readable images" in broken.data.tags["unpaired.error"]
+    compared = run_cli("compare", str(study))  # from the server: the variant without a finished run is named, not left out silently
+    assert compared.returncode == 0 and "note: no finished run in MLflow yet, so not compared: broken; " in compared.stderr, compared.stderr
 
     again = run_cli("run", str(study), "--out", str(tmp_path / "out"), "--quiet")
     assert "done 0, failed 1, skipped 1" in again.stdout

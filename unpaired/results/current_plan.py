@@ -80,3 +80,11 @@ def left_out_lines(scored_otherwise: int, not_planned: int) -> list[str]:
     if not_planned:
         lines.append(f"{not_planned} finished run(s) of configurations the study no longer plans are left out (`unpaired plan` says what changed)")
     return lines
+
+
+def unfinished_line(variants: list[str], where: str = "") -> list[str]:
+    """The note on planned variants without a finished run (``where``: in MLflow, say), each named with what is known of
+    its runs, which a comparison cannot show; none when there are none."""
+    if not variants:
+        return []
+    return [f"no finished run{where} yet, so not compared: {', '.join(variants)}; `unpaired plan` shows where their runs stand"]

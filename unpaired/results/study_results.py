@@ -22,7 +22,7 @@ from unpaired.results.analysis import grid_levels
 from unpaired.results.scores import describe_scores
 from unpaired.results.compare import RunsToCompare
 from unpaired.plugin_api.registry import Registry
-from unpaired.results.current_plan import CurrentPlan, left_out_lines, replan
+from unpaired.results.current_plan import CurrentPlan, left_out_lines, replan, unfinished_line
 from unpaired.results.study_folder import INDEX, moved_run, planned_entries, read_index, unplanned_runs
 from unpaired.results.tables import folder_name
 
@@ -143,19 +143,17 @@ class StudyResults:
     def to_compare(self) -> RunsToCompare:
         """Its finished runs as ``compare`` takes them, with every note on what is left out."""
         notes = [self.index_problem, *self.left_out] if self.index_problem else list(self.left_out)
-        if unfinished := self.unfinished_variants():
-            notes.append(f"no finished run yet, so not compared: {unfinished}; `unpaired run` trains them")
+        notes += unfinished_line(self.unfinished_variants())
         return RunsToCompare(self.name, self.baseline, self.metrics(), notes, self.index.get("metric"), self.grid_levels())
 
-    def unfinished_variants(self) -> str | None:
-        """The variants none of whose runs has finished, each with its runs' states (``plain (2 pending)``); None when
-        every variant has a finished run."""
+    def unfinished_variants(self) -> list[str]:
+        """The variants none of whose runs has finished, each with its runs' states: ``plain (2 pending)``."""
         unfinished = []
         for variant in self.variants:
             states = Counter(run.status for run in self.of_variant(variant))
             if states and "finished" not in states:
                 unfinished.append(f"{variant} ({', '.join(f'{n} {state}' for state, n in states.items())})")
-        return ", ".join(unfinished) or None
+        return unfinished
 
     def status_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}

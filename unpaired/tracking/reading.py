@@ -16,7 +16,7 @@ import pandas as pd
 from unpaired.errors import UsageError
 from unpaired.results.analysis import grid_levels
 from unpaired.results.compare import RunsToCompare
-from unpaired.results.current_plan import RECORDED_STUDY, CurrentPlan, left_out_lines
+from unpaired.results.current_plan import RECORDED_STUDY, CurrentPlan, left_out_lines, unfinished_line
 from unpaired.tracking.store import RUN_ROLES, reading
 from unpaired.results.scores import describe_scores
 from unpaired.tracking.parent import PARENT_ROLE
@@ -39,6 +39,8 @@ def tracked_results(name: str, uri: str | None, timeout: float, now: CurrentPlan
     if now is None:
         return RunsToCompare(name, _latest_parent(name, uri, timeout).get("tags.unpaired.baseline"), table, notes, None, {})
     study = now.study
+    compared = set(table["variant"])
+    notes += unfinished_line([variant for variant in dict.fromkeys(run.variant for run in study.runs) if variant not in compared], " in MLflow")
     levels = grid_levels(study.spec.grid, len(study.spec.variants), [(run.variant, run.overrides) for run in study.runs])
     return RunsToCompare(study.spec.name, study.baseline, table, notes, study.metric, levels)
 
