@@ -50,18 +50,26 @@ def test_unusual_image_modes_become_rgb(registry, tmp_path):
     Image.fromarray(np.full((30, 40), 32768, dtype=np.uint16)).save(train_a / "micrograph.tif")  # microscopy's format
     rgb(value=60).save(train_a / "scan.TIFF")
     rgb().save(train_a / "animation.gif")
+    Image.fromarray(np.full((30, 40), 0.5, dtype=np.float32), mode="F").save(train_a / "fraction.tif")  # floating point: of white
+    Image.fromarray(np.array([[np.nan, 1000.0, 65535.0]], dtype=np.float32), mode="F").save(train_a / "counts.tif")  # a 16-bit range
     with pytest.warns(Notice) as caught:
         data = folder_data(registry, tmp_path)
     skipped = f"skipping 1 image(s) of a format not read (only {KINDS}): {train_a / 'animation.gif'}; convert them to PNG"
     assert [str(w.message) for w in caught] == [skipped]
     names = [p.name for p in data.files["train", "A"]]
-    assert names == ["0.png", "1.png", "2.png", "alpha.png", "deep16.png", "gray.jpg", "micrograph.tif", "palette.bmp", "photo.webp", "scan.TIFF"]
+    assert names == [
+        *("0.png", "1.png", "2.png", "alpha.png", "counts.tif", "deep16.png", "fraction.tif", "gray.jpg"),
+        *("micrograph.tif", "palette.bmp", "photo.webp", "scan.TIFF"),
+    ]
     for index in range(len(names)):
         image = data.image("train", "A", index)
         assert image.mode == "RGB"
     assert data.image("train", "A", names.index("deep16.png")).getpixel((0, 0)) == (255, 255, 255)  # scaled, not clipped
     assert data.image("train", "A", names.index("micrograph.tif")).getpixel((0, 0)) == (128, 128, 128)
     assert data.image("train", "A", names.index("scan.TIFF")).getpixel((0, 0)) == (60, 30, 195)
+    assert data.image("train", "A", names.index("fraction.tif")).getpixel((0, 0)) == (128, 128, 128)
+    counts = data.image("train", "A", names.index("counts.tif"))
+    assert [counts.getpixel((x, 0)) for x in range(3)] == [(0, 0, 0), (4, 4, 4), (255, 255, 255)]  # scaled, not clipped; NaN black
     assert data.image("train", "A", names.index("gray.jpg")).getpixel((0, 0))[0] in range(198, 203)
     a, b = data.train_pair(5, torch.Generator().manual_seed(0))
     assert a.shape == b.shape == (3, 32, 32) and a.min() >= -1 and a.max() <= 1

@@ -39,13 +39,14 @@ class DataError(UnpairedError):
 
 def to_rgb(image: Image.Image) -> Image.Image:
     """Convert any PIL image to 8-bit RGB: grayscale, palette and RGBA (alpha dropped) as PIL does,
-    16- and 32-bit grayscale by scaling its full range to 0..255 instead of clipping."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        values = np.asarray(image, dtype=np.float64)
-        scale = 65535.0 if image.mode.startswith("I;16") or values.max() <= 65535 else float(values.max())
+    16- and 32-bit grayscale by scaling its full range to 0..255 instead of clipping (0..65535, or the image's own
+    largest value beyond it); floating-point grayscale (TIFF) the same, except that values within 0..1 are read as
+    fractions of white."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        values = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)  # a masked pixel: black
+        largest = float(values.max()) if values.size else 0.0
+        scale = 1.0 if image.mode == "F" and largest <= 1 else 65535.0 if image.mode.startswith("I;16") or largest <= 65535 else largest
         image = Image.fromarray(np.clip(values / scale * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
-    elif image.mode == "F":
-        image = Image.fromarray(np.clip(np.asarray(image) * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
