@@ -3,14 +3,19 @@ and what every executor collects is one `RunOutcome`, whose words are the run li
 
 from __future__ import annotations
 
+import os
 import pickle
+import signal
 
 import pytest
 import torch
 
-from conftest import run_cli, write_study
+from conftest import TINY_BASE, run_cli, write_study
+from unpaired import hookimpl
+from unpaired.config.overrides import merge
 from unpaired.config.study import load_study
 from unpaired.execution.jobs import make_jobs
+from unpaired.execution.runner import run_study, select_runs
 from unpaired.execution.worker import outcome_path, read_outcome, write_job
 from unpaired.storage.lease import LeaseHeld
 from unpaired.storage.lifecycle import RunOutcome, StudySummary, outcome_of_exception
@@ -113,3 +118,39 @@ def test_the_local_executor_trains_one_run_per_gpu_unless_told_otherwise(registr
 
     assert RUNS_PER_GPU == 1
     assert (jobs(0), jobs(2), jobs(2, runs_per_gpu=3), jobs(2, jobs=5), jobs(0, jobs=3)) == (1, 2, 6, 5, 3)
+
+
+class KilledLikeOutOfMemory:
+    """A listener that kills the process training ``variant`` outright at its first step, as the system's out-of-memory
+    killer would: no exception, no checkpoint, no outcome."""
+
+    def __init__(self, variant: str):
+        self.variant = variant
+
+    @hookimpl
+    def unpaired_on_step(self, run, epoch, step, losses, lr):
+        if run.variant == self.variant:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class KillerPlugin:
+    @hookimpl
+    def unpaired_study_listeners(self, study):
+        return [KilledLikeOutOfMemory("doomed")]
+
+
+@pytest.mark.slow
+def test_a_worker_killed_outright_fails_its_own_run_and_the_others_go_on(registry, tmp_path):
+    """With --jobs 2, one worker killed by SIGKILL broke the whole process pool: every run still running or queued failed
+    with 'BrokenProcessPool: A process in the process pool was terminated abruptly'."""
+    base = merge(TINY_BASE, {"train": {"log_every": 1}})
+    variants = {"first": {}, "doomed": {"generator": {"ngf": 6}}, "third": {"generator": {"ngf": 8}}, "fourth": {"generator": {"ngf": 10}}}
+    study = load_study(write_study(tmp_path / "s.yaml", "killed", base, variants=variants, tracking={"enabled": False}), registry)
+    registry.add_plugin(KillerPlugin(), "killer", "tests", "0")
+    execution = registry.resolve("executor", {"name": "local", "jobs": 2})
+    summary = run_study(study, tmp_path / "out", registry, select_runs(study, None, None), False, lambda _: None, execution)
+    assert sorted(run.variant for run in summary.done) == ["first", "fourth", "third"]
+    ((doomed, why),) = summary.failed
+    assert doomed.variant == "doomed"
+    killed = "the worker process training it was killed by SIGKILL (as the system does to the largest process when memory runs out)"
+    assert why == f"RuntimeError: {killed}; the other runs went on"

@@ -5,8 +5,11 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing
 import os
-from concurrent.futures import Future, ProcessPoolExecutor
-from typing import Any
+import signal
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
+from typing import Any, cast
 
 import torch
 
@@ -44,34 +47,85 @@ class LocalExecutor:
                 break
 
     def run_in_processes(self, jobs: list[RunJob], collect: Collect) -> None:
-        """Train ``self.jobs`` runs at a time in spawned worker processes: on the visible GPUs in turn (several on each
-        when there are more jobs than GPUs), with the CPU cores divided between the workers.
+        """Train ``self.jobs`` runs at a time, each in a spawned worker process of its own: on the visible GPUs in turn
+        (several on each when there are more jobs than GPUs), with the CPU cores divided between the workers. A worker
+        that dies (killed by the system when memory runs out, say) fails its own run only: the others go on.
 
         A stop signal to this process (or to its whole process group) stops the workers' runs at their
-        next step, with a checkpoint; queued runs are cancelled; every worker has ended when this returns.
+        next step, with a checkpoint; queued runs are not started; every worker has ended when this returns.
         """
         gpus = torch.cuda.device_count()
         threads = threads_per_run(self.jobs)
-        jobs = [_on_gpu(job, number % gpus) if gpus else job for number, job in enumerate(jobs)]
+        queue = [_on_gpu(job, number % gpus) if gpus else job for number, job in enumerate(jobs)]
         context = multiprocessing.get_context("spawn")
         stop = context.Value("i", 0)
-        with ProcessPoolExecutor(max_workers=self.jobs, mp_context=context, initializer=_start_worker, initargs=(threads, stop)) as pool:
-            futures = [pool.submit(train_job, job) for job in jobs]
-            self.context.announce(f"training {len(jobs)} run(s), {self.jobs} at a time")
-            collected = 0
-            try:
-                for job, future in zip(jobs, futures):
-                    _collect(job, future, collect)
-                    collected += 1
-            except StopRequested as signal_received:
-                self.context.announce(f"signal {signal_received.signum}: the running runs checkpoint and stop; the queued ones are not started")
-                with deferred_signals():  # a second Ctrl-C must not abandon the workers mid-checkpoint
-                    stop.value = signal_received.signum
-                    pool.shutdown(wait=True, cancel_futures=True)
-                    for job, future in list(zip(jobs, futures))[collected:]:
-                        if not future.cancelled():
-                            _collect(job, future, collect)
-                raise
+        running: dict[Connection, _Worker] = {}
+        self.context.announce(f"training {len(jobs)} run(s), {self.jobs} at a time")
+        try:
+            while queue or running:
+                while queue and len(running) < self.jobs:
+                    worker = _Worker.start(context, queue.pop(0), threads, stop)
+                    running[worker.outcomes] = worker
+                for ready in wait(list(running)):  # an outcome sent, or a worker gone without one
+                    outcome = running[cast(Connection, ready)].outcome()
+                    collect(running.pop(cast(Connection, ready)).job, outcome)
+        except StopRequested as signal_received:
+            self.context.announce(f"signal {signal_received.signum}: the running runs checkpoint and stop; the queued ones are not started")
+            with deferred_signals():  # a second Ctrl-C must not abandon the workers mid-checkpoint
+                stop.value = signal_received.signum
+                for worker in running.values():
+                    collect(worker.job, worker.outcome(stopping=True))
+            raise
+
+
+@dataclass(frozen=True)
+class _Worker:
+    """A process training one job, and the end of the pipe its outcome comes through."""
+
+    job: RunJob
+    process: BaseProcess
+    outcomes: Connection
+
+    @classmethod
+    def start(cls, context: Any, job: RunJob, threads: int, stop: Any) -> _Worker:
+        receiving, sending = context.Pipe(duplex=False)
+        process = context.Process(target=_work, args=(job, threads, stop, sending), name=f"unpaired {job.label}")
+        process.start()
+        sending.close()  # the worker's copy is the only one left: the pipe ends when the worker does
+        return cls(job, process, receiving)
+
+    def outcome(self, stopping: bool = False) -> RunOutcome:
+        """How the run ended, once its worker has: the outcome it sent, or, when it died without one, a failure naming
+        how (the run resumes from its last checkpoint next time); ``not-started`` when that was while ``stopping`` (a
+        Ctrl-C reaches a worker still starting, before it listens for the study's stop)."""
+        try:
+            outcome: RunOutcome | None = self.outcomes.recv()
+        except EOFError:
+            outcome = None
+        self.process.join()
+        self.outcomes.close()
+        if outcome is not None:
+            return outcome
+        if stopping:
+            return RunOutcome("not-started")
+        code = self.process.exitcode
+        how = f"was killed by {signal.Signals(-code).name}" if code is not None and code < 0 else f"exited with status {code}"
+        if code == -signal.SIGKILL:
+            how += " (as the system does to the largest process when memory runs out)"
+        return outcome_of_exception(self.job.run_id, RuntimeError(f"the worker process training it {how}; the other runs went on"))
+
+
+def _work(job: RunJob, threads: int, stop: Any, outcomes: Connection) -> None:
+    """A worker's life: train ``job`` with ``threads`` CPU threads, stopping when ``stop`` holds a signal, and send back
+    its outcome."""
+    torch.set_num_threads(threads)
+    listen_for_stop(stop)
+    try:
+        outcome = train_job(job)
+    except Exception as error:  # the worker itself could not start the run
+        outcome = outcome_of_exception(job.run_id, error)
+    outcomes.send(outcome)
+    outcomes.close()
 
 
 def _on_gpu(job: RunJob, gpu: int) -> RunJob:
@@ -80,20 +134,7 @@ def _on_gpu(job: RunJob, gpu: int) -> RunJob:
     return job if train["device"] != "auto" else dataclasses.replace(job, spec={**job.spec, "train": {**train, "device": f"cuda:{gpu}"}})
 
 
-def _collect(job: RunJob, future: Future, collect: Collect) -> None:
-    try:
-        outcome: RunOutcome = future.result()
-    except Exception as error:  # the worker itself died or could not start the run
-        outcome = outcome_of_exception(job.run_id, error)
-    collect(job, outcome)
-
-
 def threads_per_run(jobs: int) -> int:
     """The CPU threads torch uses in each of ``jobs`` runs trained at once on this machine: the cores divided between the
     worker processes, or torch's own default for one run in this process. A CPU run's numbers depend on it."""
     return torch.get_num_threads() if jobs <= 1 else max(1, (os.cpu_count() or 1) // jobs)
-
-
-def _start_worker(threads: int, stop: Any) -> None:
-    torch.set_num_threads(threads)
-    listen_for_stop(stop)
