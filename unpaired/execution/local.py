@@ -67,8 +67,10 @@ class LocalExecutor:
                     worker = _Worker.start(context, queue.pop(0), threads, stop)
                     running[worker.outcomes] = worker
                 for ready in wait(list(running)):  # an outcome sent, or a worker gone without one
-                    outcome = running[cast(Connection, ready)].outcome()
-                    collect(running.pop(cast(Connection, ready)).job, outcome)
+                    worker = running[cast(Connection, ready)]
+                    outcome = worker.outcome()
+                    del running[worker.outcomes]  # only now: a stop while it was read still collects it
+                    collect(worker.job, outcome)
         except StopRequested as signal_received:
             self.context.announce(f"signal {signal_received.signum}: the running runs checkpoint and stop; the queued ones are not started")
             with deferred_signals():  # a second Ctrl-C must not abandon the workers mid-checkpoint
