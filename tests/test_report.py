@@ -78,6 +78,17 @@ def test_figures_draw_any_variant_name_as_written_and_tell_names_apart():
     assert Image.open(buffer).size[0] > 0 and Image.open(io.BytesIO(grid)).size[0] > 0
 
 
+def test_text_columns_line_up_on_a_terminal_with_wide_and_combining_characters():
+    """compare's table and plan padded by code points, so a column after a Chinese variant name started two cells late
+    per character, and one after a name with a combining accent one cell early."""
+    from unpaired.columns import aligned, display_width
+
+    rows = [["variant", "FID", "verdict"], ["名前", "41.2", "better"], ["e\u0301te\u0301", "44.0", ""], ["baseline", "40.9", "baseline"]]
+    lines = aligned(rows)
+    assert [display_width(line[: line.index(row[1])]) for line, row in zip(lines, rows)] == [10] * 4
+    assert lines[2] == "e\u0301te\u0301" + " " * 7 + "44.0" and display_width("名前") == 4
+
+
 def test_bonferroni_adjustment_matches_the_textbook():
     # R: p.adjust(c(0.01, 0.04, 0.03, 0.005), "bonferroni")
     assert bonferroni([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.04, 0.16, 0.12, 0.02])

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from unpaired.columns import aligned
 from unpaired.config.schema import study_json_schema
 from unpaired.config.spec import SpecError
 from unpaired.config.study import PlannedRun, Study, TrackingConfig, load_study
@@ -77,9 +78,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         status += _finished_notes(run, folder, datasets[run.run_id]) if status.startswith("done") else ""
         status += f" ({threads[run.run_id]})" if run.run_id in threads and status in ("pending", "stale") else ""
         rows.append((run.variant, str(run.seed), run.run_id, str(count) if isinstance(count, int) else "?", status, overrides))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-    for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
+    for line in aligned(rows):
+        print(line)
     for reason in dict.fromkeys(v for v in steps.values() if isinstance(v, str)):
         print(f"steps unknown: {reason}")
     fitted = list(dict.fromkeys(f"  {run.variant}: {line}" for run in runs for line in run.resolved.fitted))

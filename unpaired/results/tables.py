@@ -15,6 +15,7 @@ from pathlib import PurePath
 
 import pandas as pd
 
+from unpaired.columns import aligned
 from unpaired.results.analysis import Analysis
 from unpaired.results.scores import heading, metric_title
 from unpaired.results.statistics import CONFIDENCE
@@ -125,7 +126,7 @@ def render(analysis: Analysis, tables: list[Table], fmt: str) -> str:
     if fmt == "latex":
         return "\n\n".join([*map(_latex, analysis.answer), *(_latex_table(t) for t in tables)]) + "\n"
     paragraphs = ["\n".join(textwrap.wrap(paragraph, 110)) for paragraph in analysis.answer]
-    return "\n\n".join([*paragraphs, *(f"{t.title}\n" + _aligned(t.header, t.rows) for t in tables)]) + "\n"
+    return "\n\n".join([*paragraphs, *(f"{t.title}\n" + "\n".join(aligned([t.header, *t.rows])) for t in tables)]) + "\n"
 
 
 def markdown_text(text: str) -> str:
@@ -142,11 +143,6 @@ def markdown_cell(text: str) -> str:
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(map(markdown_cell, header)) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(map(markdown_cell, row)) + " |" for row in rows])
-
-
-def _aligned(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows])
 
 
 LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}"}
