@@ -62,7 +62,7 @@ def _curves(plt: Any, histories: dict[str, list[pd.DataFrame]], panels: list[_Pa
             axis.fill_between(table.index, table.min(axis=1), table.max(axis=1), color=color, alpha=0.2, linewidth=0)
         axis.set_title(drawable(panel.title), fontsize=9)
         axis.set_xlabel("epoch")
-        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # one epoch: a tick at 1, not 0.945 .. 1.065
         axis.legend(fontsize=7)
     figure.tight_layout()
     buffer = io.BytesIO()
