@@ -23,7 +23,7 @@ from unpaired.results.analysis import analyse
 from unpaired.results.tables import _latex, ranking, render
 from unpaired.results.statistics import summarize
 from unpaired.tracking.parent import aggregate_metrics
-from unpaired.tracking.store import log_metrics
+from unpaired.tracking.store import TrackingError, log_metrics
 
 BASE = {
     "data": {"name": "synthetic", "size": 32, "n_train": 4, "n_test": 3},
@@ -102,6 +102,17 @@ def test_an_interrupted_run_resumes_into_the_same_mlflow_run(tmp_path):
 
     summary = run_study(study, out, Registry.from_entry_points(), select_runs(study, None, None), show_progress=False, announce=lambda _: None)
     assert len(summary.skipped) == 1 and len(children(client, experiment.experiment_id)) == 1
+
+    # deleted in MLflow's UI (or the store made anew): the folder's link said "complete", so it was never logged again
+    client.delete_run(child.info.run_id)
+    summary = run_study(study, out, Registry.from_entry_points(), select_runs(study, None, None), show_progress=False, announce=lambda _: None)
+    (again,) = children(client, experiment.experiment_id)
+    assert len(summary.skipped) == 1 and again.info.run_id != child.info.run_id and again.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(again.info.run_id, "cycle_A")] == [1, 2, 3] and again.data.metrics == child.data.metrics
+
+    client.delete_experiment(experiment.experiment_id)  # MLflow refused the study's runs, and the error said to check the URI
+    with pytest.raises(TrackingError, match=rf"'resumed' \(id {experiment.experiment_id}\) at .* is deleted, and MLflow keeps its name"):
+        run_study(study, out, Registry.from_entry_points(), select_runs(study, None, None), show_progress=False, announce=lambda _: None)
 
 
 @pytest.mark.slow
@@ -249,3 +260,7 @@ def test_compare_command_reads_the_runs_from_mlflow(tmp_path):
     assert os.path.exists(tmp_path / "plot.png")
     missing = run_cli("compare", "no-such-study")
     assert missing.returncode == 1 and "no MLflow experiment named 'no-such-study'" in missing.stderr
+    client.delete_experiment(experiment_id)  # in MLflow's UI: compare read its runs as if it were there
+    deleted = run_cli("compare", "hand-made")
+    assert deleted.returncode == 1 and f"'hand-made' (id {experiment_id}) at sqlite:" in deleted.stderr, deleted.stderr
+    assert f"is deleted, and MLflow keeps its name: restore it (`mlflow experiments restore --experiment-id {experiment_id}`" in deleted.stderr

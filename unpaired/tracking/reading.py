@@ -17,7 +17,7 @@ from unpaired.errors import UsageError
 from unpaired.results.analysis import grid_levels
 from unpaired.results.compare import RunsToCompare
 from unpaired.results.current_plan import RECORDED_STUDY, CurrentPlan, left_out_lines, unfinished_line
-from unpaired.tracking.store import RUN_ROLES, reading
+from unpaired.tracking.store import RUN_ROLES, deleted_experiment, reading
 from unpaired.results.scores import describe_scores
 from unpaired.tracking.parent import PARENT_ROLE
 from unpaired.results.tables import folder_name
@@ -54,8 +54,11 @@ def finished_runs(study_name: str, uri: str | None, timeout: float) -> pd.DataFr
     if uri:
         mlflow.set_tracking_uri(uri)
     with reading(uri, timeout):
-        if mlflow.MlflowClient(tracking_uri=uri).get_experiment_by_name(study_name) is None:
+        experiment = mlflow.MlflowClient(tracking_uri=uri).get_experiment_by_name(study_name)
+        if experiment is None:
             raise UsageError(f"no MLflow experiment named {study_name!r} at {mlflow.get_tracking_uri()}; run the study first")
+        if deleted := deleted_experiment(experiment, mlflow.get_tracking_uri()):
+            raise UsageError(f"{deleted}; or compare the study's output folder instead")
         found = [
             table
             for role in RUN_ROLES

@@ -55,6 +55,19 @@ class TrackingError(UnpairedError):
     """The tracking server cannot be used; the message names it."""
 
 
+def deleted_experiment(experiment: Any, store: str) -> str | None:
+    """What to do about the study's MLflow experiment when it is deleted (in MLflow's UI, say), else None. MLflow keeps
+    a deleted experiment's name, so no new one can take it, and its runs are not searched."""
+    if experiment is None or experiment.lifecycle_stage != "deleted":
+        return None
+    number = experiment.experiment_id
+    return (
+        f"the MLflow experiment {experiment.name!r} (id {number}) at {store} is deleted, and MLflow keeps its name: "
+        f"restore it (`mlflow experiments restore --experiment-id {number}`, its runs come back with it), or remove it "
+        f"for good (`mlflow gc --experiment-ids {number}` with the store's --backend-store-uri) so that a new one is made"
+    )
+
+
 def first_line(error: BaseException) -> str:
     """The first line of an error's message, at most 300 characters (MLflow's can hold a whole HTML page). For an error
     of MLflow's database, the database's own message (``database or disk is full``): SQLAlchemy may put a line of its own

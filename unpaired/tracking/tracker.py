@@ -34,6 +34,7 @@ from unpaired.tracking.store import (
     check_reachable,
     check_shareable,
     client,
+    deleted_experiment,
     finished_here,
     first_use_serialised,
     first_line,
@@ -105,13 +106,16 @@ class StudyTracker:
     @hookimpl
     def unpaired_on_study_start(self, study: StudyInfo, out: Path, machines: int) -> None:
         """Check that the store suits the machines and answers; open a parent run holding the study file; close what
-        dead processes left RUNNING; complete the tracking of finished runs whose logging was cut short."""
+        dead processes left RUNNING; complete the tracking of finished runs whose logging was cut short or whose child is
+        gone from the store."""
         quiet_mlflow_logs()
         check_shareable(self.uri, machines)
         check_reachable(self.uri, self.timeout)
         with self._usable_store():
             with first_use_serialised(self.uri):
                 experiment = self.client.get_experiment_by_name(self.study)
+                if deleted := deleted_experiment(experiment, self._store()):
+                    raise TrackingError(f"{deleted}; or set tracking: {{enabled: false}}")
                 self.experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(self.study)
                 self.client.set_experiment_tag(self.experiment_id, "mlflow.experimentKind", "custom_model_development")  # UI: runs
             self._close_abandoned()
@@ -127,9 +131,10 @@ class StudyTracker:
             if Path(self.source).is_file():
                 self.client.log_artifact(self.parent_run_id, self.source)
             self.client.log_dict(self.parent_run_id, study.spec, RECORDED_STUDY)  # as resolved, for compare NAME
-        for run in study.runs:
-            folder = RunFolder(run.folder)
-            if finished_here(folder) and not tracking_complete(folder, self.uri):
+            finished = [(run, RunFolder(run.folder)) for run in study.runs if finished_here(RunFolder(run.folder))]
+            present = self._present_children() if finished else set()
+        for run, folder in finished:
+            if not tracking_complete(folder, self.uri) or (tracking_link(folder) or {}).get("run_id") not in present:
                 with self.guarded(run.run_id):
                     self._complete(self._child(run, folder), folder)
 
@@ -142,9 +147,7 @@ class StudyTracker:
         except UnpairedError:
             raise
         except Exception as error:
-            import mlflow
-
-            store = self.uri or mlflow.get_tracking_uri()
+            store = self._store()
             served = store.startswith(("http://", "https://"))
             raise TrackingError(
                 (
@@ -155,6 +158,11 @@ class StudyTracker:
                 )
                 + "or set tracking: {enabled: false}."
             ) from None
+
+    def _store(self) -> str:
+        import mlflow
+
+        return self.uri or mlflow.get_tracking_uri()
 
     def _close_abandoned(self) -> None:
         """Parent runs whose process on this host is gone, and children whose run nobody holds, left RUNNING: KILLED."""
@@ -167,6 +175,11 @@ class StudyTracker:
             folder = child.data.tags.get("unpaired.folder")
             if folder and not RunFolder(Path(folder)).is_leased():
                 self.client.set_terminated(child.info.run_id, "KILLED")
+
+    def _present_children(self) -> set[str]:
+        """The MLflow run ids of the study's children in the store now: one a user deleted in MLflow's UI, or one of a
+        store made anew at the same URI, is not, and its finished run is logged again."""
+        return {child.info.run_id for role in RUN_ROLES for child in self._search(f"tags.`unpaired.role` = '{role}'")}
 
     def _search(self, filter_string: str) -> list[Any]:
         return self.client.search_runs([self.experiment_id], filter_string=filter_string, max_results=10_000)
