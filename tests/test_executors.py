@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import pickle
 import signal
+from pathlib import Path
 
 import pytest
 import torch
@@ -154,3 +155,33 @@ def test_a_worker_killed_outright_fails_its_own_run_and_the_others_go_on(registr
     assert doomed.variant == "doomed"
     killed = "the worker process training it was killed by SIGKILL (as the system does to the largest process when memory runs out)"
     assert why == f"RuntimeError: {killed}; the other runs went on"
+
+
+class SeesTheEnvironment:
+    """Writes what ``$UNPAIRED_PROBE`` holds in the process training a run into the run's folder."""
+
+    @hookimpl
+    def unpaired_on_run_start(self, run):
+        Path(run.folder).mkdir(parents=True, exist_ok=True)
+        (Path(run.folder) / "probe.txt").write_text(os.environ.get("UNPAIRED_PROBE", "unset"))
+
+
+class ProbePlugin:
+    @hookimpl
+    def unpaired_study_listeners(self, study):
+        return [SeesTheEnvironment()]
+
+
+@pytest.mark.slow
+def test_each_worker_has_the_environment_of_the_study_that_started_it(registry, tmp_path, monkeypatch):
+    """Workers are forked from a fork server, which keeps the environment of the study that started it: a later study
+    of the same process (in a notebook, say, after setting CUDA_VISIBLE_DEVICES or UNPAIRED_CACHE) must not train with
+    the first one's."""
+    registry.add_plugin(ProbePlugin(), "probe", "tests", "0")
+    execution = registry.resolve("executor", {"name": "local", "jobs": 2})
+    for value in ("first", "second"):
+        monkeypatch.setenv("UNPAIRED_PROBE", value)
+        spec = write_study(tmp_path / f"{value}.yaml", value, TINY_BASE, grid={"generator.ngf": [4, 6]}, tracking={"enabled": False})
+        study = load_study(spec, registry)
+        summary = run_study(study, tmp_path / value, registry, select_runs(study, None, None), False, lambda _: None, execution)
+        assert len(summary.done) == 2 and [p.read_text() for p in (tmp_path / value).glob("*/*/probe.txt")] == [value, value]
