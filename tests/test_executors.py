@@ -15,6 +15,7 @@ from conftest import TINY_BASE, run_cli, write_study
 from unpaired import hookimpl
 from unpaired.config.overrides import merge
 from unpaired.config.study import load_study
+from unpaired.devices import DeviceError
 from unpaired.execution.jobs import make_jobs
 from unpaired.execution.runner import run_study, select_runs
 from unpaired.execution.worker import outcome_path, read_outcome, write_job
@@ -155,6 +156,17 @@ def test_a_worker_killed_outright_fails_its_own_run_and_the_others_go_on(registr
     assert doomed.variant == "doomed"
     killed = "the worker process training it was killed by SIGKILL (as the system does to the largest process when memory runs out)"
     assert why == f"RuntimeError: {killed}; the other runs went on"
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_device_this_machine_lacks_stops_the_local_study_before_any_run_starts(registry, tmp_path, jobs):
+    """train.device: cuda:7 on a machine with fewer GPUs failed every run of the study one by one, each after its start."""
+    base = merge(TINY_BASE, {"train": {"device": "cuda:7"}})
+    study = load_study(write_study(tmp_path / "s.yaml", "absent", base, grid={"generator.ngf": [4, 6]}, tracking={"enabled": False}), registry)
+    execution = registry.resolve("executor", {"name": "local", "jobs": jobs})
+    with pytest.raises(DeviceError, match=r"^train.device is 'cuda:7' but (no CUDA GPU is|only \d CUDA GPU\(s\) are) visible"):
+        run_study(study, tmp_path / "out", registry, select_runs(study, None, None), False, lambda _: None, execution)
+    assert not list((tmp_path / "out").glob("*/seed*"))
 
 
 class SeesTheEnvironment:

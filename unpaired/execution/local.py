@@ -15,6 +15,7 @@ from typing import Any, cast
 import torch
 
 from unpaired import ENTRY_POINT_GROUP, PROJECT_NAME
+from unpaired.devices import pick_device
 from unpaired.errors import StopRequested
 from unpaired.execution.jobs import train_job
 from unpaired.plugin_api.executors import Collect, ExecutorContext, RunJob
@@ -31,6 +32,9 @@ class LocalExecutor:
         self.jobs, self.context = jobs, context
 
     def run(self, jobs: list[RunJob], collect: Collect) -> None:
+        """Train ``jobs`` here; a device this machine lacks stops the study before any run starts (each would fail)."""
+        for device in dict.fromkeys(job.spec["train"]["device"] for job in jobs):
+            pick_device(device)
         if self.jobs <= 1:
             self.run_serially(jobs, collect)
         else:
