@@ -273,6 +273,7 @@ def test_fid_command_between_two_folders(tmp_path):
     assert abs(float(same.stdout.split()[1])) < 1e-3
     different = run_cli("fid", str(tmp_path / "data" / "testA"), str(tmp_path / "data" / "testB"), "--size", "32")
     assert float(different.stdout.split()[1]) > 10
+    assert different.stderr.startswith("note: Caution: the scores come from 3 test images (the smallest direction), fewer than 2048")
     elsewhere = tmp_path / "elsewhere.pth"  # the extractor's own parameters reach it
     missing = run_cli("fid", str(tmp_path / "data" / "testA"), str(tmp_path / "data" / "testB"), "--param", f"weights={elsewhere}")
     assert missing.returncode != 0 and f"no Inception weights file at {elsewhere}" in missing.stderr

@@ -141,6 +141,9 @@ def cmd_fid(args: argparse.Namespace) -> int:
     with gpu_algorithms(deterministic=False):  # inference only: cuDNN may autotune
         scores = Scorer(evaluation, pick_device(args.device, "--device")).score_images(*images)
     print("   ".join(f"{name} {value:.6g}" for name, value in scores.items()))
+    for metric in evaluation.build_metrics().values():  # a study's compare and report say it; so must a score alone
+        if caveat := metric.caveat(min(map(len, images))):
+            print(f"note: {caveat}", file=sys.stderr)
     return 0
 
 
