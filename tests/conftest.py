@@ -225,6 +225,7 @@ def start_mlflow_server(root: Path, port: int | None = None) -> tuple[subprocess
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},  # no job consumers: tracking needs none
     )
     uri = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
