@@ -53,8 +53,8 @@ class ScoringStopped(StopRequested):
 
 def learning_rate(epoch: int, train: TrainConfig) -> float:
     """Learning rate during 0-based ``epoch``: ``lr`` for ``epochs`` epochs, then linear decay as in
-    the paper's code, ``lr * (1 - (epoch + 1 - epochs) / (decay_epochs + 1))``, which would reach 0
-    one epoch after the last."""
+    CUT's ``train.py`` (which steps its schedule at the end of each epoch),
+    ``lr * (1 - (epoch + 1 - epochs) / (decay_epochs + 1))``, which would reach 0 one epoch after the last."""
     decayed = max(0, epoch + 1 - train.epochs)
     return train.lr * (1.0 - decayed / (train.decay_epochs + 1))
 
