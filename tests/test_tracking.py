@@ -110,6 +110,12 @@ def test_an_interrupted_run_resumes_into_the_same_mlflow_run(tmp_path):
     assert len(summary.skipped) == 1 and again.info.run_id != child.info.run_id and again.info.status == "FINISHED"
     assert [m.step for m in client.get_metric_history(again.info.run_id, "cycle_A")] == [1, 2, 3] and again.data.metrics == child.data.metrics
 
+    (parent,) = client.search_runs([experiment.experiment_id], filter_string="tags.`unpaired.role` = 'study'")
+    client.delete_run(parent.info.run_id)  # the finished child was left without a parent in MLflow's UI
+    run_study(study, out, Registry.from_entry_points(), select_runs(study, None, None), show_progress=False, announce=lambda _: None)
+    (parent,) = client.search_runs([experiment.experiment_id], filter_string="tags.`unpaired.role` = 'study'")
+    assert client.get_run(again.info.run_id).data.tags["mlflow.parentRunId"] == parent.info.run_id
+
     client.delete_experiment(experiment.experiment_id)  # MLflow refused the study's runs, and the error said to check the URI
     with pytest.raises(TrackingError, match=rf"'resumed' \(id {experiment.experiment_id}\) at .* is deleted, and MLflow keeps its name"):
         run_study(study, out, Registry.from_entry_points(), select_runs(study, None, None), show_progress=False, announce=lambda _: None)

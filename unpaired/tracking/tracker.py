@@ -132,11 +132,14 @@ class StudyTracker:
                 self.client.log_artifact(self.parent_run_id, self.source)
             self.client.log_dict(self.parent_run_id, study.spec, RECORDED_STUDY)  # as resolved, for compare NAME
             finished = [(run, RunFolder(run.folder)) for run in study.runs if finished_here(RunFolder(run.folder))]
-            present = self._present_children() if finished else set()
+            present = self._present_children() if finished else {}
         for run, folder in finished:
-            if not tracking_complete(folder, self.uri) or (tracking_link(folder) or {}).get("run_id") not in present:
-                with self.guarded(run.run_id):
+            child_id = (tracking_link(folder) or {}).get("run_id")
+            with self.guarded(run.run_id):
+                if not tracking_complete(folder, self.uri) or child_id not in present:
                     self._complete(self._child(run, folder), folder)
+                elif present[child_id] != self.parent_run_id:  # its parent was deleted in MLflow's UI: the new one adopts it
+                    self.client.set_tag(child_id, "mlflow.parentRunId", self.parent_run_id)
 
     @contextlib.contextmanager
     def _usable_store(self) -> Iterator[None]:
@@ -176,10 +179,11 @@ class StudyTracker:
             if folder and not RunFolder(Path(folder)).is_leased():
                 self.client.set_terminated(child.info.run_id, "KILLED")
 
-    def _present_children(self) -> set[str]:
-        """The MLflow run ids of the study's children in the store now: one a user deleted in MLflow's UI, or one of a
-        store made anew at the same URI, is not, and its finished run is logged again."""
-        return {child.info.run_id for role in RUN_ROLES for child in self._search(f"tags.`unpaired.role` = '{role}'")}
+    def _present_children(self) -> dict[str, str | None]:
+        """The MLflow run ids of the study's children in the store now, each with its parent's: one a user deleted in
+        MLflow's UI, or one of a store made anew at the same URI, is not, and its finished run is logged again."""
+        children = [child for role in RUN_ROLES for child in self._search(f"tags.`unpaired.role` = '{role}'")]
+        return {child.info.run_id: child.data.tags.get("mlflow.parentRunId") for child in children}
 
     def _search(self, filter_string: str) -> list[Any]:
         return self.client.search_runs([self.experiment_id], filter_string=filter_string, max_results=10_000)
