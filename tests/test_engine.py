@@ -574,6 +574,40 @@ def test_train_and_translate_from_the_command_line(tmp_path):
     from PIL import Image
 
     assert Image.open(out / "00000.png").size == (32, 32)
+    Image.open(inputs / "00000.png").resize((51, 30)).save(tmp_path / "wide.png")  # translate squashed it to a square
+    kept = run_cli("translate", "--checkpoint", str(run), str(tmp_path / "wide.png"), "--direction", "AtoB", "--out", str(out), "--keep-aspect")
+    assert kept.returncode == 0 and "translated AtoB at 32 px on the shorter side, aspect ratios kept" in kept.stdout, kept.stderr
+    assert Image.open(out / "wide.png").size == (54, 32)  # 51 x 30 at 32 px high; its translation padded to 56 x 32
+
+
+class Needs16(torch.nn.Module):
+    """A generator whose four halvings and doublings give back its input's size only for sides that are multiples of 16."""
+
+    def __init__(self):
+        super().__init__()
+        self.down = torch.nn.Sequential(*[torch.nn.Conv2d(3, 3, 2, stride=2) for _ in range(4)])
+        self.up = torch.nn.Sequential(*[torch.nn.ConvTranspose2d(3, 3, 2, stride=2) for _ in range(4)])
+
+    def forward(self, x):
+        return torch.tanh(self.up(self.down(x)))
+
+
+def test_translating_at_the_aspect_ratio_pads_to_the_multiple_the_generator_needs_and_crops_back(tmp_path):
+    from PIL import Image
+
+    from unpaired.tools.translate import _Fitted, translate
+
+    image = torch.rand(1, 3, 37, 50) * 2 - 1
+    fitted = _Fitted(Needs16().eval())
+    with torch.no_grad():
+        translated = fitted(image)
+        padded = F.pad(image, (0, 14, 0, 11), mode="replicate")  # to 48 x 64
+        assert translated.shape == image.shape and fitted.multiple == 16 and torch.equal(translated, fitted.generator(padded)[..., :37, :50])
+    Image.new("RGB", (300, 100)).save(tmp_path / "wide.png")
+    Image.new("RGB", (10_000, 10)).save(tmp_path / "banner.png")
+    written, skipped = translate(Needs16().eval(), [tmp_path / "wide.png", tmp_path / "banner.png"], tmp_path / "out", 40, torch.device("cpu"), True)
+    assert [Image.open(path).size for path in written] == [(120, 40)]
+    assert skipped == [f"{tmp_path / 'banner.png'}: at 40 px on its shorter side, 10000x10 px would be over 8192 px long"]
 
 
 def test_cli_reports_spec_errors_with_exit_code_2(tmp_path):

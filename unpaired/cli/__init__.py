@@ -181,6 +181,11 @@ def _add_tool_commands(commands: argparse._SubParsersAction) -> None:
     )
     translate.add_argument("--out", required=True, help="folder for the translated PNGs")
     translate.add_argument("--size", type=_image_side, help="resize inputs to SIZE x SIZE (default: the training crop size)")
+    translate.add_argument(
+        "--keep-aspect",
+        action="store_true",
+        help="keep each image's aspect ratio, SIZE px on its shorter side (default: SIZE x SIZE, as the official test.py does)",
+    )
     translate.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda, cuda:N or mps")
     translate.set_defaults(handler=cmd_translate, command_parser=translate)
 

@@ -110,10 +110,12 @@ def cmd_translate(args: argparse.Namespace) -> int:
     from unpaired.devices import pick_device
 
     generator, size, direction = load_generator(Path(args.checkpoint), args.direction, plugin_registry())
-    written, skipped = translate(generator, collect_inputs(Path(args.input)), Path(args.out), args.size or size, pick_device(args.device, "--device"))
-    print(f"wrote {len(written)} image(s) to {args.out}, translated {direction} at {args.size or size} px")
+    device = pick_device(args.device, "--device")
+    written, skipped = translate(generator, collect_inputs(Path(args.input)), Path(args.out), args.size or size, device, args.keep_aspect)
+    shape = " on the shorter side, aspect ratios kept" if args.keep_aspect else ""
+    print(f"wrote {len(written)} image(s) to {args.out}, translated {direction} at {args.size or size} px{shape}")
     for reason in skipped:
-        print(f"warning: skipped an unreadable image: {reason}", file=sys.stderr)
+        print(f"warning: skipped {reason}", file=sys.stderr)
     return 0 if written else 1
 
 

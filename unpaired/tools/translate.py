@@ -6,10 +6,11 @@ from collections import Counter
 from pathlib import Path
 
 import torch
-from torch import nn
+from PIL import Image
+from torch import Tensor, nn
 
-from unpaired.errors import InputError, listed
-from unpaired.plugin_api.data import IMAGE_EXTENSIONS, UNREADABLE_IMAGE, Transform, list_images, load_image, save_grid
+from unpaired.errors import InputError, listed, out_of_memory
+from unpaired.plugin_api.data import IMAGE_EXTENSIONS, MAX_SIDE, UNREADABLE_IMAGE, Transform, list_images, load_image, save_grid, to_tensor
 from unpaired.plugin_api.registry import Registry
 from unpaired.plugin_api.methods import DIRECTIONS
 from unpaired.storage.records import Direction, ExportedGenerator
@@ -38,25 +39,72 @@ def final_generator(folder: Path, direction: Direction | None) -> Path:
 
 
 @torch.inference_mode()
-def translate(generator: nn.Module, inputs: list[Path], out_dir: Path, size: int, device: torch.device) -> tuple[list[Path], list[str]]:
-    """Translate each input image at ``size`` x ``size`` px and save it as PNG under ``out_dir``.
+def translate(
+    generator: nn.Module, inputs: list[Path], out_dir: Path, size: int, device: torch.device, keep_aspect: bool = False
+) -> tuple[list[Path], list[str]]:
+    """Translate each input image at ``size`` x ``size`` px (``keep_aspect``: at its own aspect ratio, ``size`` px on
+    its shorter side) and save it as PNG under ``out_dir``.
 
-    Returns the paths written and the inputs skipped because they could not be decoded (each with why).
+    Returns the paths written and the inputs skipped because they could not be decoded or resized (each with why).
     """
     targets = output_paths(inputs, out_dir)
     transform = Transform(load_size=None, crop_size=size, crop=False, flip=False)
     generator = generator.to(device)
+    fitted = _Fitted(generator)
     out_dir.mkdir(parents=True, exist_ok=True)
     written, skipped = [], []
     for path, target in zip(inputs, targets):
         try:
-            image = transform.test(load_image(path)).unsqueeze(0).to(device)
+            image = load_image(path)
         except UNREADABLE_IMAGE as error:
-            skipped.append(f"{path} ({error})")
+            skipped.append(f"an unreadable image: {path} ({error})")
             continue
-        save_grid(generator(image).float().cpu(), target, columns=1, padding=0)
+        if not keep_aspect:
+            save_grid(generator(transform.test(image).unsqueeze(0).to(device)).float().cpu(), target, columns=1, padding=0)
+        elif (resized := aspect_kept(image, size)) is None:
+            skipped.append(f"{path}: at {size} px on its shorter side, {image.width}x{image.height} px would be over {MAX_SIDE} px long")
+            continue
+        else:
+            save_grid(fitted(to_tensor(resized).unsqueeze(0).to(device)).float().cpu(), target, columns=1, padding=0)
         written.append(target)
     return written, skipped
+
+
+def aspect_kept(image: Image.Image, size: int) -> Image.Image | None:
+    """``image`` resized to ``size`` px on its shorter side, its aspect ratio kept (None: the longer side would be over
+    :data:`MAX_SIDE`)."""
+    scale = size / min(image.width, image.height)
+    width, height = max(1, round(image.width * scale)), max(1, round(image.height * scale))
+    return None if max(width, height) > MAX_SIDE else image.resize((width, height), Image.Resampling.BICUBIC)
+
+
+class _Fitted:
+    """The generator applied to an image of any size: padded (edge pixels repeated) to the multiple of 4, 8, ... 256 px
+    whose translation has the padded image's size (a ResNet generator's two down-samplings need 4; a U-Net's more),
+    and cropped back. The multiple found for one image is tried first for the next."""
+
+    MULTIPLES = (4, 8, 16, 32, 64, 128, 256)
+
+    def __init__(self, generator: nn.Module):
+        self.generator, self.multiple = generator, self.MULTIPLES[0]
+
+    def __call__(self, image: Tensor) -> Tensor:
+        height, width = image.shape[-2:]
+        for multiple in dict.fromkeys((self.multiple, *self.MULTIPLES)):
+            padded = nn.functional.pad(image, (0, -width % multiple, 0, -height % multiple), mode="replicate")
+            try:
+                translated = self.generator(padded)
+            except RuntimeError as error:  # sizes that do not fit the network's layers; running out of memory is no size's fault
+                if out_of_memory(error):
+                    raise
+                continue
+            if translated.shape[-2:] == padded.shape[-2:]:
+                self.multiple = multiple
+                return translated[..., :height, :width]
+        raise InputError(
+            f"the generator translates no {width}x{height} px image padded to a multiple of up to {self.MULTIPLES[-1]} px "
+            "into one of its size: translate without --keep-aspect"
+        )
 
 
 def output_paths(inputs: list[Path], out_dir: Path) -> list[Path]:
