@@ -16,6 +16,7 @@ from unpaired import hookimpl
 from unpaired.config.resolved import resolve_variant
 from unpaired.config.spec import TrainConfig
 from unpaired.config.overrides import merge
+from unpaired.errors import InputError
 from unpaired.plugin_api.components import LossWeights
 from unpaired.plugin_api.registry import Registry
 from unpaired.storage.files import atomic_save
@@ -608,6 +609,8 @@ def test_translating_at_the_aspect_ratio_pads_to_the_multiple_the_generator_need
     written, skipped = translate(Needs16().eval(), [tmp_path / "wide.png", tmp_path / "banner.png"], tmp_path / "out", 40, torch.device("cpu"), True)
     assert [Image.open(path).size for path in written] == [(120, 40)]
     assert skipped == [f"{tmp_path / 'banner.png'}: at 40 px on its shorter side, 10000x10 px would be over 8192 px long"]
+    with pytest.raises(InputError, match=r"^the generator translates no 50x37 px image .* of its size \(at 256 px: RuntimeError: .*\): translate"):
+        _Fitted(Needs16().double())(image)  # a failure that no padding mends is named, not taken for a size problem
 
 
 def test_cli_reports_spec_errors_with_exit_code_2(tmp_path):

@@ -90,6 +90,7 @@ class _Fitted:
 
     def __call__(self, image: Tensor) -> Tensor:
         height, width = image.shape[-2:]
+        failed = ""
         for multiple in dict.fromkeys((self.multiple, *self.MULTIPLES)):
             padded = nn.functional.pad(image, (0, -width % multiple, 0, -height % multiple), mode="replicate")
             try:
@@ -97,13 +98,14 @@ class _Fitted:
             except RuntimeError as error:  # sizes that do not fit the network's layers; running out of memory is no size's fault
                 if out_of_memory(error):
                     raise
+                failed = f" (at {multiple} px: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
                 continue
             if translated.shape[-2:] == padded.shape[-2:]:
                 self.multiple = multiple
                 return translated[..., :height, :width]
         raise InputError(
             f"the generator translates no {width}x{height} px image padded to a multiple of up to {self.MULTIPLES[-1]} px "
-            "into one of its size: translate without --keep-aspect"
+            f"into one of its size{failed}: translate without --keep-aspect"
         )
 
 
