@@ -89,6 +89,21 @@ def test_text_columns_line_up_on_a_terminal_with_wide_and_combining_characters()
     assert lines[2] == "e\u0301te\u0301" + " " * 7 + "44.0" and display_width("名前") == 4
 
 
+def test_the_curves_of_a_one_epoch_study_are_ticked_at_whole_epochs():
+    from unpaired.reporting.figures import label_epochs
+    from unpaired.results.drawing import pyplot
+
+    with pyplot() as plt:
+        figure, axis = plt.subplots()
+        axis.plot([1], [3.0])
+        label_epochs(axis)
+        figure.canvas.draw()
+        low, high = axis.get_xlim()
+        shown = [tick for tick in axis.get_xticks() if low <= tick <= high]
+        plt.close(figure)
+    assert shown == [1.0]
+
+
 def test_bonferroni_adjustment_matches_the_textbook():
     # R: p.adjust(c(0.01, 0.04, 0.03, 0.005), "bonferroni")
     assert bonferroni([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.04, 0.16, 0.12, 0.02])

@@ -47,8 +47,6 @@ def training_curves(results: StudyResults, registry: Registry) -> tuple[bytes, l
 
 def _curves(plt: Any, histories: dict[str, list[pd.DataFrame]], panels: list[_Panel]) -> bytes:
     """The panels drawn, as PNG bytes."""
-    from matplotlib.ticker import MaxNLocator
-
     figure, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.2), squeeze=False)
     for axis, panel in zip(axes[0], panels):
         for index, (variant, frames) in enumerate(histories.items()):
@@ -61,14 +59,22 @@ def _curves(plt: Any, histories: dict[str, list[pd.DataFrame]], panels: list[_Pa
             axis.plot(table.index, table.mean(axis=1), color=color, label=drawable(variant), marker="." if len(table) < 12 else None)
             axis.fill_between(table.index, table.min(axis=1), table.max(axis=1), color=color, alpha=0.2, linewidth=0)
         axis.set_title(drawable(panel.title), fontsize=9)
-        axis.set_xlabel("epoch")
-        axis.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # one epoch: a tick at 1, not 0.945 .. 1.065
+        label_epochs(axis)
         axis.legend(fontsize=7)
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=90)
     plt.close(figure)
     return buffer.getvalue()
+
+
+def label_epochs(axis: Any) -> None:
+    """Label a matplotlib ``axis``'s x axis with whole epochs, also when it shows one alone (a one-epoch study's curves
+    were ticked 0.945, 0.960, ... 1.065)."""
+    from matplotlib.ticker import MaxNLocator
+
+    axis.set_xlabel("epoch")
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
 
 
 @dataclass
