@@ -131,7 +131,8 @@ def cmd_fid(args: argparse.Namespace) -> int:
     config = {"name": args.extractor or registry.default("feature_extractor"), **params}
     metrics = tuple(registry.resolve("metric", {"name": name}) for name in registry.defaults("metric"))
     evaluation = ResolvedEval(metrics, 0, args.batch_size, registry.resolve("feature_extractor", config, where="--extractor"), None)
-    fewest = max(metric.min_images for metric in evaluation.build_metrics().values())
+    built = evaluation.build_metrics().values()
+    fewest = max(metric.min_images for metric in built)
     images, problems = [], []
     for folder in (args.first, args.second):  # both folders read, and every problem of either named, before the extractor loads
         try:
@@ -143,7 +144,7 @@ def cmd_fid(args: argparse.Namespace) -> int:
     with gpu_algorithms(deterministic=False):  # inference only: cuDNN may autotune
         scores = Scorer(evaluation, pick_device(args.device, "--device")).score_images(*images)
     print("   ".join(f"{name} {value:.6g}" for name, value in scores.items()))
-    for metric in evaluation.build_metrics().values():  # a study's compare and report say it; so must a score alone
+    for metric in built:  # a study's compare and report say it; so must a score alone
         if caveat := metric.caveat(min(map(len, images))):
             print(f"note: {caveat}", file=sys.stderr)
     return 0

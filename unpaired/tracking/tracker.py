@@ -118,7 +118,8 @@ class StudyTracker:
                     raise TrackingError(f"{deleted}; or set tracking: {{enabled: false}}")
                 self.experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(self.study)
                 self.client.set_experiment_tag(self.experiment_id, "mlflow.experimentKind", "custom_model_development")  # UI: runs
-            self._close_abandoned()
+            children = [child for role in RUN_ROLES for child in self._search(f"tags.`unpaired.role` = '{role}'")]
+            self._close_abandoned(children)
             tags = {
                 "unpaired.study": self.study,
                 "unpaired.baseline": self.baseline,
@@ -131,9 +132,12 @@ class StudyTracker:
             if Path(self.source).is_file():
                 self.client.log_artifact(self.parent_run_id, self.source)
             self.client.log_dict(self.parent_run_id, study.spec, RECORDED_STUDY)  # as resolved, for compare NAME
-            finished = [(run, RunFolder(run.folder)) for run in study.runs if finished_here(RunFolder(run.folder))]
-            present = self._present_children() if finished else {}
-        for run, folder in finished:
+        # the children in the store, with their parents: one deleted in MLflow's UI, or one of a store made anew at the
+        # same URI, is not, and its finished run is logged again
+        present = {child.info.run_id: child.data.tags.get("mlflow.parentRunId") for child in children}
+        for run, folder in ((run, RunFolder(run.folder)) for run in study.runs):
+            if not finished_here(folder):
+                continue
             child_id = (tracking_link(folder) or {}).get("run_id")
             with self.guarded(run.run_id):
                 if not tracking_complete(folder, self.uri) or child_id not in present:
@@ -167,23 +171,17 @@ class StudyTracker:
 
         return self.uri or mlflow.get_tracking_uri()
 
-    def _close_abandoned(self) -> None:
-        """Parent runs whose process on this host is gone, and children whose run nobody holds, left RUNNING: KILLED."""
+    def _close_abandoned(self, children: list[Any]) -> None:
+        """Parent runs whose process on this host is gone, and ``children`` whose run nobody holds, left RUNNING: KILLED."""
         host = socket.gethostname()
         for parent in self._search(f"tags.`unpaired.role` = '{PARENT_ROLE}' and attributes.status = 'RUNNING'"):
             owner_host, _, pid = parent.data.tags.get("unpaired.owner", "").partition(":")
             if owner_host == host and pid.isdigit() and not process_alive(int(pid)):
                 self.client.set_terminated(parent.info.run_id, "KILLED")
-        for child in [run for role in RUN_ROLES for run in self._search(f"tags.`unpaired.role` = '{role}' and attributes.status = 'RUNNING'")]:
+        for child in (child for child in children if child.info.status == "RUNNING"):
             folder = child.data.tags.get("unpaired.folder")
             if folder and not RunFolder(Path(folder)).is_leased():
                 self.client.set_terminated(child.info.run_id, "KILLED")
-
-    def _present_children(self) -> dict[str, str | None]:
-        """The MLflow run ids of the study's children in the store now, each with its parent's: one a user deleted in
-        MLflow's UI, or one of a store made anew at the same URI, is not, and its finished run is logged again."""
-        children = [child for role in RUN_ROLES for child in self._search(f"tags.`unpaired.role` = '{role}'")]
-        return {child.info.run_id: child.data.tags.get("mlflow.parentRunId") for child in children}
 
     def _search(self, filter_string: str) -> list[Any]:
         return self.client.search_runs([self.experiment_id], filter_string=filter_string, max_results=10_000)
