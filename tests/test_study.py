@@ -9,6 +9,7 @@ import os
 import random
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -465,6 +466,19 @@ def test_the_shell_completes_commands_and_their_options():
     assert complete("unpaired comp") == ["compare"]
     assert complete("unpaired compare runs/x --f") == ["--format"]
     assert set(complete("unpaired report runs/x --")) >= {"--images", "--seed", "--metric", "--format"}
+    assert complete("unpaired run s.yaml --jo") == ["--jobs"]  # an option of the installed executors
+
+
+def test_only_running_a_command_imports_torch_so_help_version_and_completion_answer_at_once():
+    probe = "import sys\nfrom unpaired.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\nprint('torch' in sys.modules)"
+
+    def imports_torch(*args: str) -> bool:
+        done = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=120)
+        return done.stdout.splitlines()[-1] == "True"
+
+    assert not imports_torch("--version") and not imports_torch("--help") and not imports_torch("compare", "--help")
+    assert imports_torch("run", "--help")  # its executor options come from the plugins
+    assert imports_torch("plugins")
 
 
 def test_report_refuses_test_image_indices_that_are_not_a_list_of_distinct_whole_numbers(capsys):

@@ -1,9 +1,9 @@
 """The ``unpaired`` console script (and ``python -m unpaired``): the command line, with a Ctrl-C during its start answered
 like one during its work.
 
-This module imports nothing heavy itself, so the seconds :mod:`unpaired.cli` takes to import torch and the plugins are
-covered: a Ctrl-C there exits 130 with one line instead of a traceback. Once a command runs, :func:`unpaired.cli.main`
-owns stop signals.
+This module imports nothing heavy itself, so the seconds a command takes to import torch and the plugins (in
+:func:`unpaired.cli.main`, before it runs the command) are covered: a Ctrl-C there exits 130 with one line instead of a
+traceback. Once the command runs, :func:`unpaired.cli.main` owns stop signals.
 """
 
 from __future__ import annotations

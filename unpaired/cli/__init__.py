@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import re
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import argcomplete
 
 from unpaired import __version__
-from unpaired.cli.executor_options import add_executor_options
-from unpaired.cli.study_commands import cmd_compare, cmd_plan, cmd_report, cmd_run, cmd_schema, cmd_score, cmd_validate
-from unpaired.config.spec import DEVICE_NAME
-from unpaired.cli.tool_commands import cmd_data_download, cmd_data_export, cmd_fid, cmd_plugins, cmd_train, cmd_translate
 from unpaired.errors import Interrupted, StopRequested, UnpairedError, out_of_memory, print_notices_plainly
-from unpaired.plugin_api.data import MAX_SIDE
 from unpaired.tools.download import DATASETS
 from unpaired.signals import stop_on_signals
 
@@ -25,14 +21,34 @@ from unpaired.signals import stop_on_signals
 STUDY_OVERRIDES = "set a base field (train.epochs=5) or, with commas, add a grid axis (generator.n_blocks=6,9); values are YAML"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``unpaired`` command and its subcommands."""
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser of the ``unpaired`` command and its subcommands. ``run``'s executor options come from the
+    installed executors, so they are added only when ``command`` is ``run``: for any other, the parser imports neither
+    torch nor a plugin, and ``--help``, ``--version`` and the shell's completion answer at once."""
     parser = argparse.ArgumentParser(prog="unpaired", description="Ablation studies for unpaired image-to-image translation.")
     parser.add_argument("--version", action="version", version=f"unpaired {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _add_study_commands(commands)
+    _add_study_commands(commands, executor_options=command == "run")
     _add_tool_commands(commands)
     return parser
+
+
+def _command_word(argv: Sequence[str] | None) -> str | None:
+    """The subcommand that ``argv`` (default: this process's arguments), or the line the shell asks to complete, names:
+    its first word that is not an option (the command itself has options without values only)."""
+    if "_ARGCOMPLETE" in os.environ:
+        words = os.environ.get("COMP_LINE", "")[: int(os.environ.get("COMP_POINT", "0"))].split()[1:]
+    else:
+        words = list(sys.argv[1:] if argv is None else argv)
+    return next((word for word in words if not word.startswith("-")), None)
+
+
+def _imported(handler: str) -> Callable[[argparse.Namespace], int]:
+    """The command function that ``handler`` (``module:name`` in :mod:`unpaired.cli`) names, imported now: the command
+    modules import torch and the plugins, which only running a command needs."""
+    module, name = handler.split(":")
+    function: Callable[[argparse.Namespace], int] = getattr(importlib.import_module(f"unpaired.cli.{module}"), name)
+    return function
 
 
 def _indices(text: str) -> list[int]:
@@ -59,7 +75,9 @@ def _at_least_one(text: str) -> int:
 
 
 def _image_side(text: str) -> int:
-    """An image side in pixels: a whole number from 1 to :data:`MAX_SIDE`."""
+    """An image side in pixels: a whole number from 1 to :data:`unpaired.plugin_api.data.MAX_SIDE`."""
+    from unpaired.plugin_api.data import MAX_SIDE
+
     value = _at_least_one(text)
     if value > MAX_SIDE:
         raise argparse.ArgumentTypeError(
@@ -70,16 +88,18 @@ def _image_side(text: str) -> int:
 
 def _device(text: str) -> str:
     """A device name a run could also take (``train.device``)."""
+    from unpaired.config.spec import DEVICE_NAME
+
     if not re.match(DEVICE_NAME, text):
         raise argparse.ArgumentTypeError(f"{text!r} is not a device: use auto, cpu, cuda, cuda:N or mps")
     return text
 
 
-def _add_study_commands(commands: argparse._SubParsersAction) -> None:
+def _add_study_commands(commands: argparse._SubParsersAction, executor_options: bool) -> None:
     validate = commands.add_parser("validate", help="check a study file without training")
     validate.add_argument("study", help="study file (YAML or JSON)")
     validate.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=STUDY_OVERRIDES)
-    validate.set_defaults(handler=cmd_validate, command_parser=validate)
+    validate.set_defaults(handler="study_commands:cmd_validate", command_parser=validate)
 
     plan = commands.add_parser("plan", help="list a study's runs and which are done / partial / pending")
     plan.add_argument("study", help="study file (YAML or JSON)")
@@ -93,7 +113,7 @@ def _add_study_commands(commands: argparse._SubParsersAction) -> None:
         metavar="N",
         help="the --jobs you will run with: a queued CPU run whose thread count would differ from a finished seed's says so",
     )
-    plan.set_defaults(handler=cmd_plan, command_parser=plan)
+    plan.set_defaults(handler="study_commands:cmd_plan", command_parser=plan)
 
     run = commands.add_parser("run", help="train every pending run of a study (rerun to resume)")
     run.add_argument("study", help="study file (YAML or JSON)")
@@ -103,8 +123,11 @@ def _add_study_commands(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--seeds", nargs="+", type=int, metavar="SEED", help="only these seeds")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.add_argument("--rerun-stale", action="store_true", help="train again the finished runs whose plugins have other versions now")
-    add_executor_options(run)  # last: a setting named like an option above is left to the study file
-    run.set_defaults(handler=cmd_run, command_parser=run)
+    if executor_options:
+        from unpaired.cli.executor_options import add_executor_options
+
+        add_executor_options(run)  # last: a setting named like an option above is left to the study file
+    run.set_defaults(handler="study_commands:cmd_run", command_parser=run)
 
     compare = commands.add_parser("compare", help="rank a study's variants: mean, 95 %% CI, Δ vs baseline, Welch's test")
     compare.add_argument(
@@ -122,7 +145,7 @@ def _add_study_commands(commands: argparse._SubParsersAction) -> None:
         help="table (text), markdown or latex (booktabs): the answer and its tables; json: all of it; csv: the ranking",
     )
     compare.add_argument("--plot", help="also write a plot of every seed and each variant's 95 %% CI to this PNG")
-    compare.set_defaults(handler=cmd_compare, command_parser=compare)
+    compare.set_defaults(handler="study_commands:cmd_compare", command_parser=compare)
 
     report = commands.add_parser("report", help="write the study report: statistics, training curves, translations side by side")
     report.add_argument("study", help="study output folder, study file (its default output folder) or study name (runs/NAME)")
@@ -134,22 +157,22 @@ def _add_study_commands(commands: argparse._SubParsersAction) -> None:
         "--images", type=_indices, help="which test images they translate, by index: 0,5,9 (default: 6 spread evenly over the test split)"
     )
     report.add_argument("--device", type=_device, default="auto", help="where the generators run: auto, cpu, cuda, cuda:N or mps")
-    report.set_defaults(handler=cmd_report, command_parser=report)
+    report.set_defaults(handler="study_commands:cmd_report", command_parser=report)
 
     schema = commands.add_parser("schema", help="print the JSON Schema of study files (for editor completion)")
-    schema.set_defaults(handler=cmd_schema, command_parser=schema)
+    schema.set_defaults(handler="study_commands:cmd_schema", command_parser=schema)
 
     score = commands.add_parser("score", help="score saved generators again (a run folder, a study output folder or a study file)")
     score.add_argument("target")
     score.add_argument("--epoch", type=int, help="the best epoch kept by periodic evaluation (default: the final generators)")
     score.add_argument("--device", type=_device, default="auto", help="where the generators run: auto, cpu, cuda, cuda:N or mps")
-    score.set_defaults(handler=cmd_score, command_parser=score)
+    score.set_defaults(handler="study_commands:cmd_score", command_parser=score)
 
 
 def _add_tool_commands(commands: argparse._SubParsersAction) -> None:
     plugins = commands.add_parser("plugins", help="list the components that installed plugins provide")
     plugins.add_argument("--json", action="store_true", help="machine-readable output")
-    plugins.set_defaults(handler=cmd_plugins, command_parser=plugins)
+    plugins.set_defaults(handler="tool_commands:cmd_plugins", command_parser=plugins)
 
     fid = commands.add_parser("fid", help="FID and KID between two image folders")
     fid.add_argument("first")
@@ -160,14 +183,14 @@ def _add_tool_commands(commands: argparse._SubParsersAction) -> None:
     fid.add_argument("--weights", help="the inception extractor's local weights file, i.e. --param weights=PATH (default: $UNPAIRED_FID_WEIGHTS)")
     fid.add_argument("--batch-size", type=_at_least_one, default=25, help="images per pass of the feature extractor (default 25)")
     fid.add_argument("--device", type=_device, default="auto", help="where the extractor runs: auto, cpu, cuda, cuda:N or mps")
-    fid.set_defaults(handler=cmd_fid, command_parser=fid)
+    fid.set_defaults(handler="tool_commands:cmd_fid", command_parser=fid)
 
     train = commands.add_parser("train", help="train one variant spec (YAML/JSON) into a folder, never tracked in MLflow; reruns resume")
     train.add_argument("spec", help="variant spec file")
     train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="set a field of the spec (train.epochs=5); values are YAML")
     train.add_argument("--out", required=True, help="output folder: checkpoints, history, samples, generators")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
-    train.set_defaults(handler=cmd_train, command_parser=train)
+    train.set_defaults(handler="tool_commands:cmd_train", command_parser=train)
 
     translate = commands.add_parser("translate", help="apply a trained generator to an image or a folder")
     translate.add_argument("input", help="an image file or a folder of images")
@@ -187,18 +210,18 @@ def _add_tool_commands(commands: argparse._SubParsersAction) -> None:
         help="keep each image's aspect ratio, SIZE px on its shorter side (default: SIZE x SIZE, as the official test.py does)",
     )
     translate.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    translate.set_defaults(handler=cmd_translate, command_parser=translate)
+    translate.set_defaults(handler="tool_commands:cmd_translate", command_parser=translate)
 
     data = commands.add_parser("data", help="make or fetch datasets").add_subparsers(dest="data_command", required=True, metavar="ACTION")
     export = data.add_parser("export", help="write a dataset component's images in the folder layout (e.g. the synthetic one)")
     export.add_argument("dataset", help="dataset component name (see `unpaired plugins`)")
     export.add_argument("out", help="folder to create (trainA, trainB, testA, testB)")
     export.add_argument("params", nargs="*", metavar="KEY=VALUE", help="the dataset's parameters, e.g. size=64 n_train=200")
-    export.set_defaults(handler=cmd_data_export, command_parser=export)
+    export.set_defaults(handler="tool_commands:cmd_data_export", command_parser=export)
     download = data.add_parser("download", help="download a public CycleGAN dataset (resumable)")
     download.add_argument("name", choices=DATASETS, metavar="NAME", help=", ".join(DATASETS))
     download.add_argument("--to", default="datasets", help="parent folder (default: ./datasets)")
-    download.set_defaults(handler=cmd_data_download, command_parser=download)
+    download.set_defaults(handler="tool_commands:cmd_data_download", command_parser=download)
 
 
 def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
@@ -226,13 +249,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     anything else is a bug and shows its traceback. SIGINT and SIGTERM stop the command cleanly
     (exit 130 and 143), training checkpoints first.
     """
-    parser = build_parser()
+    parser = build_parser(_command_word(argv))
     argcomplete.autocomplete(parser)  # completes and exits when the shell asks (see the README), else does nothing
     args = _parse(parser, argv)
+    command = _imported(args.handler)  # before the command's own signal handling: a Ctrl-C while torch loads is __main__'s
     print_notices_plainly()
     try:
         with stop_on_signals():
-            return args.handler(args)
+            return command(args)
     except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading: not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
