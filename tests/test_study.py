@@ -264,9 +264,12 @@ def test_parallel_jobs_train_every_run_and_track_it_from_the_workers(tmp_path):
     from mlflow.tracking import MlflowClient
 
     path = write_study(tmp_path / "study.yaml", "parallel", grid={"generator.n_blocks": [1, 2]})
-    result = run_cli("run", str(path), "--out", str(tmp_path / "out"), "--jobs", "2", "--quiet")
+    result = run_cli("run", str(path), "--out", str(tmp_path / "out"), "--jobs", "2")
     assert result.returncode == 0, result.stderr
     assert "done 2, failed 0" in result.stdout
+    told = re.findall(r"^(n_blocks=\d seed 0): epoch (\d)/2, step \d+/\d+, [\d.]+ it/s, .+ left; lr=\S+ .*cycle_A=", result.stderr, re.M)
+    assert sorted(told) == [(f"n_blocks={n} seed 0", str(epoch)) for n in (1, 2) for epoch in (1, 2)]  # a line per epoch, no bars
+    assert "\r" not in result.stderr
     index = json.loads((tmp_path / "out" / "study.json").read_text())
     for run in index["runs"]:
         assert json.loads((tmp_path / "out" / run["folder"] / "result.json").read_text())["status"] == "finished"

@@ -121,7 +121,7 @@ def _add_study_commands(commands: argparse._SubParsersAction, executor_options: 
     run.add_argument("--out", help="output folder (default: runs/<study name>)")
     run.add_argument("--only", nargs="+", metavar="NAME", help="only these variants")
     run.add_argument("--seeds", nargs="+", type=int, metavar="SEED", help="only these seeds")
-    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--quiet", action="store_true", help="no progress: no bars on a terminal, no line per epoch elsewhere")
     run.add_argument("--rerun-stale", action="store_true", help="train again the finished runs whose plugins have other versions now")
     if executor_options:
         from unpaired.cli.executor_options import add_executor_options
@@ -189,7 +189,7 @@ def _add_tool_commands(commands: argparse._SubParsersAction) -> None:
     train.add_argument("spec", help="variant spec file")
     train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="set a field of the spec (train.epochs=5); values are YAML")
     train.add_argument("--out", required=True, help="output folder: checkpoints, history, samples, generators")
-    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument("--quiet", action="store_true", help="no progress: no bar on a terminal, no line per epoch elsewhere")
     train.set_defaults(handler="tool_commands:cmd_train", command_parser=train)
 
     translate = commands.add_parser("translate", help="apply a trained generator to an image or a folder")

@@ -70,7 +70,7 @@ class LocalExecutor:
         try:
             while queue or running:
                 while queue and len(running) < self.jobs:
-                    worker = _Worker.start(context, queue.pop(0), threads, stop)
+                    worker = _Worker.start(context, queue.pop(0), threads, stop, self.context.show_progress)
                     running[worker.outcomes] = worker
                 for ready in wait(list(running)):  # an outcome sent, or a worker gone without one
                     worker = running[cast(Connection, ready)]
@@ -95,9 +95,10 @@ class _Worker:
     outcomes: Connection
 
     @classmethod
-    def start(cls, context: Any, job: RunJob, threads: int, stop: Any) -> _Worker:
+    def start(cls, context: Any, job: RunJob, threads: int, stop: Any, show_progress: bool) -> _Worker:
         receiving, sending = context.Pipe(duplex=False)
-        process = context.Process(target=_work, args=(job, threads, stop, sending, dict(os.environ)), name=f"unpaired {job.label}")
+        arguments = (job, threads, stop, show_progress, sending, dict(os.environ))
+        process = context.Process(target=_work, args=arguments, name=f"unpaired {job.label}")
         process.start()
         sending.close()  # the worker's copy is the only one left: the pipe ends when the worker does
         return cls(job, process, receiving)
@@ -140,16 +141,17 @@ def worker_context() -> Any:
     return context
 
 
-def _work(job: RunJob, threads: int, stop: Any, outcomes: Connection, environment: dict[str, str]) -> None:
+def _work(job: RunJob, threads: int, stop: Any, show_progress: bool, outcomes: Connection, environment: dict[str, str]) -> None:
     """A worker's life: with the study's ``environment`` as it was when the run was started (a fork server started by
     an earlier study has that study's, and multiprocessing passes on only the working folder and the import path), train
-    ``job`` with ``threads`` CPU threads, stopping when ``stop`` holds a signal, and send back its outcome."""
+    ``job`` with ``threads`` CPU threads, stopping when ``stop`` holds a signal, and send back its outcome. Its progress,
+    when shown, is a line per epoch (see :mod:`unpaired.training.progress`)."""
     os.environ.clear()
     os.environ.update(environment)
     torch.set_num_threads(threads)
     listen_for_stop(stop)
     try:
-        outcome = train_job(job)
+        outcome = train_job(job, show_progress=show_progress)
     except Exception as error:  # the worker itself could not start the run
         outcome = outcome_of_exception(job.run_id, error)
     outcomes.send(outcome)

@@ -18,7 +18,6 @@ from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from unpaired.config.resolved import ResolvedVariant
 from unpaired.config.spec import TrainConfig
@@ -35,6 +34,7 @@ from unpaired.training.batches import EpochOrder, TrainPairs
 from unpaired.training.contracts import check_contracts, check_data, too_few_test_images
 from unpaired.training.graphs import StepRunner
 from unpaired.training.parts import build_method, runtime_of
+from unpaired.training.progress import Progress
 from unpaired.training.watch import LossWatch
 from unpaired.devices import describe_device, pick_device
 from unpaired.signals import deferred_signals, stop_requested
@@ -242,14 +242,8 @@ class Trainer:
         """Resume from the latest checkpoint, train the remaining epochs, then export and score the final generators."""
         self.resume()
         self.folder.write_spec(self.run.spec)
-        progress = tqdm(
-            total=self.steps_per_epoch * self.train.total_epochs,
-            initial=self.state.global_step,
-            unit="it",
-            disable=not self.show_progress,
-            dynamic_ncols=True,
-            desc=f"{self.run.variant} seed {self.run.seed}" if self.run.variant is not None else f"seed {self.run.seed}",
-        )
+        label = f"{self.run.variant} seed {self.run.seed}" if self.run.variant is not None else f"seed {self.run.seed}"
+        progress = Progress(label, self.steps_per_epoch * self.train.total_epochs, self.state.global_step, self.show_progress)
         lower = f"{self.data.memory_hint}, lower train.batch_size, or set train.precision: bf16"
         try:
             with deferred_signals(), self.memory_told(lambda: f"at epoch {self.state.epoch + 1}", lower):
@@ -259,7 +253,7 @@ class Trainer:
             progress.close()
         return self.finish()
 
-    def train_epoch(self, progress: tqdm) -> None:
+    def train_epoch(self, progress: Progress) -> None:
         """The rest of the current epoch (all of it, unless resuming mid-epoch), then its records."""
         train = self.train
         state = self.state
@@ -282,12 +276,13 @@ class Trainer:
             state.epoch_sums += terms
             state.global_step += 1
             state.step_in_epoch += 1
-            progress.update()
             if state.global_step % train.log_every == 0:
                 self.check_finite()
                 losses = dict(zip(self.terms, terms.tolist()))
-                progress.set_postfix({k: f"{v:.3g}" for k, v in losses.items()}, refresh=False)
+                progress.step(losses)
                 self.hook.unpaired_on_step(run=self.run, epoch=state.epoch, step=state.global_step, losses=losses, lr=lr)
+            else:
+                progress.step()
             if (signum := stop_requested()) is not None:
                 self.check_finite()
                 path = self.save_checkpoint()
@@ -296,10 +291,12 @@ class Trainer:
                 )
         self.check_finite()
         seconds = time.perf_counter() - started
-        self.end_epoch({"lr": lr, "epoch_seconds": seconds, "it_per_s": (state.step_in_epoch - steps_before) / max(seconds, 1e-9)})
+        metrics = self.end_epoch({"lr": lr, "epoch_seconds": seconds, "it_per_s": (state.step_in_epoch - steps_before) / max(seconds, 1e-9)})
+        progress.epoch_end(state.epoch, train.total_epochs, state.global_step, metrics)
 
-    def end_epoch(self, timing: dict[str, float]) -> None:
-        """Record the epoch just trained: its mean losses (and FID when due), samples, checkpoint; tell the hooks."""
+    def end_epoch(self, timing: dict[str, float]) -> dict[str, float]:
+        """Record the epoch just trained: its mean losses (and FID when due), samples, checkpoint; tell the hooks.
+        Returns its record (a row of the history)."""
         train = self.train
         state = self.state
         evaluation = self.variant.eval
@@ -325,6 +322,7 @@ class Trainer:
         if state.epoch % train.checkpoint_every == 0 or state.epoch == train.total_epochs:
             self.save_checkpoint()
         self.hook.unpaired_on_epoch_end(run=self.run, epoch=state.epoch, metrics={k: v for k, v in metrics.items() if k != "epoch"})
+        return metrics
 
     def finish(self) -> RunResult:
         """Export the final generators, score them, and return the result."""

@@ -1,0 +1,61 @@
+"""A run's progress as its user sees it: a live bar on a terminal; anywhere else (output to a log file, a worker process
+of ``--jobs``) one plain line per epoch, which a log file keeps readable and runs trained at once can share without
+drawing over each other."""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import sys
+from collections.abc import Mapping
+
+from tqdm import tqdm
+
+_SAID_OTHERWISE = ("epoch", "epoch_seconds", "it_per_s")  # of an epoch's record, what its line says in its own words
+
+
+def draws_a_bar() -> bool:
+    """Whether this process may draw a live bar: its stderr is a terminal and it is not a worker of another process
+    (workers share their parent's terminal, and their bars would overwrite each other there)."""
+    return sys.stderr.isatty() and multiprocessing.parent_process() is None
+
+
+def duration(seconds: float) -> str:
+    """``seconds`` as a person reads a time left: ``45 s``, ``12 min``, ``3 h 05 min``; ``?`` when unknown."""
+    if not math.isfinite(seconds):
+        return "?"
+    if seconds < 59.5:
+        return f"{seconds:.0f} s"
+    minutes = round(seconds / 60)
+    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+class Progress:
+    """The progress of the run ``label``: ``total`` steps, ``done`` of them before this process took it up; nothing
+    when not ``shown`` (``--quiet``)."""
+
+    def __init__(self, label: str, total: int, done: int, shown: bool):
+        self.label, self.total = label, total
+        self.lines = shown and not draws_a_bar()
+        self.bar = tqdm(total=total, initial=done, unit="it", disable=not shown or self.lines, dynamic_ncols=True, desc=label)
+
+    def step(self, losses: Mapping[str, float] | None = None) -> None:
+        """One step more; ``losses`` (at logging steps) are shown beside the bar."""
+        self.bar.update()
+        if losses is not None:
+            self.bar.set_postfix({name: f"{value:.3g}" for name, value in losses.items()}, refresh=False)
+
+    def epoch_end(self, epoch: int, epochs: int, step: int, record: Mapping[str, float]) -> None:
+        """The epoch just recorded (``record``: its row of the history), as one line where there is no bar: where the run
+        is, its speed, the time left at that speed, the learning rate and the epoch's mean losses (and its scores, when
+        it was evaluated)."""
+        if not self.lines:
+            return
+        speed = record["it_per_s"]
+        left = (self.total - step) / speed if speed > 0 else math.inf
+        shown = " ".join(f"{name}={value:.3g}" for name, value in record.items() if name not in _SAID_OTHERWISE)
+        where = f"epoch {epoch}/{epochs}, step {step}/{self.total}, {speed:.1f} it/s, {duration(left)} left"
+        print(f"{self.label}: {where}; {shown}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        self.bar.close()
