@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import pickle
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -156,6 +158,34 @@ def test_a_worker_killed_outright_fails_its_own_run_and_the_others_go_on(registr
     assert doomed.variant == "doomed"
     killed = "the worker process training it was killed by SIGKILL (as the system does to the largest process when memory runs out)"
     assert why == f"RuntimeError: {killed}; the other runs went on"
+
+
+KILLED_WHILE_SHOWING_PROGRESS = """
+import os, signal, sys
+from unpaired.execution.local import worker_context
+from unpaired.training.progress import Progress
+
+def work(shown):
+    progress = Progress("doomed seed 0", total=10, done=0, shown=shown)
+    progress.step({"G_A": 1.0})
+    os.kill(os.getpid(), signal.SIGKILL)
+
+if __name__ == "__main__":
+    for shown in (True, False):
+        worker = worker_context().Process(target=work, args=(shown,))
+        worker.start()
+        worker.join()
+        print(worker.exitcode)
+"""
+
+
+def test_a_worker_killed_outright_leaves_nothing_behind_for_python_to_warn_of(tmp_path):
+    """A study whose worker was killed (by the out-of-memory killer, say) ended with Python's "resource_tracker: There
+    appear to be 1 leaked semaphore objects to clean up at shutdown": the lock of a progress bar the worker never drew."""
+    script = tmp_path / "killed.py"
+    script.write_text(KILLED_WHILE_SHOWING_PROGRESS)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["-9", "-9"] and "leaked" not in done.stderr, done.stderr
 
 
 @pytest.mark.parametrize("jobs", [1, 2])

@@ -36,11 +36,15 @@ class Progress:
 
     def __init__(self, label: str, total: int, done: int, shown: bool):
         self.label, self.total = label, total
-        self.lines = shown and not draws_a_bar()
-        self.bar = tqdm(total=total, initial=done, unit="it", disable=not shown or self.lines, dynamic_ncols=True, desc=label)
+        bar = shown and draws_a_bar()
+        self.lines = shown and not bar
+        # only where it draws: a tqdm makes a multiprocessing lock, which a worker killed outright leaves behind
+        self.bar = tqdm(total=total, initial=done, unit="it", dynamic_ncols=True, desc=label) if bar else None
 
     def step(self, losses: Mapping[str, float] | None = None) -> None:
         """One step more; ``losses`` (at logging steps) are shown beside the bar."""
+        if self.bar is None:
+            return
         self.bar.update()
         if losses is not None:
             self.bar.set_postfix({name: f"{value:.3g}" for name, value in losses.items()}, refresh=False)
@@ -58,4 +62,5 @@ class Progress:
         print(f"{self.label}: {where}; {shown}", file=sys.stderr, flush=True)
 
     def close(self) -> None:
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()
