@@ -135,7 +135,8 @@ class StudyTracker:
         # the children in the store, with their parents: one deleted in MLflow's UI, or one of a store made anew at the
         # same URI, is not, and its finished run is logged again
         present = {child.info.run_id: child.data.tags.get("mlflow.parentRunId") for child in children}
-        for run, folder in ((run, RunFolder(run.folder)) for run in study.runs):
+        for run in study.runs:
+            folder = RunFolder(run.folder)
             if not finished_here(folder):
                 continue
             child_id = (tracking_link(folder) or {}).get("run_id")
