@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -143,6 +144,41 @@ def test_a_signal_stops_every_worker_with_a_checkpoint_and_leaves_no_process(tmp
     (parent,) = client.search_runs([experiment], filter_string="tags.`unpaired.role` = 'study'")
     children = client.search_runs([experiment], filter_string="tags.`unpaired.role` = 'run'")
     assert parent.info.status == "KILLED" and [c.info.status for c in children] == ["KILLED"] * jobs
+
+
+@pytest.mark.slow
+def test_workers_whose_study_was_killed_outright_checkpoint_and_stop_instead_of_training_on(tmp_path):
+    """``kill -9`` of a ``--jobs 2`` study's own process left its two workers training on, orphans: they held their runs
+    (a rerun found them busy) and, on a GPU, its memory, until their runs ended, which could be hours."""
+    base = {**TINY_BASE, "data": {**TINY_BASE["data"], "n_train": 200}, "train": {**TINY_BASE["train"], "epochs": 50, "decay_epochs": 0}}
+    study = tmp_path / "orphaned.yaml"
+    study.write_text(yaml.safe_dump({"name": "orphaned", "base": base, "grid": {"generator.n_blocks": [1, 2, 3]}, "tracking": {"enabled": False}}))
+    out = tmp_path / "out"
+    process = subprocess.Popen(
+        [UNPAIRED, "run", str(study), "--out", str(out), "--jobs", "2"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(out.glob("*/*/history.json"))) < 2 and time.monotonic() < deadline:  # each worker is into epoch 2
+            time.sleep(0.1)
+        assert len(list(out.glob("*/*/history.json"))) == 2, "the workers did not get going"
+        process.kill()
+        process.wait(timeout=10)
+        assert group_is_gone(process.pid, within=30), "a worker trained on after the study's process was killed"
+        _, stderr = process.communicate(timeout=10)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    assert stderr.count("the study's process ended: checkpointing and stopping") == 2, stderr
+    assert "Traceback" not in stderr and "leaked" not in stderr, stderr
+    started = sorted(p.parent.parent for p in out.glob("*/*/checkpoints/*.pt"))
+    assert len(started) == 2 and not list(out.glob("*/*/result.json")) and not list(out.glob("*/*/lease.json"))
+    for folder in started:  # stopped mid-epoch, with a checkpoint the rerun resumes from
+        assert 1 <= RunFolder(folder).load_checkpoint().state.epoch < 50
 
 
 def exported_generator(path: Path) -> Path:

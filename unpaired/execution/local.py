@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import multiprocessing
 import os
 import signal
+import sys
+import threading
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from multiprocessing.connection import Connection, wait
@@ -19,7 +22,7 @@ from unpaired.devices import pick_device
 from unpaired.errors import StopRequested
 from unpaired.execution.jobs import train_job
 from unpaired.plugin_api.executors import Collect, ExecutorContext, RunJob
-from unpaired.signals import deferred_signals, listen_for_stop
+from unpaired.signals import deferred_signals, listen_for_stop, request_stop, stop_requested
 from unpaired.storage.lifecycle import RunOutcome, outcome_of_exception
 
 
@@ -58,19 +61,22 @@ class LocalExecutor:
         that dies (killed by the system when memory runs out, say) fails its own run only: the others go on.
 
         A stop signal to this process (or to its whole process group) stops the workers' runs at their
-        next step, with a checkpoint; queued runs are not started; every worker has ended when this returns.
+        next step, with a checkpoint; queued runs are not started; every worker has ended when this returns. So does
+        this process's end, even by SIGKILL: each worker holds one end of a pipe (``lifeline``) whose other end only
+        this process holds, and stops when that closes.
         """
         gpus = torch.cuda.device_count()
         threads = threads_per_run(self.jobs)
         queue = [_on_gpu(job, number % gpus) if gpus else job for number, job in enumerate(jobs)]
         context = worker_context()
-        stop = context.Value("i", 0)
+        stop = context.Value("i", 0, lock=False)  # one writer, whole ints: no lock, so no semaphore left behind by a kill -9
+        lifeline, held_here = context.Pipe(duplex=False)
         running: dict[Connection, _Worker] = {}
         self.context.announce(f"training {len(jobs)} run(s), {self.jobs} at a time")
         try:
             while queue or running:
                 while queue and len(running) < self.jobs:
-                    worker = _Worker.start(context, queue.pop(0), threads, stop, self.context.show_progress)
+                    worker = _Worker.start(context, queue.pop(0), threads, stop, lifeline, self.context.show_progress)
                     running[worker.outcomes] = worker
                 for ready in wait(list(running)):  # an outcome sent, or a worker gone without one
                     worker = running[cast(Connection, ready)]
@@ -84,6 +90,9 @@ class LocalExecutor:
                 for worker in running.values():
                     collect(worker.job, worker.outcome(stopping=True))
             raise
+        finally:
+            held_here.close()
+            lifeline.close()
 
 
 @dataclass(frozen=True)
@@ -95,9 +104,9 @@ class _Worker:
     outcomes: Connection
 
     @classmethod
-    def start(cls, context: Any, job: RunJob, threads: int, stop: Any, show_progress: bool) -> _Worker:
+    def start(cls, context: Any, job: RunJob, threads: int, stop: Any, lifeline: Connection, show_progress: bool) -> _Worker:
         receiving, sending = context.Pipe(duplex=False)
-        arguments = (job, threads, stop, show_progress, sending, dict(os.environ))
+        arguments = (job, threads, stop, lifeline, show_progress, sending, dict(os.environ))
         process = context.Process(target=_work, args=arguments, name=f"unpaired {job.label}")
         process.start()
         sending.close()  # the worker's copy is the only one left: the pipe ends when the worker does
@@ -141,21 +150,35 @@ def worker_context() -> Any:
     return context
 
 
-def _work(job: RunJob, threads: int, stop: Any, show_progress: bool, outcomes: Connection, environment: dict[str, str]) -> None:
+def _work(job: RunJob, threads: int, stop: Any, lifeline: Connection, show_progress: bool, outcomes: Connection, environment: dict[str, str]) -> None:
     """A worker's life: with the study's ``environment`` as it was when the run was started (a fork server started by
     an earlier study has that study's, and multiprocessing passes on only the working folder and the import path), train
-    ``job`` with ``threads`` CPU threads, stopping when ``stop`` holds a signal, and send back its outcome. Its progress,
-    when shown, is a line per epoch (see :mod:`unpaired.training.progress`)."""
+    ``job`` with ``threads`` CPU threads, stopping when ``stop`` holds a signal or ``lifeline`` closes (the study's
+    process ended), and send back its outcome. Its progress, when shown, is a line per epoch (see
+    :mod:`unpaired.training.progress`)."""
     os.environ.clear()
     os.environ.update(environment)
     torch.set_num_threads(threads)
     listen_for_stop(stop)
+    threading.Thread(target=_stop_when_closed, args=(lifeline, job.label), name="lifeline", daemon=True).start()
     try:
         outcome = train_job(job, show_progress=show_progress)
     except Exception as error:  # the worker itself could not start the run
         outcome = outcome_of_exception(job.run_id, error)
-    outcomes.send(outcome)
+    with contextlib.suppress(OSError):  # the study's process is gone: nobody to tell, and the run folder says it all
+        outcomes.send(outcome)
     outcomes.close()
+
+
+def _stop_when_closed(lifeline: Connection, label: str) -> None:
+    """Wait until the study's process closes its end of ``lifeline`` (it ends, even killed outright, or leaves
+    :meth:`LocalExecutor.run_in_processes` on an error), then stop this worker's run as SIGTERM would, with a checkpoint
+    at its next step, rather than train on unseen, holding the run's lease and its GPU."""
+    with contextlib.suppress(EOFError, OSError):
+        lifeline.recv_bytes()  # nothing is ever sent: this returns only when the pipe ends
+    if stop_requested() is None:
+        print(f"{label}: the study's process ended: checkpointing and stopping", file=sys.stderr, flush=True)
+        request_stop(signal.SIGTERM)
 
 
 def _on_gpu(job: RunJob, gpu: int) -> RunJob:
