@@ -188,13 +188,27 @@ def test_a_worker_killed_outright_leaves_nothing_behind_for_python_to_warn_of(tm
     assert done.stdout.split() == ["-9", "-9"] and "leaked" not in done.stderr, done.stderr
 
 
+NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+
+
 @pytest.mark.parametrize("jobs", [1, 2])
-def test_a_device_this_machine_lacks_stops_the_local_study_before_any_run_starts(registry, tmp_path, jobs):
-    """train.device: cuda:7 on a machine with fewer GPUs failed every run of the study one by one, each after its start."""
-    base = merge(TINY_BASE, {"train": {"device": "cuda:7"}})
+@pytest.mark.parametrize(
+    ("train", "error"),
+    [
+        ({"device": "cuda:7"}, r"^train.device is 'cuda:7' but (no CUDA GPU is|only \d CUDA GPU\(s\) are) visible"),
+        pytest.param(
+            {"cuda_graphs": "on"}, r"^train.cuda_graphs is on, but no CUDA GPU is visible to train on; use train.cuda_graphs: auto", marks=NO_GPU
+        ),
+    ],
+    ids=["absent-gpu", "graphs-without-a-gpu"],
+)
+def test_a_device_this_machine_lacks_stops_the_local_study_before_any_run_starts(registry, tmp_path, jobs, train, error):
+    """train.device: cuda:7 on a machine with fewer GPUs, or train.cuda_graphs: on (device auto) on one without a GPU,
+    failed every run of the study one by one, each after its start."""
+    base = merge(TINY_BASE, {"train": train})
     study = load_study(write_study(tmp_path / "s.yaml", "absent", base, grid={"generator.ngf": [4, 6]}, tracking={"enabled": False}), registry)
     execution = registry.resolve("executor", {"name": "local", "jobs": jobs})
-    with pytest.raises(DeviceError, match=r"^train.device is 'cuda:7' but (no CUDA GPU is|only \d CUDA GPU\(s\) are) visible"):
+    with pytest.raises(DeviceError, match=error):
         run_study(study, tmp_path / "out", registry, select_runs(study, None, None), False, lambda _: None, execution)
     assert not list((tmp_path / "out").glob("*/seed*"))
 

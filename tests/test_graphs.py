@@ -163,8 +163,13 @@ def test_on_a_cpu_auto_trains_eagerly_without_a_word_and_the_result_records_dete
     assert not torch.are_deterministic_algorithms_enabled()  # as it was before the run
 
 
-def test_cuda_graphs_on_without_a_gpu_fails_the_run_saying_so(registry, tmp_path):
-    variant = resolve_variant(merge(TINY_BASE, {"train": {"cuda_graphs": "on", "device": "cpu"}}), registry)
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+def test_cuda_graphs_on_without_a_gpu_is_refused_by_validation_or_fails_the_run_saying_so(registry, tmp_path):
+    """Validation refuses graphs on a device that is not CUDA; where ``auto`` finds no GPU (known only where the run
+    trains), the run fails saying why (the local executor says so before any run starts: test_executors)."""
+    with pytest.raises(SpecError, match=r"cuda_graphs: on needs a CUDA device, and device is 'cpu'; use device: cuda \(or auto\)"):
+        resolve_variant(merge(TINY_BASE, {"train": {"cuda_graphs": "on", "device": "cpu"}}), registry)
+    variant = resolve_variant(merge(TINY_BASE, {"train": {"cuda_graphs": "on"}}), registry)
     outcome = train_run(variant, RunFolder(tmp_path / "run"), registry, show_progress=False)
     assert outcome.outcome == "failed"
     assert "train.cuda_graphs is on, but CUDA graphs need a CUDA device, and this run trains on cpu" in (outcome.detail or "")

@@ -107,6 +107,8 @@ class TrainConfig(BaseModel):
 
     @model_validator(mode="after")
     def _graphs_replayable(self) -> TrainConfig:
+        if self.cuda_graphs == "on" and not self.device.startswith(("auto", "cuda")):
+            raise ValueError(f"cuda_graphs: on needs a CUDA device, and device is {self.device!r}; use device: cuda (or auto) or cuda_graphs: auto")
         if self.cuda_graphs == "on" and self.precision == "fp16":
             raise ValueError("cuda_graphs: on cannot replay fp16's grad scaler (it decides on the host); use precision: bf16 or cuda_graphs: auto")
         return self

@@ -18,7 +18,7 @@ from typing import Any, cast
 import torch
 
 from unpaired import ENTRY_POINT_GROUP, PROJECT_NAME
-from unpaired.devices import pick_device
+from unpaired.devices import DeviceError, pick_device
 from unpaired.errors import StopRequested
 from unpaired.execution.jobs import train_job
 from unpaired.plugin_api.executors import Collect, ExecutorContext, RunJob
@@ -35,9 +35,13 @@ class LocalExecutor:
         self.jobs, self.context = jobs, context
 
     def run(self, jobs: list[RunJob], collect: Collect) -> None:
-        """Train ``jobs`` here; a device this machine lacks stops the study before any run starts (each would fail)."""
-        for device in dict.fromkeys(job.spec["train"]["device"] for job in jobs):
-            pick_device(device)
+        """Train ``jobs`` here; a device this machine lacks, or CUDA graphs asked for where it has no GPU, stops the study
+        before any run starts (each would fail)."""
+        for device, graphs in dict.fromkeys((job.spec["train"]["device"], job.spec["train"]["cuda_graphs"]) for job in jobs):
+            if pick_device(device).type != "cuda" and graphs == "on":
+                raise DeviceError(
+                    "train.cuda_graphs is on, but no CUDA GPU is visible to train on; use train.cuda_graphs: auto to train without graphs here"
+                )
         if self.jobs <= 1:
             self.run_serially(jobs, collect)
         else:
