@@ -36,6 +36,7 @@ def test_all_problems_are_reported_with_file_dotted_path_and_value(registry, tmp
     path.write_text(
         "data: {name: synthetic, size: 32}\n"
         "generater: {name: resnet}\n"
+        "scoring: {metrics: []}\n"
         "generator: {name: resnet, n_blocks: nine}\n"
         "discriminator: {name: patchgn}\n"
         "train: {lr: fast, device: gpu}\n"
@@ -45,6 +46,7 @@ def test_all_problems_are_reported_with_file_dotted_path_and_value(registry, tmp
     message = str(error.value)
     assert message.startswith(f"{path}: ")
     assert "generater: unknown key; did you mean 'generator'?" in message
+    assert "scoring: unknown key. Known: method, data, generator," in message  # nothing close: a sentence of its own
     assert "train.lr: Input should be a valid number" in message and "(got 'fast')" in message
     assert "train.device: String should match pattern" in message and "(got 'gpu')" in message
     # component parameters are checked once the spec's own fields are valid

@@ -138,7 +138,7 @@ def pydantic_problems(error: ValidationError, model: type[BaseModel], prefix: st
         if item["type"] == "extra_forbidden":
             known = _fields_at(model, loc[:-1])
             close = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
-            message = "unknown key" + (f"; did you mean {close[0]!r}?" if close else "")
+            message = f"unknown key; did you mean {close[0]!r}?" if close else "unknown key."
             message += f" Known: {', '.join(known)}." if known else ""
         elif item["type"] == "value_error":  # a validator's own message, which says what was wrong with what
             message = message.removeprefix("Value error, ")
