@@ -88,7 +88,7 @@ def test_progress_is_a_bar_on_a_terminal_and_a_line_per_epoch_in_a_log_file_or_a
         monkeypatch.setattr("multiprocessing.parent_process", lambda: object() if worker else None)
         progress = Progress("plain seed 0", total=30000, done=200, shown=not quiet)
         progress.step({"G_A": 0.5})
-        progress.epoch_end(3, 30, 300, record)
+        progress.epoch_end(30, 300, record)
         progress.close()
         return capsys.readouterr().err
 

@@ -8,6 +8,7 @@ import pickle
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -19,9 +20,12 @@ from unpaired.config.overrides import merge
 from unpaired.config.study import load_study
 from unpaired.devices import DeviceError
 from unpaired.execution.jobs import make_jobs
+from unpaired.execution.ray_executor import _EpochLines
 from unpaired.execution.runner import run_study, select_runs
 from unpaired.execution.worker import outcome_path, read_outcome, write_job
+from unpaired.plugin_api.executors import RunJob
 from unpaired.storage.lease import LeaseHeld
+from unpaired.storage.run_folder import RunFolder
 from unpaired.storage.lifecycle import RunOutcome, StudySummary, outcome_of_exception
 from unpaired.plugin_api.lifecycle import RunResult
 
@@ -241,3 +245,31 @@ def test_each_worker_has_the_environment_of_the_study_that_started_it(registry, 
         study = load_study(spec, registry)
         summary = run_study(study, tmp_path / value, registry, select_runs(study, None, None), False, lambda _: None, execution)
         assert len(summary.done) == 2 and [p.read_text() for p in (tmp_path / value).glob("*/*/probe.txt")] == [value, value]
+
+
+def test_the_ray_driver_shows_each_epoch_of_its_runs_once_from_their_folders(tmp_path, capsys):
+    """Ray forwarded a task's own progress late, folded like lines of different tasks into one and dropped the last
+    ones: the driver reads each run's history instead. A resumed run's earlier epochs are not shown again; a run started
+    again from scratch is shown from its first epoch."""
+    folder = RunFolder(tmp_path / "run")
+    folder.path.mkdir()
+    row = {"lr": 2e-4, "G_A": 0.5, "epoch_seconds": 10.0, "it_per_s": 3.0}
+    folder.write_history([{"epoch": epoch, **row} for epoch in (1, 2)])
+    job = RunJob("abc", "deep", 0, {"train": {"epochs": 3, "decay_epochs": 2}}, folder.path)
+    lines = _EpochLines([job])
+
+    def shown_after(epochs: list[int]) -> list[str]:
+        folder.write_history([{"epoch": epoch, **row} for epoch in epochs])
+        os.utime(folder.path / "history.json", ns=(time.time_ns(), time.time_ns() + 1))  # a stamp of its own, however fast
+        lines.show_new(job)
+        lines.show_new(job)  # nothing new
+        return capsys.readouterr().err.splitlines()
+
+    assert shown_after([1, 2]) == []
+    assert shown_after([1, 2, 3, 4]) == [
+        "deep seed 0: epoch 3/5, 3.0 it/s, 20 s left; lr=0.0002 G_A=0.5",
+        "deep seed 0: epoch 4/5, 3.0 it/s, 10 s left; lr=0.0002 G_A=0.5",
+    ]
+    assert shown_after([1]) == ["deep seed 0: epoch 1/5, 3.0 it/s, 40 s left; lr=0.0002 G_A=0.5"]
+    _EpochLines([]).show_new(job)  # quiet: nothing followed
+    assert capsys.readouterr().err == ""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -68,9 +69,14 @@ def test_a_study_on_a_two_node_cluster_equals_the_local_executor(ray_cluster, ml
     local = run("run", str(study), "--out", str(tmp_path / "local"), "--quiet", "--jobs", "2", env=env)
     assert local.returncode == 0, local.stderr
     started = time.monotonic()
-    on_ray = run("run", str(study), "--out", str(tmp_path / "ray"), "--quiet", "--executor", "ray", "--address", ray_cluster, env=env)
+    on_ray = run("run", str(study), "--out", str(tmp_path / "ray"), "--executor", "ray", "--address", ray_cluster, env=env)
     assert on_ray.returncode == 0, on_ray.stderr
     assert "Ray: 2 node(s)" in on_ray.stderr and "done 4, failed 0, skipped 0" in on_ray.stdout
+    # progress: each run's line per epoch, once, in order, read from its folder (Ray's own forwarding of the tasks' output
+    # came late, folded like lines of different tasks into one and dropped the last ones), and the runs counted
+    epoch_lines = re.findall(r"^(n_blocks=\d seed \d): epoch (\d)/2, [\d.]+ it/s, \d+ s left; lr=", on_ray.stderr, re.MULTILINE)
+    assert sorted(epoch_lines) == [(f"n_blocks={b} seed {s}", e) for b in (1, 2) for s in (0, 1) for e in "12"], on_ray.stderr
+    assert "runs: 4/4 ended (4 trained, 0 failed), 0 running, 0 waiting" in on_ray.stderr and "\r" not in on_ray.stderr
     print(f"4 runs on Ray: {time.monotonic() - started:.1f} s")
     index = assert_same_runs(tmp_path / "local", tmp_path / "ray")
     mlflow_children = children(mlflow_server, "cluster", tmp_path / "ray")

@@ -12,11 +12,10 @@ from __future__ import annotations
 import importlib.util
 import secrets
 import socket
+import sys
 import time
 from pathlib import Path
 from typing import Any
-
-from tqdm import tqdm
 
 from unpaired.errors import StopRequested, UnpairedError, UsageError
 from unpaired.execution.jobs import train_job
@@ -25,6 +24,7 @@ from unpaired.signals import deferred_signals, stop_on_signals, stop_requested
 from unpaired.storage.lease import TIMEOUT_ENV, heartbeat_interval, lease_timeout
 from unpaired.storage.lifecycle import RunOutcome, outcome_of_exception
 from unpaired.storage.run_folder import RunFolder
+from unpaired.training.progress import epoch_line
 
 
 class RayUnavailable(UnpairedError):
@@ -113,43 +113,41 @@ class RayExecutor:
             )
 
     def run(self, jobs: list[RunJob], collect: Collect) -> None:
-        """One task per run; progress until all have ended. A stop signal cancels them: running ones checkpoint first."""
+        """One task per run, until all have ended. A stop signal cancels them: running ones checkpoint first.
+
+        Progress, unless quiet: a line per epoch of each run, read from its folder as its history grows (the same line a
+        worker of the local executor prints), and a line counting the runs whenever some end.
+        """
         task = self.ray.remote(_train_task).options(
             num_cpus=self.cpus_per_run, num_gpus=self.gpus_per_run, max_retries=self.max_retries, retry_exceptions=False
         )
         threads = max(1, int(self.cpus_per_run))
         pending = {task.remote(job, threads): job for job in jobs}
+        epochs = _EpochLines(jobs if self.context.show_progress else [])
         say = self.context.announce
         say(f"submitted {len(jobs)} run(s) to Ray, {self.cpus_per_run:g} CPU and {self.gpus_per_run:g} GPU each")
-        progress = tqdm(total=len(jobs), unit="run", disable=not self.context.show_progress, dynamic_ncols=True, desc="runs")
         ended: dict[str, int] = {}
-        try:
-            with deferred_signals():  # a signal must not raise inside Ray's own waiting: the loop looks for it
-                while pending and stop_requested() is None:
-                    ready, _ = self.ray.wait(list(pending), num_returns=1, timeout=1.0)
-                    for ref in ready:
-                        job = pending.pop(ref)
-                        outcome = self._outcome(job, ref)
-                        ended[outcome.outcome] = ended.get(outcome.outcome, 0) + 1
-                        collect(job, outcome)
-                        progress.update()
-                    running = self._watch_leases(list(pending.values()))
-                    progress.set_postfix(
-                        trained=ended.get("trained", 0) + ended.get("rescored", 0),
-                        running=running,
-                        failed=ended.get("failed", 0),
-                        pending=len(pending) - running,
-                        refresh=True,
-                    )
-                if pending and (signum := stop_requested()) is not None:
-                    say(f"signal {signum}: the running runs checkpoint and stop; the queued ones are cancelled")
-                    for ref in pending:
-                        self.ray.cancel(ref)
-                    for ref, job in pending.items():
-                        collect(job, self._outcome(job, ref))
-                    raise StopRequested(signum)
-        finally:
-            progress.close()
+        with deferred_signals():  # a signal must not raise inside Ray's own waiting: the loop looks for it
+            while pending and stop_requested() is None:
+                ready, _ = self.ray.wait(list(pending), num_returns=1, timeout=1.0)
+                for ref in ready:
+                    job = pending.pop(ref)
+                    epochs.show_new(job)
+                    outcome = self._outcome(job, ref)
+                    ended[outcome.outcome] = ended.get(outcome.outcome, 0) + 1
+                    collect(job, outcome)
+                running = self._watch_leases(list(pending.values()))
+                for job in pending.values():
+                    epochs.show_new(job)
+                if ready and self.context.show_progress:
+                    say(_count_line(len(jobs), len(pending), running, ended))
+            if pending and (signum := stop_requested()) is not None:
+                say(f"signal {signum}: the running runs checkpoint and stop; the queued ones are cancelled")
+                for ref in pending:
+                    self.ray.cancel(ref)
+                for ref, job in pending.items():
+                    collect(job, self._outcome(job, ref))
+                raise StopRequested(signum)
 
     def _watch_leases(self, jobs: list[RunJob]) -> int:
         """How many of ``jobs`` a live process holds (each lease read once); and name, once each, a run whose lease holder
@@ -240,6 +238,53 @@ def _answers_http2(connection: socket.socket) -> bool:
     except OSError:
         return False
     return header[3] == 4  # frame type 4: SETTINGS
+
+
+class _EpochLines:
+    """The line per epoch of runs trained elsewhere (:func:`unpaired.training.progress.epoch_line`), printed here from
+    their folders' histories as they grow: Ray forwards a task's own output late, folds like lines of different tasks
+    into one ("[repeated 3x across cluster]") and drops what is left when the driver exits. Epochs already in a history
+    when the study starts (a resumed run's) are not shown again."""
+
+    def __init__(self, jobs: list[RunJob]):
+        self.followed = {job.run_id: (self._stamp(job), self._last_epoch(job)) for job in jobs}
+
+    def show_new(self, job: RunJob) -> None:
+        """Print the epochs of ``job`` recorded since last asked (nothing for a job not followed)."""
+        if job.run_id not in self.followed or (stamp := self._stamp(job)) == self.followed[job.run_id][0]:
+            return
+        rows = self._rows(job)
+        shown = self.followed[job.run_id][1]
+        shown = 0 if rows and rows[-1]["epoch"] < shown else shown  # started again from scratch
+        train = job.spec["train"]
+        for row in rows:
+            if row["epoch"] > shown:
+                print(epoch_line(job.label, row, train["epochs"] + train["decay_epochs"]), file=sys.stderr, flush=True)
+        self.followed[job.run_id] = (stamp, max([shown, *(int(row["epoch"]) for row in rows)]))
+
+    @staticmethod
+    def _stamp(job: RunJob) -> tuple[int, int] | None:
+        try:
+            found = (Path(job.folder) / "history.json").stat()
+        except OSError:
+            return None
+        return found.st_mtime_ns, found.st_size
+
+    @staticmethod
+    def _rows(job: RunJob) -> list[dict[str, float]]:
+        try:
+            return RunFolder(job.folder).read_history()
+        except (OSError, UnpairedError):  # being replaced, or corrupt: the run itself says so
+            return []
+
+    def _last_epoch(self, job: RunJob) -> int:
+        return max([0, *(int(row["epoch"]) for row in self._rows(job))])
+
+
+def _count_line(total: int, pending: int, running: int, ended: dict[str, int]) -> str:
+    """Where a study's runs on Ray are: ``runs: 3/8 ended (2 trained, 1 failed), 2 running, 3 waiting``."""
+    trained, failed = ended.get("trained", 0) + ended.get("rescored", 0), ended.get("failed", 0)
+    return f"runs: {total - pending}/{total} ended ({trained} trained, {failed} failed), {running} running, {pending - running} waiting"
 
 
 def _train_task(job: RunJob, threads: int) -> RunOutcome:

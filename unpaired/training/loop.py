@@ -292,7 +292,7 @@ class Trainer:
         self.check_finite()
         seconds = time.perf_counter() - started
         metrics = self.end_epoch({"lr": lr, "epoch_seconds": seconds, "it_per_s": (state.step_in_epoch - steps_before) / max(seconds, 1e-9)})
-        progress.epoch_end(state.epoch, train.total_epochs, state.global_step, metrics)
+        progress.epoch_end(train.total_epochs, state.global_step, metrics)
 
     def end_epoch(self, timing: dict[str, float]) -> dict[str, float]:
         """Record the epoch just trained: its mean losses (and FID when due), samples, checkpoint; tell the hooks.

@@ -30,6 +30,19 @@ def duration(seconds: float) -> str:
     return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
 
 
+def epoch_line(label: str, record: Mapping[str, float], epochs: int, steps: tuple[int, int] | None = None) -> str:
+    """An epoch's ``record`` (its row of the history) of run ``label`` as one line: where the run is (of ``epochs``; and
+    ``steps`` done of all, when known), its speed, the time left at that speed, and the learning rate and the epoch's mean
+    losses (and its scores, when it was evaluated)."""
+    speed, epoch = record["it_per_s"], int(record["epoch"])
+    if steps is None:
+        where, left = f"epoch {epoch}/{epochs}", (epochs - epoch) * record["epoch_seconds"]
+    else:
+        where, left = f"epoch {epoch}/{epochs}, step {steps[0]}/{steps[1]}", (steps[1] - steps[0]) / speed if speed > 0 else math.inf
+    shown = " ".join(f"{name}={value:.3g}" for name, value in record.items() if name not in _SAID_OTHERWISE)
+    return f"{label}: {where}, {speed:.1f} it/s, {duration(left)} left; {shown}"
+
+
 class Progress:
     """The progress of the run ``label``: ``total`` steps, ``done`` of them before this process took it up; nothing
     when not ``shown`` (``--quiet``)."""
@@ -49,17 +62,12 @@ class Progress:
         if losses is not None:
             self.bar.set_postfix({name: f"{value:.3g}" for name, value in losses.items()}, refresh=False)
 
-    def epoch_end(self, epoch: int, epochs: int, step: int, record: Mapping[str, float]) -> None:
+    def epoch_end(self, epochs: int, step: int, record: Mapping[str, float]) -> None:
         """The epoch just recorded (``record``: its row of the history), as one line where there is no bar: where the run
         is, its speed, the time left at that speed, the learning rate and the epoch's mean losses (and its scores, when
         it was evaluated)."""
-        if not self.lines:
-            return
-        speed = record["it_per_s"]
-        left = (self.total - step) / speed if speed > 0 else math.inf
-        shown = " ".join(f"{name}={value:.3g}" for name, value in record.items() if name not in _SAID_OTHERWISE)
-        where = f"epoch {epoch}/{epochs}, step {step}/{self.total}, {speed:.1f} it/s, {duration(left)} left"
-        print(f"{self.label}: {where}; {shown}", file=sys.stderr, flush=True)
+        if self.lines:
+            print(epoch_line(self.label, record, epochs, (step, self.total)), file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:
