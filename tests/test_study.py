@@ -484,6 +484,17 @@ def test_only_running_a_command_imports_torch_so_help_version_and_completion_ans
     assert imports_torch("plugins")
 
 
+@pytest.mark.parametrize(
+    ("command", "required"),
+    [(["run"], "study"), (["validate"], "study"), (["plan"], "study"), (["train"], "spec, --out"), (["data", "export"], "dataset, out")],
+)
+def test_a_command_without_its_arguments_names_only_the_required_ones(capsys, command, required):
+    """``unpaired run`` alone said "the following arguments are required: study, KEY=VALUE": the overrides are optional."""
+    with pytest.raises(SystemExit) as exited:
+        main(command)
+    assert exited.value.code == 2 and capsys.readouterr().err.endswith(f"error: the following arguments are required: {required}\n")
+
+
 def test_report_refuses_test_image_indices_that_are_not_a_list_of_distinct_whole_numbers(capsys):
     for images, why in [("0,5,0", "'0,5,0' names test image 0 more than once"), ("0,x", "'0,x' is not a list of test image indices like 0,5,9")]:
         with pytest.raises(SystemExit) as stopped:

@@ -98,12 +98,12 @@ def _device(text: str) -> str:
 def _add_study_commands(commands: argparse._SubParsersAction, executor_options: bool) -> None:
     validate = commands.add_parser("validate", help="check a study file without training")
     validate.add_argument("study", help="study file (YAML or JSON)")
-    validate.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=STUDY_OVERRIDES)
+    validate.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE", help=STUDY_OVERRIDES)
     validate.set_defaults(handler="study_commands:cmd_validate", command_parser=validate)
 
     plan = commands.add_parser("plan", help="list a study's runs and which are done / partial / pending")
     plan.add_argument("study", help="study file (YAML or JSON)")
-    plan.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=STUDY_OVERRIDES)
+    plan.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE", help=STUDY_OVERRIDES)
     plan.add_argument("--out", help="output folder (default: runs/<study name>)")
     plan.add_argument("--only", nargs="+", metavar="NAME", help="only these variants")
     plan.add_argument("--seeds", nargs="+", type=int, metavar="SEED", help="only these seeds")
@@ -117,7 +117,7 @@ def _add_study_commands(commands: argparse._SubParsersAction, executor_options: 
 
     run = commands.add_parser("run", help="train every pending run of a study (rerun to resume)")
     run.add_argument("study", help="study file (YAML or JSON)")
-    run.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=STUDY_OVERRIDES)
+    run.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE", help=STUDY_OVERRIDES)
     run.add_argument("--out", help="output folder (default: runs/<study name>)")
     run.add_argument("--only", nargs="+", metavar="NAME", help="only these variants")
     run.add_argument("--seeds", nargs="+", type=int, metavar="SEED", help="only these seeds")
@@ -187,7 +187,7 @@ def _add_tool_commands(commands: argparse._SubParsersAction) -> None:
 
     train = commands.add_parser("train", help="train one variant spec (YAML/JSON) into a folder, never tracked in MLflow; reruns resume")
     train.add_argument("spec", help="variant spec file")
-    train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="set a field of the spec (train.epochs=5); values are YAML")
+    train.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE", help="set a field of the spec (train.epochs=5); values are YAML")
     train.add_argument("--out", required=True, help="output folder: checkpoints, history, samples, generators")
     train.add_argument("--quiet", action="store_true", help="no progress: no bar on a terminal, no line per epoch elsewhere")
     train.set_defaults(handler="tool_commands:cmd_train", command_parser=train)
@@ -216,7 +216,7 @@ def _add_tool_commands(commands: argparse._SubParsersAction) -> None:
     export = data.add_parser("export", help="write a dataset component's images in the folder layout (e.g. the synthetic one)")
     export.add_argument("dataset", help="dataset component name (see `unpaired plugins`)")
     export.add_argument("out", help="folder to create (trainA, trainB, testA, testB)")
-    export.add_argument("params", nargs="*", metavar="KEY=VALUE", help="the dataset's parameters, e.g. size=64 n_train=200")
+    export.add_argument("params", nargs="*", default=[], metavar="KEY=VALUE", help="the dataset's parameters, e.g. size=64 n_train=200")
     export.set_defaults(handler="tool_commands:cmd_data_export", command_parser=export)
     download = data.add_parser("download", help="download a public CycleGAN dataset (resumable)")
     download.add_argument("name", choices=DATASETS, metavar="NAME", help=", ".join(DATASETS))
