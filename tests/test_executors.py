@@ -260,7 +260,7 @@ def test_the_ray_driver_shows_each_epoch_of_its_runs_once_from_their_folders(tmp
 
     def shown_after(epochs: list[int]) -> list[str]:
         folder.write_history([{"epoch": epoch, **row} for epoch in epochs])
-        os.utime(folder.path / "history.json", ns=(time.time_ns(), time.time_ns() + 1))  # a stamp of its own, however fast
+        os.utime(folder.history_file, ns=(time.time_ns(), time.time_ns() + 1))  # a stamp of its own, however fast
         lines.show_new(job)
         lines.show_new(job)  # nothing new
         return capsys.readouterr().err.splitlines()

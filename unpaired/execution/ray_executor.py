@@ -265,7 +265,7 @@ class _EpochLines:
     @staticmethod
     def _stamp(job: RunJob) -> tuple[int, int] | None:
         try:
-            found = (Path(job.folder) / "history.json").stat()
+            found = RunFolder(job.folder).history_file.stat()
         except OSError:
             return None
         return found.st_mtime_ns, found.st_size

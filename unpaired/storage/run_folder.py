@@ -84,7 +84,7 @@ class RunFolder:
 
     def write_history(self, history: list[dict[str, float]]) -> None:
         """``history.json`` and the same rows as ``history.csv`` (columns in order of first appearance)."""
-        atomic_write_json(self.path / "history.json", history)
+        atomic_write_json(self.history_file, history)
         if history:
             table = io.StringIO()
             writer = csv.DictWriter(table, fieldnames=list(dict.fromkeys(key for row in history for key in row)), restval="")
@@ -92,9 +92,14 @@ class RunFolder:
             writer.writerows(history)
             atomic_write_text(self.path / "history.csv", table.getvalue())
 
+    @property
+    def history_file(self) -> Path:
+        """The file of :meth:`read_history`, rewritten whole at each epoch's end: its stamp tells whether it grew."""
+        return self.path / "history.json"
+
     def read_history(self) -> list[dict[str, float]]:
         """The rows :meth:`write_history` wrote, one per epoch with its ``epoch`` (none before the first epoch ends)."""
-        path = self.path / "history.json"
+        path = self.history_file
         rows = read_json(path) if path.is_file() else []
         if not isinstance(rows, list) or not all(isinstance(row, dict) and isinstance(row.get("epoch"), int) for row in rows):
             raise CorruptFileError(path, "is not a training history (a list of one row per epoch); delete it or restore it from a backup")
