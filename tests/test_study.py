@@ -19,6 +19,8 @@ import yaml
 
 from conftest import REPO, TINY_BASE, UNPAIRED, run_cli, unreadable_images, write_study
 from unpaired.cli import main
+from unpaired.results.time_left import RunSoFar, time_left_line
+from unpaired.training.progress import duration
 from unpaired.config.spec import SpecError
 from unpaired.errors import UsageError
 from unpaired.config.overrides import merge
@@ -255,8 +257,25 @@ def test_run_selection_and_a_failing_variant_does_not_stop_the_study(tmp_path):
     assert "FAILED broken seed 0: DataError:" in result.stdout and "nowhere/trainA holds no readable images" in result.stdout
     plan = run_cli("plan", str(path), "--out", str(tmp_path / "out")).stdout
     assert [line.split()[4] for line in plan.splitlines()[1:5]] == ["done", "pending", "failed", "pending"]
+    left = r"^training left: 1 run\(s\), about \d+ s summed over them \(runs trained at once overlap\), at each variant's pace over the 2 "
+    assert re.search(left + r"epoch\(s\) trained so far; scoring not counted; 2 run\(s\) of unknown length not counted$", plan, re.M), plan
     again = run_cli("run", str(path), "--out", str(tmp_path / "out"), "--only", "ok", "--quiet")
     assert again.returncode == 0 and "done 1, failed 0, skipped 1 (finished earlier)" in again.stdout
+
+
+def test_the_training_left_is_each_run_s_steps_at_its_variant_s_pace_so_far():
+    """``plan`` said where each run stood but not how long the study had left to train."""
+    row = {"epoch": 1, "lr": 2e-4, "it_per_s": 1.0}
+    done = RunSoFar("a", 10000, 10, [{**row, "epoch_seconds": 200.0}] * 10)  # 0.2 s a step
+    partial = RunSoFar("a", 10000, 10, [{**row, "epoch_seconds": 400.0}] * 4)  # 0.4 s a step, 6000 steps left
+    pending = RunSoFar("b", 20000, 10, [])  # no epoch of its variant yet: the mean pace
+    pace = (10 * 0.2 + 4 * 0.4) / 14
+    assert duration((6000 + 20000) * pace) == "1 h 51 min"
+    assert time_left_line([done, partial, pending]) == (
+        "training left: 2 run(s), about 1 h 51 min summed over them (runs trained at once overlap), at each variant's pace "
+        "over the 14 epoch(s) trained so far (b, with none yet: the mean pace); scoring not counted"
+    )
+    assert time_left_line([pending]) is None and time_left_line([done]) is None  # nothing to go by; nothing left
 
 
 @pytest.mark.slow

@@ -52,7 +52,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     """Show every run of a study with its overrides, id, steps and state on disk, and finished runs it no longer has."""
     from unpaired.evaluation.features import expected_evaluations
     from unpaired.execution.runner import open_datasets, select_runs, steps_per_run
-    from unpaired.results.study_folder import moved_run, run_folder
+    from unpaired.results.time_left import RunSoFar, time_left_line
 
     study = load_study(args.study, plugin_registry(), args.overrides)
     out, runs = output_folder(study, args.out), select_runs(study, args.only, args.seeds)
@@ -64,24 +64,20 @@ def cmd_plan(args: argparse.Namespace) -> int:
         evaluations, unchecked = {}, f"scores not checked against the study's evaluation: {error}"
     rows = [("variant", "seed", "run id", "steps", "status", "overrides")]
     threads = _thread_differences(study, out, args.jobs or study.spec.execution.get("jobs") or 1)
+    so_far: list[RunSoFar] = []
     for run in runs:
         overrides = ", ".join(f"{k}={v}" for k, v in run.overrides.items()) or "(base)"
         count = steps[run.run_id]
-        moved = moved_run(out, run)
-        folder = moved or run_folder(out, run)
-        status: str = folder.status(run.run_id, run.resolved.training_plugins(), evaluations.get(run.run_id))
-        if status == "stale":  # which plugin changed is what decides whether to retrain (--rerun-stale)
-            trained, now = folder.read_result(), run.resolved.training_plugins()
-            then = {dist: version for dist, version in (trained.plugins if trained else {}).items() if dist in now}
-            status += f" ({'; '.join(plugin_changes(then, now))})"
-        status += f" (in {moved.path.relative_to(out)}: `run` moves it)" if moved else ""
-        status += _finished_notes(run, folder, datasets[run.run_id]) if status.startswith("done") else ""
-        status += f" ({threads[run.run_id]})" if run.run_id in threads and status in ("pending", "stale") else ""
+        status, history = _plan_status(run, out, evaluations.get(run.run_id), datasets[run.run_id], threads.get(run.run_id))
+        if isinstance(count, int):
+            so_far.append(RunSoFar(run.variant, count, run.resolved.train.total_epochs, history))
         rows.append((run.variant, str(run.seed), run.run_id, str(count) if isinstance(count, int) else "?", status, overrides))
     for line in aligned(rows):
         print(line)
     for reason in dict.fromkeys(v for v in steps.values() if isinstance(v, str)):
         print(f"steps unknown: {reason}")
+    if left := time_left_line(so_far, unknown=len(runs) - len(so_far)):
+        print(left)
     fitted = list(dict.fromkeys(f"  {run.variant}: {line}" for run in runs for line in run.resolved.fitted))
     for line in (["\nchosen by the method to fit the other components:", *fitted] if fitted else []) + _other_runs(study, out):
         print(line)
@@ -108,6 +104,37 @@ def _finished_notes(run: PlannedRun, folder: RunFolder, data: UnpairedData | str
     if result.scoring and result.scoring.test_data and result.scoring.test_data != fingerprints(data, "test"):
         notes += " (scored on other test images than the data holds now: `unpaired score` scores it again)"
     return notes
+
+
+def _plan_status(
+    run: PlannedRun, out: Path, evaluation: str | None, data: UnpairedData | str, threads: str | None
+) -> tuple[str, list[dict[str, float]]]:
+    """A run's state on disk as ``plan`` words it (where it stands, what changed, what mends it), and the epochs it has
+    trained (its history); ``threads``: how a queued run's CPU thread count would differ from a finished seed's."""
+    from unpaired.results.study_folder import moved_run, run_folder
+
+    moved = moved_run(out, run)
+    folder = moved or run_folder(out, run)
+    status: str = folder.status(run.run_id, run.resolved.training_plugins(), evaluation)
+    history = _history(folder)
+    if status in ("partial", "failed", "running") and history:
+        status += f" (epoch {len(history)}/{run.resolved.train.total_epochs})"
+    if status == "stale":  # which plugin changed is what decides whether to retrain (--rerun-stale)
+        trained, now = folder.read_result(), run.resolved.training_plugins()
+        then = {dist: version for dist, version in (trained.plugins if trained else {}).items() if dist in now}
+        status += f" ({'; '.join(plugin_changes(then, now))})"
+    status += f" (in {moved.path.relative_to(out)}: `run` moves it)" if moved else ""
+    status += _finished_notes(run, folder, data) if status.startswith("done") else ""
+    status += f" ({threads})" if threads and status in ("pending", "stale") else ""
+    return status, history
+
+
+def _history(folder: RunFolder) -> list[dict[str, float]]:
+    """The epochs a run has trained so far; none where its history cannot be read (its status says why)."""
+    try:
+        return folder.read_history()
+    except (OSError, UnpairedError):
+        return []
 
 
 def _thread_differences(study: Study, out: Path, jobs: int) -> dict[str, str]:

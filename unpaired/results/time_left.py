@@ -1,0 +1,58 @@
+"""How much training a study has left, at the pace its runs have trained so far: what ``unpaired plan`` estimates.
+
+Each run's history records how long each of its epochs took to train (``epoch_seconds``: the steps alone, not the
+checkpoints, samples or scoring). A run's pace is seconds per step; the steps a run has left are taken at the mean pace
+of its variant's trained epochs (its seeds train the same networks on the same data), or, for a variant with none yet,
+at the mean pace of every trained epoch. Runs trained at once each took longer per step than one alone would, and share
+the wall-clock time: the estimate is the sum of the runs' times at the pace they had.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from unpaired.training.progress import duration
+
+
+@dataclass(frozen=True)
+class RunSoFar:
+    """A planned run as far as it has trained: its ``steps`` and ``epochs`` in all, and its history's rows (one per epoch
+    trained)."""
+
+    variant: str
+    steps: int
+    epochs: int
+    history: list[dict[str, float]]
+
+    @property
+    def steps_per_epoch(self) -> float:
+        return self.steps / self.epochs
+
+    @property
+    def steps_left(self) -> float:
+        return max(0.0, self.steps - len(self.history) * self.steps_per_epoch)
+
+
+def time_left_line(runs: list[RunSoFar], unknown: int = 0) -> str | None:
+    """One line for a study's ``runs`` (finished or not): the training time they have left, and what it rests on (and
+    that ``unknown`` more runs, whose data cannot be opened here, are not counted); None when none has trained an epoch
+    yet (nothing to go by) or none has steps left."""
+    paces: dict[str, list[float]] = {}
+    for run in runs:
+        paces.setdefault(run.variant, []).extend(row["epoch_seconds"] / run.steps_per_epoch for row in run.history if "epoch_seconds" in row)
+    trained = [pace for variant in paces.values() for pace in variant]
+    if not trained or not (left := [run for run in runs if run.steps_left > 0]):
+        return None
+    overall = sum(trained) / len(trained)
+    seconds = sum(run.steps_left * _mean(paces.get(run.variant), overall) for run in left)
+    guessed = sorted({run.variant for run in left if not paces.get(run.variant)})
+    basis = f"at each variant's pace over the {len(trained)} epoch(s) trained so far"
+    if guessed:
+        basis += f" ({', '.join(guessed)}, with none yet: the mean pace)"
+    summed = f"about {duration(seconds)} summed over them (runs trained at once overlap)"
+    uncounted = f"; {unknown} run(s) of unknown length not counted" if unknown else ""
+    return f"training left: {len(left)} run(s), {summed}, {basis}; scoring not counted{uncounted}"
+
+
+def _mean(values: list[float] | None, otherwise: float) -> float:
+    return sum(values) / len(values) if values else otherwise
