@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import re
+import select
 import shutil
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import time
 from pathlib import Path
 
@@ -20,8 +24,9 @@ from mlflow.tracking import MlflowClient
 
 from conftest import TINY_BASE, UNPAIRED, run_cli, start_mlflow_server, stop_mlflow_server, write_study, write_synthetic_folder
 from unpaired.cli import main
-from unpaired.errors import Note
+from unpaired.errors import Note, StopRequested
 from unpaired.storage.lease import Lease, LeaseHeld, heartbeat_interval
+from unpaired.signals import stop_on_signals
 from unpaired.storage.run_folder import RunFolder
 
 
@@ -108,8 +113,8 @@ def group_is_gone(pgid: int, within: float = 10.0) -> bool:
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("signum", "whole_group", "jobs"),
-    [(signal.SIGINT, True, 2), (signal.SIGINT, False, 2), (signal.SIGTERM, False, 2), (signal.SIGTERM, False, 1)],
-    ids=["ctrl-c", "sigint-to-main", "sigterm-to-main", "sigterm-without-workers"],
+    [(signal.SIGINT, True, 2), (signal.SIGINT, False, 2), (signal.SIGTERM, False, 2), (signal.SIGTERM, False, 1), (signal.SIGHUP, True, 2)],
+    ids=["ctrl-c", "sigint-to-main", "sigterm-to-main", "sigterm-without-workers", "hang-up"],  # hang-up: its terminal closed
 )
 def test_a_signal_stops_every_worker_with_a_checkpoint_and_leaves_no_process(tmp_path, monkeypatch, signum, whole_group, jobs):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
@@ -144,6 +149,63 @@ def test_a_signal_stops_every_worker_with_a_checkpoint_and_leaves_no_process(tmp
     (parent,) = client.search_runs([experiment], filter_string="tags.`unpaired.role` = 'study'")
     children = client.search_runs([experiment], filter_string="tags.`unpaired.role` = 'run'")
     assert parent.info.status == "KILLED" and [c.info.status for c in children] == ["KILLED"] * jobs
+
+
+def test_a_hang_up_stops_the_work_unless_the_command_was_told_to_ignore_it():
+    """A dropped SSH connection (SIGHUP) killed a study outright, losing every run's steps since its last checkpoint; a
+    study started with ``nohup`` must still train on through one."""
+    for ignored in (False, True):
+        outside = signal.SIG_IGN if ignored else (lambda signum, frame: None)  # a handler of the caller's, not death
+        before = signal.signal(signal.SIGHUP, outside)
+        try:
+            with stop_on_signals():
+                assert (signal.getsignal(signal.SIGHUP) is signal.SIG_IGN) is ignored
+                if not ignored:
+                    with pytest.raises(StopRequested) as stopped:
+                        os.kill(os.getpid(), signal.SIGHUP)
+                        time.sleep(1)
+                    assert stopped.value.signum == signal.SIGHUP
+            assert signal.getsignal(signal.SIGHUP) is outside
+        finally:
+            signal.signal(signal.SIGHUP, before)
+
+
+@pytest.mark.slow
+def test_a_study_whose_terminal_closes_checkpoints_every_run_and_stops(tmp_path):
+    """The terminal of a study trained in the foreground closes (its SSH connection dropped): the study gets a hang-up,
+    and every write to the terminal fails from then on (EIO), the progress bar's first. It must still checkpoint
+    mid-epoch and stop, as on Ctrl-C, instead of dying with the steps since its last checkpoint."""
+    base = {**TINY_BASE, "data": {**TINY_BASE["data"], "n_train": 200}, "train": {**TINY_BASE["train"], "epochs": 50, "decay_epochs": 0}}
+    study = tmp_path / "hung.yaml"
+    study.write_text(yaml.safe_dump({"name": "hung", "base": base, "tracking": {"enabled": False}}))
+    out = tmp_path / "out"
+    terminal, its_side = os.openpty()
+    fcntl.ioctl(its_side, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a terminal's size: tqdm draws nothing in 0 columns
+    process = subprocess.Popen(
+        [UNPAIRED, "run", str(study), "--out", str(out)],
+        stdin=its_side,
+        stdout=its_side,
+        stderr=its_side,
+        start_new_session=True,
+        preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),  # the pty becomes the study's controlling terminal
+    )
+    os.close(its_side)
+    shown = bytearray()
+    try:
+        deadline = time.monotonic() + 120
+        while not list(out.glob("*/*/history.json")) and time.monotonic() < deadline:  # into epoch 2, reading the screen
+            if select.select([terminal], [], [], 0.1)[0]:  # (a terminal nobody reads fills up and blocks its writer)
+                shown.extend(os.read(terminal, 4096))
+        assert list(out.glob("*/*/history.json")), shown.decode(errors="replace")
+        assert b"\rbase seed 0:" in shown  # a bar was drawn there
+        os.close(terminal)  # the connection drops: the kernel hangs the terminal up
+        assert process.wait(timeout=60) == 128 + signal.SIGHUP
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    (checkpoint,) = out.glob("*/*/checkpoints/*.pt")
+    assert RunFolder(checkpoint.parent.parent).load_checkpoint().state.step_in_epoch > 0  # written at the hang-up
+    assert not list(out.glob("*/*/lease.json")) and not list(out.glob("*/*/result.json"))
 
 
 @pytest.mark.slow

@@ -1,4 +1,5 @@
-"""Stop signals: SIGINT and SIGTERM never kill work half-written.
+"""Stop signals: SIGINT, SIGTERM and a hang-up (SIGHUP: the terminal closed, an SSH connection dropped) never kill
+work half-written; a hang-up that the command was told to ignore (``nohup``) stays ignored.
 
 Inside a training loop they are deferred to the next step, which writes a checkpoint and stops;
 elsewhere they raise :class:`unpaired.errors.StopRequested`, and a rerun resumes from the last
@@ -8,7 +9,9 @@ checkpoint. A worker process hears of them from the process that started it (:fu
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
+import stat
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -27,24 +30,43 @@ class _StopState:
 
 
 _stop = _StopState()
-_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_HANG_UP = getattr(signal, "SIGHUP", None)  # none on Windows
+_SIGNALS = (signal.SIGINT, signal.SIGTERM, *([_HANG_UP] if _HANG_UP else []))
 
 
 def _handle(signum: int, frame: Any) -> None:
+    if signum == _HANG_UP:
+        _leave_the_terminal()
     _stop.received = signum
     if not _stop.deferring:
         raise StopRequested(signum)
 
 
+def _leave_the_terminal() -> None:
+    """After a hang-up every write to the closed terminal fails (EIO), the progress bar's first, which would break the
+    checkpoint and the records a stop goes on to write: what this process wrote to a terminal (a character device) goes
+    nowhere from now on. Output to a file or a pipe (a log) is left alone."""
+    nowhere = os.open(os.devnull, os.O_WRONLY)
+    try:
+        for descriptor in (1, 2):
+            with contextlib.suppress(OSError):
+                if stat.S_ISCHR(os.fstat(descriptor).st_mode):
+                    os.dup2(nowhere, descriptor)
+    finally:
+        os.close(nowhere)
+
+
 @contextlib.contextmanager
 def stop_on_signals() -> Iterator[None]:
-    """Within the block SIGINT and SIGTERM stop the work: they raise :class:`StopRequested` at once, or,
-    inside :func:`deferred_signals`, only record themselves. Only the main thread can install signal
-    handlers; elsewhere, and when already installed, nothing changes."""
+    """Within the block the stop signals stop the work: they raise :class:`StopRequested` at once, or,
+    inside :func:`deferred_signals`, only record themselves; a hang-up this process ignores (``nohup``; a worker, which
+    hears of it from the process that started it) stays ignored. Only the main thread can install signal handlers;
+    elsewhere, and when already installed, nothing changes."""
     if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is _handle:
         yield
         return
-    previous = {signum: signal.signal(signum, _handle) for signum in _SIGNALS}
+    caught = [signum for signum in _SIGNALS if signum != _HANG_UP or signal.getsignal(signum) is not signal.SIG_IGN]
+    previous = {signum: signal.signal(signum, _handle) for signum in caught}
     _stop.received = None
     try:
         yield
@@ -92,7 +114,8 @@ def raise_if_stopped() -> None:
 
 def listen_for_stop(shared: Any) -> None:
     """In a worker process: stop when ``shared.value`` (a ``multiprocessing.Value("i")``) becomes a signal number,
-    and leave SIGINT/SIGTERM to the process that started this one, except inside a training loop."""
+    and leave the stop signals to the process that started this one (SIGINT and SIGTERM except inside a training
+    loop; a hang-up always)."""
     _stop.shared = shared
     for signum in _SIGNALS:
         signal.signal(signum, signal.SIG_IGN)

@@ -246,8 +246,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``unpaired`` console script; returns the exit code.
 
     Errors the user can fix (:class:`UnpairedError`) print one line and exit with their code;
-    anything else is a bug and shows its traceback. SIGINT and SIGTERM stop the command cleanly
-    (exit 130 and 143), training checkpoints first.
+    anything else is a bug and shows its traceback. SIGINT, SIGTERM and a hang-up stop the command cleanly
+    (exit 130, 143 and 129), training checkpoints first.
     """
     parser = build_parser(_command_word(argv))
     argcomplete.autocomplete(parser)  # completes and exits when the shell asks (see the README), else does nothing
