@@ -171,18 +171,19 @@ def test_a_hang_up_stops_the_work_unless_the_command_was_told_to_ignore_it():
 
 
 @pytest.mark.slow
-def test_a_study_whose_terminal_closes_checkpoints_every_run_and_stops(tmp_path):
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_study_whose_terminal_closes_checkpoints_every_run_and_stops(tmp_path, jobs):
     """The terminal of a study trained in the foreground closes (its SSH connection dropped): the study gets a hang-up,
     and every write to the terminal fails from then on (EIO), the progress bar's first. It must still checkpoint
     mid-epoch and stop, as on Ctrl-C, instead of dying with the steps since its last checkpoint."""
     base = {**TINY_BASE, "data": {**TINY_BASE["data"], "n_train": 200}, "train": {**TINY_BASE["train"], "epochs": 50, "decay_epochs": 0}}
     study = tmp_path / "hung.yaml"
-    study.write_text(yaml.safe_dump({"name": "hung", "base": base, "tracking": {"enabled": False}}))
+    study.write_text(yaml.safe_dump({"name": "hung", "base": base, "grid": {"generator.n_blocks": [1, 2][:jobs]}, "tracking": {"enabled": False}}))
     out = tmp_path / "out"
     terminal, its_side = os.openpty()
     fcntl.ioctl(its_side, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a terminal's size: tqdm draws nothing in 0 columns
     process = subprocess.Popen(
-        [UNPAIRED, "run", str(study), "--out", str(out)],
+        [UNPAIRED, "run", str(study), "--out", str(out), "--jobs", str(jobs)],
         stdin=its_side,
         stdout=its_side,
         stderr=its_side,
@@ -193,19 +194,20 @@ def test_a_study_whose_terminal_closes_checkpoints_every_run_and_stops(tmp_path)
     shown = bytearray()
     try:
         deadline = time.monotonic() + 120
-        while not list(out.glob("*/*/history.json")) and time.monotonic() < deadline:  # into epoch 2, reading the screen
-            if select.select([terminal], [], [], 0.1)[0]:  # (a terminal nobody reads fills up and blocks its writer)
+        drawn = b"\rn_blocks=1 seed 0:" if jobs == 1 else b"n_blocks=2 seed 0: epoch 1/50"  # a bar, or the workers' lines
+        while (len(list(out.glob("*/*/history.json"))) < jobs or drawn not in shown) and time.monotonic() < deadline:  # into epoch 2
+            if select.select([terminal], [], [], 0.1)[0]:  # reading the screen: a terminal nobody reads blocks its writer
                 shown.extend(os.read(terminal, 4096))
-        assert list(out.glob("*/*/history.json")), shown.decode(errors="replace")
-        assert b"\rbase seed 0:" in shown  # a bar was drawn there
+        assert len(list(out.glob("*/*/history.json"))) == jobs and drawn in shown, shown.decode(errors="replace")
         os.close(terminal)  # the connection drops: the kernel hangs the terminal up
         assert process.wait(timeout=60) == 128 + signal.SIGHUP
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
-    (checkpoint,) = out.glob("*/*/checkpoints/*.pt")
-    assert RunFolder(checkpoint.parent.parent).load_checkpoint().state.step_in_epoch > 0  # written at the hang-up
-    assert not list(out.glob("*/*/lease.json")) and not list(out.glob("*/*/result.json"))
+    checkpoints = list(out.glob("*/*/checkpoints/*.pt"))
+    assert len(checkpoints) == jobs and not list(out.glob("*/*/lease.json")) and not list(out.glob("*/*/result.json"))
+    for checkpoint in checkpoints:
+        assert RunFolder(checkpoint.parent.parent).load_checkpoint().state.step_in_epoch > 0  # written at the hang-up
 
 
 @pytest.mark.slow
