@@ -265,9 +265,9 @@ def test_run_selection_and_a_failing_variant_does_not_stop_the_study(tmp_path):
 
 def test_the_training_left_is_each_run_s_steps_at_its_variant_s_pace_so_far():
     """``plan`` said where each run stood but not how long the study had left to train."""
-    row = {"epoch": 1, "lr": 2e-4, "it_per_s": 1.0}
-    done = RunSoFar("a", 10000, 10, [{**row, "epoch_seconds": 200.0}] * 10)  # 0.2 s a step
-    partial = RunSoFar("a", 10000, 10, [{**row, "epoch_seconds": 400.0}] * 4)  # 0.4 s a step, 6000 steps left
+    row = {"epoch": 1, "lr": 2e-4, "epoch_seconds": 1.0}  # an epoch resumed halfway took less: its speed is what counts
+    done = RunSoFar("a", 10000, 10, [{**row, "it_per_s": 5.0}] * 10)  # 0.2 s a step
+    partial = RunSoFar("a", 10000, 10, [{**row, "it_per_s": 2.5}] * 4)  # 0.4 s a step, 6000 steps left
     pending = RunSoFar("b", 20000, 10, [])  # no epoch of its variant yet: the mean pace
     pace = (10 * 0.2 + 4 * 0.4) / 14
     assert duration((6000 + 20000) * pace) == "1 h 51 min"

@@ -1,10 +1,11 @@
 """How much training a study has left, at the pace its runs have trained so far: what ``unpaired plan`` estimates.
 
-Each run's history records how long each of its epochs took to train (``epoch_seconds``: the steps alone, not the
-checkpoints, samples or scoring). A run's pace is seconds per step; the steps a run has left are taken at the mean pace
-of its variant's trained epochs (its seeds train the same networks on the same data), or, for a variant with none yet,
-at the mean pace of every trained epoch. Runs trained at once each took longer per step than one alone would, and share
-the wall-clock time: the estimate is the sum of the runs' times at the pace they had.
+Each run's history records the speed of each of its epochs (``it_per_s``: over the steps this process trained, so an
+epoch resumed halfway counts its own steps; the steps alone, not the checkpoints, samples or scoring). A pace is seconds
+per step; the steps a run has left are taken at the mean pace of its variant's trained epochs (its seeds train the same
+networks on the same data), or, for a variant with none yet, at the mean pace of every trained epoch. Runs trained at
+once each took longer per step than one alone would, and share the wall-clock time: the estimate is the sum of the runs'
+times at the pace they had.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def time_left_line(runs: list[RunSoFar], unknown: int = 0) -> str | None:
     yet (nothing to go by) or none has steps left."""
     paces: dict[str, list[float]] = {}
     for run in runs:
-        paces.setdefault(run.variant, []).extend(row["epoch_seconds"] / run.steps_per_epoch for row in run.history if "epoch_seconds" in row)
+        paces.setdefault(run.variant, []).extend(1 / row["it_per_s"] for row in run.history if row.get("it_per_s", 0) > 0)
     trained = [pace for variant in paces.values() for pace in variant]
     if not trained or not (left := [run for run in runs if run.steps_left > 0]):
         return None
