@@ -151,9 +151,11 @@ def test_a_signal_stops_every_worker_with_a_checkpoint_and_leaves_no_process(tmp
     assert parent.info.status == "KILLED" and [c.info.status for c in children] == ["KILLED"] * jobs
 
 
-def test_a_hang_up_stops_the_work_unless_the_command_was_told_to_ignore_it():
+def test_a_hang_up_stops_the_work_unless_the_command_was_told_to_ignore_it(monkeypatch):
     """A dropped SSH connection (SIGHUP) killed a study outright, losing every run's steps since its last checkpoint; a
     study started with ``nohup`` must still train on through one."""
+    left = []  # this process's own terminal, if it has one, stays where it is
+    monkeypatch.setattr("unpaired.signals._leave_the_terminal", lambda: left.append(True))
     for ignored in (False, True):
         outside = signal.SIG_IGN if ignored else (lambda signum, frame: None)  # a handler of the caller's, not death
         before = signal.signal(signal.SIGHUP, outside)
@@ -164,7 +166,7 @@ def test_a_hang_up_stops_the_work_unless_the_command_was_told_to_ignore_it():
                     with pytest.raises(StopRequested) as stopped:
                         os.kill(os.getpid(), signal.SIGHUP)
                         time.sleep(1)
-                    assert stopped.value.signum == signal.SIGHUP
+                    assert stopped.value.signum == signal.SIGHUP and left == [True]
             assert signal.getsignal(signal.SIGHUP) is outside
         finally:
             signal.signal(signal.SIGHUP, before)
