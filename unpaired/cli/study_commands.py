@@ -116,7 +116,7 @@ def _plan_status(
     moved = moved_run(out, run)
     folder = moved or run_folder(out, run)
     status: str = folder.status(run.run_id, run.resolved.training_plugins(), evaluation)
-    history = _history(folder)
+    history = folder.history_so_far()
     if status in ("partial", "failed", "running") and history:
         status += f" (epoch {len(history)}/{run.resolved.train.total_epochs})"
     if status == "stale":  # which plugin changed is what decides whether to retrain (--rerun-stale)
@@ -127,14 +127,6 @@ def _plan_status(
     status += _finished_notes(run, folder, data) if status.startswith("done") else ""
     status += f" ({threads})" if threads and status in ("pending", "stale") else ""
     return status, history
-
-
-def _history(folder: RunFolder) -> list[dict[str, float]]:
-    """The epochs a run has trained so far; none where its history cannot be read (its status says why)."""
-    try:
-        return folder.read_history()
-    except (OSError, UnpairedError):
-        return []
 
 
 def _thread_differences(study: Study, out: Path, jobs: int) -> dict[str, str]:

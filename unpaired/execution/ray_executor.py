@@ -253,7 +253,7 @@ class _EpochLines:
         """Print the epochs of ``job`` recorded since last asked (nothing for a job not followed)."""
         if job.run_id not in self.followed or (stamp := self._stamp(job)) == self.followed[job.run_id][0]:
             return
-        rows = self._rows(job)
+        rows = RunFolder(job.folder).history_so_far()
         shown = self.followed[job.run_id][1]
         shown = 0 if rows and rows[-1]["epoch"] < shown else shown  # started again from scratch
         train = job.spec["train"]
@@ -271,14 +271,8 @@ class _EpochLines:
         return found.st_mtime_ns, found.st_size
 
     @staticmethod
-    def _rows(job: RunJob) -> list[dict[str, float]]:
-        try:
-            return RunFolder(job.folder).read_history()
-        except (OSError, UnpairedError):  # being replaced, or corrupt: the run itself says so
-            return []
-
-    def _last_epoch(self, job: RunJob) -> int:
-        return max([0, *(int(row["epoch"]) for row in self._rows(job))])
+    def _last_epoch(job: RunJob) -> int:
+        return max([0, *(int(row["epoch"]) for row in RunFolder(job.folder).history_so_far())])
 
 
 def _count_line(total: int, pending: int, running: int, ended: dict[str, int]) -> str:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from unpaired.errors import InputError
+from unpaired.errors import InputError, UnpairedError
 from unpaired.storage.files import CorruptFileError, atomic_save, atomic_write_json, atomic_write_text, load_tensors, read_json
 from unpaired.storage.lease import Lease
 from unpaired.storage.lifecycle import RunStatus
@@ -104,6 +104,14 @@ class RunFolder:
         if not isinstance(rows, list) or not all(isinstance(row, dict) and isinstance(row.get("epoch"), int) for row in rows):
             raise CorruptFileError(path, "is not a training history (a list of one row per epoch); delete it or restore it from a backup")
         return rows
+
+    def history_so_far(self) -> list[dict[str, float]]:
+        """:meth:`read_history` as seen from outside the run (``plan``, a driver following it): none where the file cannot
+        be read now (being replaced, or corrupt: the run itself says so when it resumes)."""
+        try:
+            return self.read_history()
+        except (OSError, UnpairedError):
+            return []
 
     def sample_path(self, epoch: int) -> Path:
         """Where the sample grid after ``epoch`` epochs goes."""
