@@ -99,6 +99,13 @@ def test_progress_is_a_bar_on_a_terminal_and_a_line_per_epoch_in_a_log_file_or_a
     assert "\rplain seed 0:" in bar and "201/30000" in bar and "G_A=0.5" in bar and "epoch 3/30" not in bar
     assert [duration(s) for s in (0.4, 59, 61, 3599, 3600 * 5 + 65, float("inf"))] == ["0 s", "59 s", "1 min", "1 h 00 min", "5 h 01 min", "?"]
 
+    def closed_terminal(*args, **kwargs):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
+    monkeypatch.setattr(sys.stderr, "write", closed_terminal)  # its terminal hung up, mid-line: the line is lost, not the run
+    Progress("plain seed 0", total=30000, done=200, shown=True).epoch_end(30, 300, record)
+
 
 def test_generator_step_gives_discriminators_no_gradient_and_vice_versa(registry):
     model = build_method(tiny(registry), CPU, 32)

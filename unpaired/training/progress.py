@@ -4,6 +4,7 @@ drawing over each other."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import multiprocessing
 import sys
@@ -67,7 +68,8 @@ class Progress:
         is, its speed, the time left at that speed, the learning rate and the epoch's mean losses (and its scores, when
         it was evaluated)."""
         if self.lines:
-            print(epoch_line(self.label, record, epochs, (step, self.total)), file=sys.stderr, flush=True)
+            with contextlib.suppress(OSError):  # a terminal gone mid-line (a hang-up, EIO) loses the line, not the run
+                print(epoch_line(self.label, record, epochs, (step, self.total)), file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:
