@@ -514,6 +514,21 @@ def test_a_command_without_its_arguments_names_only_the_required_ones(capsys, co
     assert exited.value.code == 2 and capsys.readouterr().err.endswith(f"error: the following arguments are required: {required}\n")
 
 
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["--bogus"], "unrecognized arguments: --bogus; a COMMAND is required"),
+        ([], "the following arguments are required: COMMAND"),
+        (["--bogus", "plan", "x.yaml"], "unrecognized arguments: --bogus"),
+    ],
+)
+def test_an_unknown_option_is_named_whether_or_not_a_command_follows(capsys, argv, said):
+    """``unpaired --bogus`` said only that COMMAND was missing."""
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2 and capsys.readouterr().err.endswith(f"error: {said}\n")
+
+
 def test_report_refuses_test_image_indices_that_are_not_a_list_of_distinct_whole_numbers(capsys):
     for images, why in [("0,5,0", "'0,5,0' names test image 0 more than once"), ("0,x", "'0,x' is not a list of test image indices like 0,5,9")]:
         with pytest.raises(SystemExit) as stopped:

@@ -27,7 +27,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     torch nor a plugin, and ``--help``, ``--version`` and the shell's completion answer at once."""
     parser = argparse.ArgumentParser(prog="unpaired", description="Ablation studies for unpaired image-to-image translation.")
     parser.add_argument("--version", action="version", version=f"unpaired {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")  # required, checked in _parse to name a stray option
     _add_study_commands(commands, executor_options=command == "run")
     _add_tool_commands(commands)
     return parser
@@ -227,6 +227,9 @@ def _add_tool_commands(commands: argparse._SubParsersAction) -> None:
 def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
     """The arguments, with ``KEY=VALUE`` overrides written after the options too (``run STUDY --out X a=1``)."""
     args, extra = parser.parse_known_args(argv)
+    if args.command is None:  # argparse would say only that COMMAND is missing, not what it did not recognise
+        missing = "the following arguments are required: COMMAND"
+        parser.error(f"unrecognized arguments: {' '.join(extra)}; a COMMAND is required" if extra else missing)
     late = [arg for arg in extra if "=" in arg and not arg.startswith("-")] if hasattr(args, "overrides") else []
     if late != extra:  # the command's own usage, and what it does not recognise; exits
         getattr(args, "command_parser", parser).error(f"unrecognized arguments: {' '.join(a for a in extra if a not in late)}")
