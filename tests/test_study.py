@@ -529,6 +529,28 @@ def test_an_unknown_option_is_named_whether_or_not_a_command_follows(capsys, arg
     assert exited.value.code == 2 and capsys.readouterr().err.endswith(f"error: {said}\n")
 
 
+def test_every_argument_of_every_command_says_what_it_takes():
+    """``unpaired fid --help`` listed its two folders, and ``score`` its target, with no word on what they are."""
+    import argparse
+
+    from unpaired.cli import build_parser
+
+    def parsers(parser):
+        yield parser
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    yield from parsers(sub)
+
+    silent = [
+        f"{parser.prog} {action.dest}"
+        for parser in parsers(build_parser("run"))
+        for action in parser._actions
+        if not action.help and not isinstance(action, argparse._HelpAction | argparse._VersionAction | argparse._SubParsersAction)
+    ]
+    assert silent == []
+
+
 def test_report_refuses_test_image_indices_that_are_not_a_list_of_distinct_whole_numbers(capsys):
     for images, why in [("0,5,0", "'0,5,0' names test image 0 more than once"), ("0,x", "'0,x' is not a list of test image indices like 0,5,9")]:
         with pytest.raises(SystemExit) as stopped:

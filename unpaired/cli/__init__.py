@@ -163,7 +163,7 @@ def _add_study_commands(commands: argparse._SubParsersAction, executor_options: 
     schema.set_defaults(handler="study_commands:cmd_schema", command_parser=schema)
 
     score = commands.add_parser("score", help="score saved generators again (a run folder, a study output folder or a study file)")
-    score.add_argument("target")
+    score.add_argument("target", help="a run folder, a study's output folder (its finished runs) or a study file")
     score.add_argument("--epoch", type=int, help="the best epoch kept by periodic evaluation (default: the final generators)")
     score.add_argument("--device", type=_device, default="auto", help="where the generators run: auto, cpu, cuda, cuda:N or mps")
     score.set_defaults(handler="study_commands:cmd_score", command_parser=score)
@@ -175,8 +175,8 @@ def _add_tool_commands(commands: argparse._SubParsersAction) -> None:
     plugins.set_defaults(handler="tool_commands:cmd_plugins", command_parser=plugins)
 
     fid = commands.add_parser("fid", help="FID and KID between two image folders")
-    fid.add_argument("first")
-    fid.add_argument("second")
+    fid.add_argument("first", help="a folder of images (PNG, JPEG, ...), e.g. the real test images")
+    fid.add_argument("second", help="a second folder of images, e.g. translations (both are scaled to --size)")
     fid.add_argument("--size", type=_image_side, default=256, help="images are resized to SIZE x SIZE first (default 256)")
     fid.add_argument("--extractor", help="feature extractor component (default: the default one, see `unpaired plugins`)")
     fid.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="a parameter of the extractor (repeatable)")
