@@ -273,3 +273,30 @@ def test_the_ray_driver_shows_each_epoch_of_its_runs_once_from_their_folders(tmp
     assert shown_after([1]) == ["deep seed 0: epoch 1/5, 3.0 it/s, 40 s left; lr=0.0002 G_A=0.5"]
     _EpochLines([]).show_new(job)  # quiet: nothing followed
     assert capsys.readouterr().err == ""
+
+
+def test_a_study_trained_run_after_run_says_at_each_run_how_long_the_runs_left_would_take(monkeypatch, tmp_path):
+    """A study of 18 runs on one GPU trains one run after another; nothing said when it would end but ``plan``."""
+    from unpaired.execution import local
+    from unpaired.plugin_api.executors import ExecutorContext
+
+    clock = [0.0]
+    monkeypatch.setattr(local, "monotonic", lambda: clock[0])
+    endings = {"a": ("trained", 600.0), "b": ("rescored", 30.0), "c": ("trained", 1200.0), "d": ("trained", 0.0)}
+
+    def train_here(job):
+        outcome, seconds = endings[job.variant]
+        clock[0] += seconds
+        return RunOutcome(outcome)
+
+    lines, collected = [], []
+    context = ExecutorContext(tmp_path, lines.append, False, train_here, None)  # type: ignore[arg-type]
+    jobs = [RunJob(name, name, 0, {}, tmp_path / name) for name in endings]
+    local.LocalExecutor(1, context).run_serially(jobs, lambda job, outcome: collected.append(outcome.outcome))
+    assert collected == ["trained", "rescored", "trained", "trained"]
+    assert lines == [  # only runs trained to the end set the pace; a run scored again took no training
+        f"[1/4] a seed 0 -> {tmp_path / 'a'}",
+        f"[2/4] b seed 0 -> {tmp_path / 'b'} (3 run(s) left: about 30 min, at the 10 min each of the 1 trained so far)",
+        f"[3/4] c seed 0 -> {tmp_path / 'c'} (2 run(s) left: about 20 min, at the 10 min each of the 1 trained so far)",
+        f"[4/4] d seed 0 -> {tmp_path / 'd'} (1 run(s) left: about 15 min, at the 15 min each of the 2 trained so far)",
+    ]

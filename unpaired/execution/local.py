@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
+from time import monotonic
 from typing import Any, cast
 
 import torch
@@ -22,6 +23,7 @@ from unpaired.devices import DeviceError, pick_device
 from unpaired.errors import StopRequested
 from unpaired.execution.jobs import train_job
 from unpaired.plugin_api.executors import Collect, ExecutorContext, RunJob
+from unpaired.results.time_left import runs_left_note
 from unpaired.signals import deferred_signals, listen_for_stop, request_stop, stop_requested
 from unpaired.storage.lifecycle import RunOutcome, outcome_of_exception
 
@@ -51,10 +53,14 @@ class LocalExecutor:
         pass
 
     def run_serially(self, jobs: list[RunJob], collect: Collect) -> None:
-        """Train the jobs one after another in this process; stop at the first one interrupted by a signal."""
+        """Train the jobs one after another in this process; stop at the first one interrupted by a signal. Each run's
+        first line says how long the runs left would take at the pace of those trained to the end so far."""
+        took: list[float] = []
         for number, job in enumerate(jobs, 1):
-            self.context.announce(f"[{number}/{len(jobs)}] {job.label} -> {job.folder}")
+            self.context.announce(f"[{number}/{len(jobs)}] {job.label} -> {job.folder}{runs_left_note(len(jobs) - number + 1, took)}")
+            started = monotonic()
             outcome = self.context.train_here(job)
+            took += [monotonic() - started] if outcome.outcome == "trained" else []
             collect(job, outcome)
             if outcome.outcome == "interrupted":
                 break

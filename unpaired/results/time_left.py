@@ -1,4 +1,5 @@
-"""How much training a study has left, at the pace its runs have trained so far: what ``unpaired plan`` estimates.
+"""How much training a study has left, at the pace its runs have trained so far: what ``unpaired plan`` estimates, and
+what a study trained one run after another says as each run starts (:func:`runs_left_note`).
 
 Each run's history records the speed of each of its epochs (``it_per_s``: over the steps this process trained, so an
 epoch resumed halfway counts its own steps; the steps alone, not the checkpoints, samples or scoring). A pace is seconds
@@ -10,6 +11,7 @@ times at the pace they had.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from unpaired.training.progress import duration
@@ -57,3 +59,13 @@ def time_left_line(runs: list[RunSoFar], unknown: int = 0) -> str | None:
 
 def _mean(values: list[float] | None, otherwise: float) -> float:
     return sum(values) / len(values) if values else otherwise
+
+
+def runs_left_note(left: int, took: Sequence[float]) -> str:
+    """`` (3 runs left: about 1 h 30 min, at the 30 min each of the 2 trained so far)``: what the ``left`` runs of a study
+    trained one after another would take, this one included, at the mean wall-clock time (scoring and checkpoints
+    included) of those trained to the end so far, which ``took`` those seconds each; "" before any has."""
+    if not took or left < 1:
+        return ""
+    each = sum(took) / len(took)
+    return f" ({left} run(s) left: about {duration(left * each)}, at the {duration(each)} each of the {len(took)} trained so far)"
