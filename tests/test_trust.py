@@ -401,6 +401,48 @@ def test_a_dataset_with_an_empty_split_is_refused_by_validate(make_distribution,
     assert "variant[base].data: dataset 'no_test_b' of broken-parts 1.0 has no images in testB" in result.stderr
 
 
+def test_networks_that_cannot_take_the_data_s_image_size_are_refused_by_validate_with_the_sizes_they_take(tmp_path):
+    """``validate`` passed a 33 px crop for the ResNet (it returns 36 px images) and a 6-layer PatchGAN on 32 px
+    images; every run then failed as it started, the discriminator's with a bare torch ValueError."""
+    grid = {"generator.n_blocks": [1, 2], "discriminator.n_layers": [2, 6]}
+    deep = run_cli("validate", str(write_study(tmp_path / "deep.yaml", "deep", grid=grid)))
+    assert deep.returncode == 2 and "1 problem:" in deep.stderr, deep.stderr
+    assert (
+        "variant[n_blocks=1,n_layers=6].discriminator: discriminator 'patchgan' of unpaired 0.2.0 cannot take the data's 32 px "
+        "images (its crop size) (ValueError: "
+    ) in deep.stderr
+    assert "; the nearest size this variant's networks take is 192 px (the same in variants n_blocks=2,n_layers=6)" in deep.stderr
+
+    odd = write_study(tmp_path / "odd.yaml", "odd", base=merge(TINY_BASE, {"data": {"size": 33}}))
+    refused = run_cli("validate", str(odd))
+    assert (
+        refused.returncode == 2
+        and (
+            "variant[base].generator: generator 'resnet' of unpaired 0.2.0 turns the data's 33 px images (its crop size) into "
+            "36x36 px ones; the nearest size this variant's networks take is 32 or 36 px"
+        )
+        in refused.stderr
+    )
+    trained = run_cli("run", str(odd), "--out", str(tmp_path / "out"), "--quiet")  # run names it as each run starts
+    assert trained.returncode == 1 and "FAILED base seed 0: ContractError: generator 'resnet' of unpaired 0.2.0 turns" in trained.stdout
+
+
+def test_a_network_that_cannot_run_on_the_meta_device_is_left_to_the_check_on_the_run_s_device():
+    """The size check works out shapes on the meta device; a plugin that needs values there fails at every size, which
+    says nothing about the data's: the contract check on the run's own device tells what is wrong with it, if anything."""
+    from unpaired.training.contracts import size_problem
+
+    class NeedsValues(torch.nn.Module):
+        def forward(self, images):
+            return images * float(images.mean())  # a value: none on the meta device
+
+    part = SimpleNamespace(build=lambda *args: NeedsValues())
+    variant = SimpleNamespace(generator=part, generator_norm=part, discriminator=part, discriminator_norm=part)
+    with pytest.raises(Exception):  # noqa: B017 - whichever torch raises for a value of a meta tensor
+        NeedsValues()(torch.empty(1, 3, 8, 8, device="meta"))
+    assert size_problem(variant, 32) is None  # type: ignore[arg-type]
+
+
 def test_the_ray_driver_names_a_run_held_by_a_silent_lease_and_when_it_is_taken_over(tmp_path, monkeypatch):
     from unpaired.execution.ray_executor import RayExecutor
 

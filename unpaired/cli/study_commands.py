@@ -35,10 +35,12 @@ def _print_ranking_note(study: Study) -> None:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """Check a study file completely without training anything."""
-    from unpaired.execution.runner import check_datasets, open_datasets
+    from unpaired.execution.runner import check_datasets, check_networks, open_datasets
 
     study = load_study(args.study, plugin_registry(), args.overrides)
-    broken, unopened = check_datasets(study, open_datasets(study))  # the data is opened and counted too
+    datasets = open_datasets(study)
+    broken, unopened = check_datasets(study, datasets)  # the data is opened and counted too
+    broken += check_networks(study, datasets)  # and the networks tried at its image size
     if broken:
         raise SpecError(args.study, broken)
     for line in [*study.execution_set_aside, *unopened]:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 
 from unpaired.config.study import PlannedRun, Study
-from unpaired.errors import StopRequested, UnpairedError, UsageError
+from unpaired.errors import StopRequested, UnpairedError, UsageError, listed
 from unpaired.evaluation.features import check_extractors, expected_evaluations
 from unpaired.execution.jobs import make_jobs, train_job
 from unpaired.execution.worker import PROCESS_WORKERS
@@ -29,7 +29,7 @@ from unpaired.results.study_folder import moved_run, run_folder, run_info, study
 from unpaired.signals import deferred_signals, stop_on_signals, stop_requested
 from unpaired.storage.lifecycle import TO_TRAIN, RunOutcome, StudySummary
 from unpaired.storage.run_folder import RunFolder
-from unpaired.training.contracts import ContractError, check_data, too_few_test_images
+from unpaired.training.contracts import ContractError, check_data, size_problem, too_few_test_images
 
 
 def open_datasets(study: Study) -> dict[str, UnpairedData | str]:
@@ -70,6 +70,28 @@ def check_datasets(study: Study, datasets: dict[str, UnpairedData | str]) -> tup
             if problem := too_few_test_images(data, run.resolved.eval.build_metrics()):
                 broken.append((f"variant[{run.variant}].eval.metrics", problem))
     return broken, unopened
+
+
+def check_networks(study: Study, datasets: dict[str, UnpairedData | str]) -> list[tuple[str, str]]:
+    """``(where, what)`` for each generator and discriminator that cannot take the images of the dataset it trains on
+    (:func:`open_datasets`; those that cannot be opened here are not checked), once for the variants that share the
+    problem: see :func:`unpaired.training.contracts.size_problem`."""
+    checked: set[str] = set()
+    found: dict[tuple[str, str], list[str]] = {}  # (component, why) -> the variants with it
+    for run in study.runs:
+        data, variant = datasets[run.run_id], run.resolved
+        if not isinstance(data, UnpairedData):
+            continue
+        parts = (variant.generator, variant.generator_norm, variant.discriminator, variant.discriminator_norm)
+        key = json.dumps([[part.as_dict() for part in parts], data.transform.crop_size], sort_keys=True)
+        if key not in checked:
+            checked.add(key)
+            if problem := size_problem(variant, data.transform.crop_size):
+                found.setdefault(problem, []).append(run.variant)
+    return [
+        (f"variant[{variants[0]}].{kind}", why + (f" (the same in variants {listed(variants[1:])})" if len(variants) > 1 else ""))
+        for (kind, why), variants in found.items()
+    ]
 
 
 def steps_per_run(study: Study, datasets: dict[str, UnpairedData | str]) -> dict[str, int | str]:

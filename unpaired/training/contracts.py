@@ -1,7 +1,9 @@
 """Checking a run's plugin networks against their contracts before its first training step.
 
 A dataset must have images in every split of both domains, and as many test images as the run's
-metrics need. One forward pass on a tiny batch at the run's image size: a generator must map
+metrics need. The generator and the discriminator must take images of the data's size, as worked out on the meta
+device (:func:`size_problem`, which ``validate`` runs for every variant). One forward pass on a tiny batch at the run's
+image size: a generator must map
 (N, 3, H, W) in [-1, 1] to the same shape in [-1, 1];
 a discriminator must give finite scores whose first dimension is N; a GAN loss must give finite
 scalar tensors that depend on the scores it is given; a norm that claims ``per_image`` must give
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -24,7 +26,7 @@ from unpaired.config.resolved import ResolvedVariant
 from unpaired.errors import UnpairedError
 from unpaired.evaluation.features import evaluating
 from unpaired.plugin_api.components import Choice, GanLoss, describe
-from unpaired.plugin_api.data import UnpairedData
+from unpaired.plugin_api.data import MAX_SIDE, UnpairedData
 from unpaired.plugin_api.methods import Method, Runtime
 from unpaired.plugin_api.metrics import Metric, method_directions
 from unpaired.training.runtime import TrainingError
@@ -81,10 +83,61 @@ def check_gan_loss(choice: Choice) -> None:
             )
 
 
+def size_problem(variant: ResolvedVariant, size: int) -> tuple[str, str] | None:
+    """``(component, why)`` when the variant's generator or discriminator cannot take the data's images of ``size`` px (a
+    generator returning another size, a discriminator too deep for them), with the nearest sizes both take. Tried on
+    the meta device, where shapes are worked out and nothing is computed or allocated, so a study checks every variant
+    in moments; None when they take ``size``, or when no size near it works there either (a plugin that cannot be
+    built or run on the meta device: the check on the run's device, :func:`check_contracts`, tells then)."""
+    try:
+        with torch.device("meta"), torch.random.fork_rng(devices=[]):  # a plugin drawing its weights leaves the run's RNG as it was
+            generator = variant.generator.build(variant.generator_norm.build())
+            discriminator = variant.discriminator.build(variant.discriminator_norm.build())
+    except Exception:  # noqa: BLE001 - whatever a plugin raises on the meta device, the real check will say it
+        return None
+    networks = {"generator": generator.eval(), "discriminator": discriminator.eval()}
+    if (found := _meta_fault(networks, size)) is None:
+        return None
+    nearest = _nearest_sizes(size, lambda side: _meta_fault(networks, side) is None)
+    if not nearest:
+        return None
+    kind, how = found
+    images, sizes = f"the data's {size} px images (its crop size)", " or ".join(map(str, nearest))
+    return kind, f"{describe(getattr(variant, kind), kind)} {how.format(images=images)}; the nearest size this variant's networks take is {sizes} px"
+
+
+def _meta_fault(networks: Mapping[str, nn.Module], side: int) -> tuple[str, str] | None:
+    """The first of ``networks`` (a generator, a discriminator; on the meta device) that cannot take two images of
+    ``side`` px, and how it fails, with ``{images}`` standing for them."""
+    for kind, network in networks.items():
+        try:
+            shape = tuple(network(torch.empty(2, 3, side, side, device="meta")).shape)
+        except Exception as error:  # noqa: BLE001 - a size it cannot take, or the meta device: other sizes tell which
+            return kind, f"cannot take {{images}} ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
+        if kind == "generator" and shape != (2, 3, side, side):
+            return kind, f"turns {{images}} into {shape[-1]}x{shape[-2]} px ones" if len(shape) == 4 else f"turns {{images}} into shape {shape}"
+        if kind == "discriminator" and (not shape or shape[0] != 2):
+            return kind, f"gives scores of shape {shape} for two of {{images}}"
+    return None
+
+
+def _nearest_sizes(size: int, works: Callable[[int], bool]) -> list[int]:
+    """The largest size below ``size`` within 32 px that ``works``, and the smallest above it: within 32 px, then among
+    multiples of 16 15 % apart up to :data:`MAX_SIDE` (a deep discriminator may need several times the size)."""
+    larger = [size + step for step in range(1, 33)]
+    while (side := max(larger[-1] + 16, int(larger[-1] * 1.15)) // 16 * 16) <= MAX_SIDE:
+        larger.append(side)
+    below = next((side for side in range(size - 1, max(0, size - 33), -1) if works(side)), None)
+    above = next((side for side in larger if side <= MAX_SIDE and works(side)), None)
+    return [side for side in (below, above) if side is not None]
+
+
 def check_contracts(method: Method, variant: ResolvedVariant, size: int, runtime: Runtime) -> None:
     """Raise :class:`ContractError` for the first contract the run's method, generator, discriminator, GAN loss or norms break."""
     device = runtime.device
     _check_method(method, variant)
+    if problem := size_problem(variant, size):
+        raise ContractError(problem[1])
     with torch.random.fork_rng(devices=[]):
         check_gan_loss(variant.gan_loss)
     images = runtime.to_device(torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1)
