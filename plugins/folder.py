@@ -47,6 +47,7 @@ class ImageFolders(UnpairedData):
         self.decoded: dict[tuple[str, str], list[Image.Image]] = {}
         self.digests: dict[tuple[str, str], list[str]] = {}
         unreadable: list[str] = []
+        sizes: list[tuple[Path, tuple[int, int]]] = []  # of the training images
         for split in ("train", "test"):
             for domain in ("A", "B"):
                 folder = self.root / f"{split}{domain}"
@@ -57,20 +58,36 @@ class ImageFolders(UnpairedData):
                     try:
                         content = path.read_bytes()
                         image = load_image(io.BytesIO(content))
-                        readable.append(path)
-                        digests.append(hashlib.sha256(content).hexdigest())
-                        if params.cache:
-                            decoded.append(image)
                     except UNREADABLE_IMAGE as error:
                         unreadable.append(f"{path} ({error})")
+                        continue
+                    readable.append(path)
+                    digests.append(hashlib.sha256(content).hexdigest())
+                    decoded += [image] if params.cache else []
+                    sizes += [(path, image.size)] if split == "train" else []
                 if not readable:
                     raise DataError(f"{folder} holds no readable images ({', '.join(e.lstrip('.') for e in IMAGE_EXTENSIONS)})")
                 self.files[split, domain] = readable
                 self.digests[split, domain] = digests
                 if params.cache:
                     self.decoded[split, domain] = decoded
+        self._check_the_crop_fits(sizes)
         if unreadable:
             warnings.warn(f"skipping {len(unreadable)} unreadable image(s): {listed(unreadable, '; ')}", Notice, stacklevel=2)
+
+    def _check_the_crop_fits(self, sizes: list[tuple[Path, tuple[int, int]]]) -> None:
+        """Raise :class:`DataError` naming the training images (of these ``sizes``) smaller than ``crop_size`` when
+        training crops them without resizing them first (``load_size`` null): each would stop the run when drawn."""
+        if not self.transform.crop or self.transform.load_size is not None:
+            return
+        crop = self.transform.crop_size
+        small = [(f"{path} ({width}x{height})", min(width, height)) for path, (width, height) in sizes if min(width, height) < crop]
+        if small:
+            raise DataError(
+                f"{len(small)} training image(s) are smaller than crop_size {crop} px, and with load_size null they are "
+                f"cropped as they are: {listed([what for what, _ in small], '; ')}; set data.load_size to resize them first "
+                f"(the paper's is 286), or a crop_size of at most {min(side for _, side in small)}"
+            )
 
     @classmethod
     def input_problems(cls, params: FolderParams) -> list[tuple[str, str]]:

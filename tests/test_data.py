@@ -14,7 +14,9 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import run_cli
+import yaml
+
+from conftest import TINY_BASE, run_cli
 from unpaired.errors import Notice
 from unpaired.plugin_api.data import IMAGE_EXTENSIONS, DataError
 from unpaired.plugin_api.registry import InvalidParamsError
@@ -132,6 +134,26 @@ def test_missing_or_empty_domain_is_a_clear_error(registry, tmp_path):
 def test_crop_larger_than_load_size_is_rejected(registry, tmp_path):
     with pytest.raises(InvalidParamsError, match="crop_size 64 is larger than load_size 36"):
         registry.resolve("dataset", {"name": "folder", "root": str(tmp_path), "load_size": 36, "crop_size": 64})
+
+
+def test_training_images_smaller_than_an_unresized_crop_are_named_when_the_data_opens_and_validate_refuses_them(registry, tmp_path):
+    """With load_size null, training crops each image as it is: one smaller than crop_size passed validate and stopped
+    the run when first drawn, naming neither the file nor what to do."""
+    make_layout(tmp_path / "data")  # 40x30 px images
+    rgb(size=(64, 64)).save(tmp_path / "data" / "trainA" / "big.png")
+    assert folder_data(registry, tmp_path / "data", load_size=None, crop_size=30).size("train", "A") == 4  # 30 px fits them all
+    said = (
+        r"6 training image\(s\) are smaller than crop_size 32 px, and with load_size null they are cropped as they are: "
+        r".*trainA/0.png \(40x30\); .*; set data.load_size to resize them first \(the paper's is 286\), or a crop_size of at most 30$"
+    )
+    with pytest.raises(DataError, match=said):
+        folder_data(registry, tmp_path / "data", load_size=None)
+    assert folder_data(registry, tmp_path / "data", load_size=None, crop=False).size("test", "B") == 3  # resized, not cropped
+    study = tmp_path / "small.yaml"
+    data = {"name": "folder", "root": str(tmp_path / "data"), "load_size": None, "crop_size": 32}
+    study.write_text(yaml.safe_dump({"name": "small", "base": {**TINY_BASE, "data": data}}))
+    refused = run_cli("validate", str(study))
+    assert refused.returncode == 2 and "variant[base].data: 6 training image(s) are smaller than crop_size 32 px" in refused.stderr
 
 
 def test_pairs_are_unaligned_random_or_serial_and_reproducible(registry, tmp_path):

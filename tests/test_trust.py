@@ -24,7 +24,18 @@ import yaml
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from conftest import BROKEN_COMPONENTS, PIXEL_FEATURES, TINY_BASE, UNPAIRED, AtStep, crash, run_cli, write_study, write_synthetic_folder
+from conftest import (
+    BROKEN_COMPONENTS,
+    PIXEL_FEATURES,
+    TINY_BASE,
+    UNPAIRED,
+    AtStep,
+    crash,
+    run_cli,
+    unreadable_images,
+    write_study,
+    write_synthetic_folder,
+)
 from unpaired.config.overrides import merge
 from unpaired.cli import main
 from unpaired.config.study import load_study
@@ -399,6 +410,13 @@ def test_a_dataset_with_an_empty_split_is_refused_by_validate(make_distribution,
     result = run_cli("validate", str(study))
     assert result.returncode == 2
     assert "variant[base].data: dataset 'no_test_b' of broken-parts 1.0 has no images in testB" in result.stderr
+
+
+def test_data_at_fault_is_refused_by_validate_and_data_it_cannot_open_here_only_warned_of(tmp_path):
+    """A folder whose images are all unreadable was "cannot be opened here, so it was not checked", and valid."""
+    unreadable = write_study(tmp_path / "unreadable.yaml", "unreadable", base={**TINY_BASE, "data": unreadable_images(tmp_path / "data")})
+    refused = run_cli("validate", str(unreadable))
+    assert refused.returncode == 2 and "variant[base].data: " in refused.stderr and "trainA holds no readable images" in refused.stderr
 
 
 def test_networks_that_cannot_take_the_data_s_image_size_are_refused_by_validate_with_the_sizes_they_take(tmp_path):

@@ -22,7 +22,7 @@ from unpaired.execution.jobs import make_jobs, train_job
 from unpaired.execution.worker import PROCESS_WORKERS
 from unpaired.plugin_api.executors import Executor, ExecutorContext, RunJob
 from unpaired.plugin_api.components import Choice
-from unpaired.plugin_api.data import UnpairedData
+from unpaired.plugin_api.data import DataError, UnpairedData
 from unpaired.plugin_api.metrics import method_directions
 from unpaired.plugin_api.registry import Registry
 from unpaired.results.study_folder import moved_run, run_folder, run_info, study_info, write_index
@@ -32,23 +32,31 @@ from unpaired.storage.run_folder import RunFolder
 from unpaired.training.contracts import ContractError, check_data, size_problem, too_few_test_images
 
 
+class DataFault(str):
+    """Why a dataset cannot be used when the data itself is at fault (it raised :class:`DataError`: no readable images,
+    images too small for the crop): ``validate`` refuses it, where it only warns of data it cannot open here."""
+
+
 def open_datasets(study: Study) -> dict[str, UnpairedData | str]:
-    """Each run's dataset (by run id), built once per distinct dataset; the reason instead where it cannot be opened here."""
+    """Each run's dataset (by run id), built once per distinct dataset; the reason instead where it cannot be opened
+    here (a :class:`DataFault` where the data is at fault)."""
     by_data: dict[str, UnpairedData | str] = {}
     for run in study.runs:
         key = json.dumps(run.resolved.data.as_dict(), sort_keys=True)
         if key not in by_data:
             try:
                 by_data[key] = run.resolved.data.build()
+            except DataError as error:
+                by_data[key] = DataFault(error)
             except (UnpairedError, OSError) as error:
                 by_data[key] = str(error)
     return {run.run_id: by_data[json.dumps(run.resolved.data.as_dict(), sort_keys=True)] for run in study.runs}
 
 
 def check_datasets(study: Study, datasets: dict[str, UnpairedData | str]) -> tuple[list[tuple[str, str]], list[str]]:
-    """``(where, what)`` for each distinct dataset (:func:`open_datasets`) that breaks its contract (an empty split) or
-    has too few test images for the metrics scoring it, and a line for each that cannot be opened here (not downloaded
-    yet, say: training would stop on it)."""
+    """``(where, what)`` for each distinct dataset (:func:`open_datasets`) that is at fault (a :class:`DataFault`), breaks
+    its contract (an empty split) or has too few test images for the metrics scoring it, and a line for each that
+    cannot be opened here (not downloaded yet, say: training would stop on it)."""
     broken = []
     unopened = []
     checked: set[int] = set()  # datasets, once each
@@ -57,7 +65,9 @@ def check_datasets(study: Study, datasets: dict[str, UnpairedData | str]) -> tup
         data = datasets[run.run_id]
         if id(data) not in checked:
             checked.add(id(data))
-            if not isinstance(data, UnpairedData):
+            if isinstance(data, DataFault):
+                broken.append((f"variant[{run.variant}].data", str(data)))
+            elif not isinstance(data, UnpairedData):
                 unopened.append(f"variant[{run.variant}].data cannot be opened here, so it was not checked: {data}")
             else:
                 try:
