@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from PIL import Image
 import torch
 import yaml
 
@@ -208,8 +209,10 @@ def test_duplicate_variant_names_and_syntax_errors_are_caught_in_the_file(regist
 @pytest.mark.parametrize("path", sorted((REPO / "studies").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_study_validates_and_plans(path, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    for folder in ("trainA", "trainB", "testA", "testB"):  # horse2zebra's layout, not downloaded: found, not opened
+    for folder in ("trainA", "trainB", "testA", "testB"):  # horse2zebra's layout, with two small images in each folder
         (tmp_path / "datasets" / "horse2zebra" / folder).mkdir(parents=True)
+        for index in range(2):
+            Image.new("RGB", (8, 8), (40 * index, 90, 200)).save(tmp_path / "datasets" / "horse2zebra" / folder / f"{index}.png")
     assert main(["validate", str(path)]) == 0
     assert "valid:" in capsys.readouterr().out
     assert main(["plan", str(path)]) == 0
@@ -549,6 +552,17 @@ def test_every_argument_of_every_command_says_what_it_takes():
         if not action.help and not isinstance(action, argparse._HelpAction | argparse._VersionAction | argparse._SubParsersAction)
     ]
     assert silent == []
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a machine without CUDA")
+def test_validate_warns_of_a_device_this_machine_lacks_where_run_would_stop(tmp_path):
+    """``validate`` said a study on ``train.device: cuda`` was valid on a machine where ``run`` then stopped at once."""
+    study = write_study(tmp_path / "gpu.yaml", "gpu", base=merge(TINY_BASE, {"train": {"device": "cuda"}}))
+    checked = run_cli("validate", str(study))
+    assert checked.returncode == 0 and "valid: 1 variant(s)" in checked.stdout
+    assert (
+        "warning: train.device is 'cuda' but no CUDA GPU is visible; use 'auto' or 'cpu': `unpaired run` on this machine would stop" in checked.stderr
+    )
 
 
 def test_report_refuses_test_image_indices_that_are_not_a_list_of_distinct_whole_numbers(capsys):

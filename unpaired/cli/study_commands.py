@@ -43,11 +43,25 @@ def cmd_validate(args: argparse.Namespace) -> int:
     broken += check_networks(study, datasets)  # and the networks tried at its image size
     if broken:
         raise SpecError(args.study, broken)
-    for line in [*study.execution_set_aside, *unopened]:
+    for line in [*study.execution_set_aside, *unopened, *_devices_missing_here(study)]:
         print(f"warning: {line}", file=sys.stderr)
     _print_ranking_note(study)
     print(f"{args.study}: valid: {_describe(study)}" + (" (its data not checked)" if unopened else ""))
     return 0
+
+
+def _devices_missing_here(study: Study) -> list[str]:
+    """A line for each ``train.device`` of the study that this machine lacks: ``run`` here would stop before training,
+    but the machines of a cluster may have it."""
+    from unpaired.devices import DeviceError, pick_device
+
+    missing = []
+    for device in dict.fromkeys(run.resolved.train.device for run in study.runs):
+        try:
+            pick_device(device)
+        except DeviceError as error:
+            missing.append(f"{error}: `unpaired run` on this machine would stop before training (a cluster's machines may have it)")
+    return missing
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
