@@ -292,6 +292,8 @@ def test_parallel_jobs_train_every_run_and_track_it_from_the_workers(tmp_path):
     told = re.findall(r"^(n_blocks=\d seed 0): epoch (\d)/2, step \d+/\d+, [\d.]+ it/s, .+ left; lr=\S+ .*cycle_A=", result.stderr, re.M)
     assert sorted(told) == [(f"n_blocks={n} seed 0", str(epoch)) for n in (1, 2) for epoch in (1, 2)]  # a line per epoch, no bars
     assert "\r" not in result.stderr
+    counted = re.findall(r"^runs: (\d)/2 ended \((\d) trained, 0 failed\), (\d) running, 0 waiting$", result.stderr, re.M)
+    assert counted == [("1", "1", "1"), ("2", "2", "0")]  # as Ray's driver counts them
     index = json.loads((tmp_path / "out" / "study.json").read_text())
     for run in index["runs"]:
         assert json.loads((tmp_path / "out" / run["folder"] / "result.json").read_text())["status"] == "finished"

@@ -71,3 +71,10 @@ def _train(job: RunJob, registry: Registry, show_progress: bool, lease_wait: flo
         lease_wait=lease_wait,
         ray_node=ray_node,
     )
+
+
+def count_line(total: int, pending: int, running: int, ended: dict[str, int]) -> str:
+    """Where a study's runs trained at once stand: ``runs: 3/8 ended (2 trained, 1 failed), 2 running, 3 waiting``
+    (``ended``: how many ended with each outcome; a run scored again counts as trained)."""
+    trained, failed = ended.get("trained", 0) + ended.get("rescored", 0), ended.get("failed", 0)
+    return f"runs: {total - pending}/{total} ended ({trained} trained, {failed} failed), {running} running, {pending - running} waiting"

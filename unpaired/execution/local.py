@@ -21,7 +21,7 @@ import torch
 from unpaired import ENTRY_POINT_GROUP, PROJECT_NAME
 from unpaired.devices import DeviceError, pick_device
 from unpaired.errors import StopRequested
-from unpaired.execution.jobs import train_job
+from unpaired.execution.jobs import count_line, train_job
 from unpaired.plugin_api.executors import Collect, ExecutorContext, RunJob
 from unpaired.results.time_left import runs_left_note
 from unpaired.signals import deferred_signals, listen_for_stop, request_stop, stop_requested
@@ -82,6 +82,7 @@ class LocalExecutor:
         stop = context.Value("i", 0, lock=False)  # one writer, whole ints: no lock, so no semaphore left behind by a kill -9
         lifeline, held_here = context.Pipe(duplex=False)
         running: dict[Connection, _Worker] = {}
+        ended: dict[str, int] = {}
         self.context.announce(f"training {len(jobs)} run(s), {self.jobs} at a time")
         try:
             while queue or running:
@@ -93,6 +94,10 @@ class LocalExecutor:
                     outcome = worker.outcome()
                     del running[worker.outcomes]  # only now: a stop while it was read still collects it
                     collect(worker.job, outcome)
+                    ended[outcome.outcome] = ended.get(outcome.outcome, 0) + 1
+                    if self.context.show_progress:  # the queued runs start at once: count them as running
+                        now = min(self.jobs, len(running) + len(queue))
+                        self.context.announce(count_line(len(jobs), len(queue) + len(running), now, ended))
         except StopRequested as signal_received:
             self.context.announce(f"signal {signal_received.signum}: the running runs checkpoint and stop; the queued ones are not started")
             with deferred_signals():  # a second Ctrl-C must not abandon the workers mid-checkpoint

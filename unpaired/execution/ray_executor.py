@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from unpaired.errors import StopRequested, UnpairedError, UsageError
-from unpaired.execution.jobs import train_job
+from unpaired.execution.jobs import count_line, train_job
 from unpaired.plugin_api.executors import Collect, ExecutorContext, RunJob
 from unpaired.signals import deferred_signals, stop_on_signals, stop_requested
 from unpaired.storage.lease import TIMEOUT_ENV, heartbeat_interval, lease_timeout
@@ -140,7 +140,7 @@ class RayExecutor:
                 for job in pending.values():
                     epochs.show_new(job)
                 if ready and self.context.show_progress:
-                    say(_count_line(len(jobs), len(pending), running, ended))
+                    say(count_line(len(jobs), len(pending), running, ended))
             if pending and (signum := stop_requested()) is not None:
                 say(f"signal {signum}: the running runs checkpoint and stop; the queued ones are cancelled")
                 for ref in pending:
@@ -273,12 +273,6 @@ class _EpochLines:
     @staticmethod
     def _last_epoch(job: RunJob) -> int:
         return max([0, *(int(row["epoch"]) for row in RunFolder(job.folder).history_so_far())])
-
-
-def _count_line(total: int, pending: int, running: int, ended: dict[str, int]) -> str:
-    """Where a study's runs on Ray are: ``runs: 3/8 ended (2 trained, 1 failed), 2 running, 3 waiting``."""
-    trained, failed = ended.get("trained", 0) + ended.get("rescored", 0), ended.get("failed", 0)
-    return f"runs: {total - pending}/{total} ended ({trained} trained, {failed} failed), {running} running, {pending - running} waiting"
 
 
 def _train_task(job: RunJob, threads: int) -> RunOutcome:
