@@ -567,6 +567,18 @@ def test_validate_warns_of_a_device_this_machine_lacks_where_run_would_stop(tmp_
     )
 
 
+def test_validate_notes_an_eval_every_that_scores_no_epoch_before_the_last(tmp_path, capsys):
+    """``eval.every: 10`` on 4-epoch runs recorded ``fid_mean_best`` (best epoch 4) as if epochs had been compared."""
+    base = merge(TINY_BASE, {"eval": {"metrics": ["fid"], "every": 2}})  # TINY_BASE trains 2 epochs
+    study = write_study(tmp_path / "every.yaml", "every", base=base, grid={"train.epochs": [1, 3]})
+    assert main(["validate", str(study)]) == 0
+    note = (
+        "note: in epochs=1, eval.every is not below the epochs a run trains: no epoch before the last is scored, so the best "
+        "epoch is the last and fid_mean_best the final score; lower eval.every to choose among epochs\n"
+    )
+    assert capsys.readouterr().err == note  # the 4-epoch variant compares epochs 2 and 4: no note for it
+
+
 def test_report_refuses_test_image_indices_that_are_not_a_list_of_distinct_whole_numbers(capsys):
     for images, why in [("0,5,0", "'0,5,0' names test image 0 more than once"), ("0,x", "'0,x' is not a list of test image indices like 0,5,9")]:
         with pytest.raises(SystemExit) as stopped:

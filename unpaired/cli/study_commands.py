@@ -29,8 +29,10 @@ def _describe(study: Study) -> str:
 
 
 def _print_ranking_note(study: Study) -> None:
-    if study.ranking_note:
-        print(f"note: {study.ranking_note}", file=sys.stderr)
+    """What the study's scores will not say although its spec may seem to ask for it: the ranking score, the best epoch."""
+    for note in (study.ranking_note, study.best_epoch_note):
+        if note:
+            print(f"note: {note}", file=sys.stderr)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

@@ -141,6 +141,23 @@ class Study:
             "translates one direction is scored in that direction only); tracking.metric chooses the score"
         )
 
+    @property
+    def best_epoch_note(self) -> str | None:
+        """The variants whose ``eval.every`` scores no epoch before their last (it is not below the epochs they train),
+        so that their best epoch can only be the last one, or None."""
+        late = {
+            run.variant: run.resolved.eval.select_best_by
+            for run in self.runs
+            if 0 < run.resolved.eval.every >= run.resolved.train.total_epochs and run.resolved.eval.select_best_by
+        }
+        if not late:
+            return None
+        scores = ", ".join(dict.fromkeys(f"{score}_best" for score in late.values()))
+        return (
+            f"in {', '.join(late)}, eval.every is not below the epochs a run trains: no epoch before the last is scored, "
+            f"so the best epoch is the last and {scores} the final score; lower eval.every to choose among epochs"
+        )
+
 
 def _headline(runs: list[PlannedRun], baseline: str) -> str | None:
     """The baseline's headline score: the one its best epoch is chosen by (its first metric's mean, e.g. ``fid_mean``)."""
