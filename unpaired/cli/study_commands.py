@@ -28,7 +28,7 @@ def _describe(study: Study) -> str:
     return f"{variants} variant(s) x {seeds} seed(s) = {len(study.runs)} run(s), baseline {study.baseline!r}{ranked}"
 
 
-def _print_ranking_note(study: Study) -> None:
+def _print_study_notes(study: Study) -> None:
     """What the study's scores will not say although its spec may seem to ask for it: the ranking score, the best epoch."""
     for note in (study.ranking_note, study.best_epoch_note):
         if note:
@@ -47,7 +47,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         raise SpecError(args.study, broken)
     for line in [*study.execution_set_aside, *unopened, *_devices_missing_here(study)]:
         print(f"warning: {line}", file=sys.stderr)
-    _print_ranking_note(study)
+    _print_study_notes(study)
     print(f"{args.study}: valid: {_describe(study)}" + (" (its data not checked)" if unopened else ""))
     return 0
 
@@ -222,7 +222,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = output_folder(study, args.out)
     runs = select_runs(study, args.only, args.seeds)
     print(f"{study.spec.name}: {_describe(study)}; {len(runs)} selected; output folder {out}", file=sys.stderr)
-    _print_ranking_note(study)
+    _print_study_notes(study)
     execution = chosen_execution(args, study)
     with registry.listening(ReportWriter(registry, study.metric)):  # report.html when the study ends
         summary = run_study(
